@@ -1,0 +1,1 @@
+//! `conduit bench`: throughput measured against raw baselines in the same run.

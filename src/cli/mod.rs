@@ -1,0 +1,90 @@
+//! Command-line interface: clap definitions, command handlers and exit codes.
+//!
+//! Every handler returns `anyhow::Result`; [`exit_code`] maps the typed library errors
+//! found in the chain to the documented exit codes ([`code`]).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+/// Documented exit codes (README, "Exit codes").
+pub mod code {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Any failure without a more specific code.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line.
+    pub const USAGE: u8 = 2;
+    /// Authentication failed (wrong key, wrong code, unknown peer).
+    pub const AUTH: u8 = 3;
+    /// Integrity failed (a chunk or a hash did not verify; a broken audit chain).
+    pub const INTEGRITY: u8 = 4;
+    /// The peer refused.
+    pub const REFUSED: u8 = 5;
+}
+
+/// phi-conduit: end-to-end encrypted transfer of ePHI over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "conduit", version, about, long_about = None)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure throughput against raw baselines in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout with exit 0, usage errors to stderr.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { code::USAGE } else { code::OK });
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::from(code::OK),
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::from(code::OK);
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+/// Maps an error chain to the documented exit code.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::crypto::stream::StreamError>() {
+            return if e.is_integrity() { code::INTEGRITY } else { code::FAILURE };
+        }
+    }
+    code::FAILURE
+}
+
+/// A closed stdout (`conduit ... | head`) is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,30 @@
+//! # phi-conduit
+//!
+//! End-to-end encrypted transfer of files containing ePHI between two endpoints over
+//! QUIC, directly or through a relay that runs in *conduit mode* (it forwards ciphertext
+//! only, holds no key and writes nothing to disk).
+//!
+//! The library is what the `conduit` binary is made of; the binary only parses the command
+//! line, calls into this crate and maps errors to exit codes.
+//!
+//! # Layout
+//!
+//! | module | job |
+//! |---|---|
+//! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher, its key schedule and the parallel seal/open pipeline) and [`crypto::aead`] (the ChaCha20-Poly1305 backend behind one small interface) |
+//! | [`bench`] | `conduit bench`: throughput measured against raw baselines in the same run |
+//! | [`cli`] | clap definitions and command handlers |
+//!
+//! The protocol core is sans-IO where it can be: the STREAM state machines work on byte
+//! slices and never touch a socket or a file, so they are unit-, property- and
+//! vector-tested without IO. IO wrappers stay thin.
+//!
+//! See `docs/PROTOCOL.md` for the normative wire format.
+
+#![deny(missing_docs, unreachable_pub)]
+#![deny(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod bench;
+pub mod cli;
+pub mod crypto;
