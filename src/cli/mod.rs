@@ -49,7 +49,11 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // clap prints help and version to stdout with exit 0, usage errors to stderr.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { code::USAGE } else { code::OK });
+            return ExitCode::from(if e.use_stderr() {
+                code::USAGE
+            } else {
+                code::OK
+            });
         }
     };
     match run(cli) {
@@ -75,7 +79,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<crate::crypto::stream::StreamError>() {
-            return if e.is_integrity() { code::INTEGRITY } else { code::FAILURE };
+            return if e.is_integrity() {
+                code::INTEGRITY
+            } else {
+                code::FAILURE
+            };
         }
     }
     code::FAILURE

@@ -40,7 +40,12 @@ impl AeadKey {
 
     /// Encrypts `buf` in place and returns the tag.
     #[inline]
-    pub fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+    pub fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> [u8; TAG_LEN] {
         self.0.seal(nonce, aad, buf)
     }
 
@@ -83,9 +88,17 @@ mod backend {
         }
 
         #[inline]
-        pub(super) fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        pub(super) fn seal(
+            &self,
+            nonce: &[u8; NONCE_LEN],
+            aad: &[u8],
+            buf: &mut [u8],
+        ) -> [u8; TAG_LEN] {
             let nonce = Nonce::assume_unique_for_key(*nonce);
-            match self.0.seal_in_place_separate_tag(nonce, Aad::from(aad), buf) {
+            match self
+                .0
+                .seal_in_place_separate_tag(nonce, Aad::from(aad), buf)
+            {
                 Ok(tag) => {
                     let mut out = [0u8; TAG_LEN];
                     out.copy_from_slice(tag.as_ref());
@@ -130,7 +143,12 @@ mod backend {
         }
 
         #[inline]
-        pub(super) fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        pub(super) fn seal(
+            &self,
+            nonce: &[u8; NONCE_LEN],
+            aad: &[u8],
+            buf: &mut [u8],
+        ) -> [u8; TAG_LEN] {
             match self.0.encrypt_in_place_detached(nonce.into(), aad, buf) {
                 Ok(tag) => tag.into(),
                 Err(_) => unreachable!("chunk larger than the ChaCha20-Poly1305 limit"),

@@ -6,4 +6,5 @@
 //!   open, the parallel pipeline).
 
 pub mod aead;
+pub mod pipeline;
 pub mod stream;

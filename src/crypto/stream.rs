@@ -114,7 +114,10 @@ impl StreamError {
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,
-            Self::Tampered { .. } | Self::Truncated { .. } | Self::DataAfterLast | Self::ChunkLength { .. }
+            Self::Tampered { .. }
+                | Self::Truncated { .. }
+                | Self::DataAfterLast
+                | Self::ChunkLength { .. }
         )
     }
 }
@@ -288,7 +291,11 @@ pub struct FileKeyContext {
 
 impl FileKeyContext {
     /// The context of a file sent from its start.
-    pub fn fresh(transfer_id: [u8; TRANSFER_ID_LEN], file_index: u64, chunk_size: ChunkSize) -> Self {
+    pub fn fresh(
+        transfer_id: [u8; TRANSFER_ID_LEN],
+        file_index: u64,
+        chunk_size: ChunkSize,
+    ) -> Self {
         Self {
             transfer_id,
             file_index,
@@ -326,7 +333,9 @@ impl FileKey {
     pub fn seal_chunk(&self, index: u64, last: bool, chunk: &mut [u8]) {
         let split = chunk.len().saturating_sub(TAG_LEN);
         let (body, tag_room) = chunk.split_at_mut(split);
-        let tag = self.aead.seal_in_place(&chunk_nonce(index, last), &[], body);
+        let tag = self
+            .aead
+            .seal_in_place(&chunk_nonce(index, last), &[], body);
         tag_room.copy_from_slice(&tag);
     }
 
@@ -369,7 +378,11 @@ impl<'k> Sealer<'k> {
 
     /// A sealer positioned at chunk `first` (a resumed transfer).
     pub fn starting_at(key: &'k FileKey, layout: ChunkLayout, first: u64) -> Self {
-        Self { key, layout, next: first }
+        Self {
+            key,
+            layout,
+            next: first,
+        }
     }
 
     /// The index the next chunk will be sealed at.
@@ -398,7 +411,10 @@ impl<'k> Sealer<'k> {
         let last = self.layout.last_index();
         if self.next != last {
             return Err(if self.next < last {
-                StreamError::Truncated { received: self.next, expected: self.layout.count() }
+                StreamError::Truncated {
+                    received: self.next,
+                    expected: self.layout.count(),
+                }
             } else {
                 StreamError::DataAfterLast
             });
@@ -426,7 +442,12 @@ impl<'k> Opener<'k> {
 
     /// An opener expecting chunk `first` first (a resumed transfer).
     pub fn starting_at(key: &'k FileKey, layout: ChunkLayout, first: u64) -> Self {
-        Self { key, layout, next: first, done: false }
+        Self {
+            key,
+            layout,
+            next: first,
+            done: false,
+        }
     }
 
     /// Sealed length of the next expected chunk, or `None` once the last one is open.
@@ -462,7 +483,10 @@ impl<'k> Opener<'k> {
         if self.done {
             Ok(())
         } else {
-            Err(StreamError::Truncated { received: self.next, expected: self.layout.count() })
+            Err(StreamError::Truncated {
+                received: self.next,
+                expected: self.layout.count(),
+            })
         }
     }
 }
@@ -479,7 +503,11 @@ fn check_len(layout: &ChunkLayout, index: u64, actual: usize) -> Result<(), Stre
     if actual == expected {
         Ok(())
     } else {
-        Err(StreamError::ChunkLength { index, expected, actual })
+        Err(StreamError::ChunkLength {
+            index,
+            expected,
+            actual,
+        })
     }
 }
 
@@ -509,13 +537,22 @@ mod tests {
         assert_eq!(ChunkLayout::new(16 << 10, c).count(), 1);
         assert_eq!(ChunkLayout::new((16 << 10) + 1, c).count(), 2);
         assert_eq!(ChunkLayout::new((16 << 10) + 1, c).plaintext_len(1), 1);
-        assert_eq!(ChunkLayout::new(u64::MAX, c).count(), u64::MAX / (16 << 10) + 1);
+        assert_eq!(
+            ChunkLayout::new(u64::MAX, c).count(),
+            u64::MAX / (16 << 10) + 1
+        );
     }
 
     #[test]
     fn chunk_size_outside_set_is_rejected() {
-        assert_eq!(ChunkSize::new(1000), Err(StreamError::ChunkSizeNotAllowed(1000)));
-        assert_eq!(ChunkSize::new(8 << 20), Err(StreamError::ChunkSizeNotAllowed(8 << 20)));
+        assert_eq!(
+            ChunkSize::new(1000),
+            Err(StreamError::ChunkSizeNotAllowed(1000))
+        );
+        assert_eq!(
+            ChunkSize::new(8 << 20),
+            Err(StreamError::ChunkSizeNotAllowed(8 << 20))
+        );
         assert!(ChunkSize::new(64 << 10).is_ok());
     }
 

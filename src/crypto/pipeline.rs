@@ -1,0 +1,688 @@
+//! The parallel STREAM pipeline: seal or open a file's chunks on N worker threads and
+//! hand them back in order.
+//!
+//! Chunks are independent (each has its own nonce), so they are sealed or opened on all
+//! cores and put back in order by position. Memory is bounded by a fixed pool of chunk
+//! buffers allocated when the pipeline starts; in steady state a chunk costs no
+//! allocation and no copy:
+//!
+//! - **seal**: a worker reads chunk `i`'s plaintext straight into a pool buffer (a
+//!   positional [`ChunkSource`], e.g. `pread` from the file), seals it in place and the
+//!   buffer leaves the pipeline as [`Bytes`] that a QUIC stream takes without copying;
+//! - **open**: the caller fills a pool buffer with chunk `i`'s ciphertext (e.g. from the
+//!   network), a worker opens it in place, and the plaintext leaves as [`Bytes`].
+//!
+//! A buffer returns to the pool when every [`Bytes`] handle to it has been dropped
+//! (`BytesMut::try_reclaim`): the pipeline never has more than `buffers` chunks in
+//! memory, including the ones still held downstream (for example by quinn until they
+//! are acknowledged). If all buffers are held downstream the pipeline waits for one to
+//! be released.
+//!
+//! Workers live in a [`CipherPool`] shared by all pipelines of a process; jobs are
+//! dispatched round-robin, which balances well because all chunks but the last have the
+//! same size.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::crypto::stream::{CHUNK_OVERHEAD, ChunkLayout, FileKey, StreamError};
+
+/// Default number of pool buffers per pipeline: enough to keep every worker busy while
+/// the consumer holds a few chunks.
+pub const DEFAULT_BUFFERS: usize = 16;
+/// Jobs a worker's queue holds before dispatch blocks.
+const WORKER_QUEUE: usize = 64;
+/// Longest sleep while waiting for downstream to release a buffer.
+const MAX_RECLAIM_BACKOFF: Duration = Duration::from_millis(2);
+
+/// Errors of the pipeline.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// The STREAM layer rejected a chunk.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// Reading a chunk's input failed.
+    #[error("reading chunk {index}: {source}")]
+    Io {
+        /// Chunk position.
+        index: u64,
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// A worker thread is gone (it panicked or the pool was shut down).
+    #[error("cipher worker pool stopped")]
+    PoolStopped,
+}
+
+/// Reads chunk `index`'s plaintext into `buf` (exactly `buf.len()` bytes), from any
+/// thread. A file does this with a positional read.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// Fills `buf` with the plaintext of chunk `index`.
+    fn read_chunk(&self, index: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl<F> ChunkSource for F
+where
+    F: Fn(u64, &mut [u8]) -> io::Result<()> + Send + Sync + 'static,
+{
+    fn read_chunk(&self, index: u64, buf: &mut [u8]) -> io::Result<()> {
+        self(index, buf)
+    }
+}
+
+/// A file read at `index * chunk_size`, whatever the length of the chunk being read.
+#[derive(Debug)]
+pub struct PositionalFile {
+    file: std::fs::File,
+    chunk_size: u64,
+}
+
+impl PositionalFile {
+    /// Wraps an open file whose chunks are `chunk_size` bytes apart.
+    pub fn new(file: std::fs::File, chunk_size: u64) -> Self {
+        Self { file, chunk_size }
+    }
+}
+
+impl ChunkSource for PositionalFile {
+    fn read_chunk(&self, index: u64, buf: &mut [u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let offset = index
+            .checked_mul(self.chunk_size)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "chunk offset overflows"))?;
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+/// Worker threads shared by every pipeline of the process.
+#[derive(Debug)]
+pub struct CipherPool {
+    queues: Vec<SyncSender<Job>>,
+    next: AtomicUsize,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl CipherPool {
+    /// Starts `threads` workers (at least 1).
+    pub fn new(threads: usize) -> io::Result<Arc<Self>> {
+        let threads = threads.max(1);
+        let mut queues = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        for n in 0..threads {
+            let (tx, rx) = sync_channel::<Job>(WORKER_QUEUE);
+            let handle = std::thread::Builder::new()
+                .name(format!("conduit-cipher-{n}"))
+                .spawn(move || worker(rx))?;
+            queues.push(tx);
+            handles.push(handle);
+        }
+        Ok(Arc::new(Self {
+            queues,
+            next: AtomicUsize::new(0),
+            handles,
+        }))
+    }
+
+    /// A pool with one worker per available core.
+    pub fn with_all_cores() -> io::Result<Arc<Self>> {
+        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn dispatch(&self, job: Job) -> Result<(), PipelineError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        self.queues[n]
+            .send(job)
+            .map_err(|_| PipelineError::PoolStopped)
+    }
+}
+
+impl Drop for CipherPool {
+    fn drop(&mut self) {
+        self.queues.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+enum Op {
+    Seal {
+        key: Arc<FileKey>,
+        source: Arc<dyn ChunkSource>,
+    },
+    Open {
+        key: Arc<FileKey>,
+    },
+}
+
+struct Job {
+    index: u64,
+    last: bool,
+    slot: usize,
+    buf: BytesMut,
+    op: Op,
+    reply: SyncSender<Done>,
+}
+
+struct Done {
+    index: u64,
+    slot: usize,
+    buf: BytesMut,
+    result: Result<(), PipelineError>,
+}
+
+fn worker(rx: Receiver<Job>) {
+    while let Ok(mut job) = rx.recv() {
+        let result = match &job.op {
+            Op::Seal { key, source } => {
+                let pt_len = job.buf.len() - CHUNK_OVERHEAD;
+                match source.read_chunk(job.index, &mut job.buf[..pt_len]) {
+                    Ok(()) => {
+                        key.seal_chunk(job.index, job.last, &mut job.buf);
+                        Ok(())
+                    }
+                    Err(source) => Err(PipelineError::Io {
+                        index: job.index,
+                        source,
+                    }),
+                }
+            }
+            Op::Open { key } => key
+                .open_chunk(job.index, job.last, &mut job.buf)
+                .map_err(PipelineError::from),
+        };
+        let Job {
+            index,
+            slot,
+            buf,
+            reply,
+            ..
+        } = job;
+        // The pipeline may have been dropped; then nobody wants the result.
+        let _ = reply.send(Done {
+            index,
+            slot,
+            buf,
+            result,
+        });
+    }
+}
+
+/// The shared engine of both pipelines: buffer pool, dispatch and in-order delivery.
+struct Engine {
+    pool: Arc<CipherPool>,
+    layout: ChunkLayout,
+    /// Pool buffers; `None` while a job holds it.
+    slots: Vec<Option<BytesMut>>,
+    /// Slots whose buffer is (or was) held downstream as `Bytes`.
+    lent: Vec<bool>,
+    /// Results that arrived out of order, by `index % buffers`.
+    ready: Vec<Option<Done>>,
+    reply_tx: SyncSender<Done>,
+    reply_rx: Receiver<Done>,
+    next_dispatch: u64,
+    next_deliver: u64,
+    in_flight: usize,
+    end: u64,
+    failed: bool,
+}
+
+impl Engine {
+    fn new(pool: Arc<CipherPool>, layout: ChunkLayout, first: u64, buffers: usize) -> Self {
+        let buffers = buffers.max(1);
+        let cap = layout.chunk_size().bytes() + CHUNK_OVERHEAD;
+        let (reply_tx, reply_rx) = sync_channel(buffers);
+        Self {
+            pool,
+            layout,
+            slots: (0..buffers).map(|_| Some(BytesMut::zeroed(cap))).collect(),
+            lent: vec![false; buffers],
+            ready: (0..buffers).map(|_| None).collect(),
+            reply_tx,
+            reply_rx,
+            next_dispatch: first,
+            next_deliver: first,
+            in_flight: 0,
+            end: layout.count(),
+            failed: false,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.layout.chunk_size().bytes() + CHUNK_OVERHEAD
+    }
+
+    /// A free slot with its buffer set to `len` bytes, reclaiming buffers that
+    /// downstream has released.
+    fn free_slot(&mut self, len: usize) -> Option<(usize, BytesMut)> {
+        let cap = self.capacity();
+        for slot in 0..self.slots.len() {
+            let Some(buf) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            if self.lent[slot] {
+                if !buf.try_reclaim(cap) {
+                    continue;
+                }
+                self.lent[slot] = false;
+            }
+            let mut buf = self.slots[slot].take()?;
+            set_len_initialized(&mut buf, len);
+            return Some((slot, buf));
+        }
+        None
+    }
+
+    /// Blocks until the next chunk in order is ready, dispatching new work as buffers
+    /// allow. `dispatch` turns a free buffer into a job for position `index`.
+    fn next_done(
+        &mut self,
+        dispatch: &mut dyn FnMut(u64, &mut BytesMut) -> Result<Op, PipelineError>,
+    ) -> Option<Result<Done, PipelineError>> {
+        if self.failed || self.next_deliver >= self.end {
+            return None;
+        }
+        let mut backoff = Duration::from_micros(10);
+        loop {
+            // Top up: dispatch while there are chunks left and buffers free.
+            while self.next_dispatch < self.end {
+                let index = self.next_dispatch;
+                let len = self.layout.sealed_len(index);
+                let Some((slot, mut buf)) = self.free_slot(len) else {
+                    break;
+                };
+                let op = match dispatch(index, &mut buf) {
+                    Ok(op) => op,
+                    Err(e) => {
+                        self.slots[slot] = Some(buf);
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                };
+                let job = Job {
+                    index,
+                    last: self.layout.is_last(index),
+                    slot,
+                    buf,
+                    op,
+                    reply: self.reply_tx.clone(),
+                };
+                if let Err(e) = self.pool.dispatch(job) {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+                self.in_flight += 1;
+                self.next_dispatch += 1;
+            }
+            let want = (self.next_deliver % self.ready.len() as u64) as usize;
+            if let Some(done) = self.ready[want].take() {
+                self.next_deliver += 1;
+                if done.result.is_err() {
+                    self.failed = true;
+                }
+                return Some(Ok(done));
+            }
+            if self.in_flight > 0 {
+                match self.reply_rx.recv() {
+                    Ok(done) => {
+                        self.in_flight -= 1;
+                        let at = (done.index % self.ready.len() as u64) as usize;
+                        self.ready[at] = Some(done);
+                    }
+                    Err(_) => {
+                        self.failed = true;
+                        return Some(Err(PipelineError::PoolStopped));
+                    }
+                }
+            } else {
+                // Every buffer is held downstream: wait for one to be released.
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_RECLAIM_BACKOFF);
+            }
+        }
+    }
+
+    /// Hands a finished buffer downstream as `Bytes` of its first `len` bytes.
+    fn lend(&mut self, done: Done, len: usize) -> Result<Bytes, PipelineError> {
+        let Done {
+            slot,
+            mut buf,
+            result,
+            ..
+        } = done;
+        let out = match result {
+            Ok(()) => {
+                buf.truncate(len);
+                Ok(buf.split().freeze())
+            }
+            Err(e) => Err(e),
+        };
+        self.lent[slot] = out.is_ok();
+        if out.is_err() {
+            buf.clear();
+        }
+        self.slots[slot] = Some(buf);
+        out
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Wait for jobs still in the workers so their buffers are not written after the
+        // pipeline is gone (they are owned by the jobs, so this is only for tidiness).
+        while self.in_flight > 0 && self.reply_rx.recv().is_ok() {
+            self.in_flight -= 1;
+        }
+    }
+}
+
+/// Sets `buf`'s length to `len` without writing it.
+///
+/// Every pool buffer is created zero-filled at its full capacity (`BytesMut::zeroed`),
+/// and `try_reclaim` gives back the same allocation, so the bytes below the capacity
+/// are always initialised; a `resize` here would add a memset pass per chunk to the hot
+/// path.
+#[allow(unsafe_code)]
+fn set_len_initialized(buf: &mut BytesMut, len: usize) {
+    let len = len.min(buf.capacity());
+    // SAFETY: `len <= capacity`, and all bytes up to the capacity were initialised when
+    // the buffer was created zero-filled; reclaiming keeps the same allocation.
+    unsafe { buf.set_len(len) }
+}
+
+/// Seals a file's chunks in parallel and yields them in order as [`Bytes`] ready for the
+/// wire (`ciphertext || tag`).
+pub struct SealPipeline {
+    engine: Engine,
+    key: Arc<FileKey>,
+    source: Arc<dyn ChunkSource>,
+}
+
+impl SealPipeline {
+    /// Seals chunks `first..` of a file with `layout` under `key`, reading plaintext from
+    /// `source`, with `buffers` pool buffers.
+    pub fn new(
+        pool: Arc<CipherPool>,
+        key: Arc<FileKey>,
+        layout: ChunkLayout,
+        first: u64,
+        buffers: usize,
+        source: Arc<dyn ChunkSource>,
+    ) -> Self {
+        Self {
+            engine: Engine::new(pool, layout, first, buffers),
+            key,
+            source,
+        }
+    }
+}
+
+impl Iterator for SealPipeline {
+    type Item = Result<Bytes, PipelineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, source) = (&self.key, &self.source);
+        let mut dispatch = |_: u64, _: &mut BytesMut| {
+            Ok(Op::Seal {
+                key: Arc::clone(key),
+                source: Arc::clone(source),
+            })
+        };
+        let done = match self.engine.next_done(&mut dispatch)? {
+            Ok(done) => done,
+            Err(e) => return Some(Err(e)),
+        };
+        let len = self.engine.layout.sealed_len(done.index);
+        Some(self.engine.lend(done, len))
+    }
+}
+
+/// Opens a file's chunks in parallel and yields the plaintext in order as [`Bytes`].
+///
+/// The caller supplies the ciphertext in order through `source(index, buf)`, which must
+/// fill `buf` (exactly the sealed length of chunk `index`) or fail; an
+/// [`io::ErrorKind::UnexpectedEof`] means the stream ended early and is reported as
+/// [`StreamError::Truncated`]. Checking that nothing follows the last chunk is the
+/// caller's job (the pipeline never reads past it).
+pub struct OpenPipeline<S> {
+    engine: Engine,
+    key: Arc<FileKey>,
+    source: S,
+}
+
+impl<S> OpenPipeline<S>
+where
+    S: FnMut(u64, &mut [u8]) -> io::Result<()>,
+{
+    /// Opens chunks `first..` of a file with `layout` under `key`.
+    pub fn new(
+        pool: Arc<CipherPool>,
+        key: Arc<FileKey>,
+        layout: ChunkLayout,
+        first: u64,
+        buffers: usize,
+        source: S,
+    ) -> Self {
+        Self {
+            engine: Engine::new(pool, layout, first, buffers),
+            key,
+            source,
+        }
+    }
+}
+
+impl<S> Iterator for OpenPipeline<S>
+where
+    S: FnMut(u64, &mut [u8]) -> io::Result<()>,
+{
+    type Item = Result<Bytes, PipelineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, source, expected) = (&self.key, &mut self.source, self.engine.layout.count());
+        let mut dispatch = |index: u64, buf: &mut BytesMut| match source(index, buf) {
+            Ok(()) => Ok(Op::Open {
+                key: Arc::clone(key),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StreamError::Truncated {
+                received: index,
+                expected,
+            }
+            .into()),
+            Err(source) => Err(PipelineError::Io { index, source }),
+        };
+        let done = match self.engine.next_done(&mut dispatch)? {
+            Ok(done) => done,
+            Err(e) => return Some(Err(e)),
+        };
+        let len = self.engine.layout.plaintext_len(done.index);
+        Some(self.engine.lend(done, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::stream::{ChunkSize, Opener, Sealer};
+
+    fn pattern(len: u64) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8)
+            .collect()
+    }
+
+    fn source_of(data: Arc<Vec<u8>>, chunk: usize) -> Arc<dyn ChunkSource> {
+        Arc::new(move |index: u64, buf: &mut [u8]| {
+            let start = index as usize * chunk;
+            buf.copy_from_slice(&data[start..start + buf.len()]);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn pipeline_matches_sequential_sealer_and_opens_back() {
+        let chunk = ChunkSize::new(16 << 10).unwrap();
+        let key = Arc::new(FileKey::from_bytes(&[3u8; 32]));
+        let pool = CipherPool::new(3).unwrap();
+        for size in [0u64, 1, 16 << 10, (16 << 10) + 1, 200_000] {
+            let data = Arc::new(pattern(size));
+            let layout = ChunkLayout::new(size, chunk);
+            // Copy each chunk out so its pool buffer is released (holding all of them
+            // would stall the pipeline by design: memory is bounded).
+            let sealed: Vec<Vec<u8>> = SealPipeline::new(
+                pool.clone(),
+                key.clone(),
+                layout,
+                0,
+                4,
+                source_of(data.clone(), chunk.bytes()),
+            )
+            .map(|c| c.map(|b| b.to_vec()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+            assert_eq!(sealed.len() as u64, layout.count());
+            // Same bytes as the sequential state machine.
+            let mut seq = Sealer::new(&key, layout);
+            for (i, c) in sealed.iter().enumerate() {
+                let i = i as u64;
+                let start = layout.offset(i) as usize;
+                let mut buf = data[start..start + layout.plaintext_len(i)].to_vec();
+                buf.extend_from_slice(&[0; CHUNK_OVERHEAD]);
+                if layout.is_last(i) {
+                    let s = std::mem::replace(&mut seq, Sealer::new(&key, layout));
+                    s.finish(&mut buf).unwrap();
+                } else {
+                    seq.seal_next(&mut buf).unwrap();
+                }
+                assert_eq!(&buf[..], &c[..], "chunk {i}");
+                let mut o = Opener::starting_at(&key, layout, i);
+                let mut copy = c.to_vec();
+                assert_eq!(
+                    o.open_next(&mut copy).unwrap(),
+                    &data[start..start + layout.plaintext_len(i)]
+                );
+            }
+            // And the open pipeline restores the plaintext.
+            let wire: Vec<u8> = sealed.iter().flat_map(|b| b.iter().copied()).collect();
+            let mut at = 0usize;
+            let opened: Vec<Vec<u8>> = OpenPipeline::new(
+                pool.clone(),
+                key.clone(),
+                layout,
+                0,
+                4,
+                |_, buf: &mut [u8]| {
+                    buf.copy_from_slice(&wire[at..at + buf.len()]);
+                    at += buf.len();
+                    Ok(())
+                },
+            )
+            .map(|c| c.map(|b| b.to_vec()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+            let plain: Vec<u8> = opened.iter().flat_map(|b| b.iter().copied()).collect();
+            assert_eq!(plain, *data);
+        }
+    }
+
+    #[test]
+    fn open_pipeline_reports_truncation_and_tampering() {
+        let chunk = ChunkSize::new(16 << 10).unwrap();
+        let key = Arc::new(FileKey::from_bytes(&[4u8; 32]));
+        let pool = CipherPool::new(2).unwrap();
+        let size = 5 * (16 << 10);
+        let layout = ChunkLayout::new(size, chunk);
+        let data = Arc::new(pattern(size));
+        let sealed: Vec<Vec<u8>> = SealPipeline::new(
+            pool.clone(),
+            key.clone(),
+            layout,
+            0,
+            4,
+            source_of(data, chunk.bytes()),
+        )
+        .map(|c| c.map(|b| b.to_vec()))
+        .collect::<Result<_, _>>()
+        .unwrap();
+        // Truncated after 3 chunks.
+        let mut n = 0;
+        let res: Result<Vec<Vec<u8>>, _> = OpenPipeline::new(
+            pool.clone(),
+            key.clone(),
+            layout,
+            0,
+            4,
+            |i, buf: &mut [u8]| {
+                if i >= 3 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.copy_from_slice(&sealed[i as usize]);
+                n += 1;
+                Ok(())
+            },
+        )
+        .map(|c| c.map(|b| b.to_vec()))
+        .collect();
+        assert!(matches!(
+            res,
+            Err(PipelineError::Stream(StreamError::Truncated {
+                received: 3,
+                expected: 5
+            }))
+        ));
+        // Chunk 2 replaced by chunk 1: fails at index 2.
+        let res: Result<Vec<Vec<u8>>, _> =
+            OpenPipeline::new(pool, key, layout, 0, 4, |i, buf: &mut [u8]| {
+                let from = if i == 2 { 1 } else { i as usize };
+                buf.copy_from_slice(&sealed[from]);
+                Ok(())
+            })
+            .map(|c| c.map(|b| b.to_vec()))
+            .collect();
+        assert!(matches!(
+            res,
+            Err(PipelineError::Stream(StreamError::Tampered { index: 2 }))
+        ));
+    }
+
+    #[test]
+    fn buffers_are_bounded_while_downstream_holds_chunks() {
+        let chunk = ChunkSize::new(16 << 10).unwrap();
+        let key = Arc::new(FileKey::from_bytes(&[5u8; 32]));
+        let pool = CipherPool::new(2).unwrap();
+        let size = 8 * (16 << 10);
+        let layout = ChunkLayout::new(size, chunk);
+        let mut p = SealPipeline::new(
+            pool,
+            key,
+            layout,
+            0,
+            2,
+            Arc::new(|_: u64, _: &mut [u8]| Ok(())),
+        );
+        let a = p.next().unwrap().unwrap();
+        let b = p.next().unwrap().unwrap();
+        // Both buffers are out; release one from another thread after a while.
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(a);
+        });
+        let c = p.next().unwrap().unwrap();
+        t.join().unwrap();
+        assert_eq!(c.len(), layout.sealed_len(2));
+        drop((b, c));
+        assert_eq!(p.count(), 5);
+    }
+}
