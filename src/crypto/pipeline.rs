@@ -165,6 +165,7 @@ enum Op {
     },
     Open {
         key: Arc<FileKey>,
+        source: Option<Arc<dyn ChunkSource>>,
     },
 }
 
@@ -200,9 +201,21 @@ fn worker(rx: Receiver<Job>) {
                     }),
                 }
             }
-            Op::Open { key } => key
-                .open_chunk(job.index, job.last, &mut job.buf)
-                .map_err(PipelineError::from),
+            Op::Open { key, source } => {
+                let filled = match source {
+                    Some(source) => source
+                        .read_chunk(job.index, &mut job.buf)
+                        .map_err(|source| PipelineError::Io {
+                            index: job.index,
+                            source,
+                        }),
+                    None => Ok(()),
+                };
+                filled.and_then(|()| {
+                    key.open_chunk(job.index, job.last, &mut job.buf)
+                        .map_err(PipelineError::from)
+                })
+            }
         };
         let Job {
             index,
@@ -452,15 +465,46 @@ impl Iterator for SealPipeline {
 
 /// Opens a file's chunks in parallel and yields the plaintext in order as [`Bytes`].
 ///
-/// The caller supplies the ciphertext in order through `source(index, buf)`, which must
-/// fill `buf` (exactly the sealed length of chunk `index`) or fail; an
-/// [`io::ErrorKind::UnexpectedEof`] means the stream ended early and is reported as
-/// [`StreamError::Truncated`]. Checking that nothing follows the last chunk is the
-/// caller's job (the pipeline never reads past it).
+/// The ciphertext comes either in order from the calling thread
+/// ([`OpenPipeline::new`]: `source(index, buf)` must fill `buf`, exactly the sealed
+/// length of chunk `index`, or fail), or from a positional [`ChunkSource`] that the
+/// workers read in parallel ([`OpenPipeline::positional`], for ciphertext already in
+/// memory or on disk). An [`io::ErrorKind::UnexpectedEof`] from the sequential source
+/// means the stream ended early and is reported as [`StreamError::Truncated`]. Checking
+/// that nothing follows the last chunk is the caller's job (the pipeline never reads
+/// past it).
 pub struct OpenPipeline<S> {
     engine: Engine,
     key: Arc<FileKey>,
     source: S,
+    positional: Option<Arc<dyn ChunkSource>>,
+}
+
+/// The sequential source of a positional [`OpenPipeline`] (never called).
+pub type NoSequentialSource = fn(u64, &mut [u8]) -> io::Result<()>;
+
+fn no_sequential_source(_: u64, _: &mut [u8]) -> io::Result<()> {
+    Ok(())
+}
+
+impl OpenPipeline<NoSequentialSource> {
+    /// Opens chunks `first..` whose ciphertext the workers read from `source` at each
+    /// chunk's position in the sealed stream.
+    pub fn positional(
+        pool: Arc<CipherPool>,
+        key: Arc<FileKey>,
+        layout: ChunkLayout,
+        first: u64,
+        buffers: usize,
+        source: Arc<dyn ChunkSource>,
+    ) -> Self {
+        Self {
+            engine: Engine::new(pool, layout, first, buffers),
+            key,
+            source: no_sequential_source,
+            positional: Some(source),
+        }
+    }
 }
 
 impl<S> OpenPipeline<S>
@@ -480,6 +524,7 @@ where
             engine: Engine::new(pool, layout, first, buffers),
             key,
             source,
+            positional: None,
         }
     }
 }
@@ -492,16 +537,24 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         let (key, source, expected) = (&self.key, &mut self.source, self.engine.layout.count());
-        let mut dispatch = |index: u64, buf: &mut BytesMut| match source(index, buf) {
-            Ok(()) => Ok(Op::Open {
+        let positional = &self.positional;
+        let mut dispatch = |index: u64, buf: &mut BytesMut| match positional {
+            Some(p) => Ok(Op::Open {
                 key: Arc::clone(key),
+                source: Some(Arc::clone(p)),
             }),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StreamError::Truncated {
-                received: index,
-                expected,
-            }
-            .into()),
-            Err(source) => Err(PipelineError::Io { index, source }),
+            None => match source(index, buf) {
+                Ok(()) => Ok(Op::Open {
+                    key: Arc::clone(key),
+                    source: None,
+                }),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StreamError::Truncated {
+                    received: index,
+                    expected,
+                }
+                .into()),
+                Err(source) => Err(PipelineError::Io { index, source }),
+            },
         };
         let done = match self.engine.next_done(&mut dispatch)? {
             Ok(done) => done,
