@@ -24,6 +24,34 @@
 //!
 //! [`Sealer`] and [`Opener`] are sans-IO state machines over caller-owned buffers;
 //! [`crate::crypto::pipeline`] runs the same primitive on several threads.
+//!
+//! ```
+//! use phi_conduit::crypto::stream::{
+//!     CHUNK_OVERHEAD, ChunkLayout, ChunkSize, FileKeyContext, Opener, Sealer, StreamError,
+//!     TransferKey,
+//! };
+//!
+//! let chunk = ChunkSize::new(16 * 1024)?;
+//! let keys = TransferKey::derive(b"noise handshake hash", &[7u8; 32]);
+//! let key = keys.file_key(&FileKeyContext::fresh([1u8; 16], 0, chunk));
+//! let layout = ChunkLayout::new(5, chunk); // a 5-byte file: one (last) chunk
+//!
+//! // Seal in place: plaintext followed by room for the tag.
+//! let mut wire = b"hello".to_vec();
+//! wire.extend_from_slice(&[0; CHUNK_OVERHEAD]);
+//! Sealer::new(&key, layout).finish(&mut wire)?;
+//!
+//! // Open in place at the position the receiver expects.
+//! let mut opener = Opener::new(&key, layout);
+//! assert_eq!(opener.open_next(&mut wire.clone())?, b"hello");
+//! opener.finish()?;
+//!
+//! // A flipped bit fails authentication.
+//! wire[0] ^= 1;
+//! let mut opener = Opener::new(&key, layout);
+//! assert_eq!(opener.open_next(&mut wire), Err(StreamError::Tampered { index: 0 }));
+//! # Ok::<(), StreamError>(())
+//! ```
 
 use hkdf::Hkdf;
 use sha2::Sha256;
