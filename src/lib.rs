@@ -11,7 +11,7 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher, its key schedule and the parallel seal/open pipeline) and [`crypto::aead`] (the ChaCha20-Poly1305 backend behind one small interface) |
+//! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher and its key schedule), [`crypto::pipeline`] (parallel seal/open over a pool of reused buffers), [`crypto::chunk_hash`] (whole-file BLAKE3 from per-chunk subtrees) and [`crypto::aead`] (the ChaCha20-Poly1305 backend behind one small interface) |
 //! | [`bench`] | `conduit bench`: throughput measured against raw baselines in the same run |
 //! | [`cli`] | clap definitions and command handlers |
 //!

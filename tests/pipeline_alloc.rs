@@ -6,6 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use phi_conduit::crypto::chunk_hash::TreeHash;
 use phi_conduit::crypto::pipeline::{CipherPool, OpenPipeline, SealPipeline};
 use phi_conduit::crypto::stream::{ChunkLayout, ChunkSize, FileKey};
 
@@ -61,7 +62,9 @@ fn seal_allocates_nothing_per_chunk_in_steady_state() {
             buf[..8].copy_from_slice(&i.to_le_bytes());
             Ok(())
         }),
-    );
+    )
+    // With the whole-file BLAKE3 computed on the workers, as the sender does.
+    .with_file_hash(TreeHash::new(&layout));
     let mut sink = 0u64;
     for _ in 0..WARM_UP {
         sink ^= u64::from(seal.next().unwrap().unwrap()[0]);
@@ -72,6 +75,7 @@ fn seal_allocates_nothing_per_chunk_in_steady_state() {
     }
     let seal_allocs = ALLOCS.load(Ordering::SeqCst) - before;
     assert!(seal.next().is_none());
+    assert!(seal.file_hash().is_some());
     drop(seal);
 
     assert_eq!(

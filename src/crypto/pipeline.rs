@@ -32,6 +32,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
+use crate::crypto::chunk_hash::{ChunkDigest, TreeHash, chunk_digest};
 use crate::crypto::stream::{CHUNK_OVERHEAD, ChunkLayout, FileKey, StreamError};
 
 /// Default number of pool buffers per pipeline: enough to keep every worker busy while
@@ -60,6 +61,9 @@ pub enum PipelineError {
     /// A worker thread is gone (it panicked or the pool was shut down).
     #[error("cipher worker pool stopped")]
     PoolStopped,
+    /// The tree hash given to the pipeline does not match its layout and start.
+    #[error("file hash state does not match the chunk layout")]
+    HashShape,
 }
 
 /// Reads chunk `index`'s plaintext into `buf` (exactly `buf.len()` bytes), from any
@@ -171,7 +175,9 @@ enum Op {
 
 struct Job {
     index: u64,
-    last: bool,
+    layout: ChunkLayout,
+    /// Also hash the chunk's plaintext (see [`crate::crypto::chunk_hash`]).
+    hash: bool,
     slot: usize,
     buf: BytesMut,
     op: Op,
@@ -182,53 +188,57 @@ struct Done {
     index: u64,
     slot: usize,
     buf: BytesMut,
+    digest: Option<ChunkDigest>,
     result: Result<(), PipelineError>,
 }
 
 fn worker(rx: Receiver<Job>) {
     while let Ok(mut job) = rx.recv() {
+        let (index, last) = (job.index, job.layout.is_last(job.index));
+        let mut digest = None;
         let result = match &job.op {
             Op::Seal { key, source } => {
                 let pt_len = job.buf.len() - CHUNK_OVERHEAD;
-                match source.read_chunk(job.index, &mut job.buf[..pt_len]) {
+                match source.read_chunk(index, &mut job.buf[..pt_len]) {
                     Ok(()) => {
-                        key.seal_chunk(job.index, job.last, &mut job.buf);
+                        if job.hash {
+                            digest = Some(chunk_digest(&job.layout, index, &job.buf[..pt_len]));
+                        }
+                        key.seal_chunk(index, last, &mut job.buf);
                         Ok(())
                     }
-                    Err(source) => Err(PipelineError::Io {
-                        index: job.index,
-                        source,
-                    }),
+                    Err(source) => Err(PipelineError::Io { index, source }),
                 }
             }
             Op::Open { key, source } => {
                 let filled = match source {
                     Some(source) => source
-                        .read_chunk(job.index, &mut job.buf)
-                        .map_err(|source| PipelineError::Io {
-                            index: job.index,
-                            source,
-                        }),
+                        .read_chunk(index, &mut job.buf)
+                        .map_err(|source| PipelineError::Io { index, source }),
                     None => Ok(()),
                 };
-                filled.and_then(|()| {
-                    key.open_chunk(job.index, job.last, &mut job.buf)
-                        .map_err(PipelineError::from)
-                })
+                filled
+                    .and_then(|()| {
+                        key.open_chunk(index, last, &mut job.buf)
+                            .map_err(PipelineError::from)
+                    })
+                    .map(|()| {
+                        if job.hash {
+                            let pt_len = job.buf.len() - CHUNK_OVERHEAD;
+                            digest = Some(chunk_digest(&job.layout, index, &job.buf[..pt_len]));
+                        }
+                    })
             }
         };
         let Job {
-            index,
-            slot,
-            buf,
-            reply,
-            ..
+            slot, buf, reply, ..
         } = job;
         // The pipeline may have been dropped; then nobody wants the result.
         let _ = reply.send(Done {
             index,
             slot,
             buf,
+            digest,
             result,
         });
     }
@@ -251,6 +261,10 @@ struct Engine {
     in_flight: usize,
     end: u64,
     failed: bool,
+    /// The whole-file hash being assembled, when hashing was asked for.
+    tree: Option<TreeHash>,
+    /// `set_tree` got a tree that does not start where the pipeline starts.
+    shape_error: bool,
 }
 
 impl Engine {
@@ -271,6 +285,18 @@ impl Engine {
             in_flight: 0,
             end: layout.count(),
             failed: false,
+            tree: None,
+            shape_error: false,
+        }
+    }
+
+    fn set_tree(&mut self, tree: TreeHash) {
+        if tree.pushed() != self.next_deliver {
+            self.failed = true;
+            self.tree = None;
+            self.shape_error = true;
+        } else {
+            self.tree = Some(tree);
         }
     }
 
@@ -305,6 +331,10 @@ impl Engine {
         &mut self,
         dispatch: &mut dyn FnMut(u64, &mut BytesMut) -> Result<Op, PipelineError>,
     ) -> Option<Result<Done, PipelineError>> {
+        if self.shape_error {
+            self.shape_error = false;
+            return Some(Err(PipelineError::HashShape));
+        }
         if self.failed || self.next_deliver >= self.end {
             return None;
         }
@@ -327,7 +357,8 @@ impl Engine {
                 };
                 let job = Job {
                     index,
-                    last: self.layout.is_last(index),
+                    layout: self.layout,
+                    hash: self.tree.is_some(),
                     slot,
                     buf,
                     op,
@@ -345,6 +376,11 @@ impl Engine {
                 self.next_deliver += 1;
                 if done.result.is_err() {
                     self.failed = true;
+                } else if let (Some(tree), Some(digest)) = (self.tree.as_mut(), done.digest) {
+                    if tree.push(digest).is_err() {
+                        self.failed = true;
+                        return Some(Err(PipelineError::HashShape));
+                    }
                 }
                 return Some(Ok(done));
             }
@@ -443,6 +479,21 @@ impl SealPipeline {
     }
 }
 
+impl SealPipeline {
+    /// Also computes the whole file's BLAKE3 on the workers, from the plaintext each
+    /// reads. `tree` must already hold the digests of the chunks before `first` (a new
+    /// [`TreeHash`] for a transfer from the start).
+    pub fn with_file_hash(mut self, tree: TreeHash) -> Self {
+        self.engine.set_tree(tree);
+        self
+    }
+
+    /// The file's BLAKE3 hash, once every chunk has been delivered (with hashing on).
+    pub fn file_hash(&self) -> Option<blake3::Hash> {
+        self.engine.tree.as_ref().and_then(TreeHash::finalize)
+    }
+}
+
 impl Iterator for SealPipeline {
     type Item = Result<Bytes, PipelineError>;
 
@@ -526,6 +577,20 @@ where
             source,
             positional: None,
         }
+    }
+}
+
+impl<S> OpenPipeline<S> {
+    /// Also computes the whole file's BLAKE3 on the workers, from each opened chunk.
+    /// `tree` must already hold the digests of the chunks before `first`.
+    pub fn with_file_hash(mut self, tree: TreeHash) -> Self {
+        self.engine.set_tree(tree);
+        self
+    }
+
+    /// The file's BLAKE3 hash, once every chunk has been delivered (with hashing on).
+    pub fn file_hash(&self) -> Option<blake3::Hash> {
+        self.engine.tree.as_ref().and_then(TreeHash::finalize)
     }
 }
 
@@ -708,6 +773,87 @@ mod tests {
             res,
             Err(PipelineError::Stream(StreamError::Tampered { index: 2 }))
         ));
+    }
+
+    #[test]
+    fn file_hash_on_the_workers_equals_blake3_of_the_file() {
+        use crate::crypto::chunk_hash::{TreeHash, chunk_digest};
+        let chunk = ChunkSize::new(16 << 10).unwrap();
+        let key = Arc::new(FileKey::from_bytes(&[6u8; 32]));
+        let pool = CipherPool::new(2).unwrap();
+        for size in [0u64, 7, 16 << 10, 100_000, 300_001] {
+            let data = Arc::new(pattern(size));
+            let layout = ChunkLayout::new(size, chunk);
+            let mut seal = SealPipeline::new(
+                pool.clone(),
+                key.clone(),
+                layout,
+                0,
+                4,
+                source_of(data.clone(), chunk.bytes()),
+            )
+            .with_file_hash(TreeHash::new(&layout));
+            let wire: Vec<u8> = seal.by_ref().flat_map(|c| c.unwrap().to_vec()).collect();
+            assert_eq!(
+                seal.file_hash(),
+                Some(blake3::hash(&data)),
+                "seal, size {size}"
+            );
+
+            // Open from chunk 1 on, with the prefix hashed as a resuming receiver would.
+            let first = u64::from(layout.count() > 1);
+            let mut tree = TreeHash::new(&layout);
+            for i in 0..first {
+                let start = layout.offset(i) as usize;
+                tree.push(chunk_digest(
+                    &layout,
+                    i,
+                    &data[start..start + layout.plaintext_len(i)],
+                ))
+                .unwrap();
+            }
+            let mut at = (0..first).map(|i| layout.sealed_len(i)).sum::<usize>();
+            let mut open = OpenPipeline::new(
+                pool.clone(),
+                key.clone(),
+                layout,
+                first,
+                4,
+                |_, buf: &mut [u8]| {
+                    buf.copy_from_slice(&wire[at..at + buf.len()]);
+                    at += buf.len();
+                    Ok(())
+                },
+            )
+            .with_file_hash(tree);
+            for c in open.by_ref() {
+                c.unwrap();
+            }
+            assert_eq!(
+                open.file_hash(),
+                Some(blake3::hash(&data)),
+                "open, size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tree_hash_that_does_not_match_the_start_is_an_error() {
+        use crate::crypto::chunk_hash::TreeHash;
+        let chunk = ChunkSize::new(16 << 10).unwrap();
+        let layout = ChunkLayout::new(100_000, chunk);
+        let key = Arc::new(FileKey::from_bytes(&[6u8; 32]));
+        let mut p = SealPipeline::new(
+            CipherPool::new(1).unwrap(),
+            key,
+            layout,
+            2,
+            4,
+            Arc::new(|_: u64, _: &mut [u8]| Ok(())),
+        )
+        .with_file_hash(TreeHash::new(&layout));
+        assert!(matches!(p.next(), Some(Err(PipelineError::HashShape))));
+        assert!(p.next().is_none());
     }
 
     #[test]
