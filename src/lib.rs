@@ -12,7 +12,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher and its key schedule), [`crypto::pipeline`] (parallel seal/open over a pool of reused buffers), [`crypto::chunk_hash`] (whole-file BLAKE3 from per-chunk subtrees) and [`crypto::aead`] (the ChaCha20-Poly1305 backend behind one small interface) |
-//! | [`bench`] | `conduit bench`: throughput measured against raw baselines in the same run |
+//! | [`mod@bench`] | `conduit bench`: throughput measured against raw baselines in the same run |
 //! | [`cli`] | clap definitions and command handlers |
 //!
 //! The protocol core is sans-IO where it can be: the STREAM state machines work on byte
@@ -31,3 +31,4 @@
 pub mod bench;
 pub mod cli;
 pub mod crypto;
+pub mod transfer;
