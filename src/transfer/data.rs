@@ -146,12 +146,10 @@ pub async fn receive_file(
         };
         let mut p = OpenPipeline::new(pool, file.key, layout, file.first, file.buffers, read)
             .with_file_hash(file.tree);
-        let mut index = file.first;
-        for item in p.by_ref() {
+        for (index, item) in (file.first..).zip(p.by_ref()) {
             let plain = item?;
             sink(layout.offset(index), &plain).map_err(DataError::Sink)?;
             progress(plain.len() as u64);
-            index += 1;
         }
         let hash = p.file_hash().ok_or(PipelineError::HashShape)?;
         drop(p);
