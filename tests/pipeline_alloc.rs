@@ -1,6 +1,12 @@
 //! The pipeline allocates nothing per chunk in steady state, proved with a counting
 //! global allocator. This file is its own test binary, so the allocator sees only this
 //! test's threads.
+//!
+//! Pool buffers are made lazily, when the pipeline first needs one more, so a buffer may
+//! still be born during the measured window: at most two allocations per buffer over the
+//! pipeline's life (the buffer and its shared header). The bound below is therefore
+//! `2 * BUFFERS`, independent of the 2,000 chunks measured: anything per chunk would
+//! exceed it a hundredfold.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +45,8 @@ static GLOBAL: Counting = Counting;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const WARM_UP: usize = 64;
+const BUFFERS: usize = 8;
+const BOUND: u64 = 2 * BUFFERS as u64;
 const MEASURED: usize = 2_000;
 
 #[test]
@@ -57,7 +65,7 @@ fn seal_allocates_nothing_per_chunk_in_steady_state() {
         key.clone(),
         layout,
         0,
-        8,
+        BUFFERS,
         Arc::new(|i: u64, buf: &mut [u8]| {
             buf[..8].copy_from_slice(&i.to_le_bytes());
             Ok(())
@@ -78,9 +86,9 @@ fn seal_allocates_nothing_per_chunk_in_steady_state() {
     assert!(seal.file_hash().is_some());
     drop(seal);
 
-    assert_eq!(
-        seal_allocs, 0,
-        "allocations while sealing {MEASURED} chunks (sink {sink})"
+    assert!(
+        seal_allocs <= BOUND,
+        "{seal_allocs} allocations while sealing {MEASURED} chunks (sink {sink})"
     );
 }
 
@@ -99,17 +107,24 @@ fn open_allocates_nothing_per_chunk_in_steady_state() {
         key.clone(),
         layout,
         0,
-        8,
+        BUFFERS,
         Arc::new(|_: u64, _: &mut [u8]| Ok(())),
     ) {
         wire.extend_from_slice(&c.unwrap());
     }
     let mut at = 0usize;
-    let mut open = OpenPipeline::new(pool.clone(), key, layout, 0, 8, |_, buf: &mut [u8]| {
-        buf.copy_from_slice(&wire[at..at + buf.len()]);
-        at += buf.len();
-        Ok(())
-    });
+    let mut open = OpenPipeline::new(
+        pool.clone(),
+        key,
+        layout,
+        0,
+        BUFFERS,
+        |_, buf: &mut [u8]| {
+            buf.copy_from_slice(&wire[at..at + buf.len()]);
+            at += buf.len();
+            Ok(())
+        },
+    );
     let mut sink = 0u64;
     for _ in 0..WARM_UP {
         sink ^= u64::from(open.next().unwrap().unwrap()[0]);
@@ -120,8 +135,8 @@ fn open_allocates_nothing_per_chunk_in_steady_state() {
     }
     let allocs = ALLOCS.load(Ordering::SeqCst) - before;
     assert!(open.next().is_none());
-    assert_eq!(
-        allocs, 0,
-        "allocations while opening {MEASURED} chunks (sink {sink})"
+    assert!(
+        allocs <= BOUND,
+        "{allocs} allocations while opening {MEASURED} chunks (sink {sink})"
     );
 }

@@ -3,8 +3,9 @@
 //!
 //! Chunks are independent (each has its own nonce), so they are sealed or opened on all
 //! cores and put back in order by position. Memory is bounded by a fixed pool of chunk
-//! buffers allocated when the pipeline starts; in steady state a chunk costs no
-//! allocation and no copy:
+//! buffers, each made when first needed (never more than `buffers`, never more than the
+//! file has chunks, and only as large as the chunk for a one-chunk file); in steady
+//! state a chunk costs no allocation and no copy:
 //!
 //! - **seal**: a worker reads chunk `i`'s plaintext straight into a pool buffer (a
 //!   positional [`ChunkSource`], e.g. `pread` from the file), seals it in place and the
@@ -311,6 +312,10 @@ fn run(mut job: Job) {
 struct Engine {
     pool: Arc<CipherPool>,
     layout: ChunkLayout,
+    /// Capacity of every pool buffer.
+    cap: usize,
+    /// Most pool buffers this pipeline may hold.
+    max_buffers: usize,
     /// Pool buffers; `None` while a job holds it.
     slots: Vec<Option<BytesMut>>,
     /// Slots whose buffer is (or was) held downstream as `Bytes`.
@@ -332,14 +337,25 @@ struct Engine {
 
 impl Engine {
     fn new(pool: Arc<CipherPool>, layout: ChunkLayout, first: u64, buffers: usize) -> Self {
-        let buffers = buffers.max(1);
-        let cap = layout.chunk_size().bytes() + CHUNK_OVERHEAD;
+        // Never more buffers than chunks, and a file of one chunk gets a buffer of just
+        // that chunk's size: small files cost small buffers.
+        let remaining = layout.count().saturating_sub(first).max(1);
+        let buffers = buffers
+            .max(1)
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let cap = if remaining == 1 {
+            layout.sealed_len(first)
+        } else {
+            layout.chunk_size().bytes() + CHUNK_OVERHEAD
+        };
         let (reply_tx, reply_rx) = sync_channel(buffers);
         Self {
             pool,
             layout,
-            slots: (0..buffers).map(|_| Some(BytesMut::zeroed(cap))).collect(),
-            lent: vec![false; buffers],
+            cap,
+            max_buffers: buffers,
+            slots: Vec::with_capacity(buffers),
+            lent: Vec::with_capacity(buffers),
             ready: (0..buffers).map(|_| None).collect(),
             reply_tx,
             reply_rx,
@@ -363,14 +379,10 @@ impl Engine {
         }
     }
 
-    fn capacity(&self) -> usize {
-        self.layout.chunk_size().bytes() + CHUNK_OVERHEAD
-    }
-
     /// A free slot with its buffer set to `len` bytes, reclaiming buffers that
     /// downstream has released.
     fn free_slot(&mut self, len: usize) -> Option<(usize, BytesMut)> {
-        let cap = self.capacity();
+        let cap = self.cap;
         for slot in 0..self.slots.len() {
             let Some(buf) = self.slots[slot].as_mut() else {
                 continue;
@@ -384,6 +396,14 @@ impl Engine {
             let mut buf = self.slots[slot].take()?;
             set_len_initialized(&mut buf, len);
             return Some((slot, buf));
+        }
+        // Buffers are made when first needed, up to the limit.
+        if self.slots.len() < self.max_buffers {
+            let mut buf = BytesMut::zeroed(cap);
+            set_len_initialized(&mut buf, len);
+            self.slots.push(None);
+            self.lent.push(false);
+            return Some((self.slots.len() - 1, buf));
         }
         None
     }
