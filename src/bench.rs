@@ -30,7 +30,7 @@ use crate::crypto::pipeline::{CipherPool, OpenPipeline, PipelineError, SealPipel
 use crate::crypto::stream::{CHUNK_OVERHEAD, ChunkLayout, ChunkSize, FileKey, chunk_nonce};
 
 /// Runs per measurement; the fastest counts.
-pub const REPEATS: usize = 3;
+pub const REPEATS: usize = 5;
 /// Default bytes per measurement for `bench cipher`.
 pub const DEFAULT_CIPHER_BYTES: u64 = 256 << 20;
 /// Pool buffers per pipeline in the benchmark (and the bare baseline's region, in chunks).
