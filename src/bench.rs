@@ -166,14 +166,7 @@ fn seal_image(
     let total = usize::try_from(layout.sealed_total())
         .map_err(|_| BenchError::TooLarge(layout.sealed_total()))?;
     let mut image = Vec::with_capacity(total);
-    let pipeline = SealPipeline::new(
-        pool.clone(),
-        key.clone(),
-        layout,
-        0,
-        BENCH_BUFFERS,
-        Arc::new(stamp),
-    );
+    let pipeline = stamped_sealer(pool, key, layout);
     for chunk in pipeline {
         image.extend_from_slice(&chunk?);
     }
@@ -200,20 +193,24 @@ fn bare_seal(key: &AeadKey, layout: ChunkLayout) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn stream_seal(
-    pool: &Arc<CipherPool>,
-    key: &Arc<FileKey>,
-    layout: ChunkLayout,
-) -> Result<(), BenchError> {
-    let pipeline = SealPipeline::new(
+/// A seal pipeline over the benchmark's stamped source.
+fn stamped_sealer(pool: &Arc<CipherPool>, key: &Arc<FileKey>, layout: ChunkLayout) -> SealPipeline {
+    SealPipeline::new(
         pool.clone(),
         key.clone(),
         layout,
         0,
         BENCH_BUFFERS,
         Arc::new(stamp),
-    );
-    for chunk in pipeline {
+    )
+}
+
+fn stream_seal(
+    pool: &Arc<CipherPool>,
+    key: &Arc<FileKey>,
+    layout: ChunkLayout,
+) -> Result<(), BenchError> {
+    for chunk in stamped_sealer(pool, key, layout) {
         std::hint::black_box(chunk?);
     }
     Ok(())
