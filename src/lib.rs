@@ -31,4 +31,7 @@
 pub mod bench;
 pub mod cli;
 pub mod crypto;
+mod fsutil;
+pub mod home;
+pub mod peers;
 pub mod transfer;

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod keys;
+mod peers;
 
 /// Documented exit codes (README, "Exit codes").
 pub mod code {
@@ -29,6 +31,10 @@ pub mod code {
 #[derive(Debug, Parser)]
 #[command(name = "conduit", version, about, long_about = None)]
 pub struct Cli {
+    /// The endpoint's home directory (identity, address book); default: $CONDUIT_HOME,
+    /// else the OS data directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<std::path::PathBuf>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -37,6 +43,13 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create this endpoint's X25519 identity.
+    Keygen(keys::KeygenArgs),
+    /// Show this endpoint's public key and fingerprint.
+    Id(keys::IdArgs),
+    /// The address book of known peers (pinned keys).
+    #[command(subcommand)]
+    Peers(peers::PeersCommand),
     /// Measure throughput against raw baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -70,7 +83,11 @@ pub fn main() -> ExitCode {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = || crate::home::Home::resolve(cli.home.clone());
     match cli.command {
+        Command::Keygen(args) => keys::keygen(&home()?, args),
+        Command::Id(args) => keys::id(&home()?, args),
+        Command::Peers(cmd) => peers::run(&home()?, cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

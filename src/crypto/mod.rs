@@ -10,5 +10,6 @@
 
 pub mod aead;
 pub mod chunk_hash;
+pub mod identity;
 pub mod pipeline;
 pub mod stream;

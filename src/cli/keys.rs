@@ -1,0 +1,54 @@
+//! `conduit keygen` and `conduit id`.
+
+use clap::Args;
+use serde_json::json;
+
+use crate::crypto::identity::Identity;
+use crate::home::Home;
+
+/// Options of `keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Replace an existing identity (the old key is lost; peers that pinned it must
+    /// re-enroll the new one).
+    #[arg(long)]
+    force: bool,
+    /// Print the new public key and fingerprint as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `id`.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Print `{"public_key": ..., "fingerprint": ...}`.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn keygen(home: &Home, args: KeygenArgs) -> anyhow::Result<()> {
+    let id = Identity::generate()?;
+    id.save(home, args.force)?;
+    print_id(&id, args.json, "created a new identity");
+    Ok(())
+}
+
+pub(crate) fn id(home: &Home, args: IdArgs) -> anyhow::Result<()> {
+    let id = Identity::load(home)?;
+    print_id(&id, args.json, "this endpoint");
+    Ok(())
+}
+
+fn print_id(id: &Identity, json: bool, what: &str) {
+    let key = id.public();
+    if json {
+        println!(
+            "{}",
+            json!({ "public_key": key.to_string(), "fingerprint": key.fingerprint().to_string() })
+        );
+    } else {
+        println!("{what}");
+        println!("public key:  {key}");
+        println!("fingerprint: {}", key.fingerprint());
+    }
+}
