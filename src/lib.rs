@@ -35,3 +35,4 @@ mod fsutil;
 pub mod home;
 pub mod peers;
 pub mod transfer;
+pub mod wire;

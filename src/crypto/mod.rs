@@ -11,5 +11,6 @@
 pub mod aead;
 pub mod chunk_hash;
 pub mod identity;
+pub mod pake;
 pub mod pipeline;
 pub mod stream;
