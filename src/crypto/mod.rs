@@ -10,6 +10,7 @@
 
 pub mod aead;
 pub mod chunk_hash;
+pub mod handshake;
 pub mod identity;
 pub mod pake;
 pub mod pipeline;
