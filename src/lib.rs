@@ -34,5 +34,6 @@ pub mod crypto;
 mod fsutil;
 pub mod home;
 pub mod peers;
+pub mod session;
 pub mod transfer;
 pub mod wire;
