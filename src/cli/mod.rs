@@ -113,3 +113,25 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::handshake::HandshakeError;
+    use crate::crypto::stream::StreamError;
+    use crate::session::SessionError;
+
+    #[test]
+    fn typed_errors_map_to_documented_exit_codes() {
+        let auth = anyhow::Error::from(SessionError::Handshake(HandshakeError::CodeMismatch))
+            .context("receiving");
+        assert_eq!(exit_code(&auth), code::AUTH);
+        let auth = anyhow::Error::from(HandshakeError::Authentication);
+        assert_eq!(exit_code(&auth), code::AUTH);
+        let integrity = anyhow::Error::from(StreamError::Tampered { index: 3 }).context("file a");
+        assert_eq!(exit_code(&integrity), code::INTEGRITY);
+        let proto = anyhow::Error::from(HandshakeError::Protocol("x"));
+        assert_eq!(exit_code(&proto), code::FAILURE);
+        assert_eq!(exit_code(&anyhow::anyhow!("other")), code::FAILURE);
+    }
+}
