@@ -94,13 +94,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Maps an error chain to the documented exit code.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    use crate::crypto::handshake::HandshakeError;
+    use crate::crypto::stream::StreamError;
+    use crate::session::SessionError;
     for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<crate::crypto::stream::StreamError>() {
+        if let Some(e) = cause.downcast_ref::<StreamError>() {
             return if e.is_integrity() {
                 code::INTEGRITY
             } else {
                 code::FAILURE
             };
+        }
+        let handshake = match cause.downcast_ref::<SessionError>() {
+            Some(SessionError::Handshake(e)) => Some(e),
+            _ => cause.downcast_ref::<HandshakeError>(),
+        };
+        if handshake.is_some_and(HandshakeError::is_auth) {
+            return code::AUTH;
         }
     }
     code::FAILURE
