@@ -11,7 +11,12 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher and its key schedule), [`crypto::pipeline`] (parallel seal/open over a pool of reused buffers), [`crypto::chunk_hash`] (whole-file BLAKE3 from per-chunk subtrees) and [`crypto::aead`] (the ChaCha20-Poly1305 backend behind one small interface) |
+//! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher and its key schedule), [`crypto::pipeline`] (parallel seal/open over a pool of reused buffers), [`crypto::chunk_hash`] (whole-file BLAKE3 from per-chunk subtrees), [`crypto::aead`] (the ChaCha20-Poly1305 backend), [`crypto::identity`] (X25519 identities, key text, fingerprints), [`crypto::handshake`] (Noise IK and XXpsk3 state machines), [`crypto::pake`] (code phrases and SPAKE2) |
+//! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames) |
+//! | [`session`] | the handshake and typed session messages over an async stream |
+//! | [`transfer`] | moving files: [`transfer::data`] (one file's STREAM chunks over a QUIC stream, sealed, hashed and opened on the cipher workers) |
+//! | [`home`] | the endpoint's home directory |
+//! | [`peers`] | the address book of pinned peer keys |
 //! | [`mod@bench`] | `conduit bench`: throughput measured against raw baselines in the same run |
 //! | [`cli`] | clap definitions and command handlers |
 //!
