@@ -15,6 +15,7 @@
 //! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames) |
 //! | [`session`] | the handshake and typed session messages over an async stream |
 //! | [`transfer`] | moving files: [`transfer::data`] (one file's STREAM chunks over a QUIC stream, sealed, hashed and opened on the cipher workers) |
+//! | [`transport`] | QUIC endpoints for direct mode and the one tuned transport configuration |
 //! | [`home`] | the endpoint's home directory |
 //! | [`peers`] | the address book of pinned peer keys |
 //! | [`mod@bench`] | `conduit bench`: throughput measured against raw baselines in the same run |
@@ -41,4 +42,5 @@ pub mod home;
 pub mod peers;
 pub mod session;
 pub mod transfer;
+pub mod transport;
 pub mod wire;

@@ -9,23 +9,15 @@ use phi_conduit::crypto::stream::{
     CHUNK_OVERHEAD, ChunkLayout, ChunkSize, FileKeyContext, StreamError, TransferKey,
 };
 use phi_conduit::transfer::data::{self, DataError, FileData};
+use phi_conduit::transport;
 
-/// A connected client/server pair over loopback with a throwaway certificate.
+/// A connected client/server pair over loopback, with the product's direct transport.
 async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let der = cert.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
-    let server_cfg = quinn::ServerConfig::with_single_cert(vec![der.clone()], key).unwrap();
-    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(
-        quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap(),
-    );
+    let server = transport::direct_server("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = server.local_addr().unwrap();
+    let client = transport::direct_client(addr).unwrap();
     let (c, s) = tokio::join!(
-        async { client.connect(addr, "localhost").unwrap().await.unwrap() },
+        async { client.connect(addr, "phi-conduit").unwrap().await.unwrap() },
         async { server.accept().await.unwrap().await.unwrap() }
     );
     (client, c, s)
