@@ -2,5 +2,7 @@
 //!
 //! - [`data`]: one file's STREAM chunks on a QUIC unidirectional stream, sealed, hashed
 //!   and opened on the cipher workers.
+//! - [`paths`]: validation of the relative paths a peer sends (untrusted until parsed).
 
 pub mod data;
+pub mod paths;
