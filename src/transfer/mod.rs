@@ -5,4 +5,6 @@
 //! - [`paths`]: validation of the relative paths a peer sends (untrusted until parsed).
 
 pub mod data;
+pub mod dest;
 pub mod paths;
+pub mod protocol;

@@ -1,0 +1,62 @@
+//! Control messages of a transfer (docs/PROTOCOL.md, "Transfer"), sent as session
+//! messages on the control stream after the handshake.
+//!
+//! 1. sender → receiver: [`OfferStart`] (the first transport message: it carries the
+//!    session secret), then [`OfferEntries`] batches until `count` entries arrived;
+//! 2. receiver → sender: [`Reply`];
+//! 3. sender → receiver: each accepted file's chunks on its own unidirectional stream,
+//!    which starts with the file's index ([`FILE_STREAM_HEADER`] bytes, big-endian u64);
+//! 4. receiver → sender: [`Receipt`] with every file's BLAKE3.
+
+use serde::{Deserialize, Serialize};
+
+/// Most entries one offer may announce.
+pub const MAX_ENTRIES: u64 = 1_000_000;
+/// Entries per [`OfferEntries`] message: twelve entries with the longest allowed path
+/// (4,096 bytes) still fit one session message.
+pub const ENTRIES_PER_MESSAGE: usize = 12;
+/// Bytes of the header of a file stream: the file's index.
+pub const FILE_STREAM_HEADER: usize = 8;
+
+/// The start of an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferStart {
+    /// Fresh random secret of this session (input of the STREAM key schedule).
+    pub session_secret: [u8; 32],
+    /// STREAM chunk size for every file.
+    pub chunk_size: u32,
+    /// Number of entries that follow.
+    pub count: u64,
+    /// Sum of the sizes of all entries.
+    pub total_size: u64,
+}
+
+/// One offered file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative `/`-separated path (validated by the receiver).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits (`0o777` at most; the receiver drops anything else).
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+/// A batch of entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferEntries(pub Vec<Entry>);
+
+/// The receiver's answer to an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Accepted: send every file from chunk 0.
+    Accept,
+    /// Refused, with a reason to show.
+    Refuse(String),
+}
+
+/// What the receiver got: the BLAKE3 of each file, in offer order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt(pub Vec<[u8; 32]>);
