@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod keys;
 mod peers;
+mod transfer;
 
 /// Documented exit codes (README, "Exit codes").
 pub mod code {
@@ -50,6 +51,10 @@ pub enum Command {
     /// The address book of known peers (pinned keys).
     #[command(subcommand)]
     Peers(peers::PeersCommand),
+    /// Send files and directories to a known peer.
+    Send(transfer::SendArgs),
+    /// Receive one transfer into a directory.
+    Receive(transfer::ReceiveArgs),
     /// Measure throughput against raw baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -88,6 +93,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen(args) => keys::keygen(&home()?, args),
         Command::Id(args) => keys::id(&home()?, args),
         Command::Peers(cmd) => peers::run(&home()?, cmd),
+        Command::Send(args) => transfer::send(&home()?, args),
+        Command::Receive(args) => transfer::receive(&home()?, args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

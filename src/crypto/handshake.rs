@@ -201,6 +201,7 @@ pub struct Established {
     handshake_hash: [u8; 32],
     remote: PublicKey,
     first_message: Option<Vec<u8>>,
+    transfer_id: Option<[u8; TRANSFER_ID_LEN]>,
 }
 
 impl Established {
@@ -225,6 +226,7 @@ impl Established {
             handshake_hash,
             remote,
             first_message,
+            transfer_id: None,
         })
     }
 
@@ -236,6 +238,11 @@ impl Established {
     /// The peer's static public key.
     pub fn remote_static(&self) -> PublicKey {
         self.remote
+    }
+
+    /// The transfer id of message 1 (known-recipient mode).
+    pub fn transfer_id(&self) -> Option<[u8; TRANSFER_ID_LEN]> {
+        self.transfer_id
     }
 
     /// The responder's copy of the initiator's first transport message.
@@ -337,7 +344,7 @@ fn expect(kind: u8, body: &[u8]) -> Result<&[u8], HandshakeError> {
 }
 
 enum InitState {
-    IkSent(snow::HandshakeState),
+    IkSent(snow::HandshakeState, [u8; TRANSFER_ID_LEN]),
     PakeSent {
         pake: Pake,
         hello: Vec<u8>,
@@ -375,7 +382,7 @@ impl Initiator {
         frame.extend_from_slice(&msg[1..]);
         Ok((
             Self {
-                state: InitState::IkSent(hs),
+                state: InitState::IkSent(hs, *transfer_id),
             },
             frame,
         ))
@@ -398,10 +405,12 @@ impl Initiator {
     /// Takes the responder's next frame body.
     pub fn read(&mut self, body: &[u8]) -> Result<Step, HandshakeError> {
         match std::mem::replace(&mut self.state, InitState::Finished) {
-            InitState::IkSent(mut hs) => {
+            InitState::IkSent(mut hs, transfer_id) => {
                 let msg = expect(KIND_HANDSHAKE, body)?;
                 read_hs(&mut hs, msg)?;
-                Ok(Step::Done(Box::new(Established::new(hs, None)?)))
+                let mut est = Established::new(hs, None)?;
+                est.transfer_id = Some(transfer_id);
+                Ok(Step::Done(Box::new(est)))
             }
             InitState::PakeSent {
                 pake,
@@ -492,6 +501,7 @@ impl Responder {
                     handshake_hash: hash,
                     remote,
                     first_message: Some(first),
+                    transfer_id: self.transfer_id,
                 })))
             }
             RespState::XxAwait1(mut hs) => {

@@ -8,3 +8,5 @@ pub mod data;
 pub mod dest;
 pub mod paths;
 pub mod protocol;
+pub mod run;
+pub mod source;

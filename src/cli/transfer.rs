@@ -1,0 +1,161 @@
+//! `conduit send` and `conduit receive` (direct mode).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+
+use crate::crypto::identity::Identity;
+use crate::crypto::pipeline::CipherPool;
+use crate::crypto::stream::{ChunkSize, DEFAULT_CHUNK_SIZE};
+use crate::home::Home;
+use crate::peers::AddressBook;
+use crate::transfer::dest::Destination;
+use crate::transfer::run::{self, ReceivePolicy, Summary};
+use crate::transfer::source;
+use crate::transport;
+
+/// Options of `send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Files and directories to send.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The recipient, by its name in the address book.
+    #[arg(long)]
+    to: String,
+    /// The receiver's address (it runs `conduit receive --listen`).
+    #[arg(long)]
+    direct: SocketAddr,
+    /// STREAM chunk size in bytes.
+    #[arg(long, default_value_t = u64::from(DEFAULT_CHUNK_SIZE.get()))]
+    chunk_size: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7470 (port 0: any; the chosen address is printed).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Destination directory.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Accept the offer without asking (otherwise only known peers' offers are accepted).
+    #[arg(long)]
+    yes: bool,
+    /// Let senders that are not in the address book complete the handshake.
+    #[arg(long)]
+    accept_unknown: bool,
+    /// Replace files that already exist.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print events and the summary as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
+    let identity = Identity::load(home)?;
+    let book = AddressBook::load(home)?;
+    let peer = book
+        .find_by_name(&args.to)
+        .with_context(|| format!("no peer named {:?} in the address book", args.to))?;
+    let chunk = ChunkSize::new(args.chunk_size)?;
+    let (files, skipped) = source::collect(&args.paths)?;
+    for s in skipped {
+        eprintln!(
+            "warning: skipped symlink {}",
+            crate::transfer::paths::escape(&s.to_string_lossy())
+        );
+    }
+    let rt = runtime()?;
+    let summary = rt.block_on(async {
+        let endpoint = transport::direct_client(args.direct)?;
+        let conn = endpoint
+            .connect(args.direct, "phi-conduit")?
+            .await
+            .with_context(|| format!("connecting to {}", args.direct))?;
+        let pool = CipherPool::with_all_cores()?;
+        let result = run::send(&conn, &identity, &peer.key, &files, chunk, &pool).await;
+        if result.is_err() {
+            conn.close(run::CLOSE_ERROR.into(), b"error");
+        }
+        endpoint.wait_idle().await;
+        anyhow::Ok(result?)
+    })?;
+    report("sent", &summary, args.json);
+    Ok(())
+}
+
+pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
+    let identity = Identity::load(home)?;
+    let book = AddressBook::load(home)?;
+    let dest = Destination::open(&args.out)?;
+    let policy = ReceivePolicy {
+        accept_unknown: args.accept_unknown,
+        yes: args.yes,
+        overwrite: args.overwrite,
+    };
+    let rt = runtime()?;
+    let summary = rt.block_on(async {
+        let endpoint = transport::direct_server(args.listen)?;
+        let addr = endpoint.local_addr()?;
+        if args.json {
+            println!(
+                "{}",
+                json!({"event": "listening", "addr": addr.to_string()})
+            );
+        } else {
+            println!("listening on {addr}");
+        }
+        let incoming = endpoint.accept().await.context("endpoint closed")?;
+        let conn = incoming.await.context("incoming connection failed")?;
+        let pool = CipherPool::with_all_cores()?;
+        let result = run::receive(&conn, &identity, &book, &dest, &policy, &pool).await;
+        if result.is_err() {
+            conn.close(run::CLOSE_ERROR.into(), b"error");
+        }
+        endpoint.wait_idle().await;
+        anyhow::Ok(result?)
+    })?;
+    report("received", &summary, args.json);
+    Ok(())
+}
+
+fn report(what: &str, s: &Summary, json: bool) {
+    let mbps = s.bytes as f64 / s.seconds.max(1e-9) / 1e6;
+    if json {
+        let files: Vec<_> = s
+            .files
+            .iter()
+            .map(|(p, size, h)| json!({"path": p.to_string(), "size": size, "blake3": h.to_hex().to_string()}))
+            .collect();
+        println!(
+            "{}",
+            json!({"event": "done", "bytes": s.bytes, "seconds": s.seconds, "mbps": mbps, "peer": s.peer.fingerprint().to_string(), "files": files})
+        );
+    } else {
+        println!(
+            "{what} {} files, {} bytes in {:.2} s ({mbps:.1} MB/s), peer {}",
+            s.files.len(),
+            s.bytes,
+            s.seconds,
+            s.peer.fingerprint()
+        );
+        for (p, size, h) in &s.files {
+            println!("  {p}  {size} bytes  blake3 {}", h.to_hex());
+        }
+    }
+}

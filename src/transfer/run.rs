@@ -1,0 +1,347 @@
+//! One transfer over an established QUIC connection: the sender's and the receiver's
+//! side of docs/PROTOCOL.md, "Transfer".
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+
+use crate::crypto::chunk_hash::TreeHash;
+use crate::crypto::handshake::{Initiator, Responder, TRANSFER_ID_LEN};
+use crate::crypto::identity::{Identity, PublicKey};
+use crate::crypto::pipeline::{CipherPool, PositionalFile};
+use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKeyContext, TransferKey};
+use crate::peers::AddressBook;
+use crate::session::{self, SessionError};
+use crate::transfer::data::{self, DataError, FileData};
+use crate::transfer::dest::{DestError, Destination};
+use crate::transfer::paths::{PathError, RelPath, check_collisions};
+use crate::transfer::protocol::{
+    ENTRIES_PER_MESSAGE, Entry, FILE_STREAM_HEADER, MAX_ENTRIES, OfferEntries, OfferStart, Receipt,
+    Reply,
+};
+use crate::transfer::source::SourceFile;
+
+/// QUIC application close code: transfer finished.
+pub const CLOSE_DONE: u32 = 0;
+/// QUIC application close code: a protocol, integrity or authentication failure.
+pub const CLOSE_ERROR: u32 = 1;
+
+/// Errors of a transfer.
+#[derive(Debug, Error)]
+pub enum TransferError {
+    /// The session (handshake, control messages) failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// A file's data failed.
+    #[error("{file}: {source}")]
+    Data {
+        /// The file (escaped).
+        file: String,
+        /// What failed.
+        #[source]
+        source: DataError,
+    },
+    /// Writing at the receiver failed.
+    #[error(transparent)]
+    Dest(#[from] DestError),
+    /// The offer contains a path the receiver refuses.
+    #[error("offer refused: {0}")]
+    BadPath(#[from] PathError),
+    /// The peer refused the offer.
+    #[error("the receiver refused: {0}")]
+    Refused(String),
+    /// Malformed or inconsistent offer or stream.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The receipt does not match what was sent.
+    #[error("receipt mismatch for {0}: the receiver's BLAKE3 differs from the sender's")]
+    ReceiptMismatch(String),
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Other IO.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a finished transfer reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The peer.
+    pub peer: PublicKey,
+    /// Files and their BLAKE3.
+    pub files: Vec<(RelPath, u64, blake3::Hash)>,
+    /// Plaintext bytes moved.
+    pub bytes: u64,
+    /// Wall time from the first offer byte to the receipt.
+    pub seconds: f64,
+}
+
+/// The rendezvous id of a known recipient in direct mode.
+pub fn rendezvous_for(recipient: &PublicKey) -> [u8; 32] {
+    blake3::derive_key("phi-conduit v1 rendezvous", recipient.as_bytes())
+}
+
+fn random<const N: usize>() -> Result<[u8; N], TransferError> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).map_err(|e| TransferError::Io(std::io::Error::other(e)))?;
+    Ok(b)
+}
+
+fn protocol(msg: impl Into<String>) -> TransferError {
+    TransferError::Protocol(msg.into())
+}
+
+/// Sends `files` to `recipient` over `conn`.
+pub async fn send(
+    conn: &quinn::Connection,
+    local: &Identity,
+    recipient: &PublicKey,
+    files: &[SourceFile],
+    chunk: ChunkSize,
+    pool: &Arc<CipherPool>,
+) -> Result<Summary, TransferError> {
+    let (tx, rx) = conn.open_bi().await?;
+    let mut ctl = tokio::io::join(rx, tx);
+    let transfer_id: [u8; TRANSFER_ID_LEN] = random()?;
+    let (machine, first) =
+        Initiator::known_peer(local, recipient, &rendezvous_for(recipient), &transfer_id)
+            .map_err(SessionError::from)?;
+    let mut est = session::initiate(&mut ctl, machine, first).await?;
+    let secret: [u8; 32] = random()?;
+    let start = Instant::now();
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let offer = OfferStart {
+        session_secret: secret,
+        chunk_size: chunk.get(),
+        count: files.len() as u64,
+        total_size: total,
+    };
+    session::send(&mut ctl, &mut est, &offer).await?;
+    for batch in files.chunks(ENTRIES_PER_MESSAGE) {
+        let entries = batch
+            .iter()
+            .map(|f| Entry {
+                path: f.rel.as_str().to_string(),
+                size: f.size,
+                mode: f.mode,
+                mtime: f.mtime,
+            })
+            .collect();
+        session::send(&mut ctl, &mut est, &OfferEntries(entries)).await?;
+    }
+    match session::recv::<_, Reply>(&mut ctl, &mut est).await? {
+        Reply::Accept => {}
+        Reply::Refuse(reason) => {
+            return Err(TransferError::Refused(crate::transfer::paths::escape(
+                &reason,
+            )));
+        }
+    }
+    let keys = TransferKey::derive(&est.handshake_hash(), &secret);
+    let mut sent = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        let layout = ChunkLayout::new(f.size, chunk);
+        let key = Arc::new(keys.file_key(&FileKeyContext::fresh(transfer_id, i as u64, chunk)));
+        let file = std::fs::File::open(&f.path)?;
+        let source = Arc::new(PositionalFile::new(file, u64::from(chunk.get())));
+        let fd = FileData {
+            key,
+            layout,
+            first: 0,
+            tree: TreeHash::new(&layout),
+            buffers: data::buffers_for_window(
+                crate::transport::SEND_WINDOW,
+                &layout,
+                pool.threads(),
+            ),
+        };
+        let mut s = conn.open_uni().await?;
+        s.write_all(&(i as u64).to_be_bytes())
+            .await
+            .map_err(|e| TransferError::Data {
+                file: f.rel.to_string(),
+                source: e.into(),
+            })?;
+        let hash = data::send_file(&mut s, pool, fd, source, Arc::new(|_| {}))
+            .await
+            .map_err(|source| TransferError::Data {
+                file: f.rel.to_string(),
+                source,
+            })?;
+        sent.push((f.rel.clone(), f.size, hash));
+    }
+    let Receipt(hashes) = session::recv(&mut ctl, &mut est).await?;
+    if hashes.len() != sent.len() {
+        return Err(protocol("receipt lists a different number of files"));
+    }
+    for ((rel, _, h), theirs) in sent.iter().zip(&hashes) {
+        if h.as_bytes() != theirs {
+            return Err(TransferError::ReceiptMismatch(rel.to_string()));
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    conn.close(CLOSE_DONE.into(), b"done");
+    Ok(Summary {
+        peer: *recipient,
+        files: sent,
+        bytes: total,
+        seconds,
+    })
+}
+
+/// How the receiver decides.
+#[derive(Debug, Clone, Default)]
+pub struct ReceivePolicy {
+    /// Complete the handshake with senders not in the address book.
+    pub accept_unknown: bool,
+    /// Accept offers without asking (otherwise only known peers' offers are accepted).
+    pub yes: bool,
+    /// Replace existing files.
+    pub overwrite: bool,
+}
+
+/// Receives one transfer on `conn` into `dest`.
+pub async fn receive(
+    conn: &quinn::Connection,
+    local: &Identity,
+    book: &AddressBook,
+    dest: &Destination,
+    policy: &ReceivePolicy,
+    pool: &Arc<CipherPool>,
+) -> Result<Summary, TransferError> {
+    let (tx, rx) = conn.accept_bi().await?;
+    let mut ctl = tokio::io::join(rx, tx);
+    let machine = Responder::new(local, &rendezvous_for(&local.public()), None);
+    let accept_unknown = policy.accept_unknown;
+    let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();
+    let mut est = session::respond(&mut ctl, machine, &mut accept).await?;
+    let peer = est.remote_static();
+    let known = book.find_by_key(&peer).is_some();
+    let first = est
+        .take_first_message()
+        .ok_or_else(|| protocol("no offer"))?;
+    let offer: OfferStart =
+        postcard::from_bytes(&first).map_err(|e| protocol(format!("malformed offer: {e}")))?;
+    let start = Instant::now();
+    let chunk = ChunkSize::new(u64::from(offer.chunk_size)).map_err(|e| protocol(e.to_string()))?;
+    if offer.count == 0 || offer.count > MAX_ENTRIES {
+        return Err(protocol(format!(
+            "offer of {} entries (1 to {MAX_ENTRIES} allowed)",
+            offer.count
+        )));
+    }
+    let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(offer.count.min(1024) as usize);
+    while (entries.len() as u64) < offer.count {
+        let OfferEntries(batch) = session::recv(&mut ctl, &mut est).await?;
+        if batch.is_empty() || entries.len() as u64 + batch.len() as u64 > offer.count {
+            return Err(protocol("offer entries do not match the announced count"));
+        }
+        for e in batch {
+            let rel = RelPath::parse(&e.path)?;
+            entries.push((rel, e));
+        }
+    }
+    check_collisions(entries.iter().map(|(r, _)| r))?;
+    let sum = entries
+        .iter()
+        .try_fold(0u64, |acc, (_, e)| acc.checked_add(e.size));
+    if sum != Some(offer.total_size) {
+        return Err(protocol(
+            "offered sizes do not add up to the announced total",
+        ));
+    }
+    let refusal = if !known && !policy.yes {
+        Some(format!(
+            "offer from unknown sender {} needs --yes",
+            peer.fingerprint()
+        ))
+    } else if let Some((rel, _)) = entries
+        .iter()
+        .find(|(r, _)| !policy.overwrite && dest.exists(r))
+    {
+        Some(format!("{rel} already exists at the receiver"))
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        session::send(&mut ctl, &mut est, &Reply::Refuse(reason.clone())).await?;
+        return Err(TransferError::Refused(reason));
+    }
+    session::send(&mut ctl, &mut est, &Reply::Accept).await?;
+
+    let keys = TransferKey::derive(&est.handshake_hash(), &offer.session_secret);
+    // The transfer id travelled in message 1.
+    let transfer_id = est
+        .transfer_id()
+        .ok_or_else(|| protocol("no transfer id"))?;
+    let mut got: Vec<Option<blake3::Hash>> = vec![None; entries.len()];
+    for _ in 0..entries.len() {
+        let mut s = conn.accept_uni().await?;
+        let mut header = [0u8; FILE_STREAM_HEADER];
+        s.read_exact(&mut header)
+            .await
+            .map_err(|e| protocol(format!("file stream header: {e}")))?;
+        let index = u64::from_be_bytes(header);
+        let slot = usize::try_from(index)
+            .ok()
+            .filter(|&i| i < entries.len() && got[i].is_none())
+            .ok_or_else(|| protocol(format!("file stream for unknown or repeated file {index}")))?;
+        let (rel, e) = &entries[slot];
+        let layout = ChunkLayout::new(e.size, chunk);
+        let key = Arc::new(keys.file_key(&FileKeyContext::fresh(transfer_id, index, chunk)));
+        let part = dest.create_part(rel)?;
+        let writer = part.writer()?;
+        let fd = FileData {
+            key,
+            layout,
+            first: 0,
+            tree: TreeHash::new(&layout),
+            buffers: data::buffers_for_window(
+                u64::from(crate::transport::STREAM_WINDOW),
+                &layout,
+                pool.threads(),
+            ),
+        };
+        let sink = Box::new(move |off: u64, buf: &[u8]| {
+            std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)
+        });
+        match data::receive_file(s, pool, fd, sink, Arc::new(|_| {})).await {
+            Ok(hash) => {
+                part.finalize(policy.overwrite, e.mode)?;
+                got[slot] = Some(hash);
+            }
+            Err(source) => {
+                part.discard();
+                return Err(TransferError::Data {
+                    file: rel.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    let hashes: Vec<blake3::Hash> = got
+        .into_iter()
+        .map(|h| h.ok_or_else(|| protocol("missing file")))
+        .collect::<Result<_, _>>()?;
+    session::send(
+        &mut ctl,
+        &mut est,
+        &Receipt(hashes.iter().map(|h| *h.as_bytes()).collect()),
+    )
+    .await?;
+    // The sender closes once it has the receipt.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn.closed()).await;
+    let files = entries
+        .into_iter()
+        .zip(hashes)
+        .map(|((rel, e), h)| (rel, e.size, h))
+        .collect();
+    Ok(Summary {
+        peer,
+        files,
+        bytes: offer.total_size,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
