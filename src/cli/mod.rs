@@ -104,6 +104,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     use crate::crypto::handshake::HandshakeError;
     use crate::crypto::stream::StreamError;
     use crate::session::SessionError;
+    use crate::transfer::run::TransferError;
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<StreamError>() {
             return if e.is_integrity() {
@@ -112,12 +113,29 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 code::FAILURE
             };
         }
+        match cause.downcast_ref::<TransferError>() {
+            Some(TransferError::Refused(_)) => return code::REFUSED,
+            Some(TransferError::ReceiptMismatch(_)) => return code::INTEGRITY,
+            Some(TransferError::Data { source, .. })
+                if source.stream_error().is_some_and(StreamError::is_integrity) =>
+            {
+                return code::INTEGRITY;
+            }
+            _ => {}
+        }
         let handshake = match cause.downcast_ref::<SessionError>() {
             Some(SessionError::Handshake(e)) => Some(e),
             _ => cause.downcast_ref::<HandshakeError>(),
         };
         if handshake.is_some_and(HandshakeError::is_auth) {
             return code::AUTH;
+        }
+        if let Some(TransferError::Session(SessionError::Handshake(e))) =
+            cause.downcast_ref::<TransferError>()
+        {
+            if e.is_auth() {
+                return code::AUTH;
+            }
         }
     }
     code::FAILURE

@@ -125,6 +125,9 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         let pool = CipherPool::with_all_cores()?;
         let result = run::receive(&conn, &identity, &book, &dest, &policy, &pool).await;
         if result.is_err() {
+            // Let the abort or refusal already queued reach the sender (it closes when it
+            // has read it), then close.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
             conn.close(run::CLOSE_ERROR.into(), b"error");
         }
         endpoint.wait_idle().await;

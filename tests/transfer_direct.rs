@@ -1,0 +1,238 @@
+//! `conduit send` and `conduit receive` as two real processes on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+fn conduit(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_conduit"));
+    c.arg("--home").arg(home).env_remove("CONDUIT_HOME");
+    c
+}
+
+fn key_of(home: &Path) -> String {
+    let out = conduit(home).args(["id", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["public_key"].as_str().unwrap().to_string()
+}
+
+struct Pair {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    sender: PathBuf,
+    receiver: PathBuf,
+}
+
+/// Two endpoints; the sender knows the receiver as "lab"; the receiver knows the sender
+/// as "clinic" when `mutual`.
+fn pair(mutual: bool) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (sender, receiver) = (root.join("home-s"), root.join("home-r"));
+    for h in [&sender, &receiver] {
+        assert!(conduit(h).arg("keygen").output().unwrap().status.success());
+    }
+    let rk = key_of(&receiver);
+    assert!(
+        conduit(&sender)
+            .args(["peers", "add", "lab", &rk])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    if mutual {
+        let sk = key_of(&sender);
+        assert!(
+            conduit(&receiver)
+                .args(["peers", "add", "clinic", &sk])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        );
+    }
+    Pair {
+        _dir: dir,
+        root,
+        sender,
+        receiver,
+    }
+}
+
+/// Starts a receiver and returns it with the address it listens on.
+fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = conduit(&p.receiver)
+        .args(["receive", "--listen", "127.0.0.1:0", "--json", "--out"])
+        .arg(out)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("first line: {line:?}"));
+    assert_eq!(v["event"], "listening");
+    (child, v["addr"].as_str().unwrap().to_string())
+}
+
+fn send(p: &Pair, addr: &str, paths: &[&Path]) -> Output {
+    conduit(&p.sender)
+        .arg("send")
+        .args(paths)
+        .args(["--to", "lab", "--direct", addr, "--json"])
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(
+        root.join("sub/Ünïcødé 名前.txt"),
+        "unicode name".repeat(100),
+    )
+    .unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(root.join("sub/deeper/big.bin"), big).unwrap();
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    for e in walk(a) {
+        let rel = e.strip_prefix(a).unwrap();
+        assert_eq!(
+            std::fs::read(&e).unwrap(),
+            std::fs::read(b.join(rel)).unwrap(),
+            "{}",
+            rel.display()
+        );
+    }
+    assert_eq!(walk(a).len(), walk(b).len());
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap().path();
+        if e.is_dir() {
+            out.extend(walk(&e))
+        } else {
+            out.push(e)
+        }
+    }
+    out
+}
+
+#[test]
+fn a_tree_with_an_empty_file_and_unicode_names_arrives_identical() {
+    let p = pair(true);
+    let src = p.root.join("records");
+    write_tree(&src);
+    let inbox = p.root.join("inbox");
+    let (rx, addr) = start_receiver(&p, &inbox, &[]);
+    let out = send(&p, &addr, &[&src]);
+    assert!(out.status.success(), "sender: {}", text(&out.stderr));
+    let rout = rx.wait_with_output().unwrap();
+    assert!(rout.status.success(), "receiver: {}", text(&rout.stderr));
+    same_tree(&src, &inbox.join("records"));
+    let done: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(done["event"], "done");
+    assert!(done["mbps"].as_f64().unwrap() > 0.0);
+    assert_eq!(done["files"].as_array().unwrap().len(), 4);
+    let big = std::fs::read(src.join("sub/deeper/big.bin")).unwrap();
+    let entry = done["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "records/sub/deeper/big.bin")
+        .unwrap();
+    assert_eq!(entry["blake3"], blake3::hash(&big).to_hex().as_str());
+    // No temporary files are left.
+    assert!(
+        walk(&inbox)
+            .iter()
+            .all(|f| !f.to_string_lossy().ends_with(".part"))
+    );
+}
+
+#[test]
+fn an_unknown_sender_is_refused_with_the_auth_exit_code() {
+    let p = pair(false);
+    let f = p.root.join("x.txt");
+    std::fs::write(&f, b"secret").unwrap();
+    let inbox = p.root.join("inbox");
+    let (rx, addr) = start_receiver(&p, &inbox, &[]);
+    let out = send(&p, &addr, &[&f]);
+    assert_eq!(out.status.code(), Some(3), "sender: {}", text(&out.stderr));
+    let rout = rx.wait_with_output().unwrap();
+    assert_eq!(
+        rout.status.code(),
+        Some(3),
+        "receiver: {}",
+        text(&rout.stderr)
+    );
+    assert!(
+        text(&rout.stderr).contains("unknown sender"),
+        "{}",
+        text(&rout.stderr)
+    );
+    assert!(!inbox.join("x.txt").exists());
+}
+
+#[test]
+fn an_existing_file_is_refused_without_overwrite() {
+    let p = pair(true);
+    let f = p.root.join("report.pdf");
+    std::fs::write(&f, b"new content").unwrap();
+    let inbox = p.root.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(inbox.join("report.pdf"), b"old content").unwrap();
+    let (rx, addr) = start_receiver(&p, &inbox, &[]);
+    let out = send(&p, &addr, &[&f]);
+    assert_eq!(out.status.code(), Some(5), "sender: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    let rout = rx.wait_with_output().unwrap();
+    assert_eq!(rout.status.code(), Some(5));
+    assert_eq!(
+        std::fs::read(inbox.join("report.pdf")).unwrap(),
+        b"old content"
+    );
+    // With --overwrite it is replaced.
+    let (rx, addr) = start_receiver(&p, &inbox, &["--overwrite"]);
+    assert!(send(&p, &addr, &[&f]).status.success());
+    assert!(rx.wait_with_output().unwrap().status.success());
+    assert_eq!(
+        std::fs::read(inbox.join("report.pdf")).unwrap(),
+        b"new content"
+    );
+}
+
+#[test]
+fn a_thousand_small_files_arrive() {
+    let p = pair(true);
+    let src = p.root.join("many");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..1000 {
+        std::fs::write(src.join(format!("f{i:04}.txt")), format!("file {i}\n")).unwrap();
+    }
+    let inbox = p.root.join("inbox");
+    let (rx, addr) = start_receiver(&p, &inbox, &[]);
+    let out = send(&p, &addr, &[&src]);
+    assert!(out.status.success(), "sender: {}", text(&out.stderr));
+    assert!(rx.wait_with_output().unwrap().status.success());
+    same_tree(&src, &inbox.join("many"));
+}
