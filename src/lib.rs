@@ -14,7 +14,7 @@
 //! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher and its key schedule), [`crypto::pipeline`] (parallel seal/open over a pool of reused buffers), [`crypto::chunk_hash`] (whole-file BLAKE3 from per-chunk subtrees), [`crypto::aead`] (the ChaCha20-Poly1305 backend), [`crypto::identity`] (X25519 identities, key text, fingerprints), [`crypto::handshake`] (Noise IK and XXpsk3 state machines), [`crypto::pake`] (code phrases and SPAKE2) |
 //! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames) |
 //! | [`session`] | the handshake and typed session messages over an async stream |
-//! | [`transfer`] | moving files: [`transfer::data`] (one file's STREAM chunks over a QUIC stream, sealed, hashed and opened on the cipher workers) |
+//! | [`transfer`] | moving files: [`transfer::run`] (one transfer, both sides), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes), [`transfer::source`] (the sender's files) |
 //! | [`transport`] | QUIC endpoints for direct mode and the one tuned transport configuration |
 //! | [`home`] | the endpoint's home directory |
 //! | [`peers`] | the address book of pinned peer keys |

@@ -1,8 +1,13 @@
-//! Moving files: the per-file data path over QUIC streams.
+//! Moving files.
 //!
+//! - [`source`]: the sender's files, collected from the command line's paths.
+//! - [`protocol`]: the control messages of a transfer (offer, reply, receipt).
+//! - [`run`]: one transfer over a QUIC connection, the sender's and the receiver's side.
 //! - [`data`]: one file's STREAM chunks on a QUIC unidirectional stream, sealed, hashed
 //!   and opened on the cipher workers.
 //! - [`paths`]: validation of the relative paths a peer sends (untrusted until parsed).
+//! - [`dest`]: the receiver's writes: `.part` files, no-replace finalize, no links
+//!   followed.
 
 pub mod data;
 pub mod dest;
