@@ -34,7 +34,7 @@ pub const IK_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 /// Noise pattern of the code-phrase mode.
 pub const XXPSK3_PATTERN: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 /// Transfer id length.
-pub const TRANSFER_ID_LEN: usize = 16;
+pub const TRANSFER_ID_LEN: usize = crate::crypto::stream::TRANSFER_ID_LEN;
 /// Largest plaintext of one session message: a frame, less the kind byte and the tag.
 pub const MAX_MESSAGE: usize = MAX_FRAME - 1 - TAG_LEN;
 

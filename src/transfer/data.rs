@@ -18,7 +18,9 @@ use thiserror::Error;
 
 use crate::crypto::chunk_hash::TreeHash;
 use crate::crypto::pipeline::{ChunkSource, CipherPool, OpenPipeline, PipelineError, SealPipeline};
-use crate::crypto::stream::{ChunkLayout, FileKey, StreamError};
+use crate::crypto::stream::{
+    ChunkLayout, ChunkSize, FileKey, FileKeyContext, StreamError, TRANSFER_ID_LEN, TransferKey,
+};
 
 /// Reports bytes of plaintext moved, as they move.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
@@ -72,6 +74,29 @@ pub struct FileData {
     pub tree: TreeHash,
     /// Pool buffers for the pipeline (see [`buffers_for_window`]).
     pub buffers: usize,
+}
+
+impl FileData {
+    /// File `index` of a fresh transfer (from chunk 0), sized for `window` bytes in flight
+    /// and `workers` cipher threads.
+    pub fn fresh(
+        keys: &TransferKey,
+        transfer_id: [u8; TRANSFER_ID_LEN],
+        index: u64,
+        size: u64,
+        chunk: ChunkSize,
+        window: u64,
+        workers: usize,
+    ) -> Self {
+        let layout = ChunkLayout::new(size, chunk);
+        Self {
+            key: Arc::new(keys.file_key(&FileKeyContext::fresh(transfer_id, index, chunk))),
+            layout,
+            first: 0,
+            tree: TreeHash::new(&layout),
+            buffers: buffers_for_window(window, &layout, workers),
+        }
+    }
 }
 
 /// Pool buffers a pipeline needs so that it never waits for quinn while a full send

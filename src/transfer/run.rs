@@ -6,11 +6,10 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use crate::crypto::chunk_hash::TreeHash;
 use crate::crypto::handshake::{Initiator, Responder, TRANSFER_ID_LEN};
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::crypto::pipeline::{CipherPool, PositionalFile};
-use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKeyContext, TransferKey};
+use crate::crypto::stream::{ChunkSize, TransferKey};
 use crate::peers::AddressBook;
 use crate::session::{self, SessionError};
 use crate::transfer::data::{self, DataError, FileData};
@@ -142,21 +141,18 @@ pub async fn send(
     let keys = TransferKey::derive(&est.handshake_hash(), &secret);
     let mut sent = Vec::with_capacity(files.len());
     for (i, f) in files.iter().enumerate() {
-        let layout = ChunkLayout::new(f.size, chunk);
-        let key = Arc::new(keys.file_key(&FileKeyContext::fresh(transfer_id, i as u64, chunk)));
         let file = std::fs::File::open(&f.path)?;
         let source = Arc::new(PositionalFile::new(file, u64::from(chunk.get())));
-        let fd = FileData {
-            key,
-            layout,
-            first: 0,
-            tree: TreeHash::new(&layout),
-            buffers: data::buffers_for_window(
-                crate::transport::SEND_WINDOW,
-                &layout,
-                pool.threads(),
-            ),
-        };
+        let window = crate::transport::SEND_WINDOW;
+        let fd = FileData::fresh(
+            &keys,
+            transfer_id,
+            i as u64,
+            f.size,
+            chunk,
+            window,
+            pool.threads(),
+        );
         let mut s = conn.open_uni().await?;
         s.write_all(&(i as u64).to_be_bytes())
             .await
@@ -289,21 +285,18 @@ pub async fn receive(
             .filter(|&i| i < entries.len() && got[i].is_none())
             .ok_or_else(|| protocol(format!("file stream for unknown or repeated file {index}")))?;
         let (rel, e) = &entries[slot];
-        let layout = ChunkLayout::new(e.size, chunk);
-        let key = Arc::new(keys.file_key(&FileKeyContext::fresh(transfer_id, index, chunk)));
         let part = dest.create_part(rel)?;
         let writer = part.writer()?;
-        let fd = FileData {
-            key,
-            layout,
-            first: 0,
-            tree: TreeHash::new(&layout),
-            buffers: data::buffers_for_window(
-                u64::from(crate::transport::STREAM_WINDOW),
-                &layout,
-                pool.threads(),
-            ),
-        };
+        let window = u64::from(crate::transport::STREAM_WINDOW);
+        let fd = FileData::fresh(
+            &keys,
+            transfer_id,
+            index,
+            e.size,
+            chunk,
+            window,
+            pool.threads(),
+        );
         let sink = Box::new(move |off: u64, buf: &[u8]| {
             std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)
         });
