@@ -26,21 +26,26 @@ struct Pair {
 /// Two endpoints; the sender knows the receiver as "lab"; the receiver knows the sender
 /// as "clinic" when `mutual`.
 fn pair(mutual: bool) -> Pair {
+    pair_knowing(true, mutual)
+}
+
+/// Two endpoints; `sender_knows`: the sender has the receiver as "lab"; `receiver_knows`:
+/// the receiver has the sender as "clinic".
+fn pair_knowing(sender_knows: bool, mutual: bool) -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let (sender, receiver) = (root.join("home-s"), root.join("home-r"));
     for h in [&sender, &receiver] {
         assert!(conduit(h).arg("keygen").output().unwrap().status.success());
     }
-    let rk = key_of(&receiver);
-    assert!(
-        conduit(&sender)
+    if sender_knows {
+        let rk = key_of(&receiver);
+        let added = conduit(&sender)
             .args(["peers", "add", "lab", &rk])
             .output()
-            .unwrap()
-            .status
-            .success()
-    );
+            .unwrap();
+        assert!(added.status.success());
+    }
     if mutual {
         let sk = key_of(&sender);
         assert!(
@@ -235,4 +240,125 @@ fn a_thousand_small_files_arrive() {
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
     assert!(rx.wait_with_output().unwrap().status.success());
     same_tree(&src, &inbox.join("many"));
+}
+
+/// A code-phrase sender and the receiver's arguments, with the code the sender printed.
+fn code_transfer(
+    p: &Pair,
+    port: u16,
+    src: &Path,
+    receiver_code: impl Fn(&str) -> String,
+) -> (Output, Output) {
+    let addr = format!("127.0.0.1:{port}");
+    let mut sender = conduit(&p.sender)
+        .arg("send")
+        .arg(src)
+        .args([
+            "--code",
+            "--direct",
+            &addr,
+            "--json",
+            "--save-peer",
+            "the-lab",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(sender.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["event"], "code");
+    let code = v["code"].as_str().unwrap().to_string();
+    let words: Vec<&str> = code.split('-').collect();
+    assert_eq!(words.len(), 4, "{code}");
+    let inbox = p.root.join("inbox");
+    let recv = conduit(&p.receiver)
+        .args(["receive", "--listen", &addr, "--out"])
+        .arg(&inbox)
+        .args(["--code", &receiver_code(&code), "--save-peer", "the-clinic"])
+        .output()
+        .unwrap();
+    (sender.wait_with_output().unwrap(), recv)
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_code_phrase_transfer_works_between_strangers_and_saves_both_peers() {
+    let p = pair_knowing(false, false);
+    let f = p.root.join("scan.dcm");
+    std::fs::write(&f, vec![42u8; 100_000]).unwrap();
+    let (s, r) = code_transfer(&p, free_port(), &f, |c| c.to_string());
+    assert!(s.status.success(), "sender: {}", text(&s.stderr));
+    assert!(r.status.success(), "receiver: {}", text(&r.stderr));
+    assert_eq!(
+        std::fs::read(p.root.join("inbox/scan.dcm")).unwrap(),
+        vec![42u8; 100_000]
+    );
+    // Each side saved the other's real key.
+    let list = |h: &Path| -> serde_json::Value {
+        serde_json::from_slice(
+            &conduit(h)
+                .args(["peers", "list", "--json"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    let s_list = list(&p.sender);
+    let lab = s_list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "the-lab")
+        .unwrap();
+    assert_eq!(lab["public_key"], key_of(&p.receiver).as_str());
+    let r_list = list(&p.receiver);
+    let clinic = r_list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "the-clinic")
+        .unwrap();
+    assert_eq!(clinic["public_key"], key_of(&p.sender).as_str());
+}
+
+#[test]
+fn a_wrong_code_fails_on_both_sides_with_the_auth_exit_code() {
+    let p = pair_knowing(false, false);
+    let f = p.root.join("scan.dcm");
+    std::fs::write(&f, b"phi").unwrap();
+    let (s, r) = code_transfer(&p, free_port(), &f, |c| {
+        // Same nameplate, one word changed.
+        let mut parts: Vec<String> = c.split('-').map(String::from).collect();
+        parts[3] = if parts[3] == "zoo" {
+            "abandon".into()
+        } else {
+            "zoo".into()
+        };
+        parts.join("-")
+    });
+    assert_eq!(s.status.code(), Some(3), "sender: {}", text(&s.stderr));
+    assert_eq!(r.status.code(), Some(3), "receiver: {}", text(&r.stderr));
+    assert!(
+        text(&r.stderr).contains("code mismatch"),
+        "{}",
+        text(&r.stderr)
+    );
+    assert!(
+        text(&s.stderr).contains("CodeMismatch") || text(&s.stderr).contains("code mismatch"),
+        "{}",
+        text(&s.stderr)
+    );
+    assert!(!p.root.join("inbox/scan.dcm").exists());
 }

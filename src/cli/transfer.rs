@@ -2,18 +2,20 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
 use crate::crypto::identity::Identity;
+use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
 use crate::crypto::stream::{ChunkSize, DEFAULT_CHUNK_SIZE};
 use crate::home::Home;
 use crate::peers::AddressBook;
 use crate::transfer::dest::Destination;
-use crate::transfer::run::{self, ReceivePolicy, Summary};
+use crate::transfer::run::{self, ReceivePolicy, Recipient, Summary};
 use crate::transfer::source;
 use crate::transport;
 
@@ -24,8 +26,15 @@ pub struct SendArgs {
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// The recipient, by its name in the address book.
+    #[arg(long, required_unless_present = "code", conflicts_with = "code")]
+    to: Option<String>,
+    /// Make a one-time code phrase instead, print it and wait for the receiver
+    /// (`conduit receive --code CODE`).
     #[arg(long)]
-    to: String,
+    code: bool,
+    /// After a code-phrase transfer, save the receiver's key under this name.
+    #[arg(long, requires = "code", value_name = "NAME")]
+    save_peer: Option<String>,
     /// The receiver's address (it runs `conduit receive --listen`).
     #[arg(long)]
     direct: SocketAddr,
@@ -55,10 +64,21 @@ pub struct ReceiveArgs {
     /// Replace files that already exist.
     #[arg(long)]
     overwrite: bool,
+    /// Authenticate the sender with the code phrase it printed.
+    #[arg(long, value_name = "CODE")]
+    code: Option<String>,
+    /// After a code-phrase transfer, save the sender's key under this name.
+    #[arg(long, requires = "code", value_name = "NAME")]
+    save_peer: Option<String>,
     /// Print events and the summary as JSON lines.
     #[arg(long)]
     json: bool,
 }
+
+/// How long a code-phrase sender keeps trying to reach the receiver.
+const CODE_WAIT: Duration = Duration::from_secs(300);
+/// One connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -68,10 +88,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
-    let book = AddressBook::load(home)?;
-    let peer = book
-        .find_by_name(&args.to)
-        .with_context(|| format!("no peer named {:?} in the address book", args.to))?;
+    let mut book = AddressBook::load(home)?;
+    let recipient = match &args.to {
+        Some(name) => Recipient::Known(
+            book.find_by_name(name)
+                .with_context(|| format!("no peer named {name:?} in the address book"))?
+                .key,
+        ),
+        None => {
+            let code = Code::generate()?;
+            if args.json {
+                println!("{}", json!({"event": "code", "code": code.to_string()}));
+            } else {
+                println!("code: {code}");
+                println!("on the receiving side run: conduit receive --listen ADDR --code {code}");
+            }
+            Recipient::Code(code)
+        }
+    };
     let chunk = ChunkSize::new(args.chunk_size)?;
     let (files, skipped) = source::collect(&args.paths)?;
     for s in skipped {
@@ -83,12 +117,14 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let endpoint = transport::direct_client(args.direct)?;
-        let conn = endpoint
-            .connect(args.direct, "phi-conduit")?
-            .await
-            .with_context(|| format!("connecting to {}", args.direct))?;
+        let conn = connect(
+            &endpoint,
+            args.direct,
+            matches!(recipient, Recipient::Code(_)),
+        )
+        .await?;
         let pool = CipherPool::with_all_cores()?;
-        let result = run::send(&conn, &identity, &peer.key, &files, chunk, &pool).await;
+        let result = run::send(&conn, &identity, &recipient, &files, chunk, &pool).await;
         if result.is_err() {
             conn.close(run::CLOSE_ERROR.into(), b"error");
         }
@@ -96,14 +132,53 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         anyhow::Ok(result?)
     })?;
     report("sent", &summary, args.json);
+    if let Some(name) = &args.save_peer {
+        save_peer(&mut book, name, &summary)?;
+    }
+    Ok(())
+}
+
+/// Connects; in code mode the receiver may not be listening yet (its user types the code
+/// after the sender printed it), so keep trying for [`CODE_WAIT`].
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    wait: bool,
+) -> anyhow::Result<quinn::Connection> {
+    let deadline = tokio::time::Instant::now() + if wait { CODE_WAIT } else { Duration::ZERO };
+    loop {
+        let attempt =
+            tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, "phi-conduit")?).await;
+        match attempt {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("connecting to {addr}"));
+            }
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("connecting to {addr}: timed out")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Saves the peer of a finished code-phrase transfer. The transfer itself succeeded, so
+/// a failure here (name or key already in the book) is a warning, not an error.
+fn save_peer(book: &mut AddressBook, name: &str, summary: &Summary) -> anyhow::Result<()> {
+    match book.add(name, summary.peer).and_then(|()| book.save()) {
+        Ok(()) => println!("saved peer {name} ({})", summary.peer.fingerprint()),
+        Err(e) => eprintln!("warning: peer not saved: {e}"),
+    }
     Ok(())
 }
 
 pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
-    let book = AddressBook::load(home)?;
+    let mut book = AddressBook::load(home)?;
     let dest = Destination::open(&args.out)?;
+    let code = args.code.as_deref().map(Code::parse).transpose()?;
     let policy = ReceivePolicy {
+        code,
         accept_unknown: args.accept_unknown,
         yes: args.yes,
         overwrite: args.overwrite,
@@ -134,6 +209,9 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         anyhow::Ok(result?)
     })?;
     report("received", &summary, args.json);
+    if let Some(name) = &args.save_peer {
+        save_peer(&mut book, name, &summary)?;
+    }
     Ok(())
 }
 

@@ -21,6 +21,9 @@ pub const FILE_STREAM_HEADER: usize = 8;
 /// The start of an offer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferStart {
+    /// Transfer id (input of the file keys; in known-recipient mode equal to the id in
+    /// handshake message 1).
+    pub transfer_id: [u8; 16],
     /// Fresh random secret of this session (input of the STREAM key schedule).
     pub session_secret: [u8; 32],
     /// STREAM chunk size for every file.

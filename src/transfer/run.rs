@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::crypto::handshake::{Initiator, Responder, TRANSFER_ID_LEN};
 use crate::crypto::identity::{Identity, PublicKey};
+use crate::crypto::pake::Code;
 use crate::crypto::pipeline::{CipherPool, PositionalFile};
 use crate::crypto::stream::{ChunkSize, TransferKey};
 use crate::peers::AddressBook;
@@ -92,11 +93,28 @@ fn protocol(msg: impl Into<String>) -> TransferError {
     TransferError::Protocol(msg.into())
 }
 
+/// How the sender authenticates the receiver.
+#[derive(Debug, Clone)]
+pub enum Recipient {
+    /// A pinned key from the address book (Noise IK).
+    Known(PublicKey),
+    /// A one-time code phrase shared out of band (SPAKE2 + Noise XXpsk3).
+    Code(Code),
+}
+
+/// The rendezvous id of a code's nameplate.
+pub fn rendezvous_for_code(code: &Code) -> [u8; 32] {
+    blake3::derive_key(
+        "phi-conduit v1 nameplate",
+        code.nameplate().to_string().as_bytes(),
+    )
+}
+
 /// Sends `files` to `recipient` over `conn`.
 pub async fn send(
     conn: &quinn::Connection,
     local: &Identity,
-    recipient: &PublicKey,
+    recipient: &Recipient,
     files: &[SourceFile],
     chunk: ChunkSize,
     pool: &Arc<CipherPool>,
@@ -104,14 +122,19 @@ pub async fn send(
     let (tx, rx) = conn.open_bi().await?;
     let mut ctl = tokio::io::join(rx, tx);
     let transfer_id: [u8; TRANSFER_ID_LEN] = random()?;
-    let (machine, first) =
-        Initiator::known_peer(local, recipient, &rendezvous_for(recipient), &transfer_id)
-            .map_err(SessionError::from)?;
+    let (machine, first) = match recipient {
+        Recipient::Known(key) => {
+            Initiator::known_peer(local, key, &rendezvous_for(key), &transfer_id)
+                .map_err(SessionError::from)?
+        }
+        Recipient::Code(code) => Initiator::code(local, code, &rendezvous_for_code(code)),
+    };
     let mut est = session::initiate(&mut ctl, machine, first).await?;
     let secret: [u8; 32] = random()?;
     let start = Instant::now();
     let total: u64 = files.iter().map(|f| f.size).sum();
     let offer = OfferStart {
+        transfer_id,
         session_secret: secret,
         chunk_size: chunk.get(),
         count: files.len() as u64,
@@ -180,7 +203,7 @@ pub async fn send(
     let seconds = start.elapsed().as_secs_f64();
     conn.close(CLOSE_DONE.into(), b"done");
     Ok(Summary {
-        peer: *recipient,
+        peer: est.remote_static(),
         files: sent,
         bytes: total,
         seconds,
@@ -196,6 +219,8 @@ pub struct ReceivePolicy {
     pub yes: bool,
     /// Replace existing files.
     pub overwrite: bool,
+    /// Authenticate with this code phrase instead of the address book.
+    pub code: Option<Code>,
 }
 
 /// Receives one transfer on `conn` into `dest`.
@@ -209,17 +234,25 @@ pub async fn receive(
 ) -> Result<Summary, TransferError> {
     let (tx, rx) = conn.accept_bi().await?;
     let mut ctl = tokio::io::join(rx, tx);
-    let machine = Responder::new(local, &rendezvous_for(&local.public()), None);
+    let rendezvous = match &policy.code {
+        Some(code) => rendezvous_for_code(code),
+        None => rendezvous_for(&local.public()),
+    };
+    let machine = Responder::new(local, &rendezvous, policy.code.clone());
     let accept_unknown = policy.accept_unknown;
     let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();
     let mut est = session::respond(&mut ctl, machine, &mut accept).await?;
     let peer = est.remote_static();
-    let known = book.find_by_key(&peer).is_some();
-    let first = est
-        .take_first_message()
-        .ok_or_else(|| protocol("no offer"))?;
-    let offer: OfferStart =
-        postcard::from_bytes(&first).map_err(|e| protocol(format!("malformed offer: {e}")))?;
+    // A sender that proved the code the user typed here is expected.
+    let known = book.find_by_key(&peer).is_some() || policy.code.is_some();
+    // Known-recipient mode: the offer was the first transport message, which completed
+    // the handshake. Code mode: it is the next message.
+    let offer: OfferStart = match est.take_first_message() {
+        Some(first) => {
+            postcard::from_bytes(&first).map_err(|e| protocol(format!("malformed offer: {e}")))?
+        }
+        None => session::recv(&mut ctl, &mut est).await?,
+    };
     let start = Instant::now();
     let chunk = ChunkSize::new(u64::from(offer.chunk_size)).map_err(|e| protocol(e.to_string()))?;
     if offer.count == 0 || offer.count > MAX_ENTRIES {
@@ -268,10 +301,13 @@ pub async fn receive(
     session::send(&mut ctl, &mut est, &Reply::Accept).await?;
 
     let keys = TransferKey::derive(&est.handshake_hash(), &offer.session_secret);
-    // The transfer id travelled in message 1.
-    let transfer_id = est
-        .transfer_id()
-        .ok_or_else(|| protocol("no transfer id"))?;
+    // In known-recipient mode the transfer id also travelled in message 1: they must agree.
+    let transfer_id = offer.transfer_id;
+    if est.transfer_id().is_some_and(|t| t != transfer_id) {
+        return Err(protocol(
+            "the offer's transfer id differs from the handshake's",
+        ));
+    }
     let mut got: Vec<Option<blake3::Hash>> = vec![None; entries.len()];
     for _ in 0..entries.len() {
         let mut s = conn.accept_uni().await?;
