@@ -65,8 +65,27 @@ fn pair_knowing(sender_knows: bool, mutual: bool) -> Pair {
     }
 }
 
+/// A running receiver. Its stdout is drained on a thread (a transfer prints many JSON
+/// lines; an undrained pipe would block it).
+struct Receiver {
+    child: Child,
+    stdout: std::thread::JoinHandle<String>,
+}
+
+impl Receiver {
+    /// Waits for the receiver; returns its exit status, stdout and stderr.
+    fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        (status, self.stdout.join().unwrap(), err)
+    }
+}
+
 /// Starts a receiver and returns it with the address it listens on.
-fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Child, String) {
+fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Receiver, String) {
     let mut child = conduit(&p.receiver)
         .args(["receive", "--listen", "127.0.0.1:0", "--json", "--out"])
         .arg(out)
@@ -75,14 +94,21 @@ fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    reader.read_line(&mut line).unwrap();
     let v: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|_| panic!("first line: {line:?}"));
     assert_eq!(v["event"], "listening");
-    (child, v["addr"].as_str().unwrap().to_string())
+    let stdout = std::thread::spawn(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+        rest
+    });
+    (
+        Receiver { child, stdout },
+        v["addr"].as_str().unwrap().to_string(),
+    )
 }
 
 fn send(p: &Pair, addr: &str, paths: &[&Path]) -> Output {
@@ -146,9 +172,32 @@ fn a_tree_with_an_empty_file_and_unicode_names_arrives_identical() {
     let (rx, addr) = start_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&src]);
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
-    let rout = rx.wait_with_output().unwrap();
-    assert!(rout.status.success(), "receiver: {}", text(&rout.stderr));
+    let (status, rout, rerr) = rx.finish();
+    assert!(status.success(), "receiver: {rerr}");
     same_tree(&src, &inbox.join("records"));
+    // The receiver's JSON lines: the offer (with what lands where), each file, done.
+    let events: Vec<serde_json::Value> = rout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let offer = events.iter().find(|e| e["event"] == "offer").unwrap();
+    assert_eq!(offer["files"], 4);
+    assert_eq!(offer["top_level"], serde_json::json!(["records"]));
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "file_done").count(),
+        4
+    );
+    let progress: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        progress.last().copied(),
+        Some(offer["bytes"].as_u64().unwrap()),
+        "final progress is the total"
+    );
+    assert_eq!(events.last().unwrap()["event"], "done");
     let done: serde_json::Value =
         serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(done["event"], "done");
@@ -179,18 +228,9 @@ fn an_unknown_sender_is_refused_with_the_auth_exit_code() {
     let (rx, addr) = start_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&f]);
     assert_eq!(out.status.code(), Some(3), "sender: {}", text(&out.stderr));
-    let rout = rx.wait_with_output().unwrap();
-    assert_eq!(
-        rout.status.code(),
-        Some(3),
-        "receiver: {}",
-        text(&rout.stderr)
-    );
-    assert!(
-        text(&rout.stderr).contains("unknown sender"),
-        "{}",
-        text(&rout.stderr)
-    );
+    let (status, _, rerr) = rx.finish();
+    assert_eq!(status.code(), Some(3), "receiver: {rerr}");
+    assert!(rerr.contains("unknown sender"), "{rerr}");
     assert!(!inbox.join("x.txt").exists());
 }
 
@@ -210,8 +250,8 @@ fn an_existing_file_is_refused_without_overwrite() {
         "{}",
         text(&out.stderr)
     );
-    let rout = rx.wait_with_output().unwrap();
-    assert_eq!(rout.status.code(), Some(5));
+    let (status, _, _) = rx.finish();
+    assert_eq!(status.code(), Some(5));
     assert_eq!(
         std::fs::read(inbox.join("report.pdf")).unwrap(),
         b"old content"
@@ -219,7 +259,7 @@ fn an_existing_file_is_refused_without_overwrite() {
     // With --overwrite it is replaced.
     let (rx, addr) = start_receiver(&p, &inbox, &["--overwrite"]);
     assert!(send(&p, &addr, &[&f]).status.success());
-    assert!(rx.wait_with_output().unwrap().status.success());
+    assert!(rx.finish().0.success());
     assert_eq!(
         std::fs::read(inbox.join("report.pdf")).unwrap(),
         b"new content"
@@ -238,7 +278,7 @@ fn a_thousand_small_files_arrive() {
     let (rx, addr) = start_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&src]);
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
-    assert!(rx.wait_with_output().unwrap().status.success());
+    assert!(rx.finish().0.success());
     same_tree(&src, &inbox.join("many"));
 }
 

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,7 +16,7 @@ use crate::crypto::stream::{ChunkSize, DEFAULT_CHUNK_SIZE};
 use crate::home::Home;
 use crate::peers::AddressBook;
 use crate::transfer::dest::Destination;
-use crate::transfer::run::{self, ReceivePolicy, Recipient, Summary};
+use crate::transfer::run::{self, Event, Events, ReceivePolicy, Recipient, Summary};
 use crate::transfer::source;
 use crate::transport;
 
@@ -124,7 +125,16 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         )
         .await?;
         let pool = CipherPool::with_all_cores()?;
-        let result = run::send(&conn, &identity, &recipient, &files, chunk, &pool).await;
+        let result = run::send(
+            &conn,
+            &identity,
+            &recipient,
+            &files,
+            chunk,
+            &pool,
+            &events(args.json),
+        )
+        .await;
         if result.is_err() {
             conn.close(run::CLOSE_ERROR.into(), b"error");
         }
@@ -198,7 +208,16 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         let incoming = endpoint.accept().await.context("endpoint closed")?;
         let conn = incoming.await.context("incoming connection failed")?;
         let pool = CipherPool::with_all_cores()?;
-        let result = run::receive(&conn, &identity, &book, &dest, &policy, &pool).await;
+        let result = run::receive(
+            &conn,
+            &identity,
+            &book,
+            &dest,
+            &policy,
+            &pool,
+            &events(args.json),
+        )
+        .await;
         if result.is_err() {
             // Let the abort or refusal already queued reach the sender (it closes when it
             // has read it), then close.
@@ -213,6 +232,50 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         save_peer(&mut book, name, &summary)?;
     }
     Ok(())
+}
+
+/// Prints transfer events: JSON lines with `--json`; otherwise only the offer (what will
+/// land where), on stderr.
+fn events(json: bool) -> Events {
+    Arc::new(move |e| match e {
+        Event::Offer {
+            peer,
+            files,
+            total,
+            top_level,
+        } => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"event": "offer", "peer": peer.fingerprint().to_string(), "files": files, "bytes": total, "top_level": top_level})
+                );
+            } else {
+                let shown: Vec<&str> = top_level.iter().take(10).map(String::as_str).collect();
+                let more = match top_level.len().saturating_sub(shown.len()) {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                eprintln!(
+                    "offer from {}: {files} files, {total} bytes: {}{more}",
+                    peer.fingerprint(),
+                    shown.join(", ")
+                );
+            }
+        }
+        Event::Progress { bytes, total } if json => {
+            println!(
+                "{}",
+                json!({"event": "progress", "bytes": bytes, "total": total})
+            );
+        }
+        Event::FileDone { path, size, blake3 } if json => {
+            println!(
+                "{}",
+                json!({"event": "file_done", "path": path, "size": size, "blake3": blake3.to_hex().to_string()})
+            );
+        }
+        _ => {}
+    })
 }
 
 fn report(what: &str, s: &Summary, json: bool) {

@@ -78,6 +78,66 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+/// What a transfer reports while it runs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The receiver got a valid offer (sent before it replies).
+    Offer {
+        /// The sender.
+        peer: PublicKey,
+        /// Number of files.
+        files: u64,
+        /// Sum of their sizes.
+        total: u64,
+        /// Distinct top-level names, escaped.
+        top_level: Vec<String>,
+    },
+    /// Plaintext bytes moved so far, of `total`.
+    Progress {
+        /// Bytes so far.
+        bytes: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// One file is complete and verified.
+    FileDone {
+        /// Its path (escaped).
+        path: String,
+        /// Its size.
+        size: u64,
+        /// Its BLAKE3.
+        blake3: blake3::Hash,
+    },
+}
+
+/// Receives [`Event`]s; called from any thread.
+pub type Events = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// Turns per-chunk byte counts into [`Event::Progress`] events, at most every
+/// `PROGRESS_INTERVAL`.
+fn progress_reporter(
+    events: &Events,
+    total: u64,
+    done: &Arc<std::sync::atomic::AtomicU64>,
+) -> data::Progress {
+    let events = Arc::clone(events);
+    let done = Arc::clone(done);
+    let last = Arc::new(std::sync::Mutex::new(Instant::now()));
+    Arc::new(move |n| {
+        let bytes = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        let mut at = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if at.elapsed() >= PROGRESS_INTERVAL || bytes == total {
+            *at = Instant::now();
+            events(Event::Progress { bytes, total });
+        }
+    })
+}
+
+/// Shortest interval between two progress events (at most 4 per second).
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The rendezvous id of a known recipient in direct mode.
 pub fn rendezvous_for(recipient: &PublicKey) -> [u8; 32] {
     blake3::derive_key("phi-conduit v1 rendezvous", recipient.as_bytes())
@@ -118,6 +178,7 @@ pub async fn send(
     files: &[SourceFile],
     chunk: ChunkSize,
     pool: &Arc<CipherPool>,
+    events: &Events,
 ) -> Result<Summary, TransferError> {
     let (tx, rx) = conn.open_bi().await?;
     let mut ctl = tokio::io::join(rx, tx);
@@ -162,6 +223,7 @@ pub async fn send(
         }
     }
     let keys = TransferKey::derive(&est.handshake_hash(), &secret);
+    let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut sent = Vec::with_capacity(files.len());
     for (i, f) in files.iter().enumerate() {
         let file = std::fs::File::open(&f.path)?;
@@ -183,13 +245,19 @@ pub async fn send(
                 file: f.rel.to_string(),
                 source: e.into(),
             })?;
-        let hash = data::send_file(&mut s, pool, fd, source, Arc::new(|_| {}))
+        let progress = progress_reporter(events, total, &moved);
+        let hash = data::send_file(&mut s, pool, fd, source, progress)
             .await
             .map_err(|source| TransferError::Data {
                 file: f.rel.to_string(),
                 source,
             })?;
         sent.push((f.rel.clone(), f.size, hash));
+        events(Event::FileDone {
+            path: f.rel.to_string(),
+            size: f.size,
+            blake3: hash,
+        });
     }
     let Receipt(hashes) = session::recv(&mut ctl, &mut est).await?;
     if hashes.len() != sent.len() {
@@ -231,6 +299,7 @@ pub async fn receive(
     dest: &Destination,
     policy: &ReceivePolicy,
     pool: &Arc<CipherPool>,
+    events: &Events,
 ) -> Result<Summary, TransferError> {
     let (tx, rx) = conn.accept_bi().await?;
     let mut ctl = tokio::io::join(rx, tx);
@@ -281,6 +350,17 @@ pub async fn receive(
             "offered sizes do not add up to the announced total",
         ));
     }
+    let mut top_level: Vec<String> = entries
+        .iter()
+        .filter_map(|(r, _)| r.components().next().map(crate::transfer::paths::escape))
+        .collect();
+    top_level.dedup();
+    events(Event::Offer {
+        peer,
+        files: offer.count,
+        total: offer.total_size,
+        top_level,
+    });
     let refusal = if !known && !policy.yes {
         Some(format!(
             "offer from unknown sender {} needs --yes",
@@ -308,6 +388,7 @@ pub async fn receive(
             "the offer's transfer id differs from the handshake's",
         ));
     }
+    let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut got: Vec<Option<blake3::Hash>> = vec![None; entries.len()];
     for _ in 0..entries.len() {
         let mut s = conn.accept_uni().await?;
@@ -336,10 +417,16 @@ pub async fn receive(
         let sink = Box::new(move |off: u64, buf: &[u8]| {
             std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)
         });
-        match data::receive_file(s, pool, fd, sink, Arc::new(|_| {})).await {
+        let progress = progress_reporter(events, offer.total_size, &moved);
+        match data::receive_file(s, pool, fd, sink, progress).await {
             Ok(hash) => {
                 part.finalize(policy.overwrite, e.mode)?;
                 got[slot] = Some(hash);
+                events(Event::FileDone {
+                    path: rel.to_string(),
+                    size: e.size,
+                    blake3: hash,
+                });
             }
             Err(source) => {
                 part.discard();
