@@ -40,6 +40,7 @@ pub mod crypto;
 mod fsutil;
 pub mod home;
 pub mod peers;
+pub mod relay;
 pub mod session;
 pub mod transfer;
 pub mod transport;

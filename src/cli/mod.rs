@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod keys;
 mod peers;
+mod relay;
 mod transfer;
 
 /// Documented exit codes (README, "Exit codes").
@@ -51,10 +52,12 @@ pub enum Command {
     /// The address book of known peers (pinned keys).
     #[command(subcommand)]
     Peers(peers::PeersCommand),
-    /// Send files and directories to a known peer.
+    /// Send files and directories to a known peer or by code phrase.
     Send(transfer::SendArgs),
-    /// Receive one transfer into a directory.
+    /// Receive a transfer into a directory (or keep receiving: --daemon).
     Receive(transfer::ReceiveArgs),
+    /// Run a relay in conduit mode: it pairs peers and forwards ciphertext only.
+    Relay(relay::RelayArgs),
     /// Measure throughput against raw baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -95,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peers(cmd) => peers::run(&home()?, cmd),
         Command::Send(args) => transfer::send(&home()?, args),
         Command::Receive(args) => transfer::receive(&home()?, args),
+        Command::Relay(args) => relay::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -1,4 +1,5 @@
-//! `conduit send` and `conduit receive` (direct mode).
+//! `conduit send` and `conduit receive`, direct or through a relay (`--relay`), and the
+//! receiving daemon (`receive --relay ... --daemon`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,10 +16,13 @@ use crate::crypto::pipeline::CipherPool;
 use crate::crypto::stream::{ChunkSize, DEFAULT_CHUNK_SIZE};
 use crate::home::Home;
 use crate::peers::AddressBook;
+use crate::relay::client::{self as relay_client, RelayOptions};
+use crate::relay::hello::Role;
+use crate::relay::tokens::parse_sha256;
 use crate::transfer::dest::Destination;
 use crate::transfer::run::{self, Event, Events, ReceivePolicy, Recipient, Summary};
 use crate::transfer::source;
-use crate::transport;
+use crate::transport::{self, RelayTrust};
 
 /// Options of `send`.
 #[derive(Debug, Args)]
@@ -37,8 +41,10 @@ pub struct SendArgs {
     #[arg(long, requires = "code", value_name = "NAME")]
     save_peer: Option<String>,
     /// The receiver's address (it runs `conduit receive --listen`).
-    #[arg(long)]
-    direct: SocketAddr,
+    #[arg(long, required_unless_present = "relay", conflicts_with = "relay")]
+    direct: Option<SocketAddr>,
+    #[command(flatten)]
+    relay: RelayFlags,
     /// STREAM chunk size in bytes.
     #[arg(long, default_value_t = u64::from(DEFAULT_CHUNK_SIZE.get()))]
     chunk_size: u64,
@@ -50,9 +56,19 @@ pub struct SendArgs {
 /// Options of `receive`.
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
-    /// Address to listen on, e.g. 0.0.0.0:7470 (port 0: any; the chosen address is printed).
-    #[arg(long)]
-    listen: SocketAddr,
+    /// Address to listen on for a direct sender, e.g. 0.0.0.0:7470 (port 0: any; the
+    /// chosen address is printed).
+    #[arg(long, required_unless_present = "relay", conflicts_with = "relay")]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    relay: RelayFlags,
+    /// Keep waiting at the relay and receive transfers one after another (known peers),
+    /// reconnecting with backoff if the relay goes away; stop with Ctrl-C or SIGTERM.
+    #[arg(long, requires = "relay", conflicts_with = "code")]
+    daemon: bool,
+    /// With --daemon: transfers received at once.
+    #[arg(long, requires = "daemon", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrent: u16,
     /// Destination directory.
     #[arg(long, default_value = ".")]
     out: PathBuf,
@@ -74,6 +90,63 @@ pub struct ReceiveArgs {
     /// Print events and the summary as JSON lines.
     #[arg(long)]
     json: bool,
+}
+
+/// How to reach a relay (send and receive).
+#[derive(Debug, Args)]
+pub(crate) struct RelayFlags {
+    /// Meet the peer at a relay: HOST:PORT, or a comma-separated fleet (both peers pick the
+    /// same relay by rendezvous hashing).
+    #[arg(long, value_name = "ADDRS")]
+    relay: Option<String>,
+    /// Verify the relay's certificate against this CA (PEM) instead of the system roots.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "relay",
+        conflicts_with = "relay_pin"
+    )]
+    relay_ca: Option<PathBuf>,
+    /// Accept only the relay certificate with this SHA-256 (hex, as the relay prints it).
+    #[arg(long, value_name = "SHA256", requires = "relay")]
+    relay_pin: Option<String>,
+    /// Access token the relay asks for.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CONDUIT_RELAY_TOKEN",
+        hide_env_values = true
+    )]
+    relay_token: Option<String>,
+}
+
+impl RelayFlags {
+    /// The relay options, if `--relay` was given.
+    fn options(&self) -> anyhow::Result<Option<RelayOptions>> {
+        let Some(list) = &self.relay else {
+            return Ok(None);
+        };
+        let relays = RelayOptions::parse_list(list)?;
+        let trust = match (&self.relay_pin, &self.relay_ca) {
+            (Some(pin), _) => RelayTrust::Pin(
+                parse_sha256(pin).context("--relay-pin: expected a SHA-256 in hex (64 digits)")?,
+            ),
+            (None, Some(ca)) => RelayTrust::ca_file(ca)?,
+            (None, None) => RelayTrust::System,
+        };
+        let token = self.relay_token.clone().unwrap_or_default().into_bytes();
+        if token.len() > crate::relay::hello::MAX_TOKEN {
+            anyhow::bail!(
+                "--relay-token: at most {} bytes",
+                crate::relay::hello::MAX_TOKEN
+            );
+        }
+        Ok(Some(RelayOptions {
+            relays,
+            trust,
+            token,
+        }))
+    }
 }
 
 /// How long a code-phrase sender keeps trying to reach the receiver.
@@ -115,15 +188,28 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
             crate::transfer::paths::escape(&s.to_string_lossy())
         );
     }
+    let relay = args.relay.options()?;
     let rt = runtime()?;
     let summary = rt.block_on(async {
-        let endpoint = transport::direct_client(args.direct)?;
-        let conn = connect(
-            &endpoint,
-            args.direct,
-            matches!(recipient, Recipient::Code(_)),
-        )
-        .await?;
+        let (endpoint, conn) = match (&relay, args.direct) {
+            (Some(opts), _) => {
+                // Known recipient: the receiver waits at the relay and we join it. Code:
+                // we printed the code and wait; the receiver joins us, once.
+                let (role, single_use, rendezvous) = match &recipient {
+                    Recipient::Known(key) => (Role::Connect, false, run::rendezvous_for(key)),
+                    Recipient::Code(code) => (Role::Listen, true, run::rendezvous_for_code(code)),
+                };
+                let j = relay_client::join(opts, role, single_use, rendezvous).await?;
+                (j.endpoint, j.connection)
+            }
+            (None, Some(addr)) => {
+                let endpoint = transport::direct_client(addr)?;
+                let conn =
+                    connect(&endpoint, addr, matches!(recipient, Recipient::Code(_))).await?;
+                (endpoint, conn)
+            }
+            (None, None) => anyhow::bail!("--direct or --relay is required"),
+        };
         let pool = CipherPool::with_all_cores()?;
         let result = run::send(
             &conn,
@@ -193,20 +279,55 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         yes: args.yes,
         overwrite: args.overwrite,
     };
+    let relay = args.relay.options()?;
     let rt = runtime()?;
+    if args.daemon {
+        let opts = relay.context("--daemon needs --relay")?;
+        let ctx = Arc::new(DaemonContext {
+            opts,
+            identity,
+            book,
+            dest,
+            policy,
+            json: args.json,
+        });
+        return rt.block_on(daemon(ctx, usize::from(args.concurrent)));
+    }
     let summary = rt.block_on(async {
-        let endpoint = transport::direct_server(args.listen)?;
-        let addr = endpoint.local_addr()?;
-        if args.json {
-            println!(
-                "{}",
-                json!({"event": "listening", "addr": addr.to_string()})
-            );
-        } else {
-            println!("listening on {addr}");
-        }
-        let incoming = endpoint.accept().await.context("endpoint closed")?;
-        let conn = incoming.await.context("incoming connection failed")?;
+        let (endpoint, conn) = match (&relay, args.listen) {
+            (Some(opts), _) => {
+                let (role, single_use, rendezvous) = match &policy.code {
+                    Some(code) => (Role::Connect, true, run::rendezvous_for_code(code)),
+                    None => (Role::Listen, false, run::rendezvous_for(&identity.public())),
+                };
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"event": "joining", "relay": opts.choose(&rendezvous)?})
+                    );
+                } else {
+                    println!("waiting at relay {}", opts.choose(&rendezvous)?);
+                }
+                let j = relay_client::join(opts, role, single_use, rendezvous).await?;
+                (j.endpoint, j.connection)
+            }
+            (None, Some(listen)) => {
+                let endpoint = transport::direct_server(listen)?;
+                let addr = endpoint.local_addr()?;
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"event": "listening", "addr": addr.to_string()})
+                    );
+                } else {
+                    println!("listening on {addr}");
+                }
+                let incoming = endpoint.accept().await.context("endpoint closed")?;
+                let conn = incoming.await.context("incoming connection failed")?;
+                (endpoint, conn)
+            }
+            (None, None) => anyhow::bail!("--listen or --relay is required"),
+        };
         let pool = CipherPool::with_all_cores()?;
         let result = run::receive(
             &conn,
@@ -232,6 +353,104 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         save_peer(&mut book, name, &summary)?;
     }
     Ok(())
+}
+
+/// What every daemon slot shares.
+struct DaemonContext {
+    opts: RelayOptions,
+    identity: Identity,
+    book: AddressBook,
+    dest: Destination,
+    policy: ReceivePolicy,
+    json: bool,
+}
+
+/// Longest wait between two attempts to reach the relay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Serves transfers at the relay with `slots` listeners until Ctrl-C or SIGTERM.
+async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
+    let pool = CipherPool::with_all_cores()?;
+    let relay = ctx
+        .opts
+        .choose(&run::rendezvous_for(&ctx.identity.public()))?;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"event": "daemon", "relay": relay, "slots": slots})
+        );
+    } else {
+        println!("receiving at relay {relay} ({slots} at once); Ctrl-C to stop");
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..slots {
+        tasks.spawn(daemon_slot(Arc::clone(&ctx), Arc::clone(&pool)));
+    }
+    shutdown_signal().await;
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// One listener slot of the daemon: wait at the relay, receive, repeat.
+async fn daemon_slot(ctx: Arc<DaemonContext>, pool: Arc<CipherPool>) {
+    let rendezvous = run::rendezvous_for(&ctx.identity.public());
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let joined = relay_client::join(&ctx.opts, Role::Listen, false, rendezvous).await;
+        let j = match joined {
+            Ok(j) => j,
+            Err(relay_client::JoinError::Refused {
+                refusal: crate::relay::hello::Refusal::PairingTimeout,
+                ..
+            }) => continue,
+            Err(e) => {
+                eprintln!("warning: {e}; retrying in {} s", backoff.as_secs());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_secs(1);
+        let result = run::receive(
+            &j.connection,
+            &ctx.identity,
+            &ctx.book,
+            &ctx.dest,
+            &ctx.policy,
+            &pool,
+            &events(ctx.json),
+        )
+        .await;
+        match result {
+            Ok(summary) => report("received", &summary, ctx.json),
+            Err(e) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), j.connection.closed()).await;
+                j.connection.close(run::CLOSE_ERROR.into(), b"error");
+                if ctx.json {
+                    println!("{}", json!({"event": "error", "message": e.to_string()}));
+                } else {
+                    eprintln!("transfer failed: {e}");
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
+    }
 }
 
 /// Prints transfer events: JSON lines with `--json`; otherwise only the offer (what will

@@ -1,4 +1,5 @@
-//! QUIC endpoints (quinn over rustls with the ring provider) for direct transfers.
+//! QUIC endpoints (quinn over rustls with the ring provider): direct transfers, and
+//! connections to and from a relay.
 //!
 //! In direct mode the TLS certificate is ephemeral and not checked against any
 //! authority: who the peer is, is the end-to-end handshake's job, and it must not depend
@@ -10,6 +11,7 @@
 //! and the reasons for them are in docs/PROTOCOL.md, "Transport".
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use thiserror::Error;
 
@@ -52,6 +55,9 @@ pub enum TransportError {
     /// TLS configuration failed.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// A PEM file could not be read.
+    #[error("PEM: {0}")]
+    Pem(String),
 }
 
 /// The transport configuration used everywhere (direct, relay legs, benchmarks).
@@ -88,21 +94,84 @@ fn socket(addr: SocketAddr) -> Result<UdpSocket, TransportError> {
     Ok(s.into())
 }
 
-/// A direct-mode server endpoint on `addr` with a fresh self-signed certificate.
-pub fn direct_server(addr: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
-    let cert = rcgen::generate_simple_self_signed(vec!["phi-conduit".into()])
-        .map_err(|e| TransportError::Tls(e.to_string()))?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+/// ALPN of connections to a relay.
+pub const RELAY_ALPN: &[u8] = b"phi-conduit-relay/1";
+
+/// A server's TLS certificate chain and private key.
+pub struct ServerTls {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("certificates", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Loads a PEM certificate chain (leaf first) and a PEM private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TransportError> {
+        let pem = |path: &Path, e: rustls::pki_types::pem::Error| {
+            TransportError::Pem(format!("{}: {e}", path.display()))
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| pem(cert, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem(cert, e))?;
+        if chain.is_empty() {
+            return Err(TransportError::Pem(format!(
+                "{}: no certificate in the file",
+                cert.display()
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem(key, e))?;
+        Ok(ServerTls { chain, key })
+    }
+
+    /// A fresh self-signed certificate for `names` (DNS names or IP addresses), held in
+    /// memory only.
+    pub fn self_signed(names: &[&str]) -> Result<Self, TransportError> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_string()).collect();
+        let cert = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+        Ok(ServerTls {
+            chain: vec![cert.cert.der().clone()],
+            key,
+        })
+    }
+
+    /// SHA-256 of the leaf certificate (DER): the value clients pin with `--relay-pin`.
+    pub fn pin(&self) -> [u8; 32] {
+        self.chain.first().map_or([0; 32], |c| sha256(c.as_ref()))
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// A server endpoint on `addr` presenting `tls`, speaking `alpn`.
+fn server_endpoint(
+    addr: SocketAddr,
+    tls: ServerTls,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
+) -> Result<quinn::Endpoint, TransportError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .with_single_cert(tls.chain, tls.key)
         .map_err(|e| TransportError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let quic = QuicServerConfig::try_from(cfg).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config()));
+    cfg.transport_config(Arc::new(transport));
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
     quinn::Endpoint::new(
@@ -114,23 +183,98 @@ pub fn direct_server(addr: SocketAddr) -> Result<quinn::Endpoint, TransportError
     .map_err(|source| TransportError::Socket { addr, source })
 }
 
-/// A direct-mode client endpoint (bound to an ephemeral port of the matching family).
-pub fn direct_client(peer: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+/// A direct-mode server endpoint on `addr` with a fresh self-signed certificate.
+pub fn direct_server(addr: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+    server_endpoint(
+        addr,
+        ServerTls::self_signed(&["phi-conduit"])?,
+        ALPN,
+        transport_config(),
+    )
+}
+
+/// A relay's server endpoint on `addr` (ALPN [`RELAY_ALPN`]).
+pub fn relay_server(
+    addr: SocketAddr,
+    tls: ServerTls,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::Endpoint, TransportError> {
+    server_endpoint(addr, tls, RELAY_ALPN, transport)
+}
+
+/// How a client verifies a relay's certificate.
+#[derive(Debug, Clone)]
+pub enum RelayTrust {
+    /// The SHA-256 of the relay's leaf certificate (`--relay-pin`); the name is not
+    /// checked, the handshake signature is.
+    Pin([u8; 32]),
+    /// Certificates chaining to these roots (`--relay-ca FILE`), for the relay's name.
+    Ca(Vec<CertificateDer<'static>>),
+    /// Certificates chaining to the system's roots, for the relay's name.
+    System,
+}
+
+impl RelayTrust {
+    /// Roots from a PEM file.
+    pub fn ca_file(path: &Path) -> Result<Self, TransportError> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| TransportError::Pem(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(TransportError::Pem(format!(
+                "{}: no certificate in the file",
+                path.display()
+            )));
+        }
+        Ok(RelayTrust::Ca(certs))
+    }
+
+    fn client_config(&self) -> Result<rustls::ClientConfig, TransportError> {
+        let p = provider();
+        let builder = rustls::ClientConfig::builder_with_provider(p.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let roots = |certs: &[CertificateDer<'static>]| {
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+            if added == 0 {
+                return Err(TransportError::Tls("no usable root certificate".into()));
+            }
+            Ok(roots)
+        };
+        Ok(match self {
+            RelayTrust::Pin(pin) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                    pin: *pin,
+                    algorithms: p.signature_verification_algorithms,
+                }))
+                .with_no_client_auth(),
+            RelayTrust::Ca(certs) => builder
+                .with_root_certificates(roots(certs)?)
+                .with_no_client_auth(),
+            RelayTrust::System => {
+                let found = rustls_native_certs::load_native_certs();
+                builder
+                    .with_root_certificates(roots(&found.certs)?)
+                    .with_no_client_auth()
+            }
+        })
+    }
+}
+
+/// A client endpoint (bound to an ephemeral port of `peer`'s family) with `tls`.
+fn client_endpoint(
+    peer: SocketAddr,
+    mut tls: rustls::ClientConfig,
+    alpn: &[u8],
+) -> Result<quinn::Endpoint, TransportError> {
     let local: SocketAddr = if peer.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         ([0u16; 8], 0).into()
     };
-    let p = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(p.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TransportError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(
-            p.signature_verification_algorithms,
-        )))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(Arc::new(transport_config()));
@@ -148,6 +292,80 @@ pub fn direct_client(peer: SocketAddr) -> Result<quinn::Endpoint, TransportError
     })?;
     ep.set_default_client_config(cfg);
     Ok(ep)
+}
+
+/// A direct-mode client endpoint for connecting to `peer`.
+pub fn direct_client(peer: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+    let p = provider();
+    let tls = rustls::ClientConfig::builder_with_provider(p.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(
+            p.signature_verification_algorithms,
+        )))
+        .with_no_client_auth();
+    client_endpoint(peer, tls, ALPN)
+}
+
+/// A client endpoint for connecting to the relay at `relay`, verifying it by `trust`.
+pub fn relay_client(
+    relay: SocketAddr,
+    trust: &RelayTrust,
+) -> Result<quinn::Endpoint, TransportError> {
+    client_endpoint(relay, trust.client_config()?, RELAY_ALPN)
+}
+
+/// Accepts exactly the certificate whose SHA-256 is pinned (constant-time comparison) and
+/// checks that the TLS handshake was signed by its key.
+#[derive(Debug)]
+struct PinnedCertificate {
+    pin: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use subtle::ConstantTimeEq;
+        if bool::from(sha256(end_entity.as_ref()).ct_eq(&self.pin)) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the relay's certificate does not match --relay-pin".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// Accepts any certificate (direct mode: the E2E handshake authenticates the peer), but

@@ -1,0 +1,161 @@
+//! `conduit relay`: run a relay in conduit mode.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{ArgGroup, Args};
+use serde_json::{Value, json};
+
+use crate::relay::config::Limits;
+use crate::relay::server::{Logger, Relay};
+use crate::relay::tokens::Tokens;
+use crate::transport::ServerTls;
+
+/// Options of `relay`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("tls").required(true).args(["cert", "dev_self_signed"])))]
+pub struct RelayArgs {
+    /// Address to listen on (UDP), e.g. 0.0.0.0:7471.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The relay's certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Make a throw-away self-signed certificate in memory and print its SHA-256 for
+    /// clients' --relay-pin. For development only.
+    #[arg(long, conflicts_with_all = ["cert", "key"])]
+    dev_self_signed: bool,
+    /// Require an access token: a file of SHA-256 hashes of the accepted tokens, one per
+    /// line (`printf %s TOKEN | sha256sum`).
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Serve Prometheus /metrics and /healthz over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Read limits from this TOML file (section [limits]); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log JSON lines (the first is the `listening` event).
+    #[arg(long)]
+    json: bool,
+    /// Sessions spliced at once [default: 256].
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
+    /// Connections at once, waiting or spliced [default: 2048].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Clients waiting for a peer per source address [default: 32].
+    #[arg(long, value_name = "N")]
+    max_waiting_per_ip: Option<usize>,
+    /// Seconds a client waits for its peer [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pairing_timeout: Option<u64>,
+    /// Seconds of silence before a connection is closed [default: 30].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
+    /// Seconds a new client has to send its Hello [default: 10].
+    #[arg(long, value_name = "SECS")]
+    hello_timeout: Option<u64>,
+    /// Seconds running sessions get to finish after SIGTERM [default: 30].
+    #[arg(long, value_name = "SECS")]
+    drain_timeout: Option<u64>,
+}
+
+impl RelayArgs {
+    fn limits(&self) -> anyhow::Result<Limits> {
+        let mut l = Limits::default();
+        if let Some(path) = &self.config {
+            l.apply_file(path)?;
+        }
+        let secs = Duration::from_secs;
+        let set = |slot: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(&mut l.max_sessions, self.max_sessions);
+        set(&mut l.max_connections, self.max_connections);
+        set(&mut l.max_waiting_per_ip, self.max_waiting_per_ip);
+        let set = |slot: &mut Duration, v: Option<u64>| {
+            if let Some(v) = v {
+                *slot = secs(v);
+            }
+        };
+        set(&mut l.pairing_timeout, self.pairing_timeout);
+        set(&mut l.idle_timeout, self.idle_timeout);
+        set(&mut l.hello_timeout, self.hello_timeout);
+        set(&mut l.drain_timeout, self.drain_timeout);
+        l.check()?;
+        Ok(l)
+    }
+}
+
+/// Prints one log event: a JSON line, or `event key=value ...` for people.
+fn logger(json: bool) -> Logger {
+    Arc::new(move |v: Value| {
+        if json {
+            println!("{v}");
+            return;
+        }
+        let event = v.get("event").and_then(Value::as_str).unwrap_or("log");
+        let mut line = event.to_string();
+        if let Some(map) = v.as_object() {
+            for (k, val) in map.iter().filter(|(k, _)| k.as_str() != "event") {
+                line.push_str(&format!(" {k}={val}"));
+            }
+        }
+        println!("{line}");
+    })
+}
+
+pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
+    let limits = args.limits()?;
+    let tokens = args.tokens.as_deref().map(Tokens::load).transpose()?;
+    let tls = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => ServerTls::from_pem_files(cert, key)?,
+        _ => {
+            eprintln!(
+                "WARNING: --dev-self-signed: this relay uses a throw-away certificate that no \
+                 client can verify except by its pin. Use --cert/--key (see certs/README.md) \
+                 for anything but development."
+            );
+            ServerTls::self_signed(&["localhost", "127.0.0.1", "::1"])?
+        }
+    };
+    let pin: String = tls.pin().iter().map(|b| format!("{b:02x}")).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let log = logger(args.json);
+        let relay = Relay::bind(args.listen, tls, limits, tokens, Arc::clone(&log))?;
+        let addr = relay.local_addr()?;
+        let metrics_addr = match args.metrics {
+            Some(m) => {
+                let listener = tokio::net::TcpListener::bind(m)
+                    .await
+                    .with_context(|| format!("metrics listener on {m}"))?;
+                let bound = listener.local_addr()?;
+                tokio::spawn(crate::relay::metrics::serve(listener, relay.metrics()));
+                Some(bound.to_string())
+            }
+            None => None,
+        };
+        log(json!({
+            "event": "listening",
+            "addr": addr.to_string(),
+            "cert_sha256": pin,
+            "metrics": metrics_addr,
+            "tokens_required": args.tokens.is_some(),
+            "memory_bound_bytes": limits.memory_bound(),
+        }));
+        relay.run(crate::cli::transfer::shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,229 @@
+//! Joining a relay as a client: pick the relay of the fleet for the rendezvous id,
+//! connect (verifying the relay's certificate), send the Hello, and wait until the
+//! relay pairs us. The connection returned then carries the end-to-end session exactly
+//! as a direct connection does.
+
+use std::time::Duration;
+
+use quinn::{ConnectionError, ReadError, ReadExactError};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+
+use crate::relay::fleet;
+use crate::relay::hello::{Hello, PAIRED, Refusal, Role};
+use crate::transport::{self, RelayTrust, TransportError};
+
+/// Time to reach the relay and finish the QUIC handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors joining a relay.
+#[derive(Debug, Error)]
+pub enum JoinError {
+    /// The relay list is empty or an entry is not HOST:PORT.
+    #[error("relay address {0:?}: expected HOST:PORT")]
+    Address(String),
+    /// The name did not resolve.
+    #[error("relay {relay}: {message}")]
+    Resolve {
+        /// The relay as written.
+        relay: String,
+        /// Why.
+        message: String,
+    },
+    /// The endpoint could not be made.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The QUIC or TLS handshake with the relay failed (a wrong pin or CA lands here).
+    #[error("connecting to relay {relay}: {message}")]
+    Connect {
+        /// The relay as written.
+        relay: String,
+        /// Why.
+        message: String,
+    },
+    /// The relay refused us or gave up waiting.
+    #[error("relay {relay} refused: {refusal}")]
+    Refused {
+        /// The relay as written.
+        relay: String,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// The connection to the relay failed.
+    #[error("relay {relay}: connection lost: {source}")]
+    Lost {
+        /// The relay as written.
+        relay: String,
+        /// The error.
+        #[source]
+        source: ConnectionError,
+    },
+    /// The relay answered something else than the protocol says.
+    #[error("relay {0}: protocol error")]
+    Protocol(String),
+}
+
+/// Where and how to reach a relay.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// The fleet, addresses as written (HOST:PORT).
+    pub relays: Vec<String>,
+    /// How to verify the relay.
+    pub trust: RelayTrust,
+    /// Access token (empty: none).
+    pub token: Vec<u8>,
+}
+
+impl RelayOptions {
+    /// Parses a comma-separated relay list.
+    pub fn parse_list(list: &str) -> Result<Vec<String>, JoinError> {
+        let relays: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect();
+        if relays.is_empty() {
+            return Err(JoinError::Address(list.to_string()));
+        }
+        for r in &relays {
+            split_host(r)?;
+        }
+        Ok(relays)
+    }
+
+    /// The relay of the fleet for `rendezvous` (rendezvous hashing).
+    pub fn choose(&self, rendezvous: &[u8; 32]) -> Result<&str, JoinError> {
+        fleet::choose(&self.relays, rendezvous)
+            .map(String::as_str)
+            .ok_or_else(|| JoinError::Address(String::new()))
+    }
+}
+
+/// Splits HOST:PORT (or `[v6]:PORT`) into the host, as a TLS server name, and the port.
+fn split_host(relay: &str) -> Result<(&str, u16), JoinError> {
+    let bad = || JoinError::Address(relay.to_string());
+    let (host, port) = relay.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+/// A client connection to a relay, paired with its peer.
+#[derive(Debug)]
+pub struct Joined {
+    /// The client endpoint (keep it until the connection is done).
+    pub endpoint: quinn::Endpoint,
+    /// The connection, spliced to the peer's.
+    pub connection: quinn::Connection,
+    /// The relay used, as written.
+    pub relay: String,
+}
+
+/// Joins the relay chosen for `rendezvous` in `role` and waits until paired.
+pub async fn join(
+    opts: &RelayOptions,
+    role: Role,
+    single_use: bool,
+    rendezvous: [u8; 32],
+) -> Result<Joined, JoinError> {
+    let relay = opts.choose(&rendezvous)?.to_string();
+    let (host, port) = split_host(&relay)?;
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| JoinError::Resolve {
+            relay: relay.clone(),
+            message: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| JoinError::Resolve {
+            relay: relay.clone(),
+            message: "no address".into(),
+        })?;
+    let endpoint = transport::relay_client(addr, &opts.trust)?;
+    let connect_err = |message: String| JoinError::Connect {
+        relay: relay.clone(),
+        message,
+    };
+    let connecting = endpoint
+        .connect(addr, host)
+        .map_err(|e| connect_err(e.to_string()))?;
+    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(connect_err(e.to_string())),
+        Err(_) => return Err(connect_err("timed out".into())),
+    };
+    let hello = Hello {
+        role,
+        single_use,
+        rendezvous,
+        token: opts.token.clone(),
+    };
+    let lost = |e: ConnectionError| match &e {
+        ConnectionError::ApplicationClosed(c) => match Refusal::from_code(c.error_code.into()) {
+            Some(refusal) => JoinError::Refused {
+                relay: relay.clone(),
+                refusal,
+            },
+            None => JoinError::Protocol(relay.clone()),
+        },
+        _ => JoinError::Lost {
+            relay: relay.clone(),
+            source: e,
+        },
+    };
+    let (mut send, mut recv) = connection.open_bi().await.map_err(lost)?;
+    let body = hello
+        .encode()
+        .map_err(|_| JoinError::Protocol(relay.clone()))?;
+    let frame =
+        crate::wire::frame::to_frame(&body).map_err(|_| JoinError::Protocol(relay.clone()))?;
+    let written = send.write_all(&frame).await;
+    let _ = send.finish();
+    let mut answer = [0u8; 1];
+    match recv.read_exact(&mut answer).await {
+        Ok(()) if answer[0] == PAIRED => {}
+        Ok(()) => return Err(JoinError::Protocol(relay)),
+        Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) => return Err(lost(e)),
+        Err(_) => {
+            // The write may have failed first; report the connection's own reason.
+            if let Some(e) = connection.close_reason() {
+                return Err(lost(e));
+            }
+            if written.is_err() {
+                return Err(JoinError::Protocol(relay));
+            }
+            return Err(JoinError::Protocol(relay));
+        }
+    }
+    // A stream "flush" is not needed: the relay read the whole Hello before answering.
+    let _ = send.shutdown().await;
+    Ok(Joined {
+        endpoint,
+        connection,
+        relay,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_lists_parse_and_bad_entries_are_named() {
+        assert_eq!(
+            RelayOptions::parse_list("a.example:7471, 10.0.0.2:7471,[::1]:9").unwrap(),
+            vec!["a.example:7471", "10.0.0.2:7471", "[::1]:9"]
+        );
+        assert_eq!(split_host("[::1]:9").unwrap(), ("::1", 9));
+        for bad in ["", ",", "nohost", "host:", ":7471", "host:99999"] {
+            assert!(RelayOptions::parse_list(bad).is_err(), "{bad:?}");
+        }
+    }
+}

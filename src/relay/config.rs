@@ -1,0 +1,248 @@
+//! The relay's limits: documented defaults, overridable by a TOML file (`--config`) and
+//! then by command-line flags. The bound on the relay's memory follows from them (see
+//! [`Limits::memory_bound`] and docs/PROTOCOL.md, "Relay limits").
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Default: sessions spliced at once.
+pub const MAX_SESSIONS: usize = 256;
+/// Default: connections at once (waiting, handshaking and spliced).
+pub const MAX_CONNECTIONS: usize = 2048;
+/// Default: clients waiting for a peer per source IP address.
+pub const MAX_WAITING_PER_IP: usize = 32;
+/// Default: clients waiting on one rendezvous id (a daemon's `--concurrent` slots).
+pub const MAX_WAITING_PER_RENDEZVOUS: usize = 16;
+/// Default: how long a client waits for its peer.
+pub const PAIRING_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default: a connection silent for this long is closed (clients send keep-alives).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default: time from the first packet to a complete Hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default: on SIGTERM, how long running sessions may take to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default: per-stream receive window towards each client.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+/// Default: per-connection receive window, and the send buffer per connection.
+pub const CONNECTION_WINDOW: u32 = 4 << 20;
+/// Bytes the relay reads from one stream before it has written them on (one per stream).
+pub const COPY_CHUNK: usize = 64 << 10;
+/// Concurrent unidirectional streams per client connection (as the endpoints allow).
+pub const MAX_STREAMS: u32 = crate::transport::MAX_UNI_STREAMS;
+
+/// The relay's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sessions spliced at once.
+    pub max_sessions: usize,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Waiting clients per source IP.
+    pub max_waiting_per_ip: usize,
+    /// Waiting clients per rendezvous id.
+    pub max_waiting_per_rendezvous: usize,
+    /// Pairing timeout.
+    pub pairing_timeout: Duration,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Hello timeout.
+    pub hello_timeout: Duration,
+    /// Drain deadline on SIGTERM.
+    pub drain_timeout: Duration,
+    /// Per-stream receive window (bytes).
+    pub stream_window: u32,
+    /// Per-connection receive window and send buffer (bytes).
+    pub connection_window: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: MAX_SESSIONS,
+            max_connections: MAX_CONNECTIONS,
+            max_waiting_per_ip: MAX_WAITING_PER_IP,
+            max_waiting_per_rendezvous: MAX_WAITING_PER_RENDEZVOUS,
+            pairing_timeout: PAIRING_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            hello_timeout: HELLO_TIMEOUT,
+            drain_timeout: DRAIN_TIMEOUT,
+            stream_window: STREAM_WINDOW,
+            connection_window: CONNECTION_WINDOW,
+        }
+    }
+}
+
+impl Limits {
+    /// Upper bound of the bytes of payload the relay can hold for one session: for each
+    /// of its two connections, the receive window (unread data), the send buffer
+    /// (written, unacknowledged) and one copy chunk per stream in hand.
+    pub fn session_memory_bound(&self) -> u64 {
+        2 * (u64::from(self.connection_window) * 2 + u64::from(MAX_STREAMS) * COPY_CHUNK as u64)
+    }
+
+    /// Upper bound of the payload bytes held in all sessions at once.
+    pub fn memory_bound(&self) -> u64 {
+        self.session_memory_bound() * self.max_sessions as u64
+    }
+
+    /// The QUIC transport configuration of the relay's client connections.
+    pub fn transport_config(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        t.stream_receive_window(self.stream_window.into());
+        t.receive_window(self.connection_window.into());
+        t.send_window(u64::from(self.connection_window));
+        t.max_concurrent_uni_streams(MAX_STREAMS.into());
+        // The Hello stream and the end-to-end control stream.
+        t.max_concurrent_bidi_streams(4u32.into());
+        t.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
+        t
+    }
+
+    /// Applies a TOML file's `[limits]` over these values.
+    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file: File = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let l = file.limits;
+        let secs = Duration::from_secs;
+        set(&mut self.max_sessions, l.max_sessions);
+        set(&mut self.max_connections, l.max_connections);
+        set(&mut self.max_waiting_per_ip, l.max_waiting_per_ip);
+        set(
+            &mut self.max_waiting_per_rendezvous,
+            l.max_waiting_per_rendezvous,
+        );
+        set(&mut self.pairing_timeout, l.pairing_timeout_secs.map(secs));
+        set(&mut self.idle_timeout, l.idle_timeout_secs.map(secs));
+        set(&mut self.hello_timeout, l.hello_timeout_secs.map(secs));
+        set(&mut self.drain_timeout, l.drain_timeout_secs.map(secs));
+        set(&mut self.stream_window, l.stream_window);
+        set(&mut self.connection_window, l.connection_window);
+        self.check()
+    }
+
+    /// Rejects values that cannot work.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |what| Err(ConfigError::Value(what));
+        if self.max_sessions == 0 || self.max_connections < 2 {
+            return bad("max_sessions must be at least 1 and max_connections at least 2");
+        }
+        if self.max_waiting_per_ip == 0 || self.max_waiting_per_rendezvous == 0 {
+            return bad("waiting limits must be at least 1");
+        }
+        if self.idle_timeout < Duration::from_secs(1)
+            || self.idle_timeout > Duration::from_secs(3600)
+        {
+            return bad("idle_timeout_secs must be between 1 and 3600");
+        }
+        if self.hello_timeout.is_zero() || self.pairing_timeout.is_zero() {
+            return bad("timeouts must be at least 1 second");
+        }
+        if self.stream_window < (64 << 10) || self.connection_window < self.stream_window {
+            return bad(
+                "stream_window must be at least 65536 and connection_window at least stream_window",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_sessions: Option<usize>,
+    max_connections: Option<usize>,
+    max_waiting_per_ip: Option<usize>,
+    max_waiting_per_rendezvous: Option<usize>,
+    pairing_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    hello_timeout_secs: Option<u64>,
+    drain_timeout_secs: Option<u64>,
+    stream_window: Option<u32>,
+    connection_window: Option<u32>,
+}
+
+/// Errors of the relay configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("relay config {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key (the message names the line).
+    #[error("relay config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("relay limits: {0}")]
+    Value(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bounded() {
+        let l = Limits::default();
+        l.check().unwrap();
+        // Two 4 MiB windows and 64 copy chunks per connection, two connections.
+        assert_eq!(l.session_memory_bound(), 2 * (8 << 20) + 2 * (4 << 20));
+        assert_eq!(l.memory_bound(), l.session_memory_bound() * 256);
+    }
+
+    #[test]
+    fn file_overrides_and_unknown_keys_are_errors_with_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(
+            &p,
+            "[limits]\nmax_sessions = 8\npairing_timeout_secs = 20\n",
+        )
+        .unwrap();
+        let mut l = Limits::default();
+        l.apply_file(&p).unwrap();
+        assert_eq!(l.max_sessions, 8);
+        assert_eq!(l.pairing_timeout, Duration::from_secs(20));
+        assert_eq!(l.idle_timeout, IDLE_TIMEOUT);
+        std::fs::write(&p, "[limits]\nmax_sessions = 8\nmax_sesions = 9\n").unwrap();
+        let err = Limits::default().apply_file(&p).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("max_sesions"), "{err}");
+        std::fs::write(&p, "[limits]\nmax_sessions = 0\n").unwrap();
+        assert!(matches!(
+            Limits::default().apply_file(&p),
+            Err(ConfigError::Value(_))
+        ));
+    }
+}

@@ -1,0 +1,28 @@
+//! The relay in conduit mode, and the client side of joining one.
+//!
+//! The relay pairs two QUIC connections by rendezvous id and splices their streams. It
+//! sees only end-to-end ciphertext and stream boundaries, holds no key, writes nothing
+//! to disk, and bounds its memory by flow-control windows × sessions (DESIGN.md
+//! section 5; docs/PROTOCOL.md, "Relay").
+//!
+//! | module | job |
+//! |---|---|
+//! | [`hello`] | the Hello a client sends and the relay's answer and close codes (sans-IO) |
+//! | [`pairing`] | the rendezvous table: who waits, who pairs, single-use ids (sans-IO) |
+//! | [`splice`] | copying streams, FIN, resets and closes between two connections |
+//! | [`server`] | accept loop, Hello timeout, tokens, sessions, drain on shutdown |
+//! | [`config`] | limits with documented defaults, the TOML file, the memory bound |
+//! | [`tokens`] | access tokens, stored as hashes, checked in constant time |
+//! | [`metrics`] | counters, Prometheus text, `/metrics` and `/healthz` |
+//! | [`fleet`] | choosing a relay by rendezvous hashing |
+//! | [`client`] | joining a relay as a listener or connector |
+
+pub mod client;
+pub mod config;
+pub mod fleet;
+pub mod hello;
+pub mod metrics;
+pub mod pairing;
+pub mod server;
+pub mod splice;
+pub mod tokens;

@@ -1,0 +1,308 @@
+//! The relay server: accepts client connections, reads each Hello under a timeout,
+//! checks the access token, pairs clients through the rendezvous [`Table`], and runs
+//! each pair's [`splice`] as a supervised session. On shutdown it stops accepting,
+//! sends waiting clients away, lets running sessions finish up to the drain deadline,
+//! then closes everything.
+//!
+//! Conduit rules (DESIGN.md section 5) as this code keeps them: the relay holds no key
+//! and only copies QUIC stream bytes (end-to-end ciphertext); nothing is written to
+//! disk; memory is bounded by [`Limits`]; log events carry session ids, byte totals,
+//! durations and close reasons only.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, SendStream};
+use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::relay::config::Limits;
+use crate::relay::hello::{Hello, MAX_HELLO, PAIRED, Refusal};
+use crate::relay::metrics::Metrics;
+use crate::relay::pairing::{Arrival, Table};
+use crate::relay::splice::splice;
+use crate::relay::tokens::Tokens;
+use crate::transport::{self, ServerTls, TransportError};
+
+/// Receives the relay's log events (JSON objects with an `event` field).
+pub type Logger = Arc<dyn Fn(Value) + Send + Sync>;
+
+/// A bound relay, ready to [`run`](Relay::run).
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+}
+
+struct State {
+    table: Mutex<Table<Waiting>>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    tokens: Option<Tokens>,
+    connections: Arc<Semaphore>,
+    sessions: Arc<Semaphore>,
+    log: Logger,
+}
+
+/// A client waiting for its peer, as the table holds it.
+struct Waiting {
+    conn: Connection,
+    hello_reply: SendStream,
+    taken: Option<oneshot::Sender<()>>,
+    since: Instant,
+    _slot: OwnedSemaphorePermit,
+    _open: Gauge,
+}
+
+impl Relay {
+    /// Binds the relay on `addr` with its TLS certificate.
+    pub fn bind(
+        addr: SocketAddr,
+        tls: ServerTls,
+        limits: Limits,
+        tokens: Option<Tokens>,
+        log: Logger,
+    ) -> Result<Self, TransportError> {
+        let endpoint = transport::relay_server(addr, tls, limits.transport_config())?;
+        let state = Arc::new(State {
+            table: Mutex::new(Table::new(
+                limits.max_waiting_per_ip,
+                limits.max_waiting_per_rendezvous,
+            )),
+            metrics: Arc::new(Metrics::default()),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            sessions: Arc::new(Semaphore::new(limits.max_sessions)),
+            limits,
+            tokens,
+            log,
+        });
+        Ok(Relay { endpoint, state })
+    }
+
+    /// The address the relay listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The relay's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.state.metrics)
+    }
+
+    /// Serves until `shutdown` completes, then drains: no new clients, waiting clients
+    /// closed with [`Refusal::ShuttingDown`], running sessions given up to the drain
+    /// timeout, then every connection closed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Relay { endpoint, state } = self;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    match Arc::clone(&state.connections).try_acquire_owned() {
+                        Ok(slot) => {
+                            tokio::spawn(client(Arc::clone(&state), incoming, slot));
+                        }
+                        Err(_) => {
+                            state.metrics.reject(Refusal::Busy);
+                            incoming.refuse();
+                        }
+                    }
+                }
+            }
+        }
+        state.metrics.draining.store(true, Relaxed);
+        endpoint.set_server_config(None);
+        let waiting = state
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain();
+        for w in waiting {
+            refuse(&state, &w.conn, Refusal::ShuttingDown);
+        }
+        let running = state.metrics.sessions_active.load(Relaxed);
+        (state.log)(json!({"event": "draining", "sessions": running}));
+        let deadline = Instant::now() + state.limits.drain_timeout;
+        while state.metrics.sessions_active.load(Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = state.metrics.sessions_active.load(Relaxed);
+        let r = Refusal::ShuttingDown;
+        endpoint.close(r.code().into(), r.label().as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        (state.log)(json!({"event": "stopped", "sessions_cut": left}));
+    }
+}
+
+fn refuse(state: &State, conn: &Connection, r: Refusal) {
+    state.metrics.reject(r);
+    conn.close(r.code().into(), r.label().as_bytes());
+    (state.log)(json!({"event": "refused", "reason": r.label()}));
+}
+
+/// Holds one unit of a gauge of [`Metrics`] while alive.
+struct Gauge {
+    metrics: Arc<Metrics>,
+    which: fn(&Metrics) -> &AtomicU64,
+}
+
+impl Gauge {
+    fn up(metrics: &Arc<Metrics>, which: fn(&Metrics) -> &AtomicU64) -> Self {
+        which(metrics).fetch_add(1, Relaxed);
+        Gauge {
+            metrics: Arc::clone(metrics),
+            which,
+        }
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        (self.which)(&self.metrics).fetch_sub(1, Relaxed);
+    }
+}
+
+/// One client connection, from its first packet to pairing (or refusal).
+async fn client(state: Arc<State>, incoming: quinn::Incoming, slot: OwnedSemaphorePermit) {
+    let ip = incoming.remote_address().ip();
+    let hello_timeout = state.limits.hello_timeout;
+    let Ok(connecting) = incoming.accept() else {
+        return;
+    };
+    let conn = match tokio::time::timeout(hello_timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            state.metrics.reject(Refusal::HelloTimeout);
+            return;
+        }
+    };
+    let metrics = Arc::clone(&state.metrics);
+    let open = Gauge::up(&metrics, |m| &m.connections);
+    let (reply, hello) = match tokio::time::timeout(hello_timeout, read_hello(&conn)).await {
+        Err(_) => return refuse(&state, &conn, Refusal::HelloTimeout),
+        Ok(Err(())) => return refuse(&state, &conn, Refusal::BadHello),
+        Ok(Ok(x)) => x,
+    };
+    if let Some(tokens) = &state.tokens {
+        if !tokens.accepts(&hello.token) {
+            return refuse(&state, &conn, Refusal::Token);
+        }
+    }
+    if metrics.draining.load(Relaxed) {
+        return refuse(&state, &conn, Refusal::ShuttingDown);
+    }
+    let Ok(session_slot) = Arc::clone(&state.sessions).try_acquire_owned() else {
+        return refuse(&state, &conn, Refusal::Busy);
+    };
+    let (taken, was_taken) = oneshot::channel();
+    let me = Waiting {
+        conn: conn.clone(),
+        hello_reply: reply,
+        taken: Some(taken),
+        since: Instant::now(),
+        _slot: slot,
+        _open: open,
+    };
+    let arrival = state
+        .table
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .arrive(&hello, ip, Instant::now(), me);
+    match arrival {
+        Arrival::Refused(r) => refuse(&state, &conn, r),
+        Arrival::Paired(first, me) => session(state, first, me, session_slot).await,
+        Arrival::Wait(ticket) => {
+            drop(session_slot);
+            let _waiting = Gauge::up(&metrics, |m| &m.waiting);
+            tokio::select! {
+                _ = was_taken => {}
+                () = tokio::time::sleep(state.limits.pairing_timeout) => {
+                    let w = state.table.lock().unwrap_or_else(PoisonError::into_inner).leave(&hello.rendezvous, ticket);
+                    if let Some(w) = w {
+                        refuse(&state, &w.conn, Refusal::PairingTimeout);
+                    }
+                }
+                _ = conn.closed() => {
+                    let _ = state.table.lock().unwrap_or_else(PoisonError::into_inner).leave(&hello.rendezvous, ticket);
+                }
+            }
+        }
+    }
+}
+
+/// Reads the Hello: a length no larger than [`MAX_HELLO`], checked before reading on.
+async fn read_hello(conn: &Connection) -> Result<(SendStream, Hello), ()> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(drop)?;
+    let mut len = [0u8; 2];
+    recv.read_exact(&mut len).await.map_err(drop)?;
+    let n = usize::from(u16::from_be_bytes(len));
+    if n == 0 || n > MAX_HELLO {
+        return Err(());
+    }
+    let mut body = vec![0u8; n];
+    recv.read_exact(&mut body).await.map_err(drop)?;
+    let hello = Hello::decode(&body).map_err(drop)?;
+    Ok((send, hello))
+}
+
+/// Runs one paired session: tells both clients, splices them, logs the totals.
+async fn session(
+    state: Arc<State>,
+    mut first: Waiting,
+    mut second: Waiting,
+    _slot: OwnedSemaphorePermit,
+) {
+    let metrics = Arc::clone(&state.metrics);
+    let waited = first.since.elapsed();
+    metrics.pairing_wait_micros.fetch_add(
+        u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+        Relaxed,
+    );
+    metrics.pairings.fetch_add(1, Relaxed);
+    if let Some(t) = first.taken.take() {
+        let _ = t.send(());
+    }
+    let id = session_id();
+    let mut told = true;
+    for w in [&mut first, &mut second] {
+        told &= w.hello_reply.write_all(&[PAIRED]).await.is_ok() && w.hello_reply.finish().is_ok();
+    }
+    if !told {
+        for c in [&first.conn, &second.conn] {
+            refuse(&state, c, Refusal::PeerLost);
+        }
+        return;
+    }
+    metrics.sessions_total.fetch_add(1, Relaxed);
+    let _active = Gauge::up(&metrics, |m| &m.sessions_active);
+    (state.log)(
+        json!({"event": "session_open", "session": id, "pairing_wait_s": waited.as_secs_f64()}),
+    );
+    let start = Instant::now();
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ended = splice(first.conn.clone(), second.conn.clone(), Arc::clone(&total)).await;
+    metrics
+        .bytes_relayed
+        .fetch_add(total.load(Relaxed), Relaxed);
+    (state.log)(json!({
+        "event": "session_closed",
+        "session": id,
+        "seconds": start.elapsed().as_secs_f64(),
+        "bytes_listener_to_connector": ended.a_to_b,
+        "bytes_connector_to_listener": ended.b_to_a,
+        "close_code": ended.code,
+        "reason": ended.reason,
+    }));
+}
+
+fn session_id() -> String {
+    let mut b = [0u8; 8];
+    // A failing OS RNG only makes log ids collide; it is not a security property.
+    let _ = getrandom::getrandom(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
