@@ -37,6 +37,7 @@
 pub mod bench;
 pub mod cli;
 pub mod crypto;
+pub mod demo;
 mod fsutil;
 pub mod home;
 pub mod peers;

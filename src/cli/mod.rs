@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod keys;
 mod peers;
 mod relay;
@@ -56,6 +57,8 @@ pub enum Command {
     Send(transfer::SendArgs),
     /// Receive a transfer into a directory (or keep receiving: --daemon).
     Receive(transfer::ReceiveArgs),
+    /// Relay, receiver and sender on loopback in one process: see it work.
+    Demo(demo::DemoArgs),
     /// Run a relay in conduit mode: it pairs peers and forwards ciphertext only.
     Relay(relay::RelayArgs),
     /// Measure throughput against raw baselines in the same run.
@@ -99,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => transfer::send(&home()?, args),
         Command::Receive(args) => transfer::receive(&home()?, args),
         Command::Relay(args) => relay::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

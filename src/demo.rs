@@ -1,0 +1,175 @@
+//! `conduit demo`: a relay, a receiving clinic and a sending clinic on loopback in one
+//! process, each with its own fresh identity and address book in a temporary directory,
+//! moving a generated folder (synthetic data, no real PHI) end to end through the relay.
+//! Everything runs through the same library code as the real commands.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use anyhow::Context;
+
+use crate::crypto::identity::Identity;
+use crate::crypto::pipeline::CipherPool;
+use crate::crypto::stream::DEFAULT_CHUNK_SIZE;
+use crate::home::Home;
+use crate::peers::AddressBook;
+use crate::relay::client::{self, RelayOptions};
+use crate::relay::config::Limits;
+use crate::relay::hello::Role;
+use crate::relay::server::Relay;
+use crate::transfer::dest::Destination;
+use crate::transfer::run::{self, Events, ReceivePolicy, Recipient, Summary};
+use crate::transfer::source;
+use crate::transport::{RelayTrust, ServerTls};
+
+/// Default size of the demo's large file.
+pub const DEFAULT_SIZE: u64 = 64 << 20;
+
+/// What the demo did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The relay's address.
+    pub relay: String,
+    /// SHA-256 of the relay's certificate (the clients pinned it).
+    pub relay_pin: String,
+    /// The sender's summary.
+    pub sent: Summary,
+    /// The receiver's summary.
+    pub received: Summary,
+    /// Ciphertext bytes the relay forwarded.
+    pub relay_bytes: u64,
+    /// Whether every received file is byte-identical to its source.
+    pub identical: bool,
+}
+
+/// Runs the demo in `dir` (which must exist and be empty) with a large file of `size`
+/// bytes beside a few small ones.
+pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report> {
+    let source_root = dir.join("outbox").join("clinic-a-referral");
+    make_files(&source_root, size)?;
+    let (a_home, b_home) = (
+        Home::at(dir.join("clinic-a")),
+        Home::at(dir.join("clinic-b")),
+    );
+    let (a, b) = (Identity::generate()?, Identity::generate()?);
+    let b_public = b.public();
+    a.save(&a_home, false)?;
+    b.save(&b_home, false)?;
+    let mut a_book = AddressBook::load(&a_home)?;
+    a_book.add("clinic-b", b.public())?;
+    a_book.save()?;
+    let mut b_book = AddressBook::load(&b_home)?;
+    b_book.add("clinic-a", a.public())?;
+    b_book.save()?;
+
+    let tls = ServerTls::self_signed(&["localhost", "127.0.0.1"])?;
+    let pin = tls.pin();
+    let quiet: crate::relay::server::Logger = Arc::new(|_| {});
+    let relay = Relay::bind(
+        ([127, 0, 0, 1], 0).into(),
+        tls,
+        Limits::default(),
+        None,
+        quiet,
+    )?;
+    let relay_addr = relay.local_addr()?.to_string();
+    let metrics = relay.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    let opts = RelayOptions {
+        relays: vec![relay_addr.clone()],
+        trust: RelayTrust::Pin(pin),
+        token: Vec::new(),
+    };
+
+    let pool = CipherPool::with_all_cores()?;
+    let inbox = dir.join("inbox");
+    let dest = Destination::open(&inbox)?;
+    let receiver = {
+        let (opts, pool, events) = (opts.clone(), Arc::clone(&pool), Arc::clone(&events));
+        let rendezvous = run::rendezvous_for(&b.public());
+        tokio::spawn(async move {
+            let j = client::join(&opts, Role::Listen, false, rendezvous).await?;
+            let policy = ReceivePolicy::default();
+            let r = run::receive(&j.connection, &b, &b_book, &dest, &policy, &pool, &events).await;
+            j.endpoint.wait_idle().await;
+            anyhow::Ok(r?)
+        })
+    };
+    let (files, _) = source::collect(std::slice::from_ref(&source_root))?;
+    let j = client::join(&opts, Role::Connect, false, run::rendezvous_for(&b_public)).await?;
+    let recipient = Recipient::Known(b_public);
+    let sent = run::send(
+        &j.connection,
+        &a,
+        &recipient,
+        &files,
+        DEFAULT_CHUNK_SIZE,
+        &pool,
+        &events,
+    )
+    .await;
+    if sent.is_err() {
+        j.connection.close(run::CLOSE_ERROR.into(), b"error");
+    }
+    j.endpoint.wait_idle().await;
+    let received = receiver.await.context("receiver task")?;
+    let sent = sent?;
+    let received = received?;
+    let _ = stop.send(());
+    let _ = relay_task.await;
+
+    let mut identical = true;
+    for f in &files {
+        let got = inbox.join(f.rel.as_str());
+        identical &= blake3_of(&f.path)? == blake3_of(&got)?;
+    }
+    Ok(Report {
+        relay: relay_addr,
+        relay_pin: pin.iter().map(|b| format!("{b:02x}")).collect(),
+        sent,
+        received,
+        relay_bytes: metrics.bytes_relayed.load(Relaxed),
+        identical,
+    })
+}
+
+/// The demo's outgoing folder: one large "imaging" file and a few small notes, all
+/// synthetic.
+fn make_files(root: &Path, size: u64) -> anyhow::Result<()> {
+    let imaging = root.join("imaging");
+    let notes = root.join("notes");
+    std::fs::create_dir_all(&imaging)?;
+    std::fs::create_dir_all(&notes)?;
+    let mut xof = blake3::Hasher::new_derive_key("phi-conduit v1 demo data").finalize_xof();
+    let mut out = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(imaging.join("scan-0001.dcm.bin"))?,
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        xof.fill(&mut buf[..n]);
+        std::io::Write::write_all(&mut out, &buf[..n])?;
+        left -= n as u64;
+    }
+    std::io::Write::flush(&mut out)?;
+    for i in 1..=3 {
+        std::fs::write(
+            notes.join(format!("visit-{i:04}.txt")),
+            format!("Synthetic visit note {i}. Not a real patient.\n"),
+        )?;
+    }
+    Ok(())
+}
+
+fn blake3_of(path: &Path) -> anyhow::Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    std::io::copy(&mut f, &mut h).with_context(|| format!("hashing {}", path.display()))?;
+    Ok(h.finalize())
+}

@@ -1,0 +1,155 @@
+//! Helpers shared by the process tests: run the real `conduit` binary with its own home.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+/// The `conduit` binary with `--home home`.
+pub fn conduit(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_conduit"));
+    c.arg("--home").arg(home).env_remove("CONDUIT_HOME");
+    c
+}
+
+/// The public key of the identity in `home`.
+pub fn key_of(home: &Path) -> String {
+    let out = conduit(home).args(["id", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["public_key"].as_str().unwrap().to_string()
+}
+
+/// Lossy UTF-8.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Two endpoint homes in a temporary directory.
+pub struct Pair {
+    pub _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub sender: PathBuf,
+    pub receiver: PathBuf,
+}
+
+/// Two endpoints; `sender_knows`: the sender has the receiver as "lab"; `receiver_knows`:
+/// the receiver has the sender as "clinic".
+pub fn pair_knowing(sender_knows: bool, receiver_knows: bool) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (sender, receiver) = (root.join("home-s"), root.join("home-r"));
+    for h in [&sender, &receiver] {
+        assert!(conduit(h).arg("keygen").output().unwrap().status.success());
+    }
+    let add = |home: &Path, name: &str, key: &str| {
+        let out = conduit(home)
+            .args(["peers", "add", name, key])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    if sender_knows {
+        add(&sender, "lab", &key_of(&receiver));
+    }
+    if receiver_knows {
+        add(&receiver, "clinic", &key_of(&sender));
+    }
+    Pair {
+        _dir: dir,
+        root,
+        sender,
+        receiver,
+    }
+}
+
+/// A child process whose stdout after the first line is drained on a thread (a transfer
+/// prints many JSON lines; an undrained pipe would block it).
+pub struct Running {
+    pub child: Child,
+    pub first: serde_json::Value,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    /// Spawns `cmd` with piped output and reads its first stdout line as JSON.
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let first: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("first line: {line:?}; stderr: {err}")
+        });
+        let stdout = std::thread::spawn(move || {
+            let mut rest = String::new();
+            reader.read_to_string(&mut rest).unwrap();
+            rest
+        });
+        Running {
+            child,
+            first,
+            stdout: Some(stdout),
+        }
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// Waits; returns the exit status, the rest of stdout and stderr.
+    pub fn finish(&mut self) -> (ExitStatus, String, String) {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        let out = self
+            .stdout
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        (status, out, err)
+    }
+
+    /// Waits at most `secs` for the process to exit by itself.
+    pub fn wait_timeout(&mut self, secs: u64) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Writes `n` bytes of deterministic, incompressible-looking data.
+pub fn write_data(path: &Path, n: usize) {
+    let mut xof = blake3::Hasher::new().update(b"test data").finalize_xof();
+    let mut buf = vec![0u8; n];
+    xof.fill(&mut buf);
+    std::fs::write(path, buf).unwrap();
+}
+
+/// Whether two files have the same bytes.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}

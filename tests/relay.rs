@@ -1,0 +1,460 @@
+//! The relay in conduit mode with real processes on loopback: `conduit relay`, and
+//! `conduit send` / `conduit receive` meeting there.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{Pair, Running, conduit, pair_knowing, same_file, text, write_data};
+
+/// A running relay: its address and certificate pin from the `listening` event.
+struct Relay {
+    run: Running,
+    addr: String,
+    pin: String,
+    /// The relay's working directory and home: it must stay empty.
+    cwd: tempfile::TempDir,
+}
+
+fn start_relay(extra: &[&str]) -> Relay {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conduit"));
+    cmd.args([
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--dev-self-signed",
+        "--json",
+    ])
+    .args(extra)
+    .current_dir(cwd.path())
+    .env("HOME", cwd.path())
+    .env_remove("CONDUIT_HOME");
+    let run = Running::spawn(cmd);
+    assert_eq!(run.first["event"], "listening", "{}", run.first);
+    let addr = run.first["addr"].as_str().unwrap().to_string();
+    let pin = run.first["cert_sha256"].as_str().unwrap().to_string();
+    Relay {
+        run,
+        addr,
+        pin,
+        cwd,
+    }
+}
+
+impl Relay {
+    /// SIGTERM, then the exit status and the log lines.
+    fn stop(mut self) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+        self.run.signal(libc::SIGTERM);
+        let (status, out, err) = self.run.finish();
+        let log = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+            .collect();
+        let leftovers: Vec<_> = std::fs::read_dir(self.cwd.path()).unwrap().collect();
+        assert!(
+            leftovers.is_empty(),
+            "the relay wrote to disk: {leftovers:?}"
+        );
+        (status, log, err)
+    }
+}
+
+fn receiver_via(p: &Pair, relay: &Relay, out: &Path, extra: &[&str]) -> Running {
+    let mut cmd = conduit(&p.receiver);
+    cmd.args([
+        "receive",
+        "--json",
+        "--relay",
+        &relay.addr,
+        "--relay-pin",
+        &relay.pin,
+        "--out",
+    ])
+    .arg(out)
+    .args(extra);
+    let r = Running::spawn(cmd);
+    assert_eq!(r.first["event"], "joining", "{}", r.first);
+    r
+}
+
+fn send_via(p: &Pair, relay: &Relay, paths: &[&Path], extra: &[&str]) -> Output {
+    conduit(&p.sender)
+        .arg("send")
+        .args(paths)
+        .args(["--json", "--relay", &relay.addr, "--relay-pin", &relay.pin])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn events(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn a_file_goes_through_the_relay_and_the_relay_logs_no_names() {
+    let p = pair_knowing(true, true);
+    let relay = start_relay(&[]);
+    let src = p.root.join("Patient-Smith-Jane.bin");
+    write_data(&src, 3_000_000);
+    let out = p.root.join("out");
+    let mut rx = receiver_via(&p, &relay, &out, &[]);
+    let sent = send_via(&p, &relay, &[&src], &["--to", "lab"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let (status, rx_out, rx_err) = rx.finish();
+    assert!(status.success(), "{rx_err}");
+    assert!(same_file(&src, &out.join("Patient-Smith-Jane.bin")));
+    let done = events(&rx_out)
+        .into_iter()
+        .find(|e| e["event"] == "done")
+        .unwrap();
+    assert_eq!(done["bytes"], 3_000_000);
+
+    let (status, log, err) = relay.stop();
+    assert!(status.success(), "relay exit: {status:?} {err}");
+    let closed: Vec<_> = log
+        .iter()
+        .filter(|e| e["event"] == "session_closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{log:?}");
+    let moved = closed[0]["bytes_connector_to_listener"].as_u64().unwrap();
+    assert!(
+        moved > 3_000_000,
+        "ciphertext is larger than plaintext: {moved}"
+    );
+    assert_eq!(closed[0]["close_code"], 0);
+    // Conduit rule: no file name, no per-file size in the relay's output.
+    let all = format!("{log:?}{err}");
+    assert!(
+        !all.contains("Smith"),
+        "a file name reached the relay's log"
+    );
+    assert!(
+        !all.contains("3000000"),
+        "a per-file size reached the relay's log"
+    );
+}
+
+#[test]
+fn a_code_phrase_transfer_through_the_relay_burns_the_nameplate() {
+    let p = pair_knowing(false, false);
+    let relay = start_relay(&[]);
+    let src = p.root.join("note.txt");
+    std::fs::write(&src, "MARKER-PLAINTEXT ".repeat(1000)).unwrap();
+    let mut cmd = conduit(&p.sender);
+    cmd.args([
+        "send",
+        "--code",
+        "--json",
+        "--relay",
+        &relay.addr,
+        "--relay-pin",
+        &relay.pin,
+    ])
+    .arg(&src);
+    let mut tx = Running::spawn(cmd);
+    assert_eq!(tx.first["event"], "code");
+    let code = tx.first["code"].as_str().unwrap().to_string();
+    let out = p.root.join("out");
+    let rx = conduit(&p.receiver)
+        .args([
+            "receive",
+            "--json",
+            "--relay",
+            &relay.addr,
+            "--relay-pin",
+            &relay.pin,
+            "--code",
+            &code,
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(rx.status.success(), "{}", text(&rx.stderr));
+    let (status, _, err) = tx.finish();
+    assert!(status.success(), "{err}");
+    assert!(same_file(&src, &out.join("note.txt")));
+
+    // The nameplate is burned: a third party with the same code is refused by the relay.
+    let again = conduit(&p.receiver)
+        .args([
+            "receive",
+            "--json",
+            "--relay",
+            &relay.addr,
+            "--relay-pin",
+            &relay.pin,
+            "--code",
+            &code,
+            "--out",
+        ])
+        .arg(p.root.join("out2"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("rendezvous already in use"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let (status, log, err) = relay.stop();
+    assert!(status.success());
+    let all = format!("{log:?}{err}");
+    assert!(!all.contains("MARKER"));
+    assert!(!all.contains(&code));
+    assert!(!all.contains("note.txt"));
+}
+
+#[test]
+fn a_wrong_pin_is_refused_before_anything_is_sent() {
+    let p = pair_knowing(true, true);
+    let relay = start_relay(&[]);
+    let src = p.root.join("a.txt");
+    std::fs::write(&src, b"x").unwrap();
+    let wrong = "00".repeat(32);
+    let out = conduit(&p.sender)
+        .arg("send")
+        .arg(&src)
+        .args(["--to", "lab", "--relay", &relay.addr, "--relay-pin", &wrong])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("does not match --relay-pin"), "{err}");
+    let (status, log, _) = relay.stop();
+    assert!(status.success());
+    assert!(!log.iter().any(|e| e["event"] == "session_open"));
+}
+
+#[test]
+fn the_relay_checks_access_tokens() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!(
+            "# clinic A\n{}  -\n",
+            hex::encode(sha2::Sha256::digest(b"open-sesame"))
+        ),
+    )
+    .unwrap();
+    let relay = start_relay(&["--tokens", tokens.to_str().unwrap()]);
+    assert_eq!(relay.run.first["tokens_required"], true);
+    let p = pair_knowing(true, true);
+    let src = p.root.join("a.txt");
+    std::fs::write(&src, b"token-gated").unwrap();
+    let no_token = send_via(&p, &relay, &[&src], &["--to", "lab"]);
+    assert_eq!(no_token.status.code(), Some(1));
+    assert!(
+        text(&no_token.stderr).contains("access token refused"),
+        "{}",
+        text(&no_token.stderr)
+    );
+    let bad = send_via(
+        &p,
+        &relay,
+        &[&src],
+        &["--to", "lab", "--relay-token", "guess"],
+    );
+    assert!(text(&bad.stderr).contains("access token refused"));
+
+    let out = p.root.join("out");
+    let mut cmd = conduit(&p.receiver);
+    cmd.args([
+        "receive",
+        "--json",
+        "--relay",
+        &relay.addr,
+        "--relay-pin",
+        &relay.pin,
+        "--out",
+    ])
+    .arg(&out)
+    .env("CONDUIT_RELAY_TOKEN", "open-sesame");
+    let mut rx = Running::spawn(cmd);
+    let ok = send_via(
+        &p,
+        &relay,
+        &[&src],
+        &["--to", "lab", "--relay-token", "open-sesame"],
+    );
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(rx.finish().0.success());
+    assert!(same_file(&src, &out.join("a.txt")));
+    let (_, log, _) = relay.stop();
+    let refused = log
+        .iter()
+        .filter(|e| e["event"] == "refused" && e["reason"] == "token")
+        .count();
+    assert_eq!(refused, 2);
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_and_health_are_served() {
+    let relay = start_relay(&["--metrics", "127.0.0.1:0"]);
+    let m = relay.run.first["metrics"].as_str().unwrap().to_string();
+    assert!(http_get(&m, "/healthz").starts_with("HTTP/1.1 200"));
+    let p = pair_knowing(true, true);
+    let src = p.root.join("a.bin");
+    write_data(&src, 500_000);
+    let out = p.root.join("out");
+    let mut rx = receiver_via(&p, &relay, &out, &[]);
+    let sent = send_via(&p, &relay, &[&src], &["--to", "lab"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(rx.finish().0.success());
+    // The session's close is processed right after the endpoints finish.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = http_get(&m, "/metrics");
+        if metrics.contains("conduit_relay_sessions_active 0")
+            && metrics.contains("conduit_relay_sessions_total 1")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        metrics.contains("conduit_relay_sessions_total 1"),
+        "{metrics}"
+    );
+    let relayed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("conduit_relay_bytes_relayed_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(relayed > 500_000, "{relayed}");
+    assert!(metrics.contains("conduit_relay_pairing_wait_seconds_count 1"));
+    assert!(metrics.contains("conduit_relay_rejections_total{reason=\"token\"} 0"));
+    assert!(relay.stop().0.success());
+}
+
+#[test]
+fn sigterm_sends_waiting_clients_away_and_exits_zero() {
+    let p = pair_knowing(true, true);
+    let relay = start_relay(&[]);
+    let mut rx = receiver_via(&p, &relay, &p.root.join("out"), &[]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (status, log, _) = relay.stop();
+    assert!(status.success());
+    assert!(log.iter().any(|e| e["event"] == "stopped"));
+    let (status, _, err) = rx.finish();
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("shutting down"), "{err}");
+}
+
+#[test]
+fn a_lonely_client_gets_the_pairing_timeout() {
+    let p = pair_knowing(true, true);
+    let relay = start_relay(&["--pairing-timeout", "1"]);
+    let mut rx = receiver_via(&p, &relay, &p.root.join("out"), &[]);
+    let (status, _, err) = rx.finish();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        err.contains("no peer came within the pairing timeout"),
+        "{err}"
+    );
+    let (_, log, _) = relay.stop();
+    assert!(log.iter().any(|e| e["reason"] == "pairing_timeout"));
+}
+
+#[test]
+fn the_daemon_receives_several_transfers_at_once_and_stops_on_sigterm() {
+    let p = pair_knowing(true, true);
+    let relay = start_relay(&[]);
+    let out = p.root.join("inbox");
+    let mut cmd = conduit(&p.receiver);
+    cmd.args([
+        "receive",
+        "--json",
+        "--daemon",
+        "--concurrent",
+        "2",
+        "--relay",
+        &relay.addr,
+        "--relay-pin",
+        &relay.pin,
+        "--out",
+    ])
+    .arg(&out);
+    let mut daemon = Running::spawn(cmd);
+    assert_eq!(daemon.first["event"], "daemon");
+    let files: Vec<_> = (0..3)
+        .map(|i| {
+            let f = p.root.join(format!("f{i}.bin"));
+            write_data(&f, 200_000 + i * 1000);
+            f
+        })
+        .collect();
+    // Two at once, then one more.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| send_via(&p, &relay, &[&files[0]], &["--to", "lab"]));
+        let b = s.spawn(|| send_via(&p, &relay, &[&files[1]], &["--to", "lab"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    assert!(b.status.success(), "{}", text(&b.stderr));
+    let c = send_via(&p, &relay, &[&files[2]], &["--to", "lab"]);
+    assert!(c.status.success(), "{}", text(&c.stderr));
+    for (i, f) in files.iter().enumerate() {
+        assert!(same_file(f, &out.join(format!("f{i}.bin"))));
+    }
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_timeout(10).is_some(), "the daemon did not stop");
+    let (status, stdout, _) = daemon.finish();
+    assert!(status.success());
+    assert_eq!(
+        events(&stdout)
+            .iter()
+            .filter(|e| e["event"] == "done")
+            .count(),
+        3
+    );
+    assert!(relay.stop().0.success());
+}
+
+#[test]
+fn relay_memory_stays_bounded_while_forwarding() {
+    let p = pair_knowing(true, true);
+    let relay = start_relay(&[]);
+    let src = p.root.join("big.bin");
+    let size = 96 << 20;
+    write_data(&src, size);
+    let out = p.root.join("out");
+    let mut rx = receiver_via(&p, &relay, &out, &[]);
+    let sent = send_via(&p, &relay, &[&src], &["--to", "lab"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(rx.finish().0.success());
+    assert!(same_file(&src, &out.join("big.bin")));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.run.child.id())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    // Windows of 4 MiB: the session bound is 24 MiB; the rest is the binary and runtime.
+    // A relay that buffered the file would exceed 96 MiB.
+    eprintln!("relay peak RSS {hwm_kib} KiB");
+    assert!(hwm_kib < 64 * 1024, "relay peak RSS {hwm_kib} KiB");
+    assert!(relay.stop().0.success());
+}
