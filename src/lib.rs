@@ -15,7 +15,9 @@
 //! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames) |
 //! | [`session`] | the handshake and typed session messages over an async stream |
 //! | [`transfer`] | moving files: [`transfer::run`] (one transfer, both sides), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes), [`transfer::source`] (the sender's files) |
-//! | [`transport`] | QUIC endpoints for direct mode and the one tuned transport configuration |
+//! | [`transport`] | QUIC endpoints (direct, to and from a relay), certificates and pins, the one tuned transport configuration |
+//! | [`relay`] | the relay in conduit mode: Hello, pairing, splice, limits, tokens, metrics, fleet choice, and joining a relay as a client |
+//! | [`demo`] | `conduit demo`: relay, receiver and sender on loopback in one process |
 //! | [`home`] | the endpoint's home directory |
 //! | [`peers`] | the address book of pinned peer keys |
 //! | [`mod@bench`] | `conduit bench`: throughput measured against raw baselines in the same run |
