@@ -3,7 +3,7 @@
 //! moving a generated folder (synthetic data, no real PHI) end to end through the relay.
 //! Everything runs through the same library code as the real commands.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -23,8 +23,8 @@ use crate::transfer::run::{self, Events, ReceivePolicy, Recipient, Summary};
 use crate::transfer::source;
 use crate::transport::{RelayTrust, ServerTls};
 
-/// Default size of the demo's large file.
-pub const DEFAULT_SIZE: u64 = 64 << 20;
+/// Default size of the demo's sample set (two large files; the notes are tiny).
+pub const DEFAULT_SIZE: u64 = 256 << 20;
 
 /// What the demo did.
 #[derive(Debug, Clone)]
@@ -41,10 +41,15 @@ pub struct Report {
     pub relay_bytes: u64,
     /// Whether every received file is byte-identical to its source.
     pub identical: bool,
+    /// Bytes the relay's threads caused to be written to storage (`write_bytes` of
+    /// /proc/self/task/TID/io summed over its threads); `None` where /proc has no IO
+    /// accounting.
+    pub relay_disk_writes: Option<u64>,
 }
 
-/// Runs the demo in `dir` (which must exist and be empty) with a large file of `size`
-/// bytes beside a few small ones.
+/// Runs the demo in `dir` (which must exist and be empty) with a sample set of `size`
+/// bytes in two files beside a few small notes. The relay runs on a runtime and threads
+/// of its own, so that what its threads write to disk can be read from /proc.
 pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report> {
     let source_root = dir.join("outbox").join("clinic-a-referral");
     make_files(&source_root, size)?;
@@ -66,30 +71,53 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
     let tls = ServerTls::self_signed(&["localhost", "127.0.0.1"])?;
     let pin = tls.pin();
     let quiet: crate::relay::server::Logger = Arc::new(|_| {});
-    let relay = Relay::bind(
-        ([127, 0, 0, 1], 0).into(),
-        tls,
-        Limits::default(),
-        None,
-        quiet,
-    )?;
+    let relay_threads = Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
+    let relay_rt = {
+        let threads = Arc::clone(&relay_threads);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("demo-relay")
+            .on_thread_start(move || {
+                if let Ok(task) = std::fs::read_link("/proc/thread-self") {
+                    threads
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(Path::new("/proc").join(task));
+                }
+            })
+            .enable_all()
+            .build()?
+    };
+    let relay = {
+        let _in_relay_runtime = relay_rt.enter();
+        Relay::bind(
+            ([127, 0, 0, 1], 0).into(),
+            tls,
+            Limits::default(),
+            None,
+            quiet,
+        )?
+    };
     let relay_addr = relay.local_addr()?.to_string();
     let metrics = relay.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = tokio::spawn(relay.run(async {
+    let relay_task = relay_rt.spawn(relay.run(async {
         let _ = stopped.await;
     }));
     let opts = RelayOptions {
         relays: vec![relay_addr.clone()],
         trust: RelayTrust::Pin(pin),
         token: Vec::new(),
+        wait: std::time::Duration::from_secs(10),
     };
 
     let pool = CipherPool::with_all_cores()?;
     let inbox = dir.join("inbox");
     let dest = Destination::open(&inbox)?;
     let receiver = {
-        let (opts, pool, events) = (opts.clone(), Arc::clone(&pool), Arc::clone(&events));
+        // The sender reports progress; the receiver stays quiet.
+        let events: Events = Arc::new(|_| {});
+        let (opts, pool) = (opts.clone(), Arc::clone(&pool));
         let rendezvous = run::rendezvous_for(&b.public());
         tokio::spawn(async move {
             let j = client::join(&opts, Role::Listen, false, rendezvous).await?;
@@ -119,8 +147,11 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
     let received = receiver.await.context("receiver task")?;
     let sent = sent?;
     let received = received?;
+    // Threads start with zero counts, and these threads were made for the relay.
+    let relay_disk_writes = disk_writes(&relay_threads);
     let _ = stop.send(());
     let _ = relay_task.await;
+    relay_rt.shutdown_background();
 
     let mut identical = true;
     for f in &files {
@@ -134,7 +165,30 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
         received,
         relay_bytes: metrics.bytes_relayed.load(Relaxed),
         identical,
+        relay_disk_writes,
     })
+}
+
+/// Sum of `write_bytes` over the threads' /proc/.../io files.
+fn disk_writes(threads: &std::sync::Mutex<Vec<PathBuf>>) -> Option<u64> {
+    let threads = threads
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if threads.is_empty() {
+        return None;
+    }
+    let counts: Vec<u64> = threads
+        .iter()
+        .filter_map(|t| {
+            let io = std::fs::read_to_string(t.join("io")).ok()?;
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
 }
 
 /// The demo's outgoing folder: one large "imaging" file and a few small notes, all
@@ -145,19 +199,23 @@ fn make_files(root: &Path, size: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(&imaging)?;
     std::fs::create_dir_all(&notes)?;
     let mut xof = blake3::Hasher::new_derive_key("phi-conduit v1 demo data").finalize_xof();
-    let mut out = std::io::BufWriter::with_capacity(
-        1 << 20,
-        std::fs::File::create(imaging.join("scan-0001.dcm.bin"))?,
-    );
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-        xof.fill(&mut buf[..n]);
-        std::io::Write::write_all(&mut out, &buf[..n])?;
-        left -= n as u64;
+    let first = size / 4 * 3;
+    for (name, len) in [
+        ("scan-0001.dcm.bin", first),
+        ("scan-0002.dcm.bin", size - first),
+    ] {
+        let mut out =
+            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(imaging.join(name))?);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            xof.fill(&mut buf[..n]);
+            std::io::Write::write_all(&mut out, &buf[..n])?;
+            left -= n as u64;
+        }
+        std::io::Write::flush(&mut out)?;
     }
-    std::io::Write::flush(&mut out)?;
     for i in 1..=3 {
         std::fs::write(
             notes.join(format!("visit-{i:04}.txt")),

@@ -118,6 +118,9 @@ pub(crate) struct RelayFlags {
         hide_env_values = true
     )]
     relay_token: Option<String>,
+    /// Seconds to keep trying while the peer is not (yet) waiting at the relay.
+    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "relay")]
+    relay_wait: u64,
 }
 
 impl RelayFlags {
@@ -145,6 +148,7 @@ impl RelayFlags {
             relays,
             trust,
             token,
+            wait: Duration::from_secs(self.relay_wait),
         }))
     }
 }

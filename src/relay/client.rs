@@ -72,6 +72,8 @@ pub struct RelayOptions {
     pub trust: RelayTrust,
     /// Access token (empty: none).
     pub token: Vec<u8>,
+    /// How long a connector keeps trying while no listener waits for it.
+    pub wait: Duration,
 }
 
 impl RelayOptions {
@@ -126,8 +128,33 @@ pub struct Joined {
     pub relay: String,
 }
 
-/// Joins the relay chosen for `rendezvous` in `role` and waits until paired.
+/// Pause between two attempts of a connector that found no listener.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// Joins the relay chosen for `rendezvous` in `role` and waits until paired. A connector
+/// that finds no listener tries again for `opts.wait` (the listener may be on its way:
+/// a daemon between two transfers, a code-phrase sender still connecting).
 pub async fn join(
+    opts: &RelayOptions,
+    role: Role,
+    single_use: bool,
+    rendezvous: [u8; 32],
+) -> Result<Joined, JoinError> {
+    let deadline = tokio::time::Instant::now() + opts.wait;
+    loop {
+        match join_once(opts, role, single_use, rendezvous).await {
+            Err(JoinError::Refused {
+                refusal: Refusal::NoListener,
+                ..
+            }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(RETRY).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn join_once(
     opts: &RelayOptions,
     role: Role,
     single_use: bool,

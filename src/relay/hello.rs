@@ -179,10 +179,13 @@ pub enum Refusal {
     /// The other side's connection ended without a close of its own.
     #[error("the peer's connection to the relay was lost")]
     PeerLost,
+    /// A connector found no listener waiting on its rendezvous id.
+    #[error("no peer is waiting at the relay for this transfer")]
+    NoListener,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 9] = [
+    const ALL: [Refusal; 10] = [
         Refusal::BadHello,
         Refusal::HelloTimeout,
         Refusal::Token,
@@ -192,6 +195,7 @@ impl Refusal {
         Refusal::PairingTimeout,
         Refusal::ShuttingDown,
         Refusal::PeerLost,
+        Refusal::NoListener,
     ];
 
     /// The QUIC application close code.
@@ -207,6 +211,7 @@ impl Refusal {
                 Refusal::PairingTimeout => 7,
                 Refusal::ShuttingDown => 8,
                 Refusal::PeerLost => 9,
+                Refusal::NoListener => 10,
             }
     }
 
@@ -227,6 +232,7 @@ impl Refusal {
             Refusal::PairingTimeout => "pairing_timeout",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::PeerLost => "peer_lost",
+            Refusal::NoListener => "no_listener",
         }
     }
 

@@ -3,8 +3,9 @@
 //! generic over what a waiter carries, so it is tested without sockets.
 //!
 //! Rules (docs/PROTOCOL.md, "Relay"):
-//! - a client pairs with the oldest waiter of the other role on its rendezvous id, or
-//!   waits (a slot holds waiters of one role only);
+//! - a listener waits on its rendezvous id; a connector pairs with the oldest listener
+//!   waiting there, and is refused ([`Refusal::NoListener`]) if none is: a pairing is one
+//!   listener and one connector, and a third party finds no one to join;
 //! - a single-use rendezvous (a code phrase's nameplate) admits one waiter and one
 //!   pairing: once paired it is burned for [`BURN_TTL`], and any other client on it is
 //!   refused, so a third party can neither join nor guess again;
@@ -42,7 +43,6 @@ struct Waiter<T> {
 }
 
 struct Slot<T> {
-    role: Role,
     single_use: bool,
     waiters: VecDeque<Waiter<T>>,
 }
@@ -76,23 +76,25 @@ impl<T> Table<T> {
         if self.burned.contains_key(&hello.rendezvous) {
             return Arrival::Refused(Refusal::RendezvousTaken);
         }
-        if let Some(slot) = self.slots.get_mut(&hello.rendezvous) {
-            if slot.role == hello.role.other() {
-                let single_use = slot.single_use || hello.single_use;
-                let Some(w) = slot.waiters.pop_front() else {
-                    // Empty slots are removed eagerly; treat one as absent.
-                    self.slots.remove(&hello.rendezvous);
-                    return self.enqueue(hello, ip, payload);
-                };
-                if slot.waiters.is_empty() {
-                    self.slots.remove(&hello.rendezvous);
-                }
-                self.release_ip(w.ip);
-                if single_use {
-                    self.burned.insert(hello.rendezvous, now + BURN_TTL);
-                }
-                return Arrival::Paired(w.payload, payload);
+        if hello.role == Role::Connect {
+            let Some(slot) = self.slots.get_mut(&hello.rendezvous) else {
+                return Arrival::Refused(Refusal::NoListener);
+            };
+            let single_use = slot.single_use || hello.single_use;
+            let Some(w) = slot.waiters.pop_front() else {
+                self.slots.remove(&hello.rendezvous);
+                return Arrival::Refused(Refusal::NoListener);
+            };
+            if slot.waiters.is_empty() {
+                self.slots.remove(&hello.rendezvous);
             }
+            self.release_ip(w.ip);
+            if single_use {
+                self.burned.insert(hello.rendezvous, now + BURN_TTL);
+            }
+            return Arrival::Paired(w.payload, payload);
+        }
+        if let Some(slot) = self.slots.get(&hello.rendezvous) {
             if slot.single_use || hello.single_use {
                 return Arrival::Refused(Refusal::RendezvousTaken);
             }
@@ -114,7 +116,6 @@ impl<T> Table<T> {
         self.slots
             .entry(hello.rendezvous)
             .or_insert_with(|| Slot {
-                role: hello.role,
                 single_use: hello.single_use,
                 waiters: VecDeque::new(),
             })
@@ -197,26 +198,34 @@ mod tests {
         ));
         assert!(matches!(
             t.arrive(&hello(Role::Connect, 2, false), B, now, "c-other"),
-            Arrival::Wait(_)
+            Arrival::Refused(Refusal::NoListener)
         ));
         assert!(matches!(
             t.arrive(&hello(Role::Connect, 1, false), B, now, "c2"),
             Arrival::Paired("l2", _)
         ));
-        assert_eq!(t.waiting(), 1);
+        assert_eq!(t.waiting(), 0);
     }
 
     #[test]
-    fn connector_first_waits_for_a_listener() {
+    fn a_connector_with_no_listener_is_refused_and_a_third_party_finds_no_one() {
         let mut t = Table::new(8, 8);
         let now = Instant::now();
         assert!(matches!(
             t.arrive(&hello(Role::Connect, 1, false), B, now, "c"),
-            Arrival::Wait(_)
+            Arrival::Refused(Refusal::NoListener)
         ));
         assert!(matches!(
             t.arrive(&hello(Role::Listen, 1, false), A, now, "l"),
-            Arrival::Paired("c", _)
+            Arrival::Wait(_)
+        ));
+        assert!(matches!(
+            t.arrive(&hello(Role::Connect, 1, false), B, now, "c1"),
+            Arrival::Paired("l", _)
+        ));
+        assert!(matches!(
+            t.arrive(&hello(Role::Connect, 1, false), B, now, "c2"),
+            Arrival::Refused(Refusal::NoListener)
         ));
         assert_eq!(t.waiting(), 0);
     }

@@ -23,7 +23,7 @@ use crate::relay::config::Limits;
 use crate::relay::hello::{Hello, MAX_HELLO, PAIRED, Refusal};
 use crate::relay::metrics::Metrics;
 use crate::relay::pairing::{Arrival, Table};
-use crate::relay::splice::splice;
+use crate::relay::splice::{Tap, splice_with};
 use crate::relay::tokens::Tokens;
 use crate::transport::{self, ServerTls, TransportError};
 
@@ -44,6 +44,7 @@ struct State {
     connections: Arc<Semaphore>,
     sessions: Arc<Semaphore>,
     log: Logger,
+    tap: Option<Arc<dyn Tap>>,
 }
 
 /// A client waiting for its peer, as the table holds it.
@@ -77,8 +78,18 @@ impl Relay {
             limits,
             tokens,
             log,
+            tap: None,
         });
         Ok(Relay { endpoint, state })
+    }
+
+    /// Installs a [`Tap`] on every session (tests and diagnostics built on the library;
+    /// `conduit relay` never does). Call before [`run`](Relay::run).
+    pub fn with_tap(mut self, tap: Arc<dyn Tap>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.tap = Some(tap);
+        }
+        self
     }
 
     /// The address the relay listens on.
@@ -285,7 +296,13 @@ async fn session(
     );
     let start = Instant::now();
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let ended = splice(first.conn.clone(), second.conn.clone(), Arc::clone(&total)).await;
+    let ended = splice_with(
+        first.conn.clone(),
+        second.conn.clone(),
+        Arc::clone(&total),
+        state.tap.clone(),
+    )
+    .await;
     metrics
         .bytes_relayed
         .fetch_add(total.load(Relaxed), Relaxed);

@@ -29,22 +29,61 @@ pub struct Ended {
     pub reason: String,
 }
 
+/// Which way a chunk travels: from the first (listening) connection to the second, or
+/// back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the first connection to the second.
+    AToB,
+    /// From the second connection to the first.
+    BToA,
+}
+
+/// Sees each chunk a splice forwards and returns the bytes to write in its place.
+///
+/// For tests and diagnostics built on the library (a tap asserting that only ciphertext
+/// crosses the relay, a tampering relay). `conduit relay` never installs one: the relay
+/// binary has no way to look at or keep what it forwards.
+pub trait Tap: Send + Sync + 'static {
+    /// `chunk` was read from stream `stream` going `dir`; the returned chunks are written
+    /// on instead, in order.
+    fn forward(
+        &self,
+        dir: Direction,
+        stream: quinn::StreamId,
+        chunk: bytes::Bytes,
+    ) -> Vec<bytes::Bytes>;
+}
+
 /// Splices `a` and `b` until one of them closes; `total` counts every byte copied.
 pub async fn splice(a: Connection, b: Connection, total: Arc<AtomicU64>) -> Ended {
+    splice_with(a, b, total, None).await
+}
+
+/// [`splice`] with an optional [`Tap`] on every forwarded chunk.
+pub async fn splice_with(
+    a: Connection,
+    b: Connection,
+    total: Arc<AtomicU64>,
+    tap: Option<Arc<dyn Tap>>,
+) -> Ended {
     let ab = Arc::new(AtomicU64::new(0));
     let ba = Arc::new(AtomicU64::new(0));
+    let leg = |count: &Arc<AtomicU64>, dir| Leg {
+        count: Arc::clone(count),
+        total: Arc::clone(&total),
+        tap: tap.clone().map(|t| (t, dir)),
+    };
     let mut tasks = JoinSet::new();
     tasks.spawn(forward(
         a.clone(),
         b.clone(),
-        [Arc::clone(&ab), Arc::clone(&ba)],
-        Arc::clone(&total),
+        [leg(&ab, Direction::AToB), leg(&ba, Direction::BToA)],
     ));
     tasks.spawn(forward(
         b.clone(),
         a.clone(),
-        [Arc::clone(&ba), Arc::clone(&ab)],
-        Arc::clone(&total),
+        [leg(&ba, Direction::BToA), leg(&ab, Direction::AToB)],
     ));
     let (err, other) = tokio::select! {
         e = a.closed() => (e, &b),
@@ -87,28 +126,38 @@ fn kind(e: &ConnectionError) -> &'static str {
     }
 }
 
-/// Opens on `to` every stream `from` opens, in order, and copies each. `counts` are the
-/// byte counters of the direction from→to and of the way back.
-async fn forward(
-    from: Connection,
-    to: Connection,
-    counts: [Arc<AtomicU64>; 2],
+/// One direction's counters and tap.
+#[derive(Clone)]
+struct Leg {
+    count: Arc<AtomicU64>,
     total: Arc<AtomicU64>,
-) {
-    let [count, back] = counts;
+    tap: Option<(Arc<dyn Tap>, Direction)>,
+}
+
+impl Leg {
+    fn add(&self, n: u64) {
+        self.count.fetch_add(n, Relaxed);
+        self.total.fetch_add(n, Relaxed);
+    }
+}
+
+/// Opens on `to` every stream `from` opens, in order, and copies each. `legs` are the
+/// direction from→to and the way back (for bidirectional streams).
+async fn forward(from: Connection, to: Connection, legs: [Leg; 2]) {
+    let [fwd, back] = legs;
     let mut copies = JoinSet::new();
     loop {
         tokio::select! {
             s = from.accept_uni() => {
                 let Ok(recv) = s else { break };
                 let Ok(send) = to.open_uni().await else { break };
-                copies.spawn(copy(recv, send, Arc::clone(&count), Arc::clone(&total)));
+                copies.spawn(copy(recv, send, fwd.clone()));
             }
             s = from.accept_bi() => {
                 let Ok((from_send, from_recv)) = s else { break };
                 let Ok((to_send, to_recv)) = to.open_bi().await else { break };
-                copies.spawn(copy(from_recv, to_send, Arc::clone(&count), Arc::clone(&total)));
-                copies.spawn(copy(to_recv, from_send, Arc::clone(&back), Arc::clone(&total)));
+                copies.spawn(copy(from_recv, to_send, fwd.clone()));
+                copies.spawn(copy(to_recv, from_send, back.clone()));
             }
             // Reap finished copies so the set does not grow with the streams of a session.
             Some(_) = copies.join_next(), if !copies.is_empty() => {}
@@ -118,12 +167,7 @@ async fn forward(
 }
 
 /// Copies one stream's bytes, carrying FIN, RESET_STREAM and STOP_SENDING over.
-async fn copy(
-    mut from: RecvStream,
-    mut to: SendStream,
-    count: Arc<AtomicU64>,
-    total: Arc<AtomicU64>,
-) {
+async fn copy(mut from: RecvStream, mut to: SendStream, leg: Leg) {
     let stopped = to.stopped();
     tokio::pin!(stopped);
     loop {
@@ -139,11 +183,15 @@ async fn copy(
         match chunk {
             Ok(Some(c)) => {
                 let n = c.bytes.len() as u64;
-                match to.write_chunk(c.bytes).await {
-                    Ok(()) => {
-                        count.fetch_add(n, Relaxed);
-                        total.fetch_add(n, Relaxed);
+                let written = match &leg.tap {
+                    None => to.write_chunk(c.bytes).await,
+                    Some((tap, dir)) => {
+                        let mut out = tap.forward(*dir, from.id(), c.bytes);
+                        to.write_all_chunks(&mut out).await
                     }
+                };
+                match written {
+                    Ok(()) => leg.add(n),
                     Err(WriteError::Stopped(code)) => {
                         let _ = from.stop(code);
                         return;
