@@ -8,7 +8,11 @@ fn the_demo_verifies_every_file_and_the_relay_writes_nothing() {
         .args(["demo", "--json", "--size", "3000000"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["event"], "demo");
     assert_eq!(v["identical"], true);
@@ -30,6 +34,9 @@ fn the_demo_speaks_to_people_too() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ok: every file arrived byte-identical"), "{text}");
+    assert!(
+        text.contains("ok: every file arrived byte-identical"),
+        "{text}"
+    );
     assert_eq!(text.matches(" match\n").count(), 5, "{text}");
 }
