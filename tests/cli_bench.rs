@@ -67,3 +67,50 @@ fn unknown_flag_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bench_transfer_json_has_every_documented_key_and_consistent_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = conduit()
+        .args(["bench", "transfer", "--json", "--size", "4000000", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "raw_quinn_mbps",
+        "direct_mbps",
+        "relayed_mbps",
+        "raw_relay_mbps",
+        "stream_seal_1t_mbps",
+        "blake3_1t_mbps",
+        "ideal_direct_mbps",
+        "sender_cpu_s_per_gb",
+        "receiver_cpu_s_per_gb",
+        "relay_cpu_s_per_gb",
+        "raw_sender_cpu_s_per_gb",
+        "raw_receiver_cpu_s_per_gb",
+    ] {
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {v}"));
+        assert!(x.is_finite() && x >= 0.0, "{key} = {x}");
+    }
+    assert_eq!(v["size_bytes"], 4_000_000);
+    assert!(v["relay_peak_rss_bytes"].as_u64().unwrap() > 0);
+    let f = |k: &str| v[k].as_f64().unwrap();
+    let ideal = 1.0
+        / (1.0 / f("raw_quinn_mbps") + 1.0 / f("stream_seal_1t_mbps") + 1.0 / f("blake3_1t_mbps"));
+    assert!((f("ideal_direct_mbps") - ideal).abs() < 1e-6 * ideal);
+    assert!(
+        (f("direct_vs_ideal") - f("direct_mbps") / ideal).abs()
+            < 1e-9 * f("direct_vs_ideal").max(1.0)
+    );
+    // The temporary files are gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

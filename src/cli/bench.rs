@@ -2,6 +2,7 @@
 
 use clap::{Args, Subcommand};
 
+use crate::bench::transfer::{DEFAULT_TRANSFER_BYTES, TransferBenchConfig, TransferReport};
 use crate::bench::{self, CipherBenchConfig, CipherReport, DEFAULT_CIPHER_BYTES};
 use crate::crypto::stream::{ChunkSize, DEFAULT_CHUNK_SIZE};
 
@@ -10,6 +11,58 @@ use crate::crypto::stream::{ChunkSize, DEFAULT_CHUNK_SIZE};
 pub enum BenchCommand {
     /// AEAD and STREAM seal/open throughput against the bare AEAD call, and BLAKE3.
     Cipher(CipherArgs),
+    /// Transfer throughput on loopback (direct and relayed) against raw QUIC, with CPU
+    /// per party and the relay's memory.
+    Transfer(TransferArgs),
+    /// One side of the raw-QUIC baseline (run by `bench transfer`).
+    #[command(hide = true, subcommand)]
+    RawPeer(RawPeer),
+}
+
+/// Options of `bench transfer`.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Bytes per measurement.
+    #[arg(long, default_value_t = DEFAULT_TRANSFER_BYTES)]
+    size: u64,
+    /// Directory for the source and received files [default: /dev/shm if present].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The raw-QUIC peers.
+#[derive(Debug, Subcommand)]
+pub enum RawPeer {
+    /// Receive one stream and report.
+    Recv(RawPeerArgs),
+    /// Send `--size` bytes on one stream and report.
+    Send(RawPeerArgs),
+}
+
+/// Where a raw peer meets the other.
+#[derive(Debug, Args)]
+pub struct RawPeerArgs {
+    /// Listen here (receiver, direct).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Connect here (sender, direct).
+    #[arg(long)]
+    direct: Option<std::net::SocketAddr>,
+    /// Meet at this relay.
+    #[arg(long)]
+    relay: Option<String>,
+    /// The relay's certificate SHA-256.
+    #[arg(long)]
+    relay_pin: Option<String>,
+    /// The rendezvous id at the relay (64 hex digits).
+    #[arg(long)]
+    rendezvous: Option<String>,
+    /// Bytes to send.
+    #[arg(long, default_value_t = 0)]
+    size: u64,
 }
 
 /// Options of `bench cipher`.
@@ -32,6 +85,8 @@ pub struct CipherArgs {
 pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Cipher(args) => cipher(args),
+        BenchCommand::Transfer(args) => transfer(args),
+        BenchCommand::RawPeer(peer) => raw_peer(peer),
     }
 }
 
@@ -104,4 +159,130 @@ fn print_table(r: &CipherReport) {
     for (name, gbps, ratio) in rows {
         println!("{name:<28} {gbps:>8.2} {ratio:>10}");
     }
+}
+
+fn transfer(args: TransferArgs) -> anyhow::Result<()> {
+    let report = bench::transfer::transfer(&TransferBenchConfig {
+        size: args.size,
+        dir: args.dir,
+        exe: std::env::current_exe()?,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_transfer(&report);
+    }
+    Ok(())
+}
+
+fn print_transfer(r: &TransferReport) {
+    println!(
+        "bench transfer: {} bytes per run on loopback, files in {}",
+        r.size_bytes, r.dir
+    );
+    println!(
+        "{:<34} {:>10} {:>12} {:>12} {:>12}",
+        "", "MB/s", "sender s/GB", "receiver s/GB", "relay s/GB"
+    );
+    println!(
+        "{:<34} {:>10.0} {:>12.2} {:>12.2} {:>12}",
+        "(a) raw QUIC, direct",
+        r.raw_quinn_mbps,
+        r.raw_sender_cpu_s_per_gb,
+        r.raw_receiver_cpu_s_per_gb,
+        "-"
+    );
+    println!(
+        "{:<34} {:>10.0} {:>12.2} {:>12.2} {:>12}",
+        "(b) conduit, direct", r.direct_mbps, r.sender_cpu_s_per_gb, r.receiver_cpu_s_per_gb, "-"
+    );
+    println!(
+        "{:<34} {:>10.0} {:>12} {:>12} {:>12.2}",
+        "(c) conduit, through the relay", r.relayed_mbps, "", "", r.relay_cpu_s_per_gb
+    );
+    println!(
+        "{:<34} {:>10.0} {:>12} {:>12} {:>12.2}",
+        "(d) raw QUIC, through the relay", r.raw_relay_mbps, "", "", r.raw_relay_cpu_s_per_gb
+    );
+    println!(
+        "STREAM seal 1 thread {:.0} MB/s, BLAKE3 1 thread {:.0} MB/s: ideal direct {:.0} MB/s",
+        r.stream_seal_1t_mbps, r.blake3_1t_mbps, r.ideal_direct_mbps
+    );
+    println!(
+        "direct / ideal {:.2}   direct / raw {:.2}   relayed / direct {:.2}   relay CPU / raw legs {:.2}   relay peak RSS {:.1} MiB",
+        r.direct_vs_ideal,
+        r.direct_vs_raw,
+        r.relayed_vs_direct,
+        r.relay_cpu_vs_raw_legs,
+        r.relay_peak_rss_bytes as f64 / (1u64 << 20) as f64
+    );
+}
+
+fn raw_peer(peer: RawPeer) -> anyhow::Result<()> {
+    use crate::bench::raw;
+    use crate::relay::client::RelayOptions;
+    use crate::relay::hello::Role;
+    use serde_json::json;
+    let (send, a) = match peer {
+        RawPeer::Send(a) => (true, a),
+        RawPeer::Recv(a) => (false, a),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let relay = match (&a.relay, &a.relay_pin, &a.rendezvous) {
+            (Some(r), Some(pin), Some(rv)) => Some((
+                RelayOptions {
+                    relays: RelayOptions::parse_list(r)?,
+                    trust: crate::transport::RelayTrust::Pin(
+                        crate::relay::tokens::parse_sha256(pin)
+                            .ok_or_else(|| anyhow::anyhow!("bad pin"))?,
+                    ),
+                    token: vec![],
+                    wait: std::time::Duration::from_secs(30),
+                },
+                crate::relay::tokens::parse_sha256(rv)
+                    .ok_or_else(|| anyhow::anyhow!("bad rendezvous"))?,
+            )),
+            _ => None,
+        };
+        let (endpoint, conn) = match (send, relay, a.listen, a.direct) {
+            (_, Some((opts, rv)), _, _) => {
+                if !send {
+                    println!("{}", json!({"event": "joining"}));
+                }
+                let role = if send { Role::Connect } else { Role::Listen };
+                raw::join_relay(&opts, role, rv).await?
+            }
+            (false, None, Some(listen), _) => {
+                let ep = crate::transport::direct_server(listen)?;
+                println!(
+                    "{}",
+                    json!({"event": "listening", "addr": ep.local_addr()?.to_string()})
+                );
+                let conn = ep
+                    .accept()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("closed"))?
+                    .await?;
+                (ep, conn)
+            }
+            (true, None, _, Some(addr)) => raw::connect_direct(addr).await?,
+            _ => anyhow::bail!(
+                "raw-peer: --listen/--direct or --relay with --relay-pin and --rendezvous"
+            ),
+        };
+        let report = if send {
+            raw::send(conn, a.size).await?
+        } else {
+            raw::receive(conn).await?
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+        anyhow::Ok(report)
+    })?;
+    let mut v = serde_json::to_value(&report)?;
+    v["event"] = "done".into();
+    println!("{v}");
+    Ok(())
 }

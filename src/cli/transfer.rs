@@ -511,7 +511,7 @@ fn report(what: &str, s: &Summary, json: bool) {
             .collect();
         println!(
             "{}",
-            json!({"event": "done", "bytes": s.bytes, "seconds": s.seconds, "mbps": mbps, "peer": s.peer.fingerprint().to_string(), "files": files})
+            json!({"event": "done", "bytes": s.bytes, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "files": files})
         );
     } else {
         println!(

@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use thiserror::Error;
 
+pub mod proc;
+pub mod raw;
+pub mod transfer;
+
 use crate::crypto::aead::{self, AeadKey, NONCE_LEN};
 use crate::crypto::pipeline::{CipherPool, OpenPipeline, PipelineError, SealPipeline};
 use crate::crypto::stream::{CHUNK_OVERHEAD, ChunkLayout, ChunkSize, FileKey, chunk_nonce};
@@ -42,9 +46,12 @@ pub enum BenchError {
     /// The pipeline failed (it should not on self-made data).
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    /// Worker threads could not be started.
-    #[error("starting cipher workers: {0}")]
-    Threads(#[from] std::io::Error),
+    /// IO failed (starting workers, files, child processes).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A party of `bench transfer` failed.
+    #[error("bench transfer: {0}")]
+    Transfer(String),
     /// A size that does not fit this machine's address space.
     #[error("benchmark size {0} is too large")]
     TooLarge(u64),

@@ -1,0 +1,441 @@
+//! `conduit bench transfer`: the whole stack against raw-QUIC baselines, in one run on
+//! loopback, each party a process of its own (this binary), so that CPU time and memory
+//! are measured per party:
+//!
+//! - (a) raw QUIC: plain bytes on one stream, the product's transport configuration, no
+//!   end-to-end layer (`bench raw-peer`): the transport's ceiling;
+//! - (b) direct: `conduit send` to `conduit receive --listen`, source in the page cache,
+//!   files written and fsynced at the destination;
+//! - (c) relayed: the same through `conduit relay`;
+//! - (d) raw QUIC through the relay's splice: the relay's own ceiling.
+//!
+//! The STREAM seal and BLAKE3 speeds on one thread are measured in the same run, giving
+//! the CPU-bound ideal of a direct transfer: one cipher pass and one hash pass per byte
+//! added on each side to what QUIC already costs, `1 / (1/raw + 1/seal_1t + 1/blake3_1t)`.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::bench::proc::{cpu_seconds, peak_rss_bytes};
+use crate::bench::{BenchError, CipherBenchConfig};
+use crate::crypto::identity::Identity;
+use crate::crypto::stream::DEFAULT_CHUNK_SIZE;
+use crate::home::Home;
+use crate::peers::AddressBook;
+
+/// Default bytes moved per measurement.
+pub const DEFAULT_TRANSFER_BYTES: u64 = 1 << 30;
+
+/// Options of `bench transfer`.
+#[derive(Debug, Clone)]
+pub struct TransferBenchConfig {
+    /// Bytes moved per measurement.
+    pub size: u64,
+    /// Where source and received files go (default: /dev/shm when present, so that the
+    /// storage device is not what is measured; else the temporary directory).
+    pub dir: Option<PathBuf>,
+    /// The `conduit` binary to run the parties with.
+    pub exe: PathBuf,
+}
+
+/// Results (also the `--json` object).
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferReport {
+    /// Bytes per measurement.
+    pub size_bytes: u64,
+    /// Directory of the files.
+    pub dir: String,
+    /// (a) raw QUIC, direct.
+    pub raw_quinn_mbps: f64,
+    /// (b) whole stack, direct.
+    pub direct_mbps: f64,
+    /// (c) whole stack through the relay.
+    pub relayed_mbps: f64,
+    /// (d) raw QUIC through the relay.
+    pub raw_relay_mbps: f64,
+    /// STREAM seal pipeline, one worker, same run.
+    pub stream_seal_1t_mbps: f64,
+    /// BLAKE3, one thread, same run.
+    pub blake3_1t_mbps: f64,
+    /// `1 / (1/raw_quinn + 1/stream_seal_1t + 1/blake3_1t)`.
+    pub ideal_direct_mbps: f64,
+    /// `direct / ideal_direct`.
+    pub direct_vs_ideal: f64,
+    /// `direct / raw_quinn`.
+    pub direct_vs_raw: f64,
+    /// `relayed / direct`.
+    pub relayed_vs_direct: f64,
+    /// CPU seconds per 10^9 bytes of the direct sender process.
+    pub sender_cpu_s_per_gb: f64,
+    /// Same, direct receiver.
+    pub receiver_cpu_s_per_gb: f64,
+    /// Same, the relay during (c).
+    pub relay_cpu_s_per_gb: f64,
+    /// Same, the relay during (d).
+    pub raw_relay_cpu_s_per_gb: f64,
+    /// Same, raw sender (a).
+    pub raw_sender_cpu_s_per_gb: f64,
+    /// Same, raw receiver (a).
+    pub raw_receiver_cpu_s_per_gb: f64,
+    /// `relay_cpu_s_per_gb / (raw_sender + raw_receiver)`.
+    pub relay_cpu_vs_raw_legs: f64,
+    /// The relay's peak resident memory over (c) and (d).
+    pub relay_peak_rss_bytes: u64,
+}
+
+fn err(msg: impl Into<String>) -> BenchError {
+    BenchError::Transfer(msg.into())
+}
+
+/// A party: a child process whose JSON lines are collected.
+struct Party {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+    what: &'static str,
+}
+
+impl Party {
+    fn spawn(exe: &Path, what: &'static str, args: &[OsString]) -> Result<Self, BenchError> {
+        // The relay's --dev-self-signed warning is expected here; other parties' stderr
+        // (errors) stays visible.
+        let stderr = if what.starts_with("relay") {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        };
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()?;
+        let out = child.stdout.take().ok_or_else(|| err("no stdout"))?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Party { child, lines, what })
+    }
+
+    /// The next line with `event` == `name`.
+    fn event(&self, name: &str) -> Result<Value, BenchError> {
+        loop {
+            let v = self
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(600))
+                .map_err(|_| err(format!("{}: no {name:?} event", self.what)))?;
+            if v["event"] == name {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// The `done` event, then a successful exit.
+    fn done(mut self) -> Result<Value, BenchError> {
+        let v = self.event("done");
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(err(format!("{} failed: {status}", self.what)));
+        }
+        v
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Party {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn args(list: &[&str]) -> Vec<OsString> {
+    list.iter().map(OsString::from).collect()
+}
+
+fn home_args(home: &Path, rest: &[&str]) -> Vec<OsString> {
+    let mut a = vec![OsString::from("--home"), home.as_os_str().to_owned()];
+    a.extend(rest.iter().map(OsString::from));
+    a
+}
+
+fn f64_of(v: &Value, key: &str) -> Result<f64, BenchError> {
+    v[key]
+        .as_f64()
+        .ok_or_else(|| err(format!("missing {key} in {v}")))
+}
+
+/// One measured transfer: MB/s and the CPU seconds of sender and receiver.
+struct Run {
+    mbps: f64,
+    sender_cpu: f64,
+    receiver_cpu: f64,
+}
+
+/// Runs `bench transfer`.
+pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError> {
+    if cfg.size == 0 {
+        return Err(err("--size must be at least one byte"));
+    }
+    let base = match &cfg.dir {
+        Some(d) => d.clone(),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("conduit-bench-")
+        .tempdir_in(&base)?;
+    let root = dir.path();
+    let src = root.join("payload.bin");
+    write_payload(&src, cfg.size)?;
+    let (tx_home, rx_home) = (root.join("sender"), root.join("receiver"));
+    homes(&tx_home, &rx_home)?;
+
+    let cipher = crate::bench::cipher(CipherBenchConfig {
+        size: cfg.size.min(256 << 20),
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        threads: 1,
+    })?;
+    let seal = cipher.stream_seal_1t_gbps * 1000.0;
+    let blake3 = cipher.blake3_1t_gbps * 1000.0;
+
+    let exe = cfg.exe.as_path();
+    let size = cfg.size.to_string();
+    // (a) raw QUIC, direct.
+    let rx = Party::spawn(
+        exe,
+        "raw receiver",
+        &args(&["bench", "raw-peer", "recv", "--listen", "127.0.0.1:0"]),
+    )?;
+    let addr = rx.event("listening")?["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let tx = Party::spawn(
+        exe,
+        "raw sender",
+        &args(&[
+            "bench", "raw-peer", "send", "--direct", &addr, "--size", &size,
+        ]),
+    )?;
+    let raw = finish(tx, rx)?;
+
+    // (b) direct, whole stack.
+    let out = root.join("out");
+    let rx = Party::spawn(exe, "receiver", &{
+        let mut a = home_args(
+            &rx_home,
+            &["receive", "--json", "--listen", "127.0.0.1:0", "--out"],
+        );
+        a.push(out.as_os_str().to_owned());
+        a
+    })?;
+    let addr = rx.event("listening")?["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let tx = Party::spawn(exe, "sender", &{
+        let mut a = home_args(
+            &tx_home,
+            &["send", "--json", "--to", "receiver", "--direct", &addr],
+        );
+        a.push(src.as_os_str().to_owned());
+        a
+    })?;
+    let direct = finish(tx, rx)?;
+    std::fs::remove_dir_all(&out)?;
+
+    // (c) relayed, whole stack.
+    let (relay, relay_addr, pin) = start_relay(exe)?;
+    let relay_cpu0 = cpu_seconds(Some(relay.pid())).unwrap_or(0.0);
+    let rx = Party::spawn(exe, "relayed receiver", &{
+        let mut a = home_args(
+            &rx_home,
+            &[
+                "receive",
+                "--json",
+                "--relay",
+                &relay_addr,
+                "--relay-pin",
+                &pin,
+                "--out",
+            ],
+        );
+        a.push(out.as_os_str().to_owned());
+        a
+    })?;
+    rx.event("joining")?;
+    let tx = Party::spawn(exe, "relayed sender", &{
+        let mut a = home_args(
+            &tx_home,
+            &[
+                "send",
+                "--json",
+                "--to",
+                "receiver",
+                "--relay",
+                &relay_addr,
+                "--relay-pin",
+                &pin,
+            ],
+        );
+        a.push(src.as_os_str().to_owned());
+        a
+    })?;
+    let relayed = finish(tx, rx)?;
+    let relay_cpu = cpu_seconds(Some(relay.pid())).unwrap_or(0.0) - relay_cpu0;
+    let mut relay_rss = peak_rss_bytes(Some(relay.pid())).unwrap_or(0);
+    drop(relay);
+    std::fs::remove_dir_all(&out)?;
+
+    // (d) raw QUIC through the relay.
+    let (relay, relay_addr, pin) = start_relay(exe)?;
+    let relay_cpu0 = cpu_seconds(Some(relay.pid())).unwrap_or(0.0);
+    let mut rendezvous = [0u8; 32];
+    getrandom::getrandom(&mut rendezvous).map_err(|e| err(e.to_string()))?;
+    let rv: String = rendezvous.iter().map(|b| format!("{b:02x}")).collect();
+    let rx = Party::spawn(
+        exe,
+        "raw relayed receiver",
+        &args(&[
+            "bench",
+            "raw-peer",
+            "recv",
+            "--relay",
+            &relay_addr,
+            "--relay-pin",
+            &pin,
+            "--rendezvous",
+            &rv,
+        ]),
+    )?;
+    rx.event("joining")?;
+    let tx = Party::spawn(
+        exe,
+        "raw relayed sender",
+        &args(&[
+            "bench",
+            "raw-peer",
+            "send",
+            "--relay",
+            &relay_addr,
+            "--relay-pin",
+            &pin,
+            "--rendezvous",
+            &rv,
+            "--size",
+            &size,
+        ]),
+    )?;
+    let raw_relay = finish(tx, rx)?;
+    let raw_relay_cpu = cpu_seconds(Some(relay.pid())).unwrap_or(0.0) - relay_cpu0;
+    relay_rss = relay_rss.max(peak_rss_bytes(Some(relay.pid())).unwrap_or(0));
+    drop(relay);
+
+    let gb = cfg.size as f64 / 1e9;
+    let ideal = 1.0 / (1.0 / raw.mbps + 1.0 / seal + 1.0 / blake3);
+    let raw_legs = (raw.sender_cpu + raw.receiver_cpu) / gb;
+    Ok(TransferReport {
+        size_bytes: cfg.size,
+        dir: base.display().to_string(),
+        raw_quinn_mbps: raw.mbps,
+        direct_mbps: direct.mbps,
+        relayed_mbps: relayed.mbps,
+        raw_relay_mbps: raw_relay.mbps,
+        stream_seal_1t_mbps: seal,
+        blake3_1t_mbps: blake3,
+        ideal_direct_mbps: ideal,
+        direct_vs_ideal: direct.mbps / ideal,
+        direct_vs_raw: direct.mbps / raw.mbps,
+        relayed_vs_direct: relayed.mbps / direct.mbps,
+        sender_cpu_s_per_gb: direct.sender_cpu / gb,
+        receiver_cpu_s_per_gb: direct.receiver_cpu / gb,
+        relay_cpu_s_per_gb: relay_cpu / gb,
+        raw_relay_cpu_s_per_gb: raw_relay_cpu / gb,
+        raw_sender_cpu_s_per_gb: raw.sender_cpu / gb,
+        raw_receiver_cpu_s_per_gb: raw.receiver_cpu / gb,
+        relay_cpu_vs_raw_legs: (relay_cpu / gb) / raw_legs,
+        relay_peak_rss_bytes: relay_rss,
+    })
+}
+
+/// Waits for both parties; the sender's `done` gives the rate (it ends when the
+/// receiver has everything), each party's `done` its CPU seconds.
+fn finish(tx: Party, rx: Party) -> Result<Run, BenchError> {
+    let t = tx.done()?;
+    let r = rx.done()?;
+    let mbps = f64_of(&t, "bytes")? / f64_of(&t, "seconds")?.max(1e-9) / 1e6;
+    Ok(Run {
+        mbps,
+        sender_cpu: f64_of(&t, "cpu_s")?,
+        receiver_cpu: f64_of(&r, "cpu_s")?,
+    })
+}
+
+fn start_relay(exe: &Path) -> Result<(Party, String, String), BenchError> {
+    let relay = Party::spawn(
+        exe,
+        "relay",
+        &args(&[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--dev-self-signed",
+            "--json",
+        ]),
+    )?;
+    let l = relay.event("listening")?;
+    let addr = l["addr"].as_str().unwrap_or_default().to_string();
+    let pin = l["cert_sha256"].as_str().unwrap_or_default().to_string();
+    Ok((relay, addr, pin))
+}
+
+/// Two homes that know each other ("sender", "receiver").
+fn homes(tx: &Path, rx: &Path) -> Result<(), BenchError> {
+    let io = |e: &dyn std::fmt::Display| err(e.to_string());
+    let (a, b) = (
+        Identity::generate().map_err(|e| io(&e))?,
+        Identity::generate().map_err(|e| io(&e))?,
+    );
+    let (ha, hb) = (Home::at(tx), Home::at(rx));
+    a.save(&ha, false).map_err(|e| io(&e))?;
+    b.save(&hb, false).map_err(|e| io(&e))?;
+    let mut book = AddressBook::load(&ha).map_err(|e| io(&e))?;
+    book.add("receiver", b.public()).map_err(|e| io(&e))?;
+    book.save().map_err(|e| io(&e))?;
+    let mut book = AddressBook::load(&hb).map_err(|e| io(&e))?;
+    book.add("sender", a.public()).map_err(|e| io(&e))?;
+    book.save().map_err(|e| io(&e))?;
+    Ok(())
+}
+
+/// Generated, incompressible-looking payload (it lands in the page cache as it is written).
+fn write_payload(path: &Path, size: u64) -> Result<(), BenchError> {
+    use std::io::Write;
+    let mut xof = blake3::Hasher::new_derive_key("phi-conduit v1 bench payload").finalize_xof();
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        xof.fill(&mut buf[..n]);
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
