@@ -46,13 +46,20 @@ pub enum Direction {
 /// binary has no way to look at or keep what it forwards.
 pub trait Tap: Send + Sync + 'static {
     /// `chunk` was read from stream `stream` going `dir`; the returned chunks are written
-    /// on instead, in order.
+    /// on instead, in order (by default, `chunk` itself).
     fn forward(
         &self,
         dir: Direction,
         stream: quinn::StreamId,
         chunk: bytes::Bytes,
-    ) -> Vec<bytes::Bytes>;
+    ) -> Vec<bytes::Bytes> {
+        let _ = (dir, stream);
+        vec![chunk]
+    }
+
+    /// Called once when a session starts, with the first (listening) and the second
+    /// (connecting) client's connections: a tampering tap may open streams of its own.
+    fn paired(&self, _a: &Connection, _b: &Connection) {}
 }
 
 /// Splices `a` and `b` until one of them closes; `total` counts every byte copied.
@@ -67,6 +74,9 @@ pub async fn splice_with(
     total: Arc<AtomicU64>,
     tap: Option<Arc<dyn Tap>>,
 ) -> Ended {
+    if let Some(t) = &tap {
+        t.paired(&a, &b);
+    }
     let ab = Arc::new(AtomicU64::new(0));
     let ba = Arc::new(AtomicU64::new(0));
     let leg = |count: &Arc<AtomicU64>, dir| Leg {

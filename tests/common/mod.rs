@@ -1,6 +1,8 @@
 //! Helpers shared by the process tests: run the real `conduit` binary with its own home.
 #![allow(dead_code)]
 
+pub mod inproc;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
