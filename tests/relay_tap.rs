@@ -37,7 +37,7 @@ async fn only_ciphertext_crosses_the_relay() {
     let recorder = Arc::new(Recorder::default());
     let r = relay(Some(recorder.clone())).await;
     let out = c.dir.path().join("out");
-    let (sent, received) = relayed(&c, &r, &[src.clone()], &out).await;
+    let (sent, received) = relayed(&c, &r, std::slice::from_ref(&src), &out).await;
     r.stop().await;
     assert_eq!(sent.unwrap().files[0].2, received.unwrap().files[0].2);
     assert_eq!(

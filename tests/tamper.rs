@@ -126,7 +126,7 @@ async fn an_untouched_relay_delivers() {
     let src = payload(&c);
     let r = relay(Some(Arc::new(Passthrough))).await;
     let out = c.dir.path().join("out");
-    let (sent, received) = relayed(&c, &r, &[src.clone()], &out).await;
+    let (sent, received) = relayed(&c, &r, std::slice::from_ref(&src), &out).await;
     r.stop().await;
     assert_eq!(sent.unwrap().files[0].2, received.unwrap().files[0].2);
     assert_eq!(
