@@ -28,11 +28,14 @@ enum Action {
     Truncate,
 }
 
+/// Per stream: bytes seen, whether the tampering happened, a chunk held back.
+type StreamState = (u64, bool, Option<Bytes>);
+
 /// Tampers with the sender's data streams (unidirectional, from the connector).
 struct Tamper {
     action: Action,
     control: bool,
-    state: Mutex<HashMap<StreamId, (u64, bool, Option<Bytes>)>>,
+    state: Mutex<HashMap<StreamId, StreamState>>,
 }
 
 impl Tamper {
