@@ -14,6 +14,9 @@ pub const MAX_SESSIONS: usize = 256;
 pub const MAX_CONNECTIONS: usize = 2048;
 /// Default: clients waiting for a peer per source IP address.
 pub const MAX_WAITING_PER_IP: usize = 32;
+/// Default: connections from one source IP address not (yet) in a session: handshaking,
+/// before their Hello, or waiting for a peer.
+pub const MAX_UNPAIRED_PER_IP: usize = 64;
 /// Default: clients waiting on one rendezvous id (a daemon's `--concurrent` slots).
 pub const MAX_WAITING_PER_RENDEZVOUS: usize = 16;
 /// Default: how long a client waits for its peer.
@@ -44,6 +47,8 @@ pub struct Limits {
     pub max_waiting_per_ip: usize,
     /// Waiting clients per rendezvous id.
     pub max_waiting_per_rendezvous: usize,
+    /// Connections per source IP not in a session.
+    pub max_unpaired_per_ip: usize,
     /// Pairing timeout.
     pub pairing_timeout: Duration,
     /// Idle timeout.
@@ -65,6 +70,7 @@ impl Default for Limits {
             max_connections: MAX_CONNECTIONS,
             max_waiting_per_ip: MAX_WAITING_PER_IP,
             max_waiting_per_rendezvous: MAX_WAITING_PER_RENDEZVOUS,
+            max_unpaired_per_ip: MAX_UNPAIRED_PER_IP,
             pairing_timeout: PAIRING_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             hello_timeout: HELLO_TIMEOUT,
@@ -120,6 +126,7 @@ impl Limits {
             &mut self.max_waiting_per_rendezvous,
             l.max_waiting_per_rendezvous,
         );
+        set(&mut self.max_unpaired_per_ip, l.max_unpaired_per_ip);
         set(&mut self.pairing_timeout, l.pairing_timeout_secs.map(secs));
         set(&mut self.idle_timeout, l.idle_timeout_secs.map(secs));
         set(&mut self.hello_timeout, l.hello_timeout_secs.map(secs));
@@ -135,7 +142,10 @@ impl Limits {
         if self.max_sessions == 0 || self.max_connections < 2 {
             return bad("max_sessions must be at least 1 and max_connections at least 2");
         }
-        if self.max_waiting_per_ip == 0 || self.max_waiting_per_rendezvous == 0 {
+        if self.max_waiting_per_ip == 0
+            || self.max_waiting_per_rendezvous == 0
+            || self.max_unpaired_per_ip == 0
+        {
             return bad("waiting limits must be at least 1");
         }
         if self.idle_timeout < Duration::from_secs(1)
@@ -175,6 +185,7 @@ struct FileLimits {
     max_connections: Option<usize>,
     max_waiting_per_ip: Option<usize>,
     max_waiting_per_rendezvous: Option<usize>,
+    max_unpaired_per_ip: Option<usize>,
     pairing_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     hello_timeout_secs: Option<u64>,

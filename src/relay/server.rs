@@ -38,6 +38,7 @@ pub struct Relay {
 
 struct State {
     table: Mutex<Table<Waiting>>,
+    unpaired: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     metrics: Arc<Metrics>,
     limits: Limits,
     tokens: Option<Tokens>,
@@ -55,6 +56,48 @@ struct Waiting {
     since: Instant,
     _slot: OwnedSemaphorePermit,
     _open: Gauge,
+    /// Counts against the source address's unpaired connections until the session starts.
+    unpaired: Option<IpSlot>,
+}
+
+/// One connection counted against its source address's unpaired limit while alive.
+struct IpSlot {
+    state: Arc<State>,
+    ip: std::net::IpAddr,
+}
+
+impl IpSlot {
+    fn take(state: &Arc<State>, ip: std::net::IpAddr) -> Option<Self> {
+        let mut map = state
+            .unpaired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= state.limits.max_unpaired_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            state: Arc::clone(state),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .state
+            .unpaired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Relay {
@@ -72,6 +115,7 @@ impl Relay {
                 limits.max_waiting_per_ip,
                 limits.max_waiting_per_rendezvous,
             )),
+            unpaired: Mutex::default(),
             metrics: Arc::new(Metrics::default()),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions)),
@@ -113,9 +157,14 @@ impl Relay {
                 () = &mut shutdown => break,
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
+                    let Some(ip_slot) = IpSlot::take(&state, incoming.remote_address().ip()) else {
+                        state.metrics.reject(Refusal::TooManyWaiting);
+                        incoming.refuse();
+                        continue;
+                    };
                     match Arc::clone(&state.connections).try_acquire_owned() {
                         Ok(slot) => {
-                            tokio::spawn(client(Arc::clone(&state), incoming, slot));
+                            tokio::spawn(client(Arc::clone(&state), incoming, slot, ip_slot));
                         }
                         Err(_) => {
                             state.metrics.reject(Refusal::Busy);
@@ -178,7 +227,12 @@ impl Drop for Gauge {
 }
 
 /// One client connection, from its first packet to pairing (or refusal).
-async fn client(state: Arc<State>, incoming: quinn::Incoming, slot: OwnedSemaphorePermit) {
+async fn client(
+    state: Arc<State>,
+    incoming: quinn::Incoming,
+    slot: OwnedSemaphorePermit,
+    ip_slot: IpSlot,
+) {
     let ip = incoming.remote_address().ip();
     let hello_timeout = state.limits.hello_timeout;
     let Ok(connecting) = incoming.accept() else {
@@ -218,6 +272,7 @@ async fn client(state: Arc<State>, incoming: quinn::Incoming, slot: OwnedSemapho
         since: Instant::now(),
         _slot: slot,
         _open: open,
+        unpaired: Some(ip_slot),
     };
     let arrival = state
         .table
@@ -268,6 +323,9 @@ async fn session(
     mut second: Waiting,
     _slot: OwnedSemaphorePermit,
 ) {
+    // In a session now: no longer counted against the addresses' unpaired limits.
+    first.unpaired = None;
+    second.unpaired = None;
     let metrics = Arc::clone(&state.metrics);
     let waited = first.since.elapsed();
     metrics.pairing_wait_micros.fetch_add(

@@ -263,17 +263,21 @@ impl RelayTrust {
     }
 }
 
-/// A client endpoint (bound to an ephemeral port of `peer`'s family) with `tls`.
-fn client_endpoint(
-    peer: SocketAddr,
-    mut tls: rustls::ClientConfig,
-    alpn: &[u8],
-) -> Result<quinn::Endpoint, TransportError> {
-    let local: SocketAddr = if peer.is_ipv4() {
+/// The unspecified address of `peer`'s family, port 0.
+fn any_local(peer: SocketAddr) -> SocketAddr {
+    if peer.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         ([0u16; 8], 0).into()
-    };
+    }
+}
+
+/// A client endpoint bound to `local` with `tls`.
+fn client_endpoint(
+    local: SocketAddr,
+    mut tls: rustls::ClientConfig,
+    alpn: &[u8],
+) -> Result<quinn::Endpoint, TransportError> {
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
@@ -305,7 +309,7 @@ pub fn direct_client(peer: SocketAddr) -> Result<quinn::Endpoint, TransportError
             p.signature_verification_algorithms,
         )))
         .with_no_client_auth();
-    client_endpoint(peer, tls, ALPN)
+    client_endpoint(any_local(peer), tls, ALPN)
 }
 
 /// A client endpoint for connecting to the relay at `relay`, verifying it by `trust`.
@@ -313,7 +317,15 @@ pub fn relay_client(
     relay: SocketAddr,
     trust: &RelayTrust,
 ) -> Result<quinn::Endpoint, TransportError> {
-    client_endpoint(relay, trust.client_config()?, RELAY_ALPN)
+    client_endpoint(any_local(relay), trust.client_config()?, RELAY_ALPN)
+}
+
+/// A client endpoint for relays bound to `local` (a chosen source address).
+pub fn relay_client_from(
+    local: SocketAddr,
+    trust: &RelayTrust,
+) -> Result<quinn::Endpoint, TransportError> {
+    client_endpoint(local, trust.client_config()?, RELAY_ALPN)
 }
 
 /// Accepts exactly the certificate whose SHA-256 is pinned (constant-time comparison) and

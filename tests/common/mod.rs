@@ -5,7 +5,7 @@ pub mod inproc;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 /// The `conduit` binary with `--home home`.
 pub fn conduit(home: &Path) -> Command {
@@ -154,4 +154,91 @@ pub fn write_data(path: &Path, n: usize) {
 /// Whether two files have the same bytes.
 pub fn same_file(a: &Path, b: &Path) -> bool {
     std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+/// A running relay: its address and certificate pin from the `listening` event.
+pub struct Relay {
+    pub run: Running,
+    pub addr: String,
+    pub pin: String,
+    /// The relay's working directory and home: it must stay empty.
+    pub cwd: tempfile::TempDir,
+}
+
+pub fn start_relay(extra: &[&str]) -> Relay {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conduit"));
+    cmd.args([
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--dev-self-signed",
+        "--json",
+    ])
+    .args(extra)
+    .current_dir(cwd.path())
+    .env("HOME", cwd.path())
+    .env_remove("CONDUIT_HOME");
+    let run = Running::spawn(cmd);
+    assert_eq!(run.first["event"], "listening", "{}", run.first);
+    let addr = run.first["addr"].as_str().unwrap().to_string();
+    let pin = run.first["cert_sha256"].as_str().unwrap().to_string();
+    Relay {
+        run,
+        addr,
+        pin,
+        cwd,
+    }
+}
+
+impl Relay {
+    /// SIGTERM, then the exit status and the log lines.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+        self.run.signal(libc::SIGTERM);
+        let (status, out, err) = self.run.finish();
+        let log = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+            .collect();
+        let leftovers: Vec<_> = std::fs::read_dir(self.cwd.path()).unwrap().collect();
+        assert!(
+            leftovers.is_empty(),
+            "the relay wrote to disk: {leftovers:?}"
+        );
+        (status, log, err)
+    }
+}
+
+pub fn receiver_via(p: &Pair, relay: &Relay, out: &Path, extra: &[&str]) -> Running {
+    let mut cmd = conduit(&p.receiver);
+    cmd.args([
+        "receive",
+        "--json",
+        "--relay",
+        &relay.addr,
+        "--relay-pin",
+        &relay.pin,
+        "--out",
+    ])
+    .arg(out)
+    .args(extra);
+    let r = Running::spawn(cmd);
+    assert_eq!(r.first["event"], "joining", "{}", r.first);
+    r
+}
+
+pub fn send_via(p: &Pair, relay: &Relay, paths: &[&Path], extra: &[&str]) -> Output {
+    conduit(&p.sender)
+        .arg("send")
+        .args(paths)
+        .args(["--json", "--relay", &relay.addr, "--relay-pin", &relay.pin])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+pub fn events(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
