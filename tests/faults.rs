@@ -364,11 +364,11 @@ fn a_wrong_code_burns_the_nameplate_one_guess_per_code() {
     }
     let first = guess(&words);
     assert_eq!(first.status.code(), Some(3), "{}", text(&first.stderr));
-    let (status, _, _) = tx.finish();
+    let (status, _, err) = tx.finish();
     assert_eq!(
         status.code(),
         Some(3),
-        "the sender must fail its wrong-code session"
+        "the sender must fail its wrong-code session: {err}"
     );
     // No second guess on that nameplate, not even with the right words.
     let second = guess(code.split_once('-').unwrap().1);

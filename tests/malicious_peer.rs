@@ -115,7 +115,8 @@ async fn offer_with(
             ));
             let fd = FileData::fresh(&keys, tid, 0, d.actual, chunk, 1 << 20, 2);
             let mut s = conn.open_uni().await.unwrap();
-            s.write_all(&0u64.to_be_bytes()).await.unwrap();
+            // File index 0, from chunk 0.
+            s.write_all(&[0u8; 16]).await.unwrap();
             let _ = data::send_file(&mut s, &c.pool, fd, source, Arc::new(|_| {})).await;
             let _ =
                 session::recv::<_, phi_conduit::transfer::protocol::Receipt>(&mut ctl, &mut est)
@@ -329,7 +330,6 @@ async fn a_file_smaller_than_declared_is_refused_and_never_finalized() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the receiver's free-space check (issue #5), being merged"]
 async fn a_size_of_two_to_the_63_is_refused() {
     let c = clinics();
     let out = c.dir.path().join("out");

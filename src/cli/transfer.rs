@@ -502,7 +502,8 @@ fn events(json: bool) -> Events {
 }
 
 fn report(what: &str, s: &Summary, json: bool) {
-    let mbps = s.bytes as f64 / s.seconds.max(1e-9) / 1e6;
+    // The rate counts the bytes that crossed the network in this run.
+    let mbps = s.bytes.saturating_sub(s.resumed) as f64 / s.seconds.max(1e-9) / 1e6;
     if json {
         let files: Vec<_> = s
             .files
@@ -511,7 +512,7 @@ fn report(what: &str, s: &Summary, json: bool) {
             .collect();
         println!(
             "{}",
-            json!({"event": "done", "bytes": s.bytes, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "files": files})
+            json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "files": files})
         );
     } else {
         println!(
@@ -521,6 +522,12 @@ fn report(what: &str, s: &Summary, json: bool) {
             s.seconds,
             s.peer.fingerprint()
         );
+        if s.resumed > 0 {
+            println!(
+                "  resumed: {} bytes were already at the receiver",
+                s.resumed
+            );
+        }
         for (p, size, h) in &s.files {
             println!("  {p}  {size} bytes  blake3 {}", h.to_hex());
         }

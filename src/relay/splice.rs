@@ -16,6 +16,9 @@ use tokio::task::JoinSet;
 use crate::relay::config::COPY_CHUNK;
 use crate::relay::hello::Refusal;
 
+/// How long a close is held back so that data already forwarded arrives first.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How a spliced session ended.
 #[derive(Debug, Clone)]
 pub struct Ended {
@@ -101,6 +104,13 @@ pub async fn splice_with(
     };
     let (code, reason) = match &err {
         ConnectionError::ApplicationClosed(c) => {
+            // What the closing side sent last (an abort frame, a refusal) may still sit in
+            // the other side's send buffers: give it a moment to arrive before the close
+            // overtakes it.
+            tokio::select! {
+                () = tokio::time::sleep(CLOSE_GRACE) => {}
+                _ = other.closed() => {}
+            }
             other.close(c.error_code, &c.reason);
             (c.error_code.into_inner(), "closed by a peer".to_string())
         }

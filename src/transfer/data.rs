@@ -89,12 +89,32 @@ impl FileData {
         workers: usize,
     ) -> Self {
         let layout = ChunkLayout::new(size, chunk);
+        Self::new(
+            keys,
+            &FileKeyContext::fresh(transfer_id, index, chunk),
+            size,
+            TreeHash::new(&layout),
+            (window, workers),
+        )
+    }
+
+    /// A file from `ctx.resume_from` on: `tree` holds the digests of the chunks before
+    /// it, and `ctx` binds the resume point and the prefix hash into the key. `sizing` is
+    /// the bytes in flight and the cipher threads.
+    pub fn new(
+        keys: &TransferKey,
+        ctx: &FileKeyContext,
+        size: u64,
+        tree: TreeHash,
+        sizing: (u64, usize),
+    ) -> Self {
+        let layout = ChunkLayout::new(size, ctx.chunk_size);
         Self {
-            key: Arc::new(keys.file_key(&FileKeyContext::fresh(transfer_id, index, chunk))),
+            key: Arc::new(keys.file_key(ctx)),
             layout,
-            first: 0,
-            tree: TreeHash::new(&layout),
-            buffers: buffers_for_window(window, &layout, workers),
+            first: ctx.resume_from,
+            tree,
+            buffers: buffers_for_window(sizing.0, &layout, sizing.1),
         }
     }
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::transfer::paths::{RelPath, escape};
+use crate::transfer::resume::Sidecar;
 
 /// Errors writing received files.
 #[derive(Debug, Error)]
@@ -35,6 +36,9 @@ pub enum DestError {
     /// A path component in the destination is a symlink or not a directory.
     #[error("refusing to write {0}: {1} is a symlink or not a directory")]
     NotADirectory(String, String),
+    /// Another transfer is writing that partial file right now.
+    #[error("{0} is being received by another transfer right now")]
+    PartInUse(String),
     /// The disk is full.
     #[error("receiver storage full while writing {0}")]
     StorageFull(String),
@@ -61,6 +65,15 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> DestError + '_ {
             }
         }
     }
+}
+
+/// Free space at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes an unprivileged writer may still use.
+    pub available: u64,
+    /// The file system is mounted read-only.
+    pub read_only: bool,
 }
 
 /// The destination directory.
@@ -99,8 +112,53 @@ impl Destination {
         fs::symlink_metadata(self.final_path(rel)).is_ok()
     }
 
-    /// Creates the parent directories of `rel` and its temporary file.
+    /// Free space and whether the destination's file system is mounted read-only.
+    pub fn space(&self) -> Result<Space, DestError> {
+        let st =
+            rustix::fs::statvfs(&self.root).map_err(|e| io_err(&self.root)(io::Error::from(e)))?;
+        Ok(Space {
+            available: st.f_bavail.saturating_mul(st.f_frsize),
+            read_only: st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
+        })
+    }
+
+    /// The temporary file of `rel` if one exists (opened for reading, never through a
+    /// link, parents not created), with its path.
+    pub fn existing_part(&self, rel: &RelPath) -> Option<(File, PathBuf)> {
+        let comps: Vec<&str> = rel.components().collect();
+        let (name, parents) = comps.split_last()?;
+        let mut dir = self.root.clone();
+        for c in parents {
+            dir.push(c);
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) {
+                return None;
+            }
+        }
+        let part = dir.join(format!(".{name}.part"));
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&part)
+            .ok()?;
+        f.metadata().ok()?.is_file().then_some((f, part))
+    }
+
+    /// Creates the parent directories of `rel` and its temporary file, or takes over the
+    /// temporary file an interrupted transfer left (it must have its resume sidecar, and
+    /// no other transfer may hold it), keeping its first `keep` bytes.
+    pub fn open_part(&self, rel: &RelPath, keep: u64) -> Result<PartFile, DestError> {
+        let part = self.create_part_inner(rel, true)?;
+        part.file.set_len(keep).map_err(io_err(&part.part))?;
+        Ok(part)
+    }
+
+    /// Creates the parent directories of `rel` and its temporary file, which must not
+    /// exist.
     pub fn create_part(&self, rel: &RelPath) -> Result<PartFile, DestError> {
+        self.create_part_inner(rel, false)
+    }
+
+    fn create_part_inner(&self, rel: &RelPath, take_over: bool) -> Result<PartFile, DestError> {
         let comps: Vec<&str> = rel.components().collect();
         let (name, parents) = comps
             .split_last()
@@ -123,23 +181,43 @@ impl Destination {
             }
         }
         let part = dir.join(format!(".{name}.part"));
-        let file = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&part)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    DestError::PartExists(rel.to_string(), escape(&part.to_string_lossy()))
-                } else {
-                    io_err(&part)(e)
+        let sidecar = Sidecar::path_for(&part);
+        let in_the_way = || DestError::PartExists(rel.to_string(), escape(&part.to_string_lossy()));
+        let open = |create: bool| {
+            let mut o = OpenOptions::new();
+            o.write(true)
+                .read(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+            if create {
+                o.create_new(true);
+            }
+            o.open(&part)
+        };
+        let file = match open(true) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && take_over => {
+                // Ours only if it has a sidecar; a regular file; nobody else's right now.
+                if Sidecar::load(&sidecar).is_none() {
+                    return Err(in_the_way());
                 }
-            })?;
+                let f = open(false).map_err(io_err(&part))?;
+                if !f.metadata().map_err(io_err(&part))?.is_file() {
+                    return Err(in_the_way());
+                }
+                f
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(in_the_way()),
+            Err(e) => return Err(io_err(&part)(e)),
+        };
+        // One transfer per partial file, across processes (released when the file closes
+        // or the process dies).
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| DestError::PartInUse(rel.to_string()))?;
         Ok(PartFile {
             file,
             part,
+            sidecar,
             final_path: dir.join(name),
             dir,
             shown: rel.to_string(),
@@ -152,6 +230,7 @@ impl Destination {
 pub struct PartFile {
     file: File,
     part: PathBuf,
+    sidecar: PathBuf,
     final_path: PathBuf,
     dir: PathBuf,
     shown: String,
@@ -193,15 +272,22 @@ impl PartFile {
             })?;
             fs::remove_file(&self.part).map_err(io_err(&self.part))?;
         }
+        let _ = fs::remove_file(&self.sidecar);
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(&self.dir))?;
         Ok(self.final_path)
     }
 
-    /// Gives up on the file: the temporary file is removed.
+    /// Gives up on the file: the temporary file and its sidecar are removed.
     pub fn discard(self) {
         let _ = fs::remove_file(&self.part);
+        let _ = fs::remove_file(&self.sidecar);
+    }
+
+    /// The resume sidecar's path.
+    pub fn sidecar_path(&self) -> &Path {
+        &self.sidecar
     }
 }
 

@@ -7,11 +7,14 @@
 //!   and opened on the cipher workers.
 //! - [`paths`]: validation of the relative paths a peer sends (untrusted until parsed).
 //! - [`dest`]: the receiver's writes: `.part` files, no-replace finalize, no links
-//!   followed.
+//!   followed, free space.
+//! - [`resume`]: continuing interrupted transfers: the receiver's sidecar, the prefix
+//!   hash, checkpoints.
 
 pub mod data;
 pub mod dest;
 pub mod paths;
 pub mod protocol;
+pub mod resume;
 pub mod run;
 pub mod source;

@@ -3,9 +3,10 @@
 //!
 //! 1. sender → receiver: [`OfferStart`] (the first transport message: it carries the
 //!    session secret), then [`OfferEntries`] batches until `count` entries arrived;
-//! 2. receiver → sender: [`Reply`];
+//! 2. receiver → sender: [`Reply`], with resume points for files it holds in part;
 //! 3. sender → receiver: each accepted file's chunks on its own unidirectional stream,
-//!    which starts with the file's index ([`FILE_STREAM_HEADER`] bytes, big-endian u64);
+//!    which starts with the file's index and the first chunk sent (two big-endian u64,
+//!    [`FILE_STREAM_HEADER`] bytes);
 //! 4. receiver → sender: [`Receipt`] with every file's BLAKE3.
 
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,9 @@ pub const MAX_ENTRIES: u64 = 1_000_000;
 /// Entries per [`OfferEntries`] message: twelve entries with the longest allowed path
 /// (4,096 bytes) still fit one session message.
 pub const ENTRIES_PER_MESSAGE: usize = 12;
-/// Bytes of the header of a file stream: the file's index.
-pub const FILE_STREAM_HEADER: usize = 8;
+/// Bytes of the header of a file stream: the file's index, then the first chunk sent
+/// (0, or the resume point the receiver offered).
+pub const FILE_STREAM_HEADER: usize = 16;
 
 /// The start of an offer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +60,21 @@ pub enum Reply {
     Accept,
     /// Refused, with a reason to show.
     Refuse(String),
+    /// Accepted; the receiver holds the first chunks of some files from an interrupted
+    /// transfer and offers to continue them (at most one point per file, in file order).
+    AcceptResume(Vec<ResumePoint>),
+}
+
+/// Where the receiver offers to continue one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// The file's index in the offer.
+    pub file: u64,
+    /// Chunks the receiver holds (the first chunk to send), at least 1 and below the
+    /// file's chunk count.
+    pub from_chunk: u64,
+    /// BLAKE3 of those chunks' plaintext, as one byte string.
+    pub prefix_blake3: [u8; 32],
 }
 
 /// What the receiver got: the BLAKE3 of each file, in offer order.

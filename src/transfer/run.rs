@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use thiserror::Error;
 
+use crate::crypto::chunk_hash::TreeHash;
 use crate::crypto::handshake::{Initiator, Responder, TRANSFER_ID_LEN};
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::{CipherPool, PositionalFile};
-use crate::crypto::stream::{ChunkSize, TransferKey};
+use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKeyContext, StreamError, TransferKey};
 use crate::peers::AddressBook;
 use crate::session::{self, SessionError};
 use crate::transfer::data::{self, DataError, FileData};
@@ -18,8 +19,9 @@ use crate::transfer::dest::{DestError, Destination};
 use crate::transfer::paths::{PathError, RelPath, check_collisions};
 use crate::transfer::protocol::{
     ENTRIES_PER_MESSAGE, Entry, FILE_STREAM_HEADER, MAX_ENTRIES, OfferEntries, OfferStart, Receipt,
-    Reply,
+    Reply, ResumePoint,
 };
+use crate::transfer::resume::{self, Checkpoint, Sidecar};
 use crate::transfer::source::SourceFile;
 
 /// QUIC application close code: transfer finished.
@@ -72,8 +74,10 @@ pub struct Summary {
     pub peer: PublicKey,
     /// Files and their BLAKE3.
     pub files: Vec<(RelPath, u64, blake3::Hash)>,
-    /// Plaintext bytes moved.
+    /// Plaintext bytes of the files (including resumed ones).
     pub bytes: u64,
+    /// Bytes not sent again because the receiver held them from an interrupted transfer.
+    pub resumed: u64,
     /// Wall time from the first offer byte to the receipt.
     pub seconds: f64,
 }
@@ -214,32 +218,62 @@ pub async fn send(
             .collect();
         session::send(&mut ctl, &mut est, &OfferEntries(entries)).await?;
     }
-    match session::recv::<_, Reply>(&mut ctl, &mut est).await? {
-        Reply::Accept => {}
+    let points = match session::recv::<_, Reply>(&mut ctl, &mut est).await? {
+        Reply::Accept => Vec::new(),
+        Reply::AcceptResume(points) => points,
         Reply::Refuse(reason) => {
             return Err(TransferError::Refused(crate::transfer::paths::escape(
                 &reason,
             )));
         }
+    };
+    let mut resume_at = std::collections::HashMap::new();
+    for p in points {
+        let ok = usize::try_from(p.file).is_ok_and(|i| i < files.len())
+            && resume_at
+                .insert(p.file, (p.from_chunk, p.prefix_blake3))
+                .is_none();
+        if !ok {
+            return Err(protocol("resume point for an unknown or repeated file"));
+        }
     }
     let keys = TransferKey::derive(&est.handshake_hash(), &secret);
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut sent = Vec::with_capacity(files.len());
+    let mut resumed = 0u64;
     for (i, f) in files.iter().enumerate() {
         let file = std::fs::File::open(&f.path)?;
+        let layout = ChunkLayout::new(f.size, chunk);
+        let mut ctx = FileKeyContext::fresh(transfer_id, i as u64, chunk);
+        let mut tree = TreeHash::new(&layout);
+        if let Some(&(from, theirs)) = resume_at.get(&(i as u64)) {
+            if from == 0 || from >= layout.count() {
+                return Err(protocol("resume point outside the file"));
+            }
+            // Continue only over the very same bytes; otherwise send the file again.
+            let (ours, prefix_tree) = resume::hash_prefix(&file, &layout, from)?;
+            if ours == theirs {
+                ctx.resume_from = from;
+                ctx.resume_prefix_hash = ours;
+                tree = prefix_tree;
+                resumed += layout.offset(from);
+                moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let first = ctx.resume_from;
         let source = Arc::new(PositionalFile::new(file, u64::from(chunk.get())));
-        let window = crate::transport::SEND_WINDOW;
-        let fd = FileData::fresh(
+        let fd = FileData::new(
             &keys,
-            transfer_id,
-            i as u64,
+            &ctx,
             f.size,
-            chunk,
-            window,
-            pool.threads(),
+            tree,
+            (crate::transport::SEND_WINDOW, pool.threads()),
         );
         let mut s = conn.open_uni().await?;
-        s.write_all(&(i as u64).to_be_bytes())
+        let mut header = [0u8; FILE_STREAM_HEADER];
+        header[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        header[8..].copy_from_slice(&first.to_be_bytes());
+        s.write_all(&header)
             .await
             .map_err(|e| TransferError::Data {
                 file: f.rel.to_string(),
@@ -274,6 +308,7 @@ pub async fn send(
         peer: est.remote_static(),
         files: sent,
         bytes: total,
+        resumed,
         seconds,
     })
 }
@@ -374,11 +409,21 @@ pub async fn receive(
     } else {
         None
     };
+    let (plan, refusal) = match refusal {
+        Some(r) => (ResumePlan::default(), Some(r)),
+        None => plan_resume(dest, &peer, &entries, chunk, offer.total_size)?,
+    };
     if let Some(reason) = refusal {
         session::send(&mut ctl, &mut est, &Reply::Refuse(reason.clone())).await?;
         return Err(TransferError::Refused(reason));
     }
-    session::send(&mut ctl, &mut est, &Reply::Accept).await?;
+    let reply = if plan.points.is_empty() {
+        Reply::Accept
+    } else {
+        Reply::AcceptResume(plan.points.clone())
+    };
+    session::send(&mut ctl, &mut est, &reply).await?;
+    let mut held = plan.held;
 
     let keys = TransferKey::derive(&est.handshake_hash(), &offer.session_secret);
     // In known-recipient mode the transfer id also travelled in message 1: they must agree.
@@ -390,32 +435,57 @@ pub async fn receive(
     }
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut got: Vec<Option<blake3::Hash>> = vec![None; entries.len()];
+    let mut resumed = 0u64;
     for _ in 0..entries.len() {
         let mut s = conn.accept_uni().await?;
         let mut header = [0u8; FILE_STREAM_HEADER];
         s.read_exact(&mut header)
             .await
             .map_err(|e| protocol(format!("file stream header: {e}")))?;
-        let index = u64::from_be_bytes(header);
+        let (index, first) = split_header(&header);
         let slot = usize::try_from(index)
             .ok()
             .filter(|&i| i < entries.len() && got[i].is_none())
             .ok_or_else(|| protocol(format!("file stream for unknown or repeated file {index}")))?;
         let (rel, e) = &entries[slot];
-        let part = dest.create_part(rel)?;
+        let layout = ChunkLayout::new(e.size, chunk);
+        let mut ctx = FileKeyContext::fresh(transfer_id, index, chunk);
+        let mut tree = TreeHash::new(&layout);
+        if first != 0 {
+            // Only where this receiver offered to continue, and only from that chunk.
+            let (from, prefix, prefix_tree) = held
+                .remove(&slot)
+                .filter(|(from, _, _)| *from == first)
+                .ok_or_else(|| protocol(format!("file {index} resumed at a chunk not offered")))?;
+            ctx.resume_from = from;
+            ctx.resume_prefix_hash = prefix;
+            tree = prefix_tree;
+            resumed += layout.offset(from);
+            moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
+        }
+        let part = dest.open_part(rel, layout.offset(first))?;
         let writer = part.writer()?;
-        let window = u64::from(crate::transport::STREAM_WINDOW);
-        let fd = FileData::fresh(
+        let mut checkpoint = Checkpoint::new(
+            part.writer()?,
+            part.sidecar_path().to_path_buf(),
+            Sidecar::new(&peer, rel, e, chunk),
+            first,
+        )
+        .map_err(|source| TransferError::Data {
+            file: rel.to_string(),
+            source: DataError::Sink(source),
+        })?;
+        let fd = FileData::new(
             &keys,
-            transfer_id,
-            index,
+            &ctx,
             e.size,
-            chunk,
-            window,
-            pool.threads(),
+            tree,
+            (u64::from(crate::transport::STREAM_WINDOW), pool.threads()),
         );
+        let chunk_bytes = u64::from(chunk.get());
         let sink = Box::new(move |off: u64, buf: &[u8]| {
-            std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)
+            std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)?;
+            checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
         });
         let progress = progress_reporter(events, offer.total_size, &moved);
         match data::receive_file(s, pool, fd, sink, progress).await {
@@ -429,7 +499,11 @@ pub async fn receive(
                 });
             }
             Err(source) => {
-                part.discard();
+                // Forged or corrupted data is not kept; an interruption keeps the
+                // verified prefix (and its sidecar) for a later resume.
+                if source.stream_error().is_some_and(StreamError::is_integrity) {
+                    part.discard();
+                }
                 return Err(TransferError::Data {
                     file: rel.to_string(),
                     source,
@@ -458,6 +532,87 @@ pub async fn receive(
         peer,
         files,
         bytes: offer.total_size,
+        resumed,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The file index and first chunk of a file stream's header.
+fn split_header(h: &[u8; FILE_STREAM_HEADER]) -> (u64, u64) {
+    let (a, b) = h.split_at(8);
+    let word = |x: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(x);
+        u64::from_be_bytes(w)
+    };
+    (word(a), word(b))
+}
+
+/// What the receiver offers to continue: the points sent, and per file slot the chunk,
+/// prefix hash and hash state to continue from.
+#[derive(Default)]
+struct ResumePlan {
+    points: Vec<ResumePoint>,
+    held: std::collections::HashMap<usize, (u64, [u8; 32], TreeHash)>,
+}
+
+/// Finds the files this receiver holds in part from an interrupted transfer of the same
+/// sender, and checks that what is left to receive fits (and that the destination is
+/// writable). Returns the plan, or a refusal.
+fn plan_resume(
+    dest: &Destination,
+    peer: &PublicKey,
+    entries: &[(RelPath, Entry)],
+    chunk: ChunkSize,
+    total: u64,
+) -> Result<(ResumePlan, Option<String>), TransferError> {
+    let mut plan = ResumePlan::default();
+    let mut have = 0u64;
+    for (i, (rel, e)) in entries.iter().enumerate() {
+        let Some((file, part)) = dest.existing_part(rel) else {
+            continue;
+        };
+        let Some(sidecar) = Sidecar::load(&Sidecar::path_for(&part)) else {
+            let shown = crate::transfer::paths::escape(&part.to_string_lossy());
+            return Ok((
+                plan,
+                Some(format!(
+                    "{rel}: a partial file without a resume record is in the way ({shown})"
+                )),
+            ));
+        };
+        if !sidecar.matches(peer, rel, e, chunk) {
+            continue; // Another transfer's leftover: it is started over.
+        }
+        let layout = ChunkLayout::new(e.size, chunk);
+        // At least the last chunk is always sent again.
+        let from = sidecar.durable_chunks.min(layout.count() - 1);
+        let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if from == 0 || on_disk < layout.offset(from) {
+            continue;
+        }
+        let (prefix, tree) = resume::hash_prefix(&file, &layout, from)?;
+        plan.points.push(ResumePoint {
+            file: i as u64,
+            from_chunk: from,
+            prefix_blake3: prefix,
+        });
+        plan.held.insert(i, (from, prefix, tree));
+        have += layout.offset(from);
+    }
+    let space = dest.space()?;
+    if space.read_only {
+        return Ok((plan, Some("the destination is read-only".into())));
+    }
+    let needed = total.saturating_sub(have);
+    if needed > space.available {
+        return Ok((
+            plan,
+            Some(format!(
+                "not enough free space at the destination: {needed} bytes needed, {} available",
+                space.available
+            )),
+        ));
+    }
+    Ok((plan, None))
 }
