@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Output;
 
 use common::{
-    Relay, Running, conduit, events, pair_knowing, receiver_via, same_file, send_via, start_relay,
-    text, write_data,
+    Relay, Running, blake3_file, conduit, events, pair_knowing, receiver_via, same_file, send_via,
+    start_relay, text, write_data, write_large,
 };
 
 #[test]
@@ -369,28 +369,6 @@ fn peak_rss(pid: u32) -> u64 {
         .parse()
         .unwrap();
     kib * 1024
-}
-
-/// Writes `n` bytes of generated data without holding them in memory.
-fn write_large(path: &Path, n: u64) {
-    use std::io::Write;
-    let mut xof = blake3::Hasher::new().update(b"large").finalize_xof();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(buf.len() as u64) as usize;
-        xof.fill(&mut buf[..k]);
-        f.write_all(&buf[..k]).unwrap();
-        left -= k as u64;
-    }
-    f.flush().unwrap();
-}
-
-fn blake3_file(path: &Path) -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
-    h.finalize()
 }
 
 #[test]

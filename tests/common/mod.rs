@@ -242,3 +242,25 @@ pub fn events(out: &str) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// Writes `n` bytes of generated data without holding them in memory.
+pub fn write_large(path: &Path, n: u64) {
+    use std::io::Write;
+    let mut xof = blake3::Hasher::new().update(b"large").finalize_xof();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..k]);
+        f.write_all(&buf[..k]).unwrap();
+        left -= k as u64;
+    }
+    f.flush().unwrap();
+}
+
+pub fn blake3_file(path: &Path) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
+    h.finalize()
+}
