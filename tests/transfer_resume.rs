@@ -115,8 +115,10 @@ fn the_sender_killed_mid_transfer_resumes_to_an_identical_file() {
     let _ = tx.finish();
     // The receiver would notice at its idle timeout; its user stops it instead.
     rx.signal(libc::SIGTERM);
-    let (status, _, _) = rx.finish();
-    assert!(!status.success());
+    let (status, _, err) = rx.finish();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(out.join(".big.bin.part.resume").exists());
     assert!(!out.join("big.bin").exists());
 
     let done = rerun(&p, &src, &out);

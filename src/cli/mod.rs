@@ -28,6 +28,8 @@ pub mod code {
     pub const INTEGRITY: u8 = 4;
     /// The peer refused.
     pub const REFUSED: u8 = 5;
+    /// Interrupted by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// phi-conduit: end-to-end encrypted transfer of ePHI over QUIC.
@@ -114,6 +116,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     use crate::session::SessionError;
     use crate::transfer::run::TransferError;
     for cause in err.chain() {
+        if cause.is::<transfer::Interrupted>() {
+            return code::INTERRUPTED;
+        }
         if let Some(e) = cause.downcast_ref::<StreamError>() {
             return if e.is_integrity() {
                 code::INTEGRITY

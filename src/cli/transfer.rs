@@ -153,6 +153,11 @@ impl RelayFlags {
     }
 }
 
+/// The user stopped a transfer (Ctrl-C or SIGTERM); exit code 130.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted: partial files stay at the receiver; run the same commands again to resume")]
+pub(crate) struct Interrupted;
+
 /// How long a code-phrase sender keeps trying to reach the receiver.
 const CODE_WAIT: Duration = Duration::from_secs(300);
 /// One connection attempt.
@@ -215,16 +220,24 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
             (None, None) => anyhow::bail!("--direct or --relay is required"),
         };
         let pool = CipherPool::with_all_cores()?;
-        let result = run::send(
+        let events = events(args.json);
+        let transfer = run::send(
             &conn,
             &identity,
             &recipient,
             &files,
             chunk,
             &pool,
-            &events(args.json),
-        )
-        .await;
+            &events,
+        );
+        let result = tokio::select! {
+            r = transfer => r,
+            () = shutdown_signal() => {
+                conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
+                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+                return Err(Interrupted.into());
+            }
+        };
         if result.is_err() {
             conn.close(run::CLOSE_ERROR.into(), b"error");
         }
@@ -333,16 +346,26 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
             (None, None) => anyhow::bail!("--listen or --relay is required"),
         };
         let pool = CipherPool::with_all_cores()?;
-        let result = run::receive(
+        let events = events(args.json);
+        let transfer = run::receive(
             &conn,
             &identity,
             &book,
             &dest,
             &policy,
             &pool,
-            &events(args.json),
-        )
-        .await;
+            &events,
+        );
+        let result = tokio::select! {
+            r = transfer => r,
+            () = shutdown_signal() => {
+                // The partial files and their resume records stay; the cipher threads
+                // record the last chunks written as the connection goes.
+                conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
+                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+                return Err(Interrupted.into());
+            }
+        };
         if result.is_err() {
             // Let the abort or refusal already queued reach the sender (it closes when it
             // has read it), then close.

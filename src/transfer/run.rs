@@ -28,6 +28,8 @@ use crate::transfer::source::SourceFile;
 pub const CLOSE_DONE: u32 = 0;
 /// QUIC application close code: a protocol, integrity or authentication failure.
 pub const CLOSE_ERROR: u32 = 1;
+/// QUIC application close code: the user stopped the transfer (it can be resumed).
+pub const CLOSE_CANCELLED: u32 = 2;
 
 /// Errors of a transfer.
 #[derive(Debug, Error)]
