@@ -246,6 +246,7 @@ async fn ten_thousand_idle_connections_and_slow_hellos_leave_others_unaffected()
         &phi_conduit::transport::RelayTrust::Pin(pin),
     )
     .unwrap();
+    let attack = std::time::Instant::now();
     let mut held = Vec::new();
     let mut attempts = tokio::task::JoinSet::new();
     for _ in 0..10_000 {
@@ -267,9 +268,12 @@ async fn ten_thousand_idle_connections_and_slow_hellos_leave_others_unaffected()
         }
     }
     assert!(opened > 0, "no attacker connection opened at all");
+    // At most 64 at a time from one address; a slot frees when the Hello timeout (3 s)
+    // cuts its holder, so a slow attack run may see a few rounds.
+    let rounds = 1 + attack.elapsed().as_secs() / 3;
     assert!(
-        opened <= 64,
-        "{opened} idle connections from one address were let in"
+        opened <= 64 * rounds as usize,
+        "{opened} idle connections from one address in {rounds} Hello-timeout periods"
     );
 
     // Meanwhile a real transfer through the same relay.

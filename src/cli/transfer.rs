@@ -20,7 +20,9 @@ use crate::relay::client::{self as relay_client, RelayOptions};
 use crate::relay::hello::Role;
 use crate::relay::tokens::parse_sha256;
 use crate::transfer::dest::Destination;
-use crate::transfer::run::{self, Event, Events, ReceivePolicy, Recipient, Summary};
+use std::io::IsTerminal;
+
+use crate::transfer::run::{self, Confirm, Event, Events, ReceivePolicy, Recipient, Summary};
 use crate::transfer::source;
 use crate::transport::{self, RelayTrust};
 
@@ -48,9 +50,12 @@ pub struct SendArgs {
     /// STREAM chunk size in bytes.
     #[arg(long, default_value_t = u64::from(DEFAULT_CHUNK_SIZE.get()))]
     chunk_size: u64,
-    /// Print the summary as JSON.
+    /// Print events and the summary as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Print only errors and the summary.
+    #[arg(long, conflicts_with = "json")]
+    quiet: bool,
 }
 
 /// Options of `receive`.
@@ -90,6 +95,9 @@ pub struct ReceiveArgs {
     /// Print events and the summary as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Print only errors and the summary.
+    #[arg(long, conflicts_with = "json")]
+    quiet: bool,
 }
 
 /// How to reach a relay (send and receive).
@@ -220,16 +228,8 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
             (None, None) => anyhow::bail!("--direct or --relay is required"),
         };
         let pool = CipherPool::with_all_cores()?;
-        let events = events(args.json);
-        let transfer = run::send(
-            &conn,
-            &identity,
-            &recipient,
-            &files,
-            chunk,
-            &pool,
-            &events,
-        );
+        let events = events(Output::of(args.json, args.quiet), &book);
+        let transfer = run::send(&conn, &identity, &recipient, &files, chunk, &pool, &events);
         let result = tokio::select! {
             r = transfer => r,
             () = shutdown_signal() => {
@@ -290,7 +290,13 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
     let mut book = AddressBook::load(home)?;
     let dest = Destination::open(&args.out)?;
     let code = args.code.as_deref().map(Code::parse).transpose()?;
+    // A person at a terminal is asked about each offer (unless --yes); scripts are not.
+    let interactive = !args.json
+        && !args.daemon
+        && std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal();
     let policy = ReceivePolicy {
+        confirm: interactive.then(|| ask_at_terminal(&args.out)),
         code,
         accept_unknown: args.accept_unknown,
         yes: args.yes,
@@ -346,16 +352,8 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
             (None, None) => anyhow::bail!("--listen or --relay is required"),
         };
         let pool = CipherPool::with_all_cores()?;
-        let events = events(args.json);
-        let transfer = run::receive(
-            &conn,
-            &identity,
-            &book,
-            &dest,
-            &policy,
-            &pool,
-            &events,
-        );
+        let events = events(Output::of(args.json, args.quiet), &book);
+        let transfer = run::receive(&conn, &identity, &book, &dest, &policy, &pool, &events);
         let result = tokio::select! {
             r = transfer => r,
             () = shutdown_signal() => {
@@ -461,7 +459,7 @@ async fn daemon_slot(ctx: Arc<DaemonContext>, pool: Arc<CipherPool>) {
             &ctx.dest,
             &ctx.policy,
             &pool,
-            &events(ctx.json),
+            &events(Output::of(ctx.json, false), &ctx.book),
         )
         .await;
         match result {
@@ -480,48 +478,144 @@ async fn daemon_slot(ctx: Arc<DaemonContext>, pool: Arc<CipherPool>) {
     }
 }
 
-/// Prints transfer events: JSON lines with `--json`; otherwise only the offer (what will
-/// land where), on stderr.
-fn events(json: bool) -> Events {
-    Arc::new(move |e| match e {
-        Event::Offer {
-            peer,
-            files,
-            total,
-            top_level,
-        } => {
-            if json {
-                println!(
-                    "{}",
-                    json!({"event": "offer", "peer": peer.fingerprint().to_string(), "files": files, "bytes": total, "top_level": top_level})
-                );
-            } else {
-                let shown: Vec<&str> = top_level.iter().take(10).map(String::as_str).collect();
-                let more = match top_level.len().saturating_sub(shown.len()) {
-                    0 => String::new(),
-                    n => format!(" and {n} more"),
-                };
-                eprintln!(
-                    "offer from {}: {files} files, {total} bytes: {}{more}",
-                    peer.fingerprint(),
-                    shown.join(", ")
-                );
-            }
+/// How a command shows what happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// JSON lines on stdout.
+    Json,
+    /// For people: the offer on stderr, a progress bar when stderr is a terminal.
+    Human,
+    /// Only errors and the summary.
+    Quiet,
+}
+
+impl Output {
+    fn of(json: bool, quiet: bool) -> Self {
+        match (json, quiet) {
+            (true, _) => Output::Json,
+            (false, true) => Output::Quiet,
+            (false, false) => Output::Human,
         }
-        Event::Progress { bytes, total } if json => {
+    }
+}
+
+/// Prints transfer events: JSON lines with `--json`; otherwise the offer (what will land
+/// where, from whom) on stderr and, on a terminal, a progress bar with rate and ETA.
+fn events(out: Output, book: &AddressBook) -> Events {
+    let names: std::collections::HashMap<String, String> = book
+        .peers()
+        .iter()
+        .map(|p| (p.key.to_string(), p.name.clone()))
+        .collect();
+    let bar: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+    Arc::new(move |e| match (out, e) {
+        (
+            Output::Json,
+            Event::Offer {
+                peer,
+                files,
+                total,
+                top_level,
+            },
+        ) => {
+            println!(
+                "{}",
+                json!({"event": "offer", "peer": peer.fingerprint().to_string(), "peer_name": names.get(&peer.to_string()), "files": files, "bytes": total, "top_level": top_level})
+            );
+        }
+        (
+            Output::Human,
+            Event::Offer {
+                peer,
+                files,
+                total,
+                top_level,
+            },
+        ) => {
+            eprintln!(
+                "{}",
+                describe_offer(&names, &peer, files, total, &top_level)
+            );
+        }
+        (Output::Json, Event::Progress { bytes, total }) => {
             println!(
                 "{}",
                 json!({"event": "progress", "bytes": bytes, "total": total})
             );
         }
-        Event::FileDone { path, size, blake3 } if json => {
+        (Output::Human, Event::Progress { bytes, total }) => {
+            let b = bar.get_or_init(|| progress_bar(total));
+            b.set_position(bytes);
+            if bytes >= total {
+                b.finish_and_clear();
+            }
+        }
+        (Output::Json, Event::FileDone { path, size, blake3 }) => {
             println!(
                 "{}",
                 json!({"event": "file_done", "path": path, "size": size, "blake3": blake3.to_hex().to_string()})
             );
         }
+        (Output::Human, Event::FileDone { path, .. }) => {
+            if let Some(b) = bar.get() {
+                b.set_message(path);
+            }
+        }
         _ => {}
     })
+}
+
+/// A progress bar on stderr (drawn only when stderr is a terminal).
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr_with_hz(4),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}",
+    ) {
+        b.set_style(style);
+    }
+    b
+}
+
+/// "offer from NAME (fingerprint): N files, X bytes: a, b, c and 4 more".
+fn describe_offer(
+    names: &std::collections::HashMap<String, String>,
+    peer: &crate::crypto::identity::PublicKey,
+    files: u64,
+    total: u64,
+    top_level: &[String],
+) -> String {
+    let who = match names.get(&peer.to_string()) {
+        Some(n) => format!("{n} ({})", peer.fingerprint()),
+        None => format!("UNKNOWN sender {}", peer.fingerprint()),
+    };
+    let shown: Vec<&str> = top_level.iter().take(10).map(String::as_str).collect();
+    let more = match top_level.len().saturating_sub(shown.len()) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    format!(
+        "offer from {who}: {files} files, {total} bytes: {}{more}",
+        shown.join(", ")
+    )
+}
+
+/// Asks at the terminal whether to accept an offer (the offer itself was just printed).
+fn ask_at_terminal(dest: &std::path::Path) -> Confirm {
+    let dest = dest.display().to_string();
+    Confirm(Arc::new(move |_| {
+        eprint!(
+            "accept into {}? [y/N] ",
+            crate::transfer::paths::escape(&dest)
+        );
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_err() {
+            return false;
+        }
+        matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+    }))
 }
 
 fn report(what: &str, s: &Summary, json: bool) {

@@ -207,7 +207,9 @@ pub async fn send(
         count: files.len() as u64,
         total_size: total,
     };
-    session::send(&mut ctl, &mut est, &offer).await?;
+    if let Err(e) = session::send(&mut ctl, &mut est, &offer).await {
+        return Err(peer_reason(&mut ctl, &mut est, e).await);
+    }
     for batch in files.chunks(ENTRIES_PER_MESSAGE) {
         let entries = batch
             .iter()
@@ -218,7 +220,9 @@ pub async fn send(
                 mtime: f.mtime,
             })
             .collect();
-        session::send(&mut ctl, &mut est, &OfferEntries(entries)).await?;
+        if let Err(e) = session::send(&mut ctl, &mut est, &OfferEntries(entries)).await {
+            return Err(peer_reason(&mut ctl, &mut est, e).await);
+        }
     }
     let points = match session::recv::<_, Reply>(&mut ctl, &mut est).await? {
         Reply::Accept => Vec::new(),
@@ -315,6 +319,26 @@ pub async fn send(
     })
 }
 
+/// A failed control write usually means the peer stopped reading after it sent its
+/// reason (an abort frame after a failed handshake, a refusal): report that reason when it
+/// is there to read.
+async fn peer_reason<S: tokio::io::AsyncRead + Unpin>(
+    ctl: &mut S,
+    est: &mut crate::crypto::handshake::Established,
+    err: SessionError,
+) -> TransferError {
+    let read = session::recv::<_, Reply>(ctl, est);
+    match tokio::time::timeout(std::time::Duration::from_secs(1), read).await {
+        Ok(Err(SessionError::Handshake(
+            h @ crate::crypto::handshake::HandshakeError::PeerAborted(_),
+        ))) => TransferError::Session(SessionError::Handshake(h)),
+        Ok(Ok(Reply::Refuse(reason))) => {
+            TransferError::Refused(crate::transfer::paths::escape(&reason))
+        }
+        _ => err.into(),
+    }
+}
+
 /// How the receiver decides.
 #[derive(Debug, Clone, Default)]
 pub struct ReceivePolicy {
@@ -326,6 +350,20 @@ pub struct ReceivePolicy {
     pub overwrite: bool,
     /// Authenticate with this code phrase instead of the address book.
     pub code: Option<Code>,
+    /// Ask someone about each offer (a person at a terminal); without `yes`, the offer is
+    /// accepted only if this says so.
+    pub confirm: Option<Confirm>,
+}
+
+/// Asks whether to accept an offer (given as its [`Event::Offer`]); may block (it runs
+/// on a blocking thread).
+#[derive(Clone)]
+pub struct Confirm(pub Arc<dyn Fn(&Event) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Confirm(..)")
+    }
 }
 
 /// Receives one transfer on `conn` into `dest`.
@@ -392,13 +430,27 @@ pub async fn receive(
         .filter_map(|(r, _)| r.components().next().map(crate::transfer::paths::escape))
         .collect();
     top_level.dedup();
-    events(Event::Offer {
+    let shown = Event::Offer {
         peer,
         files: offer.count,
         total: offer.total_size,
         top_level,
-    });
-    let refusal = if !known && !policy.yes {
+    };
+    events(shown.clone());
+    let asked = match (&policy.confirm, policy.yes) {
+        (Some(Confirm(ask)), false) => {
+            let ask = Arc::clone(ask);
+            Some(
+                tokio::task::spawn_blocking(move || ask(&shown))
+                    .await
+                    .unwrap_or(false),
+            )
+        }
+        _ => None,
+    };
+    let refusal = if asked == Some(false) {
+        Some("declined by the receiving user".to_string())
+    } else if asked.is_none() && !known && !policy.yes {
         Some(format!(
             "offer from unknown sender {} needs --yes",
             peer.fingerprint()
