@@ -7,7 +7,7 @@ use std::process::Output;
 
 use common::{
     Relay, Running, blake3_file, conduit, events, pair_knowing, receiver_via, same_file, send_via,
-    start_relay, text, write_data, write_large,
+    start_relay, start_relay_at, text, wait_for_durable, write_data, write_large,
 };
 
 #[test]
@@ -497,9 +497,10 @@ fn the_idle_timeout_fires() {
 }
 
 #[test]
-fn the_relay_killed_mid_transfer_fails_both_ends_clearly() {
+fn the_relay_killed_mid_transfer_fails_both_ends_and_a_rerun_resumes() {
     let p = pair_knowing(true, true);
     let relay = start_relay(&["--idle-timeout", "2"]);
+    let addr = relay.addr.clone();
     let src = p.root.join("big.bin");
     write_large(&src, 400 << 20);
     let out = p.root.join("out");
@@ -515,7 +516,7 @@ fn the_relay_killed_mid_transfer_fails_both_ends_clearly() {
         &relay.pin,
     ]);
     let mut tx = Running::spawn(cmd);
-    assert_eq!(tx.first["event"], "progress", "{}", tx.first);
+    wait_for_durable(&out, "big.bin", 16 << 20);
     let Relay { mut run, .. } = relay;
     run.signal(libc::SIGKILL);
     let _ = run.finish();
@@ -529,4 +530,23 @@ fn the_relay_killed_mid_transfer_fails_both_ends_clearly() {
         !out.join("big.bin").exists(),
         "a partial file got its final name"
     );
+
+    // The relay comes back where it was (with a new certificate); the same commands
+    // continue the file.
+    let relay = start_relay_at(&addr, &[]);
+    let mut rx = receiver_via(&p, &relay, &out, &[]);
+    let sent = send_via(&p, &relay, &[&src], &["--to", "lab"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let (status, stdout, err) = rx.finish();
+    assert!(status.success(), "{err}");
+    let done = events(&stdout)
+        .into_iter()
+        .find(|e| e["event"] == "done")
+        .unwrap();
+    assert!(
+        done["resumed_bytes"].as_u64().unwrap() >= 16 << 20,
+        "{done}"
+    );
+    assert_eq!(blake3_file(&src), blake3_file(&out.join("big.bin")));
+    assert!(relay.stop().0.success());
 }

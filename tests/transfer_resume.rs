@@ -4,9 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use common::{Pair, Running, blake3_file, conduit, events, pair_knowing, text, write_large};
+use common::{
+    Pair, Running, blake3_file, conduit, events, pair_knowing, text, wait_for_durable, write_large,
+};
 
 const SIZE: u64 = 192 << 20;
 
@@ -25,24 +26,6 @@ fn sender(home: &Path, src: &Path, to: &str, addr: &str) -> Running {
         .arg(src)
         .args(["--json", "--to", to, "--direct", addr]);
     Running::spawn(cmd)
-}
-
-/// Waits until the receiver has recorded at least `min` durable bytes of `name`.
-fn wait_for_durable(out: &Path, name: &str, min: u64) {
-    let sidecar = out.join(format!(".{name}.part.resume"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(t) = std::fs::read_to_string(&sidecar) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
-                let chunks = v["durable_chunks"].as_u64().unwrap_or(0);
-                if chunks * v["chunk_size"].as_u64().unwrap_or(0) >= min {
-                    return;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "the transfer never got going");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs the transfer again to completion; returns the receiver's `done` event.

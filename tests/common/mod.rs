@@ -166,19 +166,18 @@ pub struct Relay {
 }
 
 pub fn start_relay(extra: &[&str]) -> Relay {
+    start_relay_at("127.0.0.1:0", extra)
+}
+
+/// A relay on a given address (e.g. to restart one where it was).
+pub fn start_relay_at(addr: &str, extra: &[&str]) -> Relay {
     let cwd = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_conduit"));
-    cmd.args([
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--dev-self-signed",
-        "--json",
-    ])
-    .args(extra)
-    .current_dir(cwd.path())
-    .env("HOME", cwd.path())
-    .env_remove("CONDUIT_HOME");
+    cmd.args(["relay", "--listen", addr, "--dev-self-signed", "--json"])
+        .args(extra)
+        .current_dir(cwd.path())
+        .env("HOME", cwd.path())
+        .env_remove("CONDUIT_HOME");
     let run = Running::spawn(cmd);
     assert_eq!(run.first["event"], "listening", "{}", run.first);
     let addr = run.first["addr"].as_str().unwrap().to_string();
@@ -263,4 +262,25 @@ pub fn blake3_file(path: &Path) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
     h.finalize()
+}
+
+/// Waits until the receiver has recorded at least `min` durable bytes of `name` in `out`.
+pub fn wait_for_durable(out: &Path, name: &str, min: u64) {
+    let sidecar = out.join(format!(".{name}.part.resume"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(&sidecar) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+                let chunks = v["durable_chunks"].as_u64().unwrap_or(0);
+                if chunks * v["chunk_size"].as_u64().unwrap_or(0) >= min {
+                    return;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the transfer never got going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
