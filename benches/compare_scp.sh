@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Compares `conduit bench transfer` with scp and rsync over a local sshd, on the same
+# file size, on this machine. Installs openssh-server and rsync if missing (Debian/Ubuntu,
+# needs root). Usage: benches/compare_scp.sh [SIZE_BYTES] (default 1 GiB).
+#
+# scp and rsync copy from /dev/shm to /dev/shm over ssh to 127.0.0.1 (their default
+# ciphers, then aes128-gcm for scp); conduit runs its own bench (direct, files in
+# /dev/shm, fsynced). Each figure is one run; run it a few times on a shared machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE="${1:-1073741824}"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need sshd && [ ! -x /usr/sbin/sshd ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
+fi
+need rsync || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
+SSHD=$(command -v sshd || echo /usr/sbin/sshd)
+
+WORK=$(mktemp -d /dev/shm/conduit-cmp-XXXXXX)
+cleanup() { [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+# A private sshd on a free port, key-only, for this user.
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/client_key"
+cp "$WORK/client_key.pub" "$WORK/authorized_keys"
+PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+mkdir -p /run/sshd
+cat > "$WORK/sshd_config" <<CFG
+Port $PORT
+ListenAddress 127.0.0.1
+HostKey $WORK/host_key
+AuthorizedKeysFile $WORK/authorized_keys
+PasswordAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+PidFile $WORK/sshd.pid
+CFG
+"$SSHD" -f "$WORK/sshd_config" -D -e 2>"$WORK/sshd.log" &
+SSHD_PID=$!
+sleep 1
+SSH_OPTS=(-i "$WORK/client_key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -P "$PORT")
+
+head -c "$SIZE" /dev/urandom > "$WORK/src.bin"
+rate() { python3 -c "import sys;print(f'{$SIZE/float(sys.argv[1])/1e6:.0f}')" "$1"; }
+timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); python3 -c "print($t1-$t0)"; }
+
+T_SCP=$(timed scp -q "${SSH_OPTS[@]}" "$WORK/src.bin" "127.0.0.1:$WORK/scp.bin"); rm -f "$WORK/scp.bin"
+T_SCP_GCM=$(timed scp -q -c aes128-gcm@openssh.com "${SSH_OPTS[@]}" "$WORK/src.bin" "127.0.0.1:$WORK/scp.bin"); rm -f "$WORK/scp.bin"
+T_RSYNC=$(timed rsync -e "ssh -i $WORK/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p $PORT" "$WORK/src.bin" "127.0.0.1:$WORK/rsync.bin"); rm -f "$WORK/rsync.bin"
+rm -f "$WORK/src.bin"
+
+cargo build --release --locked -q
+CONDUIT=$(./target/release/conduit bench transfer --json --size "$SIZE")
+DIRECT=$(python3 -c "import json,sys;print(f\"{json.loads(sys.argv[1])['direct_mbps']:.0f}\")" "$CONDUIT")
+RELAYED=$(python3 -c "import json,sys;print(f\"{json.loads(sys.argv[1])['relayed_mbps']:.0f}\")" "$CONDUIT")
+
+printf '%-44s %8s\n' "transfer of $SIZE bytes on loopback" "MB/s"
+printf '%-44s %8s\n' "scp (default cipher)" "$(rate "$T_SCP")"
+printf '%-44s %8s\n' "scp -c aes128-gcm" "$(rate "$T_SCP_GCM")"
+printf '%-44s %8s\n' "rsync over ssh (default cipher)" "$(rate "$T_RSYNC")"
+printf '%-44s %8s\n' "conduit, direct (E2E + QUIC, fsynced)" "$DIRECT"
+printf '%-44s %8s\n' "conduit, through a relay" "$RELAYED"
+python3 -c "print(f'conduit direct / scp default: {$DIRECT/($SIZE/$T_SCP/1e6):.2f}')"
