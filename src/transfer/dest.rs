@@ -145,10 +145,28 @@ impl Destination {
 
     /// Creates the parent directories of `rel` and its temporary file, or takes over the
     /// temporary file an interrupted transfer left (it must have its resume sidecar, and
-    /// no other transfer may hold it), keeping its first `keep` bytes.
-    pub fn open_part(&self, rel: &RelPath, keep: u64) -> Result<PartFile, DestError> {
+    /// no other transfer may hold it), keeping its first `keep` bytes. The space for the
+    /// rest, up to `size`, is reserved at once (where the file system can): a full disk
+    /// shows now rather than midway, and the writes that follow find their blocks ready.
+    pub fn open_part(&self, rel: &RelPath, keep: u64, size: u64) -> Result<PartFile, DestError> {
         let part = self.create_part_inner(rel, true)?;
         part.file.set_len(keep).map_err(io_err(&part.part))?;
+        if size > keep {
+            let reserved = rustix::fs::fallocate(
+                &part.file,
+                rustix::fs::FallocateFlags::KEEP_SIZE,
+                keep,
+                size - keep,
+            );
+            match reserved {
+                Ok(()) => {}
+                Err(e) if e == rustix::io::Errno::NOSPC => {
+                    return Err(DestError::StorageFull(part.shown.clone()));
+                }
+                // Not supported here: the writes allocate as they go.
+                Err(_) => {}
+            }
+        }
         Ok(part)
     }
 

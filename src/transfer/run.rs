@@ -517,7 +517,7 @@ pub async fn receive(
             resumed += layout.offset(from);
             moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
         }
-        let part = dest.open_part(rel, layout.offset(first))?;
+        let part = dest.open_part(rel, layout.offset(first), e.size)?;
         let writer = part.writer()?;
         let mut checkpoint = Checkpoint::new(
             part.writer()?,
