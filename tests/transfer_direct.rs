@@ -1,27 +1,12 @@
 //! `conduit send` and `conduit receive` as two real processes on loopback.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-fn conduit(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_conduit"));
-    c.arg("--home").arg(home).env_remove("CONDUIT_HOME");
-    c
-}
-
-fn key_of(home: &Path) -> String {
-    let out = conduit(home).args(["id", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["public_key"].as_str().unwrap().to_string()
-}
-
-struct Pair {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    sender: PathBuf,
-    receiver: PathBuf,
-}
+use common::{Pair, Running, conduit, key_of, pair_knowing, text};
 
 /// Two endpoints; the sender knows the receiver as "lab"; the receiver knows the sender
 /// as "clinic" when `mutual`.
@@ -29,86 +14,16 @@ fn pair(mutual: bool) -> Pair {
     pair_knowing(true, mutual)
 }
 
-/// Two endpoints; `sender_knows`: the sender has the receiver as "lab"; `receiver_knows`:
-/// the receiver has the sender as "clinic".
-fn pair_knowing(sender_knows: bool, mutual: bool) -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let (sender, receiver) = (root.join("home-s"), root.join("home-r"));
-    for h in [&sender, &receiver] {
-        assert!(conduit(h).arg("keygen").output().unwrap().status.success());
-    }
-    if sender_knows {
-        let rk = key_of(&receiver);
-        let added = conduit(&sender)
-            .args(["peers", "add", "lab", &rk])
-            .output()
-            .unwrap();
-        assert!(added.status.success());
-    }
-    if mutual {
-        let sk = key_of(&sender);
-        assert!(
-            conduit(&receiver)
-                .args(["peers", "add", "clinic", &sk])
-                .output()
-                .unwrap()
-                .status
-                .success()
-        );
-    }
-    Pair {
-        _dir: dir,
-        root,
-        sender,
-        receiver,
-    }
-}
-
-/// A running receiver. Its stdout is drained on a thread (a transfer prints many JSON
-/// lines; an undrained pipe would block it).
-struct Receiver {
-    child: Child,
-    stdout: std::thread::JoinHandle<String>,
-}
-
-impl Receiver {
-    /// Waits for the receiver; returns its exit status, stdout and stderr.
-    fn finish(mut self) -> (std::process::ExitStatus, String, String) {
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            std::io::Read::read_to_string(&mut e, &mut err).unwrap();
-        }
-        let status = self.child.wait().unwrap();
-        (status, self.stdout.join().unwrap(), err)
-    }
-}
-
 /// Starts a receiver and returns it with the address it listens on.
-fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Receiver, String) {
-    let mut child = conduit(&p.receiver)
-        .args(["receive", "--listen", "127.0.0.1:0", "--json", "--out"])
+fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Running, String) {
+    let mut cmd = conduit(&p.receiver);
+    cmd.args(["receive", "--listen", "127.0.0.1:0", "--json", "--out"])
         .arg(out)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("first line: {line:?}"));
-    assert_eq!(v["event"], "listening");
-    let stdout = std::thread::spawn(move || {
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
-        rest
-    });
-    (
-        Receiver { child, stdout },
-        v["addr"].as_str().unwrap().to_string(),
-    )
+        .args(extra);
+    let r = Running::spawn(cmd);
+    assert_eq!(r.first["event"], "listening");
+    let addr = r.first["addr"].as_str().unwrap().to_string();
+    (r, addr)
 }
 
 fn send(p: &Pair, addr: &str, paths: &[&Path]) -> Output {
@@ -118,10 +33,6 @@ fn send(p: &Pair, addr: &str, paths: &[&Path]) -> Output {
         .args(["--to", "lab", "--direct", addr, "--json"])
         .output()
         .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn write_tree(root: &Path) {
@@ -169,7 +80,7 @@ fn a_tree_with_an_empty_file_and_unicode_names_arrives_identical() {
     let src = p.root.join("records");
     write_tree(&src);
     let inbox = p.root.join("inbox");
-    let (rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&src]);
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
     let (status, rout, rerr) = rx.finish();
@@ -225,7 +136,7 @@ fn an_unknown_sender_is_refused_with_the_auth_exit_code() {
     let f = p.root.join("x.txt");
     std::fs::write(&f, b"secret").unwrap();
     let inbox = p.root.join("inbox");
-    let (rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&f]);
     assert_eq!(out.status.code(), Some(3), "sender: {}", text(&out.stderr));
     let (status, _, rerr) = rx.finish();
@@ -242,7 +153,7 @@ fn an_existing_file_is_refused_without_overwrite() {
     let inbox = p.root.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::write(inbox.join("report.pdf"), b"old content").unwrap();
-    let (rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&f]);
     assert_eq!(out.status.code(), Some(5), "sender: {}", text(&out.stderr));
     assert!(
@@ -257,7 +168,7 @@ fn an_existing_file_is_refused_without_overwrite() {
         b"old content"
     );
     // With --overwrite it is replaced.
-    let (rx, addr) = start_receiver(&p, &inbox, &["--overwrite"]);
+    let (mut rx, addr) = start_receiver(&p, &inbox, &["--overwrite"]);
     assert!(send(&p, &addr, &[&f]).status.success());
     assert!(rx.finish().0.success());
     assert_eq!(
@@ -275,7 +186,7 @@ fn a_thousand_small_files_arrive() {
         std::fs::write(src.join(format!("f{i:04}.txt")), format!("file {i}\n")).unwrap();
     }
     let inbox = p.root.join("inbox");
-    let (rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&src]);
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
     assert!(rx.finish().0.success());

@@ -52,21 +52,37 @@ fn rerun(p: &Pair, src: &Path, out: &Path) -> serde_json::Value {
     rx_done
 }
 
-#[test]
-fn the_receiver_killed_mid_transfer_resumes_to_an_identical_file() {
+/// A transfer of a `SIZE`-byte `big.bin` interrupted once `min` bytes are durable at the
+/// receiver: `stop` gets the receiver and the sender, in that order, to end them.
+fn interrupted(
+    min: u64,
+    stop: impl FnOnce(&mut Running, &mut Running),
+) -> (Pair, std::path::PathBuf, std::path::PathBuf) {
     let p = pair_knowing(true, true);
     let src = p.root.join("big.bin");
     write_large(&src, SIZE);
     let out = p.root.join("out");
     let (mut rx, addr) = receiver(&p, &out);
     let mut tx = sender(&p.sender, &src, "lab", &addr);
-    wait_for_durable(&out, "big.bin", 24 << 20);
+    wait_for_durable(&out, "big.bin", min);
+    stop(&mut rx, &mut tx);
+    let _ = (rx.finish(), tx.finish());
+    assert!(
+        !out.join("big.bin").exists(),
+        "a partial file got its final name"
+    );
+    (p, src, out)
+}
+
+/// Kills the receiver, then the sender (which would notice only at its idle timeout).
+fn kill_both(rx: &mut Running, tx: &mut Running) {
     rx.signal(libc::SIGKILL);
-    let _ = rx.finish();
-    // The sender notices at its idle timeout; do not wait for it.
     tx.signal(libc::SIGKILL);
-    let _ = tx.finish();
-    assert!(!out.join("big.bin").exists());
+}
+
+#[test]
+fn the_receiver_killed_mid_transfer_resumes_to_an_identical_file() {
+    let (p, src, out) = interrupted(24 << 20, kill_both);
     assert!(
         out.join(".big.bin.part").exists(),
         "the partial file was not kept"
@@ -87,22 +103,16 @@ fn the_receiver_killed_mid_transfer_resumes_to_an_identical_file() {
 
 #[test]
 fn the_sender_killed_mid_transfer_resumes_to_an_identical_file() {
-    let p = pair_knowing(true, true);
-    let src = p.root.join("big.bin");
-    write_large(&src, SIZE);
-    let out = p.root.join("out");
-    let (mut rx, addr) = receiver(&p, &out);
-    let mut tx = sender(&p.sender, &src, "lab", &addr);
-    wait_for_durable(&out, "big.bin", 24 << 20);
-    tx.signal(libc::SIGKILL);
-    let _ = tx.finish();
-    // The receiver would notice at its idle timeout; its user stops it instead.
-    rx.signal(libc::SIGTERM);
-    let (status, _, err) = rx.finish();
-    assert_eq!(status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
+    let (p, src, out) = interrupted(24 << 20, |rx, tx| {
+        tx.signal(libc::SIGKILL);
+        let _ = tx.finish();
+        // The receiver would notice at its idle timeout; its user stops it instead.
+        rx.signal(libc::SIGTERM);
+        let (status, _, err) = rx.finish();
+        assert_eq!(status.code(), Some(130), "{err}");
+        assert!(err.contains("interrupted"), "{err}");
+    });
     assert!(out.join(".big.bin.part.resume").exists());
-    assert!(!out.join("big.bin").exists());
 
     let done = rerun(&p, &src, &out);
     assert!(done["resumed_bytes"].as_u64().unwrap() >= 24 << 20);
@@ -111,16 +121,7 @@ fn the_sender_killed_mid_transfer_resumes_to_an_identical_file() {
 
 #[test]
 fn a_partial_file_from_another_sender_is_started_over() {
-    let p = pair_knowing(true, true);
-    let src = p.root.join("big.bin");
-    write_large(&src, SIZE);
-    let out = p.root.join("out");
-    let (mut rx, addr) = receiver(&p, &out);
-    let mut tx = sender(&p.sender, &src, "lab", &addr);
-    wait_for_durable(&out, "big.bin", 8 << 20);
-    rx.signal(libc::SIGKILL);
-    tx.signal(libc::SIGKILL);
-    let _ = (rx.finish(), tx.finish());
+    let (p, _, out) = interrupted(8 << 20, kill_both);
 
     // A second sender, also known to the receiver, sends a file of the same name.
     let other = p.root.join("home-other");
@@ -177,16 +178,7 @@ fn a_partial_file_from_another_sender_is_started_over() {
 
 #[test]
 fn a_changed_source_file_is_sent_again_in_full() {
-    let p = pair_knowing(true, true);
-    let src = p.root.join("big.bin");
-    write_large(&src, SIZE);
-    let out = p.root.join("out");
-    let (mut rx, addr) = receiver(&p, &out);
-    let mut tx = sender(&p.sender, &src, "lab", &addr);
-    wait_for_durable(&out, "big.bin", 8 << 20);
-    rx.signal(libc::SIGKILL);
-    tx.signal(libc::SIGKILL);
-    let _ = (rx.finish(), tx.finish());
+    let (p, src, out) = interrupted(8 << 20, kill_both);
     // Same size, same mtime, different first bytes: the prefix hashes differ and the
     // sender starts over.
     let mtime = std::fs::metadata(&src).unwrap().modified().unwrap();

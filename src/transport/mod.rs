@@ -245,10 +245,10 @@ impl RelayTrust {
         Ok(match self {
             RelayTrust::Pin(pin) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                    pin: *pin,
-                    algorithms: p.signature_verification_algorithms,
-                }))
+                .with_custom_certificate_verifier(Arc::new(KeyVerifier::pinned(
+                    *pin,
+                    p.signature_verification_algorithms,
+                )))
                 .with_no_client_auth(),
             RelayTrust::Ca(certs) => builder
                 .with_root_certificates(roots(certs)?)
@@ -305,7 +305,7 @@ pub fn direct_client(peer: SocketAddr) -> Result<quinn::Endpoint, TransportError
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(
+        .with_custom_certificate_verifier(Arc::new(KeyVerifier::any(
             p.signature_verification_algorithms,
         )))
         .with_no_client_auth();
@@ -328,15 +328,33 @@ pub fn relay_client_from(
     client_endpoint(local, trust.client_config()?, RELAY_ALPN)
 }
 
-/// Accepts exactly the certificate whose SHA-256 is pinned (constant-time comparison) and
-/// checks that the TLS handshake was signed by its key.
+/// Checks a server's certificate by its key alone: with a pin, exactly the certificate
+/// whose SHA-256 is pinned (constant-time comparison, `--relay-pin`); without, any
+/// certificate (direct mode: the end-to-end handshake authenticates the peer). Either way
+/// the TLS 1.3 handshake must be signed by the certificate's key.
 #[derive(Debug)]
-struct PinnedCertificate {
-    pin: [u8; 32],
+struct KeyVerifier {
+    pin: Option<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for PinnedCertificate {
+impl KeyVerifier {
+    fn any(algorithms: WebPkiSupportedAlgorithms) -> Self {
+        KeyVerifier {
+            pin: None,
+            algorithms,
+        }
+    }
+
+    fn pinned(pin: [u8; 32], algorithms: WebPkiSupportedAlgorithms) -> Self {
+        KeyVerifier {
+            pin: Some(pin),
+            algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for KeyVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -346,55 +364,12 @@ impl ServerCertVerifier for PinnedCertificate {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         use subtle::ConstantTimeEq;
-        if bool::from(sha256(end_entity.as_ref()).ct_eq(&self.pin)) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the relay's certificate does not match --relay-pin".into(),
-            ))
+        match self.pin {
+            Some(pin) if !bool::from(sha256(end_entity.as_ref()).ct_eq(&pin)) => Err(
+                rustls::Error::General("the relay's certificate does not match --relay-pin".into()),
+            ),
+            _ => Ok(ServerCertVerified::assertion()),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Accepts any certificate (direct mode: the E2E handshake authenticates the peer), but
-/// checks that the TLS handshake was signed by the certificate's key.
-#[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -415,11 +390,11 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -466,7 +441,7 @@ mod tests {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(
+            .with_custom_certificate_verifier(Arc::new(KeyVerifier::any(
                 p.signature_verification_algorithms,
             )))
             .with_no_client_auth();
