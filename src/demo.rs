@@ -123,6 +123,7 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
             let j = client::join(&opts, Role::Listen, false, rendezvous).await?;
             let policy = ReceivePolicy::default();
             let r = run::receive(&j.connection, &b, &b_book, &dest, &policy, &pool, &events).await;
+            run::wait_for_sender_close(&j.connection).await;
             j.endpoint.wait_idle().await;
             anyhow::Ok(r?)
         })

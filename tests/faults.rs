@@ -330,31 +330,15 @@ fn a_wrong_code_burns_the_nameplate_one_guess_per_code() {
     let relay = start_relay(&[]);
     let src = p.root.join("secret.txt");
     std::fs::write(&src, b"for the right receiver only").unwrap();
-    let mut cmd = conduit(&p.sender);
-    cmd.args([
-        "send",
-        "--code",
-        "--json",
-        "--relay",
-        &relay.addr,
-        "--relay-pin",
-        &relay.pin,
-    ])
-    .arg(&src);
+    let mut cmd = relay.cmd(&p.sender, "send");
+    cmd.args(["--code"]).arg(&src);
     let mut tx = Running::spawn(cmd);
     let code = tx.first["code"].as_str().unwrap().to_string();
     let nameplate = code.split('-').next().unwrap();
     let guess = |words: &str| {
-        conduit(&p.receiver)
-            .args([
-                "receive",
-                "--json",
-                "--relay",
-                &relay.addr,
-                "--relay-pin",
-                &relay.pin,
-                "--code",
-            ])
+        relay
+            .cmd(&p.receiver, "receive")
+            .args(["--code"])
             .arg(format!("{nameplate}-{words}"))
             .arg("--out")
             .arg(p.root.join("out"))

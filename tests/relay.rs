@@ -60,33 +60,15 @@ fn a_code_phrase_transfer_through_the_relay_burns_the_nameplate() {
     let relay = start_relay(&[]);
     let src = p.root.join("note.txt");
     std::fs::write(&src, "MARKER-PLAINTEXT ".repeat(1000)).unwrap();
-    let mut cmd = conduit(&p.sender);
-    cmd.args([
-        "send",
-        "--code",
-        "--json",
-        "--relay",
-        &relay.addr,
-        "--relay-pin",
-        &relay.pin,
-    ])
-    .arg(&src);
+    let mut cmd = relay.cmd(&p.sender, "send");
+    cmd.args(["--code"]).arg(&src);
     let mut tx = Running::spawn(cmd);
     assert_eq!(tx.first["event"], "code");
     let code = tx.first["code"].as_str().unwrap().to_string();
     let out = p.root.join("out");
-    let rx = conduit(&p.receiver)
-        .args([
-            "receive",
-            "--json",
-            "--relay",
-            &relay.addr,
-            "--relay-pin",
-            &relay.pin,
-            "--code",
-            &code,
-            "--out",
-        ])
+    let rx = relay
+        .cmd(&p.receiver, "receive")
+        .args(["--code", &code, "--out"])
         .arg(&out)
         .output()
         .unwrap();
@@ -96,18 +78,9 @@ fn a_code_phrase_transfer_through_the_relay_burns_the_nameplate() {
     assert!(same_file(&src, &out.join("note.txt")));
 
     // The nameplate is burned: a third party with the same code is refused by the relay.
-    let again = conduit(&p.receiver)
-        .args([
-            "receive",
-            "--json",
-            "--relay",
-            &relay.addr,
-            "--relay-pin",
-            &relay.pin,
-            "--code",
-            &code,
-            "--out",
-        ])
+    let again = relay
+        .cmd(&p.receiver, "receive")
+        .args(["--code", &code, "--out"])
         .arg(p.root.join("out2"))
         .output()
         .unwrap();

@@ -364,6 +364,9 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
                 return Err(Interrupted.into());
             }
         };
+        if result.is_ok() {
+            run::wait_for_sender_close(&conn).await;
+        }
         if result.is_err() {
             // Let the abort or refusal already queued reach the sender (it closes when it
             // has read it), then close.
@@ -463,7 +466,10 @@ async fn daemon_slot(ctx: Arc<DaemonContext>, pool: Arc<CipherPool>) {
         )
         .await;
         match result {
-            Ok(summary) => report("received", &summary, ctx.json),
+            Ok(summary) => {
+                report("received", &summary, ctx.json);
+                run::wait_for_sender_close(&j.connection).await;
+            }
             Err(e) => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), j.connection.closed()).await;
                 j.connection.close(run::CLOSE_ERROR.into(), b"error");

@@ -366,7 +366,14 @@ impl std::fmt::Debug for Confirm {
     }
 }
 
-/// Receives one transfer on `conn` into `dest`.
+/// After a successful [`receive`]: waits (at most 10 s) for the sender to close the
+/// connection, which it does once it has read the receipt.
+pub async fn wait_for_sender_close(conn: &quinn::Connection) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn.closed()).await;
+}
+
+/// Receives one transfer on `conn` into `dest`. Returns once the receipt is sent; then
+/// call [`wait_for_sender_close`] before dropping the connection.
 pub async fn receive(
     conn: &quinn::Connection,
     local: &Identity,
@@ -575,8 +582,8 @@ pub async fn receive(
         &Receipt(hashes.iter().map(|h| *h.as_bytes()).collect()),
     )
     .await?;
-    // The sender closes once it has the receipt.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn.closed()).await;
+    // The sender closes once it has the receipt; the caller waits for that close (see
+    // [`wait_for_sender_close`]) so the receipt is not cut off.
     let files = entries
         .into_iter()
         .zip(hashes)

@@ -208,19 +208,25 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// `conduit --home HOME VERB --json --relay ADDR --relay-pin PIN`, more to add.
+    pub fn cmd(&self, home: &Path, verb: &str) -> Command {
+        let mut c = conduit(home);
+        c.args([
+            verb,
+            "--json",
+            "--relay",
+            &self.addr,
+            "--relay-pin",
+            &self.pin,
+        ]);
+        c
+    }
+}
+
 pub fn receiver_via(p: &Pair, relay: &Relay, out: &Path, extra: &[&str]) -> Running {
-    let mut cmd = conduit(&p.receiver);
-    cmd.args([
-        "receive",
-        "--json",
-        "--relay",
-        &relay.addr,
-        "--relay-pin",
-        &relay.pin,
-        "--out",
-    ])
-    .arg(out)
-    .args(extra);
+    let mut cmd = relay.cmd(&p.receiver, "receive");
+    cmd.arg("--out").arg(out).args(extra);
     let r = Running::spawn(cmd);
     assert_eq!(r.first["event"], "joining", "{}", r.first);
     r
