@@ -374,3 +374,58 @@ fn a_wrong_code_burns_the_nameplate_one_guess_per_code() {
 fn events_with(log: &[serde_json::Value], reason: &str) -> usize {
     log.iter().filter(|e| e["reason"] == reason).count()
 }
+
+#[test]
+fn repeated_guesses_get_the_address_rate_limited() {
+    let p = pair_knowing(false, false);
+    let relay = start_relay(&[]);
+    let src = p.root.join("secret.txt");
+    std::fs::write(&src, b"x").unwrap();
+    let mut cmd = relay.cmd(&p.sender, "send");
+    cmd.arg("--code").arg(&src);
+    let mut tx = Running::spawn(cmd);
+    let code = tx.first["code"].as_str().unwrap().to_string();
+    let nameplate = code.split('-').next().unwrap().to_string();
+    let guess = |words: &str| {
+        relay
+            .cmd(&p.receiver, "receive")
+            .args(["--relay-wait", "0", "--code"])
+            .arg(format!("{nameplate}-{words}"))
+            .arg("--out")
+            .arg(p.root.join("out"))
+            .output()
+            .unwrap()
+    };
+    // One real (wrong) guess burns the nameplate, after the sender is surely waiting.
+    std::thread::sleep(Duration::from_millis(300));
+    let words = if code.ends_with("abandon-ability-able") {
+        "able-ability-abandon"
+    } else {
+        "abandon-ability-able"
+    };
+    assert_eq!(guess(words).status.code(), Some(3));
+    let _ = tx.finish();
+    // Then every attempt on it is a strike; past ten a minute the address is refused
+    // before any handshake.
+    let mut outcomes = Vec::new();
+    for _ in 0..14 {
+        let o = guess(words);
+        assert_eq!(o.status.code(), Some(1));
+        outcomes.push(text(&o.stderr));
+    }
+    assert!(
+        outcomes[0].contains("rendezvous already in use"),
+        "{}",
+        outcomes[0]
+    );
+    let last = outcomes.last().unwrap();
+    assert!(
+        !last.contains("rendezvous already in use"),
+        "still answered: {last}"
+    );
+    assert!(
+        last.contains("refused") || last.contains("connecting"),
+        "{last}"
+    );
+    assert!(relay.stop().0.success());
+}

@@ -182,10 +182,13 @@ pub enum Refusal {
     /// A connector found no listener waiting on its rendezvous id.
     #[error("no peer is waiting at the relay for this transfer")]
     NoListener,
+    /// Too many refusals that look like guessing came from this address lately.
+    #[error("too many failed attempts from this address; try again later")]
+    RateLimited,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 10] = [
+    const ALL: [Refusal; 11] = [
         Refusal::BadHello,
         Refusal::HelloTimeout,
         Refusal::Token,
@@ -196,6 +199,7 @@ impl Refusal {
         Refusal::ShuttingDown,
         Refusal::PeerLost,
         Refusal::NoListener,
+        Refusal::RateLimited,
     ];
 
     /// The QUIC application close code.
@@ -212,6 +216,7 @@ impl Refusal {
                 Refusal::ShuttingDown => 8,
                 Refusal::PeerLost => 9,
                 Refusal::NoListener => 10,
+                Refusal::RateLimited => 11,
             }
     }
 
@@ -233,6 +238,7 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting_down",
             Refusal::PeerLost => "peer_lost",
             Refusal::NoListener => "no_listener",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 

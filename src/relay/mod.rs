@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`hello`] | the Hello a client sends and the relay's answer and close codes (sans-IO) |
 //! | [`pairing`] | the rendezvous table: who waits, who pairs, single-use ids (sans-IO) |
+//! | [`ratelimit`] | strikes per address for refusals that look like guessing (sans-IO) |
 //! | [`splice`] | copying streams, FIN, resets and closes between two connections |
 //! | [`server`] | accept loop, Hello timeout, tokens, sessions, drain on shutdown |
 //! | [`config`] | limits with documented defaults, the TOML file, the memory bound |
@@ -23,6 +24,7 @@ pub mod fleet;
 pub mod hello;
 pub mod metrics;
 pub mod pairing;
+pub mod ratelimit;
 pub mod server;
 pub mod splice;
 pub mod tokens;

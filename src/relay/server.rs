@@ -23,6 +23,7 @@ use crate::relay::config::Limits;
 use crate::relay::hello::{Hello, MAX_HELLO, PAIRED, Refusal};
 use crate::relay::metrics::Metrics;
 use crate::relay::pairing::{Arrival, Table};
+use crate::relay::ratelimit::Strikes;
 use crate::relay::splice::{Tap, splice_with};
 use crate::relay::tokens::Tokens;
 use crate::transport::{self, ServerTls, TransportError};
@@ -39,6 +40,7 @@ pub struct Relay {
 struct State {
     table: Mutex<Table<Waiting>>,
     unpaired: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    strikes: Mutex<Strikes>,
     metrics: Arc<Metrics>,
     limits: Limits,
     tokens: Option<Tokens>,
@@ -116,6 +118,7 @@ impl Relay {
                 limits.max_waiting_per_rendezvous,
             )),
             unpaired: Mutex::default(),
+            strikes: Mutex::default(),
             metrics: Arc::new(Metrics::default()),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions)),
@@ -157,7 +160,18 @@ impl Relay {
                 () = &mut shutdown => break,
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let Some(ip_slot) = IpSlot::take(&state, incoming.remote_address().ip()) else {
+                    let ip = incoming.remote_address().ip();
+                    let banned = state
+                        .strikes
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .banned(ip, Instant::now());
+                    if banned {
+                        state.metrics.reject(Refusal::RateLimited);
+                        incoming.refuse();
+                        continue;
+                    }
+                    let Some(ip_slot) = IpSlot::take(&state, ip) else {
                         state.metrics.reject(Refusal::TooManyWaiting);
                         incoming.refuse();
                         continue;
@@ -199,6 +213,16 @@ impl Relay {
 }
 
 fn refuse(state: &State, conn: &Connection, r: Refusal) {
+    if matches!(
+        r,
+        Refusal::RendezvousTaken | Refusal::Token | Refusal::BadHello
+    ) {
+        state
+            .strikes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .strike(conn.remote_address().ip(), Instant::now());
+    }
     state.metrics.reject(r);
     conn.close(r.code().into(), r.label().as_bytes());
     (state.log)(json!({"event": "refused", "reason": r.label()}));
