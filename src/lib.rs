@@ -14,13 +14,13 @@
 //! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher and its key schedule), [`crypto::pipeline`] (parallel seal/open over a pool of reused buffers), [`crypto::chunk_hash`] (whole-file BLAKE3 from per-chunk subtrees), [`crypto::aead`] (the ChaCha20-Poly1305 backend), [`crypto::identity`] (X25519 identities, key text, fingerprints), [`crypto::handshake`] (Noise IK and XXpsk3 state machines), [`crypto::pake`] (code phrases and SPAKE2) |
 //! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames) |
 //! | [`session`] | the handshake and typed session messages over an async stream |
-//! | [`transfer`] | moving files: [`transfer::run`] (one transfer, both sides), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes), [`transfer::source`] (the sender's files) |
+//! | [`transfer`] | moving files: [`transfer::run`] (one transfer, both sides), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes, free space), [`transfer::resume`] (sidecars, prefix hashes, checkpoints), [`transfer::source`] (the sender's files) |
 //! | [`transport`] | QUIC endpoints (direct, to and from a relay), certificates and pins, the one tuned transport configuration |
 //! | [`relay`] | the relay in conduit mode: Hello, pairing, splice, limits, tokens, metrics, fleet choice, and joining a relay as a client |
 //! | [`demo`] | `conduit demo`: relay, receiver and sender on loopback in one process |
 //! | [`home`] | the endpoint's home directory |
 //! | [`peers`] | the address book of pinned peer keys |
-//! | [`mod@bench`] | `conduit bench`: throughput measured against raw baselines in the same run |
+//! | [`mod@bench`] | `conduit bench`: throughput measured against raw baselines in the same run: the cipher core, and [`bench::transfer`] (raw QUIC, direct, relayed, each party a process; [`bench::raw`] the raw peers, [`bench::proc`] CPU and memory from /proc) |
 //! | [`cli`] | clap definitions and command handlers |
 //!
 //! The protocol core is sans-IO where it can be: the STREAM state machines work on byte
