@@ -1,6 +1,6 @@
 //! The relay server: accepts client connections, reads each Hello under a timeout,
 //! checks the access token, pairs clients through the rendezvous [`Table`], and runs
-//! each pair's [`splice`] as a supervised session. On shutdown it stops accepting,
+//! each pair's [`splice`](crate::relay::splice) as a supervised session. On shutdown it stops accepting,
 //! sends waiting clients away, lets running sessions finish up to the drain deadline,
 //! then closes everything.
 //!
