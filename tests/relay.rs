@@ -523,3 +523,28 @@ fn the_relay_killed_mid_transfer_fails_both_ends_and_a_rerun_resumes() {
     assert_eq!(blake3_file(&src), blake3_file(&out.join("big.bin")));
     assert!(relay.stop().0.success());
 }
+
+#[test]
+fn sigterm_lets_a_running_session_finish_then_exits_zero() {
+    let p = pair_knowing(true, true);
+    let relay = start_relay(&["--drain-timeout", "60"]);
+    let src = p.root.join("big.bin");
+    write_large(&src, 160 << 20);
+    let out = p.root.join("out");
+    let mut rx = receiver_via(&p, &relay, &out, &[]);
+    let mut cmd = relay.cmd(&p.sender, "send");
+    cmd.arg(&src).args(["--to", "lab"]);
+    let mut tx = Running::spawn(cmd);
+    wait_for_durable(&out, "big.bin", 8 << 20);
+    relay.run.signal(libc::SIGTERM);
+    let (status, _, err) = tx.finish();
+    assert!(status.success(), "the transfer was cut by the drain: {err}");
+    assert!(rx.finish().0.success());
+    assert_eq!(blake3_file(&src), blake3_file(&out.join("big.bin")));
+    let (status, log, _) = relay.stop();
+    assert!(status.success());
+    let drain = log.iter().find(|e| e["event"] == "draining").unwrap();
+    assert_eq!(drain["sessions"], 1);
+    assert_eq!(log.last().unwrap()["event"], "stopped");
+    assert_eq!(log.last().unwrap()["sessions_cut"], 0);
+}
