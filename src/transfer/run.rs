@@ -245,8 +245,11 @@ pub async fn send(
     }
     let keys = TransferKey::derive(&est.handshake_hash(), &secret);
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut sent = Vec::with_capacity(files.len());
+    let mut sent: Vec<Option<blake3::Hash>> = vec![None; files.len()];
     let mut resumed = 0u64;
+    // Small files go several at a time (each on its own stream); a large one alone.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(FILES_IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
     for (i, f) in files.iter().enumerate() {
         let file = std::fs::File::open(&f.path)?;
         let layout = ChunkLayout::new(f.size, chunk);
@@ -275,30 +278,47 @@ pub async fn send(
             tree,
             (crate::transport::SEND_WINDOW, pool.threads()),
         );
+        let share = if f.size > SMALL_FILE {
+            FILES_IN_FLIGHT as u32
+        } else {
+            1
+        };
+        let permit = loop {
+            // Collect finished files while waiting for room.
+            tokio::select! {
+                p = Arc::clone(&in_flight).acquire_many_owned(share) => {
+                    break p.map_err(|_| protocol("file window closed"))?;
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    sent_one(done, files, &mut sent, events)?;
+                }
+            }
+        };
+        // Streams are opened in file order.
         let mut s = conn.open_uni().await?;
         let mut header = [0u8; FILE_STREAM_HEADER];
         header[..8].copy_from_slice(&(i as u64).to_be_bytes());
         header[8..].copy_from_slice(&first.to_be_bytes());
-        s.write_all(&header)
-            .await
-            .map_err(|e| TransferError::Data {
-                file: f.rel.to_string(),
-                source: e.into(),
-            })?;
         let progress = progress_reporter(events, total, &moved);
-        let hash = data::send_file(&mut s, pool, fd, source, progress)
-            .await
-            .map_err(|source| TransferError::Data {
-                file: f.rel.to_string(),
-                source,
-            })?;
-        sent.push((f.rel.clone(), f.size, hash));
-        events(Event::FileDone {
-            path: f.rel.to_string(),
-            size: f.size,
-            blake3: hash,
+        let pool = Arc::clone(pool);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let sent = async {
+                s.write_all(&header).await.map_err(DataError::from)?;
+                data::send_file(&mut s, &pool, fd, source, progress).await
+            };
+            sent.await.map(|hash| (i, hash)).map_err(|e| (i, e))
         });
     }
+    while let Some(done) = tasks.join_next().await {
+        sent_one(done, files, &mut sent, events)?;
+    }
+    let sent: Vec<(RelPath, u64, blake3::Hash)> = files
+        .iter()
+        .zip(sent)
+        .map(|(f, h)| h.map(|h| (f.rel.clone(), f.size, h)))
+        .collect::<Option<_>>()
+        .ok_or_else(|| protocol("a file was not sent"))?;
     let Receipt(hashes) = session::recv(&mut ctl, &mut est).await?;
     if hashes.len() != sent.len() {
         return Err(protocol("receipt lists a different number of files"));
@@ -317,6 +337,42 @@ pub async fn send(
         resumed,
         seconds,
     })
+}
+
+/// Files sent (or received) at once, each on its own stream.
+pub const FILES_IN_FLIGHT: usize = 4;
+/// Files up to this size share the window; a larger one is sent alone.
+pub const SMALL_FILE: u64 = 4 << 20;
+
+/// What a sender's file task ends with: the file's index and its hash, or the index and
+/// what failed.
+type FileOutcome = Result<(usize, blake3::Hash), (usize, DataError)>;
+
+/// Records one finished file task of the sender.
+fn sent_one(
+    done: Result<FileOutcome, tokio::task::JoinError>,
+    files: &[SourceFile],
+    sent: &mut [Option<blake3::Hash>],
+    events: &Events,
+) -> Result<(), TransferError> {
+    let (i, hash) = match done {
+        Ok(Ok(x)) => x,
+        Ok(Err((i, source))) => {
+            return Err(TransferError::Data {
+                file: files[i].rel.to_string(),
+                source,
+            });
+        }
+        Err(e) => return Err(TransferError::Io(std::io::Error::other(e))),
+    };
+    let f = &files[i];
+    sent[i] = Some(hash);
+    events(Event::FileDone {
+        path: f.rel.to_string(),
+        size: f.size,
+        blake3: hash,
+    });
+    Ok(())
 }
 
 /// A failed control write usually means the peer stopped reading after it sent its
@@ -497,77 +553,95 @@ pub async fn receive(
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut got: Vec<Option<blake3::Hash>> = vec![None; entries.len()];
     let mut resumed = 0u64;
-    for _ in 0..entries.len() {
-        let mut s = conn.accept_uni().await?;
-        let mut header = [0u8; FILE_STREAM_HEADER];
-        s.read_exact(&mut header)
-            .await
-            .map_err(|e| protocol(format!("file stream header: {e}")))?;
-        let (index, first) = split_header(&header);
-        let slot = usize::try_from(index)
-            .ok()
-            .filter(|&i| i < entries.len() && got[i].is_none())
-            .ok_or_else(|| protocol(format!("file stream for unknown or repeated file {index}")))?;
-        let (rel, e) = &entries[slot];
-        let layout = ChunkLayout::new(e.size, chunk);
-        let mut ctx = FileKeyContext::fresh(transfer_id, index, chunk);
-        let mut tree = TreeHash::new(&layout);
-        if first != 0 {
-            // Only where this receiver offered to continue, and only from that chunk.
-            let (from, prefix, prefix_tree) = held
-                .remove(&slot)
-                .filter(|(from, _, _)| *from == first)
-                .ok_or_else(|| protocol(format!("file {index} resumed at a chunk not offered")))?;
-            ctx.resume_from = from;
-            ctx.resume_prefix_hash = prefix;
-            tree = prefix_tree;
-            resumed += layout.offset(from);
-            moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
-        }
-        let part = dest.open_part(rel, layout.offset(first), e.size)?;
-        let writer = part.writer()?;
-        let mut checkpoint = Checkpoint::new(
-            part.writer()?,
-            part.sidecar_path().to_path_buf(),
-            Sidecar::new(&peer, rel, e, chunk),
-            first,
-        )
-        .map_err(|source| TransferError::Data {
-            file: rel.to_string(),
-            source: DataError::Sink(source),
-        })?;
-        let fd = FileData::new(
-            &keys,
-            &ctx,
-            e.size,
-            tree,
-            (u64::from(crate::transport::STREAM_WINDOW), pool.threads()),
-        );
-        let chunk_bytes = u64::from(chunk.get());
-        let sink = Box::new(move |off: u64, buf: &[u8]| {
-            std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)?;
-            checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
-        });
-        let progress = progress_reporter(events, offer.total_size, &moved);
-        match data::receive_file(s, pool, fd, sink, progress).await {
-            Ok(hash) => {
-                part.finalize(policy.overwrite, e.mode)?;
+    // Up to FILES_IN_FLIGHT files at once, each on its own stream.
+    let mut started = vec![false; entries.len()];
+    let mut accepted = 0usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    while accepted < entries.len() || !tasks.is_empty() {
+        tokio::select! {
+            s = conn.accept_uni(), if accepted < entries.len() && tasks.len() < FILES_IN_FLIGHT => {
+                let mut s = s?;
+                accepted += 1;
+                let mut header = [0u8; FILE_STREAM_HEADER];
+                s.read_exact(&mut header)
+                    .await
+                    .map_err(|e| protocol(format!("file stream header: {e}")))?;
+                let (index, first) = split_header(&header);
+                let slot = usize::try_from(index)
+                    .ok()
+                    .filter(|&i| i < entries.len() && !started[i])
+                    .ok_or_else(|| protocol(format!("file stream for unknown or repeated file {index}")))?;
+                started[slot] = true;
+                let (rel, e) = &entries[slot];
+                let layout = ChunkLayout::new(e.size, chunk);
+                let mut ctx = FileKeyContext::fresh(transfer_id, index, chunk);
+                let mut tree = TreeHash::new(&layout);
+                if first != 0 {
+                    // Only where this receiver offered to continue, and only from that chunk.
+                    let (from, prefix, prefix_tree) = held
+                        .remove(&slot)
+                        .filter(|(from, _, _)| *from == first)
+                        .ok_or_else(|| protocol(format!("file {index} resumed at a chunk not offered")))?;
+                    ctx.resume_from = from;
+                    ctx.resume_prefix_hash = prefix;
+                    tree = prefix_tree;
+                    resumed += layout.offset(from);
+                    moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
+                }
+                let part = dest.open_part(rel, layout.offset(first), e.size)?;
+                let writer = part.writer()?;
+                let mut checkpoint = Checkpoint::new(
+                    part.writer()?,
+                    part.sidecar_path().to_path_buf(),
+                    Sidecar::new(&peer, rel, e, chunk),
+                    first,
+                )
+                .map_err(|source| TransferError::Data {
+                    file: rel.to_string(),
+                    source: DataError::Sink(source),
+                })?;
+                let fd = FileData::new(
+                    &keys,
+                    &ctx,
+                    e.size,
+                    tree,
+                    (u64::from(crate::transport::STREAM_WINDOW), pool.threads()),
+                );
+                let chunk_bytes = u64::from(chunk.get());
+                let sink = Box::new(move |off: u64, buf: &[u8]| {
+                    std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)?;
+                    checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
+                });
+                let progress = progress_reporter(events, offer.total_size, &moved);
+                let (pool, overwrite, mode, shown) =
+                    (Arc::clone(pool), policy.overwrite, e.mode, rel.to_string());
+                tasks.spawn(async move {
+                    let r = match data::receive_file(s, &pool, fd, sink, progress).await {
+                        Ok(hash) => part
+                            .finalize(overwrite, mode)
+                            .map(|_| hash)
+                            .map_err(TransferError::from),
+                        Err(source) => {
+                            // Forged or corrupted data is not kept; an interruption keeps
+                            // the verified prefix (and its sidecar) for a later resume.
+                            if source.stream_error().is_some_and(StreamError::is_integrity) {
+                                part.discard();
+                            }
+                            Err(TransferError::Data { file: shown, source })
+                        }
+                    };
+                    (slot, r)
+                });
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                let (slot, r) = done.map_err(|e| TransferError::Io(std::io::Error::other(e)))?;
+                let hash = r?;
                 got[slot] = Some(hash);
+                let (rel, e) = &entries[slot];
                 events(Event::FileDone {
                     path: rel.to_string(),
                     size: e.size,
                     blake3: hash,
-                });
-            }
-            Err(source) => {
-                // Forged or corrupted data is not kept; an interruption keeps the
-                // verified prefix (and its sidecar) for a later resume.
-                if source.stream_error().is_some_and(StreamError::is_integrity) {
-                    part.discard();
-                }
-                return Err(TransferError::Data {
-                    file: rel.to_string(),
-                    source,
                 });
             }
         }
