@@ -548,3 +548,79 @@ fn sigterm_lets_a_running_session_finish_then_exits_zero() {
     assert_eq!(log.last().unwrap()["event"], "stopped");
     assert_eq!(log.last().unwrap()["sessions_cut"], 0);
 }
+
+#[test]
+fn the_daemon_reconnects_when_the_relay_comes_back() {
+    // A relay with a certificate from files, so that it comes back with the same pin.
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("relay.pem"), dir.path().join("relay.key"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).unwrap();
+    let start = |addr: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_conduit"));
+        // A short idle timeout, so the daemon notices the relay gone within seconds.
+        cmd.args([
+            "relay",
+            "--listen",
+            addr,
+            "--json",
+            "--idle-timeout",
+            "3",
+            "--cert",
+        ])
+        .arg(&cert_pem)
+        .arg("--key")
+        .arg(&key_pem);
+        let r = Running::spawn(cmd);
+        assert_eq!(r.first["event"], "listening", "{}", r.first);
+        r
+    };
+    let mut relay = start("127.0.0.1:0");
+    let addr = relay.first["addr"].as_str().unwrap().to_string();
+    let pin = relay.first["cert_sha256"].as_str().unwrap().to_string();
+    let p = pair_knowing(true, true);
+    let out = p.root.join("inbox");
+    let mut cmd = conduit(&p.receiver);
+    cmd.args([
+        "receive",
+        "--json",
+        "--daemon",
+        "--relay",
+        &addr,
+        "--relay-pin",
+        &pin,
+        "--out",
+    ])
+    .arg(&out);
+    let mut daemon = Running::spawn(cmd);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    relay.signal(libc::SIGKILL);
+    let _ = relay.finish();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let relay = start(&addr);
+    assert_eq!(relay.first["cert_sha256"].as_str().unwrap(), pin);
+    let src = p.root.join("after.txt");
+    std::fs::write(&src, b"sent after the relay came back").unwrap();
+    let sent = conduit(&p.sender)
+        .arg("send")
+        .arg(&src)
+        .args([
+            "--to",
+            "lab",
+            "--relay",
+            &addr,
+            "--relay-pin",
+            &pin,
+            "--relay-wait",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(same_file(&src, &out.join("after.txt")));
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_timeout(10).is_some());
+    drop(relay);
+}
