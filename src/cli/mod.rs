@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod certs;
 mod demo;
 mod keys;
+mod meta;
 mod peers;
 mod relay;
 mod transfer;
@@ -63,6 +65,13 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run a relay in conduit mode: it pairs peers and forwards ciphertext only.
     Relay(relay::RelayArgs),
+    /// Development certificates for relays (a CA, and relay certificates it signs).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(meta::CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
     /// Measure throughput against raw baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -105,6 +114,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receive(args) => transfer::receive(&home()?, args),
         Command::Relay(args) => relay::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Completions(args) => meta::completions(args),
+        Command::Man => meta::man(),
+        Command::Certs(cmd) => certs::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
