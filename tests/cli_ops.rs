@@ -179,3 +179,35 @@ fn the_relay_refuses_to_start_without_a_certificate() {
     assert!(status.success());
     assert!(err.contains("WARNING: --dev-self-signed"), "{err}");
 }
+
+#[test]
+fn systemd_accepts_the_units() {
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("SKIP: systemd-analyze is not installed here");
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
+    for (unit, name) in [
+        ("conduit-relay.service", "conduit-relay.service"),
+        ("conduit-receive@.service", "conduit-receive@alice.service"),
+    ] {
+        // The units name the installed binary; check them against this build's.
+        let text = std::fs::read_to_string(root.join(unit))
+            .unwrap()
+            .replace("/usr/local/bin/conduit", env!("CARGO_BIN_EXE_conduit"));
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{name}: {err}"
+        );
+    }
+}
