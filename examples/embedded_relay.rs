@@ -4,6 +4,7 @@
 //!
 //! `cargo run --example embedded_relay`
 
+use phi_conduit::audit::Audit;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -74,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             &ReceivePolicy::default(),
             &pool,
             &quiet,
+            &Audit::off(),
         )
         .await?;
         run::wait_for_sender_close(&j.connection).await;
@@ -89,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
             DEFAULT_CHUNK_SIZE,
             &pool,
             &quiet,
+            &Audit::off(),
         )
         .await?;
         j.endpoint.wait_idle().await;

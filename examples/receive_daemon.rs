@@ -5,6 +5,7 @@
 //!
 //! `cargo run --example receive_daemon`
 
+use phi_conduit::audit::Audit;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
                 &ReceivePolicy::default(),
                 &pool,
                 &show,
+                &Audit::off(),
             )
             .await
             {
@@ -107,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
                 DEFAULT_CHUNK_SIZE,
                 &pool,
                 &quiet,
+                &Audit::off(),
             )
             .await?;
             j.endpoint.wait_idle().await;

@@ -4,6 +4,7 @@
 //!
 //! `cargo run --example send_file [FILE]` (default: a generated 8 MiB file).
 
+use phi_conduit::audit::Audit;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             &ReceivePolicy::default(),
             &pool,
             &quiet,
+            &Audit::off(),
         )
         .await?;
         run::wait_for_sender_close(&conn).await;
@@ -75,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
             DEFAULT_CHUNK_SIZE,
             &pool,
             &progress,
+            &Audit::off(),
         )
         .await?;
         client.wait_idle().await;

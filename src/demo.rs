@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::Context;
 
+use crate::audit::{Audit, NameMode};
 use crate::crypto::identity::Identity;
 use crate::crypto::pipeline::CipherPool;
 use crate::crypto::stream::DEFAULT_CHUNK_SIZE;
@@ -45,6 +46,8 @@ pub struct Report {
     /// /proc/self/task/TID/io summed over its threads); `None` where /proc has no IO
     /// accounting.
     pub relay_disk_writes: Option<u64>,
+    /// Audit records at the sender and at the receiver, each chain verified.
+    pub audit_records: (u64, u64),
 }
 
 /// Runs the demo in `dir` (which must exist and be empty) with a sample set of `size`
@@ -67,6 +70,9 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
     let mut b_book = AddressBook::load(&b_home)?;
     b_book.add("clinic-a", a.public())?;
     b_book.save()?;
+    let a_audit = Audit::open(&a_home, &a, &a_book, NameMode::Plain);
+    let b_audit = Audit::open(&b_home, &b, &b_book, NameMode::Plain);
+    let b_chain = crate::audit::chain_key(&b);
 
     let tls = ServerTls::self_signed(&["localhost", "127.0.0.1"])?;
     let pin = tls.pin();
@@ -122,7 +128,17 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
         tokio::spawn(async move {
             let j = client::join(&opts, Role::Listen, false, rendezvous).await?;
             let policy = ReceivePolicy::default();
-            let r = run::receive(&j.connection, &b, &b_book, &dest, &policy, &pool, &events).await;
+            let r = run::receive(
+                &j.connection,
+                &b,
+                &b_book,
+                &dest,
+                &policy,
+                &pool,
+                &events,
+                &b_audit,
+            )
+            .await;
             run::wait_for_sender_close(&j.connection).await;
             j.endpoint.wait_idle().await;
             anyhow::Ok(r?)
@@ -139,6 +155,7 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
         DEFAULT_CHUNK_SIZE,
         &pool,
         &events,
+        &a_audit,
     )
     .await;
     if sent.is_err() {
@@ -159,7 +176,12 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
         let got = inbox.join(f.rel.as_str());
         identical &= blake3_of(&f.path)? == blake3_of(&got)?;
     }
+    let audit_records = (
+        audited(&a_home, &crate::audit::chain_key(&a))?,
+        audited(&b_home, &b_chain)?,
+    );
     Ok(Report {
+        audit_records,
         relay: relay_addr,
         relay_pin: pin.iter().map(|b| format!("{b:02x}")).collect(),
         sent,
@@ -168,6 +190,14 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
         identical,
         relay_disk_writes,
     })
+}
+
+/// The number of records in an endpoint's audit chain, once verified.
+fn audited(home: &Home, key: &crate::audit::record::ChainKey) -> anyhow::Result<u64> {
+    match crate::audit::verify::verify(&crate::audit::dir(home), key)? {
+        Ok(valid) => Ok(valid.records),
+        Err(broken) => Err(crate::audit::AuditError::Broken(broken).into()),
+    }
 }
 
 /// Sum of `write_bytes` over the threads' /proc/.../io files.

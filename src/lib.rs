@@ -15,6 +15,7 @@
 //! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames) |
 //! | [`session`] | the handshake and typed session messages over an async stream |
 //! | [`transfer`] | moving files: [`transfer::run`] (one transfer, both sides), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes, free space), [`transfer::resume`] (sidecars, prefix hashes, checkpoints), [`transfer::source`] (the sender's files) |
+//! | [`audit`] | the endpoint's tamper-evident audit trail: [`audit::record`] (schema and chained MAC), [`audit::log`] (locked, fsynced, rotated files), [`audit::verify`] (chain check, reading records) |
 //! | [`transport`] | QUIC endpoints (direct, to and from a relay), certificates and pins, the one tuned transport configuration |
 //! | [`relay`] | the relay in conduit mode: Hello, pairing, splice, limits, tokens, metrics, fleet choice, and joining a relay as a client |
 //! | [`demo`] | `conduit demo`: relay, receiver and sender on loopback in one process |
@@ -36,6 +37,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod crypto;

@@ -6,45 +6,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Running, conduit, pair_knowing, receiver_via, same_file, send_via, start_relay, text,
-    write_data,
+    Running, conduit, direct_receiver, mount_tmpfs, pair_knowing, receiver_via, same_file,
+    send_via, start_relay, text, umount, write_data,
 };
-
-/// Starts a direct receiver; returns it and its address.
-fn direct_receiver(p: &common::Pair, out: &Path, extra: &[&str]) -> (Running, String) {
-    let mut cmd = conduit(&p.receiver);
-    cmd.args(["receive", "--json", "--listen", "127.0.0.1:0", "--out"])
-        .arg(out)
-        .args(extra);
-    let r = Running::spawn(cmd);
-    let addr = r.first["addr"].as_str().unwrap().to_string();
-    (r, addr)
-}
-
-/// Mounts a tmpfs of `size` at `dir` with extra `opts`; `false` (with a message) where
-/// this machine does not allow it.
-fn mount_tmpfs(dir: &Path, size: &str, opts: &str) -> bool {
-    std::fs::create_dir_all(dir).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}{opts}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIP: cannot mount a tmpfs here (needs root); fault not made");
-    }
-    ok
-}
-
-fn umount(dir: &Path) {
-    let _ = Command::new("umount").arg(dir).status();
-}
 
 #[test]
 fn a_read_only_destination_is_a_clear_error_and_nothing_lands() {

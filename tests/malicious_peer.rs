@@ -6,6 +6,7 @@
 
 mod common;
 
+use phi_conduit::audit::Audit;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -58,6 +59,7 @@ async fn offer_with(
             &ReceivePolicy::default(),
             &c.pool,
             &quiet,
+            &Audit::off(),
         )
         .await;
         conn.close(1u32.into(), b"done");

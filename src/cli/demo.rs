@@ -62,6 +62,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
                 "relay_bytes": r.relay_bytes,
                 "identical": r.identical,
                 "relay_disk_write_bytes": r.relay_disk_writes,
+                "audit_records": {"sender": r.audit_records.0, "receiver": r.audit_records.1},
                 "sender": r.received.peer.fingerprint().to_string(),
                 "receiver": r.sent.peer.fingerprint().to_string(),
             })
@@ -91,6 +92,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
                 Some(n) => format!("{n} bytes"),
                 None => "an unknown number of bytes (no /proc IO accounting here)".into(),
             }
+        );
+    }
+    if !args.json {
+        println!(
+            "  audit trails: {} records at the sender, {} at the receiver, both chains verified",
+            r.audit_records.0, r.audit_records.1
         );
     }
     if !r.identical {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod bench;
 mod certs;
 mod demo;
@@ -72,6 +73,9 @@ pub enum Command {
     Completions(meta::CompletionsArgs),
     /// Print the man page (roff).
     Man,
+    /// The endpoint's audit trail: verify the chain, show records.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Measure throughput against raw baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -118,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Man => meta::man(),
         Command::Certs(cmd) => certs::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Audit(cmd) => audit::run(&home()?, cmd),
     }
 }
 
@@ -137,6 +142,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             } else {
                 code::FAILURE
             };
+        }
+        if let Some(crate::audit::AuditError::Broken(_)) = cause.downcast_ref() {
+            return code::INTEGRITY;
         }
         match cause.downcast_ref::<TransferError>() {
             Some(TransferError::Refused(_)) => return code::REFUSED,

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
+use crate::audit::{Audit, NameMode};
 use crate::crypto::identity::Identity;
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
@@ -56,6 +57,15 @@ pub struct SendArgs {
     /// Print only errors and the summary.
     #[arg(long, conflicts_with = "json")]
     quiet: bool,
+    /// How file names appear in this endpoint's audit records.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        env = "CONDUIT_AUDIT_NAMES",
+        default_value = "plain"
+    )]
+    audit_names: NameMode,
 }
 
 /// Options of `receive`.
@@ -98,6 +108,15 @@ pub struct ReceiveArgs {
     /// Print only errors and the summary.
     #[arg(long, conflicts_with = "json")]
     quiet: bool,
+    /// How file names appear in this endpoint's audit records.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        env = "CONDUIT_AUDIT_NAMES",
+        default_value = "plain"
+    )]
+    audit_names: NameMode,
 }
 
 /// How to reach a relay (send and receive).
@@ -206,6 +225,7 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         );
     }
     let relay = args.relay.options()?;
+    let audit = Audit::open(home, &identity, &book, args.audit_names);
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let (endpoint, conn) = match (&relay, args.direct) {
@@ -229,7 +249,9 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         };
         let pool = CipherPool::with_all_cores()?;
         let events = events(Output::of(args.json, args.quiet), &book);
-        let transfer = run::send(&conn, &identity, &recipient, &files, chunk, &pool, &events);
+        let transfer = run::send(
+            &conn, &identity, &recipient, &files, chunk, &pool, &events, &audit,
+        );
         let result = tokio::select! {
             r = transfer => r,
             () = shutdown_signal() => {
@@ -303,6 +325,7 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         overwrite: args.overwrite,
     };
     let relay = args.relay.options()?;
+    let audit = Audit::open(home, &identity, &book, args.audit_names);
     let rt = runtime()?;
     if args.daemon {
         let opts = relay.context("--daemon needs --relay")?;
@@ -313,6 +336,7 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
             dest,
             policy,
             json: args.json,
+            audit,
         });
         return rt.block_on(daemon(ctx, usize::from(args.concurrent)));
     }
@@ -353,7 +377,9 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         };
         let pool = CipherPool::with_all_cores()?;
         let events = events(Output::of(args.json, args.quiet), &book);
-        let transfer = run::receive(&conn, &identity, &book, &dest, &policy, &pool, &events);
+        let transfer = run::receive(
+            &conn, &identity, &book, &dest, &policy, &pool, &events, &audit,
+        );
         let result = tokio::select! {
             r = transfer => r,
             () = shutdown_signal() => {
@@ -391,6 +417,7 @@ struct DaemonContext {
     dest: Destination,
     policy: ReceivePolicy,
     json: bool,
+    audit: Audit,
 }
 
 /// Longest wait between two attempts to reach the relay.
@@ -463,6 +490,7 @@ async fn daemon_slot(ctx: Arc<DaemonContext>, pool: Arc<CipherPool>) {
             &ctx.policy,
             &pool,
             &events(Output::of(ctx.json, false), &ctx.book),
+            &ctx.audit,
         )
         .await;
         match result {

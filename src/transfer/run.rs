@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
+use crate::audit::{Audit, AuditError, AuthMode, Role, SessionAudit};
 use crate::crypto::chunk_hash::TreeHash;
 use crate::crypto::handshake::{Initiator, Responder, TRANSFER_ID_LEN};
 use crate::crypto::identity::{Identity, PublicKey};
@@ -67,6 +68,63 @@ pub enum TransferError {
     /// Other IO.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The audit record could not be written: nothing moves without its record.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl TransferError {
+    /// Whether the peer failed to authenticate (wrong key, wrong code, unknown sender).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, TransferError::Session(SessionError::Handshake(h)) if h.is_auth())
+    }
+
+    /// The reason written in the audit record. With `hide_names`, errors whose message can
+    /// hold a file name are recorded by their kind only.
+    pub fn audit_reason(&self, hide_names: bool) -> String {
+        let kind = match self {
+            TransferError::Session(_)
+            | TransferError::Connection(_)
+            | TransferError::Protocol(_) => {
+                return self.to_string();
+            }
+            TransferError::Data { source, .. } => return format!("file data: {source}"),
+            TransferError::Dest(_) => "writing at the receiver failed",
+            TransferError::BadPath(_) => "the offer holds a path the receiver refuses",
+            TransferError::Refused(_) => "refused",
+            TransferError::ReceiptMismatch(_) => "receipt mismatch",
+            TransferError::Io(_) => "IO error",
+            TransferError::Audit(_) => "audit record not written",
+        };
+        if hide_names {
+            kind.to_string()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+/// Records how a transfer ended: an authentication failure or a failure with its reason.
+/// A failure to write that record does not replace the transfer's own error.
+async fn audited(
+    rec: &SessionAudit,
+    result: Result<Summary, TransferError>,
+) -> Result<Summary, TransferError> {
+    let err = match result {
+        Ok(s) => return Ok(s),
+        Err(e @ TransferError::Audit(_)) => return Err(e),
+        Err(e) => e,
+    };
+    let reason = err.audit_reason(rec.hides_names());
+    let written = if err.is_auth() {
+        rec.auth_failed(&reason).await
+    } else {
+        rec.failed(&reason).await
+    };
+    if let Err(a) = written {
+        eprintln!("warning: {a}");
+    }
+    Err(err)
 }
 
 /// What a finished transfer reports.
@@ -176,7 +234,8 @@ pub fn rendezvous_for_code(code: &Code) -> [u8; 32] {
     )
 }
 
-/// Sends `files` to `recipient` over `conn`.
+/// Sends `files` to `recipient` over `conn`, leaving records in `audit`.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     conn: &quinn::Connection,
     local: &Identity,
@@ -185,6 +244,23 @@ pub async fn send(
     chunk: ChunkSize,
     pool: &Arc<CipherPool>,
     events: &Events,
+    audit: &Audit,
+) -> Result<Summary, TransferError> {
+    let rec = audit.session(Role::Send);
+    let result = send_audited(conn, local, recipient, files, chunk, pool, events, &rec).await;
+    audited(&rec, result).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_audited(
+    conn: &quinn::Connection,
+    local: &Identity,
+    recipient: &Recipient,
+    files: &[SourceFile],
+    chunk: ChunkSize,
+    pool: &Arc<CipherPool>,
+    events: &Events,
+    rec: &SessionAudit,
 ) -> Result<Summary, TransferError> {
     let (tx, rx) = conn.open_bi().await?;
     let mut ctl = tokio::io::join(rx, tx);
@@ -197,6 +273,11 @@ pub async fn send(
         Recipient::Code(code) => Initiator::code(local, code, &rendezvous_for_code(code)),
     };
     let mut est = session::initiate(&mut ctl, machine, first).await?;
+    let auth = match recipient {
+        Recipient::Known(_) => AuthMode::KnownKey,
+        Recipient::Code(_) => AuthMode::Code,
+    };
+    rec.opened(&est.remote_static(), auth).await?;
     let secret: [u8; 32] = random()?;
     let start = Instant::now();
     let total: u64 = files.iter().map(|f| f.size).sum();
@@ -228,11 +309,19 @@ pub async fn send(
         Reply::Accept => Vec::new(),
         Reply::AcceptResume(points) => points,
         Reply::Refuse(reason) => {
-            return Err(TransferError::Refused(crate::transfer::paths::escape(
-                &reason,
-            )));
+            let reason = crate::transfer::paths::escape(&reason);
+            let shown = (!rec.hides_names()).then_some(reason.as_str());
+            rec.offer(
+                &transfer_id,
+                offer.count,
+                total,
+                Some(shown.unwrap_or("refused")),
+            )
+            .await?;
+            return Err(TransferError::Refused(reason));
         }
     };
+    rec.offer(&transfer_id, offer.count, total, None).await?;
     let mut resume_at = std::collections::HashMap::new();
     for p in points {
         let ok = usize::try_from(p.file).is_ok_and(|i| i < files.len())
@@ -262,6 +351,8 @@ pub async fn send(
             // Continue only over the very same bytes; otherwise send the file again.
             let (ours, prefix_tree) = resume::hash_prefix(&file, &layout, from)?;
             if ours == theirs {
+                rec.resumed(f.rel.as_str(), f.size, layout.offset(from))
+                    .await?;
                 ctx.resume_from = from;
                 ctx.resume_prefix_hash = ours;
                 tree = prefix_tree;
@@ -290,7 +381,7 @@ pub async fn send(
                     break p.map_err(|_| protocol("file window closed"))?;
                 }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    sent_one(done, files, &mut sent, events)?;
+                    sent_one(done, files, &mut sent, events, rec).await?;
                 }
             }
         };
@@ -311,7 +402,7 @@ pub async fn send(
         });
     }
     while let Some(done) = tasks.join_next().await {
-        sent_one(done, files, &mut sent, events)?;
+        sent_one(done, files, &mut sent, events, rec).await?;
     }
     let sent: Vec<(RelPath, u64, blake3::Hash)> = files
         .iter()
@@ -328,6 +419,8 @@ pub async fn send(
             return Err(TransferError::ReceiptMismatch(rel.to_string()));
         }
     }
+    let ours: Vec<blake3::Hash> = sent.iter().map(|(_, _, h)| *h).collect();
+    rec.receipt(&ours, total).await?;
     let seconds = start.elapsed().as_secs_f64();
     conn.close(CLOSE_DONE.into(), b"done");
     Ok(Summary {
@@ -349,11 +442,12 @@ pub const SMALL_FILE: u64 = 4 << 20;
 type FileOutcome = Result<(usize, blake3::Hash), (usize, DataError)>;
 
 /// Records one finished file task of the sender.
-fn sent_one(
+async fn sent_one(
     done: Result<FileOutcome, tokio::task::JoinError>,
     files: &[SourceFile],
     sent: &mut [Option<blake3::Hash>],
     events: &Events,
+    rec: &SessionAudit,
 ) -> Result<(), TransferError> {
     let (i, hash) = match done {
         Ok(Ok(x)) => x,
@@ -366,6 +460,7 @@ fn sent_one(
         Err(e) => return Err(TransferError::Io(std::io::Error::other(e))),
     };
     let f = &files[i];
+    rec.file_completed(f.rel.as_str(), f.size, &hash).await?;
     sent[i] = Some(hash);
     events(Event::FileDone {
         path: f.rel.to_string(),
@@ -428,8 +523,10 @@ pub async fn wait_for_sender_close(conn: &quinn::Connection) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn.closed()).await;
 }
 
-/// Receives one transfer on `conn` into `dest`. Returns once the receipt is sent; then
-/// call [`wait_for_sender_close`] before dropping the connection.
+/// Receives one transfer on `conn` into `dest`, leaving records in `audit`. Returns once
+/// the receipt is sent; then call [`wait_for_sender_close`] before dropping the
+/// connection.
+#[allow(clippy::too_many_arguments)]
 pub async fn receive(
     conn: &quinn::Connection,
     local: &Identity,
@@ -438,6 +535,23 @@ pub async fn receive(
     policy: &ReceivePolicy,
     pool: &Arc<CipherPool>,
     events: &Events,
+    audit: &Audit,
+) -> Result<Summary, TransferError> {
+    let rec = Arc::new(audit.session(Role::Receive));
+    let result = receive_audited(conn, local, book, dest, policy, pool, events, &rec).await;
+    audited(&rec, result).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_audited(
+    conn: &quinn::Connection,
+    local: &Identity,
+    book: &AddressBook,
+    dest: &Destination,
+    policy: &ReceivePolicy,
+    pool: &Arc<CipherPool>,
+    events: &Events,
+    rec: &Arc<SessionAudit>,
 ) -> Result<Summary, TransferError> {
     let (tx, rx) = conn.accept_bi().await?;
     let mut ctl = tokio::io::join(rx, tx);
@@ -450,6 +564,12 @@ pub async fn receive(
     let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();
     let mut est = session::respond(&mut ctl, machine, &mut accept).await?;
     let peer = est.remote_static();
+    let auth = match policy.code {
+        Some(_) => AuthMode::Code,
+        None => AuthMode::KnownKey,
+    };
+    // Without a record nothing is accepted; the sender hears why at the offer.
+    let opened = rec.opened(&peer, auth).await;
     // A sender that proved the code the user typed here is expected.
     let known = book.find_by_key(&peer).is_some() || policy.code.is_some();
     // Known-recipient mode: the offer was the first transport message, which completed
@@ -530,8 +650,25 @@ pub async fn receive(
         Some(r) => (ResumePlan::default(), Some(r)),
         None => plan_resume(dest, &peer, &entries, chunk, offer.total_size)?,
     };
+    // The decision is on record before the sender hears it; without a record, nothing
+    // is accepted.
+    let shown = refusal
+        .as_deref()
+        .map(|r| if rec.hides_names() { "refused" } else { r });
+    let recorded = match opened {
+        Ok(()) => {
+            rec.offer(&offer.transfer_id, offer.count, offer.total_size, shown)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let refusal = match (&recorded, refusal) {
+        (Err(_), _) => Some("the receiver could not write its audit record".to_string()),
+        (Ok(()), r) => r,
+    };
     if let Some(reason) = refusal {
         session::send(&mut ctl, &mut est, &Reply::Refuse(reason.clone())).await?;
+        recorded?;
         return Err(TransferError::Refused(reason));
     }
     let reply = if plan.points.is_empty() {
@@ -582,6 +719,7 @@ pub async fn receive(
                         .remove(&slot)
                         .filter(|(from, _, _)| *from == first)
                         .ok_or_else(|| protocol(format!("file {index} resumed at a chunk not offered")))?;
+                    rec.resumed(rel.as_str(), e.size, layout.offset(from)).await?;
                     ctx.resume_from = from;
                     ctx.resume_prefix_hash = prefix;
                     tree = prefix_tree;
@@ -613,14 +751,20 @@ pub async fn receive(
                     checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
                 });
                 let progress = progress_reporter(events, offer.total_size, &moved);
-                let (pool, overwrite, mode, shown) =
-                    (Arc::clone(pool), policy.overwrite, e.mode, rel.to_string());
+                let (pool, overwrite, mode, shown, size) =
+                    (Arc::clone(pool), policy.overwrite, e.mode, rel.to_string(), e.size);
+                let rec = Arc::clone(rec);
+                let name = rel.as_str().to_string();
                 tasks.spawn(async move {
                     let r = match data::receive_file(s, &pool, fd, sink, progress).await {
-                        Ok(hash) => part
-                            .finalize(overwrite, mode)
-                            .map(|_| hash)
-                            .map_err(TransferError::from),
+                        // Verified; on record before it gets its name.
+                        Ok(hash) => match rec.file_completed(&name, size, &hash).await {
+                            Ok(()) => part
+                                .finalize(overwrite, mode)
+                                .map(|_| hash)
+                                .map_err(TransferError::from),
+                            Err(a) => Err(TransferError::Audit(a)),
+                        },
                         Err(source) => {
                             // Forged or corrupted data is not kept; an interruption keeps
                             // the verified prefix (and its sidecar) for a later resume.
@@ -650,6 +794,7 @@ pub async fn receive(
         .into_iter()
         .map(|h| h.ok_or_else(|| protocol("missing file")))
         .collect::<Result<_, _>>()?;
+    rec.receipt(&hashes, offer.total_size).await?;
     session::send(
         &mut ctl,
         &mut est,

@@ -2,6 +2,7 @@
 //! splice, with an optional test tap), and a transfer through it with the library's own
 //! send and receive.
 
+use phi_conduit::audit::Audit;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -122,6 +123,7 @@ pub async fn relayed(
             &ReceivePolicy::default(),
             &c.pool,
             &quiet(),
+            &Audit::off(),
         )
         .await;
         if r.is_err() {
@@ -143,6 +145,7 @@ pub async fn relayed(
             DEFAULT_CHUNK_SIZE,
             &c.pool,
             &quiet(),
+            &Audit::off(),
         )
         .await;
         if r.is_err() {

@@ -290,3 +290,34 @@ pub fn wait_for_durable(out: &Path, name: &str, min: u64) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Starts a direct receiver; returns it and its address.
+pub fn direct_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Running, String) {
+    let mut cmd = conduit(&p.receiver);
+    cmd.args(["receive", "--json", "--listen", "127.0.0.1:0", "--out"])
+        .arg(out)
+        .args(extra);
+    let r = Running::spawn(cmd);
+    let addr = r.first["addr"].as_str().unwrap().to_string();
+    (r, addr)
+}
+
+/// Mounts a tmpfs of `size` at `dir` with extra `opts`; `false` (with a message) where
+/// this machine does not allow it.
+pub fn mount_tmpfs(dir: &Path, size: &str, opts: &str) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}{opts}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: cannot mount a tmpfs here (needs root); fault not made");
+    }
+    ok
+}
+
+/// Unmounts `dir` (best effort).
+pub fn umount(dir: &Path) {
+    let _ = Command::new("umount").arg(dir).status();
+}

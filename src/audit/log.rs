@@ -1,0 +1,210 @@
+//! The audit log on disk: numbered JSON Lines files in `HOME/audit/`, appended under an
+//! exclusive file lock (so several processes keep one chain), fsynced per record, rotated
+//! by size with the chain continuing into the next file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::audit::AuditError;
+use crate::audit::record::{self, ChainKey, GENESIS_PREV, MAX_LINE, Record};
+
+/// A log file is rotated once it reaches this size (`CONDUIT_AUDIT_ROTATE_BYTES`
+/// overrides it).
+pub const DEFAULT_ROTATE_BYTES: u64 = 16 << 20;
+/// The environment variable that sets the rotation size.
+pub const ROTATE_ENV: &str = "CONDUIT_AUDIT_ROTATE_BYTES";
+
+/// The files of one endpoint's audit log.
+#[derive(Debug)]
+pub struct AuditLog {
+    dir: PathBuf,
+    key: ChainKey,
+    rotate_bytes: u64,
+}
+
+/// The name of log file number `n` (from 1).
+pub fn file_name(n: u64) -> String {
+    format!("audit-{n:06}.jsonl")
+}
+
+/// The number of a log file's name, if it is one.
+fn file_number(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The log files in `dir`, by number.
+pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if let Some(n) = entry.file_name().to_str().and_then(file_number) {
+            files.push((n, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+impl AuditLog {
+    /// The log in `dir` with chain key `key`.
+    pub fn new(dir: PathBuf, key: ChainKey) -> Self {
+        let rotate_bytes = std::env::var(ROTATE_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &u64| n > 0)
+            .unwrap_or(DEFAULT_ROTATE_BYTES);
+        Self {
+            dir,
+            key,
+            rotate_bytes,
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The chain key.
+    pub fn key(&self) -> &ChainKey {
+        &self.key
+    }
+
+    /// Appends `record` (its `seq` and `prev` are set here) after the last record of the
+    /// log, creating the log with its first record if there is none; fsyncs it. Returns
+    /// the sequence number written.
+    pub fn append(&self, mut record: Record) -> Result<u64, AuditError> {
+        crate::fsutil::private_dir(&self.dir).map_err(AuditError::Io)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.dir.join("lock"))
+            .map_err(AuditError::Io)?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| AuditError::Io(e.into()))?;
+        let files = list(&self.dir).map_err(AuditError::Io)?;
+        let (number, seq, prev) = match self.last(&files)? {
+            None => {
+                let first = Record {
+                    v: record::SCHEMA_VERSION,
+                    seq: 0,
+                    ts: record::now(),
+                    event: record::event::LOG_CREATED.into(),
+                    local: record.local.clone(),
+                    prev: record::hex(&GENESIS_PREV),
+                    ..Record::default()
+                };
+                let number = files.last().map_or(1, |(n, _)| *n);
+                let mac = self.write(number, &first)?;
+                (number, 1, mac)
+            }
+            Some((number, last)) => (number, last.record.seq + 1, last.mac),
+        };
+        let size = fs::metadata(self.dir.join(file_name(number)))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let number = if size >= self.rotate_bytes {
+            number + 1
+        } else {
+            number
+        };
+        record.seq = seq;
+        record.prev = record::hex(&prev);
+        self.write(number, &record)?;
+        drop(lock);
+        Ok(seq)
+    }
+
+    /// Writes one record at the end of file `number` and makes it durable.
+    fn write(&self, number: u64, record: &Record) -> Result<[u8; 32], AuditError> {
+        let (mut line, mac) =
+            record::encode(record, &self.key).map_err(|e| AuditError::Io(io::Error::other(e)))?;
+        line.push('\n');
+        let path = self.dir.join(file_name(number));
+        let created = !path.exists();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(AuditError::Io)?;
+        let len = f.metadata().map_err(AuditError::Io)?.len();
+        if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data()) {
+            // Do not leave half a record (a full disk): cut back to where it was.
+            let _ = f.set_len(len);
+            let _ = f.sync_data();
+            return Err(AuditError::Io(e));
+        }
+        if created {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(AuditError::Io)?;
+        }
+        Ok(mac)
+    }
+
+    /// The last record of the log and the number of its file; checks its MAC, so a
+    /// damaged or forged end of the log stops new records from being chained to it.
+    fn last(&self, files: &[(u64, PathBuf)]) -> Result<Option<(u64, record::Parsed)>, AuditError> {
+        for (number, path) in files.iter().rev() {
+            let Some(line) = last_line(path).map_err(AuditError::Io)? else {
+                continue;
+            };
+            let damaged = |why: String| AuditError::Damaged {
+                file: path.display().to_string(),
+                why,
+            };
+            let line = line.map_err(|()| damaged("it ends in a partial record".into()))?;
+            let parsed = record::parse(&line).map_err(|e| damaged(e.to_string()))?;
+            if !self.key.check(parsed.body.as_bytes(), &parsed.mac) {
+                return Err(damaged(format!(
+                    "its last record ({}) does not verify",
+                    parsed.record.seq
+                )));
+            }
+            return Ok(Some((*number, parsed)));
+        }
+        Ok(None)
+    }
+}
+
+/// The last line of `path`: `None` for an empty file, `Err(())` inside when the file does
+/// not end with a newline (a torn write) or the line is too long.
+#[allow(clippy::type_complexity)]
+fn last_line(path: &Path) -> io::Result<Option<Result<String, ()>>> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let from = len.saturating_sub(MAX_LINE as u64 + 1);
+    f.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::with_capacity((len - from) as usize);
+    f.read_to_end(&mut tail)?;
+    let Some(body) = tail.strip_suffix(b"\n") else {
+        return Ok(Some(Err(())));
+    };
+    let start = match body.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if from == 0 => 0,
+        None => return Ok(Some(Err(()))),
+    };
+    Ok(Some(
+        String::from_utf8(body[start..].to_vec()).map_err(|_| ()),
+    ))
+}

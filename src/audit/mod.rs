@@ -1,0 +1,313 @@
+//! The endpoint's tamper-evident audit trail (45 CFR 164.312(b)).
+//!
+//! Every transfer at an endpoint leaves records in `HOME/audit/`: who the peer was, what
+//! was offered and decided, each file completed with its size and BLAKE3, the receipt, a
+//! failure and why. Records are chained by HMAC-SHA256 under a key derived from the
+//! endpoint's identity secret ([`record`]), appended under a file lock, fsynced, rotated
+//! by size ([`log`]), and checked by `conduit audit verify` ([`verify`]). A transfer whose
+//! record cannot be written fails: nothing moves without its record.
+//!
+//! The schema is documented in docs/HIPAA.md ("Audit records").
+
+pub mod log;
+pub mod record;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::crypto::identity::{Identity, PublicKey};
+use crate::home::Home;
+use crate::peers::AddressBook;
+use record::{ChainKey, Record, event};
+
+/// HKDF label of the chain key.
+const CHAIN_LABEL: &[u8] = b"phi-conduit v1 audit chain";
+/// HKDF label of the file-name key (`--audit-names hash`).
+const NAMES_LABEL: &[u8] = b"phi-conduit v1 audit names";
+
+/// Errors of the audit trail.
+#[derive(Debug, Error)]
+pub enum AuditError {
+    /// Reading or writing the log failed (a full disk, permissions).
+    #[error("audit log: {0}")]
+    Io(#[from] std::io::Error),
+    /// The end of the log is damaged; no record is chained to it.
+    #[error("audit log {file} is damaged ({why}); run `conduit audit verify`")]
+    Damaged {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `conduit audit verify` found the chain broken.
+    #[error("audit chain broken at {0}")]
+    Broken(verify::Broken),
+}
+
+/// How file names appear in records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NameMode {
+    /// The relative path as sent.
+    #[default]
+    Plain,
+    /// A keyed hash of the relative path (HMAC-SHA256 under a key of this endpoint), for
+    /// sites that keep names out of logs.
+    Hash,
+}
+
+struct Inner {
+    log: log::AuditLog,
+    names_key: ChainKey,
+    names: NameMode,
+    local: String,
+    peer_names: std::collections::HashMap<PublicKey, String>,
+}
+
+/// The audit trail of one endpoint, shared by its transfers (cheap to clone). Writes
+/// happen on a blocking thread.
+#[derive(Clone, Default)]
+pub struct Audit(Option<Arc<Inner>>);
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(i) => write!(f, "Audit({})", i.log.dir().display()),
+            None => f.write_str("Audit(off)"),
+        }
+    }
+}
+
+/// The directory of the audit log in `home`.
+pub fn dir(home: &Home) -> PathBuf {
+    home.path().join("audit")
+}
+
+/// The chain key of `identity`.
+pub fn chain_key(identity: &Identity) -> ChainKey {
+    ChainKey::derive(&identity.secret_bytes(), CHAIN_LABEL)
+}
+
+impl Audit {
+    /// No audit trail (library use, benchmarks): records are dropped.
+    pub fn off() -> Self {
+        Self(None)
+    }
+
+    /// The audit trail in `home`, keyed by `identity`; peers are named from `book`.
+    pub fn open(home: &Home, identity: &Identity, book: &AddressBook, names: NameMode) -> Self {
+        let secret = identity.secret_bytes();
+        Self(Some(Arc::new(Inner {
+            log: log::AuditLog::new(dir(home), ChainKey::derive(&secret, CHAIN_LABEL)),
+            names_key: ChainKey::derive(&secret, NAMES_LABEL),
+            names,
+            local: identity.public().fingerprint().to_string(),
+            peer_names: book
+                .peers()
+                .iter()
+                .map(|p| (p.key, p.name.clone()))
+                .collect(),
+        })))
+    }
+
+    /// Whether records are written.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The records of one transfer, under a new random session id.
+    pub fn session(&self, role: Role) -> SessionAudit {
+        let mut id = [0u8; 8];
+        let _ = getrandom::getrandom(&mut id);
+        SessionAudit {
+            audit: self.clone(),
+            session: record::hex(&id),
+            role,
+            peer: std::sync::Mutex::new(None),
+            transfer: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// Which side of a transfer this endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The sender.
+    Send,
+    /// The receiver.
+    Receive,
+}
+
+/// How the peer authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A key pinned in the address book (or accepted with `--accept-unknown`).
+    KnownKey,
+    /// A one-time code phrase.
+    Code,
+}
+
+/// The records of one transfer: each call appends one record (or does nothing when the
+/// audit is off) and fails if it cannot be made durable.
+#[derive(Debug)]
+pub struct SessionAudit {
+    audit: Audit,
+    session: String,
+    role: Role,
+    peer: std::sync::Mutex<Option<PublicKey>>,
+    transfer: std::sync::Mutex<Option<String>>,
+}
+
+impl SessionAudit {
+    /// Whether file names are kept out of the records (`--audit-names hash`).
+    pub fn hides_names(&self) -> bool {
+        self.audit
+            .0
+            .as_ref()
+            .is_some_and(|i| i.names == NameMode::Hash)
+    }
+
+    async fn write(&self, event: &str, fill: impl FnOnce(&mut Record)) -> Result<(), AuditError> {
+        let Some(inner) = self.audit.0.clone() else {
+            return Ok(());
+        };
+        let peer = *self
+            .peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let transfer = self
+            .transfer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut r = Record {
+            v: record::SCHEMA_VERSION,
+            ts: record::now(),
+            event: event.into(),
+            local: inner.local.clone(),
+            session: Some(self.session.clone()),
+            role: Some(
+                match self.role {
+                    Role::Send => "send",
+                    Role::Receive => "receive",
+                }
+                .into(),
+            ),
+            peer: peer.map(|p| p.fingerprint().to_string()),
+            peer_name: peer.and_then(|p| inner.peer_names.get(&p).cloned()),
+            transfer,
+            ..Record::default()
+        };
+        fill(&mut r);
+        tokio::task::spawn_blocking(move || inner.log.append(r))
+            .await
+            .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
+            .map(|_| ())
+    }
+
+    fn name(&self, path: &str, r: &mut Record) {
+        if let Some(inner) = &self.audit.0 {
+            match inner.names {
+                NameMode::Plain => r.path = Some(path.to_string()),
+                NameMode::Hash => r.path_hash = Some(inner.names_key.name_hash(path)),
+            }
+        }
+    }
+
+    /// The peer authenticated.
+    pub async fn opened(&self, peer: &PublicKey, auth: AuthMode) -> Result<(), AuditError> {
+        *self
+            .peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*peer);
+        self.write(event::SESSION_OPENED, |r| {
+            r.auth = Some(
+                match auth {
+                    AuthMode::KnownKey => "known_key",
+                    AuthMode::Code => "code",
+                }
+                .into(),
+            );
+        })
+        .await
+    }
+
+    /// The handshake failed; `peer` when the failure names the key (an unknown sender).
+    pub async fn auth_failed(&self, reason: &str) -> Result<(), AuditError> {
+        self.write(event::AUTH_FAILED, |r| r.reason = Some(reason.into()))
+            .await
+    }
+
+    /// The offer's transfer id, files and bytes; `refused` with the reason, or accepted.
+    pub async fn offer(
+        &self,
+        transfer: &[u8],
+        files: u64,
+        bytes: u64,
+        refused: Option<&str>,
+    ) -> Result<(), AuditError> {
+        *self
+            .transfer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(record::hex(transfer));
+        let name = match refused {
+            Some(_) => event::OFFER_REFUSED,
+            None => event::OFFER_ACCEPTED,
+        };
+        self.write(name, |r| {
+            r.transfer = Some(record::hex(transfer));
+            r.files = Some(files);
+            r.bytes = Some(bytes);
+            r.reason = refused.map(str::to_string);
+        })
+        .await
+    }
+
+    /// A file continues from byte `from_byte` of an interrupted transfer.
+    pub async fn resumed(&self, path: &str, size: u64, from_byte: u64) -> Result<(), AuditError> {
+        self.write(event::RESUME, |r| {
+            self.name(path, r);
+            r.size = Some(size);
+            r.from_byte = Some(from_byte);
+        })
+        .await
+    }
+
+    /// A file was sent, or received, verified and named.
+    pub async fn file_completed(
+        &self,
+        path: &str,
+        size: u64,
+        blake3: &blake3::Hash,
+    ) -> Result<(), AuditError> {
+        self.write(event::FILE_COMPLETED, |r| {
+            self.name(path, r);
+            r.size = Some(size);
+            r.blake3 = Some(blake3.to_hex().to_string());
+        })
+        .await
+    }
+
+    /// The receipt (sent by the receiver; checked by the sender) over `hashes`.
+    pub async fn receipt(&self, hashes: &[blake3::Hash], bytes: u64) -> Result<(), AuditError> {
+        let mut h = blake3::Hasher::new();
+        for x in hashes {
+            h.update(x.as_bytes());
+        }
+        let digest = h.finalize();
+        self.write(event::RECEIPT, |r| {
+            r.files = Some(hashes.len() as u64);
+            r.bytes = Some(bytes);
+            r.receipt = Some(digest.to_hex().to_string());
+        })
+        .await
+    }
+
+    /// The transfer failed.
+    pub async fn failed(&self, reason: &str) -> Result<(), AuditError> {
+        self.write(event::TRANSFER_FAILED, |r| r.reason = Some(reason.into()))
+            .await
+    }
+}

@@ -1,0 +1,334 @@
+//! One audit record: its fields (schema version 1), and its line in the log with the MAC
+//! that chains it to the record before.
+//!
+//! A line is a JSON object whose last member is `"mac"`:
+//!
+//! ```text
+//! {"v":1,"seq":7,"ts":"2026-11-27T21:15:18.123Z",...,"prev":"<64 hex>","mac":"<64 hex>"}
+//! ```
+//!
+//! The MAC is HMAC-SHA256, under the endpoint's audit key, of the line's bytes up to the
+//! `,"mac":` member with the closing `}` put back (the *body*). The body holds `seq` and
+//! `prev` (the previous record's MAC), so the MAC covers the record and its place in the
+//! chain; it is computed over the exact bytes written, never over a re-serialization.
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// The schema version written in every record (`v`).
+pub const SCHEMA_VERSION: u32 = 1;
+/// Longest line accepted when reading a log (a record is a few hundred bytes; file
+/// names are limited by the transfer protocol).
+pub const MAX_LINE: usize = 64 * 1024;
+/// `prev` of the first record of a log.
+pub const GENESIS_PREV: [u8; 32] = [0u8; 32];
+
+/// What a record is about (`event`).
+pub mod event {
+    /// The first record of a new log.
+    pub const LOG_CREATED: &str = "log_created";
+    /// A peer authenticated; a session began.
+    pub const SESSION_OPENED: &str = "session_opened";
+    /// The handshake failed: wrong key, wrong code, unknown sender.
+    pub const AUTH_FAILED: &str = "auth_failed";
+    /// The receiver accepted the offer.
+    pub const OFFER_ACCEPTED: &str = "offer_accepted";
+    /// The receiver refused the offer.
+    pub const OFFER_REFUSED: &str = "offer_refused";
+    /// A file continues from an interrupted transfer.
+    pub const RESUME: &str = "resume";
+    /// A file was sent (sender) or received, verified and given its name (receiver).
+    pub const FILE_COMPLETED: &str = "file_completed";
+    /// The receipt: sent by the receiver, checked by the sender.
+    pub const RECEIPT: &str = "receipt";
+    /// The transfer failed.
+    pub const TRANSFER_FAILED: &str = "transfer_failed";
+}
+
+/// The fields of a record. `None` fields are left out of the line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// Schema version ([`SCHEMA_VERSION`]).
+    pub v: u32,
+    /// Position in the chain, from 0, across rotated files.
+    pub seq: u64,
+    /// UTC time, RFC 3339 with milliseconds.
+    pub ts: String,
+    /// What happened (see [`event`]).
+    pub event: String,
+    /// This endpoint's fingerprint.
+    pub local: String,
+    /// Random id of one session (one transfer) at this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// `send` or `receive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The peer's fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The peer's name in the address book.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_name: Option<String>,
+    /// How the peer authenticated: `known_key` or `code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// The transfer id (hex), shared by both endpoints' records of one transfer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
+    /// The file's relative path (names mode `plain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Keyed hash of the relative path (names mode `hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hash: Option<String>,
+    /// The file's size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The file's BLAKE3 (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// Number of files of the offer or receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// Bytes of the offer or receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Resume: the byte the file continues from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_byte: Option<u64>,
+    /// BLAKE3 over the receipt's file hashes, in order (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+    /// Why: a refusal, an authentication failure, a transfer failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// MAC of the previous record (hex; zeros for the first).
+    pub prev: String,
+}
+
+/// The key that MACs the chain, derived from the endpoint's identity secret.
+pub struct ChainKey(Zeroizing<[u8; 32]>);
+
+impl ChainKey {
+    /// Derives the chain key (HKDF-SHA256 of the identity secret, own label).
+    pub fn derive(identity_secret: &[u8; 32], label: &[u8]) -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        let hk = hkdf::Hkdf::<Sha256>::new(None, identity_secret);
+        // 32 bytes is always a valid HKDF-SHA256 output length.
+        if hk.expand(label, key.as_mut()).is_err() {
+            key.fill(0);
+        }
+        Self(key)
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes a key of any length; this cannot fail.
+        match <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_ref()) {
+            Ok(m) => m,
+            Err(_) => unreachable_hmac(),
+        }
+    }
+
+    /// HMAC-SHA256 of `body`.
+    pub fn tag(&self, body: &[u8]) -> [u8; 32] {
+        let mut m = self.mac();
+        m.update(body);
+        m.finalize().into_bytes().into()
+    }
+
+    /// Checks `tag` over `body` in constant time.
+    pub fn check(&self, body: &[u8], tag: &[u8; 32]) -> bool {
+        let mut m = self.mac();
+        m.update(body);
+        m.verify_slice(tag).is_ok()
+    }
+
+    /// A keyed hash of a file name, for `--audit-names hash`.
+    pub fn name_hash(&self, name: &str) -> String {
+        hex(&self.tag(name.as_bytes()))
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_hmac() -> ! {
+    // `Hmac::new_from_slice` accepts every key length.
+    panic!("HMAC refused a key")
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey(..)")
+    }
+}
+
+const MAC_PREFIX: &str = ",\"mac\":\"";
+
+/// Encodes `record` (whose `prev` is set) as one line, without the newline, and returns it
+/// with its MAC.
+pub fn encode(record: &Record, key: &ChainKey) -> Result<(String, [u8; 32]), serde_json::Error> {
+    let body = serde_json::to_string(record)?;
+    let tag = key.tag(body.as_bytes());
+    let open = body.strip_suffix('}').unwrap_or(&body);
+    Ok((format!("{open}{MAC_PREFIX}{}\"}}", hex(&tag)), tag))
+}
+
+/// Why a line is not a well-formed record (before any MAC check).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// No `"mac"` member at the end.
+    #[error("not a record: no MAC at the end of the line")]
+    NoMac,
+    /// The body is not a schema-1 record.
+    #[error("not a record: {0}")]
+    Malformed(String),
+    /// Another schema version.
+    #[error("unsupported schema version {0}")]
+    Version(u32),
+}
+
+/// A line split into its record, its body bytes and its MAC.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The record.
+    pub record: Record,
+    /// The bytes the MAC covers.
+    pub body: String,
+    /// The MAC.
+    pub mac: [u8; 32],
+    /// `prev`, decoded.
+    pub prev: [u8; 32],
+}
+
+/// Splits and parses one line (without its newline). The MAC is not checked here.
+pub fn parse(line: &str) -> Result<Parsed, LineError> {
+    let at = line.rfind(MAC_PREFIX).ok_or(LineError::NoMac)?;
+    let tail = &line[at + MAC_PREFIX.len()..];
+    let mac_hex = tail.strip_suffix("\"}").ok_or(LineError::NoMac)?;
+    let mac = unhex(mac_hex).ok_or(LineError::NoMac)?;
+    let body = format!("{}}}", &line[..at]);
+    let record: Record =
+        serde_json::from_str(&body).map_err(|e| LineError::Malformed(e.to_string()))?;
+    if record.v != SCHEMA_VERSION {
+        return Err(LineError::Version(record.v));
+    }
+    let prev = unhex(&record.prev).ok_or_else(|| LineError::Malformed("bad prev".into()))?;
+    Ok(Parsed {
+        record,
+        body,
+        mac,
+        prev,
+    })
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// 64 hex digits to 32 bytes.
+pub fn unhex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(bytes.chunks(2)) {
+        *o = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+/// Now, UTC, RFC 3339 with milliseconds (`2026-11-27T21:15:18.123Z`).
+pub fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            v: SCHEMA_VERSION,
+            seq: 3,
+            ts: now(),
+            event: event::FILE_COMPLETED.into(),
+            local: "abcd".into(),
+            path: Some("a \"quoted\" ,\"mac\":\" name".into()),
+            size: Some(5),
+            prev: hex(&[9u8; 32]),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn line_round_trips_and_mac_covers_body() {
+        let key = ChainKey::derive(&[1u8; 32], b"test");
+        let (line, mac) = encode(&sample(), &key).unwrap();
+        assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok());
+        let p = parse(&line).unwrap();
+        assert_eq!(p.record, sample_with_ts(&p.record.ts));
+        assert_eq!(p.mac, mac);
+        assert_eq!(p.prev, [9u8; 32]);
+        assert!(key.check(p.body.as_bytes(), &p.mac));
+        let other = ChainKey::derive(&[2u8; 32], b"test");
+        assert!(!other.check(p.body.as_bytes(), &p.mac));
+        // One character changed in the body.
+        let edited = line.replacen("\"size\":5", "\"size\":6", 1);
+        let q = parse(&edited).unwrap();
+        assert!(!key.check(q.body.as_bytes(), &q.mac));
+    }
+
+    fn sample_with_ts(ts: &str) -> Record {
+        Record {
+            ts: ts.into(),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_not_panics() {
+        for line in [
+            "",
+            "{}",
+            "{\"mac\":\"00\"}",
+            &format!("{{\"v\":1{MAC_PREFIX}{}\"}}", "0".repeat(64)),
+            &format!(
+                "{{\"v\":2,\"seq\":0,\"ts\":\"\",\"event\":\"x\",\"local\":\"\",\"prev\":\"{}\"{MAC_PREFIX}{}\"}}",
+                "0".repeat(64),
+                "0".repeat(64)
+            ),
+            "\u{1F600}\",\"mac\":\"zz\"}",
+        ] {
+            assert!(parse(line).is_err(), "{line}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = now();
+        assert!(
+            time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).is_ok()
+        );
+        assert!(t.ends_with('Z') && t.len() == 24, "{t}");
+    }
+}

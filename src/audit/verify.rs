@@ -1,0 +1,220 @@
+//! Checking the chain (`conduit audit verify`) and reading records (`conduit audit show`).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::audit::AuditError;
+use crate::audit::log::{file_name, list};
+use crate::audit::record::{self, ChainKey, GENESIS_PREV, MAX_LINE, Record, event};
+
+/// A valid chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Valid {
+    /// Records in the chain.
+    pub records: u64,
+    /// Files of the rotation.
+    pub files: u64,
+    /// The last record's time.
+    pub last_ts: Option<String>,
+    /// The last record's MAC (hex): keep it elsewhere to detect a later cut of whole
+    /// records at the end.
+    pub head: Option<String>,
+}
+
+/// The first bad record of a broken chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    /// The record's number in the chain (the number it should have had, for a gap).
+    pub record: u64,
+    /// The file.
+    pub file: String,
+    /// The line in that file (from 1).
+    pub line: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "record {} ({} line {}): {}",
+            self.record, self.file, self.line, self.reason
+        )
+    }
+}
+
+/// Reads one file's lines; a last line without a newline comes back as `Err`.
+fn lines(path: &Path) -> Result<Vec<Result<String, String>>, AuditError> {
+    let f = std::fs::File::open(path).map_err(AuditError::Io)?;
+    let mut reader = BufReader::new(f);
+    let mut out = Vec::new();
+    loop {
+        let mut buf = Vec::new();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(AuditError::Io)?;
+        if n == 0 {
+            break;
+        }
+        match buf.strip_suffix(b"\n") {
+            Some(line) => {
+                out.push(String::from_utf8(line.to_vec()).map_err(|_| "not UTF-8 text".to_string()))
+            }
+            None if buf.len() > MAX_LINE => {
+                out.push(Err("line too long".into()));
+                break;
+            }
+            None => {
+                out.push(Err(
+                    "truncated: the file ends in the middle of a record".into()
+                ));
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks every file of the log in `dir` with `key`: MACs, sequence numbers, the chain
+/// of `prev` values across files, and no file missing from the rotation. Returns the
+/// first problem.
+pub fn verify(dir: &Path, key: &ChainKey) -> Result<Result<Valid, Broken>, AuditError> {
+    let files = list(dir).map_err(AuditError::Io)?;
+    let mut expected_seq = 0u64;
+    let mut prev = GENESIS_PREV;
+    let mut last_ts = None;
+    for (expected_file, (number, path)) in (1u64..).zip(&files) {
+        let name = file_name(*number);
+        if *number != expected_file {
+            return Ok(Err(Broken {
+                record: expected_seq,
+                file: name,
+                line: 1,
+                reason: format!(
+                    "file {} of the rotation is missing (removed?)",
+                    file_name(expected_file)
+                ),
+            }));
+        }
+        for (i, line) in lines(path)?.into_iter().enumerate() {
+            let at = |reason: String| Broken {
+                record: expected_seq,
+                file: name.clone(),
+                line: i as u64 + 1,
+                reason,
+            };
+            let line = match line {
+                Ok(l) => l,
+                Err(why) => return Ok(Err(at(why))),
+            };
+            let p = match record::parse(&line) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(at(e.to_string()))),
+            };
+            if !key.check(p.body.as_bytes(), &p.mac) {
+                return Ok(Err(at(
+                    "MAC mismatch: the record was altered, or written without this endpoint's key"
+                        .into(),
+                )));
+            }
+            let seq = p.record.seq;
+            if seq != expected_seq {
+                let reason = if seq > expected_seq {
+                    format!(
+                        "found record {seq} where {expected_seq} belongs: records {expected_seq} to {} are missing (deleted, or a file of the rotation removed)",
+                        seq - 1
+                    )
+                } else {
+                    format!(
+                        "found record {seq} where {expected_seq} belongs: records were reordered or repeated"
+                    )
+                };
+                return Ok(Err(at(reason)));
+            }
+            if p.prev != prev {
+                return Ok(Err(at(
+                    "its prev does not match the record before: records were reordered or replaced"
+                        .into(),
+                )));
+            }
+            if seq == 0 && p.record.event != event::LOG_CREATED {
+                return Ok(Err(at(
+                    "the log does not start with its first record".into()
+                )));
+            }
+            prev = p.mac;
+            last_ts = Some(p.record.ts);
+            expected_seq += 1;
+        }
+    }
+    Ok(Ok(Valid {
+        records: expected_seq,
+        files: files.len() as u64,
+        last_ts,
+        head: (expected_seq > 0).then(|| record::hex(&prev)),
+    }))
+}
+
+/// Filters of `conduit audit show`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Records at or after this time.
+    pub since: Option<time::OffsetDateTime>,
+    /// Records whose peer has this name or whose fingerprint starts with this.
+    pub peer: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, r: &Record) -> bool {
+        if let Some(since) = self.since {
+            let ts =
+                time::OffsetDateTime::parse(&r.ts, &time::format_description::well_known::Rfc3339);
+            if !ts.is_ok_and(|t| t >= since) {
+                return false;
+            }
+        }
+        if let Some(peer) = &self.peer {
+            let named = r.peer_name.as_deref() == Some(peer.as_str());
+            let fp = r.peer.as_deref().is_some_and(|f| {
+                !peer.is_empty() && f.replace('-', "").starts_with(&peer.replace('-', ""))
+            });
+            if !named && !fp {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Parses `--since`: a date (`2026-11-27`, midnight UTC) or an RFC 3339 time.
+pub fn parse_since(text: &str) -> Result<time::OffsetDateTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t);
+    }
+    let format =
+        time::format_description::parse("[year]-[month]-[day]").map_err(|e| e.to_string())?;
+    time::Date::parse(text, &format)
+        .map(|d| d.midnight().assume_utc())
+        .map_err(|_| format!("{text:?}: expected a date (2026-11-27) or an RFC 3339 time"))
+}
+
+/// The records of the log that pass `filter`, in order. Lines that are not records are
+/// skipped here (`verify` reports them).
+pub fn show(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
+    let mut out = Vec::new();
+    for (_, path) in list(dir).map_err(AuditError::Io)? {
+        for line in lines(&path)?.into_iter().flatten() {
+            if let Ok(p) = record::parse(&line) {
+                if filter.keeps(&p.record) {
+                    out.push(p.record);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
