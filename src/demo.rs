@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::Context;
 
-use crate::audit::{Audit, NameMode};
+use crate::audit::{Audit, Options};
 use crate::crypto::identity::Identity;
 use crate::crypto::pipeline::CipherPool;
 use crate::crypto::stream::DEFAULT_CHUNK_SIZE;
@@ -70,8 +70,8 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
     let mut b_book = AddressBook::load(&b_home)?;
     b_book.add("clinic-a", a.public())?;
     b_book.save()?;
-    let a_audit = Audit::open(&a_home, &a, &a_book, NameMode::Plain);
-    let b_audit = Audit::open(&b_home, &b, &b_book, NameMode::Plain);
+    let a_audit = Audit::open(&a_home, &a, &a_book, Options::default());
+    let b_audit = Audit::open(&b_home, &b, &b_book, Options::default());
     let b_chain = crate::audit::chain_key(&b);
 
     let tls = ServerTls::self_signed(&["localhost", "127.0.0.1"])?;

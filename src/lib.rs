@@ -20,6 +20,7 @@
 //! | [`relay`] | the relay in conduit mode: Hello, pairing, splice, limits, tokens, metrics, fleet choice, and joining a relay as a client |
 //! | [`demo`] | `conduit demo`: relay, receiver and sender on loopback in one process |
 //! | [`home`] | the endpoint's home directory |
+//! | [`config`] | `conduit.toml`: defaults for transfers, the audit trail and the relay; precedence and sources |
 //! | [`peers`] | the address book of pinned peer keys |
 //! | [`mod@bench`] | `conduit bench`: throughput measured against raw baselines in the same run: the cipher core, and [`bench::transfer`] (raw QUIC, direct, relayed, each party a process; [`bench::raw`] the raw peers, [`bench::proc`] CPU and memory from /proc) |
 //! | [`cli`] | clap definitions and command handlers |
@@ -40,6 +41,7 @@
 pub mod audit;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod crypto;
 pub mod demo;
 mod fsutil;

@@ -47,8 +47,29 @@ pub enum AuditError {
     Broken(verify::Broken),
 }
 
+/// Options of an endpoint's audit trail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// How file names appear in records.
+    pub names: NameMode,
+    /// Rotate a log file at this size (`CONDUIT_AUDIT_ROTATE_BYTES` overrides it;
+    /// default [`log::DEFAULT_ROTATE_BYTES`]).
+    pub rotate_bytes: Option<u64>,
+}
+
 /// How file names appear in records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum NameMode {
     /// The relative path as sent.
     #[default]
@@ -97,10 +118,15 @@ impl Audit {
     }
 
     /// The audit trail in `home`, keyed by `identity`; peers are named from `book`.
-    pub fn open(home: &Home, identity: &Identity, book: &AddressBook, names: NameMode) -> Self {
+    pub fn open(home: &Home, identity: &Identity, book: &AddressBook, options: Options) -> Self {
         let secret = identity.secret_bytes();
+        let names = options.names;
         Self(Some(Arc::new(Inner {
-            log: log::AuditLog::new(dir(home), ChainKey::derive(&secret, CHAIN_LABEL)),
+            log: log::AuditLog::new(
+                dir(home),
+                ChainKey::derive(&secret, CHAIN_LABEL),
+                options.rotate_bytes,
+            ),
             names_key: ChainKey::derive(&secret, NAMES_LABEL),
             names,
             local: identity.public().fingerprint().to_string(),

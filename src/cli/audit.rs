@@ -1,5 +1,7 @@
 //! `conduit audit verify` and `conduit audit show`.
 
+use std::io::Write;
+
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -75,11 +77,12 @@ pub(crate) fn run(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
                 peer: args.peer,
             };
             let records = verify::show(&dir, &filter)?;
+            let mut out = std::io::stdout().lock();
             for r in &records {
                 if args.json {
-                    println!("{}", serde_json::to_string(r)?);
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
                 } else {
-                    println!("{}", describe(r));
+                    writeln!(out, "{}", describe(r))?;
                 }
             }
             Ok(())

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod bench;
 mod certs;
+mod config;
 mod demo;
 mod keys;
 mod meta;
@@ -73,6 +74,9 @@ pub enum Command {
     Completions(meta::CompletionsArgs),
     /// Print the man page (roff).
     Man,
+    /// The endpoint's configuration (conduit.toml in the home).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// The endpoint's audit trail: verify the chain, show records.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -80,6 +84,11 @@ pub enum Command {
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
+
+/// A command line that parses but cannot run as given (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Usage(pub(crate) String);
 
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
@@ -116,13 +125,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peers(cmd) => peers::run(&home()?, cmd),
         Command::Send(args) => transfer::send(&home()?, args),
         Command::Receive(args) => transfer::receive(&home()?, args),
-        Command::Relay(args) => relay::run(args),
+        Command::Relay(args) => relay::run(args, home().ok()),
         Command::Demo(args) => demo::run(args),
         Command::Completions(args) => meta::completions(args),
         Command::Man => meta::man(),
         Command::Certs(cmd) => certs::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Audit(cmd) => audit::run(&home()?, cmd),
+        Command::Config(cmd) => config::run(&home()?, cmd),
     }
 }
 
@@ -135,6 +145,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<transfer::Interrupted>() {
             return code::INTERRUPTED;
+        }
+        if cause.is::<Usage>() {
+            return code::USAGE;
         }
         if let Some(e) = cause.downcast_ref::<StreamError>() {
             return if e.is_integrity() {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Args};
 use serde_json::{Value, json};
 
+use crate::home::Home;
 use crate::relay::config::Limits;
 use crate::relay::server::{Logger, Relay};
 use crate::relay::tokens::Tokens;
@@ -68,10 +69,16 @@ pub struct RelayArgs {
 }
 
 impl RelayArgs {
-    fn limits(&self) -> anyhow::Result<Limits> {
+    /// Defaults, then `--config FILE` (or else the home's conduit.toml `[relay.limits]`),
+    /// then flags.
+    fn limits(&self, home: Option<&Home>) -> anyhow::Result<Limits> {
         let mut l = Limits::default();
         if let Some(path) = &self.config {
             l.apply_file(path)?;
+        } else if let Some(home) = home {
+            if let Some(table) = crate::config::Config::load(home)?.file.relay.limits {
+                table.apply(&mut l);
+            }
         }
         let secs = Duration::from_secs;
         let set = |slot: &mut usize, v: Option<usize>| {
@@ -114,8 +121,8 @@ fn logger(json: bool) -> Logger {
     })
 }
 
-pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
-    let limits = args.limits()?;
+pub(crate) fn run(args: RelayArgs, home: Option<Home>) -> anyhow::Result<()> {
+    let limits = args.limits(home.as_ref())?;
     let tokens = args.tokens.as_deref().map(Tokens::load).transpose()?;
     let tls = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => ServerTls::from_pem_files(cert, key)?,

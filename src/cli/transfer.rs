@@ -11,6 +11,8 @@ use clap::Args;
 use serde_json::json;
 
 use crate::audit::{Audit, NameMode};
+use crate::cli::Usage;
+use crate::config::{Config, TransferFile};
 use crate::crypto::identity::Identity;
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
@@ -43,8 +45,9 @@ pub struct SendArgs {
     /// After a code-phrase transfer, save the receiver's key under this name.
     #[arg(long, requires = "code", value_name = "NAME")]
     save_peer: Option<String>,
-    /// The receiver's address (it runs `conduit receive --listen`).
-    #[arg(long, required_unless_present = "relay", conflicts_with = "relay")]
+    /// The receiver's address (it runs `conduit receive --listen`); takes precedence over
+    /// `--relay`, CONDUIT_RELAY or a relay in conduit.toml.
+    #[arg(long)]
     direct: Option<SocketAddr>,
     #[command(flatten)]
     relay: RelayFlags,
@@ -57,36 +60,31 @@ pub struct SendArgs {
     /// Print only errors and the summary.
     #[arg(long, conflicts_with = "json")]
     quiet: bool,
-    /// How file names appear in this endpoint's audit records.
-    #[arg(
-        long,
-        value_enum,
-        value_name = "MODE",
-        env = "CONDUIT_AUDIT_NAMES",
-        default_value = "plain"
-    )]
-    audit_names: NameMode,
+    /// How file names appear in this endpoint's audit records [default: plain].
+    #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
+    audit_names: Option<NameMode>,
 }
 
 /// Options of `receive`.
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
     /// Address to listen on for a direct sender, e.g. 0.0.0.0:7470 (port 0: any; the
-    /// chosen address is printed).
-    #[arg(long, required_unless_present = "relay", conflicts_with = "relay")]
+    /// chosen address is printed); takes precedence over `--relay`, CONDUIT_RELAY or a
+    /// relay in conduit.toml.
+    #[arg(long)]
     listen: Option<SocketAddr>,
     #[command(flatten)]
     relay: RelayFlags,
     /// Keep waiting at the relay and receive transfers one after another (known peers),
     /// reconnecting with backoff if the relay goes away; stop with Ctrl-C or SIGTERM.
-    #[arg(long, requires = "relay", conflicts_with = "code")]
+    #[arg(long, conflicts_with_all = ["code", "listen"])]
     daemon: bool,
     /// With --daemon: transfers received at once.
     #[arg(long, requires = "daemon", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrent: u16,
-    /// Destination directory.
-    #[arg(long, default_value = ".")]
-    out: PathBuf,
+    /// Destination directory [default: .].
+    #[arg(long, env = "CONDUIT_OUT")]
+    out: Option<PathBuf>,
     /// Accept the offer without asking (otherwise only known peers' offers are accepted).
     #[arg(long)]
     yes: bool,
@@ -108,15 +106,9 @@ pub struct ReceiveArgs {
     /// Print only errors and the summary.
     #[arg(long, conflicts_with = "json")]
     quiet: bool,
-    /// How file names appear in this endpoint's audit records.
-    #[arg(
-        long,
-        value_enum,
-        value_name = "MODE",
-        env = "CONDUIT_AUDIT_NAMES",
-        default_value = "plain"
-    )]
-    audit_names: NameMode,
+    /// How file names appear in this endpoint's audit records [default: plain].
+    #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
+    audit_names: Option<NameMode>,
 }
 
 /// How to reach a relay (send and receive).
@@ -124,18 +116,18 @@ pub struct ReceiveArgs {
 pub(crate) struct RelayFlags {
     /// Meet the peer at a relay: HOST:PORT, or a comma-separated fleet (both peers pick the
     /// same relay by rendezvous hashing).
-    #[arg(long, value_name = "ADDRS")]
+    #[arg(long, value_name = "ADDRS", env = "CONDUIT_RELAY")]
     relay: Option<String>,
     /// Verify the relay's certificate against this CA (PEM) instead of the system roots.
     #[arg(
         long,
         value_name = "FILE",
-        requires = "relay",
+        env = "CONDUIT_RELAY_CA",
         conflicts_with = "relay_pin"
     )]
     relay_ca: Option<PathBuf>,
     /// Accept only the relay certificate with this SHA-256 (hex, as the relay prints it).
-    #[arg(long, value_name = "SHA256", requires = "relay")]
+    #[arg(long, value_name = "SHA256", env = "CONDUIT_RELAY_PIN")]
     relay_pin: Option<String>,
     /// Access token the relay asks for.
     #[arg(
@@ -145,21 +137,28 @@ pub(crate) struct RelayFlags {
         hide_env_values = true
     )]
     relay_token: Option<String>,
-    /// Seconds to keep trying while the peer is not (yet) waiting at the relay.
-    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "relay")]
-    relay_wait: u64,
+    /// Seconds to keep trying while the peer is not (yet) waiting at the relay [default: 10].
+    #[arg(long, value_name = "SECS", env = "CONDUIT_RELAY_WAIT")]
+    relay_wait: Option<u64>,
 }
 
 impl RelayFlags {
-    /// The relay options, if `--relay` was given.
-    fn options(&self) -> anyhow::Result<Option<RelayOptions>> {
-        let Some(list) = &self.relay else {
+    /// The relay options: from the flags (or their environment variables), else from
+    /// conduit.toml's `[transfer]`; `None` without a relay.
+    fn options(&self, file: &TransferFile) -> anyhow::Result<Option<RelayOptions>> {
+        let Some(list) = self.relay.as_ref().or(file.relay.as_ref()) else {
             return Ok(None);
         };
         let relays = RelayOptions::parse_list(list)?;
-        let trust = match (&self.relay_pin, &self.relay_ca) {
+        // A pin or CA given here replaces the file's (which sets at most one of them).
+        let (pin, ca) = if self.relay_pin.is_some() || self.relay_ca.is_some() {
+            (self.relay_pin.as_ref(), self.relay_ca.as_ref())
+        } else {
+            (file.relay_pin.as_ref(), file.relay_ca.as_ref())
+        };
+        let trust = match (pin, ca) {
             (Some(pin), _) => RelayTrust::Pin(
-                parse_sha256(pin).context("--relay-pin: expected a SHA-256 in hex (64 digits)")?,
+                parse_sha256(pin).context("relay pin: expected a SHA-256 in hex (64 digits)")?,
             ),
             (None, Some(ca)) => RelayTrust::ca_file(ca)?,
             (None, None) => RelayTrust::System,
@@ -175,8 +174,16 @@ impl RelayFlags {
             relays,
             trust,
             token,
-            wait: Duration::from_secs(self.relay_wait),
+            wait: Duration::from_secs(self.relay_wait.or(file.relay_wait_secs).unwrap_or(10)),
         }))
+    }
+}
+
+/// The audit options: `--audit-names` (or its variable), else conduit.toml, else plain.
+fn audit_options(names: Option<NameMode>, config: &Config) -> crate::audit::Options {
+    crate::audit::Options {
+        names: names.or(config.file.audit.names).unwrap_or_default(),
+        rotate_bytes: config.file.audit.rotate_bytes,
     }
 }
 
@@ -224,8 +231,23 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
             crate::transfer::paths::escape(&s.to_string_lossy())
         );
     }
-    let relay = args.relay.options()?;
-    let audit = Audit::open(home, &identity, &book, args.audit_names);
+    let config = Config::load(home)?;
+    let relay = match args.direct {
+        Some(_) => None,
+        None => args.relay.options(&config.file.transfer)?,
+    };
+    if relay.is_none() && args.direct.is_none() {
+        return Err(Usage(
+            "send needs --direct ADDR or --relay ADDRS (or CONDUIT_RELAY, or relay in conduit.toml)".into(),
+        )
+        .into());
+    }
+    let audit = Audit::open(
+        home,
+        &identity,
+        &book,
+        audit_options(args.audit_names, &config),
+    );
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let (endpoint, conn) = match (&relay, args.direct) {
@@ -310,7 +332,14 @@ fn save_peer(book: &mut AddressBook, name: &str, summary: &Summary) -> anyhow::R
 pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
     let mut book = AddressBook::load(home)?;
-    let dest = Destination::open(&args.out)?;
+    let config = Config::load(home)?;
+    let file = &config.file.transfer;
+    let out = args
+        .out
+        .clone()
+        .or_else(|| file.out.clone())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let dest = Destination::open(&out)?;
     let code = args.code.as_deref().map(Code::parse).transpose()?;
     // A person at a terminal is asked about each offer (unless --yes); scripts are not.
     let interactive = !args.json
@@ -318,14 +347,28 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
     let policy = ReceivePolicy {
-        confirm: interactive.then(|| ask_at_terminal(&args.out)),
+        confirm: interactive.then(|| ask_at_terminal(&out)),
         code,
-        accept_unknown: args.accept_unknown,
-        yes: args.yes,
-        overwrite: args.overwrite,
+        accept_unknown: args.accept_unknown || file.accept_unknown.unwrap_or(false),
+        yes: args.yes || file.auto_accept.unwrap_or(false),
+        overwrite: args.overwrite || file.overwrite.unwrap_or(false),
     };
-    let relay = args.relay.options()?;
-    let audit = Audit::open(home, &identity, &book, args.audit_names);
+    let relay = match args.listen {
+        Some(_) => None,
+        None => args.relay.options(file)?,
+    };
+    if relay.is_none() && args.listen.is_none() {
+        return Err(Usage(
+            "receive needs --listen ADDR or --relay ADDRS (or CONDUIT_RELAY, or relay in conduit.toml)".into(),
+        )
+        .into());
+    }
+    let audit = Audit::open(
+        home,
+        &identity,
+        &book,
+        audit_options(args.audit_names, &config),
+    );
     let rt = runtime()?;
     if args.daemon {
         let opts = relay.context("--daemon needs --relay")?;

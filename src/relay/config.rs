@@ -117,25 +117,97 @@ impl Limits {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let l = file.limits;
-        let secs = Duration::from_secs;
-        set(&mut self.max_sessions, l.max_sessions);
-        set(&mut self.max_connections, l.max_connections);
-        set(&mut self.max_waiting_per_ip, l.max_waiting_per_ip);
-        set(
-            &mut self.max_waiting_per_rendezvous,
-            l.max_waiting_per_rendezvous,
-        );
-        set(&mut self.max_unpaired_per_ip, l.max_unpaired_per_ip);
-        set(&mut self.pairing_timeout, l.pairing_timeout_secs.map(secs));
-        set(&mut self.idle_timeout, l.idle_timeout_secs.map(secs));
-        set(&mut self.hello_timeout, l.hello_timeout_secs.map(secs));
-        set(&mut self.drain_timeout, l.drain_timeout_secs.map(secs));
-        set(&mut self.stream_window, l.stream_window);
-        set(&mut self.connection_window, l.connection_window);
+        file.limits.apply(self);
         self.check()
     }
 
+    /// Each limit by its file key, with its value and whether `file` sets it.
+    pub fn describe(&self, file: &FileLimits) -> Vec<(&'static str, String, bool)> {
+        let s = |d: Duration| d.as_secs().to_string();
+        vec![
+            (
+                "max_sessions",
+                self.max_sessions.to_string(),
+                file.max_sessions.is_some(),
+            ),
+            (
+                "max_connections",
+                self.max_connections.to_string(),
+                file.max_connections.is_some(),
+            ),
+            (
+                "max_waiting_per_ip",
+                self.max_waiting_per_ip.to_string(),
+                file.max_waiting_per_ip.is_some(),
+            ),
+            (
+                "max_waiting_per_rendezvous",
+                self.max_waiting_per_rendezvous.to_string(),
+                file.max_waiting_per_rendezvous.is_some(),
+            ),
+            (
+                "max_unpaired_per_ip",
+                self.max_unpaired_per_ip.to_string(),
+                file.max_unpaired_per_ip.is_some(),
+            ),
+            (
+                "pairing_timeout_secs",
+                s(self.pairing_timeout),
+                file.pairing_timeout_secs.is_some(),
+            ),
+            (
+                "idle_timeout_secs",
+                s(self.idle_timeout),
+                file.idle_timeout_secs.is_some(),
+            ),
+            (
+                "hello_timeout_secs",
+                s(self.hello_timeout),
+                file.hello_timeout_secs.is_some(),
+            ),
+            (
+                "drain_timeout_secs",
+                s(self.drain_timeout),
+                file.drain_timeout_secs.is_some(),
+            ),
+            (
+                "stream_window",
+                self.stream_window.to_string(),
+                file.stream_window.is_some(),
+            ),
+            (
+                "connection_window",
+                self.connection_window.to_string(),
+                file.connection_window.is_some(),
+            ),
+        ]
+    }
+}
+
+impl FileLimits {
+    /// Sets the limits this table names over `limits`.
+    pub fn apply(&self, limits: &mut Limits) {
+        let l = self;
+        let this = limits;
+        let secs = Duration::from_secs;
+        set(&mut this.max_sessions, l.max_sessions);
+        set(&mut this.max_connections, l.max_connections);
+        set(&mut this.max_waiting_per_ip, l.max_waiting_per_ip);
+        set(
+            &mut this.max_waiting_per_rendezvous,
+            l.max_waiting_per_rendezvous,
+        );
+        set(&mut this.max_unpaired_per_ip, l.max_unpaired_per_ip);
+        set(&mut this.pairing_timeout, l.pairing_timeout_secs.map(secs));
+        set(&mut this.idle_timeout, l.idle_timeout_secs.map(secs));
+        set(&mut this.hello_timeout, l.hello_timeout_secs.map(secs));
+        set(&mut this.drain_timeout, l.drain_timeout_secs.map(secs));
+        set(&mut this.stream_window, l.stream_window);
+        set(&mut this.connection_window, l.connection_window);
+    }
+}
+
+impl Limits {
     /// Rejects values that cannot work.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |what| Err(ConfigError::Value(what));
@@ -178,20 +250,32 @@ struct File {
     limits: FileLimits,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A `[limits]` table: the limits it names, each optional.
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct FileLimits {
-    max_sessions: Option<usize>,
-    max_connections: Option<usize>,
-    max_waiting_per_ip: Option<usize>,
-    max_waiting_per_rendezvous: Option<usize>,
-    max_unpaired_per_ip: Option<usize>,
-    pairing_timeout_secs: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-    hello_timeout_secs: Option<u64>,
-    drain_timeout_secs: Option<u64>,
-    stream_window: Option<u32>,
-    connection_window: Option<u32>,
+pub struct FileLimits {
+    /// Sessions spliced at once.
+    pub max_sessions: Option<usize>,
+    /// Connections at once.
+    pub max_connections: Option<usize>,
+    /// Waiting clients per source IP.
+    pub max_waiting_per_ip: Option<usize>,
+    /// Waiting clients per rendezvous id.
+    pub max_waiting_per_rendezvous: Option<usize>,
+    /// Connections per source IP not in a session.
+    pub max_unpaired_per_ip: Option<usize>,
+    /// Pairing timeout, seconds.
+    pub pairing_timeout_secs: Option<u64>,
+    /// Idle timeout, seconds.
+    pub idle_timeout_secs: Option<u64>,
+    /// Hello timeout, seconds.
+    pub hello_timeout_secs: Option<u64>,
+    /// Drain deadline, seconds.
+    pub drain_timeout_secs: Option<u64>,
+    /// Per-stream receive window, bytes.
+    pub stream_window: Option<u32>,
+    /// Per-connection receive window, bytes.
+    pub connection_window: Option<u32>,
 }
 
 /// Errors of the relay configuration.

@@ -1,0 +1,60 @@
+//! `conduit config show`: the effective configuration and where each value came from.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::home::Home;
+
+/// The config subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (environment, conduit.toml, defaults) with the
+    /// source of each value; flags given to a command override these.
+    Show(ShowArgs),
+}
+
+/// Options of `config show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(home: &Home, cmd: ConfigCommand) -> anyhow::Result<()> {
+    let ConfigCommand::Show(args) = cmd;
+    let config = Config::load(home)?;
+    let settings = config.effective();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "file": config.path.display().to_string(),
+                "file_present": config.present,
+                "settings": settings,
+            })
+        )?;
+        return Ok(());
+    }
+    let state = if config.present { "" } else { " (not present)" };
+    writeln!(out, "# {}{state}", config.path.display())?;
+    for s in &settings {
+        let value = match &s.value {
+            Some(v) => format!("{v:?}"),
+            None => "(unset)".into(),
+        };
+        let source = match (s.source, s.env) {
+            (crate::config::Source::Env, Some(var)) => format!("env {var}"),
+            (crate::config::Source::File, _) => "conduit.toml".into(),
+            (crate::config::Source::Flag, _) => "flag".into(),
+            _ => "default".into(),
+        };
+        writeln!(out, "{:<42} = {value:<24} # {source}", s.key)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! `conduit.toml` in the endpoint's home: defaults for transfers (relay list, relay
+//! verification, output folder, accept policy), the audit trail and the relay's limits.
+//!
+//! Precedence, highest first: command-line flags, environment variables, this file,
+//! built-in defaults. An unknown key or a value of the wrong type is an error that names
+//! the line. `conduit config show` prints the effective values and where each came from.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::audit::NameMode;
+use crate::home::Home;
+use crate::relay::config::FileLimits;
+
+/// The file's name in the home.
+pub const FILE_NAME: &str = "conduit.toml";
+
+/// Errors reading the file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a wrong type (the message gives the line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// Two settings that exclude each other.
+    #[error("{path}: {message}")]
+    Conflict {
+        /// The file.
+        path: String,
+        /// What conflicts.
+        message: String,
+    },
+}
+
+/// `[transfer]`: defaults of `send` and `receive`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferFile {
+    /// Relay address or comma-separated fleet (`--relay`).
+    pub relay: Option<String>,
+    /// Relay certificate pin (`--relay-pin`).
+    pub relay_pin: Option<String>,
+    /// Relay CA file (`--relay-ca`).
+    pub relay_ca: Option<PathBuf>,
+    /// Seconds to wait for the peer at the relay (`--relay-wait`).
+    pub relay_wait_secs: Option<u64>,
+    /// The receiver's destination folder (`--out`).
+    pub out: Option<PathBuf>,
+    /// Let unknown senders complete the handshake (`--accept-unknown`).
+    pub accept_unknown: Option<bool>,
+    /// Accept offers without asking (`--yes`).
+    pub auto_accept: Option<bool>,
+    /// Replace existing files (`--overwrite`).
+    pub overwrite: Option<bool>,
+}
+
+/// `[audit]`: the audit trail.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// `plain` or `hash` (`--audit-names`).
+    pub names: Option<NameMode>,
+    /// Rotate a log file at this size.
+    pub rotate_bytes: Option<u64>,
+}
+
+/// `[relay]`: `conduit relay` run with this home and without `--config`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFile {
+    /// The relay's limits, as in a relay `--config` file's `[limits]`.
+    pub limits: Option<FileLimits>,
+}
+
+/// The file's contents.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[transfer]`.
+    #[serde(default)]
+    pub transfer: TransferFile,
+    /// `[audit]`.
+    #[serde(default)]
+    pub audit: AuditFile,
+    /// `[relay]`.
+    #[serde(default)]
+    pub relay: RelayFile,
+}
+
+/// The configuration file of a home (empty when there is none).
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Where it is (or would be).
+    pub path: PathBuf,
+    /// Whether the file exists.
+    pub present: bool,
+    /// Its values.
+    pub file: FileConfig,
+}
+
+impl Config {
+    /// The path of the file in `home`.
+    pub fn path_in(home: &Home) -> PathBuf {
+        home.path().join(FILE_NAME)
+    }
+
+    /// Loads `home`'s file; a missing file is an empty configuration.
+    pub fn load(home: &Home) -> Result<Self, ConfigError> {
+        Self::load_from(&Self::path_in(home))
+    }
+
+    /// Loads the file at `path`; a missing file is an empty configuration.
+    pub fn load_from(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    path: path.to_path_buf(),
+                    ..Self::default()
+                });
+            }
+            Err(source) => {
+                return Err(ConfigError::Io {
+                    path: shown,
+                    source,
+                });
+            }
+        };
+        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        if file.transfer.relay_pin.is_some() && file.transfer.relay_ca.is_some() {
+            return Err(ConfigError::Conflict {
+                path: shown,
+                message: "set relay_pin or relay_ca, not both".into(),
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            present: true,
+            file,
+        })
+    }
+}
+
+/// Where an effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A command-line flag.
+    Flag,
+    /// An environment variable.
+    Env,
+    /// `conduit.toml`.
+    File,
+    /// The built-in default.
+    Default,
+}
+
+/// Environment variables that set configuration values.
+pub mod env {
+    /// `--relay`.
+    pub const RELAY: &str = "CONDUIT_RELAY";
+    /// `--relay-pin`.
+    pub const RELAY_PIN: &str = "CONDUIT_RELAY_PIN";
+    /// `--relay-ca`.
+    pub const RELAY_CA: &str = "CONDUIT_RELAY_CA";
+    /// `--relay-wait`.
+    pub const RELAY_WAIT: &str = "CONDUIT_RELAY_WAIT";
+    /// `receive --out`.
+    pub const OUT: &str = "CONDUIT_OUT";
+    /// `--audit-names`.
+    pub const AUDIT_NAMES: &str = "CONDUIT_AUDIT_NAMES";
+    /// The audit log's rotation size.
+    pub const AUDIT_ROTATE_BYTES: &str = crate::audit::log::ROTATE_ENV;
+}
+
+/// One effective setting, for `conduit config show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setting {
+    /// `section.key`.
+    pub key: String,
+    /// The value as text (`None`: unset).
+    pub value: Option<String>,
+    /// Where it came from.
+    pub source: Source,
+    /// The environment variable that sets it, if any.
+    pub env: Option<&'static str>,
+}
+
+impl Config {
+    /// The effective settings without command-line flags: environment, then this file,
+    /// then the defaults.
+    pub fn effective(&self) -> Vec<Setting> {
+        let t = &self.file.transfer;
+        let a = &self.file.audit;
+        let text =
+            |v: Option<String>, env: Option<&'static str>, key: &str, default: Option<&str>| {
+                let from_env = env
+                    .and_then(|e| std::env::var(e).ok())
+                    .filter(|v| !v.is_empty());
+                let (value, source) = match (from_env, v) {
+                    (Some(e), _) => (Some(e), Source::Env),
+                    (None, Some(f)) => (Some(f), Source::File),
+                    (None, None) => (default.map(str::to_string), Source::Default),
+                };
+                Setting {
+                    key: key.into(),
+                    value,
+                    source,
+                    env,
+                }
+            };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let mut out = vec![
+            text(t.relay.clone(), Some(env::RELAY), "transfer.relay", None),
+            text(
+                t.relay_pin.clone(),
+                Some(env::RELAY_PIN),
+                "transfer.relay_pin",
+                None,
+            ),
+            text(
+                path(&t.relay_ca),
+                Some(env::RELAY_CA),
+                "transfer.relay_ca",
+                None,
+            ),
+            text(
+                t.relay_wait_secs.map(|v| v.to_string()),
+                Some(env::RELAY_WAIT),
+                "transfer.relay_wait_secs",
+                Some("10"),
+            ),
+            text(path(&t.out), Some(env::OUT), "transfer.out", Some(".")),
+            text(
+                t.accept_unknown.map(|v| v.to_string()),
+                None,
+                "transfer.accept_unknown",
+                Some("false"),
+            ),
+            text(
+                t.auto_accept.map(|v| v.to_string()),
+                None,
+                "transfer.auto_accept",
+                Some("false"),
+            ),
+            text(
+                t.overwrite.map(|v| v.to_string()),
+                None,
+                "transfer.overwrite",
+                Some("false"),
+            ),
+            text(
+                a.names.map(|n| name_mode(n).to_string()),
+                Some(env::AUDIT_NAMES),
+                "audit.names",
+                Some("plain"),
+            ),
+            text(
+                a.rotate_bytes.map(|v| v.to_string()),
+                Some(env::AUDIT_ROTATE_BYTES),
+                "audit.rotate_bytes",
+                Some(&crate::audit::log::DEFAULT_ROTATE_BYTES.to_string()),
+            ),
+        ];
+        let mut limits = crate::relay::config::Limits::default();
+        let from_file = self.file.relay.limits.clone().unwrap_or_default();
+        from_file.apply(&mut limits);
+        for (key, value, set) in limits.describe(&from_file) {
+            out.push(Setting {
+                key: format!("relay.limits.{key}"),
+                value: Some(value),
+                source: if set { Source::File } else { Source::Default },
+                env: None,
+            });
+        }
+        out
+    }
+}
+
+/// The name of a [`NameMode`] as written in the file.
+pub fn name_mode(n: NameMode) -> &'static str {
+    match n {
+        NameMode::Plain => "plain",
+        NameMode::Hash => "hash",
+    }
+}
