@@ -125,6 +125,20 @@ impl Config {
     }
 
     /// Loads the file at `path`; a missing file is an empty configuration.
+    ///
+    /// ```
+    /// use phi_conduit::config::Config;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("conduit.toml");
+    /// std::fs::write(&path, "[transfer]\nout = \"/srv/inbox\"\n[audit]\nnames = \"hash\"\n").unwrap();
+    /// let config = Config::load_from(&path).unwrap();
+    /// assert_eq!(config.file.transfer.out.as_deref(), Some(std::path::Path::new("/srv/inbox")));
+    ///
+    /// std::fs::write(&path, "[transfer]\nout = \"x\"\nouts = 1\n").unwrap();
+    /// let err = Config::load_from(&path).unwrap_err().to_string();
+    /// assert!(err.contains("line 3") && err.contains("outs"));
+    /// ```
     pub fn load_from(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let text = match std::fs::read_to_string(path) {

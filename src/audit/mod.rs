@@ -118,6 +118,29 @@ impl Audit {
     }
 
     /// The audit trail in `home`, keyed by `identity`; peers are named from `book`.
+    ///
+    /// ```
+    /// use phi_conduit::audit::{self, Audit, AuthMode, Role};
+    /// use phi_conduit::crypto::identity::Identity;
+    /// use phi_conduit::home::Home;
+    /// use phi_conduit::peers::AddressBook;
+    ///
+    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+    /// let dir = tempfile::tempdir()?;
+    /// let home = Home::at(dir.path());
+    /// let (me, peer) = (Identity::generate()?, Identity::generate()?);
+    /// let log = Audit::open(&home, &me, &AddressBook::load(&home)?, audit::Options::default());
+    /// let session = log.session(Role::Receive);
+    /// session.opened(&peer.public(), AuthMode::KnownKey).await?;
+    /// session.file_completed("referral.pdf", 5, &blake3::hash(b"hello")).await?;
+    ///
+    /// let valid = audit::verify::verify(&audit::dir(&home), &audit::chain_key(&me))?;
+    /// assert_eq!(valid.map(|v| v.records).ok(), Some(3));
+    /// // Another key cannot verify (or extend) the chain.
+    /// let other = audit::chain_key(&Identity::generate()?);
+    /// assert!(audit::verify::verify(&audit::dir(&home), &other)?.is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn open(home: &Home, identity: &Identity, book: &AddressBook, options: Options) -> Self {
         let secret = identity.secret_bytes();
         let names = options.names;

@@ -61,6 +61,15 @@ pub enum JoinError {
     /// The relay answered something else than the protocol says.
     #[error("relay {0}: protocol error")]
     Protocol(String),
+    /// The connection was closed with a code that is not a relay refusal (the peer's own
+    /// close, carried over by the relay, before the pairing was confirmed).
+    #[error("relay {relay}: the connection was closed with code {code} before pairing completed")]
+    Closed {
+        /// The relay.
+        relay: String,
+        /// The application close code.
+        code: u64,
+    },
 }
 
 /// Where and how to reach a relay.
@@ -149,6 +158,13 @@ pub async fn join(
             }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(RETRY).await;
             }
+            // The listener went away just as it was paired (a daemon slot that failed):
+            // another listener may take its place.
+            Err(JoinError::Closed { .. })
+                if role == Role::Connect && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(RETRY).await;
+            }
             other => return other,
         }
     }
@@ -198,7 +214,10 @@ async fn join_once(
                 relay: relay.clone(),
                 refusal,
             },
-            None => JoinError::Protocol(relay.clone()),
+            None => JoinError::Closed {
+                relay: relay.clone(),
+                code: c.error_code.into(),
+            },
         },
         _ => JoinError::Lost {
             relay: relay.clone(),

@@ -104,6 +104,21 @@ impl Drop for IpSlot {
 
 impl Relay {
     /// Binds the relay on `addr` with its TLS certificate.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use phi_conduit::relay::{config::Limits, server::Relay};
+    /// use phi_conduit::transport::ServerTls;
+    ///
+    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+    /// let tls = ServerTls::self_signed(&["localhost"])?;
+    /// let relay = Relay::bind(([127, 0, 0, 1], 0).into(), tls, Limits::default(), None, Arc::new(|_| {}))?;
+    /// let addr = relay.local_addr()?;
+    /// assert_ne!(addr.port(), 0);
+    /// // Runs until the future resolves (SIGTERM in `conduit relay`), then drains.
+    /// relay.run(async {}).await;
+    /// # Ok(()) }
+    /// ```
     pub fn bind(
         addr: SocketAddr,
         tls: ServerTls,

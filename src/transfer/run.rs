@@ -235,6 +235,63 @@ pub fn rendezvous_for_code(code: &Code) -> [u8; 32] {
 }
 
 /// Sends `files` to `recipient` over `conn`, leaving records in `audit`.
+///
+/// The receiving side runs [`receive`] on the other end of the connection. A whole
+/// transfer on loopback, both sides auditing:
+///
+/// ```
+/// use std::sync::Arc;
+/// use phi_conduit::audit::{self, Audit};
+/// use phi_conduit::crypto::{identity::Identity, pipeline::CipherPool, stream::DEFAULT_CHUNK_SIZE};
+/// use phi_conduit::home::Home;
+/// use phi_conduit::peers::AddressBook;
+/// use phi_conduit::transfer::{dest::Destination, run, source};
+/// use phi_conduit::transport;
+///
+/// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+/// let dir = tempfile::tempdir()?;
+/// let (clinic, lab) = (Identity::generate()?, Identity::generate()?);
+/// let (clinic_home, lab_home) = (Home::at(dir.path().join("clinic")), Home::at(dir.path().join("lab")));
+/// let mut lab_book = AddressBook::load(&lab_home)?;
+/// lab_book.add("clinic", clinic.public())?;
+/// let clinic_book = AddressBook::load(&clinic_home)?;
+/// let options = audit::Options::default();
+/// let (clinic_audit, lab_audit) = (
+///     Audit::open(&clinic_home, &clinic, &clinic_book, options),
+///     Audit::open(&lab_home, &lab, &lab_book, options),
+/// );
+///
+/// let note = dir.path().join("note.txt");
+/// std::fs::write(&note, "synthetic visit note")?;
+/// let (files, _skipped) = source::collect(std::slice::from_ref(&note))?;
+/// let dest = Destination::open(&dir.path().join("inbox"))?;
+/// let pool = CipherPool::with_all_cores()?;
+/// let quiet: run::Events = Arc::new(|_| {});
+///
+/// let server = transport::direct_server(([127, 0, 0, 1], 0).into())?;
+/// let addr = server.local_addr()?;
+/// let receiving = async {
+///     let conn = server.accept().await.ok_or_else(|| anyhow::anyhow!("closed"))?.await?;
+///     let policy = run::ReceivePolicy::default();
+///     let got = run::receive(&conn, &lab, &lab_book, &dest, &policy, &pool, &quiet, &lab_audit).await?;
+///     run::wait_for_sender_close(&conn).await;
+///     anyhow::Ok(got)
+/// };
+/// let sending = async {
+///     let client = transport::direct_client(addr)?;
+///     let conn = client.connect(addr, "phi-conduit")?.await?;
+///     let to = run::Recipient::Known(lab.public());
+///     let sent = run::send(&conn, &clinic, &to, &files, DEFAULT_CHUNK_SIZE, &pool, &quiet, &clinic_audit).await?;
+///     client.wait_idle().await;
+///     anyhow::Ok(sent)
+/// };
+/// let (sent, got) = tokio::try_join!(sending, receiving)?;
+/// assert_eq!(sent.files[0].2, got.files[0].2); // the same BLAKE3 at both ends
+/// assert_eq!(std::fs::read(dir.path().join("inbox/note.txt"))?, b"synthetic visit note");
+/// let valid = audit::verify::verify(&audit::dir(&lab_home), &audit::chain_key(&lab))?;
+/// assert!(valid.is_ok_and(|v| v.records == 5)); // created, opened, offer, file, receipt
+/// # Ok(()) }
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
     conn: &quinn::Connection,
