@@ -36,6 +36,7 @@ PasswordAuthentication no
 PermitRootLogin prohibit-password
 StrictModes no
 PidFile $WORK/sshd.pid
+Subsystem sftp internal-sftp
 CFG
 "$SSHD" -f "$WORK/sshd_config" -D -e 2>"$WORK/sshd.log" &
 SSHD_PID=$!
@@ -44,11 +45,16 @@ SSH_OPTS=(-i "$WORK/client_key" -o StrictHostKeyChecking=no -o UserKnownHostsFil
 
 head -c "$SIZE" /dev/urandom > "$WORK/src.bin"
 rate() { python3 -c "import sys;print(f'{$SIZE/float(sys.argv[1])/1e6:.0f}')" "$1"; }
-timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); python3 -c "print($t1-$t0)"; }
+timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null || return 1; t1=$(date +%s.%N); python3 -c "print($t1-$t0)"; }
+# A copy counts only if it succeeded and arrived identical.
+check() { cmp -s "$WORK/src.bin" "$1" || { echo "error: $2 failed or copied wrong bytes" >&2; exit 1; }; rm -f "$1"; }
 
-T_SCP=$(timed scp -q "${SSH_OPTS[@]}" "$WORK/src.bin" "127.0.0.1:$WORK/scp.bin"); rm -f "$WORK/scp.bin"
-T_SCP_GCM=$(timed scp -q -c aes128-gcm@openssh.com "${SSH_OPTS[@]}" "$WORK/src.bin" "127.0.0.1:$WORK/scp.bin"); rm -f "$WORK/scp.bin"
-T_RSYNC=$(timed rsync -e "ssh -i $WORK/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p $PORT" "$WORK/src.bin" "127.0.0.1:$WORK/rsync.bin"); rm -f "$WORK/rsync.bin"
+T_SCP=$(timed scp -q "${SSH_OPTS[@]}" "$WORK/src.bin" "127.0.0.1:$WORK/scp.bin") || true
+check "$WORK/scp.bin" scp
+T_SCP_GCM=$(timed scp -q -c aes128-gcm@openssh.com "${SSH_OPTS[@]}" "$WORK/src.bin" "127.0.0.1:$WORK/scp.bin") || true
+check "$WORK/scp.bin" "scp -c aes128-gcm"
+T_RSYNC=$(timed rsync -e "ssh -i $WORK/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p $PORT" "$WORK/src.bin" "127.0.0.1:$WORK/rsync.bin") || true
+check "$WORK/rsync.bin" rsync
 rm -f "$WORK/src.bin"
 
 cargo build --release --locked -q
