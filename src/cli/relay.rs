@@ -154,6 +154,8 @@ pub(crate) fn run(args: RelayArgs, home: Option<Home>) -> anyhow::Result<()> {
             }
             None => None,
         };
+        // SIGTERM is handled from the moment the relay says it is listening.
+        let stop = crate::cli::transfer::shutdown_signal();
         log(json!({
             "event": "listening",
             "addr": addr.to_string(),
@@ -162,7 +164,7 @@ pub(crate) fn run(args: RelayArgs, home: Option<Home>) -> anyhow::Result<()> {
             "tokens_required": args.tokens.is_some(),
             "memory_bound_bytes": limits.memory_bound(),
         }));
-        relay.run(crate::cli::transfer::shutdown_signal()).await;
+        relay.run(stop).await;
         anyhow::Ok(())
     })
 }

@@ -179,6 +179,27 @@ impl RelayFlags {
     }
 }
 
+/// The relay to meet the peer at, unless an address was given (`flag`, which takes
+/// precedence); neither is a usage error.
+fn relay_unless_direct(
+    verb: &str,
+    flag: &str,
+    addr: Option<SocketAddr>,
+    relay: &RelayFlags,
+    config: &Config,
+) -> anyhow::Result<Option<RelayOptions>> {
+    if addr.is_some() {
+        return Ok(None);
+    }
+    match relay.options(&config.file.transfer)? {
+        Some(opts) => Ok(Some(opts)),
+        None => Err(Usage(format!(
+            "{verb} needs {flag} ADDR or --relay ADDRS (or CONDUIT_RELAY, or relay in conduit.toml)"
+        ))
+        .into()),
+    }
+}
+
 /// The audit options: `--audit-names` (or its variable), else conduit.toml, else plain.
 fn audit_options(names: Option<NameMode>, config: &Config) -> crate::audit::Options {
     crate::audit::Options {
@@ -232,16 +253,7 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         );
     }
     let config = Config::load(home)?;
-    let relay = match args.direct {
-        Some(_) => None,
-        None => args.relay.options(&config.file.transfer)?,
-    };
-    if relay.is_none() && args.direct.is_none() {
-        return Err(Usage(
-            "send needs --direct ADDR or --relay ADDRS (or CONDUIT_RELAY, or relay in conduit.toml)".into(),
-        )
-        .into());
-    }
+    let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, &config)?;
     let audit = Audit::open(
         home,
         &identity,
@@ -353,16 +365,7 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         yes: args.yes || file.auto_accept.unwrap_or(false),
         overwrite: args.overwrite || file.overwrite.unwrap_or(false),
     };
-    let relay = match args.listen {
-        Some(_) => None,
-        None => args.relay.options(file)?,
-    };
-    if relay.is_none() && args.listen.is_none() {
-        return Err(Usage(
-            "receive needs --listen ADDR or --relay ADDRS (or CONDUIT_RELAY, or relay in conduit.toml)".into(),
-        )
-        .into());
-    }
+    let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, &config)?;
     let audit = Audit::open(
         home,
         &identity,
@@ -489,19 +492,28 @@ async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is
+/// called (inside a runtime), not when it is first polled, so a signal that comes right
+/// after is not lost (or fatal).
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        tokio::select! {
+            () = recv_or_never(term.as_mut()) => {}
+            () = recv_or_never(int.as_mut()) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
+    }
+}
+
+/// Waits for the signal, or forever when its handler could not be installed.
+async fn recv_or_never(s: Option<&mut tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 
