@@ -114,3 +114,35 @@ fn bench_transfer_json_has_every_documented_key_and_consistent_ratios() {
     // The temporary files are gone.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn bench_transfer_splits_the_bytes_into_files_and_rejects_bad_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = conduit()
+        .args([
+            "bench", "transfer", "--json", "--size", "3000001", "--files", "7", "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["files"], 7);
+    assert_eq!(v["size_bytes"], 3_000_001);
+    assert!(v["direct_mbps"].as_f64().unwrap() > 0.0);
+    for bad in ["0", "3000002"] {
+        let out = conduit()
+            .args([
+                "bench", "transfer", "--size", "3000001", "--files", bad, "--dir",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--files {bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--files"));
+    }
+}

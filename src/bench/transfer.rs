@@ -30,12 +30,16 @@ use crate::peers::AddressBook;
 
 /// Default bytes moved per measurement.
 pub const DEFAULT_TRANSFER_BYTES: u64 = 1 << 30;
+/// Most files a measurement may be split into.
+pub const MAX_FILES: u64 = 100_000;
 
 /// Options of `bench transfer`.
 #[derive(Debug, Clone)]
 pub struct TransferBenchConfig {
     /// Bytes moved per measurement.
     pub size: u64,
+    /// Files the bytes are split into (1 to [`MAX_FILES`]).
+    pub files: u64,
     /// Where source and received files go (default: /dev/shm when present, so that the
     /// storage device is not what is measured; else the temporary directory).
     pub dir: Option<PathBuf>,
@@ -48,6 +52,8 @@ pub struct TransferBenchConfig {
 pub struct TransferReport {
     /// Bytes per measurement.
     pub size_bytes: u64,
+    /// Files per measurement (the raw runs move the same bytes on one stream).
+    pub files: u64,
     /// Directory of the files.
     pub dir: String,
     /// (a) raw QUIC, direct.
@@ -191,6 +197,11 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
     if cfg.size == 0 {
         return Err(err("--size must be at least one byte"));
     }
+    if cfg.files == 0 || cfg.files > MAX_FILES || cfg.files > cfg.size {
+        return Err(err(
+            "--files must be between 1 and 100000, and at most --size",
+        ));
+    }
     let base = match &cfg.dir {
         Some(d) => d.clone(),
         None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
@@ -200,8 +211,13 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
         .prefix("conduit-bench-")
         .tempdir_in(&base)?;
     let root = dir.path();
-    let src = root.join("payload.bin");
-    write_payload(&src, cfg.size)?;
+    let src = root.join("payload");
+    std::fs::create_dir(&src)?;
+    let mut xof = blake3::Hasher::new_derive_key("phi-conduit v1 bench payload").finalize_xof();
+    for i in 0..cfg.files {
+        let share = cfg.size / cfg.files + u64::from(i < cfg.size % cfg.files);
+        write_payload(&src.join(format!("part-{i:06}.bin")), share, &mut xof)?;
+    }
     let (tx_home, rx_home) = (root.join("sender"), root.join("receiver"));
     homes(&tx_home, &rx_home)?;
 
@@ -351,6 +367,7 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
     let raw_legs = (raw.sender_cpu + raw.receiver_cpu) / gb;
     Ok(TransferReport {
         size_bytes: cfg.size,
+        files: cfg.files,
         dir: base.display().to_string(),
         raw_quinn_mbps: raw.mbps,
         direct_mbps: direct.mbps,
@@ -424,9 +441,8 @@ fn homes(tx: &Path, rx: &Path) -> Result<(), BenchError> {
 }
 
 /// Generated, incompressible-looking payload (it lands in the page cache as it is written).
-fn write_payload(path: &Path, size: u64) -> Result<(), BenchError> {
+fn write_payload(path: &Path, size: u64, xof: &mut blake3::OutputReader) -> Result<(), BenchError> {
     use std::io::Write;
-    let mut xof = blake3::Hasher::new_derive_key("phi-conduit v1 bench payload").finalize_xof();
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;

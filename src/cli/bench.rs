@@ -25,6 +25,10 @@ pub struct TransferArgs {
     /// Bytes per measurement.
     #[arg(long, default_value_t = DEFAULT_TRANSFER_BYTES)]
     size: u64,
+    /// Files the bytes are split into (a tree of equal files; the raw runs move the same
+    /// bytes on one stream).
+    #[arg(long, default_value_t = 1)]
+    files: u64,
     /// Directory for the source and received files [default: /dev/shm if present].
     #[arg(long, value_name = "DIR")]
     dir: Option<std::path::PathBuf>,
@@ -164,6 +168,7 @@ fn print_table(r: &CipherReport) {
 fn transfer(args: TransferArgs) -> anyhow::Result<()> {
     let report = bench::transfer::transfer(&TransferBenchConfig {
         size: args.size,
+        files: args.files,
         dir: args.dir,
         exe: std::env::current_exe()?,
     })?;
@@ -177,8 +182,8 @@ fn transfer(args: TransferArgs) -> anyhow::Result<()> {
 
 fn print_transfer(r: &TransferReport) {
     println!(
-        "bench transfer: {} bytes per run on loopback, files in {}",
-        r.size_bytes, r.dir
+        "bench transfer: {} bytes in {} file(s) per run on loopback, files in {}",
+        r.size_bytes, r.files, r.dir
     );
     println!(
         "{:<34} {:>10} {:>12} {:>12} {:>12}",
