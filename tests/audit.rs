@@ -245,22 +245,56 @@ fn deletion_swap_truncation_and_forged_append_are_each_detected_and_named() {
     std::fs::write(home.join("audit").join(&name), t).unwrap();
     let why = assert_broken_at(&home, n as u64 - 1, "truncated");
     assert!(why.contains("truncated"), "{why}");
-    // A record appended by someone without the key: copied from the last one, renumbered
-    // and chained, with a MAC made under another key.
+    // A record appended by someone without the key: the last line's bytes, renumbered and
+    // chained to it, with a well-formed MAC made without the key.
     let forged = {
-        let last: Value = serde_json::from_str(&lines[n - 1]).unwrap();
-        let mut r = last.as_object().unwrap().clone();
-        r.insert("seq".into(), (n as u64).into());
-        r.insert("prev".into(), last["mac"].clone());
-        r.insert("path".into(), "forged.pdf".into());
-        r.insert(
-            "mac".into(),
-            blake3::hash(b"no key").to_hex().to_string().into(),
-        );
-        serde_json::to_string(&r).unwrap()
+        let last = &lines[n - 1];
+        let v: Value = serde_json::from_str(last).unwrap();
+        let body = &last[..last.rfind(",\"mac\":\"").unwrap()];
+        let body = body
+            .replacen(&format!("\"seq\":{}", n - 1), &format!("\"seq\":{n}"), 1)
+            .replacen(
+                &format!("\"prev\":{}", v["prev"]),
+                &format!("\"prev\":{}", v["mac"]),
+                1,
+            );
+        assert_ne!(&body, &last[..body.len().min(last.len())]);
+        format!(
+            "{body},\"mac\":\"{}\"}}",
+            blake3::keyed_hash(&[7u8; 32], body.as_bytes()).to_hex()
+        )
     };
     let why = case("forged", &|l| l.push(forged.clone()), n as u64);
-    assert!(why.contains("MAC"), "{why}");
+    assert!(why.contains("MAC mismatch"), "{why}");
+    // The MAC of a genuine record spelled in upper case: an edit, detected.
+    let why = case(
+        "mac-case",
+        &|l| {
+            let at = l[3].rfind(",\"mac\":\"").unwrap();
+            l[3] = format!(
+                "{}{}",
+                &l[3][..at],
+                l[3][at..].to_uppercase().replace("\"MAC\"", "\"mac\"")
+            );
+        },
+        3,
+    );
+    assert!(why.contains("not a record") || why.contains("MAC"), "{why}");
+    // Lines that are not records at all: each reported, no panic.
+    for (tag, junk) in [
+        ("empty", String::new()),
+        ("crlf", format!("{}\r", lines[2])),
+        ("huge", "x".repeat(70_000)),
+    ] {
+        case(tag, &|l| l[2] = junk.clone(), 2);
+    }
+    let home = p.root.join("tamper-binary");
+    copy_home(&p.receiver, &home);
+    let mut bytes = lines[..2].join("\n").into_bytes();
+    bytes.extend_from_slice(b"\n\xff\xfe\x00garbage\n");
+    std::fs::write(home.join("audit").join(&name), bytes).unwrap();
+    let why = assert_broken_at(&home, 2, "binary");
+    assert!(why.contains("UTF-8"), "{why}");
     // The untouched log still verifies.
     assert_eq!(verify(&p.receiver).0, 0);
 }
@@ -442,6 +476,45 @@ fn show_filters_by_date_and_rejects_a_bad_one() {
         shown.contains("file_completed") && shown.contains("a.txt"),
         "{shown}"
     );
+}
+
+#[test]
+fn an_interrupted_receive_is_on_record_and_keygen_will_not_orphan_the_log() {
+    let p = pair_knowing(true, true);
+    let out = p.root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let big = p.root.join("big.bin");
+    common::write_large(&big, 256 << 20);
+    let (rx, addr) = direct_receiver(&p, &out, &[]);
+    let mut tx = conduit(&p.sender);
+    tx.arg("send")
+        .arg(&big)
+        .args(["--to", "lab", "--direct", &addr, "--json"]);
+    let mut tx = common::Running::spawn(tx);
+    common::wait_for_durable(&out, "big.bin", 8 << 20);
+    rx.signal(libc::SIGINT);
+    let mut rx = rx;
+    let (status, _, err) = rx.finish();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let _ = tx.finish();
+    let got = records(&p.receiver, &[]);
+    let last = got.last().unwrap();
+    assert_eq!(last["event"], "transfer_failed", "{got:?}");
+    assert!(last["reason"].as_str().unwrap().contains("interrupted"));
+    assert_eq!(last["session"], got[1]["session"]);
+    assert_eq!(verify(&p.receiver).0, 0);
+    // A new identity could neither extend nor verify this log: keygen --force refuses.
+    let out = conduit(&p.receiver)
+        .args(["keygen", "--force"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("audit log"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(verify(&p.receiver).0, 0);
 }
 
 #[test]

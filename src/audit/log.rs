@@ -32,7 +32,7 @@ pub fn file_name(n: u64) -> String {
 /// The number of a log file's name, if it is one.
 fn file_number(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
-    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.len() < 6 || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
@@ -135,6 +135,12 @@ impl AuditLog {
     fn write(&self, number: u64, record: &Record) -> Result<[u8; 32], AuditError> {
         let (mut line, mac) =
             record::encode(record, &self.key).map_err(|e| AuditError::Io(io::Error::other(e)))?;
+        if line.len() >= MAX_LINE {
+            return Err(AuditError::Io(io::Error::other(format!(
+                "a record of {} bytes exceeds the {MAX_LINE}-byte line limit",
+                line.len()
+            ))));
+        }
         line.push('\n');
         let path = self.dir.join(file_name(number));
         let created = !path.exists();
@@ -194,7 +200,8 @@ fn last_line(path: &Path) -> io::Result<Option<Result<String, ()>>> {
     if len == 0 {
         return Ok(None);
     }
-    let from = len.saturating_sub(MAX_LINE as u64 + 1);
+    // Room for the longest line, its newline and the newline before it.
+    let from = len.saturating_sub(MAX_LINE as u64 + 2);
     f.seek(SeekFrom::Start(from))?;
     let mut tail = Vec::with_capacity((len - from) as usize);
     f.read_to_end(&mut tail)?;

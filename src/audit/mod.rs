@@ -250,6 +250,8 @@ impl SessionAudit {
             ..Record::default()
         };
         fill(&mut r);
+        r.reason = r.reason.as_deref().map(record::bounded);
+        r.peer_name = r.peer_name.as_deref().map(record::bounded);
         tokio::task::spawn_blocking(move || inner.log.append(r))
             .await
             .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
@@ -354,9 +356,90 @@ impl SessionAudit {
         .await
     }
 
+    /// The session id (hex) that every record of this session carries.
+    pub fn id(&self) -> &str {
+        &self.session
+    }
+
+    /// The transfer was stopped by the user or the service (Ctrl-C, SIGTERM); what was
+    /// received stays as partial files for a resume.
+    pub async fn interrupted(&self) -> Result<(), AuditError> {
+        self.failed("interrupted (Ctrl-C or SIGTERM); partial files are kept for a resume")
+            .await
+    }
+
     /// The transfer failed.
     pub async fn failed(&self, reason: &str) -> Result<(), AuditError> {
         self.write(event::TRANSFER_FAILED, |r| r.reason = Some(reason.into()))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_text_from_a_peer_is_bounded_and_the_chain_stays_usable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let me = Identity::generate().unwrap();
+        let book = AddressBook::load(&home).unwrap();
+        let audit = Audit::open(&home, &me, &book, Options::default());
+        let s = audit.session(Role::Send);
+        // A refusal reason as long as a peer can make one, full of characters JSON escapes.
+        let reason = "\u{1b}[31m\"\\".repeat(30_000);
+        s.offer(&[1u8; 16], 1, 1, Some(&reason)).await.unwrap();
+        s.failed(&reason).await.unwrap();
+        s.receipt(&[], 0).await.unwrap();
+        let valid = verify::verify(&super::dir(&home), &chain_key(&me))
+            .unwrap()
+            .unwrap();
+        assert_eq!(valid.records, 4);
+        let records = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
+        for r in &records {
+            assert!(
+                r.reason
+                    .as_deref()
+                    .is_none_or(|t| t.len() <= record::MAX_TEXT)
+            );
+        }
+        assert!(
+            records
+                .iter()
+                .all(|r| r.session.as_deref().is_none_or(|x| x == s.id()))
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_writers_keep_one_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let me = Identity::generate().unwrap();
+        let audit = Audit::open(
+            &home,
+            &me,
+            &AddressBook::load(&home).unwrap(),
+            Options::default(),
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let audit = audit.clone();
+            tasks.spawn(async move {
+                let s = audit.session(Role::Receive);
+                for i in 0..25u64 {
+                    s.file_completed(&format!("f{i}"), i, &blake3::hash(b"x"))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+        let valid = verify::verify(&super::dir(&home), &chain_key(&me))
+            .unwrap()
+            .unwrap();
+        assert_eq!(valid.records, 201);
     }
 }

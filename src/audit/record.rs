@@ -22,6 +22,22 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Longest line accepted when reading a log (a record is a few hundred bytes; file
 /// names are limited by the transfer protocol).
 pub const MAX_LINE: usize = 64 * 1024;
+/// Longest free text kept in a record (`reason`, `peer_name`); longer text is cut at
+/// a character boundary and marked with `…`.
+pub const MAX_TEXT: usize = 1024;
+
+/// `text`, cut to at most [`MAX_TEXT`] bytes at a character boundary.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_string();
+    }
+    let mut end = MAX_TEXT - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// `prev` of the first record of a log.
 pub const GENESIS_PREV: [u8; 32] = [0u8; 32];
 
@@ -233,13 +249,19 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// 64 hex digits to 32 bytes.
+/// 64 lower-case hex digits to 32 bytes.
 pub fn unhex(text: &str) -> Option<[u8; 32]> {
     let bytes = text.as_bytes();
     if bytes.len() != 64 {
         return None;
     }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    // Lower case only: the MAC's text is outside the bytes it covers, so exactly one
+    // spelling of it may verify.
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
     let mut out = [0u8; 32];
     for (o, pair) in out.iter_mut().zip(bytes.chunks(2)) {
         *o = digit(pair[0])? << 4 | digit(pair[1])?;
@@ -320,6 +342,28 @@ mod tests {
             "\u{1F600}\",\"mac\":\"zz\"}",
         ] {
             assert!(parse(line).is_err(), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_mac_spelled_in_upper_case_does_not_parse() {
+        let key = ChainKey::derive(&[1u8; 32], b"test");
+        let (line, _) = encode(&sample(), &key).unwrap();
+        let at = line.rfind(MAC_PREFIX).unwrap() + MAC_PREFIX.len();
+        let upper = format!(
+            "{}{}",
+            &line[..at],
+            line[at..].to_uppercase()
+        );
+        assert!(parse(&upper).is_err());
+    }
+
+    #[test]
+    fn long_text_is_cut_at_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        for long in ["x".repeat(5000), "é".repeat(3000), "名".repeat(2000)] {
+            let b = bounded(&long);
+            assert!(b.len() <= MAX_TEXT && b.ends_with('…'), "{}", b.len());
         }
     }
 

@@ -46,13 +46,18 @@ impl std::fmt::Display for Broken {
     }
 }
 
-/// Reads one file's lines; a last line without a newline comes back as `Err`.
-fn lines(path: &Path) -> Result<Vec<Result<String, String>>, AuditError> {
-    let f = std::fs::File::open(path).map_err(AuditError::Io)?;
-    let mut reader = BufReader::new(f);
-    let mut out = Vec::new();
-    loop {
-        let mut buf = Vec::new();
+/// Calls `f` with each line of `path` and its number (from 1), one at a time; a last line
+/// without a newline, an overlong line or one that is not UTF-8 comes as `Err` with why.
+/// Stops at the first `Some` that `f` returns.
+fn scan<T>(
+    path: &Path,
+    mut f: impl FnMut(u64, Result<String, String>) -> Option<T>,
+) -> Result<Option<T>, AuditError> {
+    let file = std::fs::File::open(path).map_err(AuditError::Io)?;
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    for number in 1u64.. {
+        buf.clear();
         let n = (&mut reader)
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut buf)
@@ -60,29 +65,46 @@ fn lines(path: &Path) -> Result<Vec<Result<String, String>>, AuditError> {
         if n == 0 {
             break;
         }
-        match buf.strip_suffix(b"\n") {
-            Some(line) => {
-                out.push(String::from_utf8(line.to_vec()).map_err(|_| "not UTF-8 text".to_string()))
-            }
-            None if buf.len() > MAX_LINE => {
-                out.push(Err("line too long".into()));
-                break;
-            }
-            None => {
-                out.push(Err(
-                    "truncated: the file ends in the middle of a record".into()
-                ));
-                break;
-            }
+        let (line, last) = match buf.strip_suffix(b"\n") {
+            Some(line) => (
+                String::from_utf8(line.to_vec()).map_err(|_| "not UTF-8 text".to_string()),
+                false,
+            ),
+            None if buf.len() > MAX_LINE => (Err("line too long".to_string()), true),
+            None => (
+                Err("truncated: the file ends in the middle of a record".to_string()),
+                true,
+            ),
+        };
+        if let Some(t) = f(number, line) {
+            return Ok(Some(t));
+        }
+        if last {
+            break;
         }
     }
-    Ok(out)
+    Ok(None)
+}
+
+/// A shared lock on the log (held while reading), so no append is seen half-written;
+/// `None` when there is no log yet.
+fn read_lock(dir: &Path) -> Result<Option<std::fs::File>, AuditError> {
+    match std::fs::File::open(dir.join("lock")) {
+        Ok(f) => {
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::LockShared)
+                .map_err(|e| AuditError::Io(e.into()))?;
+            Ok(Some(f))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AuditError::Io(e)),
+    }
 }
 
 /// Checks every file of the log in `dir` with `key`: MACs, sequence numbers, the chain
 /// of `prev` values across files, and no file missing from the rotation. Returns the
 /// first problem.
 pub fn verify(dir: &Path, key: &ChainKey) -> Result<Result<Valid, Broken>, AuditError> {
+    let _lock = read_lock(dir)?;
     let files = list(dir).map_err(AuditError::Io)?;
     let mut expected_seq = 0u64;
     let mut prev = GENESIS_PREV;
@@ -100,30 +122,30 @@ pub fn verify(dir: &Path, key: &ChainKey) -> Result<Result<Valid, Broken>, Audit
                 ),
             }));
         }
-        for (i, line) in lines(path)?.into_iter().enumerate() {
+        let broken = scan(path, |line_number, line| {
             let at = |reason: String| Broken {
                 record: expected_seq,
                 file: name.clone(),
-                line: i as u64 + 1,
+                line: line_number,
                 reason,
             };
             let line = match line {
                 Ok(l) => l,
-                Err(why) => return Ok(Err(at(why))),
+                Err(why) => return Some(at(why)),
             };
             let p = match record::parse(&line) {
                 Ok(p) => p,
-                Err(e) => return Ok(Err(at(e.to_string()))),
+                Err(e) => return Some(at(e.to_string())),
             };
             if !key.check(p.body.as_bytes(), &p.mac) {
-                return Ok(Err(at(
+                return Some(at(
                     "MAC mismatch: the record was altered, or written without this endpoint's key"
                         .into(),
-                )));
+                ));
             }
             let seq = p.record.seq;
             if seq != expected_seq {
-                let reason = if seq > expected_seq {
+                return Some(at(if seq > expected_seq {
                     format!(
                         "found record {seq} where {expected_seq} belongs: records {expected_seq} to {} are missing (deleted, or a file of the rotation removed)",
                         seq - 1
@@ -132,23 +154,24 @@ pub fn verify(dir: &Path, key: &ChainKey) -> Result<Result<Valid, Broken>, Audit
                     format!(
                         "found record {seq} where {expected_seq} belongs: records were reordered or repeated"
                     )
-                };
-                return Ok(Err(at(reason)));
+                }));
             }
             if p.prev != prev {
-                return Ok(Err(at(
+                return Some(at(
                     "its prev does not match the record before: records were reordered or replaced"
                         .into(),
-                )));
+                ));
             }
             if seq == 0 && p.record.event != event::LOG_CREATED {
-                return Ok(Err(at(
-                    "the log does not start with its first record".into()
-                )));
+                return Some(at("the log does not start with its first record".into()));
             }
             prev = p.mac;
             last_ts = Some(p.record.ts);
             expected_seq += 1;
+            None
+        })?;
+        if let Some(b) = broken {
+            return Ok(Err(b));
         }
     }
     Ok(Ok(Valid {
@@ -206,15 +229,17 @@ pub fn parse_since(text: &str) -> Result<time::OffsetDateTime, String> {
 /// The records of the log that pass `filter`, in order. Lines that are not records are
 /// skipped here (`verify` reports them).
 pub fn show(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
+    let _lock = read_lock(dir)?;
     let mut out = Vec::new();
     for (_, path) in list(dir).map_err(AuditError::Io)? {
-        for line in lines(&path)?.into_iter().flatten() {
-            if let Ok(p) = record::parse(&line) {
+        scan(&path, |_, line| {
+            if let Some(p) = line.ok().and_then(|l| record::parse(&l).ok()) {
                 if filter.keeps(&p.record) {
                     out.push(p.record);
                 }
             }
-        }
+            None::<()>
+        })?;
     }
     Ok(out)
 }

@@ -27,6 +27,15 @@ pub struct IdArgs {
 }
 
 pub(crate) fn keygen(home: &Home, args: KeygenArgs) -> anyhow::Result<()> {
+    let audit = crate::audit::dir(home);
+    if args.force && !crate::audit::log::list(&audit)?.is_empty() {
+        // The chain is keyed by this identity: a new key could neither extend nor verify it.
+        anyhow::bail!(
+            "{} holds an audit log chained under the current identity; move it aside (and keep \
+             the current key to verify it) before replacing the identity",
+            audit.display()
+        );
+    }
     let id = Identity::generate()?;
     id.save(home, args.force)?;
     print_id(&id, args.json, "created a new identity");

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use crate::audit::{Audit, NameMode};
+use crate::audit::{Audit, NameMode, Role as AuditRole};
 use crate::cli::Usage;
 use crate::config::{Config, TransferFile};
 use crate::crypto::identity::Identity;
@@ -283,13 +283,15 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         };
         let pool = CipherPool::with_all_cores()?;
         let events = events(Output::of(args.json, args.quiet), &book);
-        let transfer = run::send(
-            &conn, &identity, &recipient, &files, chunk, &pool, &events, &audit,
+        let rec = audit.session(AuditRole::Send);
+        let transfer = run::send_recorded(
+            &conn, &identity, &recipient, &files, chunk, &pool, &events, &rec,
         );
         let result = tokio::select! {
             r = transfer => r,
             () = shutdown_signal() => {
                 conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
+                record_interruption(&rec).await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
                 return Err(Interrupted.into());
             }
@@ -423,8 +425,9 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         };
         let pool = CipherPool::with_all_cores()?;
         let events = events(Output::of(args.json, args.quiet), &book);
-        let transfer = run::receive(
-            &conn, &identity, &book, &dest, &policy, &pool, &events, &audit,
+        let rec = Arc::new(audit.session(AuditRole::Receive));
+        let transfer = run::receive_recorded(
+            &conn, &identity, &book, &dest, &policy, &pool, &events, &rec,
         );
         let result = tokio::select! {
             r = transfer => r,
@@ -432,6 +435,7 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
                 // The partial files and their resume records stay; the cipher threads
                 // record the last chunks written as the connection goes.
                 conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
+                record_interruption(&rec).await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
                 return Err(Interrupted.into());
             }
@@ -483,13 +487,31 @@ async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
     } else {
         println!("receiving at relay {relay} ({slots} at once); Ctrl-C to stop");
     }
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..slots {
-        tasks.spawn(daemon_slot(Arc::clone(&ctx), Arc::clone(&pool)));
+        tasks.spawn(daemon_slot(
+            Arc::clone(&ctx),
+            Arc::clone(&pool),
+            stopping.clone(),
+        ));
     }
     shutdown_signal().await;
+    // Slots in a transfer close it and record the interruption; then they end.
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     tasks.shutdown().await;
     Ok(())
+}
+
+/// Records that the user or the service stopped a transfer (a warning if it cannot).
+async fn record_interruption(rec: &crate::audit::SessionAudit) {
+    if let Err(e) = rec.interrupted().await {
+        eprintln!("warning: {e}");
+    }
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is
@@ -518,11 +540,18 @@ async fn recv_or_never(s: Option<&mut tokio::signal::unix::Signal>) {
 }
 
 /// One listener slot of the daemon: wait at the relay, receive, repeat.
-async fn daemon_slot(ctx: Arc<DaemonContext>, pool: Arc<CipherPool>) {
+async fn daemon_slot(
+    ctx: Arc<DaemonContext>,
+    pool: Arc<CipherPool>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let rendezvous = run::rendezvous_for(&ctx.identity.public());
     let mut backoff = Duration::from_secs(1);
     loop {
-        let joined = relay_client::join(&ctx.opts, Role::Listen, false, rendezvous).await;
+        let joined = tokio::select! {
+            j = relay_client::join(&ctx.opts, Role::Listen, false, rendezvous) => j,
+            _ = stopping.changed() => return,
+        };
         let j = match joined {
             Ok(j) => j,
             Err(relay_client::JoinError::Refused {
@@ -537,17 +566,27 @@ async fn daemon_slot(ctx: Arc<DaemonContext>, pool: Arc<CipherPool>) {
             }
         };
         backoff = Duration::from_secs(1);
-        let result = run::receive(
+        let rec = Arc::new(ctx.audit.session(AuditRole::Receive));
+        let events = events(Output::of(ctx.json, false), &ctx.book);
+        let transfer = run::receive_recorded(
             &j.connection,
             &ctx.identity,
             &ctx.book,
             &ctx.dest,
             &ctx.policy,
             &pool,
-            &events(Output::of(ctx.json, false), &ctx.book),
-            &ctx.audit,
-        )
-        .await;
+            &events,
+            &rec,
+        );
+        let result = tokio::select! {
+            r = transfer => r,
+            _ = stopping.changed() => {
+                j.connection.close(run::CLOSE_CANCELLED.into(), b"cancelled");
+                record_interruption(&rec).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
+                return;
+            }
+        };
         match result {
             Ok(summary) => {
                 report("received", &summary, ctx.json);

@@ -304,8 +304,24 @@ pub async fn send(
     audit: &Audit,
 ) -> Result<Summary, TransferError> {
     let rec = audit.session(Role::Send);
-    let result = send_audited(conn, local, recipient, files, chunk, pool, events, &rec).await;
-    audited(&rec, result).await
+    send_recorded(conn, local, recipient, files, chunk, pool, events, &rec).await
+}
+
+/// [`send`] with the session's records made by the caller, which can then record an
+/// interruption (the transfer future dropped) under the same session id.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_recorded(
+    conn: &quinn::Connection,
+    local: &Identity,
+    recipient: &Recipient,
+    files: &[SourceFile],
+    chunk: ChunkSize,
+    pool: &Arc<CipherPool>,
+    events: &Events,
+    rec: &SessionAudit,
+) -> Result<Summary, TransferError> {
+    let result = send_audited(conn, local, recipient, files, chunk, pool, events, rec).await;
+    audited(rec, result).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -595,8 +611,23 @@ pub async fn receive(
     audit: &Audit,
 ) -> Result<Summary, TransferError> {
     let rec = Arc::new(audit.session(Role::Receive));
-    let result = receive_audited(conn, local, book, dest, policy, pool, events, &rec).await;
-    audited(&rec, result).await
+    receive_recorded(conn, local, book, dest, policy, pool, events, &rec).await
+}
+
+/// [`receive`] with the session's records made by the caller (see [`send_recorded`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn receive_recorded(
+    conn: &quinn::Connection,
+    local: &Identity,
+    book: &AddressBook,
+    dest: &Destination,
+    policy: &ReceivePolicy,
+    pool: &Arc<CipherPool>,
+    events: &Events,
+    rec: &Arc<SessionAudit>,
+) -> Result<Summary, TransferError> {
+    let result = receive_audited(conn, local, book, dest, policy, pool, events, rec).await;
+    audited(rec, result).await
 }
 
 #[allow(clippy::too_many_arguments)]
