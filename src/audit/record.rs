@@ -350,11 +350,7 @@ mod tests {
         let key = ChainKey::derive(&[1u8; 32], b"test");
         let (line, _) = encode(&sample(), &key).unwrap();
         let at = line.rfind(MAC_PREFIX).unwrap() + MAC_PREFIX.len();
-        let upper = format!(
-            "{}{}",
-            &line[..at],
-            line[at..].to_uppercase()
-        );
+        let upper = format!("{}{}", &line[..at], line[at..].to_uppercase());
         assert!(parse(&upper).is_err());
     }
 
