@@ -159,6 +159,28 @@ fn a_relay_on_a_ca_signed_certificate_is_verified_by_name_and_ca() {
 }
 
 #[test]
+fn the_relay_makes_no_core_dump() {
+    let mut cmd = bin();
+    cmd.args([
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--dev-self-signed",
+        "--json",
+    ]);
+    let mut relay = Running::spawn(cmd);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", relay.child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], &["0", "0"], "{core}");
+    relay.signal(libc::SIGTERM);
+    assert!(relay.finish().0.success());
+}
+
+#[test]
 fn the_relay_refuses_to_start_without_a_certificate() {
     let out = bin()
         .args(["relay", "--listen", "127.0.0.1:0"])

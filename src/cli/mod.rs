@@ -92,6 +92,7 @@ pub(crate) struct Usage(pub(crate) String);
 
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
+    no_core_dumps();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -185,6 +186,17 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
     }
     code::FAILURE
+}
+
+/// No core dumps: a crashed endpoint holds plaintext and keys, a crashed relay
+/// ciphertext in flight; none of it may land on disk (best effort: a failure to set the
+/// limit is not fatal).
+fn no_core_dumps() {
+    let none = rustix::process::Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    let _ = rustix::process::setrlimit(rustix::process::Resource::Core, none);
 }
 
 /// A closed stdout (`conduit ... | head`) is not an error.

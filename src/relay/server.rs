@@ -186,6 +186,13 @@ impl Relay {
                         incoming.refuse();
                         continue;
                     }
+                    // QUIC Retry: a client proves it receives at its address before the
+                    // relay keeps any state for it (no spoofed floods of half-open
+                    // connections); one extra round trip per connection.
+                    if !incoming.remote_address_validated() {
+                        let _ = incoming.retry();
+                        continue;
+                    }
                     let Some(ip_slot) = IpSlot::take(&state, ip) else {
                         state.metrics.reject(Refusal::TooManyWaiting);
                         incoming.refuse();
