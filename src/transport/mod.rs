@@ -60,12 +60,23 @@ pub enum TransportError {
     Pem(String),
 }
 
+/// Set (to anything) to run with quinn's default windows and the system's default
+/// socket buffers instead of the tuned ones: for measuring what the tuning gives
+/// (docs/BENCHMARKS.md), never for production.
+pub const QUINN_DEFAULTS_ENV: &str = "CONDUIT_BENCH_QUINN_DEFAULTS";
+
+fn quinn_defaults() -> bool {
+    std::env::var_os(QUINN_DEFAULTS_ENV).is_some()
+}
+
 /// The transport configuration used everywhere (direct, relay legs, benchmarks).
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.stream_receive_window(STREAM_WINDOW.into());
-    t.receive_window(CONNECTION_WINDOW.into());
-    t.send_window(SEND_WINDOW);
+    if !quinn_defaults() {
+        t.stream_receive_window(STREAM_WINDOW.into());
+        t.receive_window(CONNECTION_WINDOW.into());
+        t.send_window(SEND_WINDOW);
+    }
     t.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
     t.max_concurrent_bidi_streams(4u32.into());
     t.keep_alive_interval(Some(KEEP_ALIVE));
@@ -88,8 +99,10 @@ fn socket(addr: SocketAddr) -> Result<UdpSocket, TransportError> {
     };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
         .map_err(err)?;
-    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
-    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    if !quinn_defaults() {
+        let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    }
     s.bind(&addr.into()).map_err(err)?;
     Ok(s.into())
 }
