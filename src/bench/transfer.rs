@@ -250,6 +250,13 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
     )?;
     let raw = finish(tx, rx)?;
 
+    // Warm-up: on a virtual machine the first write to memory the guest has not touched
+    // for a while can cost a fault in the hypervisor per page (seen here: the receiver's
+    // copy into the page cache 10x slower, docs/BENCHMARKS.md). Writing and deleting a
+    // file as large as the received one first lets the receiver's writes land on pages
+    // the host already backs, as they would on a machine in steady use.
+    warm_up(&root.join("warm-up"), cfg.size)?;
+
     // (b) direct, whole stack.
     let out = root.join("out");
     let rx = Party::spawn(exe, "receiver", &{
@@ -437,6 +444,23 @@ fn homes(tx: &Path, rx: &Path) -> Result<(), BenchError> {
     let mut book = AddressBook::load(&hb).map_err(|e| io(&e))?;
     book.add("sender", a.public()).map_err(|e| io(&e))?;
     book.save().map_err(|e| io(&e))?;
+    Ok(())
+}
+
+/// Writes `size` bytes to `path` and deletes it (see the warm-up in [`transfer`]).
+fn warm_up(path: &Path, size: u64) -> Result<(), BenchError> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = usize::try_from(left.min(block.len() as u64)).unwrap_or(block.len());
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    drop(f);
+    std::fs::remove_file(path)?;
     Ok(())
 }
 
