@@ -300,6 +300,53 @@ fn deletion_swap_truncation_and_forged_append_are_each_detected_and_named() {
 }
 
 #[test]
+fn repair_cuts_only_a_torn_last_record_and_transfers_continue() {
+    let p = home_with_records();
+    let (file, lines) = log_files(&p.receiver).remove(0);
+    let n = lines.len();
+    let repair = |home: &Path| {
+        let out = conduit(home)
+            .args(["audit", "repair", "--json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), v, text(&out.stderr))
+    };
+    // Nothing to repair in a sound log.
+    let (code, v, _) = repair(&p.receiver);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["repaired"], false);
+    // A torn last record (a crash mid-write): transfers stop, repair cuts it.
+    let mut t = lines.join("\n");
+    t.push('\n');
+    t.push_str(&lines[n - 1][..40]);
+    std::fs::write(&file, &t).unwrap();
+    assert_broken_at(&p.receiver, n as u64, "torn");
+    let (code, v, err) = repair(&p.receiver);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["bytes_cut"], 40);
+    let (code, valid) = verify(&p.receiver);
+    assert_eq!(code, 0, "{valid}");
+    let got = records(&p.receiver, &[]);
+    let last = got.last().unwrap();
+    assert_eq!(last["event"], "log_repaired");
+    assert!(last["reason"].as_str().unwrap().contains("cut 40 bytes"));
+    transfer(&p, "after-repair", &[("n.txt", b"note")], &[]);
+    assert_eq!(verify(&p.receiver).0, 0);
+    // An altered record before a torn end is not a torn write: refused, nothing cut.
+    let (file, mut lines) = log_files(&p.receiver).remove(0);
+    let k = lines.len() - 1;
+    lines[k] = lines[k].replacen("\"v\":1", "\"v\":1 ", 1);
+    let mut t = lines.join("\n");
+    t.push_str("\n{\"v\":1,\"seq\"");
+    std::fs::write(&file, &t).unwrap();
+    let (code, _, err) = repair(&p.receiver);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("does not verify"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), t);
+}
+
+#[test]
 fn rotation_continues_the_chain_and_a_removed_file_is_detected() {
     let p = pair_knowing(true, true);
     let src = p.root.join("src");

@@ -86,7 +86,15 @@ impl AuditLog {
     /// Appends `record` (its `seq` and `prev` are set here) after the last record of the
     /// log, creating the log with its first record if there is none; fsyncs it. Returns
     /// the sequence number written.
-    pub fn append(&self, mut record: Record) -> Result<u64, AuditError> {
+    pub fn append(&self, record: Record) -> Result<u64, AuditError> {
+        let lock = self.lock()?;
+        let seq = self.append_locked(record)?;
+        drop(lock);
+        Ok(seq)
+    }
+
+    /// The exclusive lock on the log (creating the directory if needed).
+    fn lock(&self) -> Result<File, AuditError> {
         crate::fsutil::private_dir(&self.dir).map_err(AuditError::Io)?;
         let lock = OpenOptions::new()
             .create(true)
@@ -98,6 +106,77 @@ impl AuditLog {
             .map_err(AuditError::Io)?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| AuditError::Io(e.into()))?;
+        Ok(lock)
+    }
+
+    /// Cuts a torn record (a last line without its newline, left by a crash or a full
+    /// disk) off the end of the log and records the repair: `None` when there is nothing
+    /// to cut. Refuses when what lacks a newline is longer than any record could be, or
+    /// when the record before it does not verify (that is tampering, not a torn write).
+    pub fn repair(&self, local: &str) -> Result<Option<(String, u64)>, AuditError> {
+        let _lock = self.lock()?;
+        let files = list(&self.dir).map_err(AuditError::Io)?;
+        let Some((_, path)) = files
+            .iter()
+            .rev()
+            .find(|(_, p)| fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        else {
+            return Ok(None);
+        };
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(AuditError::Io)?;
+        let len = f.metadata().map_err(AuditError::Io)?.len();
+        let from = len.saturating_sub(MAX_LINE as u64 + 1);
+        f.seek(SeekFrom::Start(from)).map_err(AuditError::Io)?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail).map_err(AuditError::Io)?;
+        if tail.ends_with(b"\n") {
+            return Ok(None);
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let keep = match tail.iter().rposition(|&b| b == b'\n') {
+            Some(i) => from + i as u64 + 1,
+            None if from == 0 => 0,
+            None => {
+                return Err(AuditError::Damaged {
+                    file: path.display().to_string(),
+                    why: "it ends in more than 64 KiB without a newline: not a torn record".into(),
+                });
+            }
+        };
+        let cut = len - keep;
+        f.set_len(keep).map_err(AuditError::Io)?;
+        f.sync_all().map_err(AuditError::Io)?;
+        let reason = format!("cut {cut} bytes of a partial record at the end of {name}");
+        let recorded = self.append_locked(Record {
+            v: record::SCHEMA_VERSION,
+            event: record::event::LOG_REPAIRED.into(),
+            ts: record::now(),
+            local: local.to_string(),
+            reason: Some(reason),
+            ..Record::default()
+        });
+        if let Err(e) = recorded {
+            // The record before does not verify (or the disk is full): put the bytes
+            // back as they were and leave the log to `audit verify` and a person.
+            let cut_bytes = &tail[usize::try_from(keep - from).unwrap_or(tail.len())..];
+            std::os::unix::fs::FileExt::write_all_at(&f, cut_bytes, keep)
+                .and_then(|()| f.sync_all())
+                .map_err(AuditError::Io)?;
+            return Err(e);
+        }
+        Ok(Some((name, cut)))
+    }
+
+    /// [`AuditLog::append`] with the lock held.
+    fn append_locked(&self, mut record: Record) -> Result<u64, AuditError> {
         let files = list(&self.dir).map_err(AuditError::Io)?;
         let (number, seq, prev) = match self.last(&files)? {
             None => {
@@ -127,7 +206,6 @@ impl AuditLog {
         record.seq = seq;
         record.prev = record::hex(&prev);
         self.write(number, &record)?;
-        drop(lock);
         Ok(seq)
     }
 

@@ -106,6 +106,13 @@ pub fn dir(home: &Home) -> PathBuf {
     home.path().join("audit")
 }
 
+/// Cuts a torn last record off `home`'s log and records the repair (see
+/// [`log::AuditLog::repair`]).
+pub fn repair(home: &Home, identity: &Identity) -> Result<Option<(String, u64)>, AuditError> {
+    let log = log::AuditLog::new(dir(home), chain_key(identity), None);
+    log.repair(&identity.public().fingerprint().to_string())
+}
+
 /// The chain key of `identity`.
 pub fn chain_key(identity: &Identity) -> ChainKey {
     ChainKey::derive(&identity.secret_bytes(), CHAIN_LABEL)

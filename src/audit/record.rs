@@ -61,6 +61,8 @@ pub mod event {
     pub const RECEIPT: &str = "receipt";
     /// The transfer failed.
     pub const TRANSFER_FAILED: &str = "transfer_failed";
+    /// `conduit audit repair` cut a torn record off the end of the log.
+    pub const LOG_REPAIRED: &str = "log_repaired";
 }
 
 /// The fields of a record. `None` fields are left out of the line.

@@ -16,6 +16,9 @@ pub enum AuditCommand {
     Verify(VerifyArgs),
     /// Print records, for people (a table) or scripts (--json).
     Show(ShowArgs),
+    /// Cut a torn record (left by a crash or a full disk) off the end of the log, and
+    /// record the repair; refuses anything that is not a torn last record.
+    Repair(VerifyArgs),
 }
 
 /// Options of `audit verify`.
@@ -70,6 +73,25 @@ pub(crate) fn run(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
                     Err(AuditError::Broken(broken).into())
                 }
             }
+        }
+        AuditCommand::Repair(args) => {
+            let identity = Identity::load(home)?;
+            let done = audit::repair(home, &identity)?;
+            if args.json {
+                let (file, cut) = done.clone().unzip();
+                println!(
+                    "{}",
+                    json!({"repaired": done.is_some(), "file": file, "bytes_cut": cut})
+                );
+            } else {
+                match done {
+                    Some((file, cut)) => println!(
+                        "cut {cut} bytes of a partial record at the end of {file}; the repair is on record"
+                    ),
+                    None => println!("nothing to repair: the log ends with a complete record"),
+                }
+            }
+            Ok(())
         }
         AuditCommand::Show(args) => {
             let filter = verify::Filter {
