@@ -40,8 +40,8 @@ pub mod code {
 #[derive(Debug, Parser)]
 #[command(name = "conduit", version, about, long_about = None)]
 pub struct Cli {
-    /// The endpoint's home directory (identity, address book); default: $CONDUIT_HOME,
-    /// else the OS data directory.
+    /// The endpoint's home directory (identity, address book, audit log, conduit.toml);
+    /// default: $CONDUIT_HOME, else the OS data directory.
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<std::path::PathBuf>,
     /// The command to run.
