@@ -16,6 +16,10 @@ use crate::relay::config::FileLimits;
 
 /// The file's name in the home.
 pub const FILE_NAME: &str = "conduit.toml";
+/// Default of `relay_wait_secs` (`--relay-wait`).
+pub const DEFAULT_RELAY_WAIT_SECS: u64 = 10;
+/// Default of `out` (`receive --out`).
+pub const DEFAULT_OUT: &str = ".";
 
 /// Errors reading the file.
 #[derive(Debug, Error)]
@@ -261,9 +265,14 @@ impl Config {
                 t.relay_wait_secs.map(|v| v.to_string()),
                 Some(env::RELAY_WAIT),
                 "transfer.relay_wait_secs",
-                Some("10"),
+                Some(&DEFAULT_RELAY_WAIT_SECS.to_string()),
             ),
-            text(path(&t.out), Some(env::OUT), "transfer.out", Some(".")),
+            text(
+                path(&t.out),
+                Some(env::OUT),
+                "transfer.out",
+                Some(DEFAULT_OUT),
+            ),
             text(
                 t.accept_unknown.map(|v| v.to_string()),
                 None,
@@ -286,7 +295,7 @@ impl Config {
                 a.names.map(|n| name_mode(n).to_string()),
                 Some(env::AUDIT_NAMES),
                 "audit.names",
-                Some("plain"),
+                Some(name_mode(NameMode::default())),
             ),
             text(
                 a.rotate_bytes.map(|v| v.to_string()),

@@ -168,11 +168,6 @@ impl Audit {
         })))
     }
 
-    /// Whether records are written.
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// The records of one transfer, under a new random session id.
     pub fn session(&self, role: Role) -> SessionAudit {
         let mut id = [0u8; 8];
@@ -292,13 +287,15 @@ impl SessionAudit {
         .await
     }
 
-    /// The handshake failed; `peer` when the failure names the key (an unknown sender).
+    /// The handshake failed, with why.
     pub async fn auth_failed(&self, reason: &str) -> Result<(), AuditError> {
         self.write(event::AUTH_FAILED, |r| r.reason = Some(reason.into()))
             .await
     }
 
     /// The offer's transfer id, files and bytes; `refused` with the reason, or accepted.
+    /// With `--audit-names hash` the reason (which may name a file) is recorded as
+    /// `refused` only.
     pub async fn offer(
         &self,
         transfer: &[u8],
@@ -314,11 +311,11 @@ impl SessionAudit {
             Some(_) => event::OFFER_REFUSED,
             None => event::OFFER_ACCEPTED,
         };
+        let hide = self.hides_names();
         self.write(name, |r| {
-            r.transfer = Some(record::hex(transfer));
             r.files = Some(files);
             r.bytes = Some(bytes);
-            r.reason = refused.map(str::to_string);
+            r.reason = refused.map(|why| if hide { "refused" } else { why }.to_string());
         })
         .await
     }
@@ -416,6 +413,38 @@ mod tests {
                 .iter()
                 .all(|r| r.session.as_deref().is_none_or(|x| x == s.id()))
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashed_names_keep_refusal_reasons_and_paths_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let me = Identity::generate().unwrap();
+        let book = AddressBook::load(&home).unwrap();
+        let options = Options {
+            names: NameMode::Hash,
+            rotate_bytes: None,
+        };
+        let s = Audit::open(&home, &me, &book, options).session(Role::Receive);
+        s.offer(
+            &[2u8; 16],
+            1,
+            5,
+            Some("Doe Jane.pdf already exists at the receiver"),
+        )
+        .await
+        .unwrap();
+        s.resumed("Doe Jane.pdf", 5, 1).await.unwrap();
+        let records = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
+        let offer = &records[1];
+        assert_eq!(offer.event, event::OFFER_REFUSED);
+        assert_eq!(offer.reason.as_deref(), Some("refused"));
+        assert_eq!(
+            offer.transfer.as_deref(),
+            Some(record::hex(&[2u8; 16]).as_str())
+        );
+        assert!(records[2].path.is_none() && records[2].path_hash.is_some());
+        assert_eq!(records[2].transfer, offer.transfer);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -174,7 +174,11 @@ impl RelayFlags {
             relays,
             trust,
             token,
-            wait: Duration::from_secs(self.relay_wait.or(file.relay_wait_secs).unwrap_or(10)),
+            wait: Duration::from_secs(
+                self.relay_wait
+                    .or(file.relay_wait_secs)
+                    .unwrap_or(crate::config::DEFAULT_RELAY_WAIT_SECS),
+            ),
         }))
     }
 }
@@ -352,7 +356,7 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .or_else(|| file.out.clone())
-        .unwrap_or_else(|| PathBuf::from("."));
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_OUT));
     let dest = Destination::open(&out)?;
     let code = args.code.as_deref().map(Code::parse).transpose()?;
     // A person at a terminal is asked about each offer (unless --yes); scripts are not.

@@ -383,14 +383,8 @@ async fn send_audited(
         Reply::AcceptResume(points) => points,
         Reply::Refuse(reason) => {
             let reason = crate::transfer::paths::escape(&reason);
-            let shown = (!rec.hides_names()).then_some(reason.as_str());
-            rec.offer(
-                &transfer_id,
-                offer.count,
-                total,
-                Some(shown.unwrap_or("refused")),
-            )
-            .await?;
+            rec.offer(&transfer_id, offer.count, total, Some(&reason))
+                .await?;
             return Err(TransferError::Refused(reason));
         }
     };
@@ -740,12 +734,10 @@ async fn receive_audited(
     };
     // The decision is on record before the sender hears it; without a record, nothing
     // is accepted.
-    let shown = refusal
-        .as_deref()
-        .map(|r| if rec.hides_names() { "refused" } else { r });
     let recorded = match opened {
         Ok(()) => {
-            rec.offer(&offer.transfer_id, offer.count, offer.total_size, shown)
+            let reason = refusal.as_deref();
+            rec.offer(&offer.transfer_id, offer.count, offer.total_size, reason)
                 .await
         }
         Err(e) => Err(e),
