@@ -63,6 +63,97 @@ fn a_full_destination_is_a_clear_error_and_nothing_lands() {
     assert!(!landed, "a partial file got its final name");
 }
 
+/// The reservation of a received file: the first segment at once, the rest in the
+/// background, where running out of room is reported to the writer's next check.
+#[test]
+fn a_reservation_that_runs_out_of_room_in_the_background_tells_the_writer() {
+    use phi_conduit::transfer::reserve::{FIRST_SEGMENT, Reservation};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("small");
+    if !mount_tmpfs(&disk, "12m", "") {
+        return;
+    }
+    let f = std::fs::File::create(disk.join("big.part")).unwrap();
+    let r = Reservation::start(&f, 0, 40 << 20).expect("the first segment fits");
+    let watch = r.watch();
+    let waited = r.wait();
+    let later = watch.check(FIRST_SEGMENT);
+    // Too large for the first segment: refused at once.
+    let g = std::fs::File::create(disk.join("other.part")).unwrap();
+    let at_once = Reservation::start(&g, 0, 20 << 20).map(|_| ());
+    drop((f, g));
+    umount(&disk);
+    assert_eq!(waited.unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+    assert_eq!(later.unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+    assert_eq!(at_once.unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+}
+
+/// Two transfers that each fit the free space, but not both together: each receiver
+/// checked the free space alone and accepted, then they race for the last space while
+/// reserving and writing. They cannot both land; whichever fails (the file system may
+/// fail both: two reservations that together exceed the space can each run out midway)
+/// says the storage is full, leaves nothing under the final name, and its sender knows;
+/// whichever lands is intact.
+#[test]
+fn two_transfers_racing_for_the_last_space_fail_cleanly() {
+    let p = pair_knowing(true, true);
+    let disk = p.root.join("small");
+    if !mount_tmpfs(&disk, "40m", "") {
+        return;
+    }
+    let (src_a, src_b) = (p.root.join("a.bin"), p.root.join("b.bin"));
+    write_data(&src_a, 24 << 20);
+    write_data(&src_b, 24 << 20);
+    let (out_a, out_b) = (disk.join("a"), disk.join("b"));
+    let (mut rx_a, addr_a) = direct_receiver(&p, &out_a, &[]);
+    let (mut rx_b, addr_b) = direct_receiver(&p, &out_b, &[]);
+    let send = |src: &std::path::Path, addr: &str| {
+        conduit(&p.sender)
+            .arg("send")
+            .arg(src)
+            .args(["--to", "lab", "--direct", addr])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut tx_a, mut tx_b) = (send(&src_a, &addr_a), send(&src_b, &addr_b));
+    let sent = [tx_a.wait().unwrap(), tx_b.wait().unwrap()];
+    let received = [rx_a.finish(), rx_b.finish()];
+    let outcome: Vec<(bool, bool)> = [(&src_a, &out_a), (&src_b, &out_b)]
+        .iter()
+        .map(|(src, out)| {
+            let f = out.join(src.file_name().unwrap());
+            (f.exists(), f.exists() && same_file(src, &f))
+        })
+        .collect();
+    umount(&disk);
+    assert!(
+        !(received[0].0.success() && received[1].0.success()),
+        "48 MiB landed on a 40 MiB file system"
+    );
+    for (i, ((status, _, err), (named, intact))) in received.iter().zip(&outcome).enumerate() {
+        if status.success() {
+            assert!(*intact, "transfer {i} succeeded but its file differs");
+            assert!(sent[i].success(), "transfer {i}: the sender saw a failure");
+        } else {
+            assert!(
+                !named,
+                "transfer {i} failed but its file got its final name"
+            );
+            assert!(
+                !sent[i].success(),
+                "transfer {i}: the sender reported success"
+            );
+            let e = err.to_lowercase();
+            assert!(
+                e.contains("full") || e.contains("space"),
+                "transfer {i}: {err}"
+            );
+        }
+    }
+}
+
 /// A UDP relay between two loopback sockets that drops `loss` of the datagrams and delays
 /// each by `delay`, both ways: a lossy, slow path made in the test (this machine has no
 /// netem).

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::transfer::paths::{RelPath, escape};
+use crate::transfer::reserve::{Reservation, SpaceWatch};
 use crate::transfer::resume::Sidecar;
 
 /// Errors writing received files.
@@ -146,26 +147,18 @@ impl Destination {
     /// Creates the parent directories of `rel` and its temporary file, or takes over the
     /// temporary file an interrupted transfer left (it must have its resume sidecar, and
     /// no other transfer may hold it), keeping its first `keep` bytes. The space for the
-    /// rest, up to `size`, is reserved at once (where the file system can): a full disk
-    /// shows now rather than midway, and the writes that follow find their blocks ready.
+    /// rest, up to `size`, is reserved where the file system can: the first segment now
+    /// (a full disk shows at once), the rest in the background while the data arrives
+    /// (see [`crate::transfer::reserve`] and [`PartFile::space_watch`]).
     pub fn open_part(&self, rel: &RelPath, keep: u64, size: u64) -> Result<PartFile, DestError> {
-        let part = self.create_part_inner(rel, true)?;
+        let mut part = self.create_part_inner(rel, true)?;
         part.file.set_len(keep).map_err(io_err(&part.part))?;
-        if size > keep {
-            let reserved = rustix::fs::fallocate(
-                &part.file,
-                rustix::fs::FallocateFlags::KEEP_SIZE,
-                keep,
-                size - keep,
-            );
-            match reserved {
-                Ok(()) => {}
-                Err(e) if e == rustix::io::Errno::NOSPC => {
-                    return Err(DestError::StorageFull(part.shown.clone()));
-                }
-                // Not supported here: the writes allocate as they go.
-                Err(_) => {}
+        match Reservation::start(&part.file, keep, size) {
+            Ok(r) => part.reservation = Some(r),
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                return Err(DestError::StorageFull(part.shown.clone()));
             }
+            Err(e) => return Err(io_err(&part.part)(e)),
         }
         Ok(part)
     }
@@ -239,6 +232,7 @@ impl Destination {
             final_path: dir.join(name),
             dir,
             shown: rel.to_string(),
+            reservation: None,
         })
     }
 }
@@ -252,6 +246,7 @@ pub struct PartFile {
     final_path: PathBuf,
     dir: PathBuf,
     shown: String,
+    reservation: Option<Reservation>,
 }
 
 impl PartFile {
@@ -262,6 +257,12 @@ impl PartFile {
             .map_err(io_err(&self.part))
     }
 
+    /// What the file's writer checks before each write: whether reserving the rest of
+    /// the file ran out of space (always fine where nothing is being reserved).
+    pub fn space_watch(&self) -> Option<SpaceWatch> {
+        self.reservation.as_ref().map(Reservation::watch)
+    }
+
     /// A handle for positional writes from another thread.
     pub fn writer(&self) -> Result<File, DestError> {
         self.file.try_clone().map_err(io_err(&self.part))
@@ -269,7 +270,9 @@ impl PartFile {
 
     /// Makes the file durable and gives it its final name; `mode` (permission bits only)
     /// is applied once complete.
-    pub fn finalize(self, overwrite: bool, mode: u32) -> Result<PathBuf, DestError> {
+    pub fn finalize(mut self, overwrite: bool, mode: u32) -> Result<PathBuf, DestError> {
+        // Every byte is written: whatever is still being reserved is not needed.
+        drop(self.reservation.take());
         self.file.sync_all().map_err(io_err(&self.part))?;
         let perm = fs::Permissions::from_mode((mode & 0o777) | 0o600);
         self.file
@@ -298,7 +301,8 @@ impl PartFile {
     }
 
     /// Gives up on the file: the temporary file and its sidecar are removed.
-    pub fn discard(self) {
+    pub fn discard(mut self) {
+        drop(self.reservation.take());
         let _ = fs::remove_file(&self.part);
         let _ = fs::remove_file(&self.sidecar);
     }

@@ -8,6 +8,8 @@
 //! - [`paths`]: validation of the relative paths a peer sends (untrusted until parsed).
 //! - [`dest`]: the receiver's writes: `.part` files, no-replace finalize, no links
 //!   followed, free space.
+//! - [`reserve`]: reserving a received file's space ahead of its writes, in the
+//!   background after the first segment.
 //! - [`resume`]: continuing interrupted transfers: the receiver's sidecar, the prefix
 //!   hash, checkpoints.
 
@@ -15,6 +17,7 @@ pub mod data;
 pub mod dest;
 pub mod paths;
 pub mod protocol;
+pub mod reserve;
 pub mod resume;
 pub mod run;
 pub mod source;

@@ -808,6 +808,7 @@ async fn receive_audited(
                 }
                 let part = dest.open_part(rel, layout.offset(first), e.size)?;
                 let writer = part.writer()?;
+                let space = part.space_watch();
                 let mut checkpoint = Checkpoint::new(
                     part.writer()?,
                     part.sidecar_path().to_path_buf(),
@@ -827,6 +828,9 @@ async fn receive_audited(
                 );
                 let chunk_bytes = u64::from(chunk.get());
                 let sink = Box::new(move |off: u64, buf: &[u8]| {
+                    if let Some(space) = &space {
+                        space.check(off)?;
+                    }
                     std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)?;
                     checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
                 });
