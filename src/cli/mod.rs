@@ -111,10 +111,26 @@ pub fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::from(code::OK);
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", describe(&err));
             ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// The error and its causes on one line, `a: b: c`, leaving out a cause whose text the
+/// line already holds (many errors here quote their source in their own message).
+fn describe(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Runs one parsed command line.
@@ -226,5 +242,22 @@ mod tests {
         let proto = anyhow::Error::from(HandshakeError::Protocol("x"));
         assert_eq!(exit_code(&proto), code::FAILURE);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), code::FAILURE);
+    }
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+        let data = crate::transfer::data::DataError::Sink(io);
+        let err = anyhow::Error::from(crate::transfer::run::TransferError::Data {
+            file: "a.bin".into(),
+            source: data,
+        })
+        .context("receiving");
+        assert_eq!(
+            describe(&err),
+            "receiving: a.bin: writing the received file: disk full"
+        );
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&err), "outer: inner");
     }
 }
