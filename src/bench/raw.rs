@@ -1,12 +1,20 @@
-//! The raw-QUIC baseline of `bench transfer`: plain bytes on one unidirectional stream,
+//! The raw-QUIC baselines of `bench transfer`: plain bytes on one unidirectional stream,
 //! with the product's transport configuration and no end-to-end layer, directly or
 //! through a relay's splice. Each side runs as its own process (`conduit bench
 //! raw-peer`), so its CPU time is its own.
+//!
+//! The bytes come from memory (one shared buffer: the transport's ceiling), or from files
+//! ([`send_files`] / [`receive_to_file`]: what moving a file costs without the E2E layer,
+//! positional reads from the page cache at the sender, positional writes of whole chunks
+//! and an fsync at the receiver, as the product does).
 
+use std::fs::File;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::relay::client::{self, JoinError, RelayOptions};
@@ -82,6 +90,105 @@ pub async fn send(conn: quinn::Connection, size: u64) -> Result<RawReport, RawEr
     Ok(RawReport {
         bytes: size,
         seconds: start.elapsed().as_secs_f64(),
+        cpu_s: super::proc::cpu_seconds(None),
+    })
+}
+
+/// Chunk of the file runs: the product's default chunk size.
+const FILE_CHUNK: usize = crate::crypto::stream::DEFAULT_CHUNK_SIZE.get() as usize;
+
+/// Sends the contents of `files`, one after the other, on one stream (read in chunks
+/// with positional reads into a pool of buffers that quinn holds until acknowledged, as
+/// the product's sender does, minus sealing and hashing), then waits for the receiver's
+/// close.
+pub async fn send_files(conn: quinn::Connection, files: &[PathBuf]) -> Result<RawReport, RawError> {
+    let start = Instant::now();
+    let mut s = conn.open_uni().await.map_err(conn_err)?;
+    // As many buffers as the product's sender may hold (a send window, plus two per
+    // cipher thread).
+    let limit = (crate::transport::SEND_WINDOW as usize).div_ceil(FILE_CHUNK) + 4;
+    let mut pool: Vec<BytesMut> = Vec::new();
+    let mut lent: Vec<Bytes> = Vec::new();
+    let mut bytes = 0u64;
+    for path in files {
+        let file = File::open(path).map_err(conn_err)?;
+        let size = file.metadata().map_err(conn_err)?.len();
+        let mut at = 0u64;
+        while at < size {
+            let n = usize::try_from((size - at).min(FILE_CHUNK as u64)).unwrap_or(FILE_CHUNK);
+            let mut buf = loop {
+                if let Some(b) = pool.pop() {
+                    break b;
+                }
+                // Reclaim what quinn has released; make a new buffer up to the limit.
+                let mut i = 0;
+                while i < lent.len() {
+                    if lent[i].is_unique() {
+                        if let Ok(b) = lent.swap_remove(i).try_into_mut() {
+                            pool.push(b);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                if pool.is_empty() && lent.len() < limit {
+                    pool.push(BytesMut::zeroed(FILE_CHUNK));
+                }
+                if pool.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+            };
+            buf.resize(n, 0);
+            file.read_exact_at(&mut buf, at).map_err(conn_err)?;
+            let chunk = buf.freeze();
+            lent.push(chunk.clone());
+            s.write_chunk(chunk).await.map_err(conn_err)?;
+            at += n as u64;
+        }
+        bytes += size;
+    }
+    s.finish().map_err(conn_err)?;
+    let _ = conn.closed().await;
+    Ok(RawReport {
+        bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        cpu_s: super::proc::cpu_seconds(None),
+    })
+}
+
+/// Receives one stream into a new file at `out` (chunks gathered into one buffer and
+/// written with positional writes, then fsynced).
+pub async fn receive_to_file(conn: quinn::Connection, out: &Path) -> Result<RawReport, RawError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(conn_err)?;
+    let mut s = conn.accept_uni().await.map_err(conn_err)?;
+    let mut buf = vec![0u8; FILE_CHUNK];
+    let (mut bytes, mut filled) = (0u64, 0usize);
+    let mut start = None;
+    loop {
+        let got = s.read(&mut buf[filled..]).await.map_err(conn_err)?;
+        start.get_or_insert_with(Instant::now);
+        if let Some(n) = got {
+            filled += n;
+        }
+        if filled == buf.len() || (got.is_none() && filled > 0) {
+            file.write_all_at(&buf[..filled], bytes).map_err(conn_err)?;
+            bytes += filled as u64;
+            filled = 0;
+        }
+        if got.is_none() {
+            break;
+        }
+    }
+    file.sync_all().map_err(conn_err)?;
+    let seconds = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    conn.close(0u32.into(), b"done");
+    Ok(RawReport {
+        bytes,
+        seconds,
         cpu_s: super::proc::cpu_seconds(None),
     })
 }

@@ -7,11 +7,15 @@
 //! - (b) direct: `conduit send` to `conduit receive --listen`, source in the page cache,
 //!   files written and fsynced at the destination;
 //! - (c) relayed: the same through `conduit relay`;
-//! - (d) raw QUIC through the relay's splice: the relay's own ceiling.
+//! - (d) raw QUIC through the relay's splice: the relay's own ceiling;
+//! - (e) raw QUIC moving the files: (a) reading the source files and writing and
+//!   fsyncing the received bytes as the product does, still without the E2E layer.
 //!
 //! The STREAM seal and BLAKE3 speeds on one thread are measured in the same run, giving
 //! the CPU-bound ideal of a direct transfer: one cipher pass and one hash pass per byte
-//! added on each side to what QUIC already costs, `1 / (1/raw + 1/seal_1t + 1/blake3_1t)`.
+//! added on each side to what QUIC already costs, `1 / (1/raw + 1/seal_1t + 1/blake3_1t)`
+//! (issue #5's formula), and the same with (e) in place of (a): the ideal of a transfer
+//! that also reads and writes the files.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -72,6 +76,17 @@ pub struct TransferReport {
     pub ideal_direct_mbps: f64,
     /// `direct / ideal_direct`.
     pub direct_vs_ideal: f64,
+    /// (e) raw QUIC moving the files (read at the sender, written and fsynced at the
+    /// receiver), no E2E layer.
+    pub raw_files_mbps: f64,
+    /// Same as [`Self::raw_sender_cpu_s_per_gb`], for (e).
+    pub raw_files_sender_cpu_s_per_gb: f64,
+    /// Same as [`Self::raw_receiver_cpu_s_per_gb`], for (e).
+    pub raw_files_receiver_cpu_s_per_gb: f64,
+    /// `1 / (1/raw_files + 1/stream_seal_1t + 1/blake3_1t)`.
+    pub ideal_direct_with_files_mbps: f64,
+    /// `direct / ideal_direct_with_files`.
+    pub direct_vs_ideal_with_files: f64,
     /// `direct / raw_quinn`.
     pub direct_vs_raw: f64,
     /// `relayed / direct`.
@@ -257,6 +272,42 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
     // the host already backs, as they would on a machine in steady use.
     warm_up(&root.join("warm-up"), cfg.size)?;
 
+    // (e) raw QUIC moving the files.
+    let raw_out = root.join("raw-out.bin");
+    let rx = Party::spawn(exe, "raw file receiver", &{
+        let mut a = args(&[
+            "bench",
+            "raw-peer",
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+        ]);
+        a.push(raw_out.as_os_str().to_owned());
+        a
+    })?;
+    let addr = rx.event("listening")?["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let tx = Party::spawn(exe, "raw file sender", &{
+        let mut a = args(&["bench", "raw-peer", "send", "--direct", &addr]);
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&src)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for n in names {
+            a.push("--file".into());
+            a.push(n.into_os_string());
+        }
+        a
+    })?;
+    let raw_files = finish(tx, rx)?;
+    if std::fs::metadata(&raw_out)?.len() != cfg.size {
+        return Err(err("raw file run: the received file has the wrong size"));
+    }
+    std::fs::remove_file(&raw_out)?;
+
     // (b) direct, whole stack.
     let out = root.join("out");
     let rx = Party::spawn(exe, "receiver", &{
@@ -371,6 +422,7 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
 
     let gb = cfg.size as f64 / 1e9;
     let ideal = 1.0 / (1.0 / raw.mbps + 1.0 / seal + 1.0 / blake3);
+    let ideal_files = 1.0 / (1.0 / raw_files.mbps + 1.0 / seal + 1.0 / blake3);
     let raw_legs = (raw.sender_cpu + raw.receiver_cpu) / gb;
     Ok(TransferReport {
         size_bytes: cfg.size,
@@ -384,6 +436,11 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
         blake3_1t_mbps: blake3,
         ideal_direct_mbps: ideal,
         direct_vs_ideal: direct.mbps / ideal,
+        raw_files_mbps: raw_files.mbps,
+        raw_files_sender_cpu_s_per_gb: raw_files.sender_cpu / gb,
+        raw_files_receiver_cpu_s_per_gb: raw_files.receiver_cpu / gb,
+        ideal_direct_with_files_mbps: ideal_files,
+        direct_vs_ideal_with_files: direct.mbps / ideal_files,
         direct_vs_raw: direct.mbps / raw.mbps,
         relayed_vs_direct: relayed.mbps / direct.mbps,
         sender_cpu_s_per_gb: direct.sender_cpu / gb,

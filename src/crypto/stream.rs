@@ -165,7 +165,7 @@ impl ChunkSize {
     }
 
     /// The size in bytes.
-    pub fn get(self) -> u32 {
+    pub const fn get(self) -> u32 {
         self.0
     }
 
