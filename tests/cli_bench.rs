@@ -72,7 +72,9 @@ fn unknown_flag_is_a_usage_error() {
 fn bench_transfer_json_has_every_documented_key_and_consistent_ratios() {
     let dir = tempfile::tempdir().unwrap();
     let out = conduit()
-        .args(["bench", "transfer", "--json", "--size", "4000000", "--dir"])
+        .args([
+            "bench", "transfer", "--json", "--size", "4000000", "--runs", "2", "--dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -107,6 +109,7 @@ fn bench_transfer_json_has_every_documented_key_and_consistent_ratios() {
         assert!(x.is_finite() && x >= 0.0, "{key} = {x}");
     }
     assert_eq!(v["size_bytes"], 4_000_000);
+    assert_eq!(v["runs"], 2);
     assert!(v["relay_peak_rss_bytes"].as_u64().unwrap() > 0);
     let f = |k: &str| v[k].as_f64().unwrap();
     let ideal = 1.0
@@ -132,7 +135,8 @@ fn bench_transfer_splits_the_bytes_into_files_and_rejects_bad_counts() {
     let dir = tempfile::tempdir().unwrap();
     let out = conduit()
         .args([
-            "bench", "transfer", "--json", "--size", "3000001", "--files", "7", "--dir",
+            "bench", "transfer", "--json", "--size", "3000001", "--files", "7", "--runs", "1",
+            "--dir",
         ])
         .arg(dir.path())
         .output()
