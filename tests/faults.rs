@@ -63,28 +63,43 @@ fn a_full_destination_is_a_clear_error_and_nothing_lands() {
     assert!(!landed, "a partial file got its final name");
 }
 
-/// The reservation of a received file: the first segment at once, the rest in the
-/// background, where running out of room is reported to the writer's next check.
+/// The reservation of a received file on a small tmpfs: the first segment at once, then
+/// (tmpfs allocates page by page) the writer keeps a segment reserved ahead of itself;
+/// a file that cannot fit is an error while the writer is still far from the end of
+/// the space, before any byte that would not fit is written.
 #[test]
-fn a_reservation_that_runs_out_of_room_in_the_background_tells_the_writer() {
+fn a_reservation_that_runs_out_of_room_stops_the_writer_early() {
     use phi_conduit::transfer::reserve::{FIRST_SEGMENT, Reservation};
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("small");
-    if !mount_tmpfs(&disk, "12m", "") {
+    let (disk, tiny) = (dir.path().join("small"), dir.path().join("tiny"));
+    if !mount_tmpfs(&disk, "30m", "") {
+        return;
+    }
+    if !mount_tmpfs(&tiny, "4m", "") {
+        umount(&disk);
         return;
     }
     let f = std::fs::File::create(disk.join("big.part")).unwrap();
-    let r = Reservation::start(&f, 0, 40 << 20).expect("the first segment fits");
-    let watch = r.watch();
-    let waited = r.wait();
-    let later = watch.check(FIRST_SEGMENT);
-    // Too large for the first segment: refused at once.
-    let g = std::fs::File::create(disk.join("other.part")).unwrap();
+    // Either refused at once (where the first segment was fast enough to reserve the
+    // rest too), or refused to the writer as it moves.
+    let failed = match Reservation::start(&f, 0, 60 << 20) {
+        Err(e) => Some((0, e.kind())),
+        Ok(mut r) => (0..60u64 << 20)
+            .step_by(1 << 20)
+            .find_map(|at| r.ahead_of(at).err().map(|e| (at, e.kind()))),
+    };
+    let g = std::fs::File::create(tiny.join("other.part")).unwrap();
     let at_once = Reservation::start(&g, 0, 20 << 20).map(|_| ());
     drop((f, g));
     umount(&disk);
-    assert_eq!(waited.unwrap_err().kind(), std::io::ErrorKind::StorageFull);
-    assert_eq!(later.unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+    umount(&tiny);
+    let (at, kind) = failed.expect("60 MiB reserved on 30 MiB");
+    assert_eq!(kind, std::io::ErrorKind::StorageFull);
+    assert!(
+        at == 0 || (FIRST_SEGMENT / 2..30 << 20).contains(&at),
+        "failed at {at}"
+    );
+    // Larger than the space: refused before the first write.
     assert_eq!(at_once.unwrap_err().kind(), std::io::ErrorKind::StorageFull);
 }
 

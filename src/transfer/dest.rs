@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::transfer::paths::{RelPath, escape};
-use crate::transfer::reserve::{Reservation, SpaceWatch};
+use crate::transfer::reserve::Reservation;
 use crate::transfer::resume::Sidecar;
 
 /// Errors writing received files.
@@ -148,8 +148,8 @@ impl Destination {
     /// temporary file an interrupted transfer left (it must have its resume sidecar, and
     /// no other transfer may hold it), keeping its first `keep` bytes. The space for the
     /// rest, up to `size`, is reserved where the file system can: the first segment now
-    /// (a full disk shows at once), the rest in the background while the data arrives
-    /// (see [`crate::transfer::reserve`] and [`PartFile::space_watch`]).
+    /// (a full disk shows at once), the rest now or ahead of the writes (see
+    /// [`crate::transfer::reserve`] and [`PartFile::take_reservation`]).
     pub fn open_part(&self, rel: &RelPath, keep: u64, size: u64) -> Result<PartFile, DestError> {
         let mut part = self.create_part_inner(rel, true)?;
         part.file.set_len(keep).map_err(io_err(&part.part))?;
@@ -257,10 +257,10 @@ impl PartFile {
             .map_err(io_err(&self.part))
     }
 
-    /// What the file's writer checks before each write: whether reserving the rest of
-    /// the file ran out of space (always fine where nothing is being reserved).
-    pub fn space_watch(&self) -> Option<SpaceWatch> {
-        self.reservation.as_ref().map(Reservation::watch)
+    /// The reservation of the rest of the file, for its writer to keep ahead of itself
+    /// (`None` once taken, or where nothing is left to reserve).
+    pub fn take_reservation(&mut self) -> Option<Reservation> {
+        self.reservation.take()
     }
 
     /// A handle for positional writes from another thread.
@@ -270,9 +270,7 @@ impl PartFile {
 
     /// Makes the file durable and gives it its final name; `mode` (permission bits only)
     /// is applied once complete.
-    pub fn finalize(mut self, overwrite: bool, mode: u32) -> Result<PathBuf, DestError> {
-        // Every byte is written: whatever is still being reserved is not needed.
-        drop(self.reservation.take());
+    pub fn finalize(self, overwrite: bool, mode: u32) -> Result<PathBuf, DestError> {
         self.file.sync_all().map_err(io_err(&self.part))?;
         let perm = fs::Permissions::from_mode((mode & 0o777) | 0o600);
         self.file
@@ -301,8 +299,7 @@ impl PartFile {
     }
 
     /// Gives up on the file: the temporary file and its sidecar are removed.
-    pub fn discard(mut self) {
-        drop(self.reservation.take());
+    pub fn discard(self) {
         let _ = fs::remove_file(&self.part);
         let _ = fs::remove_file(&self.sidecar);
     }

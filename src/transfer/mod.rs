@@ -8,8 +8,7 @@
 //! - [`paths`]: validation of the relative paths a peer sends (untrusted until parsed).
 //! - [`dest`]: the receiver's writes: `.part` files, no-replace finalize, no links
 //!   followed, free space.
-//! - [`reserve`]: reserving a received file's space ahead of its writes, in the
-//!   background after the first segment.
+//! - [`reserve`]: reserving a received file's space ahead of its writes.
 //! - [`resume`]: continuing interrupted transfers: the receiver's sidecar, the prefix
 //!   hash, checkpoints.
 

@@ -806,9 +806,9 @@ async fn receive_audited(
                     resumed += layout.offset(from);
                     moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
                 }
-                let part = dest.open_part(rel, layout.offset(first), e.size)?;
+                let mut part = dest.open_part(rel, layout.offset(first), e.size)?;
                 let writer = part.writer()?;
-                let space = part.space_watch();
+                let mut reservation = part.take_reservation();
                 let mut checkpoint = Checkpoint::new(
                     part.writer()?,
                     part.sidecar_path().to_path_buf(),
@@ -828,8 +828,8 @@ async fn receive_audited(
                 );
                 let chunk_bytes = u64::from(chunk.get());
                 let sink = Box::new(move |off: u64, buf: &[u8]| {
-                    if let Some(space) = &space {
-                        space.check(off)?;
+                    if let Some(r) = &mut reservation {
+                        r.ahead_of(off)?;
                     }
                     std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)?;
                     checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
