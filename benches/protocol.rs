@@ -124,9 +124,10 @@ fn data_path_over_quic(c: &mut Criterion) {
                         std::fs::File::open(&path).unwrap(),
                         u64::from(DEFAULT_CHUNK_SIZE.get()),
                     ));
-                    let h = data::send_file(&mut s, &pool, fd(32 << 20), src, Arc::new(|_| {}))
-                        .await
-                        .unwrap();
+                    let h =
+                        data::send_file(&conn, &mut s, &pool, fd(32 << 20), src, Arc::new(|_| {}))
+                            .await
+                            .unwrap();
                     let _ = s.stopped().await;
                     h
                 };

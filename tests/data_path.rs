@@ -65,7 +65,7 @@ async fn a_file_crosses_quic_intact_with_matching_hashes() {
     let send_fd = fd.clone();
     let sender = tokio::spawn(async move {
         let mut s = client.open_uni().await.unwrap();
-        let h = data::send_file(&mut s, &send_pool, send_fd, source, no_progress())
+        let h = data::send_file(&client, &mut s, &send_pool, send_fd, source, no_progress())
             .await
             .unwrap();
         s.stopped().await.ok();

@@ -119,7 +119,7 @@ async fn offer_with(
             let mut s = conn.open_uni().await.unwrap();
             // File index 0, from chunk 0.
             s.write_all(&[0u8; 16]).await.unwrap();
-            let _ = data::send_file(&mut s, &c.pool, fd, source, Arc::new(|_| {})).await;
+            let _ = data::send_file(&conn, &mut s, &c.pool, fd, source, Arc::new(|_| {})).await;
             let _ =
                 session::recv::<_, phi_conduit::transfer::protocol::Receipt>(&mut ctl, &mut est)
                     .await;

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::relay::client::{self, JoinError, RelayOptions};
 use crate::relay::hello::Role;
+use crate::transfer::data::Lead;
 use crate::transport;
 
 /// Bytes written per call by the raw sender (one shared buffer, never copied).
@@ -98,15 +99,16 @@ pub async fn send(conn: quinn::Connection, size: u64) -> Result<RawReport, RawEr
 const FILE_CHUNK: usize = crate::crypto::stream::DEFAULT_CHUNK_SIZE.get() as usize;
 
 /// Sends the contents of `files`, one after the other, on one stream (read in chunks
-/// with positional reads into a pool of buffers that quinn holds until acknowledged, as
-/// the product's sender does, minus sealing and hashing), then waits for the receiver's
-/// close.
+/// with positional reads into a pool of buffers that quinn holds until acknowledged, no
+/// further ahead than the product's sender goes ([`Lead`]): what the product's sender
+/// does, minus sealing and hashing), then waits for the receiver's close.
 pub async fn send_files(conn: quinn::Connection, files: &[PathBuf]) -> Result<RawReport, RawError> {
     let start = Instant::now();
     let mut s = conn.open_uni().await.map_err(conn_err)?;
     // As many buffers as the product's sender may hold (a send window, plus two per
-    // cipher thread).
-    let limit = (crate::transport::SEND_WINDOW as usize).div_ceil(FILE_CHUNK) + 4;
+    // cipher thread), as far ahead as it goes.
+    let max = (crate::transport::SEND_WINDOW as usize).div_ceil(FILE_CHUNK) + 4;
+    let mut lead = Lead::new(FILE_CHUNK as u64, max, 4);
     let mut pool: Vec<BytesMut> = Vec::new();
     let mut lent: Vec<Bytes> = Vec::new();
     let mut bytes = 0u64;
@@ -117,9 +119,6 @@ pub async fn send_files(conn: quinn::Connection, files: &[PathBuf]) -> Result<Ra
         while at < size {
             let n = usize::try_from((size - at).min(FILE_CHUNK as u64)).unwrap_or(FILE_CHUNK);
             let mut buf = loop {
-                if let Some(b) = pool.pop() {
-                    break b;
-                }
                 // Reclaim what quinn has released; make a new buffer up to the limit.
                 let mut i = 0;
                 while i < lent.len() {
@@ -131,18 +130,17 @@ pub async fn send_files(conn: quinn::Connection, files: &[PathBuf]) -> Result<Ra
                         i += 1;
                     }
                 }
-                if pool.is_empty() && lent.len() < limit {
-                    pool.push(BytesMut::zeroed(FILE_CHUNK));
+                if lent.len() < lead.buffers() {
+                    break pool.pop().unwrap_or_else(|| BytesMut::zeroed(FILE_CHUNK));
                 }
-                if pool.is_empty() {
-                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
-                }
+                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
             };
             buf.resize(n, 0);
             file.read_exact_at(&mut buf, at).map_err(conn_err)?;
             let chunk = buf.freeze();
             lent.push(chunk.clone());
             s.write_chunk(chunk).await.map_err(conn_err)?;
+            lead.sent(n as u64, conn.rtt());
             at += n as u64;
         }
         bytes += size;

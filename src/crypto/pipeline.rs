@@ -24,6 +24,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -316,6 +317,9 @@ struct Engine {
     cap: usize,
     /// Most pool buffers this pipeline may hold.
     max_buffers: usize,
+    /// Most buffers busy at once (in a job, or held downstream), when set: how far the
+    /// pipeline may run ahead of downstream's releases, changed while it runs.
+    limit: Option<Arc<AtomicUsize>>,
     /// Pool buffers; `None` while a job holds it.
     slots: Vec<Option<BytesMut>>,
     /// Slots whose buffer is (or was) held downstream as `Bytes`.
@@ -354,6 +358,7 @@ impl Engine {
             layout,
             cap,
             max_buffers: buffers,
+            limit: None,
             slots: Vec::with_capacity(buffers),
             lent: Vec::with_capacity(buffers),
             ready: (0..buffers).map(|_| None).collect(),
@@ -383,16 +388,34 @@ impl Engine {
     /// downstream has released.
     fn free_slot(&mut self, len: usize) -> Option<(usize, BytesMut)> {
         let cap = self.cap;
+        let limit = self
+            .limit
+            .as_ref()
+            .map_or(usize::MAX, |l| l.load(Ordering::Relaxed).max(1));
+        let (mut busy, mut free) = (0, None);
         for slot in 0..self.slots.len() {
             let Some(buf) = self.slots[slot].as_mut() else {
+                busy += 1;
                 continue;
             };
             if self.lent[slot] {
                 if !buf.try_reclaim(cap) {
+                    busy += 1;
                     continue;
                 }
                 self.lent[slot] = false;
             }
+            if free.is_none() {
+                free = Some(slot);
+                if self.limit.is_none() {
+                    break;
+                }
+            }
+        }
+        if busy >= limit {
+            return None;
+        }
+        if let Some(slot) = free {
             let mut buf = self.slots[slot].take()?;
             set_len_initialized(&mut buf, len);
             return Some((slot, buf));
@@ -592,6 +615,14 @@ impl SealPipeline {
     pub fn file_hash(&self) -> Option<blake3::Hash> {
         self.engine.tree.as_ref().and_then(TreeHash::finalize)
     }
+
+    /// Lets at most `limit` buffers be busy at once (being sealed, or held downstream
+    /// until released), read on every chunk so that the caller can change it while the
+    /// pipeline runs; at most the `buffers` given to [`Self::new`] in any case.
+    pub fn with_lead_limit(mut self, limit: Arc<AtomicUsize>) -> Self {
+        self.engine.limit = Some(limit);
+        self
+    }
 }
 
 impl Iterator for SealPipeline {
@@ -747,6 +778,42 @@ mod tests {
             buf.copy_from_slice(&data[start..start + buf.len()]);
             Ok(())
         })
+    }
+
+    #[test]
+    fn the_lead_limit_holds_the_pipeline_until_downstream_releases_a_chunk() {
+        let chunk = ChunkSize::new(16 << 10).unwrap();
+        let key = Arc::new(FileKey::from_bytes(&[5u8; 32]));
+        let size = 20 * (16 << 10);
+        let data = Arc::new(pattern(size));
+        let limit = Arc::new(AtomicUsize::new(3));
+        let mut p = SealPipeline::new(
+            CipherPool::new(2).unwrap(),
+            key,
+            ChunkLayout::new(size, chunk),
+            0,
+            16,
+            source_of(data, chunk.bytes()),
+        )
+        .with_lead_limit(Arc::clone(&limit));
+        // Three chunks held downstream: the fourth waits.
+        let held: Vec<Bytes> = (0..3).map(|_| p.next().unwrap().unwrap()).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let fourth = p.next().map(|r| r.map(|b| b.len()));
+            tx.send(fourth.is_some()).unwrap();
+            // Raised while running: the rest flows with one chunk held.
+            limit.store(16, Ordering::Relaxed);
+            let _kept = p.next();
+            p.filter(Result::is_ok).count()
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a fourth chunk while three are held"
+        );
+        drop(held);
+        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        assert_eq!(t.join().unwrap(), 20 - 5);
     }
 
     #[test]

@@ -458,12 +458,12 @@ async fn send_audited(
         header[..8].copy_from_slice(&(i as u64).to_be_bytes());
         header[8..].copy_from_slice(&first.to_be_bytes());
         let progress = progress_reporter(events, total, &moved);
-        let pool = Arc::clone(pool);
+        let (pool, conn) = (Arc::clone(pool), conn.clone());
         tasks.spawn(async move {
             let _permit = permit;
             let sent = async {
                 s.write_all(&header).await.map_err(DataError::from)?;
-                data::send_file(&mut s, &pool, fd, source, progress).await
+                data::send_file(&conn, &mut s, &pool, fd, source, progress).await
             };
             sent.await.map(|hash| (i, hash)).map_err(|e| (i, e))
         });
