@@ -43,6 +43,8 @@ pub const DEFAULT_BUFFERS: usize = 16;
 const JOB_QUEUE: usize = 256;
 /// Longest sleep while waiting for downstream to release a buffer.
 const MAX_RECLAIM_BACKOFF: Duration = Duration::from_millis(2);
+/// Buffers of finished pipelines kept for the next ones (see [`CipherPool`]).
+const MAX_SPARE: usize = 32;
 
 /// Errors of the pipeline.
 #[derive(Debug, Error)]
@@ -115,10 +117,17 @@ impl ChunkSource for PositionalFile {
 /// seals inline with no thread hand-off at all, and in steady state nobody sleeps and
 /// wakes per chunk (a wake-up costs about as much as sealing 16 KiB on a virtual
 /// machine).
+///
+/// The pool also keeps the buffers of finished pipelines (up to 32, the oldest dropped
+/// first) for the next pipelines to take, so that a transfer of many small files does
+/// not allocate, zero and fault in fresh memory for every file. A kept buffer may still
+/// be held downstream (by quinn until acknowledged); it is taken only once released.
 pub struct CipherPool {
     shared: Arc<Shared>,
     threads: usize,
     handles: Vec<JoinHandle<()>>,
+    /// Buffers of finished pipelines, with their capacity.
+    spare: Mutex<VecDeque<(usize, BytesMut)>>,
 }
 
 #[derive(Default)]
@@ -164,6 +173,7 @@ impl CipherPool {
             shared,
             threads,
             handles,
+            spare: Mutex::new(VecDeque::new()),
         }))
     }
 
@@ -175,6 +185,26 @@ impl CipherPool {
     /// Number of cipher threads, counting the consuming thread.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// A kept buffer of capacity `cap` that downstream has released, if there is one.
+    fn take_spare(&self, cap: usize) -> Option<BytesMut> {
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = spare
+            .iter_mut()
+            .position(|(c, b)| *c == cap && b.try_reclaim(cap))?;
+        spare.remove(at).map(|(_, b)| b)
+    }
+
+    /// Keeps the buffers of a finished pipeline.
+    fn keep_spare(&self, bufs: impl Iterator<Item = (usize, BytesMut)>) {
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        for b in bufs {
+            if spare.len() == MAX_SPARE {
+                spare.pop_front();
+            }
+            spare.push_back(b);
+        }
     }
 
     fn dispatch(&self, job: Job) {
@@ -420,9 +450,13 @@ impl Engine {
             set_len_initialized(&mut buf, len);
             return Some((slot, buf));
         }
-        // Buffers are made when first needed, up to the limit.
+        // Buffers are made (or taken from a finished pipeline) when first needed, up to
+        // the limit.
         if self.slots.len() < self.max_buffers {
-            let mut buf = BytesMut::zeroed(cap);
+            let mut buf = self
+                .pool
+                .take_spare(cap)
+                .unwrap_or_else(|| BytesMut::zeroed(cap));
             set_len_initialized(&mut buf, len);
             self.slots.push(None);
             self.lent.push(false);
@@ -557,6 +591,13 @@ impl Drop for Engine {
         // pipeline is gone (they are owned by the jobs, so this is only for tidiness).
         while self.in_flight > 0 && self.reply_rx.recv().is_ok() {
             self.in_flight -= 1;
+        }
+        // Buffers still in a job are gone with it; the rest, if of a whole chunk (a
+        // one-chunk file's is only as large as its chunk), go to the next pipelines.
+        let cap = self.cap;
+        if cap == self.layout.chunk_size().bytes() + CHUNK_OVERHEAD {
+            self.pool
+                .keep_spare(self.slots.drain(..).flatten().map(|b| (cap, b)));
         }
     }
 }
