@@ -139,6 +139,9 @@ pub struct Joined {
 
 /// Pause between two attempts of a connector that found no listener.
 const RETRY: Duration = Duration::from_millis(250);
+/// How long a client waits for the relay's close (and its reason) after the Hello
+/// stream ended without an answer.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Joins the relay chosen for `rendezvous` in `role` and waits until paired. A connector
 /// that finds no listener tries again for `opts.wait` (the listener may be on its way:
@@ -238,14 +241,21 @@ async fn join_once(
         Ok(()) => return Err(JoinError::Protocol(relay)),
         Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) => return Err(lost(e)),
         Err(_) => {
-            // The write may have failed first; report the connection's own reason.
-            if let Some(e) = connection.close_reason() {
-                return Err(lost(e));
-            }
-            if written.is_err() {
-                return Err(JoinError::Protocol(relay));
-            }
-            return Err(JoinError::Protocol(relay));
+            // The relay refuses by closing the connection with a code; the end of its
+            // Hello stream may arrive a moment before that close (seen with 50 connectors
+            // at once): wait briefly for the close and report its reason, so that a
+            // refusal worth retrying is retried. (The write may also have failed first.)
+            let _ = written;
+            let reason = match connection.close_reason() {
+                Some(e) => Some(e),
+                None => tokio::time::timeout(CLOSE_GRACE, connection.closed())
+                    .await
+                    .ok(),
+            };
+            return Err(match reason {
+                Some(e) => lost(e),
+                None => JoinError::Protocol(relay.clone()),
+            });
         }
     }
     // A stream "flush" is not needed: the relay read the whole Hello before answering.
@@ -260,6 +270,52 @@ async fn join_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relay that ends the Hello stream, then closes the connection with a refusal a
+    /// moment later: the client reports the refusal (and so retries the ones worth
+    /// retrying), not a protocol error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_that_arrives_after_the_end_of_the_hello_stream_is_reported() {
+        let tls = transport::ServerTls::self_signed(&["localhost"]).unwrap();
+        let pin = tls.pin();
+        let server = transport::relay_server(
+            "127.0.0.1:0".parse().unwrap(),
+            tls,
+            transport::transport_config(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (send, mut recv) = conn.accept_bi().await.unwrap();
+            let _ = recv.read_to_end(4096).await;
+            // The answer stream ends first...
+            drop(send);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // ...then the refusal's close.
+            let r = Refusal::NoListener;
+            conn.close(r.code().into(), r.label().as_bytes());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+        let opts = RelayOptions {
+            relays: vec![addr.to_string()],
+            trust: RelayTrust::Pin(pin),
+            token: vec![],
+            wait: Duration::ZERO,
+        };
+        let got = join_once(&opts, Role::Connect, false, [7; 32]).await;
+        assert!(
+            matches!(
+                got,
+                Err(JoinError::Refused {
+                    refusal: Refusal::NoListener,
+                    ..
+                })
+            ),
+            "{:?}",
+            got.map(|_| ())
+        );
+    }
 
     #[test]
     fn relay_lists_parse_and_bad_entries_are_named() {
