@@ -64,13 +64,18 @@ pub async fn receive(conn: quinn::Connection) -> Result<RawReport, RawError> {
         start.get_or_insert_with(Instant::now);
         bytes += c.bytes.len() as u64;
     }
+    Ok(received(&conn, bytes, start))
+}
+
+/// Closes a receiver's connection and reports `bytes` received since `start`.
+fn received(conn: &quinn::Connection, bytes: u64, start: Option<Instant>) -> RawReport {
     let seconds = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
     conn.close(0u32.into(), b"done");
-    Ok(RawReport {
+    RawReport {
         bytes,
         seconds,
         cpu_s: super::proc::cpu_seconds(None),
-    })
+    }
 }
 
 /// Sends `size` bytes on one stream and waits for the receiver's close.
@@ -182,13 +187,7 @@ pub async fn receive_to_file(conn: quinn::Connection, out: &Path) -> Result<RawR
         }
     }
     file.sync_all().map_err(conn_err)?;
-    let seconds = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    conn.close(0u32.into(), b"done");
-    Ok(RawReport {
-        bytes,
-        seconds,
-        cpu_s: super::proc::cpu_seconds(None),
-    })
+    Ok(received(&conn, bytes, start))
 }
 
 /// Connects directly to a raw receiver.
