@@ -103,7 +103,8 @@ pub async fn send(conn: quinn::Connection, size: u64) -> Result<RawReport, RawEr
 /// Chunk of the file runs: the product's default chunk size.
 const FILE_CHUNK: usize = crate::crypto::stream::DEFAULT_CHUNK_SIZE.get() as usize;
 
-/// Sends the contents of `files`, one after the other, on one stream (read in chunks
+/// Sends the contents of `files` (a directory stands for its files, by name), one after
+/// the other, on one stream (read in chunks
 /// with positional reads into a pool of buffers that quinn holds until acknowledged, no
 /// further ahead than the product's sender goes ([`Lead`]): what the product's sender
 /// does, minus sealing and hashing), then waits for the receiver's close.
@@ -117,7 +118,19 @@ pub async fn send_files(conn: quinn::Connection, files: &[PathBuf]) -> Result<Ra
     let mut pool: Vec<BytesMut> = Vec::new();
     let mut lent: Vec<Bytes> = Vec::new();
     let mut bytes = 0u64;
+    let mut paths = Vec::with_capacity(files.len());
     for path in files {
+        if path.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                .and_then(|d| d.map(|e| e.map(|e| e.path())).collect())
+                .map_err(conn_err)?;
+            inside.sort();
+            paths.extend(inside);
+        } else {
+            paths.push(path.clone());
+        }
+    }
+    for path in &paths {
         let file = File::open(path).map_err(conn_err)?;
         let size = file.metadata().map_err(conn_err)?.len();
         let mut at = 0u64;

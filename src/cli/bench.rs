@@ -71,7 +71,8 @@ pub struct RawPeerArgs {
     /// Bytes to send (from memory).
     #[arg(long, default_value_t = 0, conflicts_with = "file")]
     size: u64,
-    /// Send these files' contents instead, one after the other (sender).
+    /// Send these files' contents instead, one after the other; a directory stands for
+    /// its files, by name (sender).
     #[arg(long)]
     file: Vec<std::path::PathBuf>,
     /// Write what arrives to this new file, fsynced (receiver).

@@ -588,9 +588,33 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         // Wait for jobs still in the workers so their buffers are not written after the
-        // pipeline is gone (they are owned by the jobs, so this is only for tidiness).
-        while self.in_flight > 0 && self.reply_rx.recv().is_ok() {
+        // pipeline is gone (they are owned by the jobs, so this is only for tidiness). A
+        // pool of one thread has no workers: queued jobs run only when a consumer takes
+        // them, so run them here rather than wait for nobody.
+        while self.in_flight > 0 {
+            let done = match self.reply_rx.try_recv() {
+                Ok(done) => done,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    if let Some(job) = self.pool.shared.try_pop() {
+                        run(job);
+                        continue;
+                    }
+                    match self.reply_rx.recv() {
+                        Ok(done) => done,
+                        Err(_) => break,
+                    }
+                }
+            };
             self.in_flight -= 1;
+            if let Some(slot) = self.slots.get_mut(done.slot) {
+                *slot = Some(done.buf);
+            }
+        }
+        for done in self.ready.iter_mut().filter_map(Option::take) {
+            if let Some(slot) = self.slots.get_mut(done.slot) {
+                *slot = Some(done.buf);
+            }
         }
         // Buffers still in a job are gone with it; the rest, if of a whole chunk (a
         // one-chunk file's is only as large as its chunk), go to the next pipelines.
@@ -819,6 +843,33 @@ mod tests {
             buf.copy_from_slice(&data[start..start + buf.len()]);
             Ok(())
         })
+    }
+
+    #[test]
+    fn a_pipeline_dropped_midway_on_a_one_thread_pool_returns() {
+        let chunk = ChunkSize::new(16 << 10).unwrap();
+        let key = Arc::new(FileKey::from_bytes(&[6u8; 32]));
+        let size = 12 * (16 << 10);
+        let data = Arc::new(pattern(size));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // No worker threads: chunks after the first stay queued when it is taken.
+            let mut p = SealPipeline::new(
+                CipherPool::new(1).unwrap(),
+                key,
+                ChunkLayout::new(size, chunk),
+                0,
+                8,
+                source_of(data, chunk.bytes()),
+            );
+            let first = p.next().map(|r| r.map(|b| b.len()));
+            drop(p);
+            tx.send(first.is_some()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(20)).unwrap(),
+            "dropping the pipeline did not return"
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! their blocks ready. How much it costs depends on the file system:
 //!
 //! - where blocks are reserved as extents (ext4, xfs, btrfs) a whole file takes
-//!   microseconds: the first [`FIRST_SEGMENT`] is reserved, and when that was fast
-//!   (under [`FAST`]) the rest at once;
+//!   microseconds: the first [`FIRST_SEGMENT`] is reserved, and when the rest would take
+//!   less than [`FAST`] at the rate that went, the rest at once;
 //! - where every page is allocated (tmpfs: 0.27 CPU seconds per GiB measured here),
 //!   reserving a large file at once held up its first chunk for a quarter of a second
 //!   per GiB, with the sender stalled on flow control. There the writer keeps
@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 pub const FIRST_SEGMENT: u64 = 8 << 20;
 /// Reserved ahead of the writer when the file system allocates page by page.
 pub const SEGMENT: u64 = 16 << 20;
-/// A first segment reserved faster than this means extents: the rest is reserved at once.
+/// The longest the rest of a file may be expected to take to be reserved at once, before
+/// its first write.
 pub const FAST: Duration = Duration::from_millis(1);
 
 /// The space of a file being received, reserved ahead of its writer.
@@ -39,7 +40,14 @@ pub struct Reservation {
 }
 
 fn reserve(file: &File, from: u64, to: u64) -> io::Result<bool> {
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, from, to - from) {
+    let call =
+        || rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, from, to - from);
+    let mut result = call();
+    // tmpfs stops a long reservation when a signal arrives: go on.
+    while result == Err(rustix::io::Errno::INTR) {
+        result = call();
+    }
+    match result {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::NOSPC) => Err(io::Error::new(
             io::ErrorKind::StorageFull,
@@ -70,7 +78,11 @@ impl Reservation {
         if !reserve(file, from, first_end)? || first_end == to {
             return Ok(done);
         }
-        if began.elapsed() < FAST {
+        // At the rate the first segment went, would the rest take less than FAST? Extents
+        // are reserved in about the same time whatever their size, so this errs towards
+        // reserving as the writes go, never towards holding up the first write.
+        let rest = (to - first_end) as f64 / (first_end - from) as f64;
+        if began.elapsed().as_secs_f64() * rest < FAST.as_secs_f64() {
             reserve(file, first_end, to)?;
             return Ok(done);
         }
