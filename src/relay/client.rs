@@ -317,6 +317,56 @@ mod tests {
         );
     }
 
+    /// A refused client reading the relay's answer sees the connection closed with the
+    /// refusal's code (the relay closes before it drops the Hello stream). In one process
+    /// the end of the stream and the close rarely come apart, so this checks the
+    /// contract over 20 refusals; the race itself is made deterministic by the fake
+    /// relay of the test above.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_relay_closes_with_the_refusal_before_the_hello_stream_ends() {
+        let tls = transport::ServerTls::self_signed(&["localhost"]).unwrap();
+        let pin = tls.pin();
+        let relay = crate::relay::server::Relay::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls,
+            crate::relay::config::Limits::default(),
+            None,
+            std::sync::Arc::new(|_| {}),
+        )
+        .unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run(async {
+            let _ = stopped.await;
+        }));
+        for round in 0..20u8 {
+            let endpoint = transport::relay_client(addr, &RelayTrust::Pin(pin)).unwrap();
+            let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let hello = Hello {
+                role: Role::Connect,
+                single_use: false,
+                rendezvous: [round; 32],
+                token: vec![],
+            };
+            let frame = crate::wire::frame::to_frame(&hello.encode().unwrap()).unwrap();
+            send.write_all(&frame).await.unwrap();
+            let _ = send.finish();
+            let mut answer = [0u8; 1];
+            match recv.read_exact(&mut answer).await {
+                Err(ReadExactError::ReadError(ReadError::ConnectionLost(
+                    ConnectionError::ApplicationClosed(c),
+                ))) => assert_eq!(
+                    Refusal::from_code(c.error_code.into()),
+                    Some(Refusal::NoListener)
+                ),
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+
     #[test]
     fn relay_lists_parse_and_bad_entries_are_named() {
         assert_eq!(

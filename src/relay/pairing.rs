@@ -32,8 +32,9 @@ pub enum Arrival<T> {
     Paired(T, T),
     /// Queued: wait, and call [`Table::leave`] with the ticket when giving up.
     Wait(Ticket),
-    /// Refused.
-    Refused(Refusal),
+    /// Refused: why, and the arriving client's payload given back (so that the caller
+    /// can close the client's connection with the refusal before dropping the rest).
+    Refused(Refusal, T),
 }
 
 struct Waiter<T> {
@@ -74,16 +75,16 @@ impl<T> Table<T> {
     pub fn arrive(&mut self, hello: &Hello, ip: IpAddr, now: Instant, payload: T) -> Arrival<T> {
         self.burned.retain(|_, until| *until > now);
         if self.burned.contains_key(&hello.rendezvous) {
-            return Arrival::Refused(Refusal::RendezvousTaken);
+            return Arrival::Refused(Refusal::RendezvousTaken, payload);
         }
         if hello.role == Role::Connect {
             let Some(slot) = self.slots.get_mut(&hello.rendezvous) else {
-                return Arrival::Refused(Refusal::NoListener);
+                return Arrival::Refused(Refusal::NoListener, payload);
             };
             let single_use = slot.single_use || hello.single_use;
             let Some(w) = slot.waiters.pop_front() else {
                 self.slots.remove(&hello.rendezvous);
-                return Arrival::Refused(Refusal::NoListener);
+                return Arrival::Refused(Refusal::NoListener, payload);
             };
             if slot.waiters.is_empty() {
                 self.slots.remove(&hello.rendezvous);
@@ -96,10 +97,10 @@ impl<T> Table<T> {
         }
         if let Some(slot) = self.slots.get(&hello.rendezvous) {
             if slot.single_use || hello.single_use {
-                return Arrival::Refused(Refusal::RendezvousTaken);
+                return Arrival::Refused(Refusal::RendezvousTaken, payload);
             }
             if slot.waiters.len() >= self.max_per_rendezvous {
-                return Arrival::Refused(Refusal::TooManyWaiting);
+                return Arrival::Refused(Refusal::TooManyWaiting, payload);
             }
         }
         self.enqueue(hello, ip, payload)
@@ -108,7 +109,7 @@ impl<T> Table<T> {
     fn enqueue(&mut self, hello: &Hello, ip: IpAddr, payload: T) -> Arrival<T> {
         let count = self.waiting_per_ip.entry(ip).or_insert(0);
         if *count >= self.max_per_ip {
-            return Arrival::Refused(Refusal::TooManyWaiting);
+            return Arrival::Refused(Refusal::TooManyWaiting, payload);
         }
         *count += 1;
         self.next += 1;
@@ -198,7 +199,7 @@ mod tests {
         ));
         assert!(matches!(
             t.arrive(&hello(Role::Connect, 2, false), B, now, "c-other"),
-            Arrival::Refused(Refusal::NoListener)
+            Arrival::Refused(Refusal::NoListener, _)
         ));
         assert!(matches!(
             t.arrive(&hello(Role::Connect, 1, false), B, now, "c2"),
@@ -213,7 +214,7 @@ mod tests {
         let now = Instant::now();
         assert!(matches!(
             t.arrive(&hello(Role::Connect, 1, false), B, now, "c"),
-            Arrival::Refused(Refusal::NoListener)
+            Arrival::Refused(Refusal::NoListener, _)
         ));
         assert!(matches!(
             t.arrive(&hello(Role::Listen, 1, false), A, now, "l"),
@@ -225,7 +226,7 @@ mod tests {
         ));
         assert!(matches!(
             t.arrive(&hello(Role::Connect, 1, false), B, now, "c2"),
-            Arrival::Refused(Refusal::NoListener)
+            Arrival::Refused(Refusal::NoListener, _)
         ));
         assert_eq!(t.waiting(), 0);
     }
@@ -241,7 +242,7 @@ mod tests {
         // A second listener on a code's nameplate is a third party.
         assert!(matches!(
             t.arrive(&hello(Role::Listen, 9, true), B, now, 2),
-            Arrival::Refused(Refusal::RendezvousTaken)
+            Arrival::Refused(Refusal::RendezvousTaken, _)
         ));
         assert!(matches!(
             t.arrive(&hello(Role::Connect, 9, true), B, now, 3),
@@ -251,11 +252,11 @@ mod tests {
         for role in [Role::Listen, Role::Connect] {
             assert!(matches!(
                 t.arrive(&hello(role, 9, true), B, now, 4),
-                Arrival::Refused(Refusal::RendezvousTaken)
+                Arrival::Refused(Refusal::RendezvousTaken, _)
             ));
             assert!(matches!(
                 t.arrive(&hello(role, 9, false), B, now, 4),
-                Arrival::Refused(Refusal::RendezvousTaken)
+                Arrival::Refused(Refusal::RendezvousTaken, _)
             ));
         }
         // ...until the burn expires.
@@ -279,7 +280,7 @@ mod tests {
         ));
         assert!(matches!(
             t.arrive(&hello(Role::Listen, 3, false), A, now, ()),
-            Arrival::Refused(Refusal::TooManyWaiting)
+            Arrival::Refused(Refusal::TooManyWaiting, _)
         ));
         let mut t = Table::new(100, 3);
         for _ in 0..3 {
@@ -290,7 +291,7 @@ mod tests {
         }
         assert!(matches!(
             t.arrive(&hello(Role::Listen, 1, false), A, now, ()),
-            Arrival::Refused(Refusal::TooManyWaiting)
+            Arrival::Refused(Refusal::TooManyWaiting, _)
         ));
     }
 

@@ -326,7 +326,12 @@ async fn client(
         .unwrap_or_else(PoisonError::into_inner)
         .arrive(&hello, ip, Instant::now(), me);
     match arrival {
-        Arrival::Refused(r) => refuse(&state, &conn, r),
+        // Close with the refusal first: dropping the Waiting ends its Hello stream, which
+        // the client must not see before the close that says why.
+        Arrival::Refused(r, me) => {
+            refuse(&state, &conn, r);
+            drop(me);
+        }
         Arrival::Paired(first, me) => session(state, first, me, session_slot).await,
         Arrival::Wait(ticket) => {
             drop(session_slot);
