@@ -151,6 +151,10 @@ pub async fn send_files(conn: quinn::Connection, files: &[PathBuf]) -> Result<Ra
                 if lent.len() < lead.buffers() {
                     break pool.pop().unwrap_or_else(|| BytesMut::zeroed(FILE_CHUNK));
                 }
+                // A closed connection keeps its chunks: do not wait for them.
+                if let Some(e) = conn.close_reason() {
+                    return Err(conn_err(e));
+                }
                 tokio::time::sleep(std::time::Duration::from_micros(200)).await;
             };
             buf.resize(n, 0);

@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -67,6 +67,10 @@ pub enum PipelineError {
     /// The tree hash given to the pipeline does not match its layout and start.
     #[error("file hash state does not match the chunk layout")]
     HashShape,
+    /// The caller stopped the pipeline while it waited for downstream to release a
+    /// buffer (see [`SealPipeline::with_cancel`]).
+    #[error("stopped while waiting for buffers")]
+    Cancelled,
 }
 
 /// Reads chunk `index`'s plaintext into `buf` (exactly `buf.len()` bytes), from any
@@ -350,6 +354,9 @@ struct Engine {
     /// Most buffers busy at once (in a job, or held downstream), when set: how far the
     /// pipeline may run ahead of downstream's releases, changed while it runs.
     limit: Option<Arc<AtomicUsize>>,
+    /// Set by the caller to stop a pipeline that waits for buffers downstream may never
+    /// release (a connection gone while quinn still holds its chunks).
+    cancel: Option<Arc<AtomicBool>>,
     /// Pool buffers; `None` while a job holds it.
     slots: Vec<Option<BytesMut>>,
     /// Slots whose buffer is (or was) held downstream as `Bytes`.
@@ -389,6 +396,7 @@ impl Engine {
             cap,
             max_buffers: buffers,
             limit: None,
+            cancel: None,
             slots: Vec::with_capacity(buffers),
             lent: Vec::with_capacity(buffers),
             ready: (0..buffers).map(|_| None).collect(),
@@ -547,7 +555,16 @@ impl Engine {
                     }
                 }
             } else {
-                // Every buffer is held downstream: wait for one to be released.
+                // Every buffer is held downstream: wait for one to be released, unless
+                // the caller gave up.
+                if self
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(Ordering::Relaxed))
+                {
+                    self.failed = true;
+                    return Some(Err(PipelineError::Cancelled));
+                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(MAX_RECLAIM_BACKOFF);
             }
@@ -686,6 +703,13 @@ impl SealPipeline {
     /// pipeline runs; at most the `buffers` given to [`Self::new`] in any case.
     pub fn with_lead_limit(mut self, limit: Arc<AtomicUsize>) -> Self {
         self.engine.limit = Some(limit);
+        self
+    }
+
+    /// Ends the pipeline with [`PipelineError::Cancelled`] when `cancel` is set while it
+    /// waits for downstream to release a buffer.
+    pub fn with_cancel(mut self, cancel: Arc<AtomicBool>) -> Self {
+        self.engine.cancel = Some(cancel);
         self
     }
 }
@@ -843,6 +867,36 @@ mod tests {
             buf.copy_from_slice(&data[start..start + buf.len()]);
             Ok(())
         })
+    }
+
+    #[test]
+    fn a_pipeline_waiting_for_buffers_ends_when_cancelled() {
+        let chunk = ChunkSize::new(16 << 10).unwrap();
+        let size = 10 * (16 << 10);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut p = SealPipeline::new(
+            CipherPool::new(2).unwrap(),
+            Arc::new(FileKey::from_bytes(&[7u8; 32])),
+            ChunkLayout::new(size, chunk),
+            0,
+            2,
+            source_of(Arc::new(pattern(size)), chunk.bytes()),
+        )
+        .with_cancel(Arc::clone(&cancel));
+        // Both buffers held downstream (as a closed connection holds them).
+        let _held: Vec<Bytes> = (0..2).map(|_| p.next().unwrap().unwrap()).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = p.next();
+            tx.send(matches!(got, Some(Err(PipelineError::Cancelled))))
+                .unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "it waits"
+        );
+        cancel.store(true, Ordering::Relaxed);
+        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
     }
 
     #[test]

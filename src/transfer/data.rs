@@ -12,7 +12,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -224,6 +224,10 @@ pub async fn send_file(
     );
     let pool = Arc::clone(pool);
     let limit = lead.limit();
+    // However this function ends, the sealer must not wait on for buffers that quinn may
+    // hold until the connection is dropped.
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let stop = Arc::clone(&cancel.0);
     let sealer = tokio::task::spawn_blocking(move || {
         let mut p = SealPipeline::new(
             pool,
@@ -234,7 +238,8 @@ pub async fn send_file(
             source,
         )
         .with_file_hash(file.tree)
-        .with_lead_limit(limit);
+        .with_lead_limit(limit)
+        .with_cancel(stop);
         for item in p.by_ref() {
             let failed = item.is_err();
             if tx.blocking_send(item).is_err() || failed {
@@ -243,7 +248,14 @@ pub async fn send_file(
         }
         p.file_hash()
     });
-    while let Some(item) = rx.recv().await {
+    loop {
+        // The next chunk, or the end of the connection: the sealer may be waiting for
+        // buffers the closed connection still holds.
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            e = conn.closed() => return Err(quinn::WriteError::ConnectionLost(e).into()),
+        };
+        let Some(item) = item else { break };
         let chunk = item?;
         let n = chunk.len();
         send.write_chunk(chunk).await?;
@@ -251,8 +263,18 @@ pub async fn send_file(
         progress(n as u64);
     }
     let hash = sealer.await?.ok_or(PipelineError::HashShape)?;
+    drop(cancel);
     send.finish()?;
     Ok(hash)
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Receives one file's chunks `first..` from `recv`, opens them and writes the plaintext
