@@ -17,9 +17,10 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
+use crate::crypto::stream::{ChunkLayout, DEFAULT_CHUNK_SIZE};
 use crate::relay::client::{self, JoinError, RelayOptions};
 use crate::relay::hello::Role;
-use crate::transfer::data::Lead;
+use crate::transfer::data::{Lead, buffers_for_window};
 use crate::transport;
 
 /// Bytes written per call by the raw sender (one shared buffer, never copied).
@@ -101,7 +102,7 @@ pub async fn send(conn: quinn::Connection, size: u64) -> Result<RawReport, RawEr
 }
 
 /// Chunk of the file runs: the product's default chunk size.
-const FILE_CHUNK: usize = crate::crypto::stream::DEFAULT_CHUNK_SIZE.get() as usize;
+const FILE_CHUNK: usize = DEFAULT_CHUNK_SIZE.get() as usize;
 
 /// Sends the contents of `files` (a directory stands for its files, by name), one after
 /// the other, on one stream (read in chunks
@@ -113,8 +114,11 @@ pub async fn send_files(conn: quinn::Connection, files: &[PathBuf]) -> Result<Ra
     let mut s = conn.open_uni().await.map_err(conn_err)?;
     // As many buffers as the product's sender may hold (a send window, plus two per
     // cipher thread), as far ahead as it goes.
-    let max = (crate::transport::SEND_WINDOW as usize).div_ceil(FILE_CHUNK) + 4;
-    let mut lead = Lead::new(FILE_CHUNK as u64, max, 4);
+    // The product's sender has a cipher thread per core (`CipherPool::with_all_cores`).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let layout = ChunkLayout::new(0, DEFAULT_CHUNK_SIZE);
+    let max = buffers_for_window(crate::transport::SEND_WINDOW, &layout, workers);
+    let mut lead = Lead::new(FILE_CHUNK as u64, max, workers);
     let mut pool: Vec<BytesMut> = Vec::new();
     let mut lent: Vec<Bytes> = Vec::new();
     let mut bytes = 0u64;
@@ -162,7 +166,7 @@ pub async fn send_files(conn: quinn::Connection, files: &[PathBuf]) -> Result<Ra
             let chunk = buf.freeze();
             lent.push(chunk.clone());
             s.write_chunk(chunk).await.map_err(conn_err)?;
-            lead.sent(n as u64, conn.rtt());
+            lead.sent(n as u64, || conn.rtt());
             at += n as u64;
         }
         bytes += size;

@@ -412,8 +412,21 @@ fn direct_run(
     Ok(run)
 }
 
-/// (c) the whole stack through a relay started for it: the run, the relay's CPU seconds
-/// and its peak RSS.
+/// Runs `run` with a relay started for it (address and pin): the run, the relay's CPU
+/// seconds during it and its peak RSS.
+fn through_relay(
+    exe: &Path,
+    run: impl FnOnce(&str, &str) -> Result<Run, BenchError>,
+) -> Result<(Run, f64, u64), BenchError> {
+    let (relay, relay_addr, pin) = start_relay(exe)?;
+    let cpu0 = cpu_seconds(Some(relay.pid())).unwrap_or(0.0);
+    let run = run(&relay_addr, &pin)?;
+    let cpu = cpu_seconds(Some(relay.pid())).unwrap_or(0.0) - cpu0;
+    let rss = peak_rss_bytes(Some(relay.pid())).unwrap_or(0);
+    Ok((run, cpu, rss))
+}
+
+/// (c) the whole stack through a relay started for it, into `out` (removed afterwards).
 fn relayed_run(
     exe: &Path,
     tx_home: &Path,
@@ -421,64 +434,58 @@ fn relayed_run(
     src: &Path,
     out: &Path,
 ) -> Result<(Run, f64, u64), BenchError> {
-    let (relay, relay_addr, pin) = start_relay(exe)?;
-    let cpu0 = cpu_seconds(Some(relay.pid())).unwrap_or(0.0);
-    let via = |home: &Path, cmd: &[&str]| {
-        let mut a = home_args(home, cmd);
-        a.extend(args(&["--relay", &relay_addr, "--relay-pin", &pin]));
-        a
-    };
-    let rx = Party::spawn(exe, "relayed receiver", &{
-        let mut a = via(rx_home, &["receive", "--json"]);
-        a.push("--out".into());
-        a.push(out.as_os_str().to_owned());
-        a
+    let measured = through_relay(exe, |relay_addr, pin| {
+        let via = |home: &Path, cmd: &[&str]| {
+            let mut a = home_args(home, cmd);
+            a.extend(args(&["--relay", relay_addr, "--relay-pin", pin]));
+            a
+        };
+        let rx = Party::spawn(exe, "relayed receiver", &{
+            let mut a = via(rx_home, &["receive", "--json"]);
+            a.push("--out".into());
+            a.push(out.as_os_str().to_owned());
+            a
+        })?;
+        rx.event("joining")?;
+        let tx = Party::spawn(exe, "relayed sender", &{
+            let mut a = via(tx_home, &["send", "--json", "--to", "receiver"]);
+            a.push(src.as_os_str().to_owned());
+            a
+        })?;
+        finish(tx, rx)
     })?;
-    rx.event("joining")?;
-    let tx = Party::spawn(exe, "relayed sender", &{
-        let mut a = via(tx_home, &["send", "--json", "--to", "receiver"]);
-        a.push(src.as_os_str().to_owned());
-        a
-    })?;
-    let run = finish(tx, rx)?;
-    let cpu = cpu_seconds(Some(relay.pid())).unwrap_or(0.0) - cpu0;
-    let rss = peak_rss_bytes(Some(relay.pid())).unwrap_or(0);
-    drop(relay);
     std::fs::remove_dir_all(out)?;
-    Ok((run, cpu, rss))
+    Ok(measured)
 }
 
-/// (d) raw QUIC through a relay started for it, as [`relayed_run`].
+/// (d) raw QUIC through a relay started for it.
 fn raw_relayed_run(exe: &Path, size: &str) -> Result<(Run, f64, u64), BenchError> {
-    let (relay, relay_addr, pin) = start_relay(exe)?;
-    let cpu0 = cpu_seconds(Some(relay.pid())).unwrap_or(0.0);
     let mut rendezvous = [0u8; 32];
     getrandom::getrandom(&mut rendezvous).map_err(|e| err(e.to_string()))?;
     let rv: String = rendezvous.iter().map(|b| format!("{b:02x}")).collect();
-    let peer = |role: &str| {
-        args(&[
-            "bench",
-            "raw-peer",
-            role,
-            "--relay",
-            &relay_addr,
-            "--relay-pin",
-            &pin,
-            "--rendezvous",
-            &rv,
-        ])
-    };
-    let rx = Party::spawn(exe, "raw relayed receiver", &peer("recv"))?;
-    rx.event("joining")?;
-    let tx = Party::spawn(exe, "raw relayed sender", &{
-        let mut a = peer("send");
-        a.extend(args(&["--size", size]));
-        a
-    })?;
-    let run = finish(tx, rx)?;
-    let cpu = cpu_seconds(Some(relay.pid())).unwrap_or(0.0) - cpu0;
-    let rss = peak_rss_bytes(Some(relay.pid())).unwrap_or(0);
-    Ok((run, cpu, rss))
+    through_relay(exe, |relay_addr, pin| {
+        let peer = |role: &str| {
+            args(&[
+                "bench",
+                "raw-peer",
+                role,
+                "--relay",
+                relay_addr,
+                "--relay-pin",
+                pin,
+                "--rendezvous",
+                &rv,
+            ])
+        };
+        let rx = Party::spawn(exe, "raw relayed receiver", &peer("recv"))?;
+        rx.event("joining")?;
+        let tx = Party::spawn(exe, "raw relayed sender", &{
+            let mut a = peer("send");
+            a.extend(args(&["--size", size]));
+            a
+        })?;
+        finish(tx, rx)
+    })
 }
 
 /// The address in a party's `listening` event.

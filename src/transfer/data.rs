@@ -121,12 +121,16 @@ impl FileData {
     }
 }
 
+/// Pool buffers a pipeline keeps on top of what is in flight, per cipher thread: one
+/// being sealed or opened, one waiting to be delivered.
+const SPARE_PER_WORKER: usize = 2;
+
 /// Pool buffers a pipeline needs so that it never waits for quinn while a full send
 /// window of chunks is unacknowledged: one window of chunks plus two per worker.
 pub fn buffers_for_window(window_bytes: u64, layout: &ChunkLayout, workers: usize) -> usize {
     let per_window = window_bytes.div_ceil(u64::from(layout.chunk_size().get()));
     (per_window as usize)
-        .saturating_add(2 * workers)
+        .saturating_add(SPARE_PER_WORKER * workers)
         .clamp(4, 1024)
 }
 
@@ -137,7 +141,8 @@ const LEAD_PERIOD: Duration = Duration::from_millis(20);
 
 /// How far a sender's pipeline may run ahead of the peer's acknowledgements: twice the
 /// path's bandwidth-delay product (rate sent × round-trip time) plus [`LEAD_FLOOR`], in
-/// pool buffers, never more than the buffers a send window takes.
+/// pool buffers (plus the two per worker of [`buffers_for_window`]), never more than the
+/// buffers a send window takes.
 ///
 /// Sealing further ahead than the path needs gains nothing, and costs: a chunk sealed
 /// tens of megabytes before quinn copies it into packets has left the cache by then
@@ -155,13 +160,13 @@ pub struct Lead {
 }
 
 impl Lead {
-    /// A lead for chunks of `chunk` bytes, at most `max` buffers, with `spare` buffers
-    /// on top for the cipher threads.
-    pub fn new(chunk: u64, max: usize, spare: usize) -> Self {
+    /// A lead for chunks of `chunk` bytes, at most `max` buffers, for a pipeline of
+    /// `workers` cipher threads.
+    pub fn new(chunk: u64, max: usize, workers: usize) -> Self {
         let lead = Self {
             limit: Arc::new(AtomicUsize::new(max)),
             chunk: chunk.max(1),
-            spare,
+            spare: SPARE_PER_WORKER * workers,
             max: max.max(1),
             since: Instant::now(),
             bytes: 0,
@@ -180,12 +185,13 @@ impl Lead {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// `n` more bytes were handed to the stream; `rtt` is the path's round-trip time now.
-    pub fn sent(&mut self, n: u64, rtt: Duration) {
+    /// `n` more bytes were handed to the stream; `rtt` gives the path's round-trip time
+    /// (asked once per period, not per chunk: quinn takes the connection's lock for it).
+    pub fn sent(&mut self, n: u64, rtt: impl FnOnce() -> Duration) {
         self.bytes += n;
         let elapsed = self.since.elapsed();
         if elapsed >= LEAD_PERIOD {
-            self.observe(elapsed, rtt);
+            self.observe(elapsed, rtt());
         }
     }
 
@@ -220,7 +226,7 @@ pub async fn send_file(
     let mut lead = Lead::new(
         u64::from(file.layout.chunk_size().get()),
         file.buffers,
-        2 * pool.threads(),
+        pool.threads(),
     );
     let pool = Arc::clone(pool);
     let limit = lead.limit();
@@ -259,7 +265,7 @@ pub async fn send_file(
         let chunk = item?;
         let n = chunk.len();
         send.write_chunk(chunk).await?;
-        lead.sent(n as u64, conn.rtt());
+        lead.sent(n as u64, || conn.rtt());
         progress(n as u64);
     }
     let hash = sealer.await?.ok_or(PipelineError::HashShape)?;
@@ -324,7 +330,7 @@ mod tests {
 
     #[test]
     fn the_lead_starts_at_the_floor_and_stays_near_it_on_loopback() {
-        let mut lead = Lead::new(CHUNK, 132, 4);
+        let mut lead = Lead::new(CHUNK, 132, 2);
         assert_eq!(lead.buffers(), 16 + 4);
         // 500 MB/s with 1 ms of round trip: 0.5 MB in flight.
         lead.bytes = 10_000_000;
@@ -336,7 +342,7 @@ mod tests {
     fn on_a_long_path_the_lead_grows_to_the_whole_window_within_a_few_periods() {
         // 100 ms of round trip; the path carries whatever the lead allows (one lead per
         // round trip), up to the window.
-        let mut lead = Lead::new(CHUNK, 132, 4);
+        let mut lead = Lead::new(CHUNK, 132, 2);
         let rtt = Duration::from_millis(100);
         let mut periods = 0;
         while lead.buffers() < 132 {
@@ -350,7 +356,7 @@ mod tests {
 
     #[test]
     fn an_absurd_rate_or_rtt_ends_at_the_maximum() {
-        let mut lead = Lead::new(CHUNK, 50, 4);
+        let mut lead = Lead::new(CHUNK, 50, 2);
         lead.bytes = u64::MAX;
         lead.observe(Duration::from_nanos(1), Duration::from_secs(3600));
         assert_eq!(lead.buffers(), 50);
