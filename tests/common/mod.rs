@@ -11,6 +11,11 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 pub fn conduit(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_conduit"));
     c.arg("--home").arg(home).env_remove("CONDUIT_HOME");
+    // Run inside the test's temporary directory: a default `--out .` or any stray write
+    // then lands there, never in the checkout (.ci/run fails on a dirty checkout).
+    if let Some(dir) = home.ancestors().find(|d| d.is_dir()) {
+        c.current_dir(dir);
+    }
     c
 }
 
