@@ -267,8 +267,34 @@ pub async fn send_file(
                 _ => RESET_SENDER_FAILED,
             };
             // Already reset or the connection is gone: nothing more to tell the peer.
-            let _ = send.reset(code.into());
+            if send.reset(code.into()).is_ok() {
+                reset_delivered(send).await;
+            }
             Err(e)
+        }
+    }
+}
+
+/// Longest wait for the peer to acknowledge a stream reset.
+const RESET_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until the peer acknowledged the reset of `send` (quinn then forgets the
+/// stream), stopped the stream, or the connection ended; at most [`RESET_WAIT`].
+///
+/// The caller closes the connection right after, and a lost CONNECTION_CLOSE is not
+/// sent again: without this wait the receiver could learn nothing until its idle
+/// timeout. A reset is retransmitted until acknowledged, so once it is, the receiver
+/// has seen this file fail.
+async fn reset_delivered(send: &quinn::SendStream) {
+    let deadline = Instant::now() + RESET_WAIT;
+    while Instant::now() < deadline {
+        // quinn wakes `stopped` on a STOP_SENDING or the connection's end, not on the
+        // reset's acknowledgement: ask again every few milliseconds.
+        if tokio::time::timeout(Duration::from_millis(5), send.stopped())
+            .await
+            .is_ok()
+        {
+            return;
         }
     }
 }

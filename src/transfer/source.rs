@@ -301,3 +301,154 @@ fn walk(
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn stamp() -> Stamp {
+        Stamp {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime: (4, 5),
+            ctime: (6, 7),
+        }
+    }
+
+    #[test]
+    fn every_field_of_the_stamp_is_compared() {
+        let was = stamp();
+        assert_eq!(was.compare(&was), Ok(()));
+        let changes: [fn(&mut Stamp); 8] = [
+            |s| s.dev += 1,
+            |s| s.ino += 1,
+            |s| s.size += 1,
+            |s| s.size -= 1,
+            |s| s.mtime.0 += 1,
+            |s| s.mtime.1 += 1,
+            |s| s.ctime.0 += 1,
+            |s| s.ctime.1 += 1,
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut now = was;
+            change(&mut now);
+            assert!(was.compare(&now).is_err(), "change {i} not seen");
+        }
+        let mut grown = was;
+        grown.size = 10;
+        assert_eq!(
+            was.compare(&grown).unwrap_err().what,
+            "size 3 bytes, now 10"
+        );
+    }
+
+    fn one(dir: &Path, name: &str, data: &[u8]) -> SourceFile {
+        let path = dir.join(name);
+        fs::write(&path, data).unwrap();
+        let (mut files, _) = collect(&[path]).unwrap();
+        files.remove(0)
+    }
+
+    fn later() {
+        // Past one tick of a coarse file system clock.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    #[test]
+    fn an_unchanged_file_opens_reads_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = one(dir.path(), "a", b"0123456789");
+        let src = OpenSource::open(&f, 4).unwrap();
+        let mut buf = [0u8; 4];
+        src.read_chunk(1, &mut buf).unwrap();
+        assert_eq!(&buf, b"4567");
+        let mut last = [0u8; 2];
+        src.read_chunk(2, &mut last).unwrap();
+        assert_eq!(&last, b"89");
+        src.check_unchanged().unwrap();
+        src.after_last_read().unwrap();
+    }
+
+    #[test]
+    fn a_change_between_collect_and_open_is_seen_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        // Overwritten in place, same size.
+        let f = one(dir.path(), "a", b"0123456789");
+        later();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&f.path)
+            .unwrap()
+            .write_all_at(b"X", 3)
+            .unwrap();
+        assert!(matches!(
+            OpenSource::open(&f, 4),
+            Err(OpenError::Changed(_))
+        ));
+        // Replaced by a rename.
+        let g = one(dir.path(), "b", b"0123456789");
+        fs::write(dir.path().join("new"), b"0123456789").unwrap();
+        fs::rename(dir.path().join("new"), &g.path).unwrap();
+        let e = OpenSource::open(&g, 4).unwrap_err();
+        assert!(matches!(e, OpenError::Changed(_)), "{e}");
+        // Replaced by a symlink to the same bytes.
+        let h = one(dir.path(), "c", b"0123456789");
+        fs::remove_file(&h.path).unwrap();
+        std::os::unix::fs::symlink(&g.path, &h.path).unwrap();
+        let e = OpenSource::open(&h, 4).unwrap_err();
+        assert!(matches!(e, OpenError::Changed(_)), "{e}");
+    }
+
+    #[test]
+    fn a_change_after_open_is_seen_after_the_last_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, fn(&Path)); 4] = [
+            ("appended", |p| {
+                let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+                f.write_all(b"more").unwrap();
+            }),
+            ("overwritten", |p| {
+                let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+                f.write_all_at(b"X", 0).unwrap();
+            }),
+            ("truncated", |p| {
+                let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+                f.set_len(5).unwrap();
+            }),
+            ("renamed over", |p| {
+                let new = p.with_extension("new");
+                fs::write(&new, b"0123456789").unwrap();
+                fs::rename(&new, p).unwrap();
+            }),
+        ];
+        for (name, change) in cases {
+            let f = one(dir.path(), name, b"0123456789");
+            let src = OpenSource::open(&f, 4).unwrap();
+            later();
+            change(&f.path);
+            let e = src.check_unchanged().unwrap_err();
+            assert!(!e.what.is_empty(), "{name}");
+            let io = src.after_last_read().unwrap_err();
+            assert!(Changed::from_io(&io).is_some(), "{name}: {io}");
+        }
+    }
+
+    #[test]
+    fn a_short_read_is_a_change_not_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = one(dir.path(), "a", b"0123456789");
+        let src = OpenSource::open(&f, 4).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&f.path)
+            .unwrap()
+            .set_len(6)
+            .unwrap();
+        let mut buf = [0u8; 4];
+        let e = src.read_chunk(1, &mut buf).unwrap_err();
+        let c = Changed::from_io(&e).expect("a Changed error");
+        assert!(c.what.contains("ended before byte 8"), "{}", c.what);
+    }
+}
