@@ -436,6 +436,24 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_renamed_away_with_another_file_put_at_the_path_is_a_change() {
+        // The inode itself is untouched (its ctime too): only the path check sees this.
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("study");
+        fs::create_dir(&sub).unwrap();
+        let f = one(&sub, "a", b"0123456789");
+        let src = OpenSource::open(&f, 4).unwrap();
+        fs::rename(&sub, dir.path().join("study.old")).unwrap();
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("a"), b"0123456789").unwrap();
+        let e = src.check_unchanged().unwrap_err();
+        assert!(e.what.contains("put in its place"), "{}", e.what);
+        fs::remove_file(sub.join("a")).unwrap();
+        let e = src.check_unchanged().unwrap_err();
+        assert!(e.what.contains("no longer at its path"), "{}", e.what);
+    }
+
+    #[test]
     fn a_short_read_is_a_change_not_zeros() {
         let dir = tempfile::tempdir().unwrap();
         let f = one(dir.path(), "a", b"0123456789");
