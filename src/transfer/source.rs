@@ -404,7 +404,8 @@ mod tests {
     #[test]
     fn a_change_after_open_is_seen_after_the_last_read() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(&str, fn(&Path)); 4] = [
+        type Case = (&'static str, fn(&Path));
+        let cases: [Case; 4] = [
             ("appended", |p| {
                 let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
                 f.write_all(b"more").unwrap();
