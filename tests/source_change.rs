@@ -235,3 +235,11 @@ fn an_unchanged_file_paused_near_its_end_arrives_verified() {
         );
     }
 }
+
+#[test]
+fn a_256_mib_file_overwritten_in_place_halfway_is_not_delivered() {
+    // Larger files change nothing in the mechanism; one case at 256 MiB (a few seconds
+    // on a loaded 2-core machine) keeps it honest about size.
+    const BIG: u64 = 256 << 20;
+    changed_while_sent(Change::Overwrite, BIG, BIG / CHUNK / 2);
+}
