@@ -78,6 +78,15 @@ pub enum PipelineError {
 pub trait ChunkSource: Send + Sync + 'static {
     /// Fills `buf` with the plaintext of chunk `index`.
     fn read_chunk(&self, index: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Called once every chunk has been read, before the last sealed chunk leaves the
+    /// sender (see [`crate::transfer::data::send_file`]): an error stops the file before
+    /// the receiver can complete it. A file source checks here that the file did not
+    /// change while it was read ([`crate::transfer::source::OpenSource`]); the default
+    /// accepts.
+    fn after_last_read(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<F> ChunkSource for F

@@ -23,6 +23,7 @@ use crate::crypto::pipeline::{ChunkSource, CipherPool, OpenPipeline, PipelineErr
 use crate::crypto::stream::{
     ChunkLayout, ChunkSize, FileKey, FileKeyContext, StreamError, TRANSFER_ID_LEN, TransferKey,
 };
+use crate::transfer::source::Changed;
 
 /// Reports bytes of plaintext moved, as they move.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
@@ -51,6 +52,9 @@ pub enum DataError {
     /// A blocking task of the data path died.
     #[error("data path task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The source file changed while it was being sent: it is not delivered.
+    #[error(transparent)]
+    SourceChanged(#[from] Changed),
 }
 
 impl DataError {
@@ -59,6 +63,22 @@ impl DataError {
         match self {
             Self::Pipeline(PipelineError::Stream(e)) => Some(e),
             _ => None,
+        }
+    }
+
+    /// A pipeline error, as [`DataError::SourceChanged`] where the source reported that
+    /// the file changed (see [`crate::transfer::source::OpenSource`]).
+    fn from_pipeline(e: PipelineError) -> Self {
+        match e {
+            PipelineError::Io { source, .. } if Changed::from_io(&source).is_some() => {
+                match source.into_inner().map(|b| b.downcast::<Changed>()) {
+                    Some(Ok(c)) => Self::SourceChanged(*c),
+                    _ => Self::SourceChanged(Changed {
+                        what: "unknown".into(),
+                    }),
+                }
+            }
+            e => Self::Pipeline(e),
         }
     }
 }
@@ -212,9 +232,75 @@ impl Lead {
     }
 }
 
+/// QUIC stream reset code of a file stream whose source changed while it was read (see
+/// [`crate::transfer::source`]): the receiver never gets the last chunk, so never
+/// completes the file.
+pub const RESET_SOURCE_CHANGED: u32 = 0x10;
+/// QUIC stream reset code of a file stream the sender stopped for another reason (the
+/// source could not be read, the pipeline failed).
+pub const RESET_SENDER_FAILED: u32 = 0x11;
+
 /// Seals and sends one file's chunks `first..` on `send`, a stream of `conn`, then
-/// finishes the stream. Returns the whole file's BLAKE3 hash.
+/// finishes the stream. Returns the whole file's BLAKE3 hash, of the bytes read.
+///
+/// Once every chunk has been read and before the last one is written to the stream,
+/// [`ChunkSource::after_last_read`] is asked; if it fails (the file changed as it was
+/// read), or anything else fails, the stream is reset ([`RESET_SOURCE_CHANGED`],
+/// [`RESET_SENDER_FAILED`]) and the last chunk never leaves: the receiver, which
+/// completes a file only when its last chunk authenticates, cannot complete this one.
 pub async fn send_file(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    pool: &Arc<CipherPool>,
+    file: FileData,
+    source: Arc<dyn ChunkSource>,
+    progress: Progress,
+) -> Result<blake3::Hash, DataError> {
+    match send_chunks(conn, send, pool, file, source, progress).await {
+        Ok(hash) => {
+            send.finish()?;
+            Ok(hash)
+        }
+        Err(e) => {
+            let code = match e {
+                DataError::SourceChanged(_) => RESET_SOURCE_CHANGED,
+                _ => RESET_SENDER_FAILED,
+            };
+            // Already reset or the connection is gone: nothing more to tell the peer.
+            if send.reset(code.into()).is_ok() {
+                reset_delivered(send).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Longest wait for the peer to acknowledge a stream reset.
+const RESET_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until the peer acknowledged the reset of `send` (quinn then forgets the
+/// stream), stopped the stream, or the connection ended; at most [`RESET_WAIT`].
+///
+/// The caller closes the connection right after, and a lost CONNECTION_CLOSE is not
+/// sent again: without this wait the receiver could learn nothing until its idle
+/// timeout. A reset is retransmitted until acknowledged, so once it is, the receiver
+/// has seen this file fail.
+async fn reset_delivered(send: &quinn::SendStream) {
+    let deadline = Instant::now() + RESET_WAIT;
+    while Instant::now() < deadline {
+        // quinn wakes `stopped` on a STOP_SENDING or the connection's end, not on the
+        // reset's acknowledgement: ask again every few milliseconds.
+        if tokio::time::timeout(Duration::from_millis(5), send.stopped())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// [`send_file`] but for finishing or resetting the stream.
+async fn send_chunks(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     pool: &Arc<CipherPool>,
@@ -228,12 +314,14 @@ pub async fn send_file(
         file.buffers,
         pool.threads(),
     );
+    let to_send = file.layout.count().saturating_sub(file.first);
     let pool = Arc::clone(pool);
     let limit = lead.limit();
     // However this function ends, the sealer must not wait on for buffers that quinn may
     // hold until the connection is dropped.
     let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
     let stop = Arc::clone(&cancel.0);
+    let reader = Arc::clone(&source);
     let sealer = tokio::task::spawn_blocking(move || {
         let mut p = SealPipeline::new(
             pool,
@@ -241,7 +329,7 @@ pub async fn send_file(
             file.layout,
             file.first,
             file.buffers,
-            source,
+            reader,
         )
         .with_file_hash(file.tree)
         .with_lead_limit(limit)
@@ -254,6 +342,7 @@ pub async fn send_file(
         }
         p.file_hash()
     });
+    let mut written = 0u64;
     loop {
         // The next chunk, or the end of the connection: the sealer may be waiting for
         // buffers the closed connection still holds.
@@ -262,16 +351,68 @@ pub async fn send_file(
             e = conn.closed() => return Err(quinn::WriteError::ConnectionLost(e).into()),
         };
         let Some(item) = item else { break };
-        let chunk = item?;
+        let chunk = item.map_err(DataError::from_pipeline)?;
+        if written + 1 == to_send {
+            // The last chunk: every chunk is read (they come in order), none of the last
+            // one's bytes has left. The receiver completes the file only with this chunk,
+            // so it goes only if the source is still what was collected.
+            let check = Arc::clone(&source);
+            tokio::task::spawn_blocking(move || check.after_last_read())
+                .await?
+                .map_err(|e| {
+                    DataError::from_pipeline(PipelineError::Io {
+                        index: written,
+                        source: e,
+                    })
+                })?;
+        }
         let n = chunk.len();
         send.write_chunk(chunk).await?;
+        written += 1;
         lead.sent(n as u64, || conn.rtt());
         progress(n as u64);
+        test_hook::after_chunks(written).await;
     }
     let hash = sealer.await?.ok_or(PipelineError::HashShape)?;
     drop(cancel);
-    send.finish()?;
     Ok(hash)
+}
+
+/// A test-only pause of the sender, inert unless [`test_hook::ENV`] is set: with
+/// `CONDUIT_TEST_PAUSE_SENDER=N:DIR`, after writing the `N`th chunk of each file to its
+/// stream the sender creates `DIR/paused` and waits until `DIR/resume` exists. The tests
+/// of tests/source_change.rs change a file at a known point of its transfer with it; it
+/// only ever delays a sender, and is not part of the product's interface.
+mod test_hook {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    /// The variable.
+    pub(super) const ENV: &str = "CONDUIT_TEST_PAUSE_SENDER";
+
+    fn config() -> Option<&'static (u64, PathBuf)> {
+        static CONFIG: OnceLock<Option<(u64, PathBuf)>> = OnceLock::new();
+        CONFIG
+            .get_or_init(|| {
+                let v = std::env::var(ENV).ok()?;
+                let (n, dir) = v.split_once(':')?;
+                Some((n.parse().ok()?, PathBuf::from(dir)))
+            })
+            .as_ref()
+    }
+
+    /// Pauses here if the hook is set for `written` chunks.
+    pub(super) async fn after_chunks(written: u64) {
+        let Some((n, dir)) = config() else { return };
+        if *n != written {
+            return;
+        }
+        let _ = std::fs::write(dir.join("paused"), b"");
+        while !dir.join("resume").exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// Sets its flag when dropped.
@@ -301,6 +442,13 @@ pub async fn receive_file(
         let read = |_: u64, buf: &mut [u8]| -> io::Result<()> {
             rt.block_on(recv.read_exact(buf)).map_err(|e| match e {
                 quinn::ReadExactError::FinishedEarly(_) => io::ErrorKind::UnexpectedEof.into(),
+                quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))
+                    if code == RESET_SOURCE_CHANGED.into() =>
+                {
+                    io::Error::other(
+                        "the sender stopped this file: it changed at the sender while being sent",
+                    )
+                }
                 quinn::ReadExactError::ReadError(e) => io::Error::other(e),
             })
         };

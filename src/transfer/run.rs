@@ -11,7 +11,7 @@ use crate::crypto::chunk_hash::TreeHash;
 use crate::crypto::handshake::{Initiator, Responder, TRANSFER_ID_LEN};
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::crypto::pake::Code;
-use crate::crypto::pipeline::{CipherPool, PositionalFile};
+use crate::crypto::pipeline::CipherPool;
 use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKeyContext, StreamError, TransferKey};
 use crate::peers::AddressBook;
 use crate::session::{self, SessionError};
@@ -23,7 +23,7 @@ use crate::transfer::protocol::{
     Reply, ResumePoint,
 };
 use crate::transfer::resume::{self, Checkpoint, Sidecar};
-use crate::transfer::source::SourceFile;
+use crate::transfer::source::{OpenError, OpenSource, SourceFile};
 
 /// QUIC application close code: transfer finished.
 pub const CLOSE_DONE: u32 = 0;
@@ -407,7 +407,17 @@ async fn send_audited(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(FILES_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, f) in files.iter().enumerate() {
-        let file = std::fs::File::open(&f.path)?;
+        // Opened once; every read of this file goes through this descriptor, and it is
+        // still the file that was collected (see transfer::source).
+        let source = OpenSource::open(f, u64::from(chunk.get())).map_err(|e| match e {
+            OpenError::Changed(c) => TransferError::Data {
+                file: f.rel.to_string(),
+                source: DataError::SourceChanged(c),
+            },
+            OpenError::Io(e) => {
+                TransferError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", f.rel)))
+            }
+        })?;
         let layout = ChunkLayout::new(f.size, chunk);
         let mut ctx = FileKeyContext::fresh(transfer_id, i as u64, chunk);
         let mut tree = TreeHash::new(&layout);
@@ -416,7 +426,7 @@ async fn send_audited(
                 return Err(protocol("resume point outside the file"));
             }
             // Continue only over the very same bytes; otherwise send the file again.
-            let (ours, prefix_tree) = resume::hash_prefix(&file, &layout, from)?;
+            let (ours, prefix_tree) = resume::hash_prefix(source.file(), &layout, from)?;
             if ours == theirs {
                 rec.resumed(f.rel.as_str(), f.size, layout.offset(from))
                     .await?;
@@ -428,7 +438,7 @@ async fn send_audited(
             }
         }
         let first = ctx.resume_from;
-        let source = Arc::new(PositionalFile::new(file, u64::from(chunk.get())));
+        let source = Arc::new(source);
         let fd = FileData::new(
             &keys,
             &ctx,
