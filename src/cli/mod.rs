@@ -32,6 +32,9 @@ pub mod code {
     pub const INTEGRITY: u8 = 4;
     /// The peer refused.
     pub const REFUSED: u8 = 5;
+    /// `audit verify --expect-head/--expect-records`: the chain is valid but does not
+    /// reach the expected record (records were cut off its end).
+    pub const AUDIT_CUT: u8 = 6;
     /// Interrupted by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: u8 = 130;
 }
@@ -173,8 +176,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 code::FAILURE
             };
         }
-        if let Some(crate::audit::AuditError::Broken(_)) = cause.downcast_ref() {
-            return code::INTEGRITY;
+        match cause.downcast_ref() {
+            Some(crate::audit::AuditError::Broken(_)) => return code::INTEGRITY,
+            Some(crate::audit::AuditError::CutShort(_)) => return code::AUDIT_CUT,
+            _ => {}
         }
         match cause.downcast_ref::<TransferError>() {
             Some(TransferError::Refused(_)) => return code::REFUSED,
