@@ -11,6 +11,7 @@
 //! A [`Names`] belongs to one transfer: it learns the names of the offer
 //! ([`Names::learn`]) and then rewrites text ([`Names::redact`]).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::audit::record::ChainKey;
@@ -23,9 +24,18 @@ pub const SHORT_HASH: usize = 16;
 pub struct Names {
     /// The audit's name key in names mode `hash`; `None`: names are shown as they are.
     key: Option<Arc<ChainKey>>,
-    /// Text that stands for a name (a whole path, its escaped form, each component) and
-    /// what replaces it, longest first.
-    known: Arc<Mutex<Vec<(String, String)>>>,
+    /// The names learnt.
+    known: Arc<Mutex<Known>>,
+}
+
+/// Text that stands for a name (a whole path, its escaped form, each component) and the
+/// raw name it stands for.
+#[derive(Default)]
+struct Known {
+    raw_of: HashMap<String, String>,
+    /// The keys of `raw_of`, longest first once `sorted`.
+    texts: Vec<String>,
+    sorted: bool,
 }
 
 impl std::fmt::Debug for Names {
@@ -69,12 +79,18 @@ impl Names {
         let Some(key) = &self.key else {
             return name.to_string();
         };
-        let raw = self
-            .known()
-            .iter()
-            .find(|(text, _)| text == name)
-            .map(|(_, raw)| raw.clone());
+        let raw = self.known().raw_of.get(name).cloned();
         key.name_hash(raw.as_deref().unwrap_or(name))
+    }
+
+    /// `name` for a line people read: itself, or `#` and the first [`SHORT_HASH`] hex
+    /// digits of its keyed hash (as in error messages and `conduit audit show`).
+    pub fn tag(&self, name: &str) -> String {
+        if self.key.is_none() {
+            return name.to_string();
+        }
+        let full = self.show(name);
+        format!("#{}", full.get(..SHORT_HASH).unwrap_or(&full))
     }
 
     /// Learns the names of a transfer (relative paths as sent, `/`-separated), so that
@@ -84,9 +100,12 @@ impl Names {
             return;
         }
         let mut known = self.known();
+        let known = &mut *known;
         let mut add = |text: &str, raw: &str| {
-            if !text.is_empty() && !known.iter().any(|(t, _)| t == text) {
-                known.push((text.to_string(), raw.to_string()));
+            if !text.is_empty() && !known.raw_of.contains_key(text) {
+                known.raw_of.insert(text.to_string(), raw.to_string());
+                known.texts.push(text.to_string());
+                known.sorted = false;
             }
         };
         for name in names {
@@ -98,8 +117,6 @@ impl Names {
                 add(&crate::transfer::paths::escape(part), part);
             }
         }
-        // Longest first: a whole path is replaced before any of its components.
-        known.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
     }
 
     /// `text` with every learnt name (whole path or component) replaced by `#` and the
@@ -110,16 +127,25 @@ impl Names {
         let Some(key) = &self.key else {
             return text.to_string();
         };
-        let known = self.known();
+        let mut known = self.known();
+        if !known.sorted {
+            // Longest first: a whole path is replaced before any of its components.
+            known.texts.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            known.sorted = true;
+        }
         let mut out = text.to_string();
-        for (name, raw) in known.iter() {
+        for name in &known.texts {
+            if !out.contains(name.as_str()) {
+                continue;
+            }
+            let raw = known.raw_of.get(name).map_or(name.as_str(), String::as_str);
             let tag = format!("#{}", &key.name_hash(raw)[..SHORT_HASH]);
             out = replace_words(&out, name, &tag);
         }
         out
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, Vec<(String, String)>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

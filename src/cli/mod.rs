@@ -120,12 +120,64 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// An error whose message was rewritten to keep file names out of the outputs (names
+/// mode `hash`, see [`crate::audit::names`]). It is shown as its rewritten text only; the
+/// original stays in the chain (as its source) for the exit code, never printed.
+pub(crate) struct Redacted {
+    text: String,
+    inner: anyhow::Error,
+}
+
+impl Redacted {
+    /// `err` with each name `names` knows replaced by its hash (unchanged when names are
+    /// shown as they are).
+    pub(crate) fn hide(names: &crate::audit::names::Names, err: anyhow::Error) -> anyhow::Error {
+        if !names.hides() {
+            return err;
+        }
+        // A path the receiver refuses is not among the names learnt (it did not parse):
+        // say what kind of error it is, not the path.
+        let bad_path = err.chain().find_map(|c| match c.downcast_ref() {
+            Some(e @ crate::transfer::run::TransferError::BadPath(_)) => Some(e.audit_reason(true)),
+            _ => None,
+        });
+        let text = bad_path.unwrap_or_else(|| names.redact(&describe(&err)));
+        Redacted { text, inner: err }.into()
+    }
+}
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redacted({:?})", self.text)
+    }
+}
+
+impl std::error::Error for Redacted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.inner.as_ref())
+    }
+}
+
 /// The error and its causes on one line, `a: b: c`, leaving out a cause whose text the
-/// line already holds (many errors here quote their source in their own message).
-fn describe(err: &anyhow::Error) -> String {
+/// line already holds (many errors here quote their source in their own message). A
+/// [`Redacted`] error ends the line: its causes are what it hides.
+pub(crate) fn describe(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
         let text = cause.to_string();
+        if cause.is::<Redacted>() {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+            break;
+        }
         if line.is_empty() {
             line = text;
         } else if !line.contains(&text) {
