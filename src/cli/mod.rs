@@ -108,6 +108,11 @@ pub fn main() -> ExitCode {
             });
         }
     };
+    // `demo` and `bench` use throwaway keys and read their own IO accounting from
+    // /proc/self, which a non-dumpable process may not (its /proc files belong to root).
+    if !matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
+        not_dumpable();
+    }
     match run(cli) {
         Ok(()) => ExitCode::from(code::OK),
         Err(err) => {
@@ -270,6 +275,18 @@ fn no_core_dumps() {
         maximum: Some(0),
     };
     let _ = rustix::process::setrlimit(rustix::process::Resource::Core, none);
+}
+
+/// Marks the process not dumpable (`PR_SET_DUMPABLE` 0): no core dump even where the
+/// limit above is raised by a core pattern pipe, and other processes of the same user can
+/// neither ptrace it nor read its memory through /proc/PID/mem (its /proc files belong
+/// to root). Best effort, like the limit.
+fn not_dumpable() {
+    #[cfg(target_os = "linux")]
+    {
+        let _ =
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    }
 }
 
 /// A closed stdout (`conduit ... | head`) is not an error.

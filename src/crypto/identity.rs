@@ -60,6 +60,9 @@ pub enum IdentityError {
         /// Its mode bits.
         mode: u32,
     },
+    /// The key file, or a directory above it, could have been written by someone else.
+    #[error(transparent)]
+    NotOurs(#[from] crate::home::NotOurs),
     /// The key file is not in the expected format.
     #[error("secret key file {0} is corrupt")]
     Corrupt(PathBuf),
@@ -210,7 +213,8 @@ impl Identity {
         home.path().join("identity").join("secret.key")
     }
 
-    /// Loads the identity of `home`, refusing a key file others can read.
+    /// Loads the identity of `home`, refusing a key file others can read, and one that
+    /// others could have written ([`crate::home::check_ours`]).
     pub fn load(home: &Home) -> Result<Self, IdentityError> {
         let path = Self::key_path(home);
         let meta = match fs::symlink_metadata(&path) {
@@ -229,6 +233,7 @@ impl Identity {
                 mode: meta.mode() & 0o777,
             });
         }
+        crate::home::check_ours(&path, Some(home.path()))?;
         let text =
             Zeroizing::new(
                 fs::read_to_string(&path).map_err(|source| IdentityError::Io {
