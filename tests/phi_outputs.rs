@@ -242,9 +242,19 @@ fn files_others_could_write_are_refused_naming_the_file_and_the_fix() {
         );
     };
     refused(&peers, 0o620, &["peers", "list"], "chmod 600");
-    refused(&peers, 0o602, &["receive", "--listen", "127.0.0.1:0"], "chmod 600");
+    refused(
+        &peers,
+        0o602,
+        &["receive", "--listen", "127.0.0.1:0"],
+        "chmod 600",
+    );
     refused(&config, 0o660, &["config", "show"], "chmod 600");
-    refused(&config, 0o646, &["receive", "--listen", "127.0.0.1:0"], "chmod 600");
+    refused(
+        &config,
+        0o646,
+        &["receive", "--listen", "127.0.0.1:0"],
+        "chmod 600",
+    );
     refused(&key, 0o620, &["id"], "chmod 600");
     refused(&key, 0o620, &["audit", "verify"], "chmod 600");
     // The home itself, writable by the group: whoever can write it can replace the files.
@@ -265,7 +275,10 @@ fn files_owned_by_another_user_are_refused() {
     let p = pair_knowing(false, true);
     let peers = p.receiver.join("peers.toml");
     std::os::unix::fs::chown(&peers, Some(65534), None).unwrap();
-    let out = conduit(&p.receiver).args(["peers", "list"]).output().unwrap();
+    let out = conduit(&p.receiver)
+        .args(["peers", "list"])
+        .output()
+        .unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -298,7 +311,11 @@ fn debug_of_key_material_shows_no_key_bytes() {
     check("Identity", format!("{id:?} {id:#?}"), &secret);
     let stored = id.secret_bytes();
     check("Identity", format!("{id:?}"), stored.as_ref());
-    check("FileKey", format!("{:?}", FileKey::from_bytes(&secret)), &secret);
+    check(
+        "FileKey",
+        format!("{:?}", FileKey::from_bytes(&secret)),
+        &secret,
+    );
     check("AeadKey", format!("{:?}", AeadKey::new(&secret)), &secret);
     let tk = TransferKey::derive(&[1u8; 32], &secret);
     check("TransferKey", format!("{tk:?} {tk:#?}"), &secret);

@@ -553,6 +553,48 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_of_unauthenticated_parties_are_bounded_and_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let me = Identity::generate().unwrap();
+        let book = AddressBook::load(&home).unwrap();
+        let audit = Audit::open(&home, &me, &book, Options::default());
+        for i in 0..100 {
+            let s = audit.session(Role::Receive);
+            if i % 2 == 0 {
+                s.auth_failed("wrong key").await.unwrap();
+            } else {
+                s.failed("aborted before authentication").await.unwrap();
+            }
+        }
+        // An authenticated session is not limited.
+        let known = Identity::generate().unwrap().public();
+        let s = audit.session(Role::Receive);
+        s.opened(&known, AuthMode::KnownKey).await.unwrap();
+        s.failed("connection lost").await.unwrap();
+        audit.flush_suppressed().await.unwrap();
+        let records = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
+        let limited = records
+            .iter()
+            .filter(|r| r.peer.is_none() && r.event != event::LOG_CREATED)
+            .count();
+        // The burst, then the summary of the other 90.
+        assert_eq!(limited, limit::BURST as usize + 1);
+        let summary = records.last().unwrap();
+        assert_eq!(summary.event, event::UNAUTHENTICATED_SUPPRESSED);
+        assert_eq!(summary.count, Some(100 - u64::from(limit::BURST)));
+        assert_eq!(records.len(), 1 + limit::BURST as usize + 2 + 1);
+        let valid = verify::verify(&super::dir(&home), &chain_key(&me))
+            .unwrap()
+            .unwrap();
+        assert_eq!(valid.records, records.len() as u64);
+        // Nothing more to summarise.
+        audit.flush_suppressed().await.unwrap();
+        let again = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
+        assert_eq!(again.len(), records.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_writers_keep_one_chain() {
         let tmp = tempfile::tempdir().unwrap();
         let home = Home::at(tmp.path());
