@@ -129,7 +129,10 @@ fn a_daemon_transfer_prints_no_file_name_on_any_stream() {
         .expect("no audit_head event");
     assert_eq!(stop_head["at"], "stop");
     let head = stop_head["head"].as_str().unwrap();
-    assert!(stderr.contains(&format!("audit head at daemon stop: record")));
+    assert!(
+        stderr.contains("audit head at daemon start: ")
+            && stderr.contains("audit head at daemon stop: record")
+    );
     let verify = conduit(&p.receiver)
         .args(["audit", "verify", "--json", "--expect-head", head])
         .output()
