@@ -141,6 +141,60 @@ fn a_daemon_transfer_prints_no_file_name_on_any_stream() {
     assert!(relay.stop().0.success());
 }
 
+#[test]
+fn a_daemon_for_people_prints_no_file_name_either() {
+    let p = pair_knowing(true, true);
+    let relay = start_relay(&[]);
+    let out = p.root.join("inbox");
+    let mut cmd = conduit(&p.receiver);
+    cmd.args([
+        "receive",
+        "--daemon",
+        "--relay",
+        &relay.addr,
+        "--relay-pin",
+        &relay.pin,
+        "--out",
+    ])
+    .arg(&out);
+    // The first line is text, not JSON: read the streams at the end.
+    let mut daemon = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let file = p.root.join("Doe Jane MRN12345 Kowalski.pdf");
+    write_data(&file, 5000);
+    let hashed = ["--to", "lab", "--audit-names", "hash", "--relay-wait", "30"];
+    let first = send_via(&p, &relay, &[&file], &hashed);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let again = send_via(&p, &relay, &[&file], &hashed);
+    assert_eq!(again.status.code(), Some(5), "{}", text(&again.stderr));
+    let pid = i32::try_from(daemon.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let done = daemon.wait_with_output().unwrap();
+    assert!(done.status.success());
+    let (stdout, stderr) = (text(&done.stdout), text(&done.stderr));
+    for (name, s) in [("stdout", &stdout), ("stderr", &stderr)] {
+        for part in NAME_PARTS {
+            assert!(!s.contains(part), "{part:?} in the daemon's {name}:\n{s}");
+        }
+    }
+    // What it printed: the offer on stderr, the summary with the file's short hash, the
+    // refusal.
+    assert!(stderr.contains("offer from clinic"), "{stderr}");
+    assert!(
+        stderr.contains("transfer failed: ") && stderr.contains(" #"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("received 1 files") && stdout.contains("  #"),
+        "{stdout}"
+    );
+    assert!(relay.stop().0.success());
+}
+
 /// Writes `n` records into `home`'s audit log through the library.
 fn write_records(home: &Path, n: usize) {
     use phi_conduit::audit::{Audit, Options, Role};
