@@ -79,6 +79,9 @@ pub enum NotOurs {
 /// user (or root), not writable by group or others, and that each directory from its
 /// parent up to and including `up_to` (just its parent without `up_to`, or when the file
 /// is not under it) is owned by this user or root and not writable by group or others.
+/// When `up_to` lies in the user's home directory (`$HOME`), the directories up to and
+/// including that one are checked too. A directory with the sticky bit (`/tmp`) may be
+/// writable by others: they cannot rename or remove what is ours in it.
 ///
 /// ```
 /// use std::os::unix::fs::PermissionsExt;
@@ -120,7 +123,13 @@ pub fn check_ours(file: &Path, up_to: Option<&Path>) -> Result<(), NotOurs> {
             mode: m.mode() & 0o7777,
         });
     }
-    let top = up_to.filter(|top| file.starts_with(top));
+    let top = up_to.filter(|top| file.starts_with(top)).map(|top| {
+        match std::env::var_os("HOME").map(PathBuf::from) {
+            Some(user) if user.is_absolute() && top.starts_with(&user) => user,
+            _ => top.to_path_buf(),
+        }
+    });
+    let top = top.as_deref();
     let mut dir = file.parent();
     while let Some(d) = dir {
         let d = if d.as_os_str().is_empty() {
@@ -130,7 +139,7 @@ pub fn check_ours(file: &Path, up_to: Option<&Path>) -> Result<(), NotOurs> {
         };
         let m = meta(d)?;
         owned(d, &m)?;
-        if m.mode() & 0o022 != 0 {
+        if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
             return Err(NotOurs::DirWritable {
                 file: shown(file),
                 dir: shown(d),
@@ -219,8 +228,13 @@ mod tests {
         mode(&home, 0o700);
         mode(tmp.path(), 0o777);
         let checked = check_ours(&file, Some(&home));
+        // A sticky directory may be writable by all (others cannot replace our entries).
+        mode(&home, 0o1777);
+        let sticky = check_ours(&file, Some(&home));
+        mode(&home, 0o700);
         mode(tmp.path(), 0o700);
         checked.unwrap();
+        sticky.unwrap();
     }
 
     #[test]

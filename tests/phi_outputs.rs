@@ -317,6 +317,26 @@ fn files_others_could_write_are_refused_naming_the_file_and_the_fix() {
     // The home itself, writable by the group: whoever can write it can replace the files.
     refused(home, 0o770, &["peers", "list"], "chmod 700");
     refused(&home.join("identity"), 0o722, &["id"], "chmod 700");
+    // The user's home directory above the conduit home, when the conduit home is in it.
+    let user_home = p.root.clone();
+    let with_home = |m: u32| {
+        mode(&user_home, m);
+        let out = conduit(home)
+            .env("HOME", &user_home)
+            .args(["peers", "list"])
+            .output()
+            .unwrap();
+        mode(&user_home, 0o700);
+        out
+    };
+    let out = with_home(0o775);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("chmod 700 {}", user_home.display())),
+        "{err}"
+    );
+    assert!(with_home(0o755).status.success());
     // Restored, everything loads again.
     assert!(ok(&["peers", "list"]).status.success());
     assert!(ok(&["id"]).status.success());
