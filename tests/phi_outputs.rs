@@ -158,7 +158,7 @@ fn a_daemon_for_people_prints_no_file_name_either() {
     ])
     .arg(&out);
     // The first line is text, not JSON: read the streams at the end.
-    let mut daemon = cmd
+    let daemon = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

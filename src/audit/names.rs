@@ -18,6 +18,10 @@ use crate::audit::record::ChainKey;
 
 /// Hex digits of a name's hash shown in text (as `conduit audit show` prints them).
 pub const SHORT_HASH: usize = 16;
+/// Most texts (paths and components) learnt for one transfer: a bound on the memory a
+/// large offer costs here. Past it, [`Names::complete`] is false and error messages are
+/// reported by their kind only.
+pub const MAX_LEARNT: usize = 100_000;
 
 /// The names of one transfer and how to show them.
 #[derive(Clone, Default)]
@@ -29,13 +33,12 @@ pub struct Names {
 }
 
 /// Text that stands for a name (a whole path, its escaped form, each component) and the
-/// raw name it stands for.
+/// raw name it stands for (`None`: the text itself).
 #[derive(Default)]
 struct Known {
-    raw_of: HashMap<String, String>,
-    /// The keys of `raw_of`, longest first once `sorted`.
-    texts: Vec<String>,
-    sorted: bool,
+    raw_of: HashMap<String, Option<String>>,
+    /// More names were offered than [`MAX_LEARNT`].
+    overflow: bool,
 }
 
 impl std::fmt::Debug for Names {
@@ -79,7 +82,7 @@ impl Names {
         let Some(key) = &self.key else {
             return name.to_string();
         };
-        let raw = self.known().raw_of.get(name).cloned();
+        let raw = self.known().raw_of.get(name).cloned().flatten();
         key.name_hash(raw.as_deref().unwrap_or(name))
     }
 
@@ -102,11 +105,15 @@ impl Names {
         let mut known = self.known();
         let known = &mut *known;
         let mut add = |text: &str, raw: &str| {
-            if !text.is_empty() && !known.raw_of.contains_key(text) {
-                known.raw_of.insert(text.to_string(), raw.to_string());
-                known.texts.push(text.to_string());
-                known.sorted = false;
+            if text.is_empty() || known.raw_of.contains_key(text) {
+                return;
             }
+            if known.raw_of.len() >= MAX_LEARNT {
+                known.overflow = true;
+                return;
+            }
+            let raw = (raw != text).then(|| raw.to_string());
+            known.raw_of.insert(text.to_string(), raw);
         };
         for name in names {
             add(name, name);
@@ -127,22 +134,29 @@ impl Names {
         let Some(key) = &self.key else {
             return text.to_string();
         };
-        let mut known = self.known();
-        if !known.sorted {
-            // Longest first: a whole path is replaced before any of its components.
-            known.texts.sort_by_key(|t| std::cmp::Reverse(t.len()));
-            known.sorted = true;
-        }
+        let known = self.known();
+        // The names in the text, longest first: a whole path is replaced before any of
+        // its components.
+        let mut found: Vec<(&String, &Option<String>)> = known
+            .raw_of
+            .iter()
+            .filter(|(t, _)| text.contains(t.as_str()))
+            .collect();
+        found.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
         let mut out = text.to_string();
-        for name in &known.texts {
-            if !out.contains(name.as_str()) {
-                continue;
-            }
-            let raw = known.raw_of.get(name).map_or(name.as_str(), String::as_str);
+        for (name, raw) in found {
+            let raw = raw.as_deref().unwrap_or(name);
             let tag = format!("#{}", &key.name_hash(raw)[..SHORT_HASH]);
             out = replace_words(&out, name, &tag);
         }
         out
+    }
+
+    /// Whether every name of the transfer was learnt (at most [`MAX_LEARNT`] texts);
+    /// when not, [`Names::redact`] cannot find them all and a message must not be shown
+    /// as text.
+    pub fn complete(&self) -> bool {
+        !self.known().overflow
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
@@ -205,6 +219,16 @@ mod tests {
         assert!(!out.contains("; a and"), "{out}");
         // Shown names are the audit's hash of the name (also from their escaped form).
         assert_eq!(n.show("a"), n.hash("a").unwrap());
+    }
+
+    #[test]
+    fn past_the_bound_the_names_are_incomplete() {
+        let n = hashed();
+        let many: Vec<String> = (0..MAX_LEARNT).map(|i| format!("n{i}")).collect();
+        n.learn(many.iter().map(String::as_str));
+        assert!(n.complete());
+        n.learn(["one more"]);
+        assert!(!n.complete());
     }
 
     #[test]

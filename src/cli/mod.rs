@@ -140,13 +140,19 @@ impl Redacted {
         if !names.hides() {
             return err;
         }
-        // A path the receiver refuses is not among the names learnt (it did not parse):
-        // say what kind of error it is, not the path.
-        let bad_path = err.chain().find_map(|c| match c.downcast_ref() {
-            Some(e @ crate::transfer::run::TransferError::BadPath(_)) => Some(e.audit_reason(true)),
-            _ => None,
-        });
-        let text = bad_path.unwrap_or_else(|| names.redact(&describe(&err)));
+        // A path the receiver refuses is not among the names learnt (it did not parse),
+        // and past a bound not all names are learnt: then say what kind of error it is.
+        let transfer = err
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::transfer::run::TransferError>());
+        let text = match transfer {
+            Some(e @ crate::transfer::run::TransferError::BadPath(_)) => e.audit_reason(true),
+            Some(e) if !names.complete() => e.audit_reason(true),
+            None if !names.complete() => {
+                "failed (the message is withheld: it may name one of more files than names mode hash hides one by one)".to_string()
+            }
+            _ => names.redact(&describe(&err)),
+        };
         Redacted { text, inner: err }.into()
     }
 }
