@@ -510,7 +510,13 @@ fn receive_recorded(
         }
         endpoint.wait_idle().await;
         anyhow::Ok(result?)
-    })?;
+    });
+    // Records of strangers the rate limit left out (a receive that outlasted failed
+    // connections) are counted before the process ends.
+    if let Err(e) = rt.block_on(audit.flush_suppressed()) {
+        eprintln!("warning: {e}");
+    }
+    let summary = summary?;
     report("received", &summary, args.json, &names);
     if let Some(name) = &args.save_peer {
         save_peer(&mut book, name, &summary)?;
@@ -724,6 +730,7 @@ fn events(out: Output, book: &AddressBook, names: Names) -> Events {
         .map(|p| (p.key.to_string(), p.name.clone()))
         .collect();
     let bar: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+    // `shown` shows file names; `names` below stays the peers' names.
     let shown = names;
     let names = peer_names;
     Arc::new(move |e| match (out, e) {
