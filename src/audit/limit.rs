@@ -13,6 +13,13 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// The events limited when the session's peer has not authenticated: what a stranger can
+/// cause (an event of a pre-authentication abort belongs here too).
+pub const LIMITED_EVENTS: &[&str] = &[
+    crate::audit::record::event::AUTH_FAILED,
+    crate::audit::record::event::TRANSFER_FAILED,
+];
+
 /// Records let through at once.
 pub const BURST: u32 = 10;
 /// One more record is let through after each of these.

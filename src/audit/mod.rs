@@ -312,11 +312,11 @@ impl SessionAudit {
             .peer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Before authentication the other party is nobody we know: every record of the
-        // session until then (a failed handshake, an abort, a failure) passes the rate
-        // limit, and what is dropped is counted in a summary record.
+        // Before authentication the other party is nobody we know: its records (a failed
+        // handshake, an abort, a failure) pass the rate limit, and what is dropped is
+        // counted in a summary record.
         let mut summary = None;
-        if peer.is_none() {
+        if peer.is_none() && limit::LIMITED_EVENTS.contains(&event) {
             let now = record::now();
             match inner.unauthenticated.admit(std::time::Instant::now(), &now) {
                 limit::Admit::Drop => return Ok(()),
