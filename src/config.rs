@@ -80,7 +80,8 @@ pub struct TransferFile {
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditFile {
-    /// `plain` or `hash` (`--audit-names`).
+    /// `plain` or `hash` (`--audit-names`); unset: `plain`, and `hash` for
+    /// `receive --daemon`.
     pub names: Option<NameMode>,
     /// Rotate a log file at this size.
     pub rotate_bytes: Option<u64>,
