@@ -149,7 +149,7 @@ impl Redacted {
             Some(e @ crate::transfer::run::TransferError::BadPath(_)) => e.audit_reason(true),
             Some(e) if !names.complete() => e.audit_reason(true),
             None if !names.complete() => {
-                "failed (the message is withheld: it may name one of more files than names mode hash hides one by one)".to_string()
+                "failed (message withheld in names mode hash: the transfer has more names than are hidden one by one, and it may quote one)".to_string()
             }
             _ => names.redact(&describe(&err)),
         };

@@ -53,7 +53,9 @@ pub enum IdentityError {
     #[error("an identity already exists in {0}; use --force to replace it (the old key is lost)")]
     Exists(PathBuf),
     /// The key file can be read by group or others.
-    #[error("refusing to use {path}: mode {mode:o} lets others read the secret key (chmod 600 it)")]
+    #[error(
+        "refusing to use {path}: mode {mode:o} lets group or others read or change the secret key (fix: chmod 600 {path})"
+    )]
     Permissions {
         /// The key file.
         path: PathBuf,
