@@ -340,4 +340,42 @@ mod tests {
         let err = anyhow::anyhow!("inner").context("outer");
         assert_eq!(describe(&err), "outer: inner");
     }
+
+    #[test]
+    fn a_redacted_error_shows_no_name_and_keeps_its_exit_code() {
+        use crate::audit::names::{MAX_LEARNT, Names};
+        use crate::audit::record::ChainKey;
+        use crate::transfer::run::TransferError;
+        let names = Names::hashed(std::sync::Arc::new(ChainKey::derive(&[1; 32], b"t")));
+        names.learn(["Doe Jane.pdf"]);
+        let refused = || {
+            anyhow::Error::from(TransferError::Refused(
+                "Doe Jane.pdf already exists at the receiver".into(),
+            ))
+        };
+        let err = Redacted::hide(&names, refused());
+        let line = describe(&err);
+        assert!(
+            !line.contains("Doe") && line.contains("already exists"),
+            "{line}"
+        );
+        assert_eq!(exit_code(&err), code::REFUSED);
+        // A path that did not parse was never learnt: only the kind of error is shown.
+        let bad = crate::transfer::paths::RelPath::parse("/Doe Jane.pdf").unwrap_err();
+        let line = describe(&Redacted::hide(&names, TransferError::BadPath(bad).into()));
+        assert!(!line.contains("Doe"), "{line}");
+        // Past the bound on names learnt, neither is any message text.
+        let many: Vec<String> = (0..=MAX_LEARNT).map(|i| format!("f{i}")).collect();
+        names.learn(many.iter().map(String::as_str));
+        assert!(!names.complete());
+        let line = describe(&Redacted::hide(&names, refused()));
+        assert_eq!(line, "refused");
+        let line = describe(&Redacted::hide(&names, anyhow::anyhow!("Roe.pdf: gone")));
+        assert!(!line.contains("Roe"), "{line}");
+        // Names shown as they are: the error is untouched.
+        assert_eq!(
+            describe(&Redacted::hide(&Names::plain(), refused())),
+            describe(&refused())
+        );
+    }
 }
