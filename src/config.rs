@@ -41,6 +41,9 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// The file, or a directory above it, could have been written by someone else.
+    #[error(transparent)]
+    NotOurs(#[from] crate::home::NotOurs),
     /// Two settings that exclude each other.
     #[error("{path}: {message}")]
     Conflict {
@@ -77,7 +80,8 @@ pub struct TransferFile {
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditFile {
-    /// `plain` or `hash` (`--audit-names`).
+    /// `plain` or `hash` (`--audit-names`); unset: `plain`, and `hash` for
+    /// `receive --daemon`.
     pub names: Option<NameMode>,
     /// Rotate a log file at this size.
     pub rotate_bytes: Option<u64>,
@@ -123,12 +127,14 @@ impl Config {
         home.path().join(FILE_NAME)
     }
 
-    /// Loads `home`'s file; a missing file is an empty configuration.
+    /// Loads `home`'s file; a missing file is an empty configuration. The file and the
+    /// directories up to the home must be ours ([`crate::home::check_ours`]).
     pub fn load(home: &Home) -> Result<Self, ConfigError> {
-        Self::load_from(&Self::path_in(home))
+        Self::load_checked(&Self::path_in(home), Some(home.path()))
     }
 
-    /// Loads the file at `path`; a missing file is an empty configuration.
+    /// Loads the file at `path`; a missing file is an empty configuration. The file and
+    /// its directory must be ours ([`crate::home::check_ours`]).
     ///
     /// ```
     /// use phi_conduit::config::Config;
@@ -144,7 +150,18 @@ impl Config {
     /// assert!(err.contains("line 3") && err.contains("outs"));
     /// ```
     pub fn load_from(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_checked(path, None)
+    }
+
+    /// Loads the file at `path`, refusing it unless it and the directories above it up to
+    /// `home` (just its own directory without one) are ours.
+    fn load_checked(path: &Path, home: Option<&Path>) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
+        match crate::home::check_ours(path, home) {
+            Err(crate::home::NotOurs::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            r => r?,
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -59,6 +59,9 @@ pub enum PeersError {
         /// What is wrong.
         reason: String,
     },
+    /// The file, or a directory above it, could have been written by someone else.
+    #[error(transparent)]
+    NotOurs(#[from] crate::home::NotOurs),
     /// IO on the file.
     #[error("{path}: {source}")]
     Io {
@@ -106,7 +109,8 @@ impl AddressBook {
         home.path().join("peers.toml")
     }
 
-    /// Loads the address book (empty if the file does not exist).
+    /// Loads the address book (empty if the file does not exist), refusing a file others
+    /// could have written ([`crate::home::check_ours`]).
     pub fn load(home: &Home) -> Result<Self, PeersError> {
         let path = Self::path_in(home);
         let io_err = |source| PeersError::Io {
@@ -120,7 +124,11 @@ impl AddressBook {
                     reason: "file too large".into(),
                 });
             }
-            Ok(_) => fs::read_to_string(&path).map_err(io_err)?,
+            Ok(_) => {
+                // Whom we trust comes from this file: it must be ours alone.
+                crate::home::check_ours(&path, Some(home.path()))?;
+                fs::read_to_string(&path).map_err(io_err)?
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io_err(e)),
         };

@@ -93,6 +93,17 @@ impl AuditLog {
         Ok(seq)
     }
 
+    /// The last record's sequence number and MAC (hex), the chain's head: `None` for an
+    /// empty log. Only the last record is read (and its MAC checked), so this is cheap
+    /// on a log of any size; `conduit audit verify --expect-head` checks it later.
+    pub fn head(&self) -> Result<Option<(u64, String)>, AuditError> {
+        let _lock = self.lock()?;
+        let files = list(&self.dir).map_err(AuditError::Io)?;
+        Ok(self
+            .last(&files)?
+            .map(|(_, p)| (p.record.seq, record::hex(&p.mac))))
+    }
+
     /// The exclusive lock on the log (creating the directory if needed).
     fn lock(&self) -> Result<File, AuditError> {
         crate::fsutil::private_dir(&self.dir).map_err(AuditError::Io)?;

@@ -9,7 +9,9 @@
 //!
 //! The schema is documented in docs/HIPAA.md ("Audit records").
 
+pub mod limit;
 pub mod log;
+pub mod names;
 pub mod record;
 pub mod verify;
 
@@ -21,6 +23,7 @@ use thiserror::Error;
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::home::Home;
 use crate::peers::AddressBook;
+use names::Names;
 use record::{ChainKey, Record, event};
 
 /// HKDF label of the chain key.
@@ -45,6 +48,11 @@ pub enum AuditError {
     /// `conduit audit verify` found the chain broken.
     #[error("audit chain broken at {0}")]
     Broken(verify::Broken),
+    /// `conduit audit verify --expect-head/--expect-records`: the chain is valid but does
+    /// not reach the record that was expected (its tail was cut off, or a whole log
+    /// replaced by an older copy).
+    #[error("audit log cut short: {0}")]
+    CutShort(String),
 }
 
 /// Options of an endpoint's audit trail.
@@ -81,7 +89,9 @@ pub enum NameMode {
 
 struct Inner {
     log: log::AuditLog,
-    names_key: ChainKey,
+    names_key: Arc<ChainKey>,
+    /// The bound on records of parties that never authenticated.
+    unauthenticated: limit::Limiter,
     names: NameMode,
     local: String,
     peer_names: std::collections::HashMap<PublicKey, String>,
@@ -157,7 +167,8 @@ impl Audit {
                 ChainKey::derive(&secret, CHAIN_LABEL),
                 options.rotate_bytes,
             ),
-            names_key: ChainKey::derive(&secret, NAMES_LABEL),
+            names_key: Arc::new(ChainKey::derive(&secret, NAMES_LABEL)),
+            unauthenticated: limit::Limiter::default(),
             names,
             local: identity.public().fingerprint().to_string(),
             peer_names: book
@@ -168,17 +179,83 @@ impl Audit {
         })))
     }
 
+    /// How one transfer shows file names in its outputs: as they are, or (names mode
+    /// `hash`) as the keyed hash its records carry.
+    pub fn names(&self) -> Names {
+        match &self.0 {
+            Some(i) if i.names == NameMode::Hash => Names::hashed(Arc::clone(&i.names_key)),
+            _ => Names::plain(),
+        }
+    }
+
+    /// The chain's head: the last record's number and MAC (hex), `None` for an empty
+    /// log or no audit. Printed by the daemon when it starts and stops, as an anchor
+    /// kept outside the log (the journal) for `conduit audit verify --expect-head`.
+    pub async fn head(&self) -> Result<Option<(u64, String)>, AuditError> {
+        let Some(inner) = self.0.clone() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || inner.log.head())
+            .await
+            .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
+    }
+
+    /// Writes the summary of records of unauthenticated parties that the rate limit
+    /// dropped (see [`limit`]), if any: when the daemon stops.
+    pub async fn flush_suppressed(&self) -> Result<(), AuditError> {
+        let Some(inner) = self.0.clone() else {
+            return Ok(());
+        };
+        let Some((count, since)) = inner.unauthenticated.take() else {
+            return Ok(());
+        };
+        let written = tokio::task::spawn_blocking({
+            let inner = Arc::clone(&inner);
+            let since = since.clone();
+            move || {
+                inner
+                    .log
+                    .append(suppressed_record(&inner.local, count, since))
+            }
+        })
+        .await
+        .map_err(|e| AuditError::Io(std::io::Error::other(e)))?;
+        if written.is_err() {
+            inner.unauthenticated.restore(count, since);
+        }
+        written.map(|_| ())
+    }
+
     /// The records of one transfer, under a new random session id.
     pub fn session(&self, role: Role) -> SessionAudit {
         let mut id = [0u8; 8];
         let _ = getrandom::getrandom(&mut id);
         SessionAudit {
+            names: self.names(),
             audit: self.clone(),
             session: record::hex(&id),
             role,
             peer: std::sync::Mutex::new(None),
             transfer: std::sync::Mutex::new(None),
         }
+    }
+}
+
+/// The summary of `count` dropped records of unauthenticated parties, the first at `since`.
+fn suppressed_record(local: &str, count: u64, since: Option<String>) -> Record {
+    Record {
+        v: record::SCHEMA_VERSION,
+        ts: record::now(),
+        event: event::UNAUTHENTICATED_SUPPRESSED.into(),
+        local: local.to_string(),
+        count: Some(count),
+        reason: Some(format!(
+            "{count} records of parties that never authenticated (failed handshakes, aborts before authentication) were not written, the first at {}; limit {} at once, then one per {} s",
+            since.as_deref().unwrap_or("?"),
+            limit::BURST,
+            limit::REFILL.as_secs()
+        )),
+        ..Record::default()
     }
 }
 
@@ -205,6 +282,7 @@ pub enum AuthMode {
 #[derive(Debug)]
 pub struct SessionAudit {
     audit: Audit,
+    names: Names,
     session: String,
     role: Role,
     peer: std::sync::Mutex<Option<PublicKey>>,
@@ -220,6 +298,12 @@ impl SessionAudit {
             .is_some_and(|i| i.names == NameMode::Hash)
     }
 
+    /// How this transfer shows file names in its outputs (the CLI's events, summaries and
+    /// error messages); the transfer teaches it the offer's names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
     async fn write(&self, event: &str, fill: impl FnOnce(&mut Record)) -> Result<(), AuditError> {
         let Some(inner) = self.audit.0.clone() else {
             return Ok(());
@@ -228,6 +312,20 @@ impl SessionAudit {
             .peer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Before authentication the other party is nobody we know: its records (a failed
+        // handshake, an abort, a failure) pass the rate limit, and what is dropped is
+        // counted in a summary record.
+        let mut summary = None;
+        if peer.is_none() && limit::LIMITED_EVENTS.contains(&event) {
+            let now = record::now();
+            match inner.unauthenticated.admit(std::time::Instant::now(), &now) {
+                limit::Admit::Drop => return Ok(()),
+                limit::Admit::Write { suppressed, since } if suppressed > 0 => {
+                    summary = Some(suppressed_record(&inner.local, suppressed, since));
+                }
+                limit::Admit::Write { .. } => {}
+            }
+        }
         let transfer = self
             .transfer
             .lock()
@@ -252,12 +350,20 @@ impl SessionAudit {
             ..Record::default()
         };
         fill(&mut r);
-        r.reason = r.reason.as_deref().map(record::bounded);
+        r.reason = r
+            .reason
+            .as_deref()
+            .map(|t| record::bounded(&self.names.redact(t)));
         r.peer_name = r.peer_name.as_deref().map(record::bounded);
-        tokio::task::spawn_blocking(move || inner.log.append(r))
-            .await
-            .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
-            .map(|_| ())
+        tokio::task::spawn_blocking(move || {
+            if let Some(s) = summary {
+                inner.log.append(s)?;
+            }
+            inner.log.append(r)
+        })
+        .await
+        .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
+        .map(|_| ())
     }
 
     fn name(&self, path: &str, r: &mut Record) {
@@ -445,6 +551,48 @@ mod tests {
         );
         assert!(records[2].path.is_none() && records[2].path_hash.is_some());
         assert_eq!(records[2].transfer, offer.transfer);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_of_unauthenticated_parties_are_bounded_and_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let me = Identity::generate().unwrap();
+        let book = AddressBook::load(&home).unwrap();
+        let audit = Audit::open(&home, &me, &book, Options::default());
+        for i in 0..100 {
+            let s = audit.session(Role::Receive);
+            if i % 2 == 0 {
+                s.auth_failed("wrong key").await.unwrap();
+            } else {
+                s.failed("aborted before authentication").await.unwrap();
+            }
+        }
+        // An authenticated session is not limited.
+        let known = Identity::generate().unwrap().public();
+        let s = audit.session(Role::Receive);
+        s.opened(&known, AuthMode::KnownKey).await.unwrap();
+        s.failed("connection lost").await.unwrap();
+        audit.flush_suppressed().await.unwrap();
+        let records = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
+        let limited = records
+            .iter()
+            .filter(|r| r.peer.is_none() && r.event != event::LOG_CREATED)
+            .count();
+        // The burst, then the summary of the other 90.
+        assert_eq!(limited, limit::BURST as usize + 1);
+        let summary = records.last().unwrap();
+        assert_eq!(summary.event, event::UNAUTHENTICATED_SUPPRESSED);
+        assert_eq!(summary.count, Some(100 - u64::from(limit::BURST)));
+        assert_eq!(records.len(), 1 + limit::BURST as usize + 2 + 1);
+        let valid = verify::verify(&super::dir(&home), &chain_key(&me))
+            .unwrap()
+            .unwrap();
+        assert_eq!(valid.records, records.len() as u64);
+        // Nothing more to summarise.
+        audit.flush_suppressed().await.unwrap();
+        let again = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
+        assert_eq!(again.len(), records.len());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,9 @@ pub mod event {
     pub const TRANSFER_FAILED: &str = "transfer_failed";
     /// `conduit audit repair` cut a torn record off the end of the log.
     pub const LOG_REPAIRED: &str = "log_repaired";
+    /// Records of parties that never authenticated were dropped by the rate limit
+    /// (`count` of them, the first at the time in `reason`); see [`crate::audit::limit`].
+    pub const UNAUTHENTICATED_SUPPRESSED: &str = "unauthenticated_suppressed";
 }
 
 /// The fields of a record. `None` fields are left out of the line.
@@ -124,6 +127,9 @@ pub struct Record {
     /// Why: a refusal, an authentication failure, a transfer failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How many records a summary stands for (`unauthenticated_suppressed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// MAC of the previous record (hex; zeros for the first).
     pub prev: String,
 }

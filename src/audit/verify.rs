@@ -104,6 +104,78 @@ fn read_lock(dir: &Path) -> Result<Option<std::fs::File>, AuditError> {
 /// of `prev` values across files, and no file missing from the rotation. Returns the
 /// first problem.
 pub fn verify(dir: &Path, key: &ChainKey) -> Result<Result<Valid, Broken>, AuditError> {
+    Ok(verify_reaching(dir, key, None)?.map(|(valid, _)| valid))
+}
+
+/// What `conduit audit verify` was told the log holds at least, from an anchor kept
+/// outside it (a head printed to the journal, the peer's receipt, a count).
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// A chain head (a record's MAC) the log must contain.
+    pub head: Option<[u8; 32]>,
+    /// At least this many records.
+    pub records: Option<u64>,
+}
+
+impl Expect {
+    /// Whether anything is expected.
+    pub fn is_empty(&self) -> bool {
+        self.head.is_none() && self.records.is_none()
+    }
+}
+
+/// Parses a head given as 64 hex digits.
+pub fn parse_head(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+        return Err(format!(
+            "{text:?}: expected a chain head, 64 hex digits (as `audit verify` and the daemon print it)"
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(bytes.chunks(2)) {
+        let digits = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
+        *o = u8::from_str_radix(digits, 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// Checks a valid chain against what was expected of it: `Err` with why when it does not
+/// reach `expect.head` (no record of the chain has that MAC) or holds fewer than
+/// `expect.records` records, which is what cutting whole records off its end (or
+/// putting back an older copy of the log) looks like.
+pub fn check_expected(valid: &Valid, head_at: Option<u64>, expect: &Expect) -> Result<(), String> {
+    if let Some(want) = expect.records {
+        if valid.records < want {
+            return Err(format!(
+                "the chain holds {} records where at least {want} were expected: records {} to {} are missing from the end",
+                valid.records,
+                valid.records,
+                want - 1
+            ));
+        }
+    }
+    if let Some(head) = &expect.head {
+        if head_at.is_none() {
+            return Err(format!(
+                "no record of the chain has the expected head {}: the records up to it were cut off the end (or the head belongs to another log); the chain's head is now {} after {} records",
+                record::hex(head),
+                valid.head.as_deref().unwrap_or("(none)"),
+                valid.records
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// [`verify`], also finding the record whose MAC is `head` (its number, if any).
+pub fn verify_reaching(
+    dir: &Path,
+    key: &ChainKey,
+    head: Option<&[u8; 32]>,
+) -> Result<Result<(Valid, Option<u64>), Broken>, AuditError> {
+    let mut head_at = None;
     let _lock = read_lock(dir)?;
     let files = list(dir).map_err(AuditError::Io)?;
     let mut expected_seq = 0u64;
@@ -166,6 +238,9 @@ pub fn verify(dir: &Path, key: &ChainKey) -> Result<Result<Valid, Broken>, Audit
                 return Some(at("the log does not start with its first record".into()));
             }
             prev = p.mac;
+            if head == Some(&p.mac) {
+                head_at = Some(seq);
+            }
             last_ts = Some(p.record.ts);
             expected_seq += 1;
             None
@@ -174,12 +249,15 @@ pub fn verify(dir: &Path, key: &ChainKey) -> Result<Result<Valid, Broken>, Audit
             return Ok(Err(b));
         }
     }
-    Ok(Ok(Valid {
-        records: expected_seq,
-        files: files.len() as u64,
-        last_ts,
-        head: (expected_seq > 0).then(|| record::hex(&prev)),
-    }))
+    Ok(Ok((
+        Valid {
+            records: expected_seq,
+            files: files.len() as u64,
+            last_ts,
+            head: (expected_seq > 0).then(|| record::hex(&prev)),
+        },
+        head_at,
+    )))
 }
 
 /// Filters of `conduit audit show`.

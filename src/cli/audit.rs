@@ -12,18 +12,35 @@ use crate::home::Home;
 /// The audit subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check every file of the chain; names the first bad record (exit code 4).
+    /// Check every file of the chain; names the first bad record (exit code 4). With
+    /// --expect-head or --expect-records, also that the log still reaches a head kept
+    /// elsewhere (exit code 6 when records were cut off its end).
     Verify(VerifyArgs),
     /// Print records, for people (a table) or scripts (--json).
     Show(ShowArgs),
     /// Cut a torn record (left by a crash or a full disk) off the end of the log, and
     /// record the repair; refuses anything that is not a torn last record.
-    Repair(VerifyArgs),
+    Repair(RepairArgs),
 }
 
 /// Options of `audit verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// A chain head kept outside the log (printed by `audit verify` and by the daemon at
+    /// each start and stop): the log must still hold the record with this MAC.
+    #[arg(long, value_name = "HASH", value_parser = verify::parse_head)]
+    expect_head: Option<[u8; 32]>,
+    /// The log must hold at least this many records.
+    #[arg(long, value_name = "N")]
+    expect_records: Option<u64>,
+}
+
+/// Options of `audit repair`.
+#[derive(Debug, Args)]
+pub struct RepairArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -49,10 +66,24 @@ pub(crate) fn run(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify(args) => {
             let identity = Identity::load(home)?;
-            match verify::verify(&dir, &audit::chain_key(&identity))? {
-                Ok(valid) => {
+            let expect = verify::Expect {
+                head: args.expect_head,
+                records: args.expect_records,
+            };
+            let key = audit::chain_key(&identity);
+            match verify::verify_reaching(&dir, &key, expect.head.as_ref())? {
+                Ok((valid, head_at)) => {
+                    if let Err(why) = verify::check_expected(&valid, head_at, &expect) {
+                        if args.json {
+                            println!("{}", json!({"ok": false, "valid": valid, "cut_short": why}));
+                        }
+                        return Err(AuditError::CutShort(why).into());
+                    }
                     if args.json {
-                        println!("{}", json!({"ok": true, "valid": valid}));
+                        println!(
+                            "{}",
+                            json!({"ok": true, "valid": valid, "expected_head_at": head_at})
+                        );
                     } else if valid.records == 0 {
                         println!("no audit records yet in {}", dir.display());
                     } else {
@@ -63,6 +94,9 @@ pub(crate) fn run(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
                             valid.last_ts.as_deref().unwrap_or("?")
                         );
                         println!("head {}", valid.head.as_deref().unwrap_or(""));
+                        if let Some(at) = head_at {
+                            println!("the expected head is record {at}");
+                        }
                     }
                     Ok(())
                 }

@@ -32,6 +32,9 @@ pub mod code {
     pub const INTEGRITY: u8 = 4;
     /// The peer refused.
     pub const REFUSED: u8 = 5;
+    /// `audit verify --expect-head/--expect-records`: the chain is valid but does not
+    /// reach the expected record (records were cut off its end).
+    pub const AUDIT_CUT: u8 = 6;
     /// Interrupted by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: u8 = 130;
 }
@@ -105,6 +108,11 @@ pub fn main() -> ExitCode {
             });
         }
     };
+    // `demo` and `bench` use throwaway keys and read their own IO accounting from
+    // /proc/self, which a non-dumpable process may not (its /proc files belong to root).
+    if !matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
+        not_dumpable();
+    }
     match run(cli) {
         Ok(()) => ExitCode::from(code::OK),
         Err(err) => {
@@ -117,12 +125,70 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// An error whose message was rewritten to keep file names out of the outputs (names
+/// mode `hash`, see [`crate::audit::names`]). It is shown as its rewritten text only; the
+/// original stays in the chain (as its source) for the exit code, never printed.
+pub(crate) struct Redacted {
+    text: String,
+    inner: anyhow::Error,
+}
+
+impl Redacted {
+    /// `err` with each name `names` knows replaced by its hash (unchanged when names are
+    /// shown as they are).
+    pub(crate) fn hide(names: &crate::audit::names::Names, err: anyhow::Error) -> anyhow::Error {
+        if !names.hides() {
+            return err;
+        }
+        // A path the receiver refuses is not among the names learnt (it did not parse),
+        // and past a bound not all names are learnt: then say what kind of error it is.
+        let transfer = err
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::transfer::run::TransferError>());
+        let text = match transfer {
+            Some(e @ crate::transfer::run::TransferError::BadPath(_)) => e.audit_reason(true),
+            Some(e) if !names.complete() => e.audit_reason(true),
+            None if !names.complete() => {
+                "failed (message withheld in names mode hash: the transfer has more names than are hidden one by one, and it may quote one)".to_string()
+            }
+            _ => names.redact(&describe(&err)),
+        };
+        Redacted { text, inner: err }.into()
+    }
+}
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redacted({:?})", self.text)
+    }
+}
+
+impl std::error::Error for Redacted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.inner.as_ref())
+    }
+}
+
 /// The error and its causes on one line, `a: b: c`, leaving out a cause whose text the
-/// line already holds (many errors here quote their source in their own message).
-fn describe(err: &anyhow::Error) -> String {
+/// line already holds (many errors here quote their source in their own message). A
+/// [`Redacted`] error ends the line: its causes are what it hides.
+pub(crate) fn describe(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
         let text = cause.to_string();
+        if cause.is::<Redacted>() {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+            break;
+        }
         if line.is_empty() {
             line = text;
         } else if !line.contains(&text) {
@@ -173,8 +239,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 code::FAILURE
             };
         }
-        if let Some(crate::audit::AuditError::Broken(_)) = cause.downcast_ref() {
-            return code::INTEGRITY;
+        match cause.downcast_ref() {
+            Some(crate::audit::AuditError::Broken(_)) => return code::INTEGRITY,
+            Some(crate::audit::AuditError::CutShort(_)) => return code::AUDIT_CUT,
+            _ => {}
         }
         match cause.downcast_ref::<TransferError>() {
             Some(TransferError::Refused(_)) => return code::REFUSED,
@@ -213,6 +281,18 @@ fn no_core_dumps() {
         maximum: Some(0),
     };
     let _ = rustix::process::setrlimit(rustix::process::Resource::Core, none);
+}
+
+/// Marks the process not dumpable (`PR_SET_DUMPABLE` 0): no core dump even where the
+/// limit above is raised by a core pattern pipe, and other processes of the same user can
+/// neither ptrace it nor read its memory through /proc/PID/mem (its /proc files belong
+/// to root). Best effort, like the limit.
+fn not_dumpable() {
+    #[cfg(target_os = "linux")]
+    {
+        let _ =
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    }
 }
 
 /// A closed stdout (`conduit ... | head`) is not an error.
@@ -259,5 +339,43 @@ mod tests {
         );
         let err = anyhow::anyhow!("inner").context("outer");
         assert_eq!(describe(&err), "outer: inner");
+    }
+
+    #[test]
+    fn a_redacted_error_shows_no_name_and_keeps_its_exit_code() {
+        use crate::audit::names::{MAX_LEARNT, Names};
+        use crate::audit::record::ChainKey;
+        use crate::transfer::run::TransferError;
+        let names = Names::hashed(std::sync::Arc::new(ChainKey::derive(&[1; 32], b"t")));
+        names.learn(["Doe Jane.pdf"]);
+        let refused = || {
+            anyhow::Error::from(TransferError::Refused(
+                "Doe Jane.pdf already exists at the receiver".into(),
+            ))
+        };
+        let err = Redacted::hide(&names, refused());
+        let line = describe(&err);
+        assert!(
+            !line.contains("Doe") && line.contains("already exists"),
+            "{line}"
+        );
+        assert_eq!(exit_code(&err), code::REFUSED);
+        // A path that did not parse was never learnt: only the kind of error is shown.
+        let bad = crate::transfer::paths::RelPath::parse("/Doe Jane.pdf").unwrap_err();
+        let line = describe(&Redacted::hide(&names, TransferError::BadPath(bad).into()));
+        assert!(!line.contains("Doe"), "{line}");
+        // Past the bound on names learnt, neither is any message text.
+        let many: Vec<String> = (0..=MAX_LEARNT).map(|i| format!("f{i}")).collect();
+        names.learn(many.iter().map(String::as_str));
+        assert!(!names.complete());
+        let line = describe(&Redacted::hide(&names, refused()));
+        assert_eq!(line, "refused");
+        let line = describe(&Redacted::hide(&names, anyhow::anyhow!("Roe.pdf: gone")));
+        assert!(!line.contains("Roe"), "{line}");
+        // Names shown as they are: the error is untouched.
+        assert_eq!(
+            describe(&Redacted::hide(&Names::plain(), refused())),
+            describe(&refused())
+        );
     }
 }

@@ -10,8 +10,9 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
+use crate::audit::names::Names;
 use crate::audit::{Audit, NameMode, Role as AuditRole};
-use crate::cli::Usage;
+use crate::cli::{Redacted, Usage};
 use crate::config::{Config, TransferFile};
 use crate::crypto::identity::Identity;
 use crate::crypto::pake::Code;
@@ -60,7 +61,8 @@ pub struct SendArgs {
     /// Print only errors and the summary.
     #[arg(long, conflicts_with = "json")]
     quiet: bool,
-    /// How file names appear in this endpoint's audit records [default: plain].
+    /// How file names appear in this endpoint's audit records and in what it prints
+    /// (hash: no file name on stdout or stderr) [default: plain].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
     audit_names: Option<NameMode>,
 }
@@ -106,7 +108,9 @@ pub struct ReceiveArgs {
     /// Print only errors and the summary.
     #[arg(long, conflicts_with = "json")]
     quiet: bool,
-    /// How file names appear in this endpoint's audit records [default: plain].
+    /// How file names appear in this endpoint's audit records and in what it prints
+    /// (hash: no file name on stdout, stderr or the journal) [default: plain; hash with
+    /// --daemon].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
     audit_names: Option<NameMode>,
 }
@@ -204,10 +208,17 @@ fn relay_unless_direct(
     }
 }
 
-/// The audit options: `--audit-names` (or its variable), else conduit.toml, else plain.
-fn audit_options(names: Option<NameMode>, config: &Config) -> crate::audit::Options {
+/// The audit options: `--audit-names` (or its variable), else conduit.toml, else `hash`
+/// for a daemon (a service's output goes to the journal, a second, unencrypted store)
+/// and `plain` for a command run by a person.
+fn audit_options(names: Option<NameMode>, config: &Config, daemon: bool) -> crate::audit::Options {
+    let default = if daemon {
+        NameMode::Hash
+    } else {
+        NameMode::Plain
+    };
     crate::audit::Options {
-        names: names.or(config.file.audit.names).unwrap_or_default(),
+        names: names.or(config.file.audit.names).unwrap_or(default),
         rotate_bytes: config.file.audit.rotate_bytes,
     }
 }
@@ -230,7 +241,40 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
-    let mut book = AddressBook::load(home)?;
+    let book = AddressBook::load(home)?;
+    let config = Config::load(home)?;
+    let audit = Audit::open(
+        home,
+        &identity,
+        &book,
+        audit_options(args.audit_names, &config, false),
+    );
+    let rec = audit.session(AuditRole::Send);
+    // Names mode hash: the names on the command line and those sent are shown hashed,
+    // in error messages too.
+    let names = rec.names().clone();
+    let given: Vec<String> = args
+        .paths
+        .iter()
+        .flat_map(|p| {
+            let whole = p.to_string_lossy().into_owned();
+            let last = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            std::iter::once(whole).chain(last)
+        })
+        .collect();
+    names.learn(given.iter().map(String::as_str));
+    send_recorded(args, identity, book, &config, rec).map_err(|e| Redacted::hide(&names, e))
+}
+
+/// `send` once the audit session exists.
+fn send_recorded(
+    args: SendArgs,
+    identity: Identity,
+    mut book: AddressBook,
+    config: &Config,
+    rec: crate::audit::SessionAudit,
+) -> anyhow::Result<()> {
+    let names = rec.names().clone();
     let recipient = match &args.to {
         Some(name) => Recipient::Known(
             book.find_by_name(name)
@@ -250,20 +294,16 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
     };
     let chunk = ChunkSize::new(args.chunk_size)?;
     let (files, skipped) = source::collect(&args.paths)?;
+    names.learn(files.iter().map(|f| f.rel.as_str()));
     for s in skipped {
-        eprintln!(
-            "warning: skipped symlink {}",
+        let shown = if names.hides() {
+            names.tag(&s.to_string_lossy())
+        } else {
             crate::transfer::paths::escape(&s.to_string_lossy())
-        );
+        };
+        eprintln!("warning: skipped symlink {shown}");
     }
-    let config = Config::load(home)?;
-    let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, &config)?;
-    let audit = Audit::open(
-        home,
-        &identity,
-        &book,
-        audit_options(args.audit_names, &config),
-    );
+    let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, config)?;
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let (endpoint, conn) = match (&relay, args.direct) {
@@ -286,8 +326,7 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
             (None, None) => anyhow::bail!("--direct or --relay is required"),
         };
         let pool = CipherPool::with_all_cores()?;
-        let events = events(Output::of(args.json, args.quiet), &book);
-        let rec = audit.session(AuditRole::Send);
+        let events = events(Output::of(args.json, args.quiet), &book, names.clone());
         let transfer = run::send_recorded(
             &conn, &identity, &recipient, &files, chunk, &pool, &events, &rec,
         );
@@ -306,7 +345,7 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         endpoint.wait_idle().await;
         anyhow::Ok(result?)
     })?;
-    report("sent", &summary, args.json);
+    report("sent", &summary, args.json, &names);
     if let Some(name) = &args.save_peer {
         save_peer(&mut book, name, &summary)?;
     }
@@ -349,8 +388,31 @@ fn save_peer(book: &mut AddressBook, name: &str, summary: &Summary) -> anyhow::R
 
 pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
-    let mut book = AddressBook::load(home)?;
+    let book = AddressBook::load(home)?;
     let config = Config::load(home)?;
+    let audit = Audit::open(
+        home,
+        &identity,
+        &book,
+        audit_options(args.audit_names, &config, args.daemon),
+    );
+    let rec = Arc::new(audit.session(AuditRole::Receive));
+    // Names mode hash: what the offer names is shown hashed, in error messages too.
+    let names = rec.names().clone();
+    receive_recorded(args, identity, book, &config, audit, rec)
+        .map_err(|e| Redacted::hide(&names, e))
+}
+
+/// `receive` once the audit is open (`rec`: the session of a one-shot receive).
+fn receive_recorded(
+    args: ReceiveArgs,
+    identity: Identity,
+    mut book: AddressBook,
+    config: &Config,
+    audit: Audit,
+    rec: Arc<crate::audit::SessionAudit>,
+) -> anyhow::Result<()> {
+    let names = rec.names().clone();
     let file = &config.file.transfer;
     let out = args
         .out
@@ -371,13 +433,7 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         yes: args.yes || file.auto_accept.unwrap_or(false),
         overwrite: args.overwrite || file.overwrite.unwrap_or(false),
     };
-    let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, &config)?;
-    let audit = Audit::open(
-        home,
-        &identity,
-        &book,
-        audit_options(args.audit_names, &config),
-    );
+    let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, config)?;
     let rt = runtime()?;
     if args.daemon {
         let opts = relay.context("--daemon needs --relay")?;
@@ -428,8 +484,7 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
             (None, None) => anyhow::bail!("--listen or --relay is required"),
         };
         let pool = CipherPool::with_all_cores()?;
-        let events = events(Output::of(args.json, args.quiet), &book);
-        let rec = Arc::new(audit.session(AuditRole::Receive));
+        let events = events(Output::of(args.json, args.quiet), &book, names.clone());
         let transfer = run::receive_recorded(
             &conn, &identity, &book, &dest, &policy, &pool, &events, &rec,
         );
@@ -455,8 +510,14 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         }
         endpoint.wait_idle().await;
         anyhow::Ok(result?)
-    })?;
-    report("received", &summary, args.json);
+    });
+    // Records of strangers the rate limit left out (a receive that outlasted failed
+    // connections) are counted before the process ends.
+    if let Err(e) = rt.block_on(audit.flush_suppressed()) {
+        eprintln!("warning: {e}");
+    }
+    let summary = summary?;
+    report("received", &summary, args.json, &names);
     if let Some(name) = &args.save_peer {
         save_peer(&mut book, name, &summary)?;
     }
@@ -491,6 +552,7 @@ async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
     } else {
         println!("receiving at relay {relay} ({slots} at once); Ctrl-C to stop");
     }
+    print_head(&ctx.audit, "start", ctx.json).await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..slots {
@@ -508,7 +570,32 @@ async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
     })
     .await;
     tasks.shutdown().await;
+    if let Err(e) = ctx.audit.flush_suppressed().await {
+        eprintln!("warning: {e}");
+    }
+    print_head(&ctx.audit, "stop", ctx.json).await;
     Ok(())
+}
+
+/// Prints the audit chain's head to stderr (the journal under systemd), and as a JSON
+/// event with `--json`: an anchor outside the log, so that cutting records off its end
+/// is found by `conduit audit verify --expect-head HASH`.
+async fn print_head(audit: &Audit, when: &str, json: bool) {
+    match audit.head().await {
+        Ok(Some((seq, head))) => {
+            eprintln!(
+                "audit head at daemon {when}: record {seq} {head} (check with: conduit audit verify --expect-head {head})"
+            );
+            if json {
+                println!(
+                    "{}",
+                    json!({"event": "audit_head", "at": when, "record": seq, "head": head})
+                );
+            }
+        }
+        Ok(None) => eprintln!("audit head at daemon {when}: the log is empty"),
+        Err(e) => eprintln!("warning: audit head at daemon {when} not read: {e}"),
+    }
 }
 
 /// Records that the user or the service stopped a transfer (a warning if it cannot).
@@ -571,7 +658,8 @@ async fn daemon_slot(
         };
         backoff = Duration::from_secs(1);
         let rec = Arc::new(ctx.audit.session(AuditRole::Receive));
-        let events = events(Output::of(ctx.json, false), &ctx.book);
+        let names = rec.names().clone();
+        let events = events(Output::of(ctx.json, false), &ctx.book, names.clone());
         let transfer = run::receive_recorded(
             &j.connection,
             &ctx.identity,
@@ -593,16 +681,17 @@ async fn daemon_slot(
         };
         match result {
             Ok(summary) => {
-                report("received", &summary, ctx.json);
+                report("received", &summary, ctx.json, &names);
                 run::wait_for_sender_close(&j.connection).await;
             }
             Err(e) => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), j.connection.closed()).await;
                 j.connection.close(run::CLOSE_ERROR.into(), b"error");
+                let message = crate::cli::describe(&Redacted::hide(&names, e.into()));
                 if ctx.json {
-                    println!("{}", json!({"event": "error", "message": e.to_string()}));
+                    println!("{}", json!({"event": "error", "message": message}));
                 } else {
-                    eprintln!("transfer failed: {e}");
+                    eprintln!("transfer failed: {message}");
                 }
             }
         }
@@ -633,13 +722,17 @@ impl Output {
 
 /// Prints transfer events: JSON lines with `--json`; otherwise the offer (what will land
 /// where, from whom) on stderr and, on a terminal, a progress bar with rate and ETA.
-fn events(out: Output, book: &AddressBook) -> Events {
-    let names: std::collections::HashMap<String, String> = book
+/// Names are shown by `names` (hashed in names mode `hash`).
+fn events(out: Output, book: &AddressBook, names: Names) -> Events {
+    let peer_names: std::collections::HashMap<String, String> = book
         .peers()
         .iter()
         .map(|p| (p.key.to_string(), p.name.clone()))
         .collect();
     let bar: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+    // `shown` shows file names; `names` below stays the peers' names.
+    let shown = names;
+    let names = peer_names;
     Arc::new(move |e| match (out, e) {
         (
             Output::Json,
@@ -650,9 +743,10 @@ fn events(out: Output, book: &AddressBook) -> Events {
                 top_level,
             },
         ) => {
+            let top_level: Vec<String> = top_level.iter().map(|n| shown.show(n)).collect();
             println!(
                 "{}",
-                json!({"event": "offer", "peer": peer.fingerprint().to_string(), "peer_name": names.get(&peer.to_string()), "files": files, "bytes": total, "top_level": top_level})
+                json!({"event": "offer", "peer": peer.fingerprint().to_string(), "peer_name": names.get(&peer.to_string()), "files": files, "bytes": total, "top_level": top_level, "names": names_mode(&shown)})
             );
         }
         (
@@ -664,6 +758,7 @@ fn events(out: Output, book: &AddressBook) -> Events {
                 top_level,
             },
         ) => {
+            let top_level: Vec<String> = top_level.iter().map(|n| shown.tag(n)).collect();
             eprintln!(
                 "{}",
                 describe_offer(&names, &peer, files, total, &top_level)
@@ -685,12 +780,12 @@ fn events(out: Output, book: &AddressBook) -> Events {
         (Output::Json, Event::FileDone { path, size, blake3 }) => {
             println!(
                 "{}",
-                json!({"event": "file_done", "path": path, "size": size, "blake3": blake3.to_hex().to_string()})
+                json!({"event": "file_done", "path": shown.show(&path), "size": size, "blake3": blake3.to_hex().to_string()})
             );
         }
         (Output::Human, Event::FileDone { path, .. }) => {
             if let Some(b) = bar.get() {
-                b.set_message(path);
+                b.set_message(shown.tag(&path));
             }
         }
         _ => {}
@@ -750,18 +845,24 @@ fn ask_at_terminal(dest: &std::path::Path) -> Confirm {
     }))
 }
 
-fn report(what: &str, s: &Summary, json: bool) {
+/// `plain` or `hash`: how the names in an event are shown.
+fn names_mode(names: &Names) -> &'static str {
+    if names.hides() { "hash" } else { "plain" }
+}
+
+/// Prints the summary of a transfer; file names are shown by `names`.
+fn report(what: &str, s: &Summary, json: bool, names: &Names) {
     // The rate counts the bytes that crossed the network in this run.
     let mbps = s.bytes.saturating_sub(s.resumed) as f64 / s.seconds.max(1e-9) / 1e6;
     if json {
         let files: Vec<_> = s
             .files
             .iter()
-            .map(|(p, size, h)| json!({"path": p.to_string(), "size": size, "blake3": h.to_hex().to_string()}))
+            .map(|(p, size, h)| json!({"path": names.show(&p.to_string()), "size": size, "blake3": h.to_hex().to_string()}))
             .collect();
         println!(
             "{}",
-            json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "files": files})
+            json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "files": files, "names": names_mode(names)})
         );
     } else {
         println!(
@@ -778,7 +879,11 @@ fn report(what: &str, s: &Summary, json: bool) {
             );
         }
         for (p, size, h) in &s.files {
-            println!("  {p}  {size} bytes  blake3 {}", h.to_hex());
+            println!(
+                "  {}  {size} bytes  blake3 {}",
+                names.tag(&p.to_string()),
+                h.to_hex()
+            );
         }
     }
 }

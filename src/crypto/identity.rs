@@ -53,13 +53,18 @@ pub enum IdentityError {
     #[error("an identity already exists in {0}; use --force to replace it (the old key is lost)")]
     Exists(PathBuf),
     /// The key file can be read by group or others.
-    #[error("refusing to use {path}: mode {mode:o} lets others read the secret key (chmod 600 it)")]
+    #[error(
+        "refusing to use {path}: mode {mode:o} lets group or others read or change the secret key (fix: chmod 600 {path})"
+    )]
     Permissions {
         /// The key file.
         path: PathBuf,
         /// Its mode bits.
         mode: u32,
     },
+    /// The key file, or a directory above it, could have been written by someone else.
+    #[error(transparent)]
+    NotOurs(#[from] crate::home::NotOurs),
     /// The key file is not in the expected format.
     #[error("secret key file {0} is corrupt")]
     Corrupt(PathBuf),
@@ -210,7 +215,8 @@ impl Identity {
         home.path().join("identity").join("secret.key")
     }
 
-    /// Loads the identity of `home`, refusing a key file others can read.
+    /// Loads the identity of `home`, refusing a key file others can read, and one that
+    /// others could have written ([`crate::home::check_ours`]).
     pub fn load(home: &Home) -> Result<Self, IdentityError> {
         let path = Self::key_path(home);
         let meta = match fs::symlink_metadata(&path) {
@@ -229,6 +235,7 @@ impl Identity {
                 mode: meta.mode() & 0o777,
             });
         }
+        crate::home::check_ours(&path, Some(home.path()))?;
         let text =
             Zeroizing::new(
                 fs::read_to_string(&path).map_err(|source| IdentityError::Io {

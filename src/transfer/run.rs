@@ -691,6 +691,8 @@ async fn receive_audited(
             entries.push((rel, e));
         }
     }
+    // Names mode hash: what this side prints shows these names hashed.
+    rec.names().learn(entries.iter().map(|(r, _)| r.as_str()));
     check_collisions(entries.iter().map(|(r, _)| r))?;
     let sum = entries
         .iter()
