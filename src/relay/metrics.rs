@@ -37,7 +37,7 @@ pub struct Metrics {
     /// Number of pairing waits summed.
     pub pairings: AtomicU64,
     /// Refusals, by [`Refusal`] in code order.
-    rejections: [AtomicU64; 11],
+    rejections: [AtomicU64; 13],
     /// Set when draining (health turns 503).
     pub draining: AtomicBool,
 }

@@ -341,6 +341,16 @@ pub fn relay_client_from(
     client_endpoint(local, trust.client_config()?, RELAY_ALPN)
 }
 
+/// SHA-256 of the leaf certificate the server of `conn` presented (a relay's, as
+/// [`ServerTls::pin`] computes it); `None` if it presented none.
+pub fn peer_cert_sha256(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().map(|c| sha256(c.as_ref()))
+}
+
 /// Checks a server's certificate by its key alone: with a pin, exactly the certificate
 /// whose SHA-256 is pinned (constant-time comparison, `--relay-pin`); without, any
 /// certificate (direct mode: the end-to-end handshake authenticates the peer). Either way
