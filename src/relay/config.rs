@@ -47,7 +47,7 @@ pub const MAX_STREAMS: u32 = crate::transport::MAX_UNI_STREAMS;
 /// end-to-end control stream, with room).
 pub const MAX_BIDI_STREAMS: u32 = 4;
 /// Before pairing: the connection's receive window (all streams together). The Hello
-/// (at most 171 bytes) and the listener's proof (64) fit many times over; nothing else
+/// (at most 170 bytes with its length) and the listener's proof (64) fit many times over; nothing else
 /// may be sent before pairing.
 pub const UNPAIRED_WINDOW: u32 = 8 << 10;
 /// Before pairing: the send buffer towards the client (the challenge and the answer).

@@ -339,7 +339,12 @@ mod tests {
             Arrival::Refused(Refusal::TooManyWaiting, _)
         ));
         assert!(matches!(
-            t.arrive(&hello(Role::Listen, 2, false), v6("2001:db8:0:1::1"), now, ()),
+            t.arrive(
+                &hello(Role::Listen, 2, false),
+                v6("2001:db8:0:1::1"),
+                now,
+                ()
+            ),
             Arrival::Wait(_)
         ));
     }
