@@ -14,6 +14,10 @@
 //!   oldest waiter ([`Arrival::Replaced`]), and a connector takes the newest: a receiver
 //!   restarted after a crash is served at once, not after its stale registration times
 //!   out;
+//! - single-use ids and the others are separate namespaces: a client only ever meets
+//!   clients that gave the same single-use flag, so a single-use listener on a
+//!   receiver's key id (which needs no proof) neither blocks nor meets that receiver's
+//!   listeners and connectors;
 //! - a single-use rendezvous (a code phrase's nameplate) admits one waiter and one
 //!   pairing: once paired it is burned for [`BURN_TTL`], and any other client on it is
 //!   refused, so a third party can neither join nor guess again. At most [`MAX_BURNED`]
@@ -38,7 +42,10 @@ pub const MAX_BURNED: usize = 65_536;
 
 /// Identifies one waiting client, to take it out again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket(u64);
+pub struct Ticket {
+    n: u64,
+    single_use: bool,
+}
 
 /// What an arriving client gets.
 #[derive(Debug)]
@@ -63,13 +70,19 @@ struct Waiter<T> {
 }
 
 struct Slot<T> {
-    single_use: bool,
     waiters: VecDeque<Waiter<T>>,
+}
+
+/// Where a client waits: its rendezvous id in the namespace of its single-use flag.
+type Key = ([u8; 32], bool);
+
+fn key(hello: &Hello) -> Key {
+    (hello.rendezvous, hello.single_use)
 }
 
 /// The table.
 pub struct Table<T> {
-    slots: HashMap<[u8; 32], Slot<T>>,
+    slots: HashMap<Key, Slot<T>>,
     burned: Expiring<[u8; 32], ()>,
     waiting_per_source: HashMap<IpAddr, usize>,
     waiting: usize,
@@ -95,31 +108,31 @@ impl<T> Table<T> {
     /// A client with `hello` from `ip` arrives at `now`. A listener that is not
     /// single-use must have proven its key before.
     pub fn arrive(&mut self, hello: &Hello, ip: IpAddr, now: Instant, payload: T) -> Arrival<T> {
-        if self.burned.get(&hello.rendezvous, now).is_some() {
+        let key = key(hello);
+        if hello.single_use && self.burned.get(&hello.rendezvous, now).is_some() {
             return Arrival::Refused(Refusal::RendezvousTaken, payload);
         }
         if hello.role == Role::Connect {
-            let Some(slot) = self.slots.get_mut(&hello.rendezvous) else {
+            let Some(slot) = self.slots.get_mut(&key) else {
                 return Arrival::Refused(Refusal::NoListener, payload);
             };
-            let single_use = slot.single_use || hello.single_use;
             let Some(w) = slot.waiters.pop_back() else {
-                self.slots.remove(&hello.rendezvous);
+                self.slots.remove(&key);
                 return Arrival::Refused(Refusal::NoListener, payload);
             };
             if slot.waiters.is_empty() {
-                self.slots.remove(&hello.rendezvous);
+                self.slots.remove(&key);
             }
             self.release(w.source);
-            if single_use {
+            if hello.single_use {
                 let _ = self.burned.insert(hello.rendezvous, (), now);
             }
             return Arrival::Paired(w.payload, payload);
         }
         let source = source_of(ip);
         let mut evict = false;
-        if let Some(slot) = self.slots.get(&hello.rendezvous) {
-            if slot.single_use || hello.single_use {
+        if let Some(slot) = self.slots.get(&key) {
+            if hello.single_use {
                 return Arrival::Refused(Refusal::RendezvousTaken, payload);
             }
             evict = slot.waiters.len() >= self.max_per_rendezvous;
@@ -130,7 +143,7 @@ impl<T> Table<T> {
         let old = if evict {
             let old = self
                 .slots
-                .get_mut(&hello.rendezvous)
+                .get_mut(&key)
                 .and_then(|slot| slot.waiters.pop_front());
             if let Some(w) = &old {
                 self.release(w.source);
@@ -150,11 +163,13 @@ impl<T> Table<T> {
         *self.waiting_per_source.entry(source).or_insert(0) += 1;
         self.waiting += 1;
         self.next += 1;
-        let ticket = Ticket(self.next);
+        let ticket = Ticket {
+            n: self.next,
+            single_use: hello.single_use,
+        };
         self.slots
-            .entry(hello.rendezvous)
+            .entry(key(hello))
             .or_insert_with(|| Slot {
-                single_use: hello.single_use,
                 waiters: VecDeque::new(),
             })
             .waiters
@@ -179,11 +194,12 @@ impl<T> Table<T> {
     /// Takes a waiter out (it timed out or went away). `None` if it was paired or
     /// replaced already. O(waiters on this id), at most `max_per_rendezvous`.
     pub fn leave(&mut self, rendezvous: &[u8; 32], ticket: Ticket) -> Option<T> {
-        let slot = self.slots.get_mut(rendezvous)?;
+        let key = (*rendezvous, ticket.single_use);
+        let slot = self.slots.get_mut(&key)?;
         let pos = slot.waiters.iter().position(|w| w.ticket == ticket)?;
         let w = slot.waiters.remove(pos)?;
         if slot.waiters.is_empty() {
-            self.slots.remove(rendezvous);
+            self.slots.remove(&key);
         }
         self.release(w.source);
         Some(w.payload)
@@ -299,11 +315,13 @@ mod tests {
                 t.arrive(&hello(role, 9, true), B, now, 4),
                 Arrival::Refused(Refusal::RendezvousTaken, _)
             ));
-            assert!(matches!(
-                t.arrive(&hello(role, 9, false), B, now, 4),
-                Arrival::Refused(Refusal::RendezvousTaken, _)
-            ));
         }
+        // The same id without the flag is another namespace: nobody waits there (and a
+        // listener there would have to prove a key whose id this is).
+        assert!(matches!(
+            t.arrive(&hello(Role::Connect, 9, false), B, now, 4),
+            Arrival::Refused(Refusal::NoListener, _)
+        ));
         // ...until the burn expires.
         assert!(matches!(
             t.arrive(&hello(Role::Listen, 9, true), A, now + BURN_TTL, 5),
@@ -381,6 +399,44 @@ mod tests {
         assert!(matches!(
             t.arrive(&hello(Role::Listen, 2, true), A, now, 1),
             Arrival::Refused(Refusal::RendezvousTaken, _)
+        ));
+    }
+
+    #[test]
+    fn a_single_use_squatter_on_a_key_id_neither_blocks_nor_meets_its_owner() {
+        let mut t = Table::new(100, 16);
+        let now = Instant::now();
+        // The attacker waits single-use on the receiver's key id (no proof asked)...
+        assert!(matches!(
+            t.arrive(&hello(Role::Listen, 1, true), B, now, "squatter"),
+            Arrival::Wait(_)
+        ));
+        // ...and a sender who comes before the receiver does not meet it.
+        assert!(matches!(
+            t.arrive(&hello(Role::Connect, 1, false), A, now, "early sender"),
+            Arrival::Refused(Refusal::NoListener, _)
+        ));
+        // The receiver still waits there, and its sender finds it, not the squatter.
+        assert!(matches!(
+            t.arrive(&hello(Role::Listen, 1, false), A, now, "receiver"),
+            Arrival::Wait(_)
+        ));
+        assert!(matches!(
+            t.arrive(&hello(Role::Connect, 1, false), A, now, "sender"),
+            Arrival::Paired("receiver", _)
+        ));
+        // Nor can the attacker burn the key id for its owner.
+        assert!(matches!(
+            t.arrive(&hello(Role::Connect, 1, true), B, now, "accomplice"),
+            Arrival::Paired("squatter", _)
+        ));
+        assert!(matches!(
+            t.arrive(&hello(Role::Listen, 1, false), A, now, "receiver again"),
+            Arrival::Wait(_)
+        ));
+        assert!(matches!(
+            t.arrive(&hello(Role::Connect, 1, false), A, now, "sender again"),
+            Arrival::Paired("receiver again", _)
         ));
     }
 
