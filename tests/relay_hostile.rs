@@ -242,7 +242,8 @@ const LOOPS: usize = 4;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_hammering_code_rendezvous_cannot_keep_a_code_transfer_from_pairing() {
     let window = WINDOW_SECS.to_string();
-    let relay = start_relay(&["--strike-window", &window]);
+    let relay = start_relay(&["--strike-window", &window, "--metrics", "127.0.0.1:0"]);
+    let metrics = relay.run.first["metrics"].as_str().unwrap().to_string();
     let attacker = Arc::new(Attacker::new([127, 0, 0, 2], &relay));
     let burns = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -334,10 +335,37 @@ async fn one_client_hammering_code_rendezvous_cannot_keep_a_code_transfer_from_p
     eprintln!("the hammer burned {burned} nameplates in {elapsed} s (bound {bound})");
     assert!(burned > 0, "the hammer never got through at all");
     assert!(burned <= bound, "{burned} nameplates burned in {elapsed} s");
+    // The relay's own count: the hammer's burns and the real transfer's nameplate (the
+    // last arrival may have been before a burn the hammer saw, hence at least).
+    let text = http_get(&metrics, "/metrics");
+    let gauge: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("conduit_relay_burned_rendezvous "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        gauge <= burned + 1,
+        "{gauge} burned at the relay, {burned} seen"
+    );
+    assert!(text.contains("conduit_relay_rejections_total{reason=\"rate_limited\"}"));
+    assert!(
+        !text.contains("conduit_relay_rejections_total{reason=\"rate_limited\"} 0\n"),
+        "the hammer was never refused"
+    );
     let relay = Arc::try_unwrap(relay).ok().unwrap();
     let (status, log, _) = relay.stop();
     assert!(status.success());
     assert!(log.iter().any(|e| e["event"] == "session_open"));
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// Resident set of a process now (`VmRSS`) or at its peak (`VmHWM`), in bytes.

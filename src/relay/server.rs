@@ -297,11 +297,10 @@ fn refuse(state: &State, conn: &Connection, r: Refusal) {
 
 /// Counts one strike against the source of `ip`.
 fn strike(state: &State, ip: std::net::IpAddr) {
-    state
-        .strikes
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .strike(ip, Instant::now());
+    let mut strikes = state.strikes.lock().unwrap_or_else(PoisonError::into_inner);
+    strikes.strike(ip, Instant::now());
+    let sources = u64::try_from(strikes.sources()).unwrap_or(u64::MAX);
+    state.metrics.strike_sources.store(sources, Relaxed);
 }
 
 /// Holds one unit of a gauge of [`Metrics`] while alive.
@@ -375,21 +374,22 @@ async fn client(
         _source: source_slot,
     };
     let now = Instant::now();
-    let arrival = state
-        .table
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .arrive(&hello, ip, now, me);
+    let arrival = {
+        let mut table = state.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let arrival = table.arrive(&hello, ip, now, me);
+        let burned = u64::try_from(table.burned()).unwrap_or(u64::MAX);
+        metrics.burned.store(burned, Relaxed);
+        arrival
+    };
     // Spending code nameplates costs strikes (docs/SECURITY.md): a single-use listener
     // one when it waits, a connector one per nameplate it finds empty (not per retry of
     // the same one) and one per code pairing.
     match &arrival {
         Arrival::Refused(Refusal::NoListener, _) if hello.single_use => {
-            state
-                .strikes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .missed(ip, &hello.rendezvous, now);
+            let mut strikes = state.strikes.lock().unwrap_or_else(PoisonError::into_inner);
+            strikes.missed(ip, &hello.rendezvous, now);
+            let sources = u64::try_from(strikes.sources()).unwrap_or(u64::MAX);
+            metrics.strike_sources.store(sources, Relaxed);
         }
         Arrival::Wait(_) if hello.single_use => strike(&state, ip),
         Arrival::Paired(first, _) if hello.single_use || first.single_use => strike(&state, ip),
