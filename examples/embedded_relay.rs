@@ -1,6 +1,6 @@
 //! Embedding a relay: `relay::server::Relay` in your own process, with your own log sink
 //! and metrics, stopped by a future you control. Two endpoints then meet through it by
-//! rendezvous id (`relay::client::join`), and the relay's counters show what it carried.
+//! rendezvous id (`relay::client::listen` proves the receiver holds its key, `join` connects), and the relay's counters show what it carried.
 //!
 //! `cargo run --example embedded_relay`
 
@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let quiet: Events = Arc::new(|_| {});
     let rendezvous = run::rendezvous_for(&b.public());
     let receiver = async {
-        let j = client::join(&opts, Role::Listen, false, rendezvous).await?;
+        let j = client::listen(&opts, &b).await?;
         let r = run::receive(
             &j.connection,
             &b,

@@ -64,13 +64,7 @@ async fn main() -> anyhow::Result<()> {
         });
         let mut received = 0;
         while received < TRANSFERS {
-            let j = client::join(
-                &opts,
-                Role::Listen,
-                false,
-                run::rendezvous_for(&lab.public()),
-            )
-            .await?;
+            let j = client::listen(&opts, &lab).await?;
             match run::receive(
                 &j.connection,
                 &lab,

@@ -124,9 +124,8 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
         // The sender reports progress; the receiver stays quiet.
         let events: Events = Arc::new(|_| {});
         let (opts, pool) = (opts.clone(), Arc::clone(&pool));
-        let rendezvous = run::rendezvous_for(&b.public());
         tokio::spawn(async move {
-            let j = client::join(&opts, Role::Listen, false, rendezvous).await?;
+            let j = client::listen(&opts, &b).await?;
             let policy = ReceivePolicy::default();
             let r = run::receive(
                 &j.connection,

@@ -230,6 +230,8 @@ pub async fn join_relay(
     role: Role,
     rendezvous: [u8; 32],
 ) -> Result<(quinn::Endpoint, quinn::Connection), RawError> {
-    let j = client::join(opts, role, false, rendezvous).await?;
+    // One pairing per run on a fresh random id: single-use, like a code's nameplate (a
+    // listener on a key's id would have to prove the key).
+    let j = client::join(opts, role, true, rendezvous).await?;
     Ok((j.endpoint, j.connection))
 }

@@ -54,6 +54,13 @@ pub struct RelayArgs {
     /// Clients waiting for a peer per source address [default: 32].
     #[arg(long, value_name = "N")]
     max_waiting_per_ip: Option<usize>,
+    /// Strikes (guess-like refusals, code nameplates spent) a source may collect per
+    /// strike window before it is refused until the window ends [default: 30].
+    #[arg(long, value_name = "N")]
+    max_strikes: Option<u32>,
+    /// Seconds of the strike window, from a source's first strike [default: 600].
+    #[arg(long, value_name = "SECS")]
+    strike_window: Option<u64>,
     /// Seconds a client waits for its peer [default: 300].
     #[arg(long, value_name = "SECS")]
     pairing_timeout: Option<u64>,
@@ -89,6 +96,9 @@ impl RelayArgs {
         set(&mut l.max_sessions, self.max_sessions);
         set(&mut l.max_connections, self.max_connections);
         set(&mut l.max_waiting_per_ip, self.max_waiting_per_ip);
+        if let Some(n) = self.max_strikes {
+            l.max_strikes = n;
+        }
         let set = |slot: &mut Duration, v: Option<u64>| {
             if let Some(v) = v {
                 *slot = secs(v);
@@ -98,6 +108,7 @@ impl RelayArgs {
         set(&mut l.idle_timeout, self.idle_timeout);
         set(&mut l.hello_timeout, self.hello_timeout);
         set(&mut l.drain_timeout, self.drain_timeout);
+        set(&mut l.strike_window, self.strike_window);
         l.check()?;
         Ok(l)
     }

@@ -463,7 +463,11 @@ fn receive_recorded(
                 } else {
                     println!("waiting at relay {}", opts.choose(&rendezvous)?);
                 }
-                let j = relay_client::join(opts, role, single_use, rendezvous).await?;
+                let j = if role == Role::Listen && !single_use {
+                    relay_client::listen(opts, &identity).await?
+                } else {
+                    relay_client::join(opts, role, single_use, rendezvous).await?
+                };
                 (j.endpoint, j.connection)
             }
             (None, Some(listen)) => {
@@ -636,11 +640,10 @@ async fn daemon_slot(
     pool: Arc<CipherPool>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    let rendezvous = run::rendezvous_for(&ctx.identity.public());
     let mut backoff = Duration::from_secs(1);
     loop {
         let joined = tokio::select! {
-            j = relay_client::join(&ctx.opts, Role::Listen, false, rendezvous) => j,
+            j = relay_client::listen(&ctx.opts, &ctx.identity) => j,
             _ = stopping.changed() => return,
         };
         let j = match joined {

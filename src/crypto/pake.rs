@@ -1,10 +1,15 @@
 //! Code phrases and the SPAKE2 exchange that turns one into a Noise PSK.
 //!
-//! A code reads `7-crystal-harbor-orbit`: a nameplate number (which rendezvous to use)
-//! and three words from the BIP-39 English list (2,048 words, MIT licence,
+//! A code reads `482913-crystal-harbor-orbit`: a nameplate number (which rendezvous to
+//! use, public) and three words from the BIP-39 English list (2,048 words, MIT licence,
 //! `src/crypto/wordlist.txt`), so the secret part carries 3 × 11 = 33 bits. An attacker
 //! gets one online guess per run: SPAKE2 leaks nothing an offline search could use, and
-//! a failed exchange burns the nameplate.
+//! a pairing burns the nameplate at the relay.
+//!
+//! Nameplates are drawn from 1..=[`MAX_NAMEPLATE`] (a million): wide enough that the
+//! nameplates attackers can burn or hold within the relay's per-source limits are a small
+//! fraction of the space (docs/SECURITY.md, "Relay: code rendezvous under attack").
+//! Codes with shorter numbers (`7-crystal-harbor-orbit`) still parse.
 //!
 //! `psk = HKDF-SHA256(ikm = SPAKE2 key, salt = rendezvous id, info = "phi-conduit v1 noise-psk")`.
 
@@ -18,8 +23,8 @@ use zeroize::Zeroizing;
 pub const CODE_WORDS: usize = 3;
 /// Bits of secret in a code.
 pub const CODE_BITS: u32 = 33;
-/// Largest nameplate number generated.
-pub const MAX_NAMEPLATE: u32 = 999;
+/// Largest nameplate number generated (they are drawn uniformly from 1..=this).
+pub const MAX_NAMEPLATE: u32 = 999_999;
 const PSK_INFO: &[u8] = b"phi-conduit v1 noise-psk";
 const SPAKE_ID: &[u8] = b"phi-conduit v1 code";
 
@@ -59,6 +64,8 @@ impl Code {
     pub fn generate() -> Result<Self, PakeError> {
         let mut r = [0u8; 4 + 2 * CODE_WORDS];
         getrandom::getrandom(&mut r).map_err(|_| PakeError::Random)?;
+        // The modulo bias of 2^32 mod 999,999 is below 2^-12 per value: irrelevant for a
+        // public routing number.
         let nameplate = 1 + u32::from_le_bytes([r[0], r[1], r[2], r[3]]) % MAX_NAMEPLATE;
         let mut ws = [""; CODE_WORDS];
         for (i, w) in ws.iter_mut().enumerate() {
@@ -168,6 +175,24 @@ mod tests {
         w.sort_unstable();
         w.dedup();
         assert_eq!(w.len(), 2048);
+    }
+
+    #[test]
+    fn nameplates_spread_over_the_wide_space() {
+        let plates: std::collections::HashSet<u32> = (0..200)
+            .map(|_| Code::generate().unwrap().nameplate())
+            .collect();
+        assert!(plates.iter().all(|n| (1..=MAX_NAMEPLATE).contains(n)));
+        // 200 draws from a million: collisions are rare, and most need 6 digits.
+        assert!(plates.len() >= 195, "{}", plates.len());
+        assert!(plates.iter().filter(|n| **n > 99_999).count() >= 150);
+        assert_eq!(
+            Code::parse("999999-crystal-harbor-orbit")
+                .unwrap()
+                .nameplate(),
+            999_999
+        );
+        assert_eq!(CODE_BITS, 33);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Joining a relay as a client: pick the relay of the fleet for the rendezvous id,
-//! connect (verifying the relay's certificate), send the Hello, and wait until the
-//! relay pairs us. The connection returned then carries the end-to-end session exactly
-//! as a direct connection does.
+//! connect (verifying the relay's certificate), send the Hello, prove the key when
+//! listening for it ([`listen`]), and wait until the relay pairs us. The connection
+//! returned then carries the end-to-end session exactly as a direct connection does.
 
 use std::time::Duration;
 
@@ -9,8 +9,10 @@ use quinn::{ConnectionError, ReadError, ReadExactError};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
+use crate::crypto::identity::Identity;
 use crate::relay::fleet;
 use crate::relay::hello::{Hello, PAIRED, Refusal, Role};
+use crate::relay::proof::{self, CHALLENGE_LEN};
 use crate::transport::{self, RelayTrust, TransportError};
 
 /// Time to reach the relay and finish the QUIC handshake.
@@ -61,6 +63,9 @@ pub enum JoinError {
     /// The relay answered something else than the protocol says.
     #[error("relay {0}: protocol error")]
     Protocol(String),
+    /// A listener on a receiver's key must prove it holds the key: use [`listen`].
+    #[error("listening for a key at a relay needs that key's identity (use relay::client::listen)")]
+    NeedsKey,
     /// The connection was closed with a code that is not a relay refusal (the peer's own
     /// close, carried over by the relay, before the pairing was confirmed).
     #[error("relay {relay}: the connection was closed with code {code} before pairing completed")]
@@ -143,18 +148,43 @@ const RETRY: Duration = Duration::from_millis(250);
 /// stream ended without an answer.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Joins the relay chosen for `rendezvous` in `role` and waits until paired. A connector
-/// that finds no listener tries again for `opts.wait` (the listener may be on its way:
-/// a daemon between two transfers, a code-phrase sender still connecting).
+/// Joins the relay chosen for `rendezvous` in `role` and waits until paired: a connector,
+/// or a listener on a single-use rendezvous id (a code's nameplate). A listener for a
+/// receiver's key uses [`listen`] ([`JoinError::NeedsKey`] here). A connector that finds
+/// no listener tries again for `opts.wait` (the listener may be on its way: a daemon
+/// between two transfers, a code-phrase sender still connecting).
 pub async fn join(
     opts: &RelayOptions,
     role: Role,
     single_use: bool,
     rendezvous: [u8; 32],
 ) -> Result<Joined, JoinError> {
+    if role == Role::Listen && !single_use {
+        return Err(JoinError::NeedsKey);
+    }
+    join_with(opts, role, single_use, rendezvous, None).await
+}
+
+/// Waits at the relay for connectors to `identity`'s key (rendezvous id
+/// `rendezvous_for(identity.public())`), proving to the relay that we hold the key
+/// (docs/PROTOCOL.md, "Listener proof"). A newer proven listener for the same key may
+/// take our place if the key is at its limit of waiting listeners
+/// ([`Refusal::Replaced`]).
+pub async fn listen(opts: &RelayOptions, identity: &Identity) -> Result<Joined, JoinError> {
+    let rendezvous = proof::key_rendezvous(identity.public().as_bytes());
+    join_with(opts, Role::Listen, false, rendezvous, Some(identity)).await
+}
+
+async fn join_with(
+    opts: &RelayOptions,
+    role: Role,
+    single_use: bool,
+    rendezvous: [u8; 32],
+    key: Option<&Identity>,
+) -> Result<Joined, JoinError> {
     let deadline = tokio::time::Instant::now() + opts.wait;
     loop {
-        match join_once(opts, role, single_use, rendezvous).await {
+        match join_once(opts, role, single_use, rendezvous, key).await {
             Err(JoinError::Refused {
                 refusal: Refusal::NoListener,
                 ..
@@ -178,6 +208,7 @@ async fn join_once(
     role: Role,
     single_use: bool,
     rendezvous: [u8; 32],
+    key: Option<&Identity>,
 ) -> Result<Joined, JoinError> {
     let relay = opts.choose(&rendezvous)?.to_string();
     let (host, port) = split_host(&relay)?;
@@ -233,30 +264,22 @@ async fn join_once(
         .map_err(|_| JoinError::Protocol(relay.clone()))?;
     let frame =
         crate::wire::frame::to_frame(&body).map_err(|_| JoinError::Protocol(relay.clone()))?;
-    let written = send.write_all(&frame).await;
+    let _ = send.write_all(&frame).await;
+    if let Some(identity) = key {
+        // The relay's challenge, our proof (docs/PROTOCOL.md, "Listener proof").
+        let mut challenge = [0u8; CHALLENGE_LEN];
+        read_answer(&connection, &mut recv, &mut challenge, &lost, &relay).await?;
+        let cert = transport::peer_cert_sha256(&connection)
+            .ok_or_else(|| JoinError::Protocol(relay.clone()))?;
+        let answer = proof::answer(identity, &rendezvous, &cert, &challenge)
+            .map_err(|_| JoinError::Protocol(relay.clone()))?;
+        let _ = send.write_all(&answer).await;
+    }
     let _ = send.finish();
     let mut answer = [0u8; 1];
-    match recv.read_exact(&mut answer).await {
-        Ok(()) if answer[0] == PAIRED => {}
-        Ok(()) => return Err(JoinError::Protocol(relay)),
-        Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) => return Err(lost(e)),
-        Err(_) => {
-            // The relay refuses by closing the connection with a code; the end of its
-            // Hello stream may arrive a moment before that close (seen with 50 connectors
-            // at once): wait briefly for the close and report its reason, so that a
-            // refusal worth retrying is retried. (The write may also have failed first.)
-            let _ = written;
-            let reason = match connection.close_reason() {
-                Some(e) => Some(e),
-                None => tokio::time::timeout(CLOSE_GRACE, connection.closed())
-                    .await
-                    .ok(),
-            };
-            return Err(match reason {
-                Some(e) => lost(e),
-                None => JoinError::Protocol(relay.clone()),
-            });
-        }
+    read_answer(&connection, &mut recv, &mut answer, &lost, &relay).await?;
+    if answer[0] != PAIRED {
+        return Err(JoinError::Protocol(relay));
     }
     // A stream "flush" is not needed: the relay read the whole Hello before answering.
     let _ = send.shutdown().await;
@@ -265,6 +288,35 @@ async fn join_once(
         connection,
         relay,
     })
+}
+
+/// Reads exactly `buf` from the relay's answer stream. A refusal is a close with a code;
+/// the end of the stream may arrive a moment before that close (seen with 50 connectors
+/// at once): then wait briefly for the close and report its reason, so that a refusal
+/// worth retrying is retried. (A write may also have failed first.)
+async fn read_answer(
+    connection: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+    lost: &impl Fn(ConnectionError) -> JoinError,
+    relay: &str,
+) -> Result<(), JoinError> {
+    match recv.read_exact(buf).await {
+        Ok(()) => Ok(()),
+        Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) => Err(lost(e)),
+        Err(_) => {
+            let reason = match connection.close_reason() {
+                Some(e) => Some(e),
+                None => tokio::time::timeout(CLOSE_GRACE, connection.closed())
+                    .await
+                    .ok(),
+            };
+            Err(match reason {
+                Some(e) => lost(e),
+                None => JoinError::Protocol(relay.to_string()),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -303,7 +355,7 @@ mod tests {
             token: vec![],
             wait: Duration::ZERO,
         };
-        let got = join_once(&opts, Role::Connect, false, [7; 32]).await;
+        let got = join_once(&opts, Role::Connect, false, [7; 32], None).await;
         assert!(
             matches!(
                 got,

@@ -17,6 +17,14 @@ pub const MAX_WAITING_PER_IP: usize = 32;
 /// Default: connections from one source IP address not (yet) in a session: handshaking,
 /// before their Hello, or waiting for a peer.
 pub const MAX_UNPAIRED_PER_IP: usize = 64;
+/// Default: connections from one source (IPv4 address, IPv6 /64) at once, in sessions
+/// or not.
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default: strikes a source may collect within [`STRIKE_WINDOW`] before it is refused
+/// until the window ends (see [`crate::relay::ratelimit`]).
+pub const MAX_STRIKES: u32 = crate::relay::ratelimit::MAX_STRIKES;
+/// Default: the strike window.
+pub const STRIKE_WINDOW: Duration = crate::relay::ratelimit::WINDOW;
 /// Default: clients waiting on one rendezvous id (a daemon's `--concurrent` slots).
 pub const MAX_WAITING_PER_RENDEZVOUS: usize = 16;
 /// Default: how long a client waits for its peer.
@@ -35,6 +43,19 @@ pub const CONNECTION_WINDOW: u32 = 4 << 20;
 pub const COPY_CHUNK: usize = 64 << 10;
 /// Concurrent unidirectional streams per client connection (as the endpoints allow).
 pub const MAX_STREAMS: u32 = crate::transport::MAX_UNI_STREAMS;
+/// Bidirectional streams per client connection once paired (the Hello stream and the
+/// end-to-end control stream, with room).
+pub const MAX_BIDI_STREAMS: u32 = 4;
+/// Before pairing: the connection's receive window (all streams together). The Hello
+/// (at most 170 bytes with its length) and the listener's proof (64) fit many times over; nothing else
+/// may be sent before pairing.
+pub const UNPAIRED_WINDOW: u32 = 8 << 10;
+/// Before pairing: the send buffer towards the client (the challenge and the answer).
+pub const UNPAIRED_SEND_WINDOW: u32 = 8 << 10;
+/// Measured cost of one idle unpaired connection in the relay process (QUIC and TLS
+/// state, its task, the stream of its Hello), rounded up: see docs/PROTOCOL.md, "Relay
+/// limits and memory", and tests/relay_hostile.rs.
+pub const CONNECTION_OVERHEAD: u64 = 48 << 10;
 
 /// The relay's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +70,12 @@ pub struct Limits {
     pub max_waiting_per_rendezvous: usize,
     /// Connections per source IP not in a session.
     pub max_unpaired_per_ip: usize,
+    /// Connections per source IP, in sessions or not.
+    pub max_connections_per_ip: usize,
+    /// Strikes per source within the strike window.
+    pub max_strikes: u32,
+    /// The strike window.
+    pub strike_window: Duration,
     /// Pairing timeout.
     pub pairing_timeout: Duration,
     /// Idle timeout.
@@ -71,6 +98,9 @@ impl Default for Limits {
             max_waiting_per_ip: MAX_WAITING_PER_IP,
             max_waiting_per_rendezvous: MAX_WAITING_PER_RENDEZVOUS,
             max_unpaired_per_ip: MAX_UNPAIRED_PER_IP,
+            max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
+            max_strikes: MAX_STRIKES,
+            strike_window: STRIKE_WINDOW,
             pairing_timeout: PAIRING_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             hello_timeout: HELLO_TIMEOUT,
@@ -89,22 +119,46 @@ impl Limits {
         2 * (u64::from(self.connection_window) * 2 + u64::from(MAX_STREAMS) * COPY_CHUNK as u64)
     }
 
-    /// Upper bound of the payload bytes held in all sessions at once.
-    pub fn memory_bound(&self) -> u64 {
-        self.session_memory_bound() * self.max_sessions as u64
+    /// Upper bound of the bytes one connection not in a session costs: its windows
+    /// before pairing and [`CONNECTION_OVERHEAD`].
+    pub fn unpaired_memory_bound(&self) -> u64 {
+        u64::from(UNPAIRED_WINDOW) + u64::from(UNPAIRED_SEND_WINDOW) + CONNECTION_OVERHEAD
     }
 
-    /// The QUIC transport configuration of the relay's client connections.
+    /// Upper bound of the bytes held for clients at once: the payload of every session,
+    /// and every other connection the relay admits waiting unpaired.
+    pub fn memory_bound(&self) -> u64 {
+        let in_sessions = 2 * self.max_sessions;
+        let unpaired = self.max_connections.saturating_sub(in_sessions) as u64;
+        self.session_memory_bound() * self.max_sessions as u64
+            + unpaired * self.unpaired_memory_bound()
+    }
+
+    /// The QUIC transport configuration of the relay's client connections: the small
+    /// limits of a connection not yet paired (a connection can only send its Hello and
+    /// proof); [`Limits::open_up`] raises them when the connection is paired.
     pub fn transport_config(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
         t.stream_receive_window(self.stream_window.into());
-        t.receive_window(self.connection_window.into());
-        t.send_window(u64::from(self.connection_window));
-        t.max_concurrent_uni_streams(MAX_STREAMS.into());
-        // The Hello stream and the end-to-end control stream.
-        t.max_concurrent_bidi_streams(4u32.into());
+        t.receive_window(UNPAIRED_WINDOW.into());
+        t.send_window(u64::from(UNPAIRED_SEND_WINDOW));
+        t.max_concurrent_uni_streams(0u32.into());
+        // The Hello stream only.
+        t.max_concurrent_bidi_streams(1u32.into());
+        // The relay carries streams only.
+        t.datagram_receive_buffer_size(None);
+        t.datagram_send_buffer_size(0);
         t.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
         t
+    }
+
+    /// Raises a paired connection's limits to a session's: the receive window, the send
+    /// buffer and the streams the endpoints use.
+    pub fn open_up(&self, conn: &quinn::Connection) {
+        conn.set_receive_window(self.connection_window.into());
+        conn.set_send_window(u64::from(self.connection_window));
+        conn.set_max_concurrent_uni_streams(MAX_STREAMS.into());
+        conn.set_max_concurrent_bi_streams(MAX_BIDI_STREAMS.into());
     }
 
     /// Applies a TOML file's `[limits]` over these values.
@@ -149,6 +203,21 @@ impl Limits {
                 "max_unpaired_per_ip",
                 self.max_unpaired_per_ip.to_string(),
                 file.max_unpaired_per_ip.is_some(),
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip.to_string(),
+                file.max_connections_per_ip.is_some(),
+            ),
+            (
+                "max_strikes",
+                self.max_strikes.to_string(),
+                file.max_strikes.is_some(),
+            ),
+            (
+                "strike_window_secs",
+                s(self.strike_window),
+                file.strike_window_secs.is_some(),
             ),
             (
                 "pairing_timeout_secs",
@@ -198,6 +267,9 @@ impl FileLimits {
             l.max_waiting_per_rendezvous,
         );
         set(&mut this.max_unpaired_per_ip, l.max_unpaired_per_ip);
+        set(&mut this.max_connections_per_ip, l.max_connections_per_ip);
+        set(&mut this.max_strikes, l.max_strikes);
+        set(&mut this.strike_window, l.strike_window_secs.map(secs));
         set(&mut this.pairing_timeout, l.pairing_timeout_secs.map(secs));
         set(&mut this.idle_timeout, l.idle_timeout_secs.map(secs));
         set(&mut this.hello_timeout, l.hello_timeout_secs.map(secs));
@@ -217,8 +289,12 @@ impl Limits {
         if self.max_waiting_per_ip == 0
             || self.max_waiting_per_rendezvous == 0
             || self.max_unpaired_per_ip == 0
+            || self.max_connections_per_ip == 0
         {
-            return bad("waiting limits must be at least 1");
+            return bad("waiting and per-address limits must be at least 1");
+        }
+        if self.max_strikes == 0 || self.strike_window.is_zero() {
+            return bad("max_strikes and strike_window_secs must be at least 1");
         }
         if self.idle_timeout < Duration::from_secs(1)
             || self.idle_timeout > Duration::from_secs(3600)
@@ -264,6 +340,12 @@ pub struct FileLimits {
     pub max_waiting_per_rendezvous: Option<usize>,
     /// Connections per source IP not in a session.
     pub max_unpaired_per_ip: Option<usize>,
+    /// Connections per source IP, in sessions or not.
+    pub max_connections_per_ip: Option<usize>,
+    /// Strikes per source within the strike window.
+    pub max_strikes: Option<u32>,
+    /// The strike window, seconds.
+    pub strike_window_secs: Option<u64>,
     /// Pairing timeout, seconds.
     pub pairing_timeout_secs: Option<u64>,
     /// Idle timeout, seconds.
@@ -313,7 +395,11 @@ mod tests {
         l.check().unwrap();
         // Two 4 MiB windows and 64 copy chunks per connection, two connections.
         assert_eq!(l.session_memory_bound(), 2 * (8 << 20) + 2 * (4 << 20));
-        assert_eq!(l.memory_bound(), l.session_memory_bound() * 256);
+        // 256 sessions, and the other 2048 - 512 connections waiting unpaired.
+        assert_eq!(
+            l.memory_bound(),
+            l.session_memory_bound() * 256 + 1536 * (16 << 10) + 1536 * CONNECTION_OVERHEAD
+        );
     }
 
     #[test]

@@ -4,21 +4,26 @@
 //! writes one frame (2-byte big-endian length, then the body):
 //!
 //! ```text
-//! magic "PCRH" | version u8 = 1 | role u8 (1 listen, 2 connect) | flags u8
+//! magic "PCRH" | version u8 = 2 | role u8 (1 listen, 2 connect) | flags u8
 //! | rendezvous id [32] | token length u8 | token (0..=128 bytes)
 //! ```
 //!
 //! Flag bit 0 marks a single-use rendezvous (code phrases: the nameplate is burned once
-//! paired). Other flag bits must be zero. The relay answers with the one byte
-//! [`PAIRED`] once it has paired the client, or closes the connection with one of the
-//! [`Refusal`] codes.
+//! paired). Other flag bits must be zero. A listener on a rendezvous id that is not
+//! single-use (a receiver's key) then proves it holds that key: the relay writes a
+//! challenge on the same stream and the listener answers with its proof
+//! ([`crate::relay::proof`]). The relay answers with the one byte [`PAIRED`] once it has
+//! paired the client, or closes the connection with one of the [`Refusal`] codes.
+//!
+//! Version 2 (this one) added the listener proof; a version 1 Hello is refused with
+//! [`Refusal::BadHello`].
 
 use thiserror::Error;
 
 /// Magic bytes opening a Hello.
 pub const MAGIC: &[u8; 4] = b"PCRH";
 /// The relay protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest token in a Hello.
 pub const MAX_TOKEN: usize = 128;
 /// Largest Hello body: the relay refuses a length field above this before reading.
@@ -185,10 +190,17 @@ pub enum Refusal {
     /// Too many refusals that look like guessing came from this address lately.
     #[error("too many failed attempts from this address; try again later")]
     RateLimited,
+    /// A listener on a receiver's key did not prove it holds that key.
+    #[error("the relay refused the listener: it did not prove it holds the receiver's key")]
+    BadProof,
+    /// A newer proven listener for the same key took this waiting slot (the rendezvous
+    /// id was at its limit of waiting listeners).
+    #[error("replaced by a newer listener for the same key")]
+    Replaced,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 11] = [
+    const ALL: [Refusal; 13] = [
         Refusal::BadHello,
         Refusal::HelloTimeout,
         Refusal::Token,
@@ -200,6 +212,8 @@ impl Refusal {
         Refusal::PeerLost,
         Refusal::NoListener,
         Refusal::RateLimited,
+        Refusal::BadProof,
+        Refusal::Replaced,
     ];
 
     /// The QUIC application close code.
@@ -217,6 +231,8 @@ impl Refusal {
                 Refusal::PeerLost => 9,
                 Refusal::NoListener => 10,
                 Refusal::RateLimited => 11,
+                Refusal::BadProof => 12,
+                Refusal::Replaced => 13,
             }
     }
 
@@ -239,6 +255,8 @@ impl Refusal {
             Refusal::PeerLost => "peer_lost",
             Refusal::NoListener => "no_listener",
             Refusal::RateLimited => "rate_limited",
+            Refusal::BadProof => "bad_proof",
+            Refusal::Replaced => "replaced",
         }
     }
 
@@ -284,8 +302,8 @@ mod tests {
         b[0] = b'X';
         assert_eq!(Hello::decode(&b), Err(HelloError::Magic));
         let mut b = body.clone();
-        b[4] = 2;
-        assert_eq!(Hello::decode(&b), Err(HelloError::Version(2)));
+        b[4] = 1;
+        assert_eq!(Hello::decode(&b), Err(HelloError::Version(1)));
         let mut b = body.clone();
         b[5] = 3;
         assert!(matches!(Hello::decode(&b), Err(HelloError::Malformed(_))));

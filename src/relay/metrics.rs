@@ -36,8 +36,14 @@ pub struct Metrics {
     pub pairing_wait_micros: AtomicU64,
     /// Number of pairing waits summed.
     pub pairings: AtomicU64,
+    /// Single-use rendezvous ids burned, as of the last arrival (at most the burned
+    /// table's cap).
+    pub burned: AtomicU64,
+    /// Sources remembered with strikes, as of the last strike (at most the strike
+    /// table's cap).
+    pub strike_sources: AtomicU64,
     /// Refusals, by [`Refusal`] in code order.
-    rejections: [AtomicU64; 11],
+    rejections: [AtomicU64; 13],
     /// Set when draining (health turns 503).
     pub draining: AtomicBool,
 }
@@ -102,6 +108,18 @@ impl Metrics {
             "counter",
             "Ciphertext bytes copied between paired clients.",
             self.bytes_relayed.load(Relaxed),
+        );
+        metric(
+            "conduit_relay_burned_rendezvous",
+            "gauge",
+            "Single-use rendezvous ids (code nameplates) burned, as of the last arrival.",
+            self.burned.load(Relaxed),
+        );
+        metric(
+            "conduit_relay_strike_sources",
+            "gauge",
+            "Sources (IPv4 addresses, IPv6 /64s) remembered with strikes, as of the last strike.",
+            self.strike_sources.load(Relaxed),
         );
         let _ = writeln!(
             s,

@@ -2,14 +2,17 @@
 //!
 //! The relay pairs two QUIC connections by rendezvous id and splices their streams. It
 //! sees only end-to-end ciphertext and stream boundaries, holds no key, writes nothing
-//! to disk, and bounds its memory by flow-control windows × sessions (DESIGN.md
+//! to disk, and bounds its memory by flow-control windows × sessions plus small windows
+//! × waiting connections (DESIGN.md
 //! section 5; docs/PROTOCOL.md, "Relay").
 //!
 //! | module | job |
 //! |---|---|
 //! | [`hello`] | the Hello a client sends and the relay's answer and close codes (sans-IO) |
+//! | [`proof`] | a listener's proof that it holds its rendezvous id's key (sans-IO) |
 //! | [`pairing`] | the rendezvous table: who waits, who pairs, single-use ids (sans-IO) |
-//! | [`ratelimit`] | strikes per address for refusals that look like guessing (sans-IO) |
+//! | [`ratelimit`] | strikes per source for guessing and spending nameplates (sans-IO) |
+//! | [`expiring`] | the bounded, O(1) expiring map under the burned and strike tables |
 //! | [`splice`] | copying streams, FIN, resets and closes between two connections |
 //! | [`server`] | accept loop, Hello timeout, tokens, sessions, drain on shutdown |
 //! | [`config`] | limits with documented defaults, the TOML file, the memory bound |
@@ -20,10 +23,12 @@
 
 pub mod client;
 pub mod config;
+pub mod expiring;
 pub mod fleet;
 pub mod hello;
 pub mod metrics;
 pub mod pairing;
+pub mod proof;
 pub mod ratelimit;
 pub mod server;
 pub mod splice;

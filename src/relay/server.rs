@@ -15,15 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use quinn::{Connection, SendStream};
+use quinn::{Connection, RecvStream, SendStream};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::relay::config::Limits;
-use crate::relay::hello::{Hello, MAX_HELLO, PAIRED, Refusal};
+use crate::relay::hello::{Hello, MAX_HELLO, PAIRED, Refusal, Role};
 use crate::relay::metrics::Metrics;
 use crate::relay::pairing::{Arrival, Table};
-use crate::relay::ratelimit::Strikes;
+use crate::relay::proof::{Challenge, PROOF_LEN};
+use crate::relay::ratelimit::{Strikes, source_of};
 use crate::relay::splice::{Tap, splice_with};
 use crate::relay::tokens::Tokens;
 use crate::transport::{self, ServerTls, TransportError};
@@ -39,7 +40,12 @@ pub struct Relay {
 
 struct State {
     table: Mutex<Table<Waiting>>,
+    /// Connections per source not (yet) in a session.
     unpaired: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Connections per source, in a session or not.
+    per_source: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// SHA-256 of the relay's certificate (bound into listener proofs).
+    cert: [u8; 32],
     strikes: Mutex<Strikes>,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -53,35 +59,65 @@ struct State {
 /// A client waiting for its peer, as the table holds it.
 struct Waiting {
     conn: Connection,
+    /// Where the client connects from.
+    ip: std::net::IpAddr,
+    /// It came on a single-use rendezvous id (a code's nameplate).
+    single_use: bool,
     hello_reply: SendStream,
     taken: Option<oneshot::Sender<()>>,
     since: Instant,
     _slot: OwnedSemaphorePermit,
     _open: Gauge,
-    /// Counts against the source address's unpaired connections until the session starts.
+    /// Counts against the source's unpaired connections until the session starts.
     unpaired: Option<IpSlot>,
+    /// Counts against the source's connections while the connection lives.
+    _source: IpSlot,
 }
 
-/// One connection counted against its source address's unpaired limit while alive.
+/// Which per-source count an [`IpSlot`] holds.
+#[derive(Clone, Copy)]
+enum Count {
+    Unpaired,
+    Connections,
+}
+
+/// One connection counted against one of its source's limits while alive (the source is
+/// the address, or its /64 for IPv6).
 struct IpSlot {
     state: Arc<State>,
-    ip: std::net::IpAddr,
+    source: std::net::IpAddr,
+    count: Count,
+}
+
+impl State {
+    fn counts(&self, count: Count) -> &Mutex<std::collections::HashMap<std::net::IpAddr, usize>> {
+        match count {
+            Count::Unpaired => &self.unpaired,
+            Count::Connections => &self.per_source,
+        }
+    }
 }
 
 impl IpSlot {
-    fn take(state: &Arc<State>, ip: std::net::IpAddr) -> Option<Self> {
+    fn take(state: &Arc<State>, ip: std::net::IpAddr, count: Count) -> Option<Self> {
+        let source = source_of(ip);
+        let max = match count {
+            Count::Unpaired => state.limits.max_unpaired_per_ip,
+            Count::Connections => state.limits.max_connections_per_ip,
+        };
         let mut map = state
-            .unpaired
+            .counts(count)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let n = map.entry(ip).or_insert(0);
-        if *n >= state.limits.max_unpaired_per_ip {
+        let n = map.entry(source).or_insert(0);
+        if *n >= max {
             return None;
         }
         *n += 1;
         Some(IpSlot {
             state: Arc::clone(state),
-            ip,
+            source,
+            count,
         })
     }
 }
@@ -90,13 +126,13 @@ impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut map = self
             .state
-            .unpaired
+            .counts(self.count)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.ip) {
+        if let Some(n) = map.get_mut(&self.source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                map.remove(&self.ip);
+                map.remove(&self.source);
             }
         }
     }
@@ -126,6 +162,7 @@ impl Relay {
         tokens: Option<Tokens>,
         log: Logger,
     ) -> Result<Self, TransportError> {
+        let cert = tls.pin();
         let endpoint = transport::relay_server(addr, tls, limits.transport_config())?;
         let state = Arc::new(State {
             table: Mutex::new(Table::new(
@@ -133,7 +170,13 @@ impl Relay {
                 limits.max_waiting_per_rendezvous,
             )),
             unpaired: Mutex::default(),
-            strikes: Mutex::default(),
+            per_source: Mutex::default(),
+            cert,
+            strikes: Mutex::new(Strikes::new(
+                limits.max_strikes,
+                limits.strike_window,
+                crate::relay::ratelimit::MAX_SOURCES,
+            )),
             metrics: Arc::new(Metrics::default()),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions)),
@@ -193,14 +236,20 @@ impl Relay {
                         let _ = incoming.retry();
                         continue;
                     }
-                    let Some(ip_slot) = IpSlot::take(&state, ip) else {
+                    let Some(source_slot) = IpSlot::take(&state, ip, Count::Connections) else {
+                        state.metrics.reject(Refusal::TooManyWaiting);
+                        incoming.refuse();
+                        continue;
+                    };
+                    let Some(ip_slot) = IpSlot::take(&state, ip, Count::Unpaired) else {
                         state.metrics.reject(Refusal::TooManyWaiting);
                         incoming.refuse();
                         continue;
                     };
                     match Arc::clone(&state.connections).try_acquire_owned() {
                         Ok(slot) => {
-                            tokio::spawn(client(Arc::clone(&state), incoming, slot, ip_slot));
+                            let slots = (slot, ip_slot, source_slot);
+                            tokio::spawn(client(Arc::clone(&state), incoming, slots));
                         }
                         Err(_) => {
                             state.metrics.reject(Refusal::Busy);
@@ -237,17 +286,21 @@ impl Relay {
 fn refuse(state: &State, conn: &Connection, r: Refusal) {
     if matches!(
         r,
-        Refusal::RendezvousTaken | Refusal::Token | Refusal::BadHello
+        Refusal::RendezvousTaken | Refusal::Token | Refusal::BadHello | Refusal::BadProof
     ) {
-        state
-            .strikes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .strike(conn.remote_address().ip(), Instant::now());
+        strike(state, conn.remote_address().ip());
     }
     state.metrics.reject(r);
     conn.close(r.code().into(), r.label().as_bytes());
     (state.log)(json!({"event": "refused", "reason": r.label()}));
+}
+
+/// Counts one strike against the source of `ip`.
+fn strike(state: &State, ip: std::net::IpAddr) {
+    let mut strikes = state.strikes.lock().unwrap_or_else(PoisonError::into_inner);
+    strikes.strike(ip, Instant::now());
+    let sources = u64::try_from(strikes.sources()).unwrap_or(u64::MAX);
+    state.metrics.strike_sources.store(sources, Relaxed);
 }
 
 /// Holds one unit of a gauge of [`Metrics`] while alive.
@@ -276,8 +329,7 @@ impl Drop for Gauge {
 async fn client(
     state: Arc<State>,
     incoming: quinn::Incoming,
-    slot: OwnedSemaphorePermit,
-    ip_slot: IpSlot,
+    (slot, ip_slot, source_slot): (OwnedSemaphorePermit, IpSlot, IpSlot),
 ) {
     let ip = incoming.remote_address().ip();
     let hello_timeout = state.limits.hello_timeout;
@@ -294,16 +346,14 @@ async fn client(
     };
     let metrics = Arc::clone(&state.metrics);
     let open = Gauge::up(&metrics, |m| &m.connections);
-    let (reply, hello) = match tokio::time::timeout(hello_timeout, read_hello(&conn)).await {
+    // The Hello, the token and (for a listener on a key) the proof, all within the
+    // Hello timeout.
+    let admitted = tokio::time::timeout(hello_timeout, admit(&state, &conn)).await;
+    let (reply, hello) = match admitted {
         Err(_) => return refuse(&state, &conn, Refusal::HelloTimeout),
-        Ok(Err(())) => return refuse(&state, &conn, Refusal::BadHello),
+        Ok(Err(r)) => return refuse(&state, &conn, r),
         Ok(Ok(x)) => x,
     };
-    if let Some(tokens) = &state.tokens {
-        if !tokens.accepts(&hello.token) {
-            return refuse(&state, &conn, Refusal::Token);
-        }
-    }
     if metrics.draining.load(Relaxed) {
         return refuse(&state, &conn, Refusal::ShuttingDown);
     }
@@ -313,47 +363,108 @@ async fn client(
     let (taken, was_taken) = oneshot::channel();
     let me = Waiting {
         conn: conn.clone(),
+        ip,
+        single_use: hello.single_use,
         hello_reply: reply,
         taken: Some(taken),
         since: Instant::now(),
         _slot: slot,
         _open: open,
         unpaired: Some(ip_slot),
+        _source: source_slot,
     };
-    let arrival = state
-        .table
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .arrive(&hello, ip, Instant::now(), me);
-    match arrival {
+    let now = Instant::now();
+    let arrival = {
+        let mut table = state.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let arrival = table.arrive(&hello, ip, now, me);
+        let burned = u64::try_from(table.burned()).unwrap_or(u64::MAX);
+        metrics.burned.store(burned, Relaxed);
+        arrival
+    };
+    // Spending code nameplates costs strikes (docs/SECURITY.md): a single-use listener
+    // one when it waits, a connector one per nameplate it finds empty (not per retry of
+    // the same one) and one per code pairing.
+    match &arrival {
+        Arrival::Refused(Refusal::NoListener, _) if hello.single_use => {
+            let mut strikes = state.strikes.lock().unwrap_or_else(PoisonError::into_inner);
+            strikes.missed(ip, &hello.rendezvous, now);
+            let sources = u64::try_from(strikes.sources()).unwrap_or(u64::MAX);
+            metrics.strike_sources.store(sources, Relaxed);
+        }
+        Arrival::Wait(_) if hello.single_use => strike(&state, ip),
+        Arrival::Paired(first, _) if hello.single_use || first.single_use => strike(&state, ip),
+        _ => {}
+    }
+    let ticket = match arrival {
         // Close with the refusal first: dropping the Waiting ends its Hello stream, which
         // the client must not see before the close that says why.
         Arrival::Refused(r, me) => {
             refuse(&state, &conn, r);
             drop(me);
+            return;
         }
-        Arrival::Paired(first, me) => session(state, first, me, session_slot).await,
-        Arrival::Wait(ticket) => {
-            drop(session_slot);
-            let _waiting = Gauge::up(&metrics, |m| &m.waiting);
-            tokio::select! {
-                _ = was_taken => {}
-                () = tokio::time::sleep(state.limits.pairing_timeout) => {
-                    let w = state.table.lock().unwrap_or_else(PoisonError::into_inner).leave(&hello.rendezvous, ticket);
-                    if let Some(w) = w {
-                        refuse(&state, &w.conn, Refusal::PairingTimeout);
-                    }
-                }
-                _ = conn.closed() => {
-                    let _ = state.table.lock().unwrap_or_else(PoisonError::into_inner).leave(&hello.rendezvous, ticket);
-                }
+        Arrival::Paired(first, me) => return session(state, first, me, session_slot).await,
+        Arrival::Wait(ticket) => ticket,
+        Arrival::Replaced(ticket, old) => {
+            refuse(&state, &old.conn, Refusal::Replaced);
+            drop(old);
+            ticket
+        }
+    };
+    drop(session_slot);
+    let _waiting = Gauge::up(&metrics, |m| &m.waiting);
+    tokio::select! {
+        _ = was_taken => {}
+        () = tokio::time::sleep(state.limits.pairing_timeout) => {
+            let w = state.table.lock().unwrap_or_else(PoisonError::into_inner).leave(&hello.rendezvous, ticket);
+            if let Some(w) = w {
+                refuse(&state, &w.conn, Refusal::PairingTimeout);
             }
+        }
+        _ = conn.closed() => {
+            let _ = state.table.lock().unwrap_or_else(PoisonError::into_inner).leave(&hello.rendezvous, ticket);
         }
     }
 }
 
+/// Reads the Hello, checks the token, and has a listener on a key's rendezvous id prove
+/// it holds the key. The answer stream is handed back for [`PAIRED`].
+async fn admit(state: &State, conn: &Connection) -> Result<(SendStream, Hello), Refusal> {
+    let (mut send, mut recv, hello) = read_hello(conn).await.map_err(|()| Refusal::BadHello)?;
+    if let Some(tokens) = &state.tokens {
+        if !tokens.accepts(&hello.token) {
+            return Err(Refusal::Token);
+        }
+    }
+    if hello.role == Role::Listen && !hello.single_use {
+        prove(state, &mut send, &mut recv, &hello).await?;
+    }
+    Ok((send, hello))
+}
+
+/// The listener proof (docs/PROTOCOL.md, "Listener proof"): challenge, answer, check.
+async fn prove(
+    state: &State,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    hello: &Hello,
+) -> Result<(), Refusal> {
+    let challenge = Challenge::new(hello.rendezvous, state.cert).map_err(|_| Refusal::Busy)?;
+    send.write_all(&challenge.encode())
+        .await
+        .map_err(|_| Refusal::BadProof)?;
+    let mut proof = [0u8; PROOF_LEN];
+    recv.read_exact(&mut proof)
+        .await
+        .map_err(|_| Refusal::BadProof)?;
+    challenge
+        .verify(&proof)
+        .map(drop)
+        .map_err(|_| Refusal::BadProof)
+}
+
 /// Reads the Hello: a length no larger than [`MAX_HELLO`], checked before reading on.
-async fn read_hello(conn: &Connection) -> Result<(SendStream, Hello), ()> {
+async fn read_hello(conn: &Connection) -> Result<(SendStream, RecvStream, Hello), ()> {
     let (send, mut recv) = conn.accept_bi().await.map_err(drop)?;
     let mut len = [0u8; 2];
     recv.read_exact(&mut len).await.map_err(drop)?;
@@ -364,7 +475,7 @@ async fn read_hello(conn: &Connection) -> Result<(SendStream, Hello), ()> {
     let mut body = vec![0u8; n];
     recv.read_exact(&mut body).await.map_err(drop)?;
     let hello = Hello::decode(&body).map_err(drop)?;
-    Ok((send, hello))
+    Ok((send, recv, hello))
 }
 
 /// Runs one paired session: tells both clients, splices them, logs the totals.
@@ -374,9 +485,14 @@ async fn session(
     mut second: Waiting,
     _slot: OwnedSemaphorePermit,
 ) {
-    // In a session now: no longer counted against the addresses' unpaired limits.
+    // In a session now: no longer counted against the sources' unpaired limits, and
+    // given a session's windows and streams before either side hears it is paired.
     first.unpaired = None;
     second.unpaired = None;
+    for w in [&first, &second] {
+        state.limits.open_up(&w.conn);
+    }
+    let single_use = first.single_use || second.single_use;
     let metrics = Arc::clone(&state.metrics);
     let waited = first.since.elapsed();
     metrics.pairing_wait_micros.fetch_add(
@@ -415,6 +531,11 @@ async fn session(
     metrics
         .bytes_relayed
         .fetch_add(total.load(Relaxed), Relaxed);
+    // A code session that ended in an error (a wrong code: the PAKE or the handshake
+    // failed) is a failed guess: one more strike for the connector's source.
+    if single_use && ended.code != 0 {
+        strike(&state, second.ip);
+    }
     (state.log)(json!({
         "event": "session_closed",
         "session": id,

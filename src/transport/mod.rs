@@ -174,6 +174,7 @@ fn server_endpoint(
     tls: ServerTls,
     alpn: &[u8],
     transport: quinn::TransportConfig,
+    tune: impl FnOnce(&mut quinn::ServerConfig),
 ) -> Result<quinn::Endpoint, TransportError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -185,6 +186,7 @@ fn server_endpoint(
     let quic = QuicServerConfig::try_from(cfg).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(transport));
+    tune(&mut cfg);
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
     quinn::Endpoint::new(
@@ -203,16 +205,31 @@ pub fn direct_server(addr: SocketAddr) -> Result<quinn::Endpoint, TransportError
         ServerTls::self_signed(&["phi-conduit"])?,
         ALPN,
         transport_config(),
+        |_| {},
     )
 }
 
-/// A relay's server endpoint on `addr` (ALPN [`RELAY_ALPN`]).
+/// Connection attempts a relay holds before it has decided on them (it decides at once:
+/// retry, refuse or accept).
+pub const RELAY_MAX_INCOMING: usize = 4096;
+/// Bytes of early packets buffered per undecided connection attempt, and for all.
+pub const RELAY_INCOMING_BUFFER: u64 = 64 << 10;
+/// See [`RELAY_INCOMING_BUFFER`].
+pub const RELAY_INCOMING_BUFFER_TOTAL: u64 = 8 << 20;
+
+/// A relay's server endpoint on `addr` (ALPN [`RELAY_ALPN`]), holding at most
+/// [`RELAY_MAX_INCOMING`] undecided connection attempts and
+/// [`RELAY_INCOMING_BUFFER_TOTAL`] bytes of their early packets.
 pub fn relay_server(
     addr: SocketAddr,
     tls: ServerTls,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::Endpoint, TransportError> {
-    server_endpoint(addr, tls, RELAY_ALPN, transport)
+    server_endpoint(addr, tls, RELAY_ALPN, transport, |cfg| {
+        cfg.max_incoming(RELAY_MAX_INCOMING)
+            .incoming_buffer_size(RELAY_INCOMING_BUFFER)
+            .incoming_buffer_size_total(RELAY_INCOMING_BUFFER_TOTAL);
+    })
 }
 
 /// How a client verifies a relay's certificate.
@@ -339,6 +356,16 @@ pub fn relay_client_from(
     trust: &RelayTrust,
 ) -> Result<quinn::Endpoint, TransportError> {
     client_endpoint(local, trust.client_config()?, RELAY_ALPN)
+}
+
+/// SHA-256 of the leaf certificate the server of `conn` presented (a relay's, as
+/// [`ServerTls::pin`] computes it); `None` if it presented none.
+pub fn peer_cert_sha256(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().map(|c| sha256(c.as_ref()))
 }
 
 /// Checks a server's certificate by its key alone: with a pin, exactly the certificate

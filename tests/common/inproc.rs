@@ -112,9 +112,7 @@ pub async fn relayed(
     let (sources, _) = source::collect(files).unwrap();
     let rendezvous = run::rendezvous_for(&c.b.public());
     let receiver = async {
-        let j = client::join(&relay.opts, Role::Listen, false, rendezvous)
-            .await
-            .unwrap();
+        let j = client::listen(&relay.opts, &c.b).await.unwrap();
         let r = run::receive(
             &j.connection,
             &c.b,
