@@ -63,6 +63,8 @@ pub mod event {
     pub const TRANSFER_FAILED: &str = "transfer_failed";
     /// `conduit audit repair` cut a torn record off the end of the log.
     pub const LOG_REPAIRED: &str = "log_repaired";
+    /// The receiver removed a leftover partial file older than its maximum age.
+    pub const PARTIAL_REMOVED: &str = "partial_removed";
 }
 
 /// The fields of a record. `None` fields are left out of the line.
