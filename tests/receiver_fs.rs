@@ -421,14 +421,12 @@ fn an_old_partial_file_is_removed_at_start_with_an_audit_record() {
     assert!(verify.status.success(), "{}", text(&verify.stderr));
 
     // With --part-max-age-days 0, nothing is removed.
-    for f in [&fresh] {
-        std::fs::File::options()
-            .write(true)
-            .open(f)
-            .unwrap()
-            .set_modified(eight_days)
-            .unwrap();
-    }
+    std::fs::File::options()
+        .write(true)
+        .open(&fresh)
+        .unwrap()
+        .set_modified(eight_days)
+        .unwrap();
     let (mut rx, addr) = receiver_umask_022(&p, &out, &["--part-max-age-days", "0", "--overwrite"]);
     let sent = send(&p, &[&src], &addr);
     assert!(sent.status.success(), "{}", text(&sent.stderr));

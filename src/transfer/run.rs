@@ -729,15 +729,12 @@ async fn receive_audited(
             "offer from unknown sender {} needs --yes",
             peer.fingerprint()
         ))
-    } else if let Some(why) = entries
-        .iter()
-        .find_map(|(r, _)| dest.check(r, policy.overwrite))
-    {
+    } else {
         // Names too long, a directory in the way, an existing file: before anything is
         // created.
-        Some(why)
-    } else {
-        None
+        entries
+            .iter()
+            .find_map(|(r, _)| dest.check(r, policy.overwrite))
     };
     let (plan, refusal) = match refusal {
         Some(r) => (ResumePlan::default(), Some(r)),
