@@ -192,4 +192,7 @@ fn a_changed_source_file_is_sent_again_in_full() {
     let done = rerun(&p, &src, &out);
     assert_eq!(done["resumed_bytes"], 0);
     assert_eq!(blake3_file(&src), blake3_file(&out.join("big.bin")));
+    // The superseded partial file went with its resume record.
+    assert!(common::parts(&out).is_empty(), "{:?}", common::parts(&out));
+    assert!(common::sidecars(&out).is_empty());
 }

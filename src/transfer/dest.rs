@@ -152,6 +152,8 @@ pub struct Destination {
     fd: Arc<OwnedFd>,
     /// Permission bits new files and directories may have at most (0o777 & !umask).
     allowed: u32,
+    /// The longest name the destination's file system allows.
+    name_max: u64,
     /// Directories this process created whose entry is not yet known durable (relative
     /// paths): the next file finalized below one fsyncs its parent.
     unsynced: Arc<Mutex<HashSet<String>>>,
@@ -204,10 +206,12 @@ impl Destination {
         })?;
         // Absolute, so that the length of a received file's whole path can be checked.
         let root = std::path::absolute(root).map_err(io_err(&shown))?;
+        let name_max = rustix::fs::fstatvfs(&fd).map_or(255, |s| s.f_namemax);
         Ok(Self {
             root,
             fd: Arc::new(fd),
             allowed: 0o777 & !crate::fsutil::umask(),
+            name_max,
             unsynced: Arc::new(Mutex::new(HashSet::new())),
         })
     }
@@ -250,9 +254,7 @@ impl Destination {
     /// directory on the way that is a symlink or a file, a final name that is a directory,
     /// or (without `overwrite`) a final name that exists. `None` when it can be received.
     pub fn check(&self, rel: &RelPath, overwrite: bool) -> Option<String> {
-        let name_max = rustix::fs::fstatvfs(self.fd.as_fd())
-            .map(|s| s.f_namemax)
-            .unwrap_or(255);
+        let name_max = self.name_max;
         if rel.components().any(|c| c.len() as u64 > name_max) {
             return Some(format!(
                 "{rel}: a name is longer than the receiver's file system allows ({name_max} bytes)"
@@ -632,7 +634,7 @@ impl PartFile {
     /// `keep_exec` (the source was executable by its owner and `--keep-modes` is on),
     /// less what the umask takes; never setuid, setgid or sticky. Then the directory, and
     /// every directory created for it and not yet synced, are fsynced.
-    pub fn finalize(self, overwrite: bool, keep_exec: bool) -> Result<PathBuf, DestError> {
+    pub fn finalize(self, overwrite: bool, keep_exec: bool) -> Result<(), DestError> {
         let shown = self.shown.clone();
         self.file.sync_all().map_err(io_err(&shown))?;
         let mode = if keep_exec { 0o700 } else { 0o600 } & self.allowed;
@@ -661,8 +663,22 @@ impl PartFile {
             Sidecar::remove_if_for(d, s, &self.part);
         }
         rustix::fs::fsync(d).map_err(errno(&shown))?;
-        self.sync_created().map_err(errno(&shown))?;
-        Ok(PathBuf::from(&shown))
+        self.sync_created().map_err(errno(&shown))
+    }
+
+    /// Removes the partial file `name` an earlier, superseded transfer of the same file
+    /// left in this directory (its resume record now describes this one), if it is still
+    /// this receiver's (checked as for adoption) and no other transfer holds it.
+    pub fn remove_superseded(&self, name: &str) {
+        if name == self.part || !is_part_name(name) {
+            return;
+        }
+        let d = self.dir.as_fd();
+        if let Ok(f) = open_part_file(d, name, OFlags::RDONLY) {
+            if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+                let _ = rustix::fs::unlinkat(d, name, AtFlags::empty());
+            }
+        }
     }
 
     /// Fsyncs the parent of every directory on this file's way that this process created

@@ -766,6 +766,7 @@ async fn receive_audited(
     };
     session::send(&mut ctl, &mut est, &reply).await?;
     let mut held = plan.held;
+    let mut superseded = plan.superseded;
 
     let keys = TransferKey::derive(&est.handshake_hash(), &offer.session_secret);
     // In known-recipient mode the transfer id also travelled in message 1: they must agree.
@@ -815,9 +816,17 @@ async fn receive_audited(
                     resumed += layout.offset(from);
                     moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
                 }
-                // Continued in the partial file the plan checked, or started in a new one.
-                let adopt = held.remove(&slot).filter(|_| first != 0).map(|h| h.3);
+                // Continued in the partial file the plan checked, or started in a new one
+                // (the old one, if the sender started over, is removed once it exists).
+                let (adopt, old) = match held.remove(&slot) {
+                    Some(h) if first != 0 => (Some(h.3), None),
+                    Some(h) => (None, Some(h.3.part)),
+                    None => (None, superseded.remove(&slot)),
+                };
                 let mut part = dest.open_part(rel, &peer, adopt.as_ref(), layout.offset(first), e.size)?;
+                if let Some(old) = old {
+                    part.remove_superseded(&old);
+                }
                 let writer = part.writer()?;
                 let mut reservation = part.take_reservation();
                 let mut checkpoint = Checkpoint::new(
@@ -927,6 +936,10 @@ fn split_header(h: &[u8; FILE_STREAM_HEADER]) -> (u64, u64) {
 struct ResumePlan {
     points: Vec<ResumePoint>,
     held: std::collections::HashMap<usize, (u64, [u8; 32], TreeHash, Sidecar)>,
+    /// Per file slot, the partial file of an older offer of the same file from the same
+    /// sender (another size or mtime, or nothing durable): removed once the new one
+    /// exists.
+    superseded: std::collections::HashMap<usize, String>,
 }
 
 /// Finds the files this receiver holds in part from an interrupted transfer of the same
@@ -955,13 +968,16 @@ fn plan_resume(
             }
         };
         if !sidecar.matches(peer, rel, e, chunk) {
-            continue; // An older offer of the file (another size or mtime): started over.
+            // An older offer of the file (another size or mtime): started over.
+            plan.superseded.insert(i, sidecar.part);
+            continue;
         }
         let layout = ChunkLayout::new(e.size, chunk);
         // At least the last chunk is always sent again.
         let from = sidecar.durable_chunks.min(layout.count() - 1);
         let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
         if from == 0 || on_disk < layout.offset(from) {
+            plan.superseded.insert(i, sidecar.part);
             continue;
         }
         let (prefix, tree) = resume::hash_prefix(&file, &layout, from)?;
