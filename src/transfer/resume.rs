@@ -205,13 +205,17 @@ pub fn hash_prefix(
 
 /// Records progress of a file being received: after every [`CHECKPOINT_BYTES`] or
 /// [`CHECKPOINT_INTERVAL`], fsyncs the data and then writes the sidecar; on drop (the
-/// transfer ended, well or not) records the chunks written so far the same way.
+/// transfer ended before the last chunk) records the chunks written so far the same way.
+/// Once the last chunk is written nothing more is recorded: the file is about to be
+/// verified and named (a small file never gets a sidecar).
 pub struct Checkpoint {
     file: File,
     dir: Arc<std::os::fd::OwnedFd>,
     name: String,
     sidecar: Sidecar,
     written: u64,
+    /// The file's chunk count.
+    chunks: u64,
     since: u64,
     last: Instant,
 }
@@ -228,7 +232,12 @@ impl Checkpoint {
         first: u64,
     ) -> Self {
         sidecar.durable_chunks = first;
+        let chunks = sidecar
+            .size
+            .div_ceil(u64::from(sidecar.chunk_size.max(1)))
+            .max(1);
         Checkpoint {
+            chunks,
             file,
             dir,
             name,
@@ -243,6 +252,9 @@ impl Checkpoint {
     pub fn wrote(&mut self, index: u64, len: u64) -> io::Result<()> {
         self.written = index + 1;
         self.since += len;
+        if self.written >= self.chunks {
+            return Ok(());
+        }
         if self.since >= CHECKPOINT_BYTES || self.last.elapsed() >= CHECKPOINT_INTERVAL {
             self.save()?;
         }
@@ -264,7 +276,9 @@ impl Checkpoint {
 
 impl Drop for Checkpoint {
     fn drop(&mut self) {
-        let _ = self.save();
+        if self.written < self.chunks {
+            let _ = self.save();
+        }
     }
 }
 
@@ -328,6 +342,43 @@ mod tests {
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         std::fs::write(&p, b"not json").unwrap();
         assert!(Sidecar::load_at(&d, &name).is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_records_an_interrupted_file_and_nothing_for_a_complete_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Arc::new(std::os::fd::OwnedFd::from(File::open(dir.path()).unwrap()));
+        let key = crate::crypto::identity::Identity::generate()
+            .unwrap()
+            .public();
+        let rel = RelPath::parse("a/b.bin").unwrap();
+        let chunk = ChunkSize::new(16384).unwrap();
+        let file = File::create(dir.path().join("p")).unwrap();
+        let sidecar = Sidecar::new(&key, &rel, &entry(), chunk, "p");
+        // 100,000 bytes: 7 chunks. Two written, then the transfer ends.
+        let mut c = Checkpoint::new(
+            file.try_clone().unwrap(),
+            Arc::clone(&d),
+            "s".into(),
+            sidecar.clone(),
+            0,
+        );
+        c.wrote(0, 16384).unwrap();
+        c.wrote(1, 16384).unwrap();
+        assert!(
+            !dir.path().join("s").exists(),
+            "nothing before the first checkpoint"
+        );
+        drop(c);
+        let got = Sidecar::load_at(&*d, "s").unwrap().unwrap();
+        assert_eq!(got.durable_chunks, 2);
+        // Every chunk written: nothing recorded.
+        let mut c = Checkpoint::new(file, Arc::clone(&d), "t".into(), sidecar, 0);
+        for i in 0..7 {
+            c.wrote(i, 16384).unwrap();
+        }
+        drop(c);
+        assert!(!dir.path().join("t").exists());
     }
 
     #[test]
