@@ -359,6 +359,7 @@ fn a_sender_killed_halfway_through_512_mib_resumes_most_of_it() {
 
     let evs = transfer_ok(&p, &[&src], &out, &[]);
     let resumed = done(&evs)["resumed_bytes"].as_u64().unwrap();
+    eprintln!("resumed {resumed} of {SIZE} bytes");
     assert!(
         resumed * 10 > SIZE * 4,
         "resumed only {resumed} of {SIZE} bytes"
