@@ -292,6 +292,53 @@ fn only_a_private_partial_file_of_ours_is_adopted() {
 }
 
 #[test]
+fn a_sidecar_name_raced_with_symlinks_during_the_transfer_never_writes_through_them() {
+    let p = pair_knowing(true, true);
+    let src = p.root.join("scan.bin");
+    write_large(&src, 96 << 20);
+    let out = p.root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let outside = p.root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The attacker knows the sender's key and the name: it can compute the sidecar's
+    // name, and keeps putting a symlink to its victim there during the transfer.
+    let key = PublicKey::parse(&common::key_of(&p.sender)).unwrap();
+    let sc = out.join(Sidecar::name_for(
+        &key,
+        &RelPath::parse("scan.bin").unwrap(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (stop, victim) = (Arc::clone(&stop), victim.clone());
+        std::thread::spawn(move || {
+            let mut planted = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&sc);
+                if std::os::unix::fs::symlink(&victim, &sc).is_ok() {
+                    planted += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let _ = std::fs::remove_file(&sc);
+            planted
+        })
+    };
+    let (mut rx, addr) = direct_receiver(&p, &out, &[]);
+    let sent = send(&p, &[&src], &addr);
+    let (rx_status, _, rx_err) = rx.finish();
+    stop.store(true, Ordering::Relaxed);
+    assert!(attacker.join().unwrap() > 0);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(rx_status.success(), "{rx_err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(everything_under(&outside), vec![victim.clone()]);
+    assert_eq!(blake3_file(&out.join("scan.bin")), blake3_file(&src));
+}
+
+#[test]
 fn a_255_byte_final_name_arrives() {
     let p = pair_knowing(true, true);
     let name = format!("{}.pdf", "n".repeat(251));
