@@ -339,6 +339,31 @@ fn a_sidecar_name_raced_with_symlinks_during_the_transfer_never_writes_through_t
 }
 
 #[test]
+fn a_final_name_that_is_a_directory_is_refused_at_the_offer_even_with_overwrite() {
+    let p = pair_knowing(true, true);
+    let src = p.root.join("report.pdf");
+    write_data(&src, 1 << 20);
+    let out = p.root.join("out");
+    std::fs::create_dir_all(out.join("report.pdf")).unwrap();
+    std::fs::write(out.join("report.pdf/keep.txt"), b"mine").unwrap();
+    let (mut rx, addr) = receiver_umask_022(&p, &out, &["--overwrite"]);
+    let sent = send(&p, &[&src], &addr);
+    assert!(!sent.status.success());
+    let err = text(&sent.stderr);
+    assert!(err.contains("is a directory at the receiver"), "{err}");
+    let (status, _, _) = rx.finish();
+    assert!(!status.success());
+    assert_eq!(
+        std::fs::read(out.join("report.pdf/keep.txt")).unwrap(),
+        b"mine"
+    );
+    assert!(
+        common::parts(&out).is_empty(),
+        "data moved before the refusal"
+    );
+}
+
+#[test]
 fn a_255_byte_final_name_arrives() {
     let p = pair_knowing(true, true);
     let name = format!("{}.pdf", "n".repeat(251));
