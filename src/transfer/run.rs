@@ -802,27 +802,25 @@ async fn receive_audited(
                 let layout = ChunkLayout::new(e.size, chunk);
                 let mut ctx = FileKeyContext::fresh(transfer_id, index, chunk);
                 let mut tree = TreeHash::new(&layout);
+                // Continued in the partial file the plan checked, or started in a new one
+                // (the old one, if the sender started over, is removed once it exists).
+                let held_here = held.remove(&slot);
+                let (mut adopt, mut old) = (None, None);
                 if first != 0 {
                     // Only where this receiver offered to continue, and only from that chunk.
-                    let (from, prefix, prefix_tree, _) = held
-                        .get(&slot)
+                    let (from, prefix, prefix_tree, sidecar) = held_here
                         .filter(|(from, _, _, _)| *from == first)
-                        .cloned()
                         .ok_or_else(|| protocol(format!("file {index} resumed at a chunk not offered")))?;
+                    adopt = Some(sidecar);
                     rec.resumed(rel.as_str(), e.size, layout.offset(from)).await?;
                     ctx.resume_from = from;
                     ctx.resume_prefix_hash = prefix;
                     tree = prefix_tree;
                     resumed += layout.offset(from);
                     moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    old = held_here.map(|h| h.3.part).or_else(|| superseded.remove(&slot));
                 }
-                // Continued in the partial file the plan checked, or started in a new one
-                // (the old one, if the sender started over, is removed once it exists).
-                let (adopt, old) = match held.remove(&slot) {
-                    Some(h) if first != 0 => (Some(h.3), None),
-                    Some(h) => (None, Some(h.3.part)),
-                    None => (None, superseded.remove(&slot)),
-                };
                 let mut part = dest.open_part(rel, &peer, adopt.as_ref(), layout.offset(first), e.size)?;
                 if let Some(old) = old {
                     part.remove_superseded(&old);
