@@ -175,8 +175,6 @@ pub enum FoundPart {
 struct Walk {
     /// Descriptors: the destination first, the file's directory last.
     fds: Vec<Arc<OwnedFd>>,
-    /// Which levels (index into `fds`) hold a directory this process created.
-    created: Vec<usize>,
     /// The relative path of each level (empty for the destination).
     rels: Vec<String>,
 }
@@ -290,7 +288,6 @@ impl Destination {
     fn walk(&self, parents: &[&str], create: bool) -> Result<Option<Walk>, DestError> {
         let mut w = Walk {
             fds: vec![Arc::clone(&self.fd)],
-            created: Vec::new(),
             rels: vec![String::new()],
         };
         for (i, c) in parents.iter().enumerate() {
@@ -315,7 +312,6 @@ impl Destination {
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .insert(rel.clone());
-                            w.created.push(i + 1);
                             fd
                         }
                         // Made by another transfer meanwhile.
@@ -530,6 +526,16 @@ impl Destination {
                 }
             };
             for (name, bytes) in stale {
+                // Not one a transfer holds right now (it keeps a lock while it writes).
+                let Ok(fd) = open_beneath(dir.as_fd(), &name, OFlags::RDONLY | OFlags::NONBLOCK, 0)
+                else {
+                    continue;
+                };
+                if rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .is_err()
+                {
+                    continue;
+                }
                 if rustix::fs::unlinkat(dir.as_fd(), name.as_str(), AtFlags::empty()).is_ok() {
                     removed.push(Removed {
                         path: real.get(&name).cloned().unwrap_or_else(|| at(&name)),
@@ -836,7 +842,17 @@ mod tests {
             .unwrap();
         // Somebody else's file of a similar name, and a plain file: not ours to remove.
         fs::write(d.path().join(".conduit-notours.part"), b"x").unwrap();
+        // An old partial file a transfer holds is not removed.
+        let held = dest.create_part(&rel("y/held.bin")).unwrap();
+        File::options()
+            .write(true)
+            .open(d.path().join("y").join(held.part_name()))
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
         let removed = dest.remove_stale(DEFAULT_PART_MAX_AGE).unwrap();
+        assert!(d.path().join("y").join(held.part_name()).exists());
+        drop(held);
         assert_eq!(
             removed,
             vec![Removed {
