@@ -243,7 +243,7 @@ fn only_a_private_partial_file_of_ours_is_adopted() {
     assert_eq!(blake3_file(&out.join("scan.bin")), blake3_file(&src));
 
     type Spoil = fn(&Path, &Path);
-    let cases: [(&str, Spoil); 4] = [
+    let mut cases: Vec<(&str, Spoil)> = vec![
         ("mode is not 0600", |part, _| {
             std::fs::set_permissions(part, std::fs::Permissions::from_mode(0o644)).unwrap();
         }),
@@ -261,6 +261,14 @@ fn only_a_private_partial_file_of_ours_is_adopted() {
             }
         }),
     ];
+    // Another user's file (only root can make one here).
+    if rustix::process::geteuid().is_root() {
+        cases.push(("owned by another user", |part, _| {
+            std::os::unix::fs::chown(part, Some(65_534), None).unwrap();
+        }));
+    } else {
+        eprintln!("SKIP the other-user case: not root");
+    }
     for (what, spoil) in cases {
         let out = p.root.join(format!("out-{}", what.replace(' ', "-")));
         let elsewhere = p.root.join(format!("elsewhere-{}", what.replace(' ', "-")));
