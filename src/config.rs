@@ -20,6 +20,8 @@ pub const FILE_NAME: &str = "conduit.toml";
 pub const DEFAULT_RELAY_WAIT_SECS: u64 = 10;
 /// Default of `out` (`receive --out`).
 pub const DEFAULT_OUT: &str = ".";
+/// Default of `part_max_age_days` (`receive --part-max-age-days`).
+pub const DEFAULT_PART_MAX_AGE_DAYS: u32 = 7;
 
 /// Errors reading the file.
 #[derive(Debug, Error)]
@@ -74,6 +76,11 @@ pub struct TransferFile {
     pub auto_accept: Option<bool>,
     /// Replace existing files (`--overwrite`).
     pub overwrite: Option<bool>,
+    /// Keep the owner's execute bit of received files (`--keep-modes`).
+    pub keep_modes: Option<bool>,
+    /// Days after which the receiver removes a leftover partial file
+    /// (`--part-max-age-days`; 0 keeps them).
+    pub part_max_age_days: Option<u32>,
 }
 
 /// `[audit]`: the audit trail.
@@ -307,6 +314,18 @@ impl Config {
                 None,
                 "transfer.overwrite",
                 Some("false"),
+            ),
+            text(
+                t.keep_modes.map(|v| v.to_string()),
+                None,
+                "transfer.keep_modes",
+                Some("false"),
+            ),
+            text(
+                t.part_max_age_days.map(|v| v.to_string()),
+                None,
+                "transfer.part_max_age_days",
+                Some(&DEFAULT_PART_MAX_AGE_DAYS.to_string()),
             ),
             text(
                 a.names.map(|n| name_mode(n).to_string()),

@@ -83,8 +83,9 @@ fn kill_both(rx: &mut Running, tx: &mut Running) {
 #[test]
 fn the_receiver_killed_mid_transfer_resumes_to_an_identical_file() {
     let (p, src, out) = interrupted(24 << 20, kill_both);
-    assert!(
-        out.join(".big.bin.part").exists(),
+    assert_eq!(
+        common::parts(&out).len(),
+        1,
         "the partial file was not kept"
     );
 
@@ -97,8 +98,8 @@ fn the_receiver_killed_mid_transfer_resumes_to_an_identical_file() {
         done["files"][0]["blake3"].as_str().unwrap(),
         blake3_file(&src).to_hex().as_str()
     );
-    assert!(!out.join(".big.bin.part").exists());
-    assert!(!out.join(".big.bin.part.resume").exists());
+    assert!(common::parts(&out).is_empty());
+    assert!(common::sidecars(&out).is_empty());
 }
 
 #[test]
@@ -112,7 +113,7 @@ fn the_sender_killed_mid_transfer_resumes_to_an_identical_file() {
         assert_eq!(status.code(), Some(130), "{err}");
         assert!(err.contains("interrupted"), "{err}");
     });
-    assert!(out.join(".big.bin.part.resume").exists());
+    assert_eq!(common::sidecars(&out).len(), 1);
 
     let done = rerun(&p, &src, &out);
     assert!(done["resumed_bytes"].as_u64().unwrap() >= 24 << 20);
@@ -191,4 +192,7 @@ fn a_changed_source_file_is_sent_again_in_full() {
     let done = rerun(&p, &src, &out);
     assert_eq!(done["resumed_bytes"], 0);
     assert_eq!(blake3_file(&src), blake3_file(&out.join("big.bin")));
+    // The superseded partial file went with its resume record.
+    assert!(common::parts(&out).is_empty(), "{:?}", common::parts(&out));
+    assert!(common::sidecars(&out).is_empty());
 }

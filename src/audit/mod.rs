@@ -226,6 +226,29 @@ impl Audit {
         written.map(|_| ())
     }
 
+    /// Records that a leftover partial file of `path` (`bytes` long) was removed, with
+    /// why; outside any session. Blocking (call it from a blocking thread in async code).
+    pub fn partial_removed(&self, path: &str, bytes: u64, reason: &str) -> Result<(), AuditError> {
+        let Some(inner) = &self.0 else {
+            return Ok(());
+        };
+        let mut r = Record {
+            v: record::SCHEMA_VERSION,
+            ts: record::now(),
+            event: event::PARTIAL_REMOVED.into(),
+            local: inner.local.clone(),
+            role: Some("receive".into()),
+            size: Some(bytes),
+            reason: Some(record::bounded(reason)),
+            ..Record::default()
+        };
+        match inner.names {
+            NameMode::Plain => r.path = Some(path.to_string()),
+            NameMode::Hash => r.path_hash = Some(inner.names_key.name_hash(path)),
+        }
+        inner.log.append(r).map(|_| ())
+    }
+
     /// The records of one transfer, under a new random session id.
     pub fn session(&self, role: Role) -> SessionAudit {
         let mut id = [0u8; 8];

@@ -66,6 +66,8 @@ pub mod event {
     /// Records of parties that never authenticated were dropped by the rate limit
     /// (`count` of them, the first at the time in `reason`); see [`crate::audit::limit`].
     pub const UNAUTHENTICATED_SUPPRESSED: &str = "unauthenticated_suppressed";
+    /// The receiver removed a leftover partial file older than its maximum age.
+    pub const PARTIAL_REMOVED: &str = "partial_removed";
 }
 
 /// The fields of a record. `None` fields are left out of the line.

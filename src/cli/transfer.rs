@@ -96,6 +96,15 @@ pub struct ReceiveArgs {
     /// Replace files that already exist.
     #[arg(long)]
     overwrite: bool,
+    /// Keep the owner's execute bit of the sender's files (received files are otherwise
+    /// 0600, directories 0700; never setuid, setgid or sticky).
+    #[arg(long)]
+    keep_modes: bool,
+    /// Remove this user's leftover partial files older than this many days from the
+    /// destination at start (and once a day with --daemon), each with an audit record; 0
+    /// keeps them [default: 7].
+    #[arg(long, value_name = "DAYS")]
+    part_max_age_days: Option<u32>,
     /// Authenticate the sender with the code phrase it printed.
     #[arg(long, value_name = "CODE")]
     code: Option<String>,
@@ -432,8 +441,14 @@ fn receive_recorded(
         accept_unknown: args.accept_unknown || file.accept_unknown.unwrap_or(false),
         yes: args.yes || file.auto_accept.unwrap_or(false),
         overwrite: args.overwrite || file.overwrite.unwrap_or(false),
+        keep_modes: args.keep_modes || file.keep_modes.unwrap_or(false),
     };
     let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, config)?;
+    let max_age_days = args
+        .part_max_age_days
+        .or(file.part_max_age_days)
+        .unwrap_or(crate::config::DEFAULT_PART_MAX_AGE_DAYS);
+    remove_stale_parts(&dest, &audit, max_age_days);
     let rt = runtime()?;
     if args.daemon {
         let opts = relay.context("--daemon needs --relay")?;
@@ -445,6 +460,7 @@ fn receive_recorded(
             policy,
             json: args.json,
             audit,
+            max_age_days,
         });
         return rt.block_on(daemon(ctx, usize::from(args.concurrent)));
     }
@@ -537,6 +553,37 @@ struct DaemonContext {
     policy: ReceivePolicy,
     json: bool,
     audit: Audit,
+    /// `--part-max-age-days`.
+    max_age_days: u32,
+}
+
+/// Removes leftover partial files older than `days` (0: none) from `dest`, each with an
+/// audit record, and says so on stderr; a failure is a warning.
+fn remove_stale_parts(dest: &Destination, audit: &Audit, days: u32) {
+    if days == 0 {
+        return;
+    }
+    let max_age = Duration::from_secs(u64::from(days) * 24 * 3600);
+    let removed = match dest.remove_stale(max_age) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warning: looking for old partial files: {e}");
+            return;
+        }
+    };
+    let reason = format!("partial file older than {days} days");
+    // Names mode hash (the daemon's default): the name stays in the audit log only.
+    let names = audit.names();
+    for r in removed {
+        eprintln!(
+            "removed the partial file of {} ({} bytes): older than {days} days",
+            names.tag(&crate::transfer::paths::escape(&r.path)),
+            r.bytes
+        );
+        if let Err(e) = audit.partial_removed(&r.path, r.bytes, &reason) {
+            eprintln!("warning: {e}");
+        }
+    }
 }
 
 /// Longest wait between two attempts to reach the relay.
@@ -559,6 +606,18 @@ async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
     print_head(&ctx.audit, "start", ctx.json).await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // Leftover partial files: removed at start (see `receive`), then once a day.
+    let sweeper = Arc::clone(&ctx);
+    let sweeping = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+            let ctx = Arc::clone(&sweeper);
+            let _ = tokio::task::spawn_blocking(move || {
+                remove_stale_parts(&ctx.dest, &ctx.audit, ctx.max_age_days);
+            })
+            .await;
+        }
+    });
     for _ in 0..slots {
         tasks.spawn(daemon_slot(
             Arc::clone(&ctx),
@@ -567,6 +626,7 @@ async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
         ));
     }
     shutdown_signal().await;
+    sweeping.abort();
     // Slots in a transfer close it and record the interruption; then they end.
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -785,6 +845,12 @@ fn events(out: Output, book: &AddressBook, names: Names) -> Events {
                 "{}",
                 json!({"event": "file_done", "path": shown.show(&path), "size": size, "blake3": blake3.to_hex().to_string()})
             );
+        }
+        (Output::Json, Event::Warning { message }) => {
+            println!("{}", json!({"event": "warning", "message": message}));
+        }
+        (Output::Human | Output::Quiet, Event::Warning { message }) => {
+            eprintln!("warning: {message}");
         }
         (Output::Human, Event::FileDone { path, .. }) => {
             if let Some(b) = bar.get() {

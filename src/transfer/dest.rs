@@ -1,29 +1,54 @@
-//! The receiving side's writes: every file lands inside the destination directory, as a
-//! `.<name>.part` temporary file first, and gets its final name only when complete and
+//! The receiving side's writes: every file lands inside the destination directory, under
+//! a short random temporary name first, and gets its final name only when complete and
 //! verified.
 //!
-//! - Parent directories are created component by component; an existing component that
-//!   is a symlink or not a directory is refused, so nothing is written outside the
-//!   destination through a link.
-//! - The temporary file is created with `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600.
-//! - Finalizing fsyncs the file, links it to its final name (which fails if that name
-//!   exists: no replace) or, with `overwrite`, renames over it, removes the temporary
-//!   name, and fsyncs the directory.
-//!
-//! Residual risk (docs/SECURITY.md): a local user who can write inside the destination
-//! could swap a checked directory for a link between the check and the use; the
-//! destination should not be writable by others.
+//! - Every operation is made relative to a directory descriptor: the destination's,
+//!   opened once, and each directory below it opened one component at a time from its
+//!   parent's descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (or
+//!   `openat(O_NOFOLLOW | O_DIRECTORY)` where the kernel lacks `openat2`). A symlink is
+//!   never followed at any component; a directory swapped for a symlink at any moment
+//!   makes the walk fail, and a descriptor already open keeps naming the directory it was
+//!   opened on (docs/SECURITY.md, "The destination", says exactly what holds).
+//! - Directories are created with `mkdirat` (0700), files as `.conduit-<32 hex>.part`
+//!   with `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600 (the umask can only narrow both). The
+//!   short name leaves room for a 255-byte final name; the real name is in the sidecar
+//!   ([`crate::transfer::resume`]).
+//! - Finalizing fsyncs the file, sets its mode (0600, or 0700 with `--keep-modes` and an
+//!   executable source), renames it with `renameat2(RENAME_NOREPLACE)` (no replace; with
+//!   `overwrite`, a plain rename), then fsyncs its directory and every directory the
+//!   transfer created on the way, up to the destination.
+//! - A partial file is adopted for a resume only if it, and its sidecar, are regular
+//!   files owned by this user, with one link and mode 0600, opened without following a
+//!   link ([`private_file`]); otherwise it is left alone and the file starts over under a
+//!   new temporary name.
 
-use std::fs::{self, File, OpenOptions};
+use std::collections::HashSet;
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
 use thiserror::Error;
 
+use crate::fsutil::{open_beneath, open_dir_beneath, stat_nofollow};
 use crate::transfer::paths::{RelPath, escape};
 use crate::transfer::reserve::Reservation;
 use crate::transfer::resume::Sidecar;
+
+/// Prefix of every temporary name the receiver makes.
+pub const TEMP_PREFIX: &str = ".conduit-";
+/// Suffix of a partial file.
+pub const PART_SUFFIX: &str = ".part";
+/// Longest path, in bytes, of a received file (destination included): Linux's `PATH_MAX`
+/// less the terminating NUL.
+pub const MAX_FULL_PATH: usize = 4095;
+/// Default age after which a leftover partial file is removed.
+pub const DEFAULT_PART_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Errors writing received files.
 #[derive(Debug, Error)]
@@ -31,15 +56,18 @@ pub enum DestError {
     /// The final name exists and `overwrite` is off.
     #[error("{0} already exists (use --overwrite to replace it)")]
     Exists(String),
-    /// A partial file of that name is in the way.
-    #[error("a partial file for {0} exists from an interrupted transfer ({1})")]
-    PartExists(String, String),
+    /// The final name is a directory.
+    #[error("{0} is a directory at the receiver")]
+    IsADirectory(String),
     /// A path component in the destination is a symlink or not a directory.
     #[error("refusing to write {0}: {1} is a symlink or not a directory")]
     NotADirectory(String, String),
     /// Another transfer is writing that partial file right now.
     #[error("{0} is being received by another transfer right now")]
     PartInUse(String),
+    /// The partial file offered for a resume changed before it was reopened.
+    #[error("the partial file of {0} changed since the offer")]
+    PartChanged(String),
     /// The disk is full.
     #[error("receiver storage full while writing {0}")]
     StorageFull(String),
@@ -54,18 +82,21 @@ pub enum DestError {
     },
 }
 
-fn io_err(path: &Path) -> impl Fn(io::Error) -> DestError + '_ {
+fn io_err(shown: &str) -> impl Fn(io::Error) -> DestError + '_ {
     move |source| {
-        let shown = escape(&path.to_string_lossy());
         if source.raw_os_error() == Some(libc::ENOSPC) {
-            DestError::StorageFull(shown)
+            DestError::StorageFull(shown.to_string())
         } else {
             DestError::Io {
-                path: shown,
+                path: shown.to_string(),
                 source,
             }
         }
     }
+}
+
+fn errno(shown: &str) -> impl Fn(Errno) -> DestError + '_ {
+    move |e| io_err(shown)(io::Error::from(e))
 }
 
 /// Free space at the destination.
@@ -77,29 +108,109 @@ pub struct Space {
     pub read_only: bool,
 }
 
+/// Whether an opened file may be trusted as this receiver's own temporary file: a
+/// regular file, owned by this user, with one link and mode 0600. Otherwise, why not.
+pub fn private_file(fd: impl AsFd) -> Result<rustix::fs::Stat, &'static str> {
+    let st = rustix::fs::fstat(fd).map_err(|_| "cannot be examined")?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err("not a regular file");
+    }
+    if st.st_uid != rustix::process::geteuid().as_raw() {
+        return Err("owned by another user");
+    }
+    if st.st_nlink != 1 {
+        return Err("has more than one link");
+    }
+    if st.st_mode & 0o7777 != 0o600 {
+        return Err("mode is not 0600");
+    }
+    Ok(st)
+}
+
+/// A new random temporary name: `.conduit-<32 hex><suffix>`.
+pub(crate) fn temp_name(suffix: &str) -> io::Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).map_err(io::Error::other)?;
+    Ok(format!("{TEMP_PREFIX}{}{suffix}", hex(&b)))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Whether `name` is a partial-file name this receiver makes.
+pub fn is_part_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .and_then(|r| r.strip_suffix(PART_SUFFIX))
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+}
+
 /// The destination directory.
 #[derive(Debug, Clone)]
 pub struct Destination {
     root: PathBuf,
+    fd: Arc<OwnedFd>,
+    /// Permission bits new files and directories may have at most (0o777 & !umask).
+    allowed: u32,
+    /// The longest name the destination's file system allows.
+    name_max: u64,
+    /// Directories this process created whose entry is not yet known durable (relative
+    /// paths): the next file finalized below one fsyncs its parent.
+    unsynced: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What [`Destination::find_part`] found for one offered file.
+#[derive(Debug)]
+pub enum FoundPart {
+    /// Nothing to resume from.
+    None,
+    /// A partial file that passed every check, with its sidecar (the file is opened for
+    /// reading; [`Destination::open_part`] opens and checks it again by name).
+    Usable(File, Sidecar),
+    /// Something is there but is not adopted (left alone; the file starts over), with why.
+    Refused(String),
+}
+
+/// The directories from the destination down to a file's directory.
+struct Walk {
+    /// Descriptors: the destination first, the file's directory last.
+    fds: Vec<Arc<OwnedFd>>,
+    /// The relative path of each level (empty for the destination).
+    rels: Vec<String>,
 }
 
 impl Destination {
-    /// Uses `root`, creating it (mode 0700) if missing; it must be a real directory.
+    /// Uses `root`, creating it (mode 0700) if missing; it must be a directory. The path
+    /// the user gave is resolved as usual (a symlink to the destination is the user's
+    /// choice); everything below it is reached from this descriptor only.
     pub fn open(root: &Path) -> Result<Self, DestError> {
-        if fs::symlink_metadata(root).is_err() {
-            fs::DirBuilder::new()
+        let shown = escape(&root.to_string_lossy());
+        if std::fs::symlink_metadata(root).is_err() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
                 .recursive(true)
+                .mode(0o700)
                 .create(root)
-                .map_err(io_err(root))?;
-            fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io_err(root))?;
+                .map_err(io_err(&shown))?;
         }
-        let meta = fs::metadata(root).map_err(io_err(root))?;
-        if !meta.is_dir() {
-            let shown = escape(&root.to_string_lossy());
-            return Err(DestError::NotADirectory(shown.clone(), shown));
-        }
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOTDIR => DestError::NotADirectory(shown.clone(), shown.clone()),
+            e => errno(&shown)(e),
+        })?;
+        // Absolute, so that the length of a received file's whole path can be checked.
+        let root = std::path::absolute(root).map_err(io_err(&shown))?;
+        let name_max = rustix::fs::fstatvfs(&fd).map_or(255, |s| s.f_namemax);
         Ok(Self {
-            root: root.to_path_buf(),
+            root,
+            fd: Arc::new(fd),
+            allowed: 0o777 & !crate::fsutil::umask(),
+            name_max,
+            unsynced: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -110,143 +221,384 @@ impl Destination {
 
     /// Whether the final name of `rel` is taken (without following a link).
     pub fn exists(&self, rel: &RelPath) -> bool {
-        fs::symlink_metadata(self.final_path(rel)).is_ok()
+        let comps: Vec<&str> = rel.components().collect();
+        let Some((name, parents)) = comps.split_last() else {
+            return false;
+        };
+        match self.walk(parents, false) {
+            Ok(Some(w)) => w
+                .fds
+                .last()
+                .is_some_and(|d| stat_nofollow(d.as_fd(), name).is_ok()),
+            _ => false,
+        }
     }
 
     /// Free space and whether the destination's file system is mounted read-only.
     pub fn space(&self) -> Result<Space, DestError> {
-        let st =
-            rustix::fs::statvfs(&self.root).map_err(|e| io_err(&self.root)(io::Error::from(e)))?;
+        let st = rustix::fs::fstatvfs(self.fd.as_fd()).map_err(errno(&self.shown_root()))?;
         Ok(Space {
             available: st.f_bavail.saturating_mul(st.f_frsize),
             read_only: st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
         })
     }
 
-    /// The temporary file of `rel` if one exists (opened for reading, never through a
-    /// link, parents not created), with its path.
-    pub fn existing_part(&self, rel: &RelPath) -> Option<(File, PathBuf)> {
-        let comps: Vec<&str> = rel.components().collect();
-        let (name, parents) = comps.split_last()?;
-        let mut dir = self.root.clone();
-        for c in parents {
-            dir.push(c);
-            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) {
-                return None;
-            }
-        }
-        let part = dir.join(format!(".{name}.part"));
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&part)
-            .ok()?;
-        f.metadata().ok()?.is_file().then_some((f, part))
+    fn shown_root(&self) -> String {
+        escape(&self.root.to_string_lossy())
     }
 
-    /// Creates the parent directories of `rel` and its temporary file, or takes over the
-    /// temporary file an interrupted transfer left (it must have its resume sidecar, and
-    /// no other transfer may hold it), keeping its first `keep` bytes. The space for the
-    /// rest, up to `size`, is reserved where the file system can: the first segment now
-    /// (a full disk shows at once), the rest now or ahead of the writes (see
+    /// Why `rel` cannot be received here, checked before anything is created: a name
+    /// longer than the file system allows, a whole path longer than [`MAX_FULL_PATH`], a
+    /// directory on the way that is a symlink or a file, a final name that is a directory,
+    /// or (without `overwrite`) a final name that exists. `None` when it can be received.
+    pub fn check(&self, rel: &RelPath, overwrite: bool) -> Option<String> {
+        let name_max = self.name_max;
+        if rel.components().any(|c| c.len() as u64 > name_max) {
+            return Some(format!(
+                "{rel}: a name is longer than the receiver's file system allows ({name_max} bytes)"
+            ));
+        }
+        let full = self.root.as_os_str().len() + 1 + rel.as_str().len();
+        if full > MAX_FULL_PATH {
+            return Some(format!(
+                "{rel}: the path would be {full} bytes long at the receiver (at most {MAX_FULL_PATH})"
+            ));
+        }
+        let comps: Vec<&str> = rel.components().collect();
+        let (name, parents) = comps.split_last()?;
+        let w = match self.walk(parents, false) {
+            Ok(Some(w)) => w,
+            // Created when the file starts.
+            Ok(None) => return None,
+            Err(e) => return Some(e.to_string()),
+        };
+        let dir = w.fds.last()?;
+        match stat_nofollow(dir.as_fd(), name) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                Some(format!("{rel} is a directory at the receiver"))
+            }
+            Ok(_) if !overwrite => Some(format!("{rel} already exists at the receiver")),
+            _ => None,
+        }
+    }
+
+    /// Opens the directories `parents` below the destination, one component at a time,
+    /// never following a symlink; creates missing ones (mode 0700) with `create`, else
+    /// returns `None` when one is missing.
+    fn walk(&self, parents: &[&str], create: bool) -> Result<Option<Walk>, DestError> {
+        let mut w = Walk {
+            fds: vec![Arc::clone(&self.fd)],
+            rels: vec![String::new()],
+        };
+        for (i, c) in parents.iter().enumerate() {
+            let rel = parents[..=i].join("/");
+            let shown = escape(&rel);
+            let not_dir = || DestError::NotADirectory(escape(&parents.join("/")), shown.clone());
+            let parent = Arc::clone(w.fds.last().ok_or_else(not_dir)?);
+            let fd = match open_dir_beneath(parent.as_fd(), c) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(parent.as_fd(), *c, Mode::from_raw_mode(0o700)) {
+                        Ok(()) => {
+                            let fd = open_dir_beneath(parent.as_fd(), c).map_err(|e| match e {
+                                Errno::NOTDIR | Errno::LOOP => not_dir(),
+                                e => errno(&shown)(e),
+                            })?;
+                            // A directory made in a setgid directory inherits the bit;
+                            // ours are 0700 (less what the umask takes), nothing else.
+                            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700 & self.allowed))
+                                .map_err(errno(&shown))?;
+                            self.unsynced
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(rel.clone());
+                            fd
+                        }
+                        // Made by another transfer meanwhile.
+                        Err(Errno::EXIST) => {
+                            open_dir_beneath(parent.as_fd(), c).map_err(|e| match e {
+                                Errno::NOTDIR | Errno::LOOP => not_dir(),
+                                e => errno(&shown)(e),
+                            })?
+                        }
+                        Err(e) => return Err(errno(&shown)(e)),
+                    }
+                }
+                Err(Errno::NOENT) => return Ok(None),
+                Err(Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => return Err(not_dir()),
+                Err(e) => return Err(errno(&shown)(e)),
+            };
+            w.fds.push(Arc::new(fd));
+            w.rels.push(rel);
+        }
+        Ok(Some(w))
+    }
+
+    /// Looks for the partial file an interrupted transfer of `rel` from `sender` left:
+    /// its sidecar (named from the sender and the path, see [`Sidecar::name_for`]) and the
+    /// temporary file it names, both checked with [`private_file`]. Creates nothing.
+    pub fn find_part(
+        &self,
+        sender: &crate::crypto::identity::PublicKey,
+        rel: &RelPath,
+    ) -> FoundPart {
+        let comps: Vec<&str> = rel.components().collect();
+        let Some((_, parents)) = comps.split_last() else {
+            return FoundPart::None;
+        };
+        let w = match self.walk(parents, false) {
+            Ok(Some(w)) => w,
+            _ => return FoundPart::None,
+        };
+        let Some(dir) = w.fds.last() else {
+            return FoundPart::None;
+        };
+        let sidecar = match Sidecar::load_at(dir.as_fd(), &Sidecar::name_for(sender, rel)) {
+            Ok(None) => return FoundPart::None,
+            Ok(Some(s)) => s,
+            Err(why) => return FoundPart::Refused(format!("its resume record {why}")),
+        };
+        if sidecar.path != rel.as_str() || !is_part_name(&sidecar.part) {
+            return FoundPart::Refused("its resume record names another file".into());
+        }
+        match open_part_file(dir.as_fd(), &sidecar.part, OFlags::RDONLY) {
+            Ok(f) => FoundPart::Usable(f, sidecar),
+            Err(None) => FoundPart::None,
+            Err(Some(why)) => FoundPart::Refused(format!("its partial file {why}")),
+        }
+    }
+
+    /// Creates the parent directories of `rel` and a new temporary file for it, or, with
+    /// `adopt` (the sidecar [`Self::find_part`] returned), reopens that temporary file
+    /// (checked again) keeping its first `keep` bytes. The space for the rest, up to
+    /// `size`, is reserved where the file system can: the first segment now (a full disk
+    /// shows at once), the rest now or ahead of the writes (see
     /// [`crate::transfer::reserve`] and [`PartFile::take_reservation`]).
-    pub fn open_part(&self, rel: &RelPath, keep: u64, size: u64) -> Result<PartFile, DestError> {
-        let mut part = self.create_part_inner(rel, true)?;
-        part.file.set_len(keep).map_err(io_err(&part.part))?;
+    pub fn open_part(
+        &self,
+        rel: &RelPath,
+        sender: &crate::crypto::identity::PublicKey,
+        adopt: Option<&Sidecar>,
+        keep: u64,
+        size: u64,
+    ) -> Result<PartFile, DestError> {
+        let mut part = self.create_part_inner(rel, adopt)?;
+        part.sidecar = Some(Sidecar::name_for(sender, rel));
+        part.file.set_len(keep).map_err(io_err(&part.shown))?;
         match Reservation::start(&part.file, keep, size) {
             Ok(r) => part.reservation = Some(r),
             Err(e) if e.kind() == io::ErrorKind::StorageFull => {
                 return Err(DestError::StorageFull(part.shown.clone()));
             }
-            Err(e) => return Err(io_err(&part.part)(e)),
+            Err(e) => return Err(io_err(&part.shown)(e)),
         }
         Ok(part)
     }
 
-    /// Creates the parent directories of `rel` and its temporary file, which must not
-    /// exist.
+    /// Creates the parent directories of `rel` and a new temporary file for it.
     pub fn create_part(&self, rel: &RelPath) -> Result<PartFile, DestError> {
-        self.create_part_inner(rel, false)
+        self.create_part_inner(rel, None)
     }
 
-    fn create_part_inner(&self, rel: &RelPath, take_over: bool) -> Result<PartFile, DestError> {
+    fn create_part_inner(
+        &self,
+        rel: &RelPath,
+        adopt: Option<&Sidecar>,
+    ) -> Result<PartFile, DestError> {
+        let shown = rel.to_string();
         let comps: Vec<&str> = rel.components().collect();
         let (name, parents) = comps
             .split_last()
-            .ok_or_else(|| DestError::Exists(rel.to_string()))?;
-        let mut dir = self.root.clone();
-        for c in parents {
-            dir.push(c);
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.file_type().is_dir() => {}
-                Ok(_) => {
-                    return Err(DestError::NotADirectory(
-                        rel.to_string(),
-                        escape(&dir.to_string_lossy()),
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::DirBuilder::new().create(&dir).map_err(io_err(&dir))?;
-                }
-                Err(e) => return Err(io_err(&dir)(e)),
+            .ok_or_else(|| DestError::Exists(shown.clone()))?;
+        let w = self
+            .walk(parents, true)?
+            .ok_or_else(|| DestError::NotADirectory(shown.clone(), shown.clone()))?;
+        let dir = Arc::clone(
+            w.fds
+                .last()
+                .ok_or_else(|| DestError::Exists(shown.clone()))?,
+        );
+        let (file, part) = match adopt {
+            Some(s) => {
+                let f = open_part_file(dir.as_fd(), &s.part, OFlags::RDWR)
+                    .map_err(|_| DestError::PartChanged(shown.clone()))?;
+                (f, s.part.clone())
             }
-        }
-        let part = dir.join(format!(".{name}.part"));
-        let sidecar = Sidecar::path_for(&part);
-        let in_the_way = || DestError::PartExists(rel.to_string(), escape(&part.to_string_lossy()));
-        let open = |create: bool| {
-            let mut o = OpenOptions::new();
-            o.write(true)
-                .read(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-            if create {
-                o.create_new(true);
-            }
-            o.open(&part)
-        };
-        let file = match open(true) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && take_over => {
-                // Ours only if it has a sidecar; a regular file; nobody else's right now.
-                if Sidecar::load(&sidecar).is_none() {
-                    return Err(in_the_way());
+            None => loop {
+                let part = temp_name(PART_SUFFIX).map_err(io_err(&shown))?;
+                match open_beneath(
+                    dir.as_fd(),
+                    &part,
+                    OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
+                    0o600,
+                ) {
+                    Ok(fd) => break (File::from(fd), part),
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(errno(&shown)(e)),
                 }
-                let f = open(false).map_err(io_err(&part))?;
-                if !f.metadata().map_err(io_err(&part))?.is_file() {
-                    return Err(in_the_way());
-                }
-                f
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(in_the_way()),
-            Err(e) => return Err(io_err(&part)(e)),
+            },
         };
         // One transfer per partial file, across processes (released when the file closes
         // or the process dies).
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| DestError::PartInUse(rel.to_string()))?;
+            .map_err(|_| DestError::PartInUse(shown.clone()))?;
         Ok(PartFile {
             file,
             part,
-            sidecar,
-            final_path: dir.join(name),
+            final_name: (*name).to_string(),
             dir,
-            shown: rel.to_string(),
+            walk: w,
+            sidecar: None,
+            shown,
             reservation: None,
+            allowed: self.allowed,
+            unsynced: Arc::clone(&self.unsynced),
         })
     }
+
+    /// Removes this user's partial files (and resume records) below the destination whose
+    /// last change is older than `max_age`, and returns what was removed. Nothing is
+    /// followed through a symlink; files of other users are left alone.
+    pub fn remove_stale(&self, max_age: Duration) -> io::Result<Vec<Removed>> {
+        let now = SystemTime::now();
+        let me = rustix::process::geteuid().as_raw();
+        let mut removed = Vec::new();
+        let mut todo: Vec<Vec<String>> = vec![Vec::new()];
+        while let Some(comps) = todo.pop() {
+            let refs: Vec<&str> = comps.iter().map(String::as_str).collect();
+            let Ok(Some(w)) = self.walk(&refs, false) else {
+                continue;
+            };
+            let Some(dir) = w.fds.last() else { continue };
+            let Ok(entries) = rustix::fs::Dir::read_from(dir.as_fd()) else {
+                continue;
+            };
+            let mut stale: Vec<(String, u64)> = Vec::new();
+            let mut sidecars: Vec<String> = Vec::new();
+            for entry in entries.flatten() {
+                let Ok(name) = entry.file_name().to_str() else {
+                    continue;
+                };
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let Ok(st) = stat_nofollow(dir.as_fd(), name) else {
+                    continue;
+                };
+                let ft = FileType::from_raw_mode(st.st_mode);
+                if ft == FileType::Directory {
+                    let mut next = comps.clone();
+                    next.push(name.to_string());
+                    todo.push(next);
+                    continue;
+                }
+                let ours = name.starts_with(TEMP_PREFIX)
+                    && (is_part_name(name)
+                        || name.ends_with(crate::transfer::resume::SIDECAR_SUFFIX)
+                        || name.ends_with(".tmp"));
+                if !ours || ft != FileType::RegularFile || st.st_uid != me {
+                    continue;
+                }
+                let changed = SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0));
+                if now.duration_since(changed).unwrap_or_default() < max_age {
+                    continue;
+                }
+                if is_part_name(name) {
+                    stale.push((name.to_string(), u64::try_from(st.st_size).unwrap_or(0)));
+                } else {
+                    sidecars.push(name.to_string());
+                }
+            }
+            // The real names of the partial files, from their resume records.
+            let mut real = std::collections::HashMap::new();
+            for s in &sidecars {
+                if let Ok(Some(sc)) = Sidecar::load_at(dir.as_fd(), s) {
+                    real.insert(sc.part.clone(), sc.path.clone());
+                }
+            }
+            let here = comps.join("/");
+            let at = |n: &str| {
+                if here.is_empty() {
+                    n.to_string()
+                } else {
+                    format!("{here}/{n}")
+                }
+            };
+            for (name, bytes) in stale {
+                // Not one a transfer holds right now (it keeps a lock while it writes).
+                let Ok(fd) = open_beneath(dir.as_fd(), &name, OFlags::RDONLY | OFlags::NONBLOCK, 0)
+                else {
+                    continue;
+                };
+                if rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .is_err()
+                {
+                    continue;
+                }
+                if rustix::fs::unlinkat(dir.as_fd(), name.as_str(), AtFlags::empty()).is_ok() {
+                    removed.push(Removed {
+                        path: real.get(&name).cloned().unwrap_or_else(|| at(&name)),
+                        bytes,
+                    });
+                }
+            }
+            for s in sidecars {
+                let _ = rustix::fs::unlinkat(dir.as_fd(), s.as_str(), AtFlags::empty());
+            }
+            if !removed.is_empty() {
+                let _ = rustix::fs::fsync(dir.as_fd());
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A leftover partial file [`Destination::remove_stale`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// The relative path of the file it was part of (from its resume record), or of the
+    /// temporary file itself.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Opens the temporary file `name` in `dir` without following a link (and without
+/// blocking on a FIFO), and checks it with [`private_file`]. `Err(None)`: absent;
+/// `Err(Some(why))`: there but not ours.
+fn open_part_file(dir: impl AsFd, name: &str, mode: OFlags) -> Result<File, Option<String>> {
+    let fd = match open_beneath(dir, name, mode | OFlags::NONBLOCK, 0) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Err(None),
+        Err(Errno::LOOP) => return Err(Some("is a symlink".into())),
+        Err(e) => return Err(Some(format!("cannot be opened ({e})"))),
+    };
+    private_file(&fd).map_err(|why| Some(why.to_string()))?;
+    // Back to blocking IO for the writes.
+    rustix::fs::fcntl_setfl(&fd, mode).map_err(|e| Some(e.to_string()))?;
+    Ok(File::from(fd))
 }
 
 /// A file being received.
 #[derive(Debug)]
 pub struct PartFile {
     file: File,
-    part: PathBuf,
-    sidecar: PathBuf,
-    final_path: PathBuf,
-    dir: PathBuf,
+    part: String,
+    final_name: String,
+    dir: Arc<OwnedFd>,
+    walk: Walk,
+    sidecar: Option<String>,
     shown: String,
     reservation: Option<Reservation>,
+    allowed: u32,
+    unsynced: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for Walk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Walk").field("rels", &self.rels).finish()
+    }
 }
 
 impl PartFile {
@@ -254,7 +606,7 @@ impl PartFile {
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DestError> {
         self.file
             .write_all_at(buf, offset)
-            .map_err(io_err(&self.part))
+            .map_err(io_err(&self.shown))
     }
 
     /// The reservation of the rest of the file, for its writer to keep ahead of itself
@@ -265,57 +617,117 @@ impl PartFile {
 
     /// A handle for positional writes from another thread.
     pub fn writer(&self) -> Result<File, DestError> {
-        self.file.try_clone().map_err(io_err(&self.part))
+        self.file.try_clone().map_err(io_err(&self.shown))
     }
 
-    /// Makes the file durable and gives it its final name; `mode` (permission bits only)
-    /// is applied once complete.
-    pub fn finalize(self, overwrite: bool, mode: u32) -> Result<PathBuf, DestError> {
-        self.file.sync_all().map_err(io_err(&self.part))?;
-        let perm = fs::Permissions::from_mode((mode & 0o777) | 0o600);
-        self.file
-            .set_permissions(perm)
-            .map_err(io_err(&self.part))?;
-        if overwrite {
-            if fs::symlink_metadata(&self.final_path).is_ok_and(|m| m.is_dir()) {
-                return Err(DestError::Exists(self.shown.clone()));
-            }
-            fs::rename(&self.part, &self.final_path).map_err(io_err(&self.final_path))?;
+    /// The directory the file is in (for its sidecar).
+    pub fn dir(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.dir)
+    }
+
+    /// The temporary file's name in its directory.
+    pub fn part_name(&self) -> &str {
+        &self.part
+    }
+
+    /// The name of its resume sidecar in the same directory (`None` for a file made by
+    /// [`Destination::create_part`], which has none).
+    pub fn sidecar_name(&self) -> Option<&str> {
+        self.sidecar.as_deref()
+    }
+
+    /// Makes the file durable and gives it its final name: mode 0600, or 0700 when
+    /// `keep_exec` (the source was executable by its owner and `--keep-modes` is on),
+    /// less what the umask takes; never setuid, setgid or sticky. Then the directory, and
+    /// every directory created for it and not yet synced, are fsynced.
+    pub fn finalize(self, overwrite: bool, keep_exec: bool) -> Result<(), DestError> {
+        let shown = self.shown.clone();
+        self.file.sync_all().map_err(io_err(&shown))?;
+        let mode = if keep_exec { 0o700 } else { 0o600 } & self.allowed;
+        rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode)).map_err(errno(&shown))?;
+        let d = self.dir.as_fd();
+        let (from, to) = (self.part.as_str(), self.final_name.as_str());
+        let renamed = if overwrite {
+            rustix::fs::renameat(d, from, d, to)
         } else {
-            fs::hard_link(&self.part, &self.final_path).map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    DestError::Exists(self.shown.clone())
-                } else {
-                    io_err(&self.final_path)(e)
+            match rustix::fs::renameat_with(d, from, d, to, RenameFlags::NOREPLACE) {
+                // A file system without RENAME_NOREPLACE: link (fails if the name is
+                // taken), then drop the temporary name.
+                Err(Errno::INVAL | Errno::NOSYS) => {
+                    rustix::fs::linkat(d, from, d, to, AtFlags::empty())
+                        .and_then(|()| rustix::fs::unlinkat(d, from, AtFlags::empty()))
                 }
-            })?;
-            fs::remove_file(&self.part).map_err(io_err(&self.part))?;
+                r => r,
+            }
+        };
+        renamed.map_err(|e| match e {
+            Errno::EXIST => DestError::Exists(shown.clone()),
+            Errno::ISDIR | Errno::NOTEMPTY => DestError::IsADirectory(shown.clone()),
+            e => errno(&shown)(e),
+        })?;
+        if let Some(s) = &self.sidecar {
+            Sidecar::remove_if_for(d, s, &self.part);
         }
-        let _ = fs::remove_file(&self.sidecar);
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
-        Ok(self.final_path)
+        rustix::fs::fsync(d).map_err(errno(&shown))?;
+        self.sync_created().map_err(errno(&shown))
+    }
+
+    /// Removes the partial file `name` an earlier, superseded transfer of the same file
+    /// left in this directory (its resume record now describes this one), if it is still
+    /// this receiver's (checked as for adoption) and no other transfer holds it.
+    pub fn remove_superseded(&self, name: &str) {
+        if name == self.part || !is_part_name(name) {
+            return;
+        }
+        let d = self.dir.as_fd();
+        if let Ok(f) = open_part_file(d, name, OFlags::RDONLY) {
+            if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+                let _ = rustix::fs::unlinkat(d, name, AtFlags::empty());
+            }
+        }
+    }
+
+    /// Fsyncs the parent of every directory on this file's way that this process created
+    /// and no earlier file synced.
+    fn sync_created(&self) -> Result<(), Errno> {
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+        if unsynced.is_empty() {
+            return Ok(());
+        }
+        for level in (1..self.walk.fds.len()).rev() {
+            if unsynced.remove(&self.walk.rels[level]) {
+                rustix::fs::fsync(self.walk.fds[level - 1].as_fd())?;
+            }
+        }
+        Ok(())
     }
 
     /// Gives up on the file: the temporary file and its sidecar are removed.
     pub fn discard(self) {
-        let _ = fs::remove_file(&self.part);
-        let _ = fs::remove_file(&self.sidecar);
-    }
-
-    /// The resume sidecar's path.
-    pub fn sidecar_path(&self) -> &Path {
-        &self.sidecar
+        let d = self.dir.as_fd();
+        let _ = rustix::fs::unlinkat(d, self.part.as_str(), AtFlags::empty());
+        if let Some(s) = &self.sidecar {
+            Sidecar::remove_if_for(d, s, &self.part);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).unwrap()
+    }
+
+    fn parts_in(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| is_part_name(&p.file_name().unwrap().to_string_lossy()))
+            .collect()
     }
 
     #[test]
@@ -323,31 +735,39 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dest = Destination::open(d.path()).unwrap();
         let p = dest.create_part(&rel("a/b/c.txt")).unwrap();
-        let mode = fs::metadata(d.path().join("a/b/.c.txt.part"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let parts = parts_in(&d.path().join("a/b"));
+        assert_eq!(parts.len(), 1);
+        let mode = fs::metadata(&parts[0]).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        for dir in ["a", "a/b"] {
+            let m = fs::metadata(d.path().join(dir))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(m & 0o7777, 0o700 & dest.allowed, "{dir}");
+        }
         p.write_at(b"hello", 0).unwrap();
         assert!(
             !d.path().join("a/b/c.txt").exists(),
             "no final name before finalize"
         );
-        p.finalize(false, 0o644).unwrap();
+        p.finalize(false, false).unwrap();
         assert_eq!(fs::read(d.path().join("a/b/c.txt")).unwrap(), b"hello");
-        assert!(!d.path().join("a/b/.c.txt.part").exists());
+        assert!(parts_in(&d.path().join("a/b")).is_empty());
         // Same name again: refused without overwrite, and the old content survives.
         let p = dest.create_part(&rel("a/b/c.txt")).unwrap();
         p.write_at(b"other", 0).unwrap();
         assert!(matches!(
-            p.finalize(false, 0o644),
+            p.finalize(false, false),
             Err(DestError::Exists(_))
         ));
         assert_eq!(fs::read(d.path().join("a/b/c.txt")).unwrap(), b"hello");
-        fs::remove_file(d.path().join("a/b/.c.txt.part")).unwrap();
+        for p in parts_in(&d.path().join("a/b")) {
+            fs::remove_file(p).unwrap();
+        }
         let p = dest.create_part(&rel("a/b/c.txt")).unwrap();
         p.write_at(b"other", 0).unwrap();
-        p.finalize(true, 0o644).unwrap();
+        p.finalize(true, false).unwrap();
         assert_eq!(fs::read(d.path().join("a/b/c.txt")).unwrap(), b"other");
     }
 
@@ -361,14 +781,87 @@ mod tests {
             dest.create_part(&rel("link/x")),
             Err(DestError::NotADirectory(..))
         ));
-        // A symlink planted at the temporary name is not followed either.
-        std::os::unix::fs::symlink(outside.path().join("victim"), d.path().join(".y.part"))
-            .unwrap();
-        assert!(dest.create_part(&rel("y")).is_err());
+        assert!(dest.check(&rel("link/x"), false).is_some());
         assert_eq!(
             fs::read_dir(outside.path()).unwrap().count(),
             0,
             "nothing written outside"
         );
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_it_was_opened_keeps_the_writes_inside() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        let p = dest.create_part(&rel("sub/f")).unwrap();
+        fs::rename(d.path().join("sub"), d.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("sub")).unwrap();
+        p.write_at(b"data", 0).unwrap();
+        p.finalize(false, false).unwrap();
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert_eq!(fs::read(d.path().join("moved/f")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn only_private_files_are_trusted() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, b"x").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            private_file(File::open(&f).unwrap()).err(),
+            Some("mode is not 0600")
+        );
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(private_file(File::open(&f).unwrap()).is_ok());
+        fs::hard_link(&f, d.path().join("g")).unwrap();
+        assert_eq!(
+            private_file(File::open(&f).unwrap()).err(),
+            Some("has more than one link")
+        );
+        assert!(private_file(File::open(d.path()).unwrap()).is_err());
+    }
+
+    #[test]
+    fn stale_parts_are_removed_and_fresh_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        let old = dest.create_part(&rel("x/old.bin")).unwrap();
+        let old_name = old.part_name().to_string();
+        drop(old);
+        let fresh = dest.create_part(&rel("new.bin")).unwrap();
+        let fresh_name = fresh.part_name().to_string();
+        drop(fresh);
+        let past = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+        File::options()
+            .write(true)
+            .open(d.path().join("x").join(&old_name))
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        // Somebody else's file of a similar name, and a plain file: not ours to remove.
+        fs::write(d.path().join(".conduit-notours.part"), b"x").unwrap();
+        // An old partial file a transfer holds is not removed.
+        let held = dest.create_part(&rel("y/held.bin")).unwrap();
+        File::options()
+            .write(true)
+            .open(d.path().join("y").join(held.part_name()))
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let removed = dest.remove_stale(DEFAULT_PART_MAX_AGE).unwrap();
+        assert!(d.path().join("y").join(held.part_name()).exists());
+        drop(held);
+        assert_eq!(
+            removed,
+            vec![Removed {
+                path: format!("x/{old_name}"),
+                bytes: 0
+            }]
+        );
+        assert!(!d.path().join("x").join(&old_name).exists());
+        assert!(d.path().join(&fresh_name).exists());
+        assert!(d.path().join(".conduit-notours.part").exists());
     }
 }

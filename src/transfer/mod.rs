@@ -6,8 +6,9 @@
 //! - [`data`]: one file's STREAM chunks on a QUIC unidirectional stream, sealed, hashed
 //!   and opened on the cipher workers.
 //! - [`paths`]: validation of the relative paths a peer sends (untrusted until parsed).
-//! - [`dest`]: the receiver's writes: `.part` files, no-replace finalize, no links
-//!   followed, free space.
+//! - [`dest`]: the receiver's writes, all relative to directory descriptors with no link
+//!   followed: short random `.part` names, private modes, no-replace finalize, accept-time
+//!   checks, free space, removal of old partial files.
 //! - [`reserve`]: reserving a received file's space ahead of its writes.
 //! - [`resume`]: continuing interrupted transfers: the receiver's sidecar, the prefix
 //!   hash, checkpoints.

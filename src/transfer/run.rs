@@ -16,7 +16,7 @@ use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKeyContext, StreamError,
 use crate::peers::AddressBook;
 use crate::session::{self, SessionError};
 use crate::transfer::data::{self, DataError, FileData};
-use crate::transfer::dest::{DestError, Destination};
+use crate::transfer::dest::{DestError, Destination, FoundPart};
 use crate::transfer::paths::{PathError, RelPath, check_collisions};
 use crate::transfer::protocol::{
     ENTRIES_PER_MESSAGE, Entry, FILE_STREAM_HEADER, MAX_ENTRIES, OfferEntries, OfferStart, Receipt,
@@ -162,6 +162,12 @@ pub enum Event {
         bytes: u64,
         /// Bytes in all.
         total: u64,
+    },
+    /// Something the user should know that does not stop the transfer (a partial file
+    /// in the destination that is not adopted for a resume, and why).
+    Warning {
+        /// What happened (names escaped).
+        message: String,
     },
     /// One file is complete and verified.
     FileDone {
@@ -576,6 +582,9 @@ pub struct ReceivePolicy {
     pub yes: bool,
     /// Replace existing files.
     pub overwrite: bool,
+    /// Keep the owner's execute bit of the sender's files (`--keep-modes`); otherwise
+    /// every received file is 0600.
+    pub keep_modes: bool,
     /// Authenticate with this code phrase instead of the address book.
     pub code: Option<Code>,
     /// Ask someone about each offer (a person at a terminal); without `yes`, the offer is
@@ -732,17 +741,16 @@ async fn receive_audited(
             "offer from unknown sender {} needs --yes",
             peer.fingerprint()
         ))
-    } else if let Some((rel, _)) = entries
-        .iter()
-        .find(|(r, _)| !policy.overwrite && dest.exists(r))
-    {
-        Some(format!("{rel} already exists at the receiver"))
     } else {
-        None
+        // Names too long, a directory in the way, an existing file: before anything is
+        // created.
+        entries
+            .iter()
+            .find_map(|(r, _)| dest.check(r, policy.overwrite))
     };
     let (plan, refusal) = match refusal {
         Some(r) => (ResumePlan::default(), Some(r)),
-        None => plan_resume(dest, &peer, &entries, chunk, offer.total_size)?,
+        None => plan_resume(dest, &peer, &entries, chunk, offer.total_size, events)?,
     };
     // The decision is on record before the sender hears it; without a record, nothing
     // is accepted.
@@ -770,6 +778,7 @@ async fn receive_audited(
     };
     session::send(&mut ctl, &mut est, &reply).await?;
     let mut held = plan.held;
+    let mut superseded = plan.superseded;
 
     let keys = TransferKey::derive(&est.handshake_hash(), &offer.session_secret);
     // In known-recipient mode the transfer id also travelled in message 1: they must agree.
@@ -805,32 +814,38 @@ async fn receive_audited(
                 let layout = ChunkLayout::new(e.size, chunk);
                 let mut ctx = FileKeyContext::fresh(transfer_id, index, chunk);
                 let mut tree = TreeHash::new(&layout);
+                // Continued in the partial file the plan checked, or started in a new one
+                // (the old one, if the sender started over, is removed once it exists).
+                let held_here = held.remove(&slot);
+                let (mut adopt, mut old) = (None, None);
                 if first != 0 {
                     // Only where this receiver offered to continue, and only from that chunk.
-                    let (from, prefix, prefix_tree) = held
-                        .remove(&slot)
-                        .filter(|(from, _, _)| *from == first)
+                    let (from, prefix, prefix_tree, sidecar) = held_here
+                        .filter(|(from, _, _, _)| *from == first)
                         .ok_or_else(|| protocol(format!("file {index} resumed at a chunk not offered")))?;
+                    adopt = Some(sidecar);
                     rec.resumed(rel.as_str(), e.size, layout.offset(from)).await?;
                     ctx.resume_from = from;
                     ctx.resume_prefix_hash = prefix;
                     tree = prefix_tree;
                     resumed += layout.offset(from);
                     moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    old = held_here.map(|h| h.3.part).or_else(|| superseded.remove(&slot));
                 }
-                let mut part = dest.open_part(rel, layout.offset(first), e.size)?;
+                let mut part = dest.open_part(rel, &peer, adopt.as_ref(), layout.offset(first), e.size)?;
+                if let Some(old) = old {
+                    part.remove_superseded(&old);
+                }
                 let writer = part.writer()?;
                 let mut reservation = part.take_reservation();
                 let mut checkpoint = Checkpoint::new(
                     part.writer()?,
-                    part.sidecar_path().to_path_buf(),
-                    Sidecar::new(&peer, rel, e, chunk),
+                    part.dir(),
+                    part.sidecar_name().map(str::to_string).unwrap_or_default(),
+                    Sidecar::new(&peer, rel, e, chunk, part.part_name()),
                     first,
-                )
-                .map_err(|source| TransferError::Data {
-                    file: rel.to_string(),
-                    source: DataError::Sink(source),
-                })?;
+                );
                 let fd = FileData::new(
                     &keys,
                     &ctx,
@@ -847,8 +862,9 @@ async fn receive_audited(
                     checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
                 });
                 let progress = progress_reporter(events, offer.total_size, &moved);
-                let (pool, overwrite, mode, shown, size) =
-                    (Arc::clone(pool), policy.overwrite, e.mode, rel.to_string(), e.size);
+                let keep_exec = policy.keep_modes && e.mode & 0o100 != 0;
+                let (pool, overwrite, shown, size) =
+                    (Arc::clone(pool), policy.overwrite, rel.to_string(), e.size);
                 let rec = Arc::clone(rec);
                 let name = rel.as_str().to_string();
                 tasks.spawn(async move {
@@ -856,7 +872,7 @@ async fn receive_audited(
                         // Verified; on record before it gets its name.
                         Ok(hash) => match rec.file_completed(&name, size, &hash).await {
                             Ok(()) => part
-                                .finalize(overwrite, mode)
+                                .finalize(overwrite, keep_exec)
                                 .map(|_| hash)
                                 .map_err(TransferError::from),
                             Err(a) => Err(TransferError::Audit(a)),
@@ -929,7 +945,11 @@ fn split_header(h: &[u8; FILE_STREAM_HEADER]) -> (u64, u64) {
 #[derive(Default)]
 struct ResumePlan {
     points: Vec<ResumePoint>,
-    held: std::collections::HashMap<usize, (u64, [u8; 32], TreeHash)>,
+    held: std::collections::HashMap<usize, (u64, [u8; 32], TreeHash, Sidecar)>,
+    /// Per file slot, the partial file of an older offer of the same file from the same
+    /// sender (another size or mtime, or nothing durable): removed once the new one
+    /// exists.
+    superseded: std::collections::HashMap<usize, String>,
 }
 
 /// Finds the files this receiver holds in part from an interrupted transfer of the same
@@ -941,30 +961,33 @@ fn plan_resume(
     entries: &[(RelPath, Entry)],
     chunk: ChunkSize,
     total: u64,
+    events: &Events,
 ) -> Result<(ResumePlan, Option<String>), TransferError> {
     let mut plan = ResumePlan::default();
     let mut have = 0u64;
     for (i, (rel, e)) in entries.iter().enumerate() {
-        let Some((file, part)) = dest.existing_part(rel) else {
-            continue;
-        };
-        let Some(sidecar) = Sidecar::load(&Sidecar::path_for(&part)) else {
-            let shown = crate::transfer::paths::escape(&part.to_string_lossy());
-            return Ok((
-                plan,
-                Some(format!(
-                    "{rel}: a partial file without a resume record is in the way ({shown})"
-                )),
-            ));
+        let (file, sidecar) = match dest.find_part(peer, rel) {
+            FoundPart::None => continue,
+            FoundPart::Usable(file, sidecar) => (file, sidecar),
+            FoundPart::Refused(why) => {
+                // Left alone; the file starts over under a new temporary name.
+                events(Event::Warning {
+                    message: format!("{rel}: partial file not adopted for a resume: {why}"),
+                });
+                continue;
+            }
         };
         if !sidecar.matches(peer, rel, e, chunk) {
-            continue; // Another transfer's leftover: it is started over.
+            // An older offer of the file (another size or mtime): started over.
+            plan.superseded.insert(i, sidecar.part);
+            continue;
         }
         let layout = ChunkLayout::new(e.size, chunk);
         // At least the last chunk is always sent again.
         let from = sidecar.durable_chunks.min(layout.count() - 1);
         let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
         if from == 0 || on_disk < layout.offset(from) {
+            plan.superseded.insert(i, sidecar.part);
             continue;
         }
         let (prefix, tree) = resume::hash_prefix(&file, &layout, from)?;
@@ -973,7 +996,7 @@ fn plan_resume(
             from_chunk: from,
             prefix_blake3: prefix,
         });
-        plan.held.insert(i, (from, prefix, tree));
+        plan.held.insert(i, (from, prefix, tree, sidecar));
         have += layout.offset(from);
     }
     let space = dest.space()?;

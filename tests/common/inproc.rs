@@ -159,7 +159,8 @@ pub async fn relayed(
         .expect("the transfer neither finished nor failed within 60 s")
 }
 
-/// Files under `dir` by relative path, excluding `.part` leftovers.
+/// Files under `dir` by relative path, excluding the receiver's partial files and resume
+/// records (`.conduit-*`).
 pub fn final_files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -173,7 +174,7 @@ pub fn final_files(dir: &Path) -> Vec<String> {
                 stack.push(p);
             } else {
                 let name = p.file_name().unwrap().to_string_lossy().to_string();
-                if !(name.starts_with('.') && name.contains(".part")) {
+                if !name.starts_with(".conduit-") {
                     out.push(p.strip_prefix(dir).unwrap().to_string_lossy().to_string());
                 }
             }

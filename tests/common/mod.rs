@@ -275,19 +275,54 @@ pub fn blake3_file(path: &Path) -> blake3::Hash {
     h.finalize()
 }
 
+/// The receiver's resume sidecars (`.conduit-*.resume`) in `dir`, parsed, with their paths.
+pub fn sidecars(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(".conduit-") && n.ends_with(".resume")
+        })
+        .filter_map(|p| {
+            let t = std::fs::read_to_string(&p).ok()?;
+            Some((p, serde_json::from_str(&t).ok()?))
+        })
+        .collect()
+}
+
+/// The receiver's partial files (`.conduit-*.part`) in `dir`.
+pub fn parts(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(".conduit-") && n.ends_with(".part")
+        })
+        .collect()
+}
+
+/// Durable bytes the receiver recorded for the file `name` in `out` (0 without a sidecar).
+pub fn durable_bytes(out: &Path, name: &str) -> u64 {
+    sidecars(out)
+        .iter()
+        .filter(|(_, v)| v["path"] == name)
+        .map(|(_, v)| {
+            v["durable_chunks"].as_u64().unwrap_or(0) * v["chunk_size"].as_u64().unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Waits until the receiver has recorded at least `min` durable bytes of `name` in `out`.
 pub fn wait_for_durable(out: &Path, name: &str, min: u64) {
-    let sidecar = out.join(format!(".{name}.part.resume"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if let Ok(t) = std::fs::read_to_string(&sidecar) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
-                let chunks = v["durable_chunks"].as_u64().unwrap_or(0);
-                if chunks * v["chunk_size"].as_u64().unwrap_or(0) >= min {
-                    return;
-                }
-            }
-        }
+    while durable_bytes(out, name) < min {
         assert!(
             std::time::Instant::now() < deadline,
             "the transfer never got going"
