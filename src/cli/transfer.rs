@@ -577,7 +577,11 @@ fn remove_stale_parts(dest: &Destination, audit: &Audit, days: u32) {
     for r in removed {
         eprintln!(
             "removed the partial file of {} ({} bytes): older than {days} days",
-            names.tag(&crate::transfer::paths::escape(&r.path)),
+            if names.hides() {
+                names.tag(&r.path)
+            } else {
+                crate::transfer::paths::escape(&r.path)
+            },
             r.bytes
         );
         if let Err(e) = audit.partial_removed(&r.path, r.bytes, &reason) {
