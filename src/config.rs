@@ -71,6 +71,8 @@ pub struct TransferFile {
     pub auto_accept: Option<bool>,
     /// Replace existing files (`--overwrite`).
     pub overwrite: Option<bool>,
+    /// Most entries accepted in one offer (`--max-entries`).
+    pub max_entries: Option<u64>,
 }
 
 /// `[audit]`: the audit trail.
@@ -290,6 +292,12 @@ impl Config {
                 None,
                 "transfer.overwrite",
                 Some("false"),
+            ),
+            text(
+                t.max_entries.map(|v| v.to_string()),
+                None,
+                "transfer.max_entries",
+                Some(&crate::transfer::protocol::DEFAULT_MAX_ENTRIES.to_string()),
             ),
             text(
                 a.names.map(|n| name_mode(n).to_string()),

@@ -166,6 +166,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<Usage>() {
             return code::USAGE;
         }
+        if cause.is::<transfer::RefusedBy>() {
+            return code::REFUSED;
+        }
         if let Some(e) = cause.downcast_ref::<StreamError>() {
             return if e.is_integrity() {
                 code::INTEGRITY

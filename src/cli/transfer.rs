@@ -94,6 +94,10 @@ pub struct ReceiveArgs {
     /// Replace files that already exist.
     #[arg(long)]
     overwrite: bool,
+    /// Most entries (files and empty directories) accepted in one offer; larger offers
+    /// are refused before their list is read [default: 250000; at most 1000000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_entries: Option<u64>,
     /// Authenticate the sender with the code phrase it printed.
     #[arg(long, value_name = "CODE")]
     code: Option<String>,
@@ -249,7 +253,11 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         }
     };
     let chunk = ChunkSize::new(args.chunk_size)?;
-    let (files, skipped) = source::collect(&args.paths)?;
+    let source::Collected {
+        files,
+        dirs,
+        skipped,
+    } = source::collect_with_dirs(&args.paths)?;
     for s in skipped {
         eprintln!(
             "warning: skipped symlink {}",
@@ -288,8 +296,8 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         let pool = CipherPool::with_all_cores()?;
         let events = events(Output::of(args.json, args.quiet), &book);
         let rec = audit.session(AuditRole::Send);
-        let transfer = run::send_recorded(
-            &conn, &identity, &recipient, &files, chunk, &pool, &events, &rec,
+        let transfer = run::send_tree_recorded(
+            &conn, &identity, &recipient, &files, &dirs, chunk, &pool, &events, &rec,
         );
         let result = tokio::select! {
             r = transfer => r,
@@ -304,13 +312,45 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
             conn.close(run::CLOSE_ERROR.into(), b"error");
         }
         endpoint.wait_idle().await;
-        anyhow::Ok(result?)
+        anyhow::Ok(result.map_err(|e| refused_by(e, args.to.as_deref()))?)
     })?;
     report("sent", &summary, args.json);
     if let Some(name) = &args.save_peer {
         save_peer(&mut book, name, &summary)?;
     }
     Ok(())
+}
+
+/// The receiver refused the offer (exit code 5): who, what it said and what to do next,
+/// as one sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("{who} refused: {sentence}")]
+pub(crate) struct RefusedBy {
+    /// The receiver's name in the address book, or "the receiver".
+    who: String,
+    /// What it said, then the next step.
+    sentence: String,
+}
+
+/// A sender's error, with a refusal (by the offer's answer, or by the handshake's abort
+/// "unknown peer") turned into a [`RefusedBy`] sentence naming the receiver.
+fn refused_by(e: run::TransferError, to: Option<&str>) -> anyhow::Error {
+    use crate::crypto::handshake::{AbortReason, HandshakeError};
+    use crate::session::SessionError;
+    let who = to.map_or_else(|| "the receiver".to_string(), str::to_string);
+    let sentence = match &e {
+        run::TransferError::Refused(r) => r.to_string(),
+        run::TransferError::Session(SessionError::Handshake(HandshakeError::PeerAborted(
+            AbortReason::UnknownPeer,
+        ))) => crate::transfer::protocol::Refusal {
+            code: crate::transfer::protocol::RefusalCode::UnknownSender,
+            detail: None,
+        }
+        .to_string(),
+        _ => return e.into(),
+    };
+    // The sentence says all the error did: one line, not two.
+    anyhow::Error::new(RefusedBy { who, sentence })
 }
 
 /// Connects; in code mode the receiver may not be listening yet (its user types the code
@@ -370,6 +410,7 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         accept_unknown: args.accept_unknown || file.accept_unknown.unwrap_or(false),
         yes: args.yes || file.auto_accept.unwrap_or(false),
         overwrite: args.overwrite || file.overwrite.unwrap_or(false),
+        max_entries: args.max_entries.or(file.max_entries),
     };
     let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, &config)?;
     let audit = Audit::open(
@@ -646,28 +687,19 @@ fn events(out: Output, book: &AddressBook) -> Events {
             Event::Offer {
                 peer,
                 files,
+                dirs,
                 total,
                 top_level,
+                top_level_count,
             },
         ) => {
             println!(
                 "{}",
-                json!({"event": "offer", "peer": peer.fingerprint().to_string(), "peer_name": names.get(&peer.to_string()), "files": files, "bytes": total, "top_level": top_level})
+                json!({"event": "offer", "peer": peer.fingerprint().to_string(), "peer_name": names.get(&peer.to_string()), "files": files, "dirs": dirs, "bytes": total, "top_level": top_level, "top_level_count": top_level_count})
             );
         }
-        (
-            Output::Human,
-            Event::Offer {
-                peer,
-                files,
-                total,
-                top_level,
-            },
-        ) => {
-            eprintln!(
-                "{}",
-                describe_offer(&names, &peer, files, total, &top_level)
-            );
+        (Output::Human, offer @ Event::Offer { .. }) => {
+            eprintln!("{}", describe_offer(&names, &offer));
         }
         (Output::Json, Event::Progress { bytes, total }) => {
             println!(
@@ -711,25 +743,44 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     b
 }
 
-/// "offer from NAME (fingerprint): N files, X bytes: a, b, c and 4 more".
-fn describe_offer(
-    names: &std::collections::HashMap<String, String>,
-    peer: &crate::crypto::identity::PublicKey,
-    files: u64,
-    total: u64,
-    top_level: &[String],
-) -> String {
+/// "offer from NAME (fingerprint): 100000 files and 2 empty folders, 1.2 GiB (1234 bytes)
+/// in a, b, c and 4 more" (names escaped by the receiver; a big offer stays one line).
+fn describe_offer(names: &std::collections::HashMap<String, String>, offer: &Event) -> String {
+    let Event::Offer {
+        peer,
+        files,
+        dirs,
+        total,
+        top_level,
+        top_level_count,
+    } = offer
+    else {
+        return String::new();
+    };
     let who = match names.get(&peer.to_string()) {
         Some(n) => format!("{n} ({})", peer.fingerprint()),
         None => format!("UNKNOWN sender {}", peer.fingerprint()),
     };
     let shown: Vec<&str> = top_level.iter().take(10).map(String::as_str).collect();
-    let more = match top_level.len().saturating_sub(shown.len()) {
+    let more = match top_level_count.saturating_sub(shown.len() as u64) {
         0 => String::new(),
         n => format!(" and {n} more"),
     };
+    let plural = |n: u64, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let folders = match dirs {
+        0 => String::new(),
+        &n => format!(" and {}", plural(n, "empty folder", "empty folders")),
+    };
     format!(
-        "offer from {who}: {files} files, {total} bytes: {}{more}",
+        "offer from {who}: {}{folders}, {} ({total} bytes) in {}{more}",
+        plural(*files, "file", "files"),
+        indicatif::BinaryBytes(*total),
         shown.join(", ")
     )
 }

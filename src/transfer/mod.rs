@@ -6,6 +6,8 @@
 //! - [`data`]: one file's STREAM chunks on a QUIC unidirectional stream, sealed, hashed
 //!   and opened on the cipher workers.
 //! - [`paths`]: validation of the relative paths a peer sends (untrusted until parsed).
+//! - [`dirs`]: the receiver's directories of an offer: empty ones recreated, those a
+//!   failed offer created removed.
 //! - [`dest`]: the receiver's writes: `.part` files, no-replace finalize, no links
 //!   followed, free space.
 //! - [`reserve`]: reserving a received file's space ahead of its writes.
@@ -14,6 +16,7 @@
 
 pub mod data;
 pub mod dest;
+pub mod dirs;
 pub mod paths;
 pub mod protocol;
 pub mod reserve;
