@@ -349,15 +349,19 @@ async fn a_size_of_two_to_the_63_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_entries_are_handled_with_bounded_memory() {
-    // Exactly the maximum, in valid batches, each name distinct, with a total that does
-    // not add up: the receiver reads them all (bounded: the count is capped before
-    // anything is allocated) and refuses.
+    // Exactly the protocol's maximum, in valid batches, each name distinct: above the
+    // receiver's default entry limit, so it refuses from the announced count alone,
+    // before reading (or allocating for) any entry.
     let c = clinics();
     let out = c.dir.path().join("out");
     let entries: Vec<Entry> = (0..1_000_000u32)
         .map(|i| entry(&format!("d/{i}"), 0))
         .collect();
     let (received, reply) = offer_with(&c, &out, entries, |s| s.total_size = 1, None).await;
-    assert!(received.unwrap_err().to_string().contains("do not add up"));
+    let err = received.unwrap_err();
+    assert!(
+        matches!(&err, TransferError::Refused(r) if matches!(r.code, phi_conduit::transfer::protocol::RefusalCode::TooManyEntries { max: 250_000 })),
+        "{err}"
+    );
     assert!(!matches!(reply, Some(Reply::Accept { .. })));
 }

@@ -125,7 +125,7 @@ pub enum RefusalCode {
     Exists,
     /// Not enough free space (detail: bytes needed and available).
     NoSpace,
-    /// More entries than the receiver accepts in one offer.
+    /// More entries than the receiver accepts in one offer (detail: how many were offered).
     TooManyEntries {
         /// The receiver's limit.
         max: u64,
@@ -172,8 +172,11 @@ impl Refusal {
             (RefusalCode::Exists, None) => "a file of this offer already exists there".into(),
             (RefusalCode::NoSpace, Some(d)) => format!("not enough free space there ({d})"),
             (RefusalCode::NoSpace, None) => "not enough free space there".into(),
-            (RefusalCode::TooManyEntries { max }, _) => {
+            (RefusalCode::TooManyEntries { max }, None) => {
                 format!("the offer has more entries than the {max} it accepts at once")
+            }
+            (RefusalCode::TooManyEntries { max }, Some(d)) => {
+                format!("the offer has more entries than the {max} it accepts at once ({d})")
             }
             (RefusalCode::Policy, Some(d)) => d,
             (RefusalCode::Policy, None) => "its policy does not allow this offer".into(),

@@ -885,7 +885,7 @@ async fn receive_audited(
     let early = if announced > max {
         Some(Refusal::new(
             RefusalCode::TooManyEntries { max },
-            format!("an offer of {announced} entries, more than the {max} accepted at once"),
+            format!("{announced} entries offered"),
         ))
     } else if !known && !policy.yes && policy.confirm.is_none() {
         Some(Refusal::new(
