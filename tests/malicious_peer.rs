@@ -122,9 +122,10 @@ async fn offer_with(
             // File index 0, from chunk 0.
             s.write_all(&[0u8; 16]).await.unwrap();
             let _ = data::send_file(&conn, &mut s, &c.pool, fd, source, Arc::new(|_| {})).await;
-            let _ =
-                session::recv::<_, phi_conduit::transfer::protocol::ReceiptStart>(&mut ctl, &mut est)
-                    .await;
+            let _ = session::recv::<_, phi_conduit::transfer::protocol::ReceiptStart>(
+                &mut ctl, &mut est,
+            )
+            .await;
         }
         Some(reply)
     };

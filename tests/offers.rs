@@ -35,7 +35,12 @@ fn send(p: &Pair, addr: &str, paths: &[&Path], extra: &[&str]) -> Output {
 /// `n` files of 0 to 2 KiB under `root`, 10 per directory, three levels deep.
 fn write_many(root: &Path, n: usize) {
     for i in 0..n {
-        let dir = root.join(format!("p{}/s{}/d{}", i / 10_000, i / 1_000 % 10, i / 10 % 100));
+        let dir = root.join(format!(
+            "p{}/s{}/d{}",
+            i / 10_000,
+            i / 1_000 % 10,
+            i / 10 % 100
+        ));
         if i % 10 == 0 {
             std::fs::create_dir_all(&dir).unwrap();
         }
@@ -152,10 +157,7 @@ fn many_files_arrive(n: usize) -> u64 {
         assert_eq!(m.permissions().mode() & 0o077, 0, "{d} not private");
     }
     let sent = json_lines(&text(&out.stdout));
-    assert_eq!(
-        sent.iter().filter(|e| e["event"] == "file_done").count(),
-        n
-    );
+    assert_eq!(sent.iter().filter(|e| e["event"] == "file_done").count(), n);
     let offer = json_lines(&rout)
         .into_iter()
         .find(|e| e["event"] == "offer")
@@ -224,7 +226,9 @@ fn an_existing_file_is_refused_with_the_reason_and_the_next_step() {
     std::fs::write(src.join("report.pdf"), b"ours").unwrap();
     let (err, _) = refused(&p, &inbox, &[], &[&src.join("report.pdf")]);
     assert!(
-        err.contains("lab refused: report.pdf already exists there; they can re-run with --overwrite"),
+        err.contains(
+            "lab refused: report.pdf already exists there; they can re-run with --overwrite"
+        ),
         "{err}"
     );
     assert_eq!(std::fs::read(inbox.join("report.pdf")).unwrap(), b"theirs");
@@ -264,7 +268,10 @@ fn an_unknown_sender_is_refused_and_learns_nothing_about_the_destination() {
     assert!(rerr.contains("unknown sender"), "{rerr}");
     // With --yes the offer is looked at; that the name exists is not told to a stranger.
     let (err, rerr) = refused(&p, &inbox, &["--accept-unknown", "--yes"], &[&file]);
-    assert!(err.contains("lab refused: its policy does not allow this offer"), "{err}");
+    assert!(
+        err.contains("lab refused: its policy does not allow this offer"),
+        "{err}"
+    );
     assert!(!err.contains("Doe") && !err.contains("exists"), "{err}");
     assert!(rerr.contains("Doe, Jane.pdf already exists"), "{rerr}");
 }
@@ -315,13 +322,22 @@ fn invisible_characters_in_names_are_shown_escaped_in_the_prompt_and_summary() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
     let out = send(&p, &addr, &[&file], &[]);
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(child.wait().unwrap().success(), "{err}");
     assert!(inbox.join(name).is_file());
     for (what, shown) in [

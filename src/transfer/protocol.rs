@@ -268,7 +268,11 @@ mod tests {
 
     #[test]
     fn an_unknown_sender_learns_nothing_about_paths_or_space() {
-        for code in [RefusalCode::Exists, RefusalCode::NoSpace, RefusalCode::Policy] {
+        for code in [
+            RefusalCode::Exists,
+            RefusalCode::NoSpace,
+            RefusalCode::Policy,
+        ] {
             let r = Refusal::new(code, "Doe, Jane.pdf: 12 bytes needed, 3 available")
                 .for_unknown_sender();
             assert_eq!(r.code, RefusalCode::Policy);
@@ -281,7 +285,10 @@ mod tests {
 
     #[test]
     fn a_peers_detail_is_escaped_and_bounded() {
-        let r = Refusal::new(RefusalCode::Exists, format!("\u{1b}[31m{}", "x".repeat(9000)));
+        let r = Refusal::new(
+            RefusalCode::Exists,
+            format!("\u{1b}[31m{}", "x".repeat(9000)),
+        );
         let shown = r.to_string();
         assert!(!shown.contains('\u{1b}'));
         assert!(shown.len() < MAX_DETAIL + 200);

@@ -17,8 +17,8 @@ use crate::peers::AddressBook;
 use crate::session::{self, SessionError};
 use crate::transfer::data::{self, DataError, FileData};
 use crate::transfer::dest::{DestError, Destination};
-use crate::transfer::paths::{PathError, RelPath, check_collisions};
 use crate::transfer::dirs::CreatedDirs;
+use crate::transfer::paths::{PathError, RelPath, check_collisions};
 use crate::transfer::protocol::{
     DEFAULT_MAX_ENTRIES, Entry, FILE_STREAM_HEADER, HASHES_PER_MESSAGE, MANIFEST_BYTES_PER_MESSAGE,
     MAX_ENTRIES, OfferDirs, OfferEntries, OfferStart, POINTS_PER_MESSAGE, ReceiptHashes,
@@ -349,7 +349,10 @@ pub async fn send_tree_recorded(
     events: &Events,
     rec: &SessionAudit,
 ) -> Result<Summary, TransferError> {
-    let result = send_audited(conn, local, recipient, files, dirs, chunk, pool, events, rec).await;
+    let result = send_audited(
+        conn, local, recipient, files, dirs, chunk, pool, events, rec,
+    )
+    .await;
     audited(rec, result).await
 }
 
@@ -420,7 +423,7 @@ async fn send_audited(
     let mut sent: Vec<Option<blake3::Hash>> = vec![None; files.len()];
     let mut resumed = 0u64;
     // Small files go several at a time (each on its own stream); a large one alone.
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(FILES_IN_FLIGHT));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(FLIGHT_UNITS as usize));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, f) in files.iter().enumerate() {
         let file = std::fs::File::open(&f.path)?;
@@ -452,11 +455,7 @@ async fn send_audited(
             tree,
             (crate::transport::SEND_WINDOW, pool.threads()),
         );
-        let share = if f.size > SMALL_FILE {
-            FILES_IN_FLIGHT as u32
-        } else {
-            1
-        };
+        let share = flight_weight(f.size);
         let permit = loop {
             // Collect finished files while waiting for room.
             tokio::select! {
@@ -520,10 +519,32 @@ async fn send_audited(
     })
 }
 
-/// Files sent (or received) at once, each on its own stream.
+/// Files sent (or received) at once, each on its own stream, when they are up to
+/// [`SMALL_FILE`] bytes.
 pub const FILES_IN_FLIGHT: usize = 4;
 /// Files up to this size share the window; a larger one is sent alone.
 pub const SMALL_FILE: u64 = 4 << 20;
+/// Files up to this size go [`TINY_FILES_IN_FLIGHT`] at once: many small files are
+/// bound by per-file latency (open, fsync, rename, audit record), not bytes.
+pub const TINY_FILE: u64 = 1 << 20;
+/// Tiny files in flight at once.
+pub const TINY_FILES_IN_FLIGHT: usize = 16;
+/// The units of the files in flight on each side (see [`flight_weight`]).
+pub const FLIGHT_UNITS: u32 = 16;
+
+/// A file's share of [`FLIGHT_UNITS`]: 1 up to [`TINY_FILE`] bytes, 4 up to
+/// [`SMALL_FILE`], all of them above. The sender waits for a file's share before it
+/// opens its stream; the receiver accepts no new stream while the files it holds weigh
+/// [`FLIGHT_UNITS`] (so its buffers stay within about two stream windows).
+pub fn flight_weight(size: u64) -> u32 {
+    if size <= TINY_FILE {
+        1
+    } else if size <= SMALL_FILE {
+        FLIGHT_UNITS / FILES_IN_FLIGHT as u32
+    } else {
+        FLIGHT_UNITS
+    }
+}
 
 /// What a sender's file task ends with: the file's index and its hash, or the index and
 /// what failed.
@@ -608,7 +629,9 @@ async fn offer_and_answer(
             let body = if m == 0 {
                 est.seal_message(start)
             } else if let Some(r) = entry_batches.get(m - 1) {
-                est.seal_message(&OfferEntries(files[r.clone()].iter().map(entry_of).collect()))
+                est.seal_message(&OfferEntries(
+                    files[r.clone()].iter().map(entry_of).collect(),
+                ))
             } else {
                 let r = dir_batches[m - 1 - entry_batches.len()].clone();
                 est.seal_message(&OfferDirs(
@@ -890,7 +913,10 @@ async fn receive_audited(
     } else if !known && !policy.yes && policy.confirm.is_none() {
         Some(Refusal::new(
             RefusalCode::UnknownSender,
-            format!("offer from unknown sender {} needs --yes", peer.fingerprint()),
+            format!(
+                "offer from unknown sender {} needs --yes",
+                peer.fingerprint()
+            ),
         ))
     } else {
         None
@@ -935,7 +961,9 @@ async fn receive_audited(
     while (dirs.len() as u64) < offer.dirs {
         let OfferDirs(batch) = session::recv(&mut rx, &mut est).await?;
         if batch.is_empty() || dirs.len() as u64 + batch.len() as u64 > offer.dirs {
-            return Err(protocol("offer directories do not match the announced count"));
+            return Err(protocol(
+                "offer directories do not match the announced count",
+            ));
         }
         for d in batch {
             count_path(&d)?;
@@ -1002,12 +1030,13 @@ async fn receive_audited(
     } else if asked.is_none() && !known && !policy.yes {
         Some(Refusal::new(
             RefusalCode::UnknownSender,
-            format!("offer from unknown sender {} needs --yes", peer.fingerprint()),
+            format!(
+                "offer from unknown sender {} needs --yes",
+                peer.fingerprint()
+            ),
         ))
-    } else if let Some(rel) = in_the_way() {
-        Some(Refusal::new(RefusalCode::Exists, rel.to_string()))
     } else {
-        None
+        in_the_way().map(|rel| Refusal::new(RefusalCode::Exists, rel.to_string()))
     };
     let (plan, refusal) = match refusal {
         Some(r) => (ResumePlan::default(), Some(r)),
@@ -1041,13 +1070,14 @@ async fn receive_audited(
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut got: Vec<Option<blake3::Hash>> = vec![None; entries.len()];
     let mut resumed = 0u64;
-    // Up to FILES_IN_FLIGHT files at once, each on its own stream.
+    // Files at once (each on its own stream) while they weigh less than FLIGHT_UNITS.
     let mut started = vec![false; entries.len()];
     let mut accepted = 0usize;
+    let mut weight = 0u32;
     let mut tasks = tokio::task::JoinSet::new();
     while accepted < entries.len() || !tasks.is_empty() {
         tokio::select! {
-            s = conn.accept_uni(), if accepted < entries.len() && tasks.len() < FILES_IN_FLIGHT => {
+            s = conn.accept_uni(), if accepted < entries.len() && tasks.len() < TINY_FILES_IN_FLIGHT && weight < FLIGHT_UNITS => {
                 let mut s = s?;
                 accepted += 1;
                 let mut header = [0u8; FILE_STREAM_HEADER];
@@ -1061,6 +1091,7 @@ async fn receive_audited(
                     .ok_or_else(|| protocol(format!("file stream for unknown or repeated file {index}")))?;
                 started[slot] = true;
                 let (rel, e) = &entries[slot];
+                weight += flight_weight(e.size);
                 let layout = ChunkLayout::new(e.size, chunk);
                 let mut ctx = FileKeyContext::fresh(transfer_id, index, chunk);
                 let mut tree = TreeHash::new(&layout);
@@ -1134,6 +1165,7 @@ async fn receive_audited(
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 let (slot, r) = done.map_err(|e| TransferError::Io(std::io::Error::other(e)))?;
+                weight = weight.saturating_sub(flight_weight(entries[slot].1.size));
                 let hash = r?;
                 got[slot] = Some(hash);
                 let (rel, e) = &entries[slot];
@@ -1214,7 +1246,9 @@ fn plan_resume(
                 plan,
                 Some(Refusal::new(
                     RefusalCode::Policy,
-                    format!("{rel}: a partial file without a resume record is in the way ({shown})"),
+                    format!(
+                        "{rel}: a partial file without a resume record is in the way ({shown})"
+                    ),
                 )),
             ));
         };
