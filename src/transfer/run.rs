@@ -528,14 +528,15 @@ pub const SMALL_FILE: u64 = 4 << 20;
 /// bound by per-file latency (open, fsync, rename, audit record), not bytes.
 pub const TINY_FILE: u64 = 1 << 20;
 /// Tiny files in flight at once.
-pub const TINY_FILES_IN_FLIGHT: usize = 16;
+pub const TINY_FILES_IN_FLIGHT: usize = 32;
 /// The units of the files in flight on each side (see [`flight_weight`]).
-pub const FLIGHT_UNITS: u32 = 16;
+pub const FLIGHT_UNITS: u32 = 32;
 
 /// A file's share of [`FLIGHT_UNITS`]: 1 up to [`TINY_FILE`] bytes, 4 up to
 /// [`SMALL_FILE`], all of them above. The sender waits for a file's share before it
 /// opens its stream; the receiver accepts no new stream while the files it holds weigh
-/// [`FLIGHT_UNITS`] (so its buffers stay within about two stream windows).
+/// [`FLIGHT_UNITS`] (so its buffers stay within about 32 MiB of tiny files plus one
+/// stream window).
 pub fn flight_weight(size: u64) -> u32 {
     if size <= TINY_FILE {
         1
