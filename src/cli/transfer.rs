@@ -805,15 +805,29 @@ fn report(what: &str, s: &Summary, json: bool) {
     // The rate counts the bytes that crossed the network in this run.
     let mbps = s.bytes.saturating_sub(s.resumed) as f64 / s.seconds.max(1e-9) / 1e6;
     if json {
-        let files: Vec<_> = s
-            .files
-            .iter()
-            .map(|(p, size, h)| json!({"path": p.to_string(), "size": size, "blake3": h.to_hex().to_string()}))
-            .collect();
-        println!(
-            "{}",
-            json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "files": files})
-        );
+        // Written file by file: a summary of 100,000 files as one JSON value would take
+        // more memory than the whole transfer.
+        let head = json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string()});
+        let head = head.to_string();
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            w.write_all(head.strip_suffix('}').unwrap_or(&head).as_bytes())?;
+            w.write_all(b",\"files\":[")?;
+            for (i, (p, size, h)) in s.files.iter().enumerate() {
+                if i > 0 {
+                    w.write_all(b",")?;
+                }
+                let one =
+                    json!({"path": p.to_string(), "size": size, "blake3": h.to_hex().to_string()});
+                serde_json::to_writer(&mut w, &one)?;
+            }
+            w.write_all(b"]}\n")?;
+            w.flush()
+        })();
+        if let Err(e) = written {
+            eprintln!("warning: summary not written: {e}");
+        }
     } else {
         println!(
             "{what} {} files, {} bytes in {:.2} s ({mbps:.1} MB/s), peer {}",
