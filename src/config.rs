@@ -81,6 +81,8 @@ pub struct TransferFile {
     /// Days after which the receiver removes a leftover partial file
     /// (`--part-max-age-days`; 0 keeps them).
     pub part_max_age_days: Option<u32>,
+    /// Most entries accepted in one offer (`--max-entries`).
+    pub max_entries: Option<u64>,
 }
 
 /// `[audit]`: the audit trail.
@@ -326,6 +328,12 @@ impl Config {
                 None,
                 "transfer.part_max_age_days",
                 Some(&DEFAULT_PART_MAX_AGE_DAYS.to_string()),
+            ),
+            text(
+                t.max_entries.map(|v| v.to_string()),
+                None,
+                "transfer.max_entries",
+                Some(&crate::transfer::protocol::DEFAULT_MAX_ENTRIES.to_string()),
             ),
             text(
                 a.names.map(|n| name_mode(n).to_string()),

@@ -7,7 +7,10 @@ use phi_conduit::crypto::handshake::{Initiator, Responder, Step};
 use phi_conduit::crypto::identity::{Identity, PublicKey};
 use phi_conduit::relay::hello::{Hello, Role};
 use phi_conduit::transfer::paths::{RelPath, check_collisions};
-use phi_conduit::transfer::protocol::{Entry, OfferEntries, OfferStart, Receipt, Reply};
+use phi_conduit::transfer::protocol::{
+    Entry, OfferDirs, OfferEntries, OfferStart, ReceiptHashes, ReceiptStart, Refusal, RefusalCode,
+    Reply, ResumePoint, ResumePoints,
+};
 use phi_conduit::wire::frame::{FrameDecoder, MAX_FRAME, decode_all, to_frame};
 use proptest::prelude::*;
 
@@ -55,7 +58,9 @@ fn offer_messages() -> Vec<Vec<u8>> {
         session_secret: [2; 32],
         chunk_size: 262_144,
         count: 2,
+        dirs: 1,
         total_size: 10,
+        audit_head: Some([5; 32]),
     };
     let entries = OfferEntries(vec![
         Entry {
@@ -74,9 +79,27 @@ fn offer_messages() -> Vec<Vec<u8>> {
     vec![
         postcard::to_allocvec(&start).unwrap(),
         postcard::to_allocvec(&entries).unwrap(),
-        postcard::to_allocvec(&Reply::Refuse("no".into())).unwrap(),
-        postcard::to_allocvec(&Reply::Accept).unwrap(),
-        postcard::to_allocvec(&Receipt(vec![[3; 32], [4; 32]])).unwrap(),
+        postcard::to_allocvec(&OfferDirs(vec!["empty/dir".into()])).unwrap(),
+        postcard::to_allocvec(&Reply::Refuse(Refusal::new(RefusalCode::Exists, "a/b.txt")))
+            .unwrap(),
+        postcard::to_allocvec(&Reply::Refuse(Refusal {
+            code: RefusalCode::TooManyEntries { max: 9 },
+            detail: None,
+        }))
+        .unwrap(),
+        postcard::to_allocvec(&Reply::Accept { resume_points: 1 }).unwrap(),
+        postcard::to_allocvec(&ResumePoints(vec![ResumePoint {
+            file: 1,
+            from_chunk: 2,
+            prefix_blake3: [6; 32],
+        }]))
+        .unwrap(),
+        postcard::to_allocvec(&ReceiptStart {
+            count: 2,
+            audit_head: Some([7; 32]),
+        })
+        .unwrap(),
+        postcard::to_allocvec(&ReceiptHashes(vec![[3; 32], [4; 32]])).unwrap(),
     ]
 }
 
@@ -123,8 +146,11 @@ proptest! {
         let bytes = apply(offer_messages()[which].clone(), &ms);
         let _ = postcard::from_bytes::<OfferStart>(&bytes);
         let _ = postcard::from_bytes::<OfferEntries>(&bytes);
+        let _ = postcard::from_bytes::<OfferDirs>(&bytes);
         let _ = postcard::from_bytes::<Reply>(&bytes);
-        let _ = postcard::from_bytes::<Receipt>(&bytes);
+        let _ = postcard::from_bytes::<ResumePoints>(&bytes);
+        let _ = postcard::from_bytes::<ReceiptStart>(&bytes);
+        let _ = postcard::from_bytes::<ReceiptHashes>(&bytes);
     }
 
     #[test]

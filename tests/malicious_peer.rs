@@ -81,7 +81,9 @@ async fn offer_with(
             session_secret: secret,
             chunk_size: DEFAULT_CHUNK_SIZE.get(),
             count: entries.len() as u64,
+            dirs: 0,
             total_size: entries.iter().map(|e| e.size).fold(0u64, u64::wrapping_add),
+            audit_head: None,
         };
         tweak(&mut start);
         if session::send(&mut ctl, &mut est, &start).await.is_err() {
@@ -106,7 +108,7 @@ async fn offer_with(
             conn.close(1u32.into(), b"gave up");
             return None;
         };
-        if let (Reply::Accept, Some(d)) = (&reply, data) {
+        if let (Reply::Accept { .. }, Some(d)) = (&reply, data) {
             let keys = TransferKey::derive(&est.handshake_hash(), &secret);
             let chunk = ChunkSize::new(u64::from(start.chunk_size)).unwrap();
             let path = c.dir.path().join("actual.bin");
@@ -120,9 +122,10 @@ async fn offer_with(
             // File index 0, from chunk 0.
             s.write_all(&[0u8; 16]).await.unwrap();
             let _ = data::send_file(&conn, &mut s, &c.pool, fd, source, Arc::new(|_| {})).await;
-            let _ =
-                session::recv::<_, phi_conduit::transfer::protocol::Receipt>(&mut ctl, &mut est)
-                    .await;
+            let _ = session::recv::<_, phi_conduit::transfer::protocol::ReceiptStart>(
+                &mut ctl, &mut est,
+            )
+            .await;
         }
         Some(reply)
     };
@@ -142,7 +145,7 @@ async fn refused(entries: Vec<Entry>, why: &str) {
         .to_string();
     assert!(err.contains(why), "error {err:?} should mention {why:?}");
     assert!(
-        !matches!(reply, Some(Reply::Accept)),
+        !matches!(reply, Some(Reply::Accept { .. })),
         "the sender was told to go ahead"
     );
     assert_eq!(
@@ -310,7 +313,7 @@ async fn a_file_larger_than_declared_is_refused_and_never_finalized() {
         Some(Data { actual: 5000 }),
     )
     .await;
-    assert!(matches!(reply, Some(Reply::Accept)));
+    assert!(matches!(reply, Some(Reply::Accept { .. })));
     assert!(received.is_err());
     assert!(!out.join("short.bin").exists());
 }
@@ -339,7 +342,7 @@ async fn a_size_of_two_to_the_63_is_refused() {
         offer_with(&c, &out, vec![entry("huge.bin", 1 << 63)], |_| {}, None).await;
     assert!(received.is_err());
     assert!(
-        !matches!(reply, Some(Reply::Accept)),
+        !matches!(reply, Some(Reply::Accept { .. })),
         "a 2^63-byte file was accepted"
     );
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
@@ -347,15 +350,19 @@ async fn a_size_of_two_to_the_63_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_entries_are_handled_with_bounded_memory() {
-    // Exactly the maximum, in valid batches, each name distinct, with a total that does
-    // not add up: the receiver reads them all (bounded: the count is capped before
-    // anything is allocated) and refuses.
+    // Exactly the protocol's maximum, in valid batches, each name distinct: above the
+    // receiver's default entry limit, so it refuses from the announced count alone,
+    // before reading (or allocating for) any entry.
     let c = clinics();
     let out = c.dir.path().join("out");
     let entries: Vec<Entry> = (0..1_000_000u32)
         .map(|i| entry(&format!("d/{i}"), 0))
         .collect();
     let (received, reply) = offer_with(&c, &out, entries, |s| s.total_size = 1, None).await;
-    assert!(received.unwrap_err().to_string().contains("do not add up"));
-    assert!(!matches!(reply, Some(Reply::Accept)));
+    let err = received.unwrap_err();
+    assert!(
+        matches!(&err, TransferError::Refused(r) if matches!(r.code, phi_conduit::transfer::protocol::RefusalCode::TooManyEntries { max: 250_000 })),
+        "{err}"
+    );
+    assert!(!matches!(reply, Some(Reply::Accept { .. })));
 }

@@ -131,14 +131,15 @@ fn a_tree_with_an_empty_file_and_unicode_names_arrives_identical() {
 }
 
 #[test]
-fn an_unknown_sender_is_refused_with_the_auth_exit_code() {
+fn an_unknown_sender_is_refused_the_receiver_failing_authentication() {
     let p = pair(false);
     let f = p.root.join("x.txt");
     std::fs::write(&f, b"secret").unwrap();
     let inbox = p.root.join("inbox");
     let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&f]);
-    assert_eq!(out.status.code(), Some(3), "sender: {}", text(&out.stderr));
+    // The sender was refused (5, with the next step); the receiver saw an unknown key (3).
+    assert_eq!(out.status.code(), Some(5), "sender: {}", text(&out.stderr));
     let (status, _, rerr) = rx.finish();
     assert_eq!(status.code(), Some(3), "receiver: {rerr}");
     assert!(rerr.contains("unknown sender"), "{rerr}");

@@ -87,10 +87,23 @@ impl AuditLog {
     /// log, creating the log with its first record if there is none; fsyncs it. Returns
     /// the sequence number written.
     pub fn append(&self, record: Record) -> Result<u64, AuditError> {
+        self.append_with_head(record).map(|(seq, _)| seq)
+    }
+
+    /// [`AuditLog::append`], returning the sequence number and the record's MAC: the
+    /// chain's head right after it.
+    pub fn append_with_head(&self, record: Record) -> Result<(u64, [u8; 32]), AuditError> {
         let lock = self.lock()?;
-        let seq = self.append_locked(record)?;
+        let written = self.append_locked(record)?;
         drop(lock);
-        Ok(seq)
+        Ok(written)
+    }
+
+    /// The chain's head: the MAC of the last record (checked), `None` for an empty log.
+    pub fn head_mac(&self) -> Result<Option<[u8; 32]>, AuditError> {
+        let _lock = self.lock()?;
+        let files = list(&self.dir).map_err(AuditError::Io)?;
+        Ok(self.last(&files)?.map(|(_, last)| last.mac))
     }
 
     /// The last record's sequence number and MAC (hex), the chain's head: `None` for an
@@ -187,7 +200,7 @@ impl AuditLog {
     }
 
     /// [`AuditLog::append`] with the lock held.
-    fn append_locked(&self, mut record: Record) -> Result<u64, AuditError> {
+    fn append_locked(&self, mut record: Record) -> Result<(u64, [u8; 32]), AuditError> {
         let files = list(&self.dir).map_err(AuditError::Io)?;
         let (number, seq, prev) = match self.last(&files)? {
             None => {
@@ -216,8 +229,8 @@ impl AuditLog {
         };
         record.seq = seq;
         record.prev = record::hex(&prev);
-        self.write(number, &record)?;
-        Ok(seq)
+        let mac = self.write(number, &record)?;
+        Ok((seq, mac))
     }
 
     /// Writes one record at the end of file `number` and makes it durable.

@@ -328,8 +328,18 @@ impl SessionAudit {
     }
 
     async fn write(&self, event: &str, fill: impl FnOnce(&mut Record)) -> Result<(), AuditError> {
+        self.write_head(event, fill).await.map(|_| ())
+    }
+
+    /// [`SessionAudit::write`], returning the chain's head after the record (`None` when
+    /// the audit is off).
+    async fn write_head(
+        &self,
+        event: &str,
+        fill: impl FnOnce(&mut Record),
+    ) -> Result<Option<[u8; 32]>, AuditError> {
         let Some(inner) = self.audit.0.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         let peer = *self
             .peer
@@ -342,7 +352,7 @@ impl SessionAudit {
         if peer.is_none() && limit::LIMITED_EVENTS.contains(&event) {
             let now = record::now();
             match inner.unauthenticated.admit(std::time::Instant::now(), &now) {
-                limit::Admit::Drop => return Ok(()),
+                limit::Admit::Drop => return Ok(None),
                 limit::Admit::Write { suppressed, since } if suppressed > 0 => {
                     summary = Some(suppressed_record(&inner.local, suppressed, since));
                 }
@@ -382,11 +392,22 @@ impl SessionAudit {
             if let Some(s) = summary {
                 inner.log.append(s)?;
             }
-            inner.log.append(r)
+            inner.log.append_with_head(r)
         })
         .await
         .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
-        .map(|_| ())
+        .map(|(_, head)| Some(head))
+    }
+
+    /// The chain's head now (the MAC of the log's last record); `None` when the audit is
+    /// off or the log is empty.
+    pub async fn head(&self) -> Result<Option<[u8; 32]>, AuditError> {
+        let Some(inner) = self.audit.0.clone() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || inner.log.head_mac())
+            .await
+            .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
     }
 
     fn name(&self, path: &str, r: &mut Record) {
@@ -474,17 +495,25 @@ impl SessionAudit {
         .await
     }
 
-    /// The receipt (sent by the receiver; checked by the sender) over `hashes`.
-    pub async fn receipt(&self, hashes: &[blake3::Hash], bytes: u64) -> Result<(), AuditError> {
+    /// The receipt (sent by the receiver; checked by the sender) over `hashes`, with the
+    /// peer's audit chain head from the exchange (`peer_head`). Returns this log's head
+    /// after the record (`None` when the audit is off).
+    pub async fn receipt(
+        &self,
+        hashes: &[blake3::Hash],
+        bytes: u64,
+        peer_head: Option<&[u8; 32]>,
+    ) -> Result<Option<[u8; 32]>, AuditError> {
         let mut h = blake3::Hasher::new();
         for x in hashes {
             h.update(x.as_bytes());
         }
         let digest = h.finalize();
-        self.write(event::RECEIPT, |r| {
+        self.write_head(event::RECEIPT, |r| {
             r.files = Some(hashes.len() as u64);
             r.bytes = Some(bytes);
             r.receipt = Some(digest.to_hex().to_string());
+            r.peer_head = peer_head.map(|h| record::hex(h));
         })
         .await
     }
@@ -524,7 +553,7 @@ mod tests {
         let reason = "\u{1b}[31m\"\\".repeat(30_000);
         s.offer(&[1u8; 16], 1, 1, Some(&reason)).await.unwrap();
         s.failed(&reason).await.unwrap();
-        s.receipt(&[], 0).await.unwrap();
+        s.receipt(&[], 0, None).await.unwrap();
         let valid = verify::verify(&super::dir(&home), &chain_key(&me))
             .unwrap()
             .unwrap();

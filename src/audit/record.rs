@@ -126,6 +126,10 @@ pub struct Record {
     /// BLAKE3 over the receipt's file hashes, in order (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<String>,
+    /// Receipt: the peer's audit chain head (hex) exchanged with the receipt (the
+    /// sender's head at its offer, or the receiver's head at its receipt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_head: Option<String>,
     /// Why: a refusal, an authentication failure, a transfer failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -9,7 +9,9 @@
 //! - (c) relayed: the same through `conduit relay`;
 //! - (d) raw QUIC through the relay's splice: the relay's own ceiling;
 //! - (e) raw QUIC moving the files: (a) reading the source files and writing and
-//!   fsyncing the received bytes as the product does, still without the E2E layer.
+//!   fsyncing the received bytes as the product does, still without the E2E layer;
+//! - with `--files N` (N > 1), also (b) with the same bytes in one file, so that the
+//!   many-files rate is compared with the single-file rate of the same run.
 //!
 //! The STREAM seal and BLAKE3 speeds on one thread are measured in the same run, giving
 //! the CPU-bound ideal of a direct transfer: one cipher pass and one hash pass per byte
@@ -68,6 +70,10 @@ pub struct TransferReport {
     pub raw_quinn_mbps: f64,
     /// (b) whole stack, direct.
     pub direct_mbps: f64,
+    /// (b) with the same bytes in one file (only when `files` > 1).
+    pub direct_single_file_mbps: Option<f64>,
+    /// `direct / direct_single_file` (only when `files` > 1).
+    pub files_vs_single_file: Option<f64>,
     /// (c) whole stack through the relay.
     pub relayed_mbps: f64,
     /// (d) raw QUIC through the relay.
@@ -237,6 +243,15 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
         let share = cfg.size / cfg.files + u64::from(i < cfg.size % cfg.files);
         write_payload(&src.join(format!("part-{i:06}.bin")), share, &mut xof)?;
     }
+    // The same bytes in one file, for the single-file rate of the same run.
+    let single = (cfg.files > 1)
+        .then(|| -> Result<PathBuf, BenchError> {
+            let dir = root.join("single");
+            std::fs::create_dir(&dir)?;
+            write_payload(&dir.join("payload.bin"), cfg.size, &mut xof)?;
+            Ok(dir.join("payload.bin"))
+        })
+        .transpose()?;
     let (tx_home, rx_home) = (root.join("sender"), root.join("receiver"));
     homes(&tx_home, &rx_home)?;
 
@@ -260,6 +275,7 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
     // Rounds of (a), (e), (b), (c), (d), interleaved; each figure is the fastest of its
     // runs (other work on a shared host only ever slows a run down).
     let (mut raw, mut raw_files, mut direct) = (None, None, None);
+    let mut direct_single = None;
     // The relay's runs, with the relay's CPU seconds.
     let (mut relayed, mut raw_relay) = (None::<(Run, f64)>, None::<(Run, f64)>);
     let mut relay_rss = 0u64;
@@ -278,6 +294,12 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
             &mut direct,
             direct_run(exe, &tx_home, &rx_home, &src, &root.join("out"))?,
         );
+        if let Some(one) = &single {
+            faster(
+                &mut direct_single,
+                direct_run(exe, &tx_home, &rx_home, one, &root.join("out"))?,
+            );
+        }
         for (slot, raw_quic) in [(&mut relayed, false), (&mut raw_relay, true)] {
             let (run, cpu, rss) = if raw_quic {
                 raw_relayed_run(exe, &size)?
@@ -310,6 +332,8 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
         dir: base.display().to_string(),
         raw_quinn_mbps: raw.mbps,
         direct_mbps: direct.mbps,
+        direct_single_file_mbps: direct_single.as_ref().map(|r| r.mbps),
+        files_vs_single_file: direct_single.as_ref().map(|r| direct.mbps / r.mbps),
         relayed_mbps: relayed.mbps,
         raw_relay_mbps: raw_relay.mbps,
         stream_seal_1t_mbps: seal,

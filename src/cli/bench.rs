@@ -213,6 +213,15 @@ fn print_transfer(r: &TransferReport) {
         "{:<34} {:>10.0} {:>12.2} {:>12.2} {:>12}",
         "(b) conduit, direct", r.direct_mbps, r.sender_cpu_s_per_gb, r.receiver_cpu_s_per_gb, "-"
     );
+    if let Some(one) = r.direct_single_file_mbps {
+        println!(
+            "{:<34} {:>10.0}   ({} files / one file: {:.2})",
+            "(b) conduit, direct, one file",
+            one,
+            r.files,
+            r.files_vs_single_file.unwrap_or_default()
+        );
+    }
     println!(
         "{:<34} {:>10.0} {:>12} {:>12} {:>12.2}",
         "(c) conduit, through the relay", r.relayed_mbps, "", "", r.relay_cpu_s_per_gb

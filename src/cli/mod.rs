@@ -232,6 +232,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<Usage>() {
             return code::USAGE;
         }
+        if cause.is::<transfer::RefusedBy>() {
+            return code::REFUSED;
+        }
         if let Some(e) = cause.downcast_ref::<StreamError>() {
             return if e.is_integrity() {
                 code::INTEGRITY
@@ -350,7 +353,10 @@ mod tests {
         names.learn(["Doe Jane.pdf"]);
         let refused = || {
             anyhow::Error::from(TransferError::Refused(
-                "Doe Jane.pdf already exists at the receiver".into(),
+                crate::transfer::protocol::Refusal::new(
+                    crate::transfer::protocol::RefusalCode::Exists,
+                    "Doe Jane.pdf",
+                ),
             ))
         };
         let err = Redacted::hide(&names, refused());

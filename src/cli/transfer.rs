@@ -105,6 +105,10 @@ pub struct ReceiveArgs {
     /// keeps them [default: 7].
     #[arg(long, value_name = "DAYS")]
     part_max_age_days: Option<u32>,
+    /// Most entries (files and empty directories) accepted in one offer; larger offers
+    /// are refused before their list is read [default: 250000; at most 1000000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_entries: Option<u64>,
     /// Authenticate the sender with the code phrase it printed.
     #[arg(long, value_name = "CODE")]
     code: Option<String>,
@@ -302,8 +306,17 @@ fn send_recorded(
         }
     };
     let chunk = ChunkSize::new(args.chunk_size)?;
-    let (files, skipped) = source::collect(&args.paths)?;
-    names.learn(files.iter().map(|f| f.rel.as_str()));
+    let source::Collected {
+        files,
+        dirs,
+        skipped,
+    } = source::collect_with_dirs(&args.paths)?;
+    names.learn(
+        files
+            .iter()
+            .map(|f| f.rel.as_str())
+            .chain(dirs.iter().map(|d| d.as_str())),
+    );
     for s in skipped {
         let shown = if names.hides() {
             names.tag(&s.to_string_lossy())
@@ -336,8 +349,8 @@ fn send_recorded(
         };
         let pool = CipherPool::with_all_cores()?;
         let events = events(Output::of(args.json, args.quiet), &book, names.clone());
-        let transfer = run::send_recorded(
-            &conn, &identity, &recipient, &files, chunk, &pool, &events, &rec,
+        let transfer = run::send_tree_recorded(
+            &conn, &identity, &recipient, &files, &dirs, chunk, &pool, &events, &rec,
         );
         let result = tokio::select! {
             r = transfer => r,
@@ -352,13 +365,45 @@ fn send_recorded(
             conn.close(run::CLOSE_ERROR.into(), b"error");
         }
         endpoint.wait_idle().await;
-        anyhow::Ok(result?)
+        anyhow::Ok(result.map_err(|e| refused_by(e, args.to.as_deref()))?)
     })?;
     report("sent", &summary, args.json, &names);
     if let Some(name) = &args.save_peer {
         save_peer(&mut book, name, &summary)?;
     }
     Ok(())
+}
+
+/// The receiver refused the offer (exit code 5): who, what it said and what to do next,
+/// as one sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("{who} refused: {sentence}")]
+pub(crate) struct RefusedBy {
+    /// The receiver's name in the address book, or "the receiver".
+    who: String,
+    /// What it said, then the next step.
+    sentence: String,
+}
+
+/// A sender's error, with a refusal (by the offer's answer, or by the handshake's abort
+/// "unknown peer") turned into a [`RefusedBy`] sentence naming the receiver.
+fn refused_by(e: run::TransferError, to: Option<&str>) -> anyhow::Error {
+    use crate::crypto::handshake::{AbortReason, HandshakeError};
+    use crate::session::SessionError;
+    let who = to.map_or_else(|| "the receiver".to_string(), str::to_string);
+    let sentence = match &e {
+        run::TransferError::Refused(r) => r.to_string(),
+        run::TransferError::Session(SessionError::Handshake(HandshakeError::PeerAborted(
+            AbortReason::UnknownPeer,
+        ))) => crate::transfer::protocol::Refusal {
+            code: crate::transfer::protocol::RefusalCode::UnknownSender,
+            detail: None,
+        }
+        .to_string(),
+        _ => return e.into(),
+    };
+    // The sentence says all the error did: one line, not two.
+    anyhow::Error::new(RefusedBy { who, sentence })
 }
 
 /// Connects; in code mode the receiver may not be listening yet (its user types the code
@@ -442,6 +487,7 @@ fn receive_recorded(
         yes: args.yes || file.auto_accept.unwrap_or(false),
         overwrite: args.overwrite || file.overwrite.unwrap_or(false),
         keep_modes: args.keep_modes || file.keep_modes.unwrap_or(false),
+        max_entries: args.max_entries.or(file.max_entries),
     };
     let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, config)?;
     let max_age_days = args
@@ -806,14 +852,16 @@ fn events(out: Output, book: &AddressBook, names: Names) -> Events {
             Event::Offer {
                 peer,
                 files,
+                dirs,
                 total,
                 top_level,
+                top_level_count,
             },
         ) => {
             let top_level: Vec<String> = top_level.iter().map(|n| shown.show(n)).collect();
             println!(
                 "{}",
-                json!({"event": "offer", "peer": peer.fingerprint().to_string(), "peer_name": names.get(&peer.to_string()), "files": files, "bytes": total, "top_level": top_level, "names": names_mode(&shown)})
+                json!({"event": "offer", "peer": peer.fingerprint().to_string(), "peer_name": names.get(&peer.to_string()), "files": files, "dirs": dirs, "bytes": total, "top_level": top_level, "top_level_count": top_level_count, "names": names_mode(&shown)})
             );
         }
         (
@@ -821,15 +869,22 @@ fn events(out: Output, book: &AddressBook, names: Names) -> Events {
             Event::Offer {
                 peer,
                 files,
+                dirs,
                 total,
                 top_level,
+                top_level_count,
             },
         ) => {
             let top_level: Vec<String> = top_level.iter().map(|n| shown.tag(n)).collect();
-            eprintln!(
-                "{}",
-                describe_offer(&names, &peer, files, total, &top_level)
-            );
+            let offer = Event::Offer {
+                peer,
+                files,
+                dirs,
+                total,
+                top_level,
+                top_level_count,
+            };
+            eprintln!("{}", describe_offer(&names, &offer));
         }
         (Output::Json, Event::Progress { bytes, total }) => {
             println!(
@@ -879,25 +934,44 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     b
 }
 
-/// "offer from NAME (fingerprint): N files, X bytes: a, b, c and 4 more".
-fn describe_offer(
-    names: &std::collections::HashMap<String, String>,
-    peer: &crate::crypto::identity::PublicKey,
-    files: u64,
-    total: u64,
-    top_level: &[String],
-) -> String {
+/// "offer from NAME (fingerprint): 100000 files and 2 empty folders, 1.2 GiB (1234 bytes)
+/// in a, b, c and 4 more" (names escaped by the receiver; a big offer stays one line).
+fn describe_offer(names: &std::collections::HashMap<String, String>, offer: &Event) -> String {
+    let Event::Offer {
+        peer,
+        files,
+        dirs,
+        total,
+        top_level,
+        top_level_count,
+    } = offer
+    else {
+        return String::new();
+    };
     let who = match names.get(&peer.to_string()) {
         Some(n) => format!("{n} ({})", peer.fingerprint()),
         None => format!("UNKNOWN sender {}", peer.fingerprint()),
     };
     let shown: Vec<&str> = top_level.iter().take(10).map(String::as_str).collect();
-    let more = match top_level.len().saturating_sub(shown.len()) {
+    let more = match top_level_count.saturating_sub(shown.len() as u64) {
         0 => String::new(),
         n => format!(" and {n} more"),
     };
+    let plural = |n: u64, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let folders = match dirs {
+        0 => String::new(),
+        &n => format!(" and {}", plural(n, "empty folder", "empty folders")),
+    };
     format!(
-        "offer from {who}: {files} files, {total} bytes: {}{more}",
+        "offer from {who}: {}{folders}, {} ({total} bytes) in {}{more}",
+        plural(*files, "file", "files"),
+        indicatif::BinaryBytes(*total),
         shown.join(", ")
     )
 }
@@ -928,15 +1002,29 @@ fn report(what: &str, s: &Summary, json: bool, names: &Names) {
     // The rate counts the bytes that crossed the network in this run.
     let mbps = s.bytes.saturating_sub(s.resumed) as f64 / s.seconds.max(1e-9) / 1e6;
     if json {
-        let files: Vec<_> = s
-            .files
-            .iter()
-            .map(|(p, size, h)| json!({"path": names.show(&p.to_string()), "size": size, "blake3": h.to_hex().to_string()}))
-            .collect();
-        println!(
-            "{}",
-            json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "files": files, "names": names_mode(names)})
-        );
+        // Written file by file: a summary of 100,000 files as one JSON value would take
+        // more memory than the whole transfer.
+        let head = json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "names": names_mode(names)});
+        let head = head.to_string();
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            w.write_all(head.strip_suffix('}').unwrap_or(&head).as_bytes())?;
+            w.write_all(b",\"files\":[")?;
+            for (i, (p, size, h)) in s.files.iter().enumerate() {
+                if i > 0 {
+                    w.write_all(b",")?;
+                }
+                let one =
+                    json!({"path": names.show(&p.to_string()), "size": size, "blake3": h.to_hex().to_string()});
+                serde_json::to_writer(&mut w, &one)?;
+            }
+            w.write_all(b"]}\n")?;
+            w.flush()
+        })();
+        if let Err(e) = written {
+            eprintln!("warning: summary not written: {e}");
+        }
     } else {
         println!(
             "{what} {} files, {} bytes in {:.2} s ({mbps:.1} MB/s), peer {}",

@@ -26,7 +26,7 @@ use crate::crypto::pake::{Code, Pake, PakeError};
 use crate::wire::frame::MAX_FRAME;
 
 /// Protocol version spoken here.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// ALPN of the direct QUIC connection, bound into the prologue.
 pub const ALPN: &[u8] = b"phi-conduit/1";
 /// Noise pattern of the known-recipient mode.

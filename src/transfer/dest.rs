@@ -214,6 +214,11 @@ impl Destination {
         })
     }
 
+    /// The destination directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The final path of `rel` (inside the destination by construction of [`RelPath`]).
     pub fn final_path(&self, rel: &RelPath) -> PathBuf {
         self.root.join(rel.as_str())

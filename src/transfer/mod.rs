@@ -6,6 +6,8 @@
 //! - [`data`]: one file's STREAM chunks on a QUIC unidirectional stream, sealed, hashed
 //!   and opened on the cipher workers.
 //! - [`paths`]: validation of the relative paths a peer sends (untrusted until parsed).
+//! - [`dirs`]: the receiver's directories of an offer: empty ones recreated, those a
+//!   failed offer created removed.
 //! - [`dest`]: the receiver's writes, all relative to directory descriptors with no link
 //!   followed: short random `.part` names, private modes, no-replace finalize, accept-time
 //!   checks, free space, removal of old partial files.
@@ -15,6 +17,7 @@
 
 pub mod data;
 pub mod dest;
+pub mod dirs;
 pub mod paths;
 pub mod protocol;
 pub mod reserve;

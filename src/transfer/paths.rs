@@ -140,12 +140,37 @@ fn reserved(comp: &str) -> bool {
         && stem.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
 }
 
-/// `s` with every control, bidi and non-printing character shown as `\u{..}`, so a
-/// name from a peer can never drive a terminal.
+/// Invisible characters and whitespace other than the space: a name holding one could
+/// look like another name (`report\u{200b}.pdf` as `report.pdf`).
+fn is_invisible(c: char) -> bool {
+    (c.is_whitespace() && c != ' ')
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+/// `s` with every control, bidi, invisible and non-printing character shown as
+/// `\u{..}`, so a name from a peer can never drive a terminal nor pass for another name.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c.is_control() || c == '\\' || is_bidi(c) {
+        if c.is_control() || c == '\\' || is_bidi(c) || is_invisible(c) {
             out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
         } else {
             out.push(c);
@@ -266,6 +291,20 @@ mod tests {
                 !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
                 "{shown:?}"
             );
+        }
+    }
+
+    #[test]
+    fn invisible_characters_are_shown_escaped() {
+        for (name, shown) in [
+            ("report\u{200b}.pdf", "report\\u{200b}.pdf"),
+            ("a\u{feff}b", "a\\u{feff}b"),
+            ("nb\u{a0}sp", "nb\\u{a0}sp"),
+            ("tag\u{e0041}", "tag\\u{e0041}"),
+            ("plain name.pdf", "plain name.pdf"),
+            ("Müller ärzte.pdf", "Müller ärzte.pdf"),
+        ] {
+            assert_eq!(escape(name), shown);
         }
     }
 

@@ -1,24 +1,41 @@
 //! Control messages of a transfer (docs/PROTOCOL.md, "Transfer"), sent as session
-//! messages on the control stream after the handshake.
+//! messages on the control stream after the handshake. Every list that grows with the
+//! offer travels in as many messages as it needs, so an offer of any size fits the
+//! session message limit:
 //!
 //! 1. sender → receiver: [`OfferStart`] (the first transport message: it carries the
-//!    session secret), then [`OfferEntries`] batches until `count` entries arrived;
-//! 2. receiver → sender: [`Reply`], with resume points for files it holds in part;
+//!    session secret), then [`OfferEntries`] batches until `count` entries arrived, then
+//!    [`OfferDirs`] batches until `dirs` empty directories arrived;
+//! 2. receiver → sender: [`Reply`]: a [`Refusal`] (possibly before the entries were
+//!    read), or an acceptance announcing `resume_points`, followed by [`ResumePoints`]
+//!    batches until that many arrived;
 //! 3. sender → receiver: each accepted file's chunks on its own unidirectional stream,
 //!    which starts with the file's index and the first chunk sent (two big-endian u64,
 //!    [`FILE_STREAM_HEADER`] bytes);
-//! 4. receiver → sender: [`Receipt`] with every file's BLAKE3.
+//! 4. receiver → sender: [`ReceiptStart`] (with the receiver's audit chain head), then
+//!    [`ReceiptHashes`] batches with every file's BLAKE3 in offer order.
 
 use serde::{Deserialize, Serialize};
 
-/// Most entries one offer may announce.
+/// Most entries (files and directories) one offer may announce, whatever a receiver
+/// allows.
 pub const MAX_ENTRIES: u64 = 1_000_000;
-/// Entries per [`OfferEntries`] message: twelve entries with the longest allowed path
-/// (4,096 bytes) still fit one session message.
-pub const ENTRIES_PER_MESSAGE: usize = 12;
+/// Entries a receiver accepts in one offer unless configured otherwise
+/// (`receive --max-entries`, `transfer.max_entries`): its memory for the manifest is
+/// about 100 bytes plus the path's length per entry.
+pub const DEFAULT_MAX_ENTRIES: u64 = 250_000;
+/// Bytes of encoded entries (or directory names) the sender packs into one message: the
+/// longest allowed entry (a 4,096-byte path) still fits with room to spare.
+pub const MANIFEST_BYTES_PER_MESSAGE: usize = 48 * 1024;
+/// Most resume points in one [`ResumePoints`] message (each at most 52 bytes encoded).
+pub const POINTS_PER_MESSAGE: usize = 1_000;
+/// Most hashes in one [`ReceiptHashes`] message (32 bytes each).
+pub const HASHES_PER_MESSAGE: usize = 1_500;
 /// Bytes of the header of a file stream: the file's index, then the first chunk sent
 /// (0, or the resume point the receiver offered).
 pub const FILE_STREAM_HEADER: usize = 16;
+/// Longest refusal detail a receiver sends (and a sender shows).
+pub const MAX_DETAIL: usize = 512;
 
 /// The start of an offer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,10 +47,15 @@ pub struct OfferStart {
     pub session_secret: [u8; 32],
     /// STREAM chunk size for every file.
     pub chunk_size: u32,
-    /// Number of entries that follow.
+    /// Number of file entries that follow.
     pub count: u64,
+    /// Number of empty directories that follow the files.
+    pub dirs: u64,
     /// Sum of the sizes of all entries.
     pub total_size: u64,
+    /// The sender's audit chain head (MAC of its last record) when it made the offer;
+    /// `None` without an audit trail. The receiver records it with its receipt.
+    pub audit_head: Option<[u8; 32]>,
 }
 
 /// One offered file.
@@ -49,21 +71,144 @@ pub struct Entry {
     pub mtime: i64,
 }
 
-/// A batch of entries.
+impl Entry {
+    /// An upper bound of this entry's postcard encoding, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        // varint length (≤ 5) + path, size (≤ 10), mode (≤ 5), mtime (≤ 10).
+        self.path.len() + 30
+    }
+}
+
+/// A batch of file entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferEntries(pub Vec<Entry>);
+
+/// A batch of empty directories to recreate (relative `/`-separated paths, validated
+/// like file paths).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferDirs(pub Vec<String>);
 
 /// The receiver's answer to an offer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    /// Accepted: send every file from chunk 0.
-    Accept,
-    /// Refused, with a reason to show.
-    Refuse(String),
-    /// Accepted; the receiver holds the first chunks of some files from an interrupted
-    /// transfer and offers to continue them (at most one point per file, in file order).
-    AcceptResume(Vec<ResumePoint>),
+    /// Accepted. The receiver holds the first chunks of `resume_points` files from an
+    /// interrupted transfer and offers to continue them: that many points follow in
+    /// [`ResumePoints`] batches (at most one per file, in file order); every other file
+    /// is sent from chunk 0.
+    Accept {
+        /// Number of resume points that follow.
+        resume_points: u64,
+    },
+    /// Refused, with a reason code.
+    Refuse(Refusal),
 }
+
+/// Why a receiver refused an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The reason.
+    pub code: RefusalCode,
+    /// Details for a known sender (a path, bytes needed); always `None` for a sender the
+    /// receiver does not know, so that it learns nothing about paths or free space.
+    pub detail: Option<String>,
+}
+
+/// The reason codes of a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalCode {
+    /// The receiving user declined.
+    Declined,
+    /// The sender is not in the receiver's address book and the receiver does not accept
+    /// unknown senders' offers without asking.
+    UnknownSender,
+    /// A file of the offer already exists at the receiver (detail: its path).
+    Exists,
+    /// Not enough free space (detail: bytes needed and available).
+    NoSpace,
+    /// More entries than the receiver accepts in one offer (detail: how many were offered).
+    TooManyEntries {
+        /// The receiver's limit.
+        max: u64,
+    },
+    /// Any other policy of the receiver (a read-only destination, a partial file in the
+    /// way, its audit trail not writable; detail: which).
+    Policy,
+}
+
+impl Refusal {
+    /// A refusal with a detail for a known sender.
+    pub fn new(code: RefusalCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: Some(detail.into()),
+        }
+    }
+
+    /// This refusal as a sender the receiver does not know may see it: no detail, and
+    /// the codes that would tell something about the destination folded into
+    /// [`RefusalCode::Policy`].
+    pub fn for_unknown_sender(&self) -> Self {
+        let code = match self.code {
+            RefusalCode::Exists | RefusalCode::NoSpace => RefusalCode::Policy,
+            c => c,
+        };
+        Self { code, detail: None }
+    }
+
+    /// What the receiver said, for a person: one sentence fragment (no next step), with
+    /// the peer's text escaped and bounded.
+    pub fn explain(&self) -> String {
+        let detail = self.detail.as_deref().map(|d| {
+            let mut d: String = d.chars().take(MAX_DETAIL).collect();
+            d = crate::transfer::paths::escape(&d);
+            d
+        });
+        match (self.code, detail) {
+            (RefusalCode::Declined, _) => "the receiving user declined the offer".into(),
+            (RefusalCode::UnknownSender, _) => {
+                "this sender is not in its address book and it does not accept offers from unknown senders".into()
+            }
+            (RefusalCode::Exists, Some(d)) => format!("{d} already exists there"),
+            (RefusalCode::Exists, None) => "a file of this offer already exists there".into(),
+            (RefusalCode::NoSpace, Some(d)) => format!("not enough free space there ({d})"),
+            (RefusalCode::NoSpace, None) => "not enough free space there".into(),
+            (RefusalCode::TooManyEntries { max }, None) => {
+                format!("the offer has more entries than the {max} it accepts at once")
+            }
+            (RefusalCode::TooManyEntries { max }, Some(d)) => {
+                format!("the offer has more entries than the {max} it accepts at once ({d})")
+            }
+            (RefusalCode::Policy, Some(d)) => d,
+            (RefusalCode::Policy, None) => "its policy does not allow this offer".into(),
+        }
+    }
+
+    /// What the sender's user can do next.
+    pub fn next_step(&self) -> &'static str {
+        match self.code {
+            RefusalCode::Declined => "ask them before sending again",
+            RefusalCode::UnknownSender => {
+                "they can add this endpoint with `conduit peers add NAME KEY` (KEY from `conduit id` here), or receive with --yes"
+            }
+            RefusalCode::Exists => "they can re-run with --overwrite",
+            RefusalCode::NoSpace => "they need to free space, or send fewer files at once",
+            RefusalCode::TooManyEntries { .. } => {
+                "send the files in several offers, or they can raise --max-entries (transfer.max_entries)"
+            }
+            RefusalCode::Policy => "ask them to check their receiver's settings",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.explain(), self.next_step())
+    }
+}
+
+/// A batch of resume points (after [`Reply::Accept`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoints(pub Vec<ResumePoint>);
 
 /// Where the receiver offers to continue one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +222,76 @@ pub struct ResumePoint {
     pub prefix_blake3: [u8; 32],
 }
 
-/// What the receiver got: the BLAKE3 of each file, in offer order.
+/// The start of the receipt: what the receiver got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt(pub Vec<[u8; 32]>);
+pub struct ReceiptStart {
+    /// Number of hashes that follow (the number of files offered).
+    pub count: u64,
+    /// The receiver's audit chain head: the MAC of its receipt record (which holds the
+    /// sender's head from the offer); `None` without an audit trail.
+    pub audit_head: Option<[u8; 32]>,
+}
+
+/// A batch of the receipt: the BLAKE3 of each file, in offer order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptHashes(pub Vec<[u8; 32]>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_batches_fit_one_session_message() {
+        let limit = crate::crypto::handshake::MAX_MESSAGE;
+        let long = Entry {
+            path: "a".repeat(crate::transfer::paths::MAX_PATH_BYTES),
+            size: u64::MAX,
+            mode: u32::MAX,
+            mtime: i64::MIN,
+        };
+        assert!(postcard::to_allocvec(&long).unwrap().len() <= long.encoded_len());
+        // The sender stops adding entries once the batch reaches the budget, so a batch is
+        // at most the budget plus one longest entry.
+        assert!(MANIFEST_BYTES_PER_MESSAGE + long.encoded_len() + 8 < limit);
+        let points = ResumePoints(vec![
+            ResumePoint {
+                file: u64::MAX,
+                from_chunk: u64::MAX,
+                prefix_blake3: [0xff; 32],
+            };
+            POINTS_PER_MESSAGE
+        ]);
+        assert!(postcard::to_allocvec(&points).unwrap().len() < limit);
+        let hashes = ReceiptHashes(vec![[0xff; 32]; HASHES_PER_MESSAGE]);
+        assert!(postcard::to_allocvec(&hashes).unwrap().len() < limit);
+    }
+
+    #[test]
+    fn an_unknown_sender_learns_nothing_about_paths_or_space() {
+        for code in [
+            RefusalCode::Exists,
+            RefusalCode::NoSpace,
+            RefusalCode::Policy,
+        ] {
+            let r = Refusal::new(code, "Doe, Jane.pdf: 12 bytes needed, 3 available")
+                .for_unknown_sender();
+            assert_eq!(r.code, RefusalCode::Policy);
+            assert!(r.detail.is_none());
+            assert!(!r.to_string().contains("Doe"));
+        }
+        let r = Refusal::new(RefusalCode::TooManyEntries { max: 7 }, "x").for_unknown_sender();
+        assert_eq!(r.code, RefusalCode::TooManyEntries { max: 7 });
+    }
+
+    #[test]
+    fn a_peers_detail_is_escaped_and_bounded() {
+        let r = Refusal::new(
+            RefusalCode::Exists,
+            format!("\u{1b}[31m{}", "x".repeat(9000)),
+        );
+        let shown = r.to_string();
+        assert!(!shown.contains('\u{1b}'));
+        assert!(shown.len() < MAX_DETAIL + 200);
+        assert!(shown.ends_with("they can re-run with --overwrite"));
+    }
+}

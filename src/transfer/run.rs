@@ -17,10 +17,12 @@ use crate::peers::AddressBook;
 use crate::session::{self, SessionError};
 use crate::transfer::data::{self, DataError, FileData};
 use crate::transfer::dest::{DestError, Destination, FoundPart};
+use crate::transfer::dirs::CreatedDirs;
 use crate::transfer::paths::{PathError, RelPath, check_collisions};
 use crate::transfer::protocol::{
-    ENTRIES_PER_MESSAGE, Entry, FILE_STREAM_HEADER, MAX_ENTRIES, OfferEntries, OfferStart, Receipt,
-    Reply, ResumePoint,
+    DEFAULT_MAX_ENTRIES, Entry, FILE_STREAM_HEADER, HASHES_PER_MESSAGE, MANIFEST_BYTES_PER_MESSAGE,
+    MAX_ENTRIES, OfferDirs, OfferEntries, OfferStart, POINTS_PER_MESSAGE, ReceiptHashes,
+    ReceiptStart, Refusal, RefusalCode, Reply, ResumePoint, ResumePoints,
 };
 use crate::transfer::resume::{self, Checkpoint, Sidecar};
 use crate::transfer::source::{OpenError, OpenSource, SourceFile};
@@ -53,9 +55,9 @@ pub enum TransferError {
     /// The offer contains a path the receiver refuses.
     #[error("offer refused: {0}")]
     BadPath(#[from] PathError),
-    /// The peer refused the offer.
-    #[error("the receiver refused: {0}")]
-    Refused(String),
+    /// The offer was refused (by the peer, or by this receiver), with the reason code.
+    #[error("offer refused: {0}")]
+    Refused(Refusal),
     /// Malformed or inconsistent offer or stream.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -151,10 +153,14 @@ pub enum Event {
         peer: PublicKey,
         /// Number of files.
         files: u64,
-        /// Sum of their sizes.
+        /// Number of empty directories.
+        dirs: u64,
+        /// Sum of the files' sizes.
         total: u64,
-        /// Distinct top-level names, escaped.
+        /// The first [`TOP_LEVEL_SHOWN`] distinct top-level names, sorted and escaped.
         top_level: Vec<String>,
+        /// How many distinct top-level names the offer has.
+        top_level_count: u64,
     },
     /// Plaintext bytes moved so far, of `total`.
     Progress {
@@ -204,6 +210,12 @@ fn progress_reporter(
         }
     })
 }
+
+/// Top-level names an [`Event::Offer`] lists (it counts them all).
+pub const TOP_LEVEL_SHOWN: usize = 100;
+/// Most bytes of paths one offer may hold (with at most [`MAX_ENTRIES`] entries, this
+/// bounds the receiver's memory for the manifest).
+pub const MAX_MANIFEST_PATH_BYTES: usize = 64 << 20;
 
 /// Shortest interval between two progress events (at most 4 per second).
 pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
@@ -326,7 +338,27 @@ pub async fn send_recorded(
     events: &Events,
     rec: &SessionAudit,
 ) -> Result<Summary, TransferError> {
-    let result = send_audited(conn, local, recipient, files, chunk, pool, events, rec).await;
+    send_tree_recorded(conn, local, recipient, files, &[], chunk, pool, events, rec).await
+}
+
+/// [`send_recorded`] with empty directories to recreate at the receiver (see
+/// [`crate::transfer::source::collect_with_dirs`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn send_tree_recorded(
+    conn: &quinn::Connection,
+    local: &Identity,
+    recipient: &Recipient,
+    files: &[SourceFile],
+    dirs: &[RelPath],
+    chunk: ChunkSize,
+    pool: &Arc<CipherPool>,
+    events: &Events,
+    rec: &SessionAudit,
+) -> Result<Summary, TransferError> {
+    let result = send_audited(
+        conn, local, recipient, files, dirs, chunk, pool, events, rec,
+    )
+    .await;
     audited(rec, result).await
 }
 
@@ -336,6 +368,7 @@ async fn send_audited(
     local: &Identity,
     recipient: &Recipient,
     files: &[SourceFile],
+    dirs: &[RelPath],
     chunk: ChunkSize,
     pool: &Arc<CipherPool>,
     events: &Events,
@@ -352,6 +385,7 @@ async fn send_audited(
         Recipient::Code(code) => Initiator::code(local, code, &rendezvous_for_code(code)),
     };
     let mut est = session::initiate(&mut ctl, machine, first).await?;
+    let (mut rx, mut tx) = ctl.into_inner();
     let auth = match recipient {
         Recipient::Known(_) => AuthMode::KnownKey,
         Recipient::Code(_) => AuthMode::Code,
@@ -365,33 +399,18 @@ async fn send_audited(
         session_secret: secret,
         chunk_size: chunk.get(),
         count: files.len() as u64,
+        dirs: dirs.len() as u64,
         total_size: total,
+        audit_head: rec.head().await?,
     };
-    if let Err(e) = session::send(&mut ctl, &mut est, &offer).await {
-        return Err(peer_reason(&mut ctl, &mut est, e).await);
-    }
-    for batch in files.chunks(ENTRIES_PER_MESSAGE) {
-        let entries = batch
-            .iter()
-            .map(|f| Entry {
-                path: f.rel.as_str().to_string(),
-                size: f.size,
-                mode: f.mode,
-                mtime: f.mtime,
-            })
-            .collect();
-        if let Err(e) = session::send(&mut ctl, &mut est, &OfferEntries(entries)).await {
-            return Err(peer_reason(&mut ctl, &mut est, e).await);
-        }
-    }
-    let points = match session::recv::<_, Reply>(&mut ctl, &mut est).await? {
-        Reply::Accept => Vec::new(),
-        Reply::AcceptResume(points) => points,
-        Reply::Refuse(reason) => {
-            let reason = crate::transfer::paths::escape(&reason);
+    let answer = offer_and_answer(&mut rx, &mut tx, &mut est, &offer, files, dirs).await?;
+    let points = match answer {
+        Ok(points) => points,
+        Err(refusal) => {
+            let reason = refusal.to_string();
             rec.offer(&transfer_id, offer.count, total, Some(&reason))
                 .await?;
-            return Err(TransferError::Refused(reason));
+            return Err(TransferError::Refused(refusal));
         }
     };
     rec.offer(&transfer_id, offer.count, total, None).await?;
@@ -410,7 +429,7 @@ async fn send_audited(
     let mut sent: Vec<Option<blake3::Hash>> = vec![None; files.len()];
     let mut resumed = 0u64;
     // Small files go several at a time (each on its own stream); a large one alone.
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(FILES_IN_FLIGHT));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(FLIGHT_UNITS as usize));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, f) in files.iter().enumerate() {
         // Opened once; every read of this file goes through this descriptor, and it is
@@ -452,11 +471,7 @@ async fn send_audited(
             tree,
             (crate::transport::SEND_WINDOW, pool.threads()),
         );
-        let share = if f.size > SMALL_FILE {
-            FILES_IN_FLIGHT as u32
-        } else {
-            1
-        };
+        let share = flight_weight(f.size);
         let permit = loop {
             // Collect finished files while waiting for room.
             tokio::select! {
@@ -493,17 +508,22 @@ async fn send_audited(
         .map(|(f, h)| h.map(|h| (f.rel.clone(), f.size, h)))
         .collect::<Option<_>>()
         .ok_or_else(|| protocol("a file was not sent"))?;
-    let Receipt(hashes) = session::recv(&mut ctl, &mut est).await?;
-    if hashes.len() != sent.len() {
-        return Err(protocol("receipt lists a different number of files"));
-    }
+    let (hashes, receiver_head) = read_receipt(&mut rx, &mut est, sent.len()).await?;
     for ((rel, _, h), theirs) in sent.iter().zip(&hashes) {
         if h.as_bytes() != theirs {
             return Err(TransferError::ReceiptMismatch(rel.to_string()));
         }
     }
     let ours: Vec<blake3::Hash> = sent.iter().map(|(_, _, h)| *h).collect();
-    rec.receipt(&ours, total).await?;
+    rec.receipt(&ours, total, receiver_head.as_ref()).await?;
+    // Only now, confirmed by the receipt, is each file done.
+    for (rel, size, hash) in &sent {
+        events(Event::FileDone {
+            path: rel.to_string(),
+            size: *size,
+            blake3: *hash,
+        });
+    }
     let seconds = start.elapsed().as_secs_f64();
     conn.close(CLOSE_DONE.into(), b"done");
     Ok(Summary {
@@ -515,10 +535,33 @@ async fn send_audited(
     })
 }
 
-/// Files sent (or received) at once, each on its own stream.
+/// Files sent (or received) at once, each on its own stream, when they are up to
+/// [`SMALL_FILE`] bytes.
 pub const FILES_IN_FLIGHT: usize = 4;
 /// Files up to this size share the window; a larger one is sent alone.
 pub const SMALL_FILE: u64 = 4 << 20;
+/// Files up to this size go [`TINY_FILES_IN_FLIGHT`] at once: many small files are
+/// bound by per-file latency (open, fsync, rename, audit record), not bytes.
+pub const TINY_FILE: u64 = 1 << 20;
+/// Tiny files in flight at once.
+pub const TINY_FILES_IN_FLIGHT: usize = 32;
+/// The units of the files in flight on each side (see [`flight_weight`]).
+pub const FLIGHT_UNITS: u32 = 32;
+
+/// A file's share of [`FLIGHT_UNITS`]: 1 up to [`TINY_FILE`] bytes, 4 up to
+/// [`SMALL_FILE`], all of them above. The sender waits for a file's share before it
+/// opens its stream; the receiver accepts no new stream while the files it holds weigh
+/// [`FLIGHT_UNITS`] (so its buffers stay within about 32 MiB of tiny files plus one
+/// stream window).
+pub fn flight_weight(size: u64) -> u32 {
+    if size <= TINY_FILE {
+        1
+    } else if size <= SMALL_FILE {
+        FLIGHT_UNITS / FILES_IN_FLIGHT as u32
+    } else {
+        FLIGHT_UNITS
+    }
+}
 
 /// What a sender's file task ends with: the file's index and its hash, or the index and
 /// what failed.
@@ -545,32 +588,159 @@ async fn sent_one(
     let f = &files[i];
     rec.file_completed(f.rel.as_str(), f.size, &hash).await?;
     sent[i] = Some(hash);
-    events(Event::FileDone {
-        path: f.rel.to_string(),
-        size: f.size,
-        blake3: hash,
-    });
+    // `file_done` waits for the receipt that confirms it.
+    let _ = events;
     Ok(())
 }
 
-/// A failed control write usually means the peer stopped reading after it sent its
-/// reason (an abort frame after a failed handshake, a refusal): report that reason when it
-/// is there to read.
-async fn peer_reason<S: tokio::io::AsyncRead + Unpin>(
-    ctl: &mut S,
-    est: &mut crate::crypto::handshake::Established,
-    err: SessionError,
-) -> TransferError {
-    let read = session::recv::<_, Reply>(ctl, est);
-    match tokio::time::timeout(std::time::Duration::from_secs(1), read).await {
-        Ok(Err(SessionError::Handshake(
-            h @ crate::crypto::handshake::HandshakeError::PeerAborted(_),
-        ))) => TransferError::Session(SessionError::Handshake(h)),
-        Ok(Ok(Reply::Refuse(reason))) => {
-            TransferError::Refused(crate::transfer::paths::escape(&reason))
+/// Groups `lens` (each item's encoded size) into consecutive batches of at most
+/// [`MANIFEST_BYTES_PER_MESSAGE`] bytes (a batch holds at least one item).
+fn pack(lens: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut from, mut bytes, mut end) = (0usize, 0usize, 0usize);
+    for (i, n) in lens.enumerate() {
+        if i > from && bytes + n > MANIFEST_BYTES_PER_MESSAGE {
+            out.push(from..i);
+            (from, bytes) = (i, 0);
         }
-        _ => err.into(),
+        bytes += n;
+        end = i + 1;
     }
+    if end > from {
+        out.push(from..end);
+    }
+    out
+}
+
+/// The entry of a file to send.
+fn entry_of(f: &SourceFile) -> Entry {
+    Entry {
+        path: f.rel.as_str().to_string(),
+        size: f.size,
+        mode: f.mode,
+        mtime: f.mtime,
+    }
+}
+
+/// Sends the offer (its start, the files' entries, the empty directories) and reads the
+/// receiver's answer, which can come before the whole manifest went out (a receiver
+/// refuses an offer too large, or from an unknown sender, without reading it). Returns
+/// the resume points of an acceptance, or the refusal.
+async fn offer_and_answer(
+    rx: &mut quinn::RecvStream,
+    tx: &mut quinn::SendStream,
+    est: &mut crate::crypto::handshake::Established,
+    start: &OfferStart,
+    files: &[SourceFile],
+    dirs: &[RelPath],
+) -> Result<Result<Vec<ResumePoint>, Refusal>, TransferError> {
+    let entry_batches = pack(files.iter().map(|f| entry_of(f).encoded_len()));
+    let dir_batches = pack(dirs.iter().map(|d| d.as_str().len() + 5));
+    let body = {
+        let answer = session::read_frame(rx);
+        tokio::pin!(answer);
+        let mut early = None;
+        let mut write_failed = None;
+        let messages = 1 + entry_batches.len() + dir_batches.len();
+        for m in 0..messages {
+            let body = if m == 0 {
+                est.seal_message(start)
+            } else if let Some(r) = entry_batches.get(m - 1) {
+                est.seal_message(&OfferEntries(
+                    files[r.clone()].iter().map(entry_of).collect(),
+                ))
+            } else {
+                let r = dir_batches[m - 1 - entry_batches.len()].clone();
+                est.seal_message(&OfferDirs(
+                    dirs[r].iter().map(|d| d.as_str().to_string()).collect(),
+                ))
+            }
+            .map_err(SessionError::from)?;
+            tokio::select! {
+                biased;
+                a = &mut answer => {
+                    early = Some(a);
+                    break;
+                }
+                w = session::write_frame(tx, &body) => {
+                    if let Err(e) = w {
+                        write_failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        match (early, write_failed) {
+            (Some(a), _) => a?,
+            // The receiver stopped reading: its answer (a refusal, an abort) may be there.
+            (None, Some(e)) => {
+                match tokio::time::timeout(std::time::Duration::from_secs(1), answer).await {
+                    Ok(Ok(body)) => body,
+                    _ => return Err(e.into()),
+                }
+            }
+            (None, None) => answer.await?,
+        }
+    };
+    let reply: Reply = est.open_message(&body).map_err(SessionError::from)?;
+    let n = match reply {
+        Reply::Refuse(r) => return Ok(Err(r)),
+        Reply::Accept { resume_points } => resume_points,
+    };
+    if n > files.len() as u64 {
+        return Err(protocol("more resume points than files"));
+    }
+    let mut points = Vec::with_capacity(n as usize);
+    while (points.len() as u64) < n {
+        let ResumePoints(batch) = session::recv(rx, est).await?;
+        if batch.is_empty() || points.len() as u64 + batch.len() as u64 > n {
+            return Err(protocol("resume points do not match the announced count"));
+        }
+        points.extend(batch);
+    }
+    Ok(Ok(points))
+}
+
+/// Reads the receipt of `files` files: their hashes in offer order, and the receiver's
+/// audit chain head.
+async fn read_receipt(
+    rx: &mut quinn::RecvStream,
+    est: &mut crate::crypto::handshake::Established,
+    files: usize,
+) -> Result<(Vec<[u8; 32]>, Option<[u8; 32]>), TransferError> {
+    let ReceiptStart { count, audit_head } = session::recv(rx, est).await?;
+    if count != files as u64 {
+        return Err(protocol("receipt lists a different number of files"));
+    }
+    let mut hashes = Vec::with_capacity(files);
+    while hashes.len() < files {
+        let ReceiptHashes(batch) = session::recv(rx, est).await?;
+        if batch.is_empty() || hashes.len() + batch.len() > files {
+            return Err(protocol("receipt hashes do not match the announced count"));
+        }
+        hashes.extend(batch);
+    }
+    Ok((hashes, audit_head))
+}
+
+/// Sends the receipt: the start with this receiver's audit chain head, then the hashes
+/// in batches.
+async fn send_receipt(
+    tx: &mut quinn::SendStream,
+    est: &mut crate::crypto::handshake::Established,
+    hashes: &[blake3::Hash],
+    head: Option<[u8; 32]>,
+) -> Result<(), TransferError> {
+    let start = ReceiptStart {
+        count: hashes.len() as u64,
+        audit_head: head,
+    };
+    session::send(tx, est, &start).await?;
+    for batch in hashes.chunks(HASHES_PER_MESSAGE) {
+        let batch = ReceiptHashes(batch.iter().map(|h| *h.as_bytes()).collect());
+        session::send(tx, est, &batch).await?;
+    }
+    Ok(())
 }
 
 /// How the receiver decides.
@@ -590,6 +760,64 @@ pub struct ReceivePolicy {
     /// Ask someone about each offer (a person at a terminal); without `yes`, the offer is
     /// accepted only if this says so.
     pub confirm: Option<Confirm>,
+    /// Most entries (files and empty directories) accepted in one offer; `None`:
+    /// [`DEFAULT_MAX_ENTRIES`]. Larger offers are refused before their manifest is read.
+    /// At most [`MAX_ENTRIES`].
+    pub max_entries: Option<u64>,
+}
+
+impl ReceivePolicy {
+    /// The entry limit in force.
+    pub fn max_entries(&self) -> u64 {
+        self.max_entries
+            .unwrap_or(DEFAULT_MAX_ENTRIES)
+            .clamp(1, MAX_ENTRIES)
+    }
+}
+
+/// Puts the receiver's decision on record, then tells the sender: a refusal (without its
+/// details to a sender this receiver does not know), or nothing yet for an acceptance.
+/// Without a record nothing is accepted. Returns the refusal as an error.
+async fn decide(
+    rec: &SessionAudit,
+    opened: Result<(), AuditError>,
+    tx: &mut quinn::SendStream,
+    est: &mut crate::crypto::handshake::Established,
+    offer: &OfferStart,
+    known: bool,
+    refusal: Option<Refusal>,
+) -> Result<(), TransferError> {
+    let recorded = match opened {
+        Ok(()) => {
+            let reason = refusal.as_ref().map(Refusal::explain);
+            rec.offer(
+                &offer.transfer_id,
+                offer.count,
+                offer.total_size,
+                reason.as_deref(),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let refusal = match (&recorded, refusal) {
+        (Err(_), _) => Some(Refusal::new(
+            RefusalCode::Policy,
+            "the receiver could not write its audit record",
+        )),
+        (Ok(()), r) => r,
+    };
+    let Some(refusal) = refusal else {
+        return Ok(());
+    };
+    let told = if known {
+        refusal.clone()
+    } else {
+        refusal.for_unknown_sender()
+    };
+    session::send(tx, est, &Reply::Refuse(told)).await?;
+    recorded?;
+    Err(TransferError::Refused(refusal))
 }
 
 /// Asks whether to accept an offer (given as its [`Event::Offer`]); may block (it runs
@@ -664,6 +892,7 @@ async fn receive_audited(
     let accept_unknown = policy.accept_unknown;
     let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();
     let mut est = session::respond(&mut ctl, machine, &mut accept).await?;
+    let (mut rx, mut tx) = ctl.into_inner();
     let peer = est.remote_static();
     let auth = match policy.code {
         Some(_) => AuthMode::Code,
@@ -679,30 +908,92 @@ async fn receive_audited(
         Some(first) => {
             postcard::from_bytes(&first).map_err(|e| protocol(format!("malformed offer: {e}")))?
         }
-        None => session::recv(&mut ctl, &mut est).await?,
+        None => session::recv(&mut rx, &mut est).await?,
     };
     let start = Instant::now();
     let chunk = ChunkSize::new(u64::from(offer.chunk_size)).map_err(|e| protocol(e.to_string()))?;
-    if offer.count == 0 || offer.count > MAX_ENTRIES {
-        return Err(protocol(format!(
-            "offer of {} entries (1 to {MAX_ENTRIES} allowed)",
-            offer.count
-        )));
+    let announced = offer
+        .count
+        .checked_add(offer.dirs)
+        .filter(|&n| n > 0 && n <= MAX_ENTRIES)
+        .ok_or_else(|| {
+            protocol(format!(
+                "offer of {} files and {} directories (1 to {MAX_ENTRIES} entries allowed)",
+                offer.count, offer.dirs
+            ))
+        })?;
+    // Refusals that need no manifest come before it is read: an offer too large is never
+    // held in memory, and an unknown sender's paths are not looked at.
+    let max = policy.max_entries();
+    let early = if announced > max {
+        Some(Refusal::new(
+            RefusalCode::TooManyEntries { max },
+            format!("{announced} entries offered"),
+        ))
+    } else if !known && !policy.yes && policy.confirm.is_none() {
+        Some(Refusal::new(
+            RefusalCode::UnknownSender,
+            format!(
+                "offer from unknown sender {} needs --yes",
+                peer.fingerprint()
+            ),
+        ))
+    } else {
+        None
+    };
+    if early.is_some() {
+        return match decide(rec, opened, &mut tx, &mut est, &offer, known, early).await {
+            Ok(()) => Err(protocol("a refusal was not sent")),
+            Err(e) => Err(e),
+        };
     }
-    let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(offer.count.min(1024) as usize);
+    let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(offer.count.min(4096) as usize);
+    let mut path_bytes = 0usize;
+    let mut count_path = |p: &str| {
+        path_bytes = path_bytes.saturating_add(p.len());
+        if path_bytes > MAX_MANIFEST_PATH_BYTES {
+            Err(protocol(format!(
+                "the offer's paths exceed {MAX_MANIFEST_PATH_BYTES} bytes"
+            )))
+        } else {
+            Ok(())
+        }
+    };
     while (entries.len() as u64) < offer.count {
-        let OfferEntries(batch) = session::recv(&mut ctl, &mut est).await?;
+        let OfferEntries(batch) = session::recv(&mut rx, &mut est).await?;
         if batch.is_empty() || entries.len() as u64 + batch.len() as u64 > offer.count {
             return Err(protocol("offer entries do not match the announced count"));
         }
         for e in batch {
+            count_path(&e.path)?;
             let rel = RelPath::parse(&e.path)?;
-            entries.push((rel, e));
+            // The path is kept once, as the validated RelPath.
+            entries.push((
+                rel,
+                Entry {
+                    path: String::new(),
+                    ..e
+                },
+            ));
+        }
+    }
+    let mut dirs: Vec<RelPath> = Vec::with_capacity(offer.dirs.min(4096) as usize);
+    while (dirs.len() as u64) < offer.dirs {
+        let OfferDirs(batch) = session::recv(&mut rx, &mut est).await?;
+        if batch.is_empty() || dirs.len() as u64 + batch.len() as u64 > offer.dirs {
+            return Err(protocol(
+                "offer directories do not match the announced count",
+            ));
+        }
+        for d in batch {
+            count_path(&d)?;
+            dirs.push(RelPath::parse(&d)?);
         }
     }
     // Names mode hash: what this side prints shows these names hashed.
-    rec.names().learn(entries.iter().map(|(r, _)| r.as_str()));
-    check_collisions(entries.iter().map(|(r, _)| r))?;
+    rec.names()
+        .learn(entries.iter().map(|(r, _)| r.as_str()).chain(dirs.iter().map(|d| d.as_str())));
+    check_collisions(entries.iter().map(|(r, _)| r).chain(dirs.iter()))?;
     let sum = entries
         .iter()
         .try_fold(0u64, |acc, (_, e)| acc.checked_add(e.size));
@@ -711,17 +1002,25 @@ async fn receive_audited(
             "offered sizes do not add up to the announced total",
         ));
     }
-    let mut top_level: Vec<String> = entries
+    let distinct: std::collections::BTreeSet<&str> = entries
         .iter()
-        .filter_map(|(r, _)| r.components().next().map(crate::transfer::paths::escape))
+        .map(|(r, _)| r)
+        .chain(dirs.iter())
+        .filter_map(|r| r.components().next())
         .collect();
-    top_level.dedup();
     let shown = Event::Offer {
         peer,
         files: offer.count,
+        dirs: offer.dirs,
         total: offer.total_size,
-        top_level,
+        top_level_count: distinct.len() as u64,
+        top_level: distinct
+            .iter()
+            .take(TOP_LEVEL_SHOWN)
+            .map(|n| crate::transfer::paths::escape(n))
+            .collect(),
     };
+    drop(distinct);
     events(shown.clone());
     let asked = match (&policy.confirm, policy.yes) {
         (Some(Confirm(ask)), false) => {
@@ -734,49 +1033,62 @@ async fn receive_audited(
         }
         _ => None,
     };
-    let refusal = if asked == Some(false) {
-        Some("declined by the receiving user".to_string())
-    } else if asked.is_none() && !known && !policy.yes {
-        Some(format!(
-            "offer from unknown sender {} needs --yes",
-            peer.fingerprint()
-        ))
-    } else {
-        // Names too long, a directory in the way, an existing file: before anything is
-        // created.
+    let in_the_way = || {
         entries
             .iter()
-            .find_map(|(r, _)| dest.check(r, policy.overwrite))
+            .map(|(r, _)| r)
+            .find(|r| !policy.overwrite && dest.exists(r))
+            .or_else(|| {
+                // An empty directory's place must be free or a directory.
+                dirs.iter().find(|d| {
+                    std::fs::symlink_metadata(dest.final_path(d)).is_ok_and(|m| !m.is_dir())
+                })
+            })
+    };
+    let refusal = if asked == Some(false) {
+        Some(Refusal::new(
+            RefusalCode::Declined,
+            "declined by the receiving user",
+        ))
+    } else if asked.is_none() && !known && !policy.yes {
+        Some(Refusal::new(
+            RefusalCode::UnknownSender,
+            format!(
+                "offer from unknown sender {} needs --yes",
+                peer.fingerprint()
+            ),
+        ))
+    } else {
+        // An existing file (unless --overwrite), then names too long, a directory in the
+        // way: before anything is created.
+        in_the_way()
+            .map(|rel| Refusal::new(RefusalCode::Exists, rel.to_string()))
+            .or_else(|| {
+                entries
+                    .iter()
+                    .find_map(|(r, _)| dest.check(r, policy.overwrite))
+                    .map(|why| Refusal::new(RefusalCode::Policy, why))
+            })
     };
     let (plan, refusal) = match refusal {
         Some(r) => (ResumePlan::default(), Some(r)),
         None => plan_resume(dest, &peer, &entries, chunk, offer.total_size, events)?,
     };
-    // The decision is on record before the sender hears it; without a record, nothing
-    // is accepted.
-    let recorded = match opened {
-        Ok(()) => {
-            let reason = refusal.as_deref();
-            rec.offer(&offer.transfer_id, offer.count, offer.total_size, reason)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    let refusal = match (&recorded, refusal) {
-        (Err(_), _) => Some("the receiver could not write its audit record".to_string()),
-        (Ok(()), r) => r,
-    };
-    if let Some(reason) = refusal {
-        session::send(&mut ctl, &mut est, &Reply::Refuse(reason.clone())).await?;
-        recorded?;
-        return Err(TransferError::Refused(reason));
+    // Nothing of the offer exists yet: what it creates and leaves empty goes if it fails.
+    let created = CreatedDirs::note(dest.root(), entries.iter().map(|(r, _)| r), &dirs);
+    decide(rec, opened, &mut tx, &mut est, &offer, known, refusal).await?;
+    let points = plan.points.len() as u64;
+    session::send(
+        &mut tx,
+        &mut est,
+        &Reply::Accept {
+            resume_points: points,
+        },
+    )
+    .await?;
+    for batch in plan.points.chunks(POINTS_PER_MESSAGE) {
+        session::send(&mut tx, &mut est, &ResumePoints(batch.to_vec())).await?;
     }
-    let reply = if plan.points.is_empty() {
-        Reply::Accept
-    } else {
-        Reply::AcceptResume(plan.points.clone())
-    };
-    session::send(&mut ctl, &mut est, &reply).await?;
     let mut held = plan.held;
     let mut superseded = plan.superseded;
 
@@ -791,13 +1103,14 @@ async fn receive_audited(
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut got: Vec<Option<blake3::Hash>> = vec![None; entries.len()];
     let mut resumed = 0u64;
-    // Up to FILES_IN_FLIGHT files at once, each on its own stream.
+    // Files at once (each on its own stream) while they weigh less than FLIGHT_UNITS.
     let mut started = vec![false; entries.len()];
     let mut accepted = 0usize;
+    let mut weight = 0u32;
     let mut tasks = tokio::task::JoinSet::new();
     while accepted < entries.len() || !tasks.is_empty() {
         tokio::select! {
-            s = conn.accept_uni(), if accepted < entries.len() && tasks.len() < FILES_IN_FLIGHT => {
+            s = conn.accept_uni(), if accepted < entries.len() && tasks.len() < TINY_FILES_IN_FLIGHT && weight < FLIGHT_UNITS => {
                 let mut s = s?;
                 accepted += 1;
                 let mut header = [0u8; FILE_STREAM_HEADER];
@@ -811,6 +1124,7 @@ async fn receive_audited(
                     .ok_or_else(|| protocol(format!("file stream for unknown or repeated file {index}")))?;
                 started[slot] = true;
                 let (rel, e) = &entries[slot];
+                weight += flight_weight(e.size);
                 let layout = ChunkLayout::new(e.size, chunk);
                 let mut ctx = FileKeyContext::fresh(transfer_id, index, chunk);
                 let mut tree = TreeHash::new(&layout);
@@ -891,6 +1205,7 @@ async fn receive_audited(
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 let (slot, r) = done.map_err(|e| TransferError::Io(std::io::Error::other(e)))?;
+                weight = weight.saturating_sub(flight_weight(entries[slot].1.size));
                 let hash = r?;
                 got[slot] = Some(hash);
                 let (rel, e) = &entries[slot];
@@ -906,13 +1221,14 @@ async fn receive_audited(
         .into_iter()
         .map(|h| h.ok_or_else(|| protocol("missing file")))
         .collect::<Result<_, _>>()?;
-    rec.receipt(&hashes, offer.total_size).await?;
-    session::send(
-        &mut ctl,
-        &mut est,
-        &Receipt(hashes.iter().map(|h| *h.as_bytes()).collect()),
-    )
-    .await?;
+    for d in &dirs {
+        crate::transfer::dirs::create(dest.root(), d)?;
+    }
+    let head = rec
+        .receipt(&hashes, offer.total_size, offer.audit_head.as_ref())
+        .await?;
+    send_receipt(&mut tx, &mut est, &hashes, head).await?;
+    created.keep();
     // The sender closes once it has the receipt; the caller waits for that close (see
     // [`wait_for_sender_close`]) so the receipt is not cut off.
     let files = entries
@@ -962,7 +1278,7 @@ fn plan_resume(
     chunk: ChunkSize,
     total: u64,
     events: &Events,
-) -> Result<(ResumePlan, Option<String>), TransferError> {
+) -> Result<(ResumePlan, Option<Refusal>), TransferError> {
     let mut plan = ResumePlan::default();
     let mut have = 0u64;
     for (i, (rel, e)) in entries.iter().enumerate() {
@@ -1001,15 +1317,21 @@ fn plan_resume(
     }
     let space = dest.space()?;
     if space.read_only {
-        return Ok((plan, Some("the destination is read-only".into())));
+        return Ok((
+            plan,
+            Some(Refusal::new(
+                RefusalCode::Policy,
+                "the destination is read-only",
+            )),
+        ));
     }
     let needed = total.saturating_sub(have);
     if needed > space.available {
         return Ok((
             plan,
-            Some(format!(
-                "not enough free space at the destination: {needed} bytes needed, {} available",
-                space.available
+            Some(Refusal::new(
+                RefusalCode::NoSpace,
+                format!("{needed} bytes needed, {} available", space.available),
             )),
         ));
     }

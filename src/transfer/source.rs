@@ -237,8 +237,30 @@ impl Changed {
 /// The files under `paths` (files as themselves, directories recursively, names relative
 /// to each argument's parent, sorted), and the symlinks that were skipped.
 pub fn collect(paths: &[PathBuf]) -> Result<(Vec<SourceFile>, Vec<PathBuf>), SourceError> {
+    let c = collect_with_dirs(paths)?;
+    if c.files.is_empty() {
+        return Err(SourceError::Empty);
+    }
+    Ok((c.files, c.skipped))
+}
+
+/// What [`collect_with_dirs`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Collected {
+    /// The files, sorted by name.
+    pub files: Vec<SourceFile>,
+    /// The directories with no file anywhere beneath them (recreated by the receiver),
+    /// sorted.
+    pub dirs: Vec<RelPath>,
+    /// The symlinks that were skipped.
+    pub skipped: Vec<PathBuf>,
+}
+
+/// [`collect`], and the empty directories: an offer may hold only those.
+pub fn collect_with_dirs(paths: &[PathBuf]) -> Result<Collected, SourceError> {
     let mut files = Vec::new();
     let mut skipped = Vec::new();
+    let mut dirs = Vec::new();
     for p in paths {
         let name = p
             .file_name()
@@ -249,19 +271,25 @@ pub fn collect(paths: &[PathBuf]) -> Result<(Vec<SourceFile>, Vec<PathBuf>), Sou
                     .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
             })
             .unwrap_or_default();
-        walk(p, &name, &mut files, &mut skipped)?;
+        walk(p, &name, &mut files, &mut dirs, &mut skipped)?;
     }
-    if files.is_empty() {
+    if files.is_empty() && dirs.is_empty() {
         return Err(SourceError::Empty);
     }
     files.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok((files, skipped))
+    dirs.sort();
+    Ok(Collected {
+        files,
+        dirs,
+        skipped,
+    })
 }
 
 fn walk(
     path: &Path,
     rel: &str,
     files: &mut Vec<SourceFile>,
+    dirs: &mut Vec<RelPath>,
     skipped: &mut Vec<PathBuf>,
 ) -> Result<(), SourceError> {
     let shown = || escape(&path.to_string_lossy());
@@ -281,9 +309,15 @@ fn walk(
             .collect::<Result<_, _>>()
             .map_err(io)?;
         entries.sort_by_key(|e| e.file_name());
+        let before = (files.len(), dirs.len());
         for e in entries {
             let child = format!("{rel}/{}", e.file_name().to_string_lossy());
-            walk(&e.path(), &child, files, skipped)?;
+            walk(&e.path(), &child, files, dirs, skipped)?;
+        }
+        if (files.len(), dirs.len()) == before {
+            // Nothing beneath it travels as a file: the directory itself does.
+            let rel = RelPath::parse(rel).map_err(|e| SourceError::BadName(shown(), e))?;
+            dirs.push(rel);
         }
         return Ok(());
     }
