@@ -96,7 +96,7 @@ fn a_daemon_transfer_prints_no_file_name_on_any_stream() {
             .any(|e| e["event"] == "error" && e["message"].as_str().unwrap().contains("#")),
         "{stdout}"
     );
-    assert!(text(&human.stderr).contains("already exists at the receiver"));
+    assert!(text(&human.stderr).contains("already exists there"));
 
     // The events carry the audit's name hash: the same value as the record's path_hash.
     let shown = conduit(&p.receiver)

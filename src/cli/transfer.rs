@@ -1015,8 +1015,7 @@ fn report(what: &str, s: &Summary, json: bool, names: &Names) {
                 if i > 0 {
                     w.write_all(b",")?;
                 }
-                let one =
-                    json!({"path": names.show(&p.to_string()), "size": size, "blake3": h.to_hex().to_string()});
+                let one = json!({"path": names.show(&p.to_string()), "size": size, "blake3": h.to_hex().to_string()});
                 serde_json::to_writer(&mut w, &one)?;
             }
             w.write_all(b"]}\n")?;

@@ -159,9 +159,16 @@ impl Refusal {
     /// the peer's text escaped and bounded.
     pub fn explain(&self) -> String {
         let detail = self.detail.as_deref().map(|d| {
-            let mut d: String = d.chars().take(MAX_DETAIL).collect();
-            d = crate::transfer::paths::escape(&d);
-            d
+            // A long detail keeps its start and its end (a long path's reason comes last).
+            let n = d.chars().count();
+            let d: String = if n > MAX_DETAIL {
+                let head: String = d.chars().take(MAX_DETAIL / 2).collect();
+                let tail: String = d.chars().skip(n - MAX_DETAIL / 2).collect();
+                format!("{head}...{tail}")
+            } else {
+                d.to_string()
+            };
+            crate::transfer::paths::escape(&d)
         });
         match (self.code, detail) {
             (RefusalCode::Declined, _) => "the receiving user declined the offer".into(),

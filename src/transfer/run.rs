@@ -991,8 +991,12 @@ async fn receive_audited(
         }
     }
     // Names mode hash: what this side prints shows these names hashed.
-    rec.names()
-        .learn(entries.iter().map(|(r, _)| r.as_str()).chain(dirs.iter().map(|d| d.as_str())));
+    rec.names().learn(
+        entries
+            .iter()
+            .map(|(r, _)| r.as_str())
+            .chain(dirs.iter().map(|d| d.as_str())),
+    );
     check_collisions(entries.iter().map(|(r, _)| r).chain(dirs.iter()))?;
     let sum = entries
         .iter()
