@@ -661,11 +661,26 @@ fn a_destination_others_can_write_is_refused_naming_the_directory_and_the_fix() 
     let out = p.root.join("shared");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let r = conduit(&p.receiver)
+    let mut r = conduit(&p.receiver)
         .args(["receive", "--json", "--listen", "127.0.0.1:0", "--out"])
         .arg(&out)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A receiver that starts listening prints its address first: then it was not refused.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(r.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    if !first.is_empty() {
+        r.kill().unwrap();
+        let _ = r.wait();
+        panic!("the receiver started in a world-writable destination: {first}");
+    }
+    let r = r.wait_with_output().unwrap();
     let err = text(&r.stderr);
     assert!(!r.status.success(), "{err}");
     assert!(

@@ -924,6 +924,57 @@ mod tests {
     }
 
     #[test]
+    fn a_file_put_at_the_temporary_name_does_not_get_the_final_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        let p = dest.create_part(&rel("f.txt")).unwrap();
+        p.write_at(b"received", 0).unwrap();
+        // A co-writer of the directory renames its own file onto the temporary name.
+        let theirs = d.path().join("theirs");
+        fs::write(&theirs, b"attacker").unwrap();
+        fs::rename(&theirs, d.path().join(p.part_name())).unwrap();
+        let part = d.path().join(p.part_name());
+        assert!(matches!(
+            p.finalize(false, false),
+            Err(DestError::PartChanged(_))
+        ));
+        assert!(!d.path().join("f.txt").exists(), "given the final name");
+        // Not ours: left where it is.
+        assert_eq!(fs::read(part).unwrap(), b"attacker");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_in_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = |mode: u32| {
+            fs::set_permissions(d.path(), fs::Permissions::from_mode(mode)).unwrap();
+            check_dir_private(File::open(d.path()).unwrap(), "DIR")
+        };
+        for ok in [0o700, 0o755, 0o1777, 0o1770] {
+            assert!(dir(ok).is_ok(), "{ok:o}");
+        }
+        for refused in [0o770, 0o777, 0o702, 0o2770] {
+            let e = dir(refused).unwrap_err().to_string();
+            assert!(
+                e.contains("DIR") && e.contains("chmod go-w DIR"),
+                "{refused:o}: {e}"
+            );
+        }
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        // A directory below the destination, made group-writable by someone: refused
+        // before anything is created in it.
+        let dest = Destination::open(d.path()).unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::set_permissions(d.path().join("sub"), fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(dest.check(&rel("sub/f"), false).is_some());
+        assert!(matches!(
+            dest.create_part(&rel("sub/f")),
+            Err(DestError::SharedDirectory { .. })
+        ));
+        assert_eq!(fs::read_dir(d.path().join("sub")).unwrap().count(), 0);
+    }
+
+    #[test]
     fn only_private_files_are_trusted() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("f");
