@@ -13,14 +13,20 @@
 //!   with `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600 (the umask can only narrow both). The
 //!   short name leaves room for a 255-byte final name; the real name is in the sidecar
 //!   ([`crate::transfer::resume`]).
+//! - The destination, and each existing directory a transfer walks through, must be
+//!   writable by this user only (or sticky) and owned by this user or root
+//!   ([`check_dir_private`], as ssh's `StrictModes`): nobody else can rename entries there.
 //! - Finalizing fsyncs the file, sets its mode (0600, or 0700 with `--keep-modes` and an
-//!   executable source), renames it with `renameat2(RENAME_NOREPLACE)` (no replace; with
-//!   `overwrite`, a plain rename), then fsyncs its directory and every directory the
-//!   transfer created on the way, up to the destination.
+//!   executable source), checks that the temporary name still names the open file
+//!   (device and inode), renames it with `renameat2(RENAME_NOREPLACE)` (no replace; with
+//!   `overwrite`, a plain rename), checks that the final name now names it, then fsyncs
+//!   its directory and every directory the transfer created on the way, up to the
+//!   destination.
 //! - A partial file is adopted for a resume only if it, and its sidecar, are regular
 //!   files owned by this user, with one link and mode 0600, opened without following a
 //!   link ([`private_file`]); otherwise it is left alone and the file starts over under a
-//!   new temporary name.
+//!   new temporary name. An adopted file is held open and locked from the offer, and the
+//!   resume continues through that descriptor.
 
 use std::collections::HashSet;
 use std::fs::File;
