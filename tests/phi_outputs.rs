@@ -497,15 +497,30 @@ fn a_partial_file_not_adopted_is_reported_without_its_name() {
     mode(&sc, 0o600);
 
     let mut cmd = conduit(&p.receiver);
-    cmd.args(["receive", "--json", "--audit-names", "hash", "--listen", "127.0.0.1:0"])
-        .arg("--out")
-        .arg(&out);
+    cmd.args([
+        "receive",
+        "--json",
+        "--audit-names",
+        "hash",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--out")
+    .arg(&out);
     let mut rx = Running::spawn(cmd);
     let addr = rx.first["addr"].as_str().unwrap().to_string();
     let sent = conduit(&p.sender)
         .arg("send")
         .arg(&src)
-        .args(["--json", "--to", "lab", "--direct", &addr, "--audit-names", "hash"])
+        .args([
+            "--json",
+            "--to",
+            "lab",
+            "--direct",
+            &addr,
+            "--audit-names",
+            "hash",
+        ])
         .output()
         .unwrap();
     let (status, stdout, stderr) = rx.finish();
@@ -572,5 +587,9 @@ fn a_sender_s_walk_error_deep_in_a_folder_shows_no_name_in_hash_mode() {
         .args(["send", "study", "--to", "lab", "--direct", "127.0.0.1:9"])
         .output()
         .unwrap();
-    assert!(text(&sent.stderr).contains("Smith labs.fifo"), "{}", text(&sent.stderr));
+    assert!(
+        text(&sent.stderr).contains("Smith labs.fifo"),
+        "{}",
+        text(&sent.stderr)
+    );
 }
