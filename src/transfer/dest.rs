@@ -358,6 +358,9 @@ impl Destination {
     /// never following a symlink; creates missing ones (mode 0700) with `create`, else
     /// returns `None` when one is missing.
     fn walk(&self, parents: &[&str], create: bool) -> Result<Option<Walk>, DestError> {
+        // Checked at open, and again here: a daemon runs for long, and the destination's
+        // mode or owner may change meanwhile.
+        check_dir_private(self.fd.as_fd(), &self.shown_root())?;
         let mut w = Walk {
             fds: vec![Arc::clone(&self.fd)],
             rels: vec![String::new()],
@@ -978,6 +981,13 @@ mod tests {
             Err(DestError::SharedDirectory { .. })
         ));
         assert_eq!(fs::read_dir(d.path().join("sub")).unwrap().count(), 0);
+        // The destination itself, opened while private and then opened up to others.
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            dest.create_part(&rel("f")),
+            Err(DestError::SharedDirectory { .. })
+        ));
+        assert!(!d.path().join("f").exists() && parts_in(d.path()).is_empty());
     }
 
     #[test]
