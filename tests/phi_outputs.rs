@@ -467,3 +467,129 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     all
 }
+
+#[test]
+fn a_partial_file_not_adopted_is_reported_without_its_name() {
+    use phi_conduit::crypto::identity::PublicKey;
+    use phi_conduit::transfer::paths::RelPath;
+    use phi_conduit::transfer::resume::Sidecar;
+    let p = pair_knowing(true, true);
+    let name = "Doe, Jane MRN12345.pdf";
+    let src = p.root.join(name);
+    write_data(&src, 3 << 20);
+    // What an interrupted transfer leaves, with a partial file that is not private
+    // (0644): it is left alone and reported.
+    let out = p.root.join("inbox");
+    std::fs::create_dir_all(&out).unwrap();
+    mode(&out, 0o700);
+    let key = PublicKey::parse(&common::key_of(&p.sender)).unwrap();
+    let part_name = ".conduit-0123456789abcdef0123456789abcdef.part";
+    std::fs::write(out.join(part_name), vec![0u8; 1 << 20]).unwrap();
+    mode(&out.join(part_name), 0o644);
+    let meta = std::fs::metadata(&src).unwrap();
+    let sidecar = serde_json::json!({
+        "v": 2, "sender": key.to_string(), "path": name, "part": part_name,
+        "size": meta.len(), "mtime": meta.mtime(), "chunk_size": 256 << 10,
+        "durable_chunks": 4,
+    });
+    let sc = out.join(Sidecar::name_for(&key, &RelPath::parse(name).unwrap()));
+    std::fs::write(&sc, sidecar.to_string()).unwrap();
+    mode(&sc, 0o600);
+
+    let mut cmd = conduit(&p.receiver);
+    cmd.args([
+        "receive",
+        "--json",
+        "--audit-names",
+        "hash",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--out")
+    .arg(&out);
+    let mut rx = Running::spawn(cmd);
+    let addr = rx.first["addr"].as_str().unwrap().to_string();
+    let sent = conduit(&p.sender)
+        .arg("send")
+        .arg(&src)
+        .args([
+            "--json",
+            "--to",
+            "lab",
+            "--direct",
+            &addr,
+            "--audit-names",
+            "hash",
+        ])
+        .output()
+        .unwrap();
+    let (status, stdout, stderr) = rx.finish();
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(status.success(), "{stderr}");
+    let evs = events(&stdout);
+    let warning = evs
+        .iter()
+        .find(|e| e["event"] == "warning")
+        .unwrap_or_else(|| panic!("no warning in {evs:?}"));
+    assert!(
+        warning["message"].as_str().unwrap().contains("not adopted"),
+        "{warning}"
+    );
+    // The path as the other events show it: the audit's 64-hex-digit name hash.
+    let path = warning["path"].as_str().unwrap();
+    assert!(
+        path.len() == 64 && path.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{warning}"
+    );
+    let file_done = evs.iter().find(|e| e["event"] == "file_done").unwrap();
+    assert_eq!(file_done["path"].as_str(), Some(path));
+    for stream in [&stdout, &stderr] {
+        for part in NAME_PARTS {
+            assert!(!stream.contains(part), "{part:?} in {stream}");
+        }
+    }
+}
+
+#[test]
+fn a_sender_s_walk_error_deep_in_a_folder_shows_no_name_in_hash_mode() {
+    let p = pair_knowing(true, true);
+    let study = p.root.join("study");
+    let inner = study.join("Doe, Jane");
+    std::fs::create_dir_all(&inner).unwrap();
+    write_data(&inner.join("MRN12345 scan.dcm"), 100);
+    let fifo = inner.join("Smith labs.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let sent = conduit(&p.sender)
+        .current_dir(&p.root)
+        .args(["send", "study", "--to", "lab", "--direct", "127.0.0.1:9"])
+        .args(["--audit-names", "hash"])
+        .output()
+        .unwrap();
+    let stderr = text(&sent.stderr);
+    assert!(!sent.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is not a regular file") && stderr.contains('#'),
+        "{stderr}"
+    );
+    for part in NAME_PARTS {
+        assert!(!stderr.contains(part), "{part:?} in {stderr}");
+    }
+    // Names shown (the default of a one-shot send): the error says which file.
+    let sent = conduit(&p.sender)
+        .current_dir(&p.root)
+        .args(["send", "study", "--to", "lab", "--direct", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&sent.stderr).contains("Smith labs.fifo"),
+        "{}",
+        text(&sent.stderr)
+    );
+}

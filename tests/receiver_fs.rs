@@ -514,3 +514,218 @@ fn an_old_partial_file_is_removed_at_start_with_an_audit_record() {
     assert!(rx.finish().0.success());
     assert!(fresh.exists());
 }
+
+/// A sender of `paths` to the receiver at `addr` that pauses after writing `pause`
+/// chunks of a file (`CONDUIT_TEST_PAUSE_SENDER`, src/transfer/data.rs) until `hook/resume`
+/// exists; returns once it is paused.
+fn paused_sender(
+    p: &Pair,
+    paths: &[&Path],
+    addr: &str,
+    pause: u64,
+    hook: &Path,
+) -> std::process::Child {
+    std::fs::create_dir_all(hook).unwrap();
+    let mut sender = conduit(&p.sender)
+        .arg("send")
+        .args(paths)
+        .args(["--json", "--to", "lab", "--direct", addr])
+        .env(
+            "CONDUIT_TEST_PAUSE_SENDER",
+            format!("{pause}:{}", hook.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !hook.join("paused").exists() {
+        if let Some(status) = sender.try_wait().unwrap() {
+            panic!("the sender ended ({status}) before it paused");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sender never paused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    sender
+}
+
+/// `conduit audit show --json` of `home`.
+fn audit_records(home: &Path) -> Vec<serde_json::Value> {
+    let out = conduit(home)
+        .args(["audit", "show", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    events(&text(&out.stdout))
+}
+
+#[test]
+fn a_partial_file_swapped_after_the_offer_is_not_finished_with_other_content() {
+    // Two files: a large first one (it has the whole file window, so the second file's
+    // stream opens only after it) and one the receiver holds in part. The sender pauses
+    // in the first file, after the receiver planned to continue the second: then another
+    // partial file of ours (0600, one link: it passes every check) is renamed onto the
+    // planned partial file's name.
+    let chunk = u64::from(DEFAULT_CHUNK_SIZE.get());
+    let p = pair_knowing(true, true);
+    let big = p.root.join("a-first.bin");
+    write_large(&big, 24 * chunk);
+    let src = p.root.join("scan.bin");
+    write_large(&src, 12 * chunk + 1234);
+    let out = p.root.join("out");
+    let part = plant_part(&p.sender, &src, "scan.bin", &out, 6);
+    let other = out.join(".conduit-fedcba9876543210fedcba9876543210.part");
+    std::fs::write(&other, vec![0x5a; (6 * chunk) as usize]).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let (mut rx, addr) = direct_receiver(&p, &out, &[]);
+    let hook = p.root.join("hook");
+    let sender = paused_sender(&p, &[&big, &src], &addr, 2, &hook);
+    std::fs::rename(&other, &part).unwrap();
+    std::fs::write(hook.join("resume"), b"").unwrap();
+    let sent = sender.wait_with_output().unwrap();
+    let (rx_status, rx_out, rx_err) = rx.finish();
+
+    // Either the file failed (and has no final name), or it arrived with the source's
+    // bytes; never the swapped-in bytes under a verified name.
+    let got = out.join("scan.bin");
+    if got.exists() {
+        assert_eq!(
+            blake3_file(&got),
+            blake3_file(&src),
+            "mixed content delivered"
+        );
+    } else {
+        assert!(!sent.status.success() && !rx_status.success());
+        assert!(
+            rx_err.contains("changed since the offer"),
+            "{rx_err}\n{rx_out}"
+        );
+        assert!(
+            !audit_records(&p.receiver)
+                .iter()
+                .any(|r| r["event"] == "file_completed" && r["path"] == "scan.bin"),
+            "recorded as completed"
+        );
+    }
+}
+
+#[test]
+fn a_file_that_cannot_get_its_name_is_not_recorded_as_completed() {
+    // The final name is free at the offer and taken while the file is received: the
+    // rename fails, the file is not recorded as completed and its partial file goes.
+    let chunk = u64::from(DEFAULT_CHUNK_SIZE.get());
+    let p = pair_knowing(true, true);
+    let src = p.root.join("scan.bin");
+    write_large(&src, 8 * chunk);
+    let out = p.root.join("out");
+    let (mut rx, addr) = direct_receiver(&p, &out, &[]);
+    let hook = p.root.join("hook");
+    let sender = paused_sender(&p, &[&src], &addr, 2, &hook);
+    std::fs::write(out.join("scan.bin"), b"someone else's").unwrap();
+    std::fs::write(hook.join("resume"), b"").unwrap();
+    let sent = sender.wait_with_output().unwrap();
+    let (rx_status, _, rx_err) = rx.finish();
+    assert!(!rx_status.success(), "{rx_err}");
+    assert!(rx_err.contains("already exists"), "{rx_err}");
+    assert!(!sent.status.success());
+    assert_eq!(
+        std::fs::read(out.join("scan.bin")).unwrap(),
+        b"someone else's"
+    );
+    let records = audit_records(&p.receiver);
+    assert!(
+        !records.iter().any(|r| r["event"] == "file_completed"),
+        "{records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r["event"] == "transfer_failed"),
+        "{records:?}"
+    );
+    assert!(
+        common::parts(&out).is_empty(),
+        "the complete partial file stays"
+    );
+}
+
+#[test]
+fn a_destination_others_can_write_is_refused_naming_the_directory_and_the_fix() {
+    let p = pair_knowing(true, true);
+    let src = p.root.join("scan.bin");
+    write_data(&src, 1000);
+
+    // The destination itself, writable by all without the sticky bit: refused at start.
+    let out = p.root.join("shared");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut r = conduit(&p.receiver)
+        .args(["receive", "--json", "--listen", "127.0.0.1:0", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A receiver that starts listening prints its address first: then it was not refused.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(r.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    if !first.is_empty() {
+        r.kill().unwrap();
+        let _ = r.wait();
+        panic!("the receiver started in a world-writable destination: {first}");
+    }
+    let r = r.wait_with_output().unwrap();
+    let err = text(&r.stderr);
+    assert!(!r.status.success(), "{err}");
+    assert!(
+        err.contains(&out.display().to_string()) && err.contains("chmod go-w"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+
+    // With the sticky bit others cannot replace our entries: accepted.
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    transfer_ok(&p, &[&src], &out, &[]);
+    assert_eq!(blake3_file(&out.join("scan.bin")), blake3_file(&src));
+
+    // An existing directory below it that the transfer would use, group-writable:
+    // refused at the offer, nothing created in it.
+    let out = p.root.join("inbox");
+    let sub = out.join("study");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let dir = p.root.join("study");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_data(&dir.join("x.dcm"), 100);
+    let (mut rx, addr) = direct_receiver(&p, &out, &[]);
+    let sent = send(&p, &[&dir], &addr);
+    let (rx_status, _, rx_err) = rx.finish();
+    assert_eq!(sent.status.code(), Some(5), "{}", text(&sent.stderr));
+    assert!(!rx_status.success());
+    assert!(
+        rx_err.contains(&sub.display().to_string()) && rx_err.contains("chmod go-w"),
+        "{rx_err}"
+    );
+    assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
+
+    // One owned by another user (only root can make one here).
+    if rustix::process::geteuid().is_root() {
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&sub, Some(65_534), None).unwrap();
+        let (mut rx, addr) = direct_receiver(&p, &out, &[]);
+        let sent = send(&p, &[&dir], &addr);
+        let (_, _, rx_err) = rx.finish();
+        assert_eq!(sent.status.code(), Some(5), "{}", text(&sent.stderr));
+        assert!(rx_err.contains("owned by uid 65534"), "{rx_err}");
+        assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
+    } else {
+        eprintln!("SKIP the other-owner case: not root");
+    }
+}

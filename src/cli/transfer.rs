@@ -310,7 +310,7 @@ fn send_recorded(
         files,
         dirs,
         skipped,
-    } = source::collect_with_dirs(&args.paths)?;
+    } = source::collect_with_dirs(&args.paths).map_err(|e| source_error_shown(&names, e))?;
     names.learn(
         files
             .iter()
@@ -905,11 +905,22 @@ fn events(out: Output, book: &AddressBook, names: Names) -> Events {
                 json!({"event": "file_done", "path": shown.show(&path), "size": size, "blake3": blake3.to_hex().to_string()})
             );
         }
-        (Output::Json, Event::Warning { message }) => {
-            println!("{}", json!({"event": "warning", "message": message}));
+        (Output::Json, Event::Warning { path, message }) => {
+            // The path as the other events show it; the message redacted as well, should
+            // a name have found its way into it.
+            let path = path.map(|p| shown.show(&p));
+            let message = shown.redact(&message);
+            println!(
+                "{}",
+                json!({"event": "warning", "path": path, "message": message})
+            );
         }
-        (Output::Human | Output::Quiet, Event::Warning { message }) => {
-            eprintln!("warning: {message}");
+        (Output::Human | Output::Quiet, Event::Warning { path, message }) => {
+            let message = shown.redact(&message);
+            match path {
+                Some(p) => eprintln!("warning: {}: {message}", shown.tag(&p)),
+                None => eprintln!("warning: {message}"),
+            }
         }
         (Output::Human, Event::FileDone { path, .. }) => {
             if let Some(b) = bar.get() {
@@ -918,6 +929,32 @@ fn events(out: Output, book: &AddressBook, names: Names) -> Events {
         }
         _ => {}
     })
+}
+
+/// A [`SourceError`](source::SourceError) for the user. In names mode hash only the
+/// command-line arguments were learnt, not the names found below them, so an error of
+/// the walk is shown by its kind and the keyed-hash tag of the whole path it is about.
+fn source_error_shown(names: &crate::audit::names::Names, e: source::SourceError) -> anyhow::Error {
+    use source::SourceError;
+    if !names.hides() {
+        return e.into();
+    }
+    let (path, what) = match &e {
+        SourceError::NotRegular(p) => (
+            p,
+            "is not a regular file or directory (devices, FIFOs and sockets are refused)"
+                .to_string(),
+        ),
+        SourceError::BadName(p, _) => (p, "has a name the receiver would refuse".to_string()),
+        SourceError::Io { path, source } => (path, format!("cannot be read ({})", source.kind())),
+        SourceError::Empty => return e.into(),
+    };
+    let text = format!("{} {what}", names.tag(path));
+    super::Redacted {
+        text,
+        inner: e.into(),
+    }
+    .into()
 }
 
 /// A progress bar on stderr (drawn only when stderr is a terminal).

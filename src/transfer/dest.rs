@@ -13,14 +13,20 @@
 //!   with `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600 (the umask can only narrow both). The
 //!   short name leaves room for a 255-byte final name; the real name is in the sidecar
 //!   ([`crate::transfer::resume`]).
+//! - The destination, and each existing directory a transfer walks through, must be
+//!   writable by this user only (or sticky) and owned by this user or root
+//!   ([`check_dir_private`], as ssh's `StrictModes`): nobody else can rename entries there.
 //! - Finalizing fsyncs the file, sets its mode (0600, or 0700 with `--keep-modes` and an
-//!   executable source), renames it with `renameat2(RENAME_NOREPLACE)` (no replace; with
-//!   `overwrite`, a plain rename), then fsyncs its directory and every directory the
-//!   transfer created on the way, up to the destination.
+//!   executable source), checks that the temporary name still names the open file
+//!   (device and inode), renames it with `renameat2(RENAME_NOREPLACE)` (no replace; with
+//!   `overwrite`, a plain rename), checks that the final name now names it, then fsyncs
+//!   its directory and every directory the transfer created on the way, up to the
+//!   destination.
 //! - A partial file is adopted for a resume only if it, and its sidecar, are regular
 //!   files owned by this user, with one link and mode 0600, opened without following a
 //!   link ([`private_file`]); otherwise it is left alone and the file starts over under a
-//!   new temporary name.
+//!   new temporary name. An adopted file is held open and locked from the offer, and the
+//!   resume continues through that descriptor.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -65,9 +71,31 @@ pub enum DestError {
     /// Another transfer is writing that partial file right now.
     #[error("{0} is being received by another transfer right now")]
     PartInUse(String),
-    /// The partial file offered for a resume changed before it was reopened.
+    /// The partial file offered for a resume changed before it was reopened, or the
+    /// temporary name no longer names the file written when it was to be renamed.
     #[error("the partial file of {0} changed since the offer")]
     PartChanged(String),
+    /// Right after the rename, the final name did not name the file received: someone
+    /// else writes in that directory. The file is not reported as received.
+    #[error(
+        "{0}: the final name does not hold the received file after the rename (another user \
+         or process writes in that directory); the file is not reported as received"
+    )]
+    Replaced(String),
+    /// The destination, or a directory below it that the transfer uses, can be written by
+    /// someone other than this user (as ssh's `StrictModes` refuses such a home).
+    #[error(
+        "refusing to receive into {dir}: it is {why}, so another user could replace a \
+         received file there; {fix}"
+    )]
+    SharedDirectory {
+        /// The directory (escaped).
+        dir: String,
+        /// What is wrong with it.
+        why: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// The disk is full.
     #[error("receiver storage full while writing {0}")]
     StorageFull(String),
@@ -127,6 +155,45 @@ pub fn private_file(fd: impl AsFd) -> Result<rustix::fs::Stat, &'static str> {
     Ok(st)
 }
 
+/// Refuses a directory someone other than this user could write entries in: one owned by
+/// another user (root excepted), or writable by group or others without the sticky bit
+/// (with it, others cannot rename or remove what is ours, as in `/tmp`). `shown` is how
+/// the directory is named in the error.
+pub fn check_dir_private(fd: impl AsFd, shown: &str) -> Result<(), DestError> {
+    let st = rustix::fs::fstat(fd).map_err(errno(shown))?;
+    let me = rustix::process::geteuid().as_raw();
+    let mode = st.st_mode & 0o7777;
+    let refuse = |why: String, fix: String| DestError::SharedDirectory {
+        dir: shown.to_string(),
+        why,
+        fix,
+    };
+    if st.st_uid != me && st.st_uid != 0 {
+        return Err(refuse(
+            format!("owned by uid {}, not by this user (uid {me})", st.st_uid),
+            format!(
+                "receive into a directory of your own, or have it given to you (chown {me} {shown})"
+            ),
+        ));
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(refuse(
+            format!("writable by group or others (mode {mode:04o}) without the sticky bit"),
+            format!("run chmod go-w {shown} (or chmod +t {shown} if others must write there)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `name` in `dir` (not following a link) is the file `ours` is open on: the same
+/// device and inode.
+fn names_ours(dir: impl AsFd, name: &str, ours: &File) -> bool {
+    match (stat_nofollow(dir, name), rustix::fs::fstat(ours)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
+}
+
 /// A new random temporary name: `.conduit-<32 hex><suffix>`.
 pub(crate) fn temp_name(suffix: &str) -> io::Result<String> {
     let mut b = [0u8; 16];
@@ -164,8 +231,11 @@ pub struct Destination {
 pub enum FoundPart {
     /// Nothing to resume from.
     None,
-    /// A partial file that passed every check, with its sidecar (the file is opened for
-    /// reading; [`Destination::open_part`] opens and checks it again by name).
+    /// A partial file that passed every check, with its sidecar. The file is open for
+    /// reading and writing and locked (`flock`) for this transfer; the prefix to resume
+    /// from is hashed through this descriptor and the rest is written through it
+    /// ([`Destination::open_part`]), so the bytes hashed and the bytes kept are the same
+    /// file whatever happens to the name meanwhile.
     Usable(File, Sidecar),
     /// Something is there but is not adopted (left alone; the file starts over), with why.
     Refused(String),
@@ -202,6 +272,8 @@ impl Destination {
             Errno::NOTDIR => DestError::NotADirectory(shown.clone(), shown.clone()),
             e => errno(&shown)(e),
         })?;
+        // Only this user (or root) may make or replace entries in it.
+        check_dir_private(&fd, &shown)?;
         // Absolute, so that the length of a received file's whole path can be checked.
         let root = std::path::absolute(root).map_err(io_err(&shown))?;
         let name_max = rustix::fs::fstatvfs(&fd).map_or(255, |s| s.f_namemax);
@@ -291,6 +363,9 @@ impl Destination {
     /// never following a symlink; creates missing ones (mode 0700) with `create`, else
     /// returns `None` when one is missing.
     fn walk(&self, parents: &[&str], create: bool) -> Result<Option<Walk>, DestError> {
+        // Checked at open, and again here: a daemon runs for long, and the destination's
+        // mode or owner may change meanwhile.
+        check_dir_private(self.fd.as_fd(), &self.shown_root())?;
         let mut w = Walk {
             fds: vec![Arc::clone(&self.fd)],
             rels: vec![String::new()],
@@ -300,8 +375,13 @@ impl Destination {
             let shown = escape(&rel);
             let not_dir = || DestError::NotADirectory(escape(&parents.join("/")), shown.clone());
             let parent = Arc::clone(w.fds.last().ok_or_else(not_dir)?);
+            let existing = |fd: OwnedFd| -> Result<OwnedFd, DestError> {
+                // A directory that was there already: only this user may write in it.
+                check_dir_private(&fd, &escape(&self.root.join(&rel).to_string_lossy()))?;
+                Ok(fd)
+            };
             let fd = match open_dir_beneath(parent.as_fd(), c) {
-                Ok(fd) => fd,
+                Ok(fd) => existing(fd)?,
                 Err(Errno::NOENT) if create => {
                     match rustix::fs::mkdirat(parent.as_fd(), *c, Mode::from_raw_mode(0o700)) {
                         Ok(()) => {
@@ -321,10 +401,10 @@ impl Destination {
                         }
                         // Made by another transfer meanwhile.
                         Err(Errno::EXIST) => {
-                            open_dir_beneath(parent.as_fd(), c).map_err(|e| match e {
+                            existing(open_dir_beneath(parent.as_fd(), c).map_err(|e| match e {
                                 Errno::NOTDIR | Errno::LOOP => not_dir(),
                                 e => errno(&shown)(e),
-                            })?
+                            })?)?
                         }
                         Err(e) => return Err(errno(&shown)(e)),
                     }
@@ -366,16 +446,29 @@ impl Destination {
         if sidecar.path != rel.as_str() || !is_part_name(&sidecar.part) {
             return FoundPart::Refused("its resume record names another file".into());
         }
-        match open_part_file(dir.as_fd(), &sidecar.part, OFlags::RDONLY) {
-            Ok(f) => FoundPart::Usable(f, sidecar),
+        match open_part_file(dir.as_fd(), &sidecar.part, OFlags::RDWR) {
+            Ok(f) => {
+                // Held from here on: no other transfer, and no removal of stale files,
+                // takes it between the offer and its stream.
+                if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .is_err()
+                {
+                    return FoundPart::Refused(
+                        "its partial file is being received by another transfer right now".into(),
+                    );
+                }
+                FoundPart::Usable(f, sidecar)
+            }
             Err(None) => FoundPart::None,
             Err(Some(why)) => FoundPart::Refused(format!("its partial file {why}")),
         }
     }
 
     /// Creates the parent directories of `rel` and a new temporary file for it, or, with
-    /// `adopt` (the sidecar [`Self::find_part`] returned), reopens that temporary file
-    /// (checked again) keeping its first `keep` bytes. The space for the rest, up to
+    /// `adopt` (the file and sidecar [`Self::find_part`] returned), continues in that very
+    /// file, keeping its first `keep` bytes: it must still be a private file of ours and
+    /// its temporary name must still name it (same device and inode), else
+    /// [`DestError::PartChanged`] (the prefix hashed at the offer was of that file). The space for the rest, up to
     /// `size`, is reserved where the file system can: the first segment now (a full disk
     /// shows at once), the rest now or ahead of the writes (see
     /// [`crate::transfer::reserve`] and [`PartFile::take_reservation`]).
@@ -383,7 +476,7 @@ impl Destination {
         &self,
         rel: &RelPath,
         sender: &crate::crypto::identity::PublicKey,
-        adopt: Option<&Sidecar>,
+        adopt: Option<(File, &Sidecar)>,
         keep: u64,
         size: u64,
     ) -> Result<PartFile, DestError> {
@@ -408,7 +501,7 @@ impl Destination {
     fn create_part_inner(
         &self,
         rel: &RelPath,
-        adopt: Option<&Sidecar>,
+        adopt: Option<(File, &Sidecar)>,
     ) -> Result<PartFile, DestError> {
         let shown = rel.to_string();
         let comps: Vec<&str> = rel.components().collect();
@@ -424,9 +517,10 @@ impl Destination {
                 .ok_or_else(|| DestError::Exists(shown.clone()))?,
         );
         let (file, part) = match adopt {
-            Some(s) => {
-                let f = open_part_file(dir.as_fd(), &s.part, OFlags::RDWR)
-                    .map_err(|_| DestError::PartChanged(shown.clone()))?;
+            Some((f, s)) => {
+                if private_file(&f).is_err() || !names_ours(dir.as_fd(), &s.part, &f) {
+                    return Err(DestError::PartChanged(shown.clone()));
+                }
                 (f, s.part.clone())
             }
             None => loop {
@@ -645,13 +739,44 @@ impl PartFile {
     /// `keep_exec` (the source was executable by its owner and `--keep-modes` is on),
     /// less what the umask takes; never setuid, setgid or sticky. Then the directory, and
     /// every directory created for it and not yet synced, are fsynced.
+    ///
+    /// The temporary name must still name this file (device and inode) right before the
+    /// rename, and the final name must name it right after; otherwise someone else writes
+    /// in the directory and the file is not reported as received
+    /// ([`DestError::PartChanged`], [`DestError::Replaced`]). When the file does not get
+    /// its final name, its temporary file (if that name is still ours) and sidecar are
+    /// removed.
     pub fn finalize(self, overwrite: bool, keep_exec: bool) -> Result<(), DestError> {
+        let shown = self.shown.clone();
+        match self.rename_into_place(overwrite, keep_exec) {
+            Ok(()) => {}
+            Err(e @ DestError::Replaced(_)) => return Err(e),
+            Err(e) => {
+                self.discard();
+                return Err(e);
+            }
+        }
+        let d = self.dir.as_fd();
+        if let Some(s) = &self.sidecar {
+            Sidecar::remove_if_for(d, s, &self.part);
+        }
+        rustix::fs::fsync(d).map_err(errno(&shown))?;
+        self.sync_created().map_err(errno(&shown))
+    }
+
+    /// [`Self::finalize`] up to and including the rename and the check after it.
+    fn rename_into_place(&self, overwrite: bool, keep_exec: bool) -> Result<(), DestError> {
         let shown = self.shown.clone();
         self.file.sync_all().map_err(io_err(&shown))?;
         let mode = if keep_exec { 0o700 } else { 0o600 } & self.allowed;
         rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode)).map_err(errno(&shown))?;
         let d = self.dir.as_fd();
         let (from, to) = (self.part.as_str(), self.final_name.as_str());
+        // Someone who can write in the directory could have put another file at the
+        // temporary name: that one must not get the final name.
+        if !names_ours(d, from, &self.file) {
+            return Err(DestError::PartChanged(shown));
+        }
         let renamed = if overwrite {
             rustix::fs::renameat(d, from, d, to)
         } else {
@@ -670,11 +795,12 @@ impl PartFile {
             Errno::ISDIR | Errno::NOTEMPTY => DestError::IsADirectory(shown.clone()),
             e => errno(&shown)(e),
         })?;
-        if let Some(s) = &self.sidecar {
-            Sidecar::remove_if_for(d, s, &self.part);
+        // And between that check and the rename: whatever the final name holds now is
+        // not ours to remove, and not reported as received.
+        if !names_ours(d, to, &self.file) {
+            return Err(DestError::Replaced(shown));
         }
-        rustix::fs::fsync(d).map_err(errno(&shown))?;
-        self.sync_created().map_err(errno(&shown))
+        Ok(())
     }
 
     /// Removes the partial file `name` an earlier, superseded transfer of the same file
@@ -707,10 +833,13 @@ impl PartFile {
         Ok(())
     }
 
-    /// Gives up on the file: the temporary file and its sidecar are removed.
+    /// Gives up on the file: the temporary file (if its name still names this file) and
+    /// its sidecar are removed.
     pub fn discard(self) {
         let d = self.dir.as_fd();
-        let _ = rustix::fs::unlinkat(d, self.part.as_str(), AtFlags::empty());
+        if names_ours(d, &self.part, &self.file) {
+            let _ = rustix::fs::unlinkat(d, self.part.as_str(), AtFlags::empty());
+        }
         if let Some(s) = &self.sidecar {
             Sidecar::remove_if_for(d, s, &self.part);
         }
@@ -806,6 +935,64 @@ mod tests {
         p.finalize(false, false).unwrap();
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
         assert_eq!(fs::read(d.path().join("moved/f")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn a_file_put_at_the_temporary_name_does_not_get_the_final_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        let p = dest.create_part(&rel("f.txt")).unwrap();
+        p.write_at(b"received", 0).unwrap();
+        // A co-writer of the directory renames its own file onto the temporary name.
+        let theirs = d.path().join("theirs");
+        fs::write(&theirs, b"attacker").unwrap();
+        fs::rename(&theirs, d.path().join(p.part_name())).unwrap();
+        let part = d.path().join(p.part_name());
+        assert!(matches!(
+            p.finalize(false, false),
+            Err(DestError::PartChanged(_))
+        ));
+        assert!(!d.path().join("f.txt").exists(), "given the final name");
+        // Not ours: left where it is.
+        assert_eq!(fs::read(part).unwrap(), b"attacker");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_in_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = |mode: u32| {
+            fs::set_permissions(d.path(), fs::Permissions::from_mode(mode)).unwrap();
+            check_dir_private(File::open(d.path()).unwrap(), "DIR")
+        };
+        for ok in [0o700, 0o755, 0o1777, 0o1770] {
+            assert!(dir(ok).is_ok(), "{ok:o}");
+        }
+        for refused in [0o770, 0o777, 0o702, 0o2770] {
+            let e = dir(refused).unwrap_err().to_string();
+            assert!(
+                e.contains("DIR") && e.contains("chmod go-w DIR"),
+                "{refused:o}: {e}"
+            );
+        }
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        // A directory below the destination, made group-writable by someone: refused
+        // before anything is created in it.
+        let dest = Destination::open(d.path()).unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::set_permissions(d.path().join("sub"), fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(dest.check(&rel("sub/f"), false).is_some());
+        assert!(matches!(
+            dest.create_part(&rel("sub/f")),
+            Err(DestError::SharedDirectory { .. })
+        ));
+        assert_eq!(fs::read_dir(d.path().join("sub")).unwrap().count(), 0);
+        // The destination itself, opened while private and then opened up to others.
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            dest.create_part(&rel("f")),
+            Err(DestError::SharedDirectory { .. })
+        ));
+        assert!(!d.path().join("f").exists() && parts_in(d.path()).is_empty());
     }
 
     #[test]

@@ -172,7 +172,10 @@ pub enum Event {
     /// Something the user should know that does not stop the transfer (a partial file
     /// in the destination that is not adopted for a resume, and why).
     Warning {
-        /// What happened (names escaped).
+        /// The file it is about (escaped), if any: shown apart from the message, so that
+        /// an output in names mode hash can show it hashed.
+        path: Option<String>,
+        /// What happened, without the file's name.
         message: String,
     },
     /// One file is complete and verified.
@@ -1138,10 +1141,10 @@ async fn receive_audited(
                 let (mut adopt, mut old) = (None, None);
                 if first != 0 {
                     // Only where this receiver offered to continue, and only from that chunk.
-                    let (from, prefix, prefix_tree, sidecar) = held_here
-                        .filter(|(from, _, _, _)| *from == first)
+                    let (from, prefix, prefix_tree, sidecar, file) = held_here
+                        .filter(|(from, ..)| *from == first)
                         .ok_or_else(|| protocol(format!("file {index} resumed at a chunk not offered")))?;
-                    adopt = Some(sidecar);
+                    adopt = Some((file, sidecar));
                     rec.resumed(rel.as_str(), e.size, layout.offset(from)).await?;
                     ctx.resume_from = from;
                     ctx.resume_prefix_hash = prefix;
@@ -1151,7 +1154,12 @@ async fn receive_audited(
                 } else {
                     old = held_here.map(|h| h.3.part).or_else(|| superseded.remove(&slot));
                 }
-                let mut part = dest.open_part(rel, &peer, adopt.as_ref(), layout.offset(first), e.size)?;
+                // The file whose prefix was hashed is the one written (no reopening by name).
+                let (keep, size) = (layout.offset(first), e.size);
+                let mut part = match adopt {
+                    Some((file, sidecar)) => dest.open_part(rel, &peer, Some((file, &sidecar)), keep, size)?,
+                    None => dest.open_part(rel, &peer, None, keep, size)?,
+                };
                 if let Some(old) = old {
                     part.remove_superseded(&old);
                 }
@@ -1187,13 +1195,17 @@ async fn receive_audited(
                 let name = rel.as_str().to_string();
                 tasks.spawn(async move {
                     let r = match data::receive_file(s, &pool, fd, sink, progress).await {
-                        // Verified; on record before it gets its name.
-                        Ok(hash) => match rec.file_completed(&name, size, &hash).await {
-                            Ok(()) => part
-                                .finalize(overwrite, keep_exec)
-                                .map(|_| hash)
-                                .map_err(TransferError::from),
-                            Err(a) => Err(TransferError::Audit(a)),
+                        // Verified: given its name (durably), and then on record as
+                        // completed. A file that does not get its name is not recorded as
+                        // completed (its temporary file is removed; the transfer's failure
+                        // record says why).
+                        Ok(hash) => match part.finalize(overwrite, keep_exec) {
+                            Ok(()) => rec
+                                .file_completed(&name, size, &hash)
+                                .await
+                                .map(|()| hash)
+                                .map_err(TransferError::Audit),
+                            Err(e) => Err(TransferError::from(e)),
                         },
                         Err(source) => {
                             // Forged or corrupted data is not kept; an interruption keeps
@@ -1265,12 +1277,19 @@ fn split_header(h: &[u8; FILE_STREAM_HEADER]) -> (u64, u64) {
 #[derive(Default)]
 struct ResumePlan {
     points: Vec<ResumePoint>,
-    held: std::collections::HashMap<usize, (u64, [u8; 32], TreeHash, Sidecar)>,
+    /// Per file slot: the chunk to continue from, the prefix hash and tree state, the
+    /// sidecar, and the partial file itself (open and locked; the prefix was hashed
+    /// through it and the rest is written through it).
+    held: std::collections::HashMap<usize, (u64, [u8; 32], TreeHash, Sidecar, std::fs::File)>,
     /// Per file slot, the partial file of an older offer of the same file from the same
     /// sender (another size or mtime, or nothing durable): removed once the new one
     /// exists.
     superseded: std::collections::HashMap<usize, String>,
 }
+
+/// Most partial files one offer continues (each is held open from the offer to its
+/// stream); further ones are received from the start.
+pub const MAX_HELD_PARTS: usize = 256;
 
 /// Finds the files this receiver holds in part from an interrupted transfer of the same
 /// sender, and checks that what is left to receive fits (and that the destination is
@@ -1286,13 +1305,18 @@ fn plan_resume(
     let mut plan = ResumePlan::default();
     let mut have = 0u64;
     for (i, (rel, e)) in entries.iter().enumerate() {
+        if plan.held.len() >= MAX_HELD_PARTS {
+            // Each held partial file is an open descriptor until its stream: a bound.
+            continue;
+        }
         let (file, sidecar) = match dest.find_part(peer, rel) {
             FoundPart::None => continue,
             FoundPart::Usable(file, sidecar) => (file, sidecar),
             FoundPart::Refused(why) => {
                 // Left alone; the file starts over under a new temporary name.
                 events(Event::Warning {
-                    message: format!("{rel}: partial file not adopted for a resume: {why}"),
+                    path: Some(rel.to_string()),
+                    message: format!("partial file not adopted for a resume: {why}"),
                 });
                 continue;
             }
@@ -1316,7 +1340,7 @@ fn plan_resume(
             from_chunk: from,
             prefix_blake3: prefix,
         });
-        plan.held.insert(i, (from, prefix, tree, sidecar));
+        plan.held.insert(i, (from, prefix, tree, sidecar, file));
         have += layout.offset(from);
     }
     let space = dest.space()?;
