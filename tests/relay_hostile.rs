@@ -143,7 +143,9 @@ fn code(r: Refusal) -> u64 {
 /// Whether an attacker was taken in is judged by what the relay said, never by how
 /// fast: a prover waits [`PATIENCE`] for the challenge and for the verdict on its
 /// proof, and a refusal for time (`hello_timeout`, the relay was too slow to see the
-/// proof in time) is a refusal.
+/// proof in time) is a refusal. The relay is stalled for 2 s during the attack, so that
+/// the test shows it does not depend on the machine's speed (with a 300 ms wait, as
+/// this test once had, the stall makes attackers look taken in).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_squatters_who_know_the_key_cannot_keep_the_receiver_from_receiving() {
     let _serial = SERIAL.lock().await;
@@ -189,7 +191,10 @@ async fn thirty_two_squatters_who_know_the_key_cannot_keep_the_receiver_from_rec
                         refused.fetch_add(1, Relaxed);
                     }
                     Outcome::Paired(_) | Outcome::Waiting(..) => {
-                        took(format!("{outcome:?}"));
+                        took(match outcome {
+                            Outcome::Paired(_) => "paired".to_string(),
+                            _ => format!("no verdict within {PATIENCE:?}"),
+                        });
                         held.push_back(outcome);
                     }
                     Outcome::Closed(c) if c == code(Refusal::BadProof) => {
@@ -213,8 +218,14 @@ async fn thirty_two_squatters_who_know_the_key_cannot_keep_the_receiver_from_rec
             attacker.endpoint.close(0u32.into(), b"done");
         });
     }
-    // The squatters are at it before the receiver comes, and while it receives.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The squatters are at it before the receiver comes, and while it receives. The
+    // relay is stopped for 2 s in the middle (SIGSTOP), as a loaded machine may stall it:
+    // a slow verdict must not be mistaken for an attacker taken in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.run.signal(libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    relay.run.signal(libc::SIGCONT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let relay = Arc::new(relay);
     let r = Arc::clone(&relay);
     let (sent, received, same) = tokio::task::spawn_blocking(move || {
@@ -448,13 +459,9 @@ async fn open_idle(a: &Attacker) -> Option<Idle> {
     // And 256 KiB on a stream of its own, if the relay lets it open one (the windows of
     // a paired connection would take it all in).
     let mut pushed = None;
-    if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(100), conn.open_uni()).await
-    {
-        let _ = tokio::time::timeout(
-            Duration::from_millis(100),
-            s.write_all(&[0x55; 256 << 10]),
-        )
-        .await;
+    if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(100), conn.open_uni()).await {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(100), s.write_all(&[0x55; 256 << 10])).await;
         pushed = Some(s);
     }
     Some((conn, send, recv, pushed))
@@ -689,7 +696,10 @@ async fn a_listener_waits_while_every_session_slot_is_taken_and_pairs_once_one_f
     let mut rx = receiver_via(&p, &relay, &out, &[]);
     // The relay is full, and the receiver waits there all the same.
     until_gauge(&metrics, "conduit_relay_waiting", 1).await;
-    assert!(rx.child.try_wait().unwrap().is_none(), "the receiver gave up");
+    assert!(
+        rx.child.try_wait().unwrap().is_none(),
+        "the receiver gave up"
+    );
     drop((paired, waiting));
     attacker.endpoint.close(0u32.into(), b"done");
     until_gauge(&metrics, "conduit_relay_sessions_active", 0).await;
