@@ -190,7 +190,10 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Expiring::new(Duration::MAX, 8);
         assert_eq!(m.insert(1, "a", t0), None);
-        assert_eq!(m.get(&1, t0 + Duration::from_secs(86_400 * 365)), Some(&"a"));
+        assert_eq!(
+            m.get(&1, t0 + Duration::from_secs(86_400 * 365)),
+            Some(&"a")
+        );
         assert!(m.get_mut(&1, t0 + Duration::from_secs(1)).is_some());
         assert_eq!(saturating_add(t0, Duration::ZERO), t0);
         assert_eq!(

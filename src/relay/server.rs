@@ -538,12 +538,7 @@ async fn read_hello(conn: &Connection) -> Result<(SendStream, RecvStream, Hello)
 }
 
 /// Runs one paired session: tells both clients, splices them, logs the totals.
-async fn session(
-    state: Arc<State>,
-    mut first: Waiting,
-    mut second: Waiting,
-    _slots: SessionSlots,
-) {
+async fn session(state: Arc<State>, mut first: Waiting, mut second: Waiting, _slots: SessionSlots) {
     // In a session now: no longer counted against the sources' unpaired limits, and
     // given a session's windows and streams before either side hears it is paired.
     first.unpaired = None;
