@@ -624,3 +624,50 @@ fn the_daemon_reconnects_when_the_relay_comes_back() {
     assert!(daemon.wait_timeout(10).is_some());
     drop(relay);
 }
+
+/// Review finding (LOW) on issue 18: `--strike-window 18446744073709551615` panicked the
+/// relay at its first strike (an expiry past what an `Instant` holds). Every duration
+/// limit is capped at one day: a larger one is refused at start, naming the limit, and
+/// the relay never gets to listen.
+#[test]
+fn a_duration_limit_past_a_day_is_refused_at_start() {
+    let cwd = tempfile::tempdir().unwrap();
+    for flag in [
+        "--strike-window",
+        "--pairing-timeout",
+        "--hello-timeout",
+        "--drain-timeout",
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conduit"))
+            .args([
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--dev-self-signed",
+                "--json",
+            ])
+            .args([flag, "18446744073709551615"])
+            .current_dir(cwd.path())
+            .env("HOME", cwd.path())
+            .env_remove("CONDUIT_HOME")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                let out = child.wait_with_output().unwrap();
+                panic!("{flag}: the relay started: {}", text(&out.stdout));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{flag}");
+        assert!(err.contains("at most 86400"), "{flag}: {err}");
+        assert!(!err.contains("panicked"), "{flag}: {err}");
+        assert!(!text(&out.stdout).contains("listening"), "{flag}");
+    }
+}
