@@ -371,7 +371,9 @@ fn one_gib_through_the_relay_writes_nothing_to_disk_and_stays_under_64_mib() {
 fn fifty_concurrent_transfers_stay_within_the_documented_memory_bound() {
     const N: usize = 50;
     let p = pair_knowing(true, true);
-    let relay = start_relay(&[]);
+    // Every sender and the daemon are at 127.0.0.1, one source: as 50 senders behind
+    // one NAT address would be, they need a relay that allows 50 sessions per source.
+    let relay = start_relay(&["--max-sessions-per-source", "64"]);
     let out = p.root.join("inbox");
     let mut cmd = conduit(&p.receiver);
     cmd.args([

@@ -679,7 +679,8 @@ async fn one_source_in_sessions_with_itself_cannot_make_the_relay_busy_for_other
 /// A listener waits while every session slot of the relay is taken: the slot is taken
 /// at pairing, not when a client arrives. With `--max-sessions 8`, one source holds all
 /// 8 sessions; a real receiver from another source comes, and is let wait (not refused
-/// `busy`); once the sessions end, its sender comes and the transfer pairs.
+/// `busy`); its sender comes while the relay is still full, is refused `busy` and tries
+/// again, and once the sessions end the transfer pairs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_waits_while_every_session_slot_is_taken_and_pairs_once_one_frees() {
     let _serial = SERIAL.lock().await;
@@ -700,17 +701,26 @@ async fn a_listener_waits_while_every_session_slot_is_taken_and_pairs_once_one_f
         rx.child.try_wait().unwrap().is_none(),
         "the receiver gave up"
     );
-    drop((paired, waiting));
-    attacker.endpoint.close(0u32.into(), b"done");
-    until_gauge(&metrics, "conduit_relay_sessions_active", 0).await;
+    // Its sender comes while the relay is still full: it is refused `busy`, and tries
+    // again (within its --relay-wait, 10 s) until the sessions end.
     let relay = Arc::new(relay);
     let r = Arc::clone(&relay);
-    let (sent, p) = tokio::task::spawn_blocking(move || {
+    let sender = tokio::task::spawn_blocking(move || {
         let sent = send_via(&p, &r, &[&p.root.join("lab.bin")], &["--to", "lab"]);
         (sent, p)
-    })
-    .await
-    .unwrap();
+    });
+    let busy = "conduit_relay_rejections_total{reason=\"busy\"}";
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while gauge(&metrics, busy) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sender was never refused busy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((paired, waiting));
+    attacker.endpoint.close(0u32.into(), b"done");
+    let (sent, p) = sender.await.unwrap();
     assert!(sent.status.success(), "{}", text(&sent.stderr));
     let (status, _, err) = rx.finish();
     assert!(status.success(), "{err}");
