@@ -371,7 +371,9 @@ fn one_gib_through_the_relay_writes_nothing_to_disk_and_stays_under_64_mib() {
 fn fifty_concurrent_transfers_stay_within_the_documented_memory_bound() {
     const N: usize = 50;
     let p = pair_knowing(true, true);
-    let relay = start_relay(&[]);
+    // Every sender and the daemon are at 127.0.0.1, one source: as 50 senders behind
+    // one NAT address would be, they need a relay that allows 50 sessions per source.
+    let relay = start_relay(&["--max-sessions-per-source", "64"]);
     let out = p.root.join("inbox");
     let mut cmd = conduit(&p.receiver);
     cmd.args([
@@ -623,4 +625,51 @@ fn the_daemon_reconnects_when_the_relay_comes_back() {
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_timeout(10).is_some());
     drop(relay);
+}
+
+/// Review finding (LOW) on issue 18: `--strike-window 18446744073709551615` panicked the
+/// relay at its first strike (an expiry past what an `Instant` holds). Every duration
+/// limit is capped at one day: a larger one is refused at start, naming the limit, and
+/// the relay never gets to listen.
+#[test]
+fn a_duration_limit_past_a_day_is_refused_at_start() {
+    let cwd = tempfile::tempdir().unwrap();
+    for flag in [
+        "--strike-window",
+        "--pairing-timeout",
+        "--hello-timeout",
+        "--drain-timeout",
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conduit"))
+            .args([
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--dev-self-signed",
+                "--json",
+            ])
+            .args([flag, "18446744073709551615"])
+            .current_dir(cwd.path())
+            .env("HOME", cwd.path())
+            .env_remove("CONDUIT_HOME")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                let out = child.wait_with_output().unwrap();
+                panic!("{flag}: the relay started: {}", text(&out.stdout));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{flag}");
+        assert!(err.contains("at most 86400"), "{flag}: {err}");
+        assert!(!err.contains("panicked"), "{flag}: {err}");
+        assert!(!text(&out.stdout).contains("listening"), "{flag}");
+    }
 }

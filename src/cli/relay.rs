@@ -54,11 +54,16 @@ pub struct RelayArgs {
     /// Clients waiting for a peer per source address [default: 32].
     #[arg(long, value_name = "N")]
     max_waiting_per_ip: Option<usize>,
+    /// Sessions at once with an end at one source (IPv4 address, IPv6 /64), counted
+    /// against both ends' sources [default: 8].
+    #[arg(long, value_name = "N")]
+    max_sessions_per_source: Option<usize>,
     /// Strikes (guess-like refusals, code nameplates spent) a source may collect per
     /// strike window before it is refused until the window ends [default: 30].
     #[arg(long, value_name = "N")]
     max_strikes: Option<u32>,
-    /// Seconds of the strike window, from a source's first strike [default: 600].
+    /// Seconds of the strike window, from a source's first strike (at most 86400)
+    /// [default: 600].
     #[arg(long, value_name = "SECS")]
     strike_window: Option<u64>,
     /// Seconds a client waits for its peer [default: 300].
@@ -96,6 +101,7 @@ impl RelayArgs {
         set(&mut l.max_sessions, self.max_sessions);
         set(&mut l.max_connections, self.max_connections);
         set(&mut l.max_waiting_per_ip, self.max_waiting_per_ip);
+        set(&mut l.max_sessions_per_source, self.max_sessions_per_source);
         if let Some(n) = self.max_strikes {
             l.max_strikes = n;
         }

@@ -144,6 +144,9 @@ pub struct Joined {
 
 /// Pause between two attempts of a connector that found no listener.
 const RETRY: Duration = Duration::from_millis(250);
+/// Pause before a connector tries again after `busy` (the relay's sessions, or those of
+/// its source or its listener's, are all in use; one may end soon).
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// How long a client waits for the relay's close (and its reason) after the Hello
 /// stream ended without an answer.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -190,6 +193,14 @@ async fn join_with(
                 ..
             }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(RETRY).await;
+            }
+            // No session slot for now (docs/PROTOCOL.md, "Session slots"); the listener
+            // waits on, and a slot frees when a session ends.
+            Err(JoinError::Refused {
+                refusal: Refusal::Busy,
+                ..
+            }) if role == Role::Connect && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(BUSY_RETRY).await;
             }
             // The listener went away just as it was paired (a daemon slot that failed):
             // another listener may take its place.

@@ -20,6 +20,13 @@ pub const MAX_UNPAIRED_PER_IP: usize = 64;
 /// Default: connections from one source (IPv4 address, IPv6 /64) at once, in sessions
 /// or not.
 pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default: sessions at once that have one end or both at one source (IPv4 address,
+/// IPv6 /64): a session counts once against each source among its two ends, so one
+/// source connecting to itself cannot take every session slot.
+pub const MAX_SESSIONS_PER_SOURCE: usize = 8;
+/// The longest a duration limit may be (one day): longer windows and timeouts serve no
+/// one, and a bound keeps every deadline the relay computes representable.
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
 /// Default: strikes a source may collect within [`STRIKE_WINDOW`] before it is refused
 /// until the window ends (see [`crate::relay::ratelimit`]).
 pub const MAX_STRIKES: u32 = crate::relay::ratelimit::MAX_STRIKES;
@@ -72,6 +79,8 @@ pub struct Limits {
     pub max_unpaired_per_ip: usize,
     /// Connections per source IP, in sessions or not.
     pub max_connections_per_ip: usize,
+    /// Sessions per source (a session counts against each of its ends' sources).
+    pub max_sessions_per_source: usize,
     /// Strikes per source within the strike window.
     pub max_strikes: u32,
     /// The strike window.
@@ -99,6 +108,7 @@ impl Default for Limits {
             max_waiting_per_rendezvous: MAX_WAITING_PER_RENDEZVOUS,
             max_unpaired_per_ip: MAX_UNPAIRED_PER_IP,
             max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
+            max_sessions_per_source: MAX_SESSIONS_PER_SOURCE,
             max_strikes: MAX_STRIKES,
             strike_window: STRIKE_WINDOW,
             pairing_timeout: PAIRING_TIMEOUT,
@@ -210,6 +220,11 @@ impl Limits {
                 file.max_connections_per_ip.is_some(),
             ),
             (
+                "max_sessions_per_source",
+                self.max_sessions_per_source.to_string(),
+                file.max_sessions_per_source.is_some(),
+            ),
+            (
                 "max_strikes",
                 self.max_strikes.to_string(),
                 file.max_strikes.is_some(),
@@ -268,6 +283,7 @@ impl FileLimits {
         );
         set(&mut this.max_unpaired_per_ip, l.max_unpaired_per_ip);
         set(&mut this.max_connections_per_ip, l.max_connections_per_ip);
+        set(&mut this.max_sessions_per_source, l.max_sessions_per_source);
         set(&mut this.max_strikes, l.max_strikes);
         set(&mut this.strike_window, l.strike_window_secs.map(secs));
         set(&mut this.pairing_timeout, l.pairing_timeout_secs.map(secs));
@@ -290,6 +306,7 @@ impl Limits {
             || self.max_waiting_per_rendezvous == 0
             || self.max_unpaired_per_ip == 0
             || self.max_connections_per_ip == 0
+            || self.max_sessions_per_source == 0
         {
             return bad("waiting and per-address limits must be at least 1");
         }
@@ -303,6 +320,18 @@ impl Limits {
         }
         if self.hello_timeout.is_zero() || self.pairing_timeout.is_zero() {
             return bad("timeouts must be at least 1 second");
+        }
+        let durations = [
+            self.strike_window,
+            self.pairing_timeout,
+            self.hello_timeout,
+            self.drain_timeout,
+        ];
+        if durations.iter().any(|d| *d > MAX_DURATION) {
+            return bad(
+                "strike_window_secs, pairing_timeout_secs, hello_timeout_secs and \
+                 drain_timeout_secs must be at most 86400 (one day)",
+            );
         }
         if self.stream_window < (64 << 10) || self.connection_window < self.stream_window {
             return bad(
@@ -342,6 +371,8 @@ pub struct FileLimits {
     pub max_unpaired_per_ip: Option<usize>,
     /// Connections per source IP, in sessions or not.
     pub max_connections_per_ip: Option<usize>,
+    /// Sessions per source (each end's source).
+    pub max_sessions_per_source: Option<usize>,
     /// Strikes per source within the strike window.
     pub max_strikes: Option<u32>,
     /// The strike window, seconds.
@@ -425,5 +456,58 @@ mod tests {
             Limits::default().apply_file(&p),
             Err(ConfigError::Value(_))
         ));
+    }
+
+    #[test]
+    fn durations_past_a_day_are_refused_with_a_clear_error() {
+        // `--strike-window 18446744073709551615` once panicked the relay (an expiry past
+        // what an Instant holds); every duration limit is capped.
+        let huge = Duration::from_secs(u64::MAX);
+        let cases: [fn(&mut Limits, Duration); 4] = [
+            |l, d| l.strike_window = d,
+            |l, d| l.pairing_timeout = d,
+            |l, d| l.hello_timeout = d,
+            |l, d| l.drain_timeout = d,
+        ];
+        for set in cases {
+            for d in [huge, MAX_DURATION + Duration::from_secs(1)] {
+                let mut l = Limits::default();
+                set(&mut l, d);
+                let err = l.check().unwrap_err().to_string();
+                assert!(err.contains("at most 86400"), "{err}");
+            }
+            let mut l = Limits::default();
+            set(&mut l, MAX_DURATION);
+            l.check().unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(&p, "[limits]\nstrike_window_secs = 86401\n").unwrap();
+        assert!(matches!(
+            Limits::default().apply_file(&p),
+            Err(ConfigError::Value(_))
+        ));
+    }
+
+    #[test]
+    fn sessions_per_source_is_a_limit_of_its_own() {
+        let l = Limits::default();
+        assert_eq!(l.max_sessions_per_source, MAX_SESSIONS_PER_SOURCE);
+        let mut bad = l;
+        bad.max_sessions_per_source = 0;
+        assert!(bad.check().is_err());
+        let file = FileLimits {
+            max_sessions_per_source: Some(3),
+            ..FileLimits::default()
+        };
+        let mut set = l;
+        file.apply(&mut set);
+        assert_eq!(set.max_sessions_per_source, 3);
+        let row = set
+            .describe(&file)
+            .into_iter()
+            .find(|(k, ..)| *k == "max_sessions_per_source")
+            .unwrap();
+        assert_eq!(row, ("max_sessions_per_source", "3".to_string(), true));
     }
 }

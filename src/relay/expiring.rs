@@ -14,6 +14,19 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+/// `now + d`, or the latest instant past `now` that can be represented if that is not
+/// (a `Duration` can be longer than any `Instant` reaches): never panics. Halving `d`
+/// ends, at the latest, at `now` itself.
+pub fn saturating_add(now: Instant, d: Duration) -> Instant {
+    let mut d = d;
+    loop {
+        if let Some(t) = now.checked_add(d) {
+            return t;
+        }
+        d /= 2;
+    }
+}
+
 struct Entry<V> {
     value: V,
     expires: Instant,
@@ -81,7 +94,7 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
                 evicted = Some(old);
             }
         }
-        let expires = now + self.ttl;
+        let expires = saturating_add(now, self.ttl);
         self.order.push_back((expires, key.clone()));
         self.map.insert(key, Entry { value, expires });
         evicted
@@ -169,5 +182,24 @@ mod tests {
             assert_eq!(m.map.len(), m.order.len());
             assert!(m.len() <= 100);
         }
+    }
+
+    #[test]
+    fn a_ttl_past_what_an_instant_holds_does_not_panic() {
+        // The strike window once reached here unchecked: `now + ttl` overflowed.
+        let t0 = Instant::now();
+        let mut m = Expiring::new(Duration::MAX, 8);
+        assert_eq!(m.insert(1, "a", t0), None);
+        assert_eq!(
+            m.get(&1, t0 + Duration::from_secs(86_400 * 365)),
+            Some(&"a")
+        );
+        assert!(m.get_mut(&1, t0 + Duration::from_secs(1)).is_some());
+        assert_eq!(saturating_add(t0, Duration::ZERO), t0);
+        assert_eq!(
+            saturating_add(t0, Duration::from_secs(5)),
+            t0 + Duration::from_secs(5)
+        );
+        assert!(saturating_add(t0, Duration::MAX) > t0 + Duration::from_secs(86_400 * 365));
     }
 }

@@ -159,6 +159,21 @@ impl<T> Table<T> {
         }
     }
 
+    /// The waiter a connector with `hello` arriving at `now` would pair with, left in
+    /// the table (the caller checks that a session can start before it calls
+    /// [`Table::arrive`]). `None` for a listener, or when the connector would be refused.
+    pub fn partner(&self, hello: &Hello, now: Instant) -> Option<&T> {
+        if hello.role != Role::Connect
+            || (hello.single_use && self.burned.get(&hello.rendezvous, now).is_some())
+        {
+            return None;
+        }
+        self.slots
+            .get(&key(hello))
+            .and_then(|slot| slot.waiters.back())
+            .map(|w| &w.payload)
+    }
+
     fn enqueue(&mut self, hello: &Hello, source: IpAddr, payload: T) -> Ticket {
         *self.waiting_per_source.entry(source).or_insert(0) += 1;
         self.waiting += 1;
@@ -267,6 +282,31 @@ mod tests {
             Arrival::Paired("l1", _)
         ));
         assert_eq!(t.waiting(), 0);
+    }
+
+    #[test]
+    fn the_partner_is_the_waiter_a_connector_would_pair_with() {
+        let mut t = Table::new(8, 8);
+        let now = Instant::now();
+        let connect = hello(Role::Connect, 1, false);
+        assert_eq!(t.partner(&connect, now), None);
+        t.arrive(&hello(Role::Listen, 1, false), A, now, "l1");
+        t.arrive(&hello(Role::Listen, 1, false), A, now, "l2");
+        assert_eq!(t.partner(&connect, now), Some(&"l2"));
+        assert_eq!(t.partner(&hello(Role::Listen, 1, false), now), None);
+        assert_eq!(t.partner(&hello(Role::Connect, 1, true), now), None);
+        // Looking does not take it.
+        assert_eq!(t.waiting(), 2);
+        assert!(matches!(
+            t.arrive(&connect, B, now, "c"),
+            Arrival::Paired("l2", _)
+        ));
+        // A burned single-use id has no partner.
+        t.arrive(&hello(Role::Listen, 7, true), A, now, "code");
+        let code = hello(Role::Connect, 7, true);
+        assert_eq!(t.partner(&code, now), Some(&"code"));
+        assert!(matches!(t.arrive(&code, B, now, "c"), Arrival::Paired(..)));
+        assert_eq!(t.partner(&code, now), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::relay::config::Limits;
+use crate::relay::expiring::saturating_add;
 use crate::relay::hello::{Hello, MAX_HELLO, PAIRED, Refusal, Role};
 use crate::relay::metrics::Metrics;
 use crate::relay::pairing::{Arrival, Table};
@@ -44,6 +45,8 @@ struct State {
     unpaired: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Connections per source, in a session or not.
     per_source: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Sessions per source (a session counts once against each source among its ends).
+    in_sessions: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// SHA-256 of the relay's certificate (bound into listener proofs).
     cert: [u8; 32],
     strikes: Mutex<Strikes>,
@@ -79,6 +82,7 @@ struct Waiting {
 enum Count {
     Unpaired,
     Connections,
+    Sessions,
 }
 
 /// One connection counted against one of its source's limits while alive (the source is
@@ -94,6 +98,7 @@ impl State {
         match count {
             Count::Unpaired => &self.unpaired,
             Count::Connections => &self.per_source,
+            Count::Sessions => &self.in_sessions,
         }
     }
 }
@@ -104,6 +109,7 @@ impl IpSlot {
         let max = match count {
             Count::Unpaired => state.limits.max_unpaired_per_ip,
             Count::Connections => state.limits.max_connections_per_ip,
+            Count::Sessions => state.limits.max_sessions_per_source,
         };
         let mut map = state
             .counts(count)
@@ -118,6 +124,31 @@ impl IpSlot {
             state: Arc::clone(state),
             source,
             count,
+        })
+    }
+}
+
+/// What a session holds while it runs: one of the relay's session slots, and one of
+/// each of its ends' sources (one if both ends are at the same source).
+struct SessionSlots {
+    _relay: OwnedSemaphorePermit,
+    _sources: (IpSlot, Option<IpSlot>),
+}
+
+impl SessionSlots {
+    /// The slots for a session between clients at `a` and `b`, or `None` if the relay
+    /// is at its session limit or either source at its own. Takes nothing on failure.
+    fn take(state: &Arc<State>, a: std::net::IpAddr, b: std::net::IpAddr) -> Option<Self> {
+        let relay = Arc::clone(&state.sessions).try_acquire_owned().ok()?;
+        let first = IpSlot::take(state, a, Count::Sessions)?;
+        let second = if source_of(a) == source_of(b) {
+            None
+        } else {
+            Some(IpSlot::take(state, b, Count::Sessions)?)
+        };
+        Some(SessionSlots {
+            _relay: relay,
+            _sources: (first, second),
         })
     }
 }
@@ -171,6 +202,7 @@ impl Relay {
             )),
             unpaired: Mutex::default(),
             per_source: Mutex::default(),
+            in_sessions: Mutex::default(),
             cert,
             strikes: Mutex::new(Strikes::new(
                 limits.max_strikes,
@@ -271,7 +303,7 @@ impl Relay {
         }
         let running = state.metrics.sessions_active.load(Relaxed);
         (state.log)(json!({"event": "draining", "sessions": running}));
-        let deadline = Instant::now() + state.limits.drain_timeout;
+        let deadline = saturating_add(Instant::now(), state.limits.drain_timeout);
         while state.metrics.sessions_active.load(Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -357,9 +389,6 @@ async fn client(
     if metrics.draining.load(Relaxed) {
         return refuse(&state, &conn, Refusal::ShuttingDown);
     }
-    let Ok(session_slot) = Arc::clone(&state.sessions).try_acquire_owned() else {
-        return refuse(&state, &conn, Refusal::Busy);
-    };
     let (taken, was_taken) = oneshot::channel();
     let me = Waiting {
         conn: conn.clone(),
@@ -374,12 +403,29 @@ async fn client(
         _source: source_slot,
     };
     let now = Instant::now();
-    let arrival = {
+    // A session slot is taken at pairing, under the table's lock: a connector that would
+    // pair takes the relay's slot and one of each end's source, or is refused `busy`
+    // and the listener it would have met waits on. A listener never needs one to wait.
+    let arrived = {
         let mut table = state.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let arrival = table.arrive(&hello, ip, now, me);
-        let burned = u64::try_from(table.burned()).unwrap_or(u64::MAX);
-        metrics.burned.store(burned, Relaxed);
-        arrival
+        let partner = table.partner(&hello, now).map(|w| w.ip);
+        let slots = partner.map(|other| SessionSlots::take(&state, other, ip));
+        if let Some(None) = slots {
+            Err(me)
+        } else {
+            let arrival = table.arrive(&hello, ip, now, me);
+            let burned = u64::try_from(table.burned()).unwrap_or(u64::MAX);
+            metrics.burned.store(burned, Relaxed);
+            Ok((arrival, slots.flatten()))
+        }
+    };
+    let (arrival, slots) = match arrived {
+        Ok(x) => x,
+        Err(me) => {
+            refuse(&state, &conn, Refusal::Busy);
+            drop(me);
+            return;
+        }
     };
     // Spending code nameplates costs strikes (docs/SECURITY.md): a single-use listener
     // one when it waits, a connector one per nameplate it finds empty (not per retry of
@@ -403,7 +449,21 @@ async fn client(
             drop(me);
             return;
         }
-        Arrival::Paired(first, me) => return session(state, first, me, session_slot).await,
+        Arrival::Paired(first, me) => {
+            // `partner` named the waiter `arrive` paired with, so the slots are taken;
+            // should they not be, they are taken now or both clients are sent away.
+            let slots = match slots {
+                Some(s) => Some(s),
+                None => SessionSlots::take(&state, first.ip, me.ip),
+            };
+            let Some(slots) = slots else {
+                for c in [&first.conn, &me.conn] {
+                    refuse(&state, c, Refusal::Busy);
+                }
+                return;
+            };
+            return session(state, first, me, slots).await;
+        }
         Arrival::Wait(ticket) => ticket,
         Arrival::Replaced(ticket, old) => {
             refuse(&state, &old.conn, Refusal::Replaced);
@@ -411,7 +471,6 @@ async fn client(
             ticket
         }
     };
-    drop(session_slot);
     let _waiting = Gauge::up(&metrics, |m| &m.waiting);
     tokio::select! {
         _ = was_taken => {}
@@ -479,12 +538,7 @@ async fn read_hello(conn: &Connection) -> Result<(SendStream, RecvStream, Hello)
 }
 
 /// Runs one paired session: tells both clients, splices them, logs the totals.
-async fn session(
-    state: Arc<State>,
-    mut first: Waiting,
-    mut second: Waiting,
-    _slot: OwnedSemaphorePermit,
-) {
+async fn session(state: Arc<State>, mut first: Waiting, mut second: Waiting, _slots: SessionSlots) {
     // In a session now: no longer counted against the sources' unpaired limits, and
     // given a session's windows and streams before either side hears it is paired.
     first.unpaired = None;
