@@ -1,7 +1,12 @@
 //! `conduit send` and `conduit receive`, direct or through a relay (`--relay`), and the
-//! receiving daemon (`receive --relay ... --daemon`).
+//! receiving daemon (`receive --daemon`, at a relay or listening directly).
+//!
+//! A direct receiver authenticates each connection in its own task, so a peer that
+//! connects and says nothing costs one pending slot until its handshake timeout, never
+//! the receiver: a one-shot receiver keeps waiting for its real sender, a daemon serves
+//! others meanwhile (bounded: transfers at once, pending handshakes, connections per IP).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +27,13 @@ use crate::peers::AddressBook;
 use crate::relay::client::{self as relay_client, RelayOptions};
 use crate::relay::hello::Role;
 use crate::relay::tokens::parse_sha256;
+use crate::session::{SessionError, Stage, Timeouts};
 use crate::transfer::dest::Destination;
 use std::io::IsTerminal;
 
-use crate::transfer::run::{self, Confirm, Event, Events, ReceivePolicy, Recipient, Summary};
+use crate::transfer::run::{
+    self, Confirm, Event, Events, ReceivePolicy, Recipient, Summary, TransferError,
+};
 use crate::transfer::source;
 use crate::transport::{self, RelayTrust};
 
@@ -63,6 +71,78 @@ pub struct SendArgs {
     /// How file names appear in this endpoint's audit records [default: plain].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
     audit_names: Option<NameMode>,
+    #[command(flatten)]
+    timeouts: TimeoutFlags,
+}
+
+/// How long to wait for the peer at each step (docs/PROTOCOL.md, "Timeouts"); each
+/// also `*_timeout_secs` in conduit.toml's `[transfer]`.
+#[derive(Debug, Args)]
+pub(crate) struct TimeoutFlags {
+    /// Seconds from connecting to an authenticated session [default: 10].
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout: Option<u64>,
+    /// Seconds the receiver waits for the whole offer once the sender is authenticated
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    offer_timeout: Option<u64>,
+    /// Seconds the sender waits for the receiver's answer to its offer, and for the
+    /// receipt [default: 120].
+    #[arg(long, value_name = "SECS")]
+    answer_timeout: Option<u64>,
+    /// Seconds the receiver waits for a file stream's 16-byte header [default: 10].
+    #[arg(long, value_name = "SECS")]
+    header_timeout: Option<u64>,
+    /// Seconds without a packet from the peer before the connection is closed (keep-alives
+    /// go out at a third of it, so only a vanished peer falls silent) [default: 10].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
+}
+
+impl TimeoutFlags {
+    /// The timeouts: flags, else conduit.toml, else the defaults. Zero is refused.
+    fn timeouts(&self, file: &TransferFile) -> anyhow::Result<Timeouts> {
+        let d = Timeouts::default();
+        let pick = |flag: Option<u64>, key: Option<u64>, name: &str, default: Duration| match flag
+            .or(key)
+        {
+            Some(0) => Err(Usage(format!("--{name}: at least 1 second"))),
+            Some(secs) => Ok(Duration::from_secs(secs)),
+            None => Ok(default),
+        };
+        Ok(Timeouts {
+            handshake: pick(
+                self.handshake_timeout,
+                file.handshake_timeout_secs,
+                "handshake-timeout",
+                d.handshake,
+            )?,
+            offer: pick(
+                self.offer_timeout,
+                file.offer_timeout_secs,
+                "offer-timeout",
+                d.offer,
+            )?,
+            answer: pick(
+                self.answer_timeout,
+                file.answer_timeout_secs,
+                "answer-timeout",
+                d.answer,
+            )?,
+            header: pick(
+                self.header_timeout,
+                file.header_timeout_secs,
+                "header-timeout",
+                d.header,
+            )?,
+            idle: pick(
+                self.idle_timeout,
+                file.idle_timeout_secs,
+                "idle-timeout",
+                d.idle,
+            )?,
+        })
+    }
 }
 
 /// Options of `receive`.
@@ -75,13 +155,18 @@ pub struct ReceiveArgs {
     listen: Option<SocketAddr>,
     #[command(flatten)]
     relay: RelayFlags,
-    /// Keep waiting at the relay and receive transfers one after another (known peers),
-    /// reconnecting with backoff if the relay goes away; stop with Ctrl-C or SIGTERM.
-    #[arg(long, conflicts_with_all = ["code", "listen"])]
+    /// Keep receiving transfers (known peers) until Ctrl-C or SIGTERM: at the relay
+    /// (reconnecting with backoff if it goes away), or on the `--listen` address.
+    #[arg(long, conflicts_with = "code")]
     daemon: bool,
-    /// With --daemon: transfers received at once.
-    #[arg(long, requires = "daemon", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    concurrent: u16,
+    /// With --daemon: transfers received at once [default: 1, or max_sessions in
+    /// conduit.toml].
+    #[arg(long, requires = "daemon", value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrent: Option<u16>,
+    /// With --listen: connections at once from one IP address, authenticated or not
+    /// [default: 4, or max_sessions_per_ip in conduit.toml].
+    #[arg(long, requires = "listen", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    max_per_ip: Option<u16>,
     /// Destination directory [default: .].
     #[arg(long, env = "CONDUIT_OUT")]
     out: Option<PathBuf>,
@@ -94,9 +179,11 @@ pub struct ReceiveArgs {
     /// Replace files that already exist.
     #[arg(long)]
     overwrite: bool,
-    /// Authenticate the sender with the code phrase it printed.
-    #[arg(long, value_name = "CODE")]
-    code: Option<String>,
+    /// Authenticate the sender with the code phrase it printed. Without a value the code
+    /// is asked for (hidden, like a password) or read as one line from standard input when
+    /// that is not a terminal; a value given here is visible to other local users (`ps`).
+    #[arg(long, value_name = "CODE", num_args = 0..=1)]
+    code: Option<Option<String>>,
     /// After a code-phrase transfer, save the sender's key under this name.
     #[arg(long, requires = "code", value_name = "NAME")]
     save_peer: Option<String>,
@@ -109,6 +196,8 @@ pub struct ReceiveArgs {
     /// How file names appear in this endpoint's audit records [default: plain].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
     audit_names: Option<NameMode>,
+    #[command(flatten)]
+    timeouts: TimeoutFlags,
 }
 
 /// How to reach a relay (send and receive).
@@ -243,7 +332,9 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
                 println!("{}", json!({"event": "code", "code": code.to_string()}));
             } else {
                 println!("code: {code}");
-                println!("on the receiving side run: conduit receive --listen ADDR --code {code}");
+                println!(
+                    "on the receiving side run: conduit receive --listen ADDR --code (and type the code when asked)"
+                );
             }
             Recipient::Code(code)
         }
@@ -257,6 +348,7 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         );
     }
     let config = Config::load(home)?;
+    let timeouts = args.timeouts.timeouts(&config.file.transfer)?;
     let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, &config)?;
     let audit = Audit::open(
         home,
@@ -278,7 +370,7 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
                 (j.endpoint, j.connection)
             }
             (None, Some(addr)) => {
-                let endpoint = transport::direct_client(addr)?;
+                let endpoint = transport::direct_client_with(addr, timeouts.idle)?;
                 let conn =
                     connect(&endpoint, addr, matches!(recipient, Recipient::Code(_))).await?;
                 (endpoint, conn)
@@ -289,7 +381,7 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         let events = events(Output::of(args.json, args.quiet), &book);
         let rec = audit.session(AuditRole::Send);
         let transfer = run::send_recorded(
-            &conn, &identity, &recipient, &files, chunk, &pool, &events, &rec,
+            &conn, &identity, &recipient, &files, chunk, &pool, &events, &rec, &timeouts,
         );
         let result = tokio::select! {
             r = transfer => r,
@@ -300,8 +392,8 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
                 return Err(Interrupted.into());
             }
         };
-        if result.is_err() {
-            conn.close(run::CLOSE_ERROR.into(), b"error");
+        if let Err(e) = &result {
+            conn.close(e.close_code().into(), b"error");
         }
         endpoint.wait_idle().await;
         anyhow::Ok(result?)
@@ -358,18 +450,34 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         .or_else(|| file.out.clone())
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_OUT));
     let dest = Destination::open(&out)?;
-    let code = args.code.as_deref().map(Code::parse).transpose()?;
+    let timeouts = args.timeouts.timeouts(file)?;
+    let code = match &args.code {
+        None => None,
+        Some(Some(text)) if !text.is_empty() => Some(Code::parse(text)?),
+        // `--code` alone: ask for it, off the command line.
+        Some(_) => Some(Code::parse(&crate::cli::prompt::read_secret("code: ")?)?),
+    };
     // A person at a terminal is asked about each offer (unless --yes); scripts are not.
     let interactive = !args.json
         && !args.daemon
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
+    let sessions = if args.daemon {
+        args.concurrent
+            .or(file.max_sessions)
+            .unwrap_or(crate::config::DEFAULT_MAX_SESSIONS)
+            .max(1)
+    } else {
+        1
+    };
     let policy = ReceivePolicy {
         confirm: interactive.then(|| ask_at_terminal(&out)),
         code,
         accept_unknown: args.accept_unknown || file.accept_unknown.unwrap_or(false),
         yes: args.yes || file.auto_accept.unwrap_or(false),
         overwrite: args.overwrite || file.overwrite.unwrap_or(false),
+        timeouts,
+        sessions: None,
     };
     let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, &config)?;
     let audit = Audit::open(
@@ -379,83 +487,40 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         audit_options(args.audit_names, &config),
     );
     let rt = runtime()?;
-    if args.daemon {
-        let opts = relay.context("--daemon needs --relay")?;
-        let ctx = Arc::new(DaemonContext {
-            opts,
-            identity,
-            book,
-            dest,
-            policy,
-            json: args.json,
-            audit,
-        });
-        return rt.block_on(daemon(ctx, usize::from(args.concurrent)));
-    }
-    let summary = rt.block_on(async {
-        let (endpoint, conn) = match (&relay, args.listen) {
-            (Some(opts), _) => {
-                let (role, single_use, rendezvous) = match &policy.code {
-                    Some(code) => (Role::Connect, true, run::rendezvous_for_code(code)),
-                    None => (Role::Listen, false, run::rendezvous_for(&identity.public())),
-                };
-                if args.json {
-                    println!(
-                        "{}",
-                        json!({"event": "joining", "relay": opts.choose(&rendezvous)?})
-                    );
-                } else {
-                    println!("waiting at relay {}", opts.choose(&rendezvous)?);
-                }
-                let j = relay_client::join(opts, role, single_use, rendezvous).await?;
-                (j.endpoint, j.connection)
+    let mut ctx = DaemonContext {
+        identity,
+        book: book.clone(),
+        dest,
+        policy,
+        json: args.json,
+        quiet: args.quiet,
+        audit,
+    };
+    let summary = match (args.listen, relay) {
+        (Some(listen), _) => {
+            let limits = DirectLimits {
+                sessions: usize::from(sessions),
+                per_ip: usize::from(
+                    args.max_per_ip
+                        .or(file.max_sessions_per_ip)
+                        .unwrap_or(crate::config::DEFAULT_MAX_PER_IP)
+                        .max(1),
+                ),
+                pending: MAX_PENDING_HANDSHAKES,
+            };
+            ctx.policy.sessions = Some(Arc::new(tokio::sync::Semaphore::new(limits.sessions)));
+            let daemon = args.daemon;
+            match rt.block_on(serve_direct(listen, Arc::new(ctx), limits, daemon))? {
+                Some(s) => s,
+                None => return Ok(()),
             }
-            (None, Some(listen)) => {
-                let endpoint = transport::direct_server(listen)?;
-                let addr = endpoint.local_addr()?;
-                if args.json {
-                    println!(
-                        "{}",
-                        json!({"event": "listening", "addr": addr.to_string()})
-                    );
-                } else {
-                    println!("listening on {addr}");
-                }
-                let incoming = endpoint.accept().await.context("endpoint closed")?;
-                let conn = incoming.await.context("incoming connection failed")?;
-                (endpoint, conn)
-            }
-            (None, None) => anyhow::bail!("--listen or --relay is required"),
-        };
-        let pool = CipherPool::with_all_cores()?;
-        let events = events(Output::of(args.json, args.quiet), &book);
-        let rec = Arc::new(audit.session(AuditRole::Receive));
-        let transfer = run::receive_recorded(
-            &conn, &identity, &book, &dest, &policy, &pool, &events, &rec,
-        );
-        let result = tokio::select! {
-            r = transfer => r,
-            () = shutdown_signal() => {
-                // The partial files and their resume records stay; the cipher threads
-                // record the last chunks written as the connection goes.
-                conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
-                record_interruption(&rec).await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-                return Err(Interrupted.into());
-            }
-        };
-        if result.is_ok() {
-            run::wait_for_sender_close(&conn).await;
         }
-        if result.is_err() {
-            // Let the abort or refusal already queued reach the sender (it closes when it
-            // has read it), then close.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
-            conn.close(run::CLOSE_ERROR.into(), b"error");
+        (None, Some(opts)) if args.daemon => {
+            return rt.block_on(daemon(Arc::new(ctx), opts, usize::from(sessions)));
         }
-        endpoint.wait_idle().await;
-        anyhow::Ok(result?)
-    })?;
+        (None, Some(opts)) => rt.block_on(receive_at_relay(&ctx, &opts))?,
+        (None, None) => anyhow::bail!("--listen or --relay is required"),
+    };
     report("received", &summary, args.json);
     if let Some(name) = &args.save_peer {
         save_peer(&mut book, name, &summary)?;
@@ -463,26 +528,301 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What every daemon slot shares.
+/// A one-shot receive at a relay: join, receive; a connection whose peer never
+/// authenticates (a timeout, a failed handshake) does not use the receiver up: it joins
+/// again and keeps waiting.
+async fn receive_at_relay(ctx: &DaemonContext, opts: &RelayOptions) -> anyhow::Result<Summary> {
+    let (role, single_use, rendezvous) = match &ctx.policy.code {
+        Some(code) => (Role::Connect, true, run::rendezvous_for_code(code)),
+        None => (
+            Role::Listen,
+            false,
+            run::rendezvous_for(&ctx.identity.public()),
+        ),
+    };
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"event": "joining", "relay": opts.choose(&rendezvous)?})
+        );
+    } else {
+        println!("waiting at relay {}", opts.choose(&rendezvous)?);
+    }
+    let pool = CipherPool::with_all_cores()?;
+    loop {
+        let j = relay_client::join(opts, role, single_use, rendezvous).await?;
+        let events = events(Output::of(ctx.json, ctx.quiet), &ctx.book);
+        let rec = Arc::new(ctx.audit.session(AuditRole::Receive));
+        let transfer = run::receive_recorded(
+            &j.connection,
+            &ctx.identity,
+            &ctx.book,
+            &ctx.dest,
+            &ctx.policy,
+            &pool,
+            &events,
+            &rec,
+        );
+        let shutdown = shutdown_signal();
+        let result = tokio::select! {
+            r = transfer => r,
+            () = shutdown => {
+                // The partial files and their resume records stay; the cipher threads
+                // record the last chunks written as the connection goes.
+                j.connection.close(run::CLOSE_CANCELLED.into(), b"cancelled");
+                record_interruption(&rec).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
+                return Err(Interrupted.into());
+            }
+        };
+        match result {
+            Ok(summary) => {
+                run::wait_for_sender_close(&j.connection).await;
+                j.endpoint.wait_idle().await;
+                return Ok(summary);
+            }
+            Err(e) => {
+                close_after_error(&j.connection, &e).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
+                if !e.before_authentication() {
+                    return Err(e.into());
+                }
+                notice(ctx.json, None, &e, true);
+            }
+        }
+    }
+}
+
+/// Closes a connection that ended with `e`, with `e`'s close code. Unless the peer
+/// timed out, it first lets the abort or refusal already queued reach the peer (it
+/// closes when it has read it), for at most 2 s.
+async fn close_after_error(conn: &quinn::Connection, e: &TransferError) {
+    if !e.is_timeout() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    }
+    conn.close(e.close_code().into(), b"error");
+}
+
+/// What kind of failure `e` is, for the `error` event and the warning.
+fn failure_kind(e: &TransferError) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_unauthenticated_abort() {
+        "unauthenticated_abort"
+    } else if e.is_auth() {
+        "auth_failed"
+    } else if matches!(e, TransferError::Busy) {
+        "busy"
+    } else {
+        "error"
+    }
+}
+
+/// Reports a connection that failed while the receiver goes on (`still_waiting`: a
+/// one-shot receiver that keeps waiting for its sender).
+fn notice(json: bool, from: Option<SocketAddr>, e: &TransferError, still_waiting: bool) {
+    let kind = failure_kind(e);
+    if json {
+        println!(
+            "{}",
+            json!({"event": "error", "kind": kind, "from": from.map(|a| a.to_string()), "message": e.to_string()})
+        );
+    } else {
+        let from = from.map(|a| format!(" from {a}")).unwrap_or_default();
+        let then = if still_waiting { "; still waiting" } else { "" };
+        eprintln!("connection{from} failed ({kind}): {e}{then}");
+    }
+}
+
+/// What every receiving connection shares (one-shot or daemon).
 struct DaemonContext {
-    opts: RelayOptions,
     identity: Identity,
     book: AddressBook,
     dest: Destination,
     policy: ReceivePolicy,
     json: bool,
+    quiet: bool,
     audit: Audit,
+}
+
+/// Connections a direct receiver authenticates at once, beyond those in a transfer.
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = 32;
+
+/// A direct receiver's limits.
+#[derive(Debug, Clone, Copy)]
+struct DirectLimits {
+    /// Transfers at once.
+    sessions: usize,
+    /// Connections at once from one IP address, authenticated or not.
+    per_ip: usize,
+    /// Connections at once still in their handshake.
+    pending: usize,
+}
+
+/// Listens on `listen` and serves each connection in its own task, within `limits` (a
+/// connection over them is refused at once). A one-shot receiver (`daemon` false)
+/// returns with the first transfer that gets past authentication, whatever its outcome;
+/// connections whose peer never authenticates are reported and it keeps waiting. A daemon
+/// serves until Ctrl-C or SIGTERM and returns `None`.
+async fn serve_direct(
+    listen: SocketAddr,
+    ctx: Arc<DaemonContext>,
+    limits: DirectLimits,
+    daemon: bool,
+) -> anyhow::Result<Option<Summary>> {
+    let endpoint = transport::direct_server_with(listen, ctx.policy.timeouts.idle)?;
+    let addr = endpoint.local_addr()?;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"event": "listening", "addr": addr.to_string(), "daemon": daemon, "sessions": limits.sessions})
+        );
+    } else if daemon {
+        println!(
+            "listening on {addr} ({} at once); Ctrl-C to stop",
+            limits.sessions
+        );
+    } else {
+        println!("listening on {addr}");
+    }
+    let pool = CipherPool::with_all_cores()?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut per_ip: std::collections::HashMap<IpAddr, usize> = std::collections::HashMap::new();
+    let result = loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else {
+                    break Err(anyhow::anyhow!("endpoint closed"));
+                };
+                let from = incoming.remote_address();
+                let count = per_ip.entry(from.ip()).or_default();
+                if *count >= limits.per_ip || tasks.len() >= limits.sessions + limits.pending {
+                    // Refused before any state is kept for it.
+                    incoming.refuse();
+                    continue;
+                }
+                *count += 1;
+                let (ctx, pool, stopping) = (Arc::clone(&ctx), Arc::clone(&pool), stopping.clone());
+                tasks.spawn(async move {
+                    (from, serve_connection(incoming, &ctx, &pool, stopping).await)
+                });
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok((from, result)) = done else { continue };
+                if let Some(n) = per_ip.get_mut(&from.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_ip.remove(&from.ip());
+                    }
+                }
+                match result {
+                    Ok(summary) if !daemon => break Ok(Some(summary)),
+                    Ok(summary) => report("received", &summary, ctx.json),
+                    Err(Served::Interrupted) => {}
+                    Err(Served::Failed(e)) if !daemon && !e.before_authentication() => {
+                        break Err(e.into());
+                    }
+                    Err(Served::Failed(e)) => notice(ctx.json, Some(from), &e, !daemon),
+                }
+            }
+            () = &mut shutdown => {
+                // Transfers close their connection and record the interruption.
+                let _ = stop.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while tasks.join_next().await.is_some() {}
+                })
+                .await;
+                tasks.shutdown().await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+                // A daemon stopping is its normal end; a one-shot receiver was interrupted.
+                return if daemon { Ok(None) } else { Err(Interrupted.into()) };
+            }
+        }
+    };
+    // A one-shot receiver is done: connections still in their handshake are dropped.
+    tasks.shutdown().await;
+    endpoint.close(run::CLOSE_CANCELLED.into(), b"receiver done");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    result
+}
+
+/// How one served connection ended, when not with a transfer.
+enum Served {
+    /// Ctrl-C or SIGTERM (recorded).
+    Interrupted,
+    /// The transfer (or its handshake) failed; the connection is closed with its code.
+    Failed(TransferError),
+}
+
+/// One direct connection: the QUIC handshake, then a transfer, each bounded by the
+/// handshake timeout until the peer is authenticated.
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    ctx: &DaemonContext,
+    pool: &Arc<CipherPool>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<Summary, Served> {
+    let timeouts = &ctx.policy.timeouts;
+    // A QUIC handshake that fails proves nothing about the peer.
+    let failed = |e: quinn::ConnectionError| {
+        Served::Failed(TransferError::Unauthenticated(SessionError::Io(e.into())))
+    };
+    let connecting = incoming.accept().map_err(failed)?;
+    let conn = match tokio::time::timeout(timeouts.handshake, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(failed(e)),
+        Err(_) => {
+            return Err(Served::Failed(TransferError::Unauthenticated(
+                SessionError::Timeout {
+                    stage: Stage::Handshake,
+                    after: timeouts.handshake,
+                },
+            )));
+        }
+    };
+    let rec = Arc::new(ctx.audit.session(AuditRole::Receive));
+    let events = events(Output::of(ctx.json, ctx.quiet), &ctx.book);
+    let transfer = run::receive_recorded(
+        &conn,
+        &ctx.identity,
+        &ctx.book,
+        &ctx.dest,
+        &ctx.policy,
+        pool,
+        &events,
+        &rec,
+    );
+    let result = tokio::select! {
+        r = transfer => r,
+        _ = stopping.changed() => {
+            // The partial files and their resume records stay.
+            conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
+            record_interruption(&rec).await;
+            return Err(Served::Interrupted);
+        }
+    };
+    match result {
+        Ok(summary) => {
+            run::wait_for_sender_close(&conn).await;
+            Ok(summary)
+        }
+        Err(e) => {
+            close_after_error(&conn, &e).await;
+            Err(Served::Failed(e))
+        }
+    }
 }
 
 /// Longest wait between two attempts to reach the relay.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Serves transfers at the relay with `slots` listeners until Ctrl-C or SIGTERM.
-async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
+async fn daemon(ctx: Arc<DaemonContext>, opts: RelayOptions, slots: usize) -> anyhow::Result<()> {
     let pool = CipherPool::with_all_cores()?;
-    let relay = ctx
-        .opts
-        .choose(&run::rendezvous_for(&ctx.identity.public()))?;
+    let relay = opts.choose(&run::rendezvous_for(&ctx.identity.public()))?;
     if ctx.json {
         println!(
             "{}",
@@ -492,10 +832,12 @@ async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
         println!("receiving at relay {relay} ({slots} at once); Ctrl-C to stop");
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    let opts = Arc::new(opts);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..slots {
         tasks.spawn(daemon_slot(
             Arc::clone(&ctx),
+            Arc::clone(&opts),
             Arc::clone(&pool),
             stopping.clone(),
         ));
@@ -543,9 +885,11 @@ async fn recv_or_never(s: Option<&mut tokio::signal::unix::Signal>) {
     }
 }
 
-/// One listener slot of the daemon: wait at the relay, receive, repeat.
+/// One listener slot of the daemon: wait at the relay, receive, repeat. A peer that says
+/// nothing holds the slot at most for the handshake timeout.
 async fn daemon_slot(
     ctx: Arc<DaemonContext>,
+    opts: Arc<RelayOptions>,
     pool: Arc<CipherPool>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -553,7 +897,7 @@ async fn daemon_slot(
     let mut backoff = Duration::from_secs(1);
     loop {
         let joined = tokio::select! {
-            j = relay_client::join(&ctx.opts, Role::Listen, false, rendezvous) => j,
+            j = relay_client::join(&opts, Role::Listen, false, rendezvous) => j,
             _ = stopping.changed() => return,
         };
         let j = match joined {
@@ -597,13 +941,8 @@ async fn daemon_slot(
                 run::wait_for_sender_close(&j.connection).await;
             }
             Err(e) => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), j.connection.closed()).await;
-                j.connection.close(run::CLOSE_ERROR.into(), b"error");
-                if ctx.json {
-                    println!("{}", json!({"event": "error", "message": e.to_string()}));
-                } else {
-                    eprintln!("transfer failed: {e}");
-                }
+                close_after_error(&j.connection, &e).await;
+                notice(ctx.json, None, &e, false);
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;

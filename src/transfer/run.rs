@@ -8,13 +8,13 @@ use thiserror::Error;
 
 use crate::audit::{Audit, AuditError, AuthMode, Role, SessionAudit};
 use crate::crypto::chunk_hash::TreeHash;
-use crate::crypto::handshake::{Initiator, Responder, TRANSFER_ID_LEN};
+use crate::crypto::handshake::{HandshakeError, Initiator, Responder, TRANSFER_ID_LEN};
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::{CipherPool, PositionalFile};
 use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKeyContext, StreamError, TransferKey};
 use crate::peers::AddressBook;
-use crate::session::{self, SessionError};
+use crate::session::{self, SessionError, Stage, Timeouts};
 use crate::transfer::data::{self, DataError, FileData};
 use crate::transfer::dest::{DestError, Destination};
 use crate::transfer::paths::{PathError, RelPath, check_collisions};
@@ -31,13 +31,26 @@ pub const CLOSE_DONE: u32 = 0;
 pub const CLOSE_ERROR: u32 = 1;
 /// QUIC application close code: the user stopped the transfer (it can be resumed).
 pub const CLOSE_CANCELLED: u32 = 2;
+/// QUIC application close code: the peer said nothing for too long at one step
+/// ([`Timeouts`]).
+pub const CLOSE_TIMEOUT: u32 = 3;
+/// QUIC application close code: the receiver has no room for this connection (too many
+/// sessions at once, or from this address).
+pub const CLOSE_BUSY: u32 = 4;
 
 /// Errors of a transfer.
 #[derive(Debug, Error)]
 pub enum TransferError {
-    /// The session (handshake, control messages) failed.
+    /// The session (control messages after the handshake) failed.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The peer was never authenticated: the handshake failed, timed out or was aborted.
+    /// Nothing of the transfer happened (a one-shot receiver keeps waiting).
+    #[error(transparent)]
+    Unauthenticated(SessionError),
+    /// Another sender already has this one-shot receiver.
+    #[error("the receiver is busy with another sender")]
+    Busy,
     /// A file's data failed.
     #[error("{file}: {source}")]
     Data {
@@ -76,7 +89,58 @@ pub enum TransferError {
 impl TransferError {
     /// Whether the peer failed to authenticate (wrong key, wrong code, unknown sender).
     pub fn is_auth(&self) -> bool {
-        matches!(self, TransferError::Session(SessionError::Handshake(h)) if h.is_auth())
+        self.handshake_error().is_some_and(HandshakeError::is_auth)
+    }
+
+    /// The handshake error inside, if any.
+    pub fn handshake_error(&self) -> Option<&HandshakeError> {
+        match self {
+            TransferError::Session(SessionError::Handshake(h))
+            | TransferError::Unauthenticated(SessionError::Handshake(h)) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection ended before its peer was authenticated, without spending
+    /// the code phrase: a one-shot receiver keeps waiting for its real sender. (A code
+    /// mismatch spends the code, as the relay burns its nameplate: one guess per code.)
+    pub fn before_authentication(&self) -> bool {
+        match self {
+            TransferError::Unauthenticated(SessionError::Handshake(
+                HandshakeError::CodeMismatch,
+            )) => false,
+            TransferError::Unauthenticated(_) | TransferError::Busy => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a peer's silence at some step ended the transfer.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            TransferError::Session(SessionError::Timeout { .. })
+                | TransferError::Unauthenticated(SessionError::Timeout { .. })
+        )
+    }
+
+    /// Whether this is an abort frame received before the peer was authenticated (it
+    /// travels in clear: anyone on the path could have sent it).
+    pub fn is_unauthenticated_abort(&self) -> bool {
+        matches!(
+            self,
+            TransferError::Unauthenticated(SessionError::Handshake(HandshakeError::PeerAborted(_)))
+        )
+    }
+
+    /// The QUIC application close code for a connection that ended with this error.
+    pub fn close_code(&self) -> u32 {
+        if self.is_timeout() {
+            CLOSE_TIMEOUT
+        } else if matches!(self, TransferError::Busy) {
+            CLOSE_BUSY
+        } else {
+            CLOSE_ERROR
+        }
     }
 
     /// The reason written in the audit record. With `hide_names`, errors whose message can
@@ -84,6 +148,8 @@ impl TransferError {
     pub fn audit_reason(&self, hide_names: bool) -> String {
         let kind = match self {
             TransferError::Session(_)
+            | TransferError::Unauthenticated(_)
+            | TransferError::Busy
             | TransferError::Connection(_)
             | TransferError::Protocol(_) => {
                 return self.to_string();
@@ -116,7 +182,11 @@ async fn audited(
         Err(e) => e,
     };
     let reason = err.audit_reason(rec.hides_names());
-    let written = if err.is_auth() {
+    let written = if err.is_unauthenticated_abort() {
+        // Not an authentication failure of a named peer: a clear-text frame that anyone
+        // on the path could have sent.
+        rec.failed(&reason).await
+    } else if err.is_auth() {
         rec.auth_failed(&reason).await
     } else {
         rec.failed(&reason).await
@@ -304,11 +374,16 @@ pub async fn send(
     audit: &Audit,
 ) -> Result<Summary, TransferError> {
     let rec = audit.session(Role::Send);
-    send_recorded(conn, local, recipient, files, chunk, pool, events, &rec).await
+    let timeouts = Timeouts::default();
+    send_recorded(
+        conn, local, recipient, files, chunk, pool, events, &rec, &timeouts,
+    )
+    .await
 }
 
 /// [`send`] with the session's records made by the caller, which can then record an
-/// interruption (the transfer future dropped) under the same session id.
+/// interruption (the transfer future dropped) under the same session id, and with the
+/// caller's [`Timeouts`] (handshake, answer and receipt).
 #[allow(clippy::too_many_arguments)]
 pub async fn send_recorded(
     conn: &quinn::Connection,
@@ -319,8 +394,12 @@ pub async fn send_recorded(
     pool: &Arc<CipherPool>,
     events: &Events,
     rec: &SessionAudit,
+    timeouts: &Timeouts,
 ) -> Result<Summary, TransferError> {
-    let result = send_audited(conn, local, recipient, files, chunk, pool, events, rec).await;
+    let result = send_audited(
+        conn, local, recipient, files, chunk, pool, events, rec, timeouts,
+    )
+    .await;
     audited(rec, result).await
 }
 
@@ -334,6 +413,7 @@ async fn send_audited(
     pool: &Arc<CipherPool>,
     events: &Events,
     rec: &SessionAudit,
+    timeouts: &Timeouts,
 ) -> Result<Summary, TransferError> {
     let (tx, rx) = conn.open_bi().await?;
     let mut ctl = tokio::io::join(rx, tx);
@@ -345,7 +425,13 @@ async fn send_audited(
         }
         Recipient::Code(code) => Initiator::code(local, code, &rendezvous_for_code(code)),
     };
-    let mut est = session::initiate(&mut ctl, machine, first).await?;
+    let mut est = timeouts
+        .within(
+            Stage::Handshake,
+            session::initiate(&mut ctl, machine, first),
+        )
+        .await
+        .map_err(TransferError::Unauthenticated)?;
     let auth = match recipient {
         Recipient::Known(_) => AuthMode::KnownKey,
         Recipient::Code(_) => AuthMode::Code,
@@ -378,7 +464,8 @@ async fn send_audited(
             return Err(peer_reason(&mut ctl, &mut est, e).await);
         }
     }
-    let points = match session::recv::<_, Reply>(&mut ctl, &mut est).await? {
+    let answer = session::recv::<_, Reply>(&mut ctl, &mut est);
+    let points = match timeouts.within(Stage::Answer, answer).await? {
         Reply::Accept => Vec::new(),
         Reply::AcceptResume(points) => points,
         Reply::Refuse(reason) => {
@@ -477,7 +564,9 @@ async fn send_audited(
         .map(|(f, h)| h.map(|h| (f.rel.clone(), f.size, h)))
         .collect::<Option<_>>()
         .ok_or_else(|| protocol("a file was not sent"))?;
-    let Receipt(hashes) = session::recv(&mut ctl, &mut est).await?;
+    let Receipt(hashes) = timeouts
+        .within(Stage::Receipt, session::recv(&mut ctl, &mut est))
+        .await?;
     if hashes.len() != sent.len() {
         return Err(protocol("receipt lists a different number of files"));
     }
@@ -571,6 +660,12 @@ pub struct ReceivePolicy {
     /// Ask someone about each offer (a person at a terminal); without `yes`, the offer is
     /// accepted only if this says so.
     pub confirm: Option<Confirm>,
+    /// How long to wait for the sender at each step.
+    pub timeouts: Timeouts,
+    /// Transfers at once, for a receiver that authenticates several connections at once:
+    /// an authenticated sender takes a permit for its whole transfer, and is refused
+    /// ("busy") when there is none. Connections still in their handshake take none.
+    pub sessions: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Asks whether to accept an offer (given as its [`Event::Offer`]); may block (it runs
@@ -635,8 +730,7 @@ async fn receive_audited(
     events: &Events,
     rec: &Arc<SessionAudit>,
 ) -> Result<Summary, TransferError> {
-    let (tx, rx) = conn.accept_bi().await?;
-    let mut ctl = tokio::io::join(rx, tx);
+    let timeouts = &policy.timeouts;
     let rendezvous = match &policy.code {
         Some(code) => rendezvous_for_code(code),
         None => rendezvous_for(&local.public()),
@@ -644,7 +738,32 @@ async fn receive_audited(
     let machine = Responder::new(local, &rendezvous, policy.code.clone());
     let accept_unknown = policy.accept_unknown;
     let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();
-    let mut est = session::respond(&mut ctl, machine, &mut accept).await?;
+    // A peer that connects and says nothing is dropped after the handshake timeout.
+    let handshake = async {
+        let (tx, rx) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| SessionError::Io(e.into()))?;
+        let mut ctl = tokio::io::join(rx, tx);
+        let est = session::respond(&mut ctl, machine, &mut accept).await?;
+        Ok::<_, SessionError>((ctl, est))
+    };
+    let (mut ctl, mut est) = timeouts
+        .within(Stage::Handshake, handshake)
+        .await
+        .map_err(TransferError::Unauthenticated)?;
+    let _permit = match &policy.sessions {
+        Some(limit) => match Arc::clone(limit).try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                // The sender hears why (at its offer, or here in known-recipient mode).
+                let busy = Reply::Refuse(TransferError::Busy.to_string());
+                let _ = session::send(&mut ctl, &mut est, &busy).await;
+                return Err(TransferError::Busy);
+            }
+        },
+        None => None,
+    };
     let peer = est.remote_static();
     let auth = match policy.code {
         Some(_) => AuthMode::Code,
@@ -656,11 +775,12 @@ async fn receive_audited(
     let known = book.find_by_key(&peer).is_some() || policy.code.is_some();
     // Known-recipient mode: the offer was the first transport message, which completed
     // the handshake. Code mode: it is the next message.
+    let offer_deadline = tokio::time::Instant::now() + timeouts.offer;
     let offer: OfferStart = match est.take_first_message() {
         Some(first) => {
             postcard::from_bytes(&first).map_err(|e| protocol(format!("malformed offer: {e}")))?
         }
-        None => session::recv(&mut ctl, &mut est).await?,
+        None => offer_part(offer_deadline, timeouts, session::recv(&mut ctl, &mut est)).await?,
     };
     let start = Instant::now();
     let chunk = ChunkSize::new(u64::from(offer.chunk_size)).map_err(|e| protocol(e.to_string()))?;
@@ -672,7 +792,8 @@ async fn receive_audited(
     }
     let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(offer.count.min(1024) as usize);
     while (entries.len() as u64) < offer.count {
-        let OfferEntries(batch) = session::recv(&mut ctl, &mut est).await?;
+        let OfferEntries(batch) =
+            offer_part(offer_deadline, timeouts, session::recv(&mut ctl, &mut est)).await?;
         if batch.is_empty() || entries.len() as u64 + batch.len() as u64 > offer.count {
             return Err(protocol("offer entries do not match the announced count"));
         }
@@ -780,9 +901,12 @@ async fn receive_audited(
                 let mut s = s?;
                 accepted += 1;
                 let mut header = [0u8; FILE_STREAM_HEADER];
-                s.read_exact(&mut header)
-                    .await
-                    .map_err(|e| protocol(format!("file stream header: {e}")))?;
+                let read = async {
+                    s.read_exact(&mut header)
+                        .await
+                        .map_err(|e| protocol(format!("file stream header: {e}")))
+                };
+                timeouts.within(Stage::StreamHeader, read).await?;
                 let (index, first) = split_header(&header);
                 let slot = usize::try_from(index)
                     .ok()
@@ -899,6 +1023,22 @@ async fn receive_audited(
         resumed,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// One part of the offer, by the deadline of the whole offer ([`Timeouts::offer`]).
+async fn offer_part<T>(
+    deadline: tokio::time::Instant,
+    timeouts: &Timeouts,
+    part: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, TransferError> {
+    match tokio::time::timeout_at(deadline, part).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SessionError::Timeout {
+            stage: Stage::Offer,
+            after: timeouts.offer,
+        }
+        .into()),
+    }
 }
 
 /// The file index and first chunk of a file stream's header.
