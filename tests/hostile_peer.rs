@@ -112,6 +112,50 @@ fn a_silent_client_is_dropped_after_the_handshake_timeout_while_the_daemon_serve
 }
 
 #[test]
+fn connections_over_the_per_ip_limit_are_refused_until_a_place_frees() {
+    let p = pair_knowing(true, true);
+    let inbox = p.root.join("inbox");
+    let (mut rx, addr) = receiver(
+        &p,
+        &inbox,
+        &["--max-per-ip", "1", "--handshake-timeout", "3"],
+    );
+    let f = p.root.join("note.txt");
+    std::fs::write(&f, b"note").unwrap();
+    // A silent client holds the one place of 127.0.0.1 ...
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let silent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ep = phi_conduit::transport::direct_client(addr).unwrap();
+            let conn = ep.connect(addr, "phi-conduit").unwrap().await.unwrap();
+            held_tx.send(()).unwrap();
+            tokio::time::timeout(Duration::from_secs(60), conn.closed())
+                .await
+                .expect("the receiver never dropped the connection")
+        })
+    });
+    held_rx.recv().unwrap();
+    // ... so a sender from there is refused before any handshake ...
+    let refused = send_from(&p.sender, addr, &f);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("refused"),
+        "{}",
+        text(&refused.stderr)
+    );
+    // ... until the silent one is dropped.
+    assert!(closed_by_timeout(&silent.join().unwrap()));
+    let sent = send_from(&p.sender, addr, &f);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(rx.finish().0.success());
+    assert_eq!(std::fs::read(inbox.join("note.txt")).unwrap(), b"note");
+}
+
+#[test]
 fn a_one_shot_receiver_survives_failed_connections_and_then_receives_its_sender() {
     let p = pair_knowing(true, true);
     // A stranger who knows the receiver's key, but whom the receiver does not know.
