@@ -83,7 +83,27 @@ pub struct TransferFile {
     pub part_max_age_days: Option<u32>,
     /// Most entries accepted in one offer (`--max-entries`).
     pub max_entries: Option<u64>,
+    /// Seconds from connecting to an authenticated session (`--handshake-timeout`).
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds for the whole offer, at the receiver (`--offer-timeout`).
+    pub offer_timeout_secs: Option<u64>,
+    /// Seconds the sender waits for the answer and the receipt (`--answer-timeout`).
+    pub answer_timeout_secs: Option<u64>,
+    /// Seconds for a file stream's header, at the receiver (`--header-timeout`).
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds of silence from the peer before the connection is closed
+    /// (`--idle-timeout`).
+    pub idle_timeout_secs: Option<u64>,
+    /// A receiving daemon's transfers at once (`receive --daemon --concurrent`).
+    pub max_sessions: Option<u16>,
+    /// A direct receiver's connections at once from one IP address (`--max-per-ip`).
+    pub max_sessions_per_ip: Option<u16>,
 }
+
+/// Default of `max_sessions` (`receive --daemon --concurrent`).
+pub const DEFAULT_MAX_SESSIONS: u16 = 1;
+/// Default of `max_sessions_per_ip` (`receive --max-per-ip`).
+pub const DEFAULT_MAX_PER_IP: u16 = 4;
 
 /// `[audit]`: the audit trail.
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -317,6 +337,56 @@ impl Config {
                 "transfer.overwrite",
                 Some("false"),
             ),
+        ];
+        let secs = |d: std::time::Duration| d.as_secs().to_string();
+        let defaults = crate::session::Timeouts::default();
+        for (key, value, default) in [
+            (
+                "transfer.handshake_timeout_secs",
+                t.handshake_timeout_secs,
+                defaults.handshake,
+            ),
+            (
+                "transfer.offer_timeout_secs",
+                t.offer_timeout_secs,
+                defaults.offer,
+            ),
+            (
+                "transfer.answer_timeout_secs",
+                t.answer_timeout_secs,
+                defaults.answer,
+            ),
+            (
+                "transfer.header_timeout_secs",
+                t.header_timeout_secs,
+                defaults.header,
+            ),
+            (
+                "transfer.idle_timeout_secs",
+                t.idle_timeout_secs,
+                defaults.idle,
+            ),
+        ] {
+            out.push(text(
+                value.map(|v| v.to_string()),
+                None,
+                key,
+                Some(&secs(default)),
+            ));
+        }
+        out.extend([
+            text(
+                t.max_sessions.map(|v| v.to_string()),
+                None,
+                "transfer.max_sessions",
+                Some(&DEFAULT_MAX_SESSIONS.to_string()),
+            ),
+            text(
+                t.max_sessions_per_ip.map(|v| v.to_string()),
+                None,
+                "transfer.max_sessions_per_ip",
+                Some(&DEFAULT_MAX_PER_IP.to_string()),
+            ),
             text(
                 t.keep_modes.map(|v| v.to_string()),
                 None,
@@ -347,7 +417,7 @@ impl Config {
                 "audit.rotate_bytes",
                 Some(&crate::audit::log::DEFAULT_ROTATE_BYTES.to_string()),
             ),
-        ];
+        ]);
         let mut limits = crate::relay::config::Limits::default();
         let from_file = self.file.relay.limits.clone().unwrap_or_default();
         from_file.apply(&mut limits);

@@ -4,6 +4,12 @@
 //! This is the thin IO wrapper around the sans-IO [`crate::crypto::handshake`] machines
 //! and the [`crate::wire::frame`] codec. A failed handshake sends the matching abort
 //! frame to the peer before returning the error.
+//!
+//! [`Timeouts`] bounds every wait on a peer (docs/PROTOCOL.md, "Timeouts"): a peer that
+//! stops talking costs its counterpart at most the timeout of the step it stalls in, and
+//! the wait ends in [`SessionError::Timeout`] naming the step.
+
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,6 +34,108 @@ pub enum SessionError {
     /// The stream failed or ended.
     #[error("control stream: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer said nothing for too long at one step.
+    #[error("timed out after {} s waiting for the peer's {stage}", after.as_secs_f64())]
+    Timeout {
+        /// Where the wait was.
+        stage: Stage,
+        /// How long it waited.
+        after: Duration,
+    },
+}
+
+/// A step at which one side waits for the other (see [`Timeouts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// From the connection to the established session: the control stream and the
+    /// handshake messages.
+    Handshake,
+    /// The whole offer (its start and all its entries), after the handshake.
+    Offer,
+    /// The receiver's answer to the offer (a person may be asked).
+    Answer,
+    /// The 16-byte header of a file stream, from the stream's opening.
+    StreamHeader,
+    /// The receipt, after the last file was sent.
+    Receipt,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Handshake => "handshake",
+            Stage::Offer => "offer",
+            Stage::Answer => "answer to the offer",
+            Stage::StreamHeader => "file stream header",
+            Stage::Receipt => "receipt",
+        })
+    }
+}
+
+/// Default of [`Timeouts::handshake`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`Timeouts::offer`].
+pub const DEFAULT_OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`Timeouts::answer`]: long, because a person at the receiver may be asked.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default of [`Timeouts::header`].
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`Timeouts::idle`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = crate::transport::IDLE_TIMEOUT;
+
+/// How long each side waits for its peer at each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connection to established session ([`Stage::Handshake`]).
+    pub handshake: Duration,
+    /// Established session to the complete offer, at the receiver ([`Stage::Offer`]).
+    pub offer: Duration,
+    /// Offer sent to the receiver's answer, at the sender ([`Stage::Answer`]); also the
+    /// wait for the receipt after the last file ([`Stage::Receipt`]).
+    pub answer: Duration,
+    /// A file stream's opening to its header, at the receiver ([`Stage::StreamHeader`]).
+    pub header: Duration,
+    /// No packet at all from the peer for this long closes the connection (the QUIC idle
+    /// timeout of the endpoint; keep-alives go out at a third of it). This bounds the
+    /// wait for file data.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: DEFAULT_HANDSHAKE_TIMEOUT,
+            offer: DEFAULT_OFFER_TIMEOUT,
+            answer: DEFAULT_ANSWER_TIMEOUT,
+            header: DEFAULT_HEADER_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeout of `stage`.
+    pub fn of(&self, stage: Stage) -> Duration {
+        match stage {
+            Stage::Handshake => self.handshake,
+            Stage::Offer => self.offer,
+            Stage::Answer | Stage::Receipt => self.answer,
+            Stage::StreamHeader => self.header,
+        }
+    }
+
+    /// Runs `fut` for at most the timeout of `stage`.
+    pub async fn within<T, E: From<SessionError>>(
+        &self,
+        stage: Stage,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let after = self.of(stage);
+        match tokio::time::timeout(after, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Timeout { stage, after }.into()),
+        }
+    }
 }
 
 /// Reads one frame body: the 2-byte length first, then exactly that many bytes (at most
@@ -167,8 +275,8 @@ mod tests {
             );
             respond(&mut b, r, &mut |_| true).await
         });
-        let mut est = initiate(&mut a, m, first).await.unwrap();
-        let err = recv::<_, String>(&mut a, &mut est).await.unwrap_err();
+        // XXpsk0: the responder refuses message 1, before either static key is sent.
+        let err = initiate(&mut a, m, first).await.unwrap_err();
         assert!(matches!(
             err,
             SessionError::Handshake(HandshakeError::PeerAborted(AbortReason::CodeMismatch))
@@ -178,6 +286,27 @@ mod tests {
             server_err,
             SessionError::Handshake(HandshakeError::CodeMismatch)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_times_out_with_the_stage_named() {
+        let (_a, mut b) = tokio::io::duplex(64);
+        let t = Timeouts {
+            handshake: std::time::Duration::from_millis(50),
+            ..Timeouts::default()
+        };
+        let err = t
+            .within(Stage::Handshake, read_frame(&mut b))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            SessionError::Timeout {
+                stage: Stage::Handshake,
+                after
+            } if after == std::time::Duration::from_millis(50)
+        ));
+        assert!(err.to_string().contains("handshake"), "{err}");
     }
 
     #[tokio::test]

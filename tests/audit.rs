@@ -574,6 +574,9 @@ fn a_failed_authentication_is_on_record() {
     let (mut rx, addr) = direct_receiver(&p, &out, &[]);
     let s = send(&p, &addr, &[&p.root.join("a.txt")], &[]);
     assert!(!s.status.success());
+    // The one-shot receiver keeps waiting for its real sender; stop it.
+    common::wait_for_audit(&p.receiver, "unknown sender");
+    rx.signal(libc::SIGTERM);
     assert!(!rx.finish().0.success());
     let got = records(&p.receiver, &[]);
     let failed = got.iter().find(|x| x["event"] == "auth_failed").unwrap();

@@ -438,3 +438,50 @@ fn oversize_session_messages_are_refused_before_sending() {
     assert!(matches!(i.seal(&big), Err(HandshakeError::TooLarge(_))));
     assert!(i.seal(&big[1..]).is_ok());
 }
+
+/// The code mode is XXpsk0 (protocol version 2): the PSK is mixed in before message 1, so
+/// message 1 carries a tag under it (32-byte ephemeral + 16-byte tag of the empty
+/// payload; XXpsk3's message 1 is the bare ephemeral), and a wrong code fails right
+/// there, before the responder writes message 2 with its static key.
+#[test]
+fn the_code_mode_is_xxpsk0_and_a_wrong_code_fails_at_message_1() {
+    assert_eq!(
+        phi_conduit::crypto::handshake::XXPSK0_PATTERN,
+        "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"
+    );
+    assert_eq!(phi_conduit::crypto::handshake::VERSION, 2);
+    let (alice, bob) = ids();
+    let code = Code::parse("8-crystal-harbor-orbit").unwrap();
+    let (mut i, hello) = Initiator::code(&alice, &code, &RV);
+    let mut r = Responder::new(&bob, &RV, Some(code));
+    let Ok(Step::Send(pake_b)) = r.read(&hello, &mut |_| true) else {
+        panic!("no PAKE answer")
+    };
+    let Ok(Step::Send(m1)) = i.read(&pake_b) else {
+        panic!("no message 1")
+    };
+    assert_eq!(
+        m1.len(),
+        1 + 32 + 16,
+        "message 1 is not sealed under the PSK"
+    );
+    // A responder with another code refuses that very message 1.
+    let (alice, bob) = ids();
+    let (mut i, hello) =
+        Initiator::code(&alice, &Code::parse("8-crystal-harbor-orbit").unwrap(), &RV);
+    let mut r = Responder::new(
+        &bob,
+        &RV,
+        Some(Code::parse("8-crystal-harbor-oven").unwrap()),
+    );
+    let Ok(Step::Send(pake_b)) = r.read(&hello, &mut |_| true) else {
+        panic!("no PAKE answer")
+    };
+    let Ok(Step::Send(m1)) = i.read(&pake_b) else {
+        panic!("no message 1")
+    };
+    assert!(matches!(
+        r.read(&m1, &mut |_| true),
+        Err(HandshakeError::CodeMismatch)
+    ));
+}

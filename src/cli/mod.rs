@@ -15,6 +15,7 @@ mod demo;
 mod keys;
 mod meta;
 mod peers;
+mod prompt;
 mod relay;
 mod transfer;
 
@@ -264,12 +265,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if handshake.is_some_and(HandshakeError::is_auth) {
             return code::AUTH;
         }
-        if let Some(TransferError::Session(SessionError::Handshake(e))) =
-            cause.downcast_ref::<TransferError>()
+        if cause
+            .downcast_ref::<TransferError>()
+            .is_some_and(TransferError::is_auth)
         {
-            if e.is_auth() {
-                return code::AUTH;
-            }
+            return code::AUTH;
         }
     }
     code::FAILURE
@@ -319,6 +319,12 @@ mod tests {
             .context("receiving");
         assert_eq!(exit_code(&auth), code::AUTH);
         let auth = anyhow::Error::from(HandshakeError::Authentication);
+        assert_eq!(exit_code(&auth), code::AUTH);
+        let auth = anyhow::Error::from(crate::transfer::run::TransferError::Unauthenticated(
+            SessionError::Handshake(HandshakeError::PeerAborted(
+                crate::crypto::handshake::AbortReason::CodeMismatch,
+            )),
+        ));
         assert_eq!(exit_code(&auth), code::AUTH);
         let integrity = anyhow::Error::from(StreamError::Tampered { index: 3 }).context("file a");
         assert_eq!(exit_code(&integrity), code::INTEGRITY);

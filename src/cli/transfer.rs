@@ -1,7 +1,12 @@
 //! `conduit send` and `conduit receive`, direct or through a relay (`--relay`), and the
-//! receiving daemon (`receive --relay ... --daemon`).
+//! receiving daemon (`receive --daemon`, at a relay or listening directly).
+//!
+//! A direct receiver authenticates each connection in its own task, so a peer that
+//! connects and says nothing costs one pending slot until its handshake timeout, never
+//! the receiver: a one-shot receiver keeps waiting for its real sender, a daemon serves
+//! others meanwhile (bounded: transfers at once, pending handshakes, connections per IP).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +28,13 @@ use crate::peers::AddressBook;
 use crate::relay::client::{self as relay_client, RelayOptions};
 use crate::relay::hello::Role;
 use crate::relay::tokens::parse_sha256;
+use crate::session::{SessionError, Stage, Timeouts};
 use crate::transfer::dest::Destination;
 use std::io::IsTerminal;
 
-use crate::transfer::run::{self, Confirm, Event, Events, ReceivePolicy, Recipient, Summary};
+use crate::transfer::run::{
+    self, Confirm, Event, Events, ReceivePolicy, Recipient, Summary, TransferError,
+};
 use crate::transfer::source;
 use crate::transport::{self, RelayTrust};
 
@@ -65,6 +73,78 @@ pub struct SendArgs {
     /// (hash: no file name on stdout or stderr) [default: plain].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
     audit_names: Option<NameMode>,
+    #[command(flatten)]
+    timeouts: TimeoutFlags,
+}
+
+/// How long to wait for the peer at each step (docs/PROTOCOL.md, "Timeouts"); each
+/// also `*_timeout_secs` in conduit.toml's `[transfer]`.
+#[derive(Debug, Args)]
+pub(crate) struct TimeoutFlags {
+    /// Seconds from connecting to an authenticated session [default: 10].
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout: Option<u64>,
+    /// Seconds the receiver waits for the whole offer once the sender is authenticated
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    offer_timeout: Option<u64>,
+    /// Seconds the sender waits for the receiver's answer to its offer, and for the
+    /// receipt [default: 120].
+    #[arg(long, value_name = "SECS")]
+    answer_timeout: Option<u64>,
+    /// Seconds the receiver waits for a file stream's 16-byte header [default: 10].
+    #[arg(long, value_name = "SECS")]
+    header_timeout: Option<u64>,
+    /// Seconds without a packet from the peer before the connection is closed (keep-alives
+    /// go out at a third of it, so only a vanished peer falls silent) [default: 10].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
+}
+
+impl TimeoutFlags {
+    /// The timeouts: flags, else conduit.toml, else the defaults. Zero is refused.
+    fn timeouts(&self, file: &TransferFile) -> anyhow::Result<Timeouts> {
+        let d = Timeouts::default();
+        let pick = |flag: Option<u64>, key: Option<u64>, name: &str, default: Duration| match flag
+            .or(key)
+        {
+            Some(0) => Err(Usage(format!("--{name}: at least 1 second"))),
+            Some(secs) => Ok(Duration::from_secs(secs)),
+            None => Ok(default),
+        };
+        Ok(Timeouts {
+            handshake: pick(
+                self.handshake_timeout,
+                file.handshake_timeout_secs,
+                "handshake-timeout",
+                d.handshake,
+            )?,
+            offer: pick(
+                self.offer_timeout,
+                file.offer_timeout_secs,
+                "offer-timeout",
+                d.offer,
+            )?,
+            answer: pick(
+                self.answer_timeout,
+                file.answer_timeout_secs,
+                "answer-timeout",
+                d.answer,
+            )?,
+            header: pick(
+                self.header_timeout,
+                file.header_timeout_secs,
+                "header-timeout",
+                d.header,
+            )?,
+            idle: pick(
+                self.idle_timeout,
+                file.idle_timeout_secs,
+                "idle-timeout",
+                d.idle,
+            )?,
+        })
+    }
 }
 
 /// Options of `receive`.
@@ -77,13 +157,18 @@ pub struct ReceiveArgs {
     listen: Option<SocketAddr>,
     #[command(flatten)]
     relay: RelayFlags,
-    /// Keep waiting at the relay and receive transfers one after another (known peers),
-    /// reconnecting with backoff if the relay goes away; stop with Ctrl-C or SIGTERM.
-    #[arg(long, conflicts_with_all = ["code", "listen"])]
+    /// Keep receiving transfers (known peers) until Ctrl-C or SIGTERM: at the relay
+    /// (reconnecting with backoff if it goes away), or on the `--listen` address.
+    #[arg(long, conflicts_with = "code")]
     daemon: bool,
-    /// With --daemon: transfers received at once.
-    #[arg(long, requires = "daemon", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    concurrent: u16,
+    /// With --daemon: transfers received at once [default: 1, or max_sessions in
+    /// conduit.toml].
+    #[arg(long, requires = "daemon", value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrent: Option<u16>,
+    /// With --listen: connections at once from one IP address, authenticated or not
+    /// [default: 4, or max_sessions_per_ip in conduit.toml].
+    #[arg(long, requires = "listen", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    max_per_ip: Option<u16>,
     /// Destination directory [default: .].
     #[arg(long, env = "CONDUIT_OUT")]
     out: Option<PathBuf>,
@@ -109,9 +194,11 @@ pub struct ReceiveArgs {
     /// are refused before their list is read [default: 250000; at most 1000000].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_entries: Option<u64>,
-    /// Authenticate the sender with the code phrase it printed.
-    #[arg(long, value_name = "CODE")]
-    code: Option<String>,
+    /// Authenticate the sender with the code phrase it printed. Without a value the code
+    /// is asked for (hidden, like a password) or read as one line from standard input when
+    /// that is not a terminal; a value given here is visible to other local users (`ps`).
+    #[arg(long, value_name = "CODE", num_args = 0..=1)]
+    code: Option<Option<String>>,
     /// After a code-phrase transfer, save the sender's key under this name.
     #[arg(long, requires = "code", value_name = "NAME")]
     save_peer: Option<String>,
@@ -126,6 +213,8 @@ pub struct ReceiveArgs {
     /// --daemon].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
     audit_names: Option<NameMode>,
+    #[command(flatten)]
+    timeouts: TimeoutFlags,
 }
 
 /// How to reach a relay (send and receive).
@@ -300,7 +389,9 @@ fn send_recorded(
                 println!("{}", json!({"event": "code", "code": code.to_string()}));
             } else {
                 println!("code: {code}");
-                println!("on the receiving side run: conduit receive --listen ADDR --code {code}");
+                println!(
+                    "on the receiving side run: conduit receive --listen ADDR --code (and type the code when asked)"
+                );
             }
             Recipient::Code(code)
         }
@@ -325,6 +416,7 @@ fn send_recorded(
         };
         eprintln!("warning: skipped symlink {shown}");
     }
+    let timeouts = args.timeouts.timeouts(&config.file.transfer)?;
     let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, config)?;
     let rt = runtime()?;
     let summary = rt.block_on(async {
@@ -340,7 +432,7 @@ fn send_recorded(
                 (j.endpoint, j.connection)
             }
             (None, Some(addr)) => {
-                let endpoint = transport::direct_client(addr)?;
+                let endpoint = transport::direct_client_with(addr, timeouts.idle)?;
                 let conn =
                     connect(&endpoint, addr, matches!(recipient, Recipient::Code(_))).await?;
                 (endpoint, conn)
@@ -350,7 +442,7 @@ fn send_recorded(
         let pool = CipherPool::with_all_cores()?;
         let events = events(Output::of(args.json, args.quiet), &book, names.clone());
         let transfer = run::send_tree_recorded(
-            &conn, &identity, &recipient, &files, &dirs, chunk, &pool, &events, &rec,
+            &conn, &identity, &recipient, &files, &dirs, chunk, &pool, &events, &rec, &timeouts,
         );
         let result = tokio::select! {
             r = transfer => r,
@@ -361,8 +453,8 @@ fn send_recorded(
                 return Err(Interrupted.into());
             }
         };
-        if result.is_err() {
-            conn.close(run::CLOSE_ERROR.into(), b"error");
+        if let Err(e) = &result {
+            conn.close(e.close_code().into(), b"error");
         }
         endpoint.wait_idle().await;
         anyhow::Ok(result.map_err(|e| refused_by(e, args.to.as_deref()))?)
@@ -450,23 +542,18 @@ pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
         &book,
         audit_options(args.audit_names, &config, args.daemon),
     );
-    let rec = Arc::new(audit.session(AuditRole::Receive));
-    // Names mode hash: what the offer names is shown hashed, in error messages too.
-    let names = rec.names().clone();
-    receive_recorded(args, identity, book, &config, audit, rec)
-        .map_err(|e| Redacted::hide(&names, e))
+    receive_audited(args, identity, book, &config, audit)
 }
 
-/// `receive` once the audit is open (`rec`: the session of a one-shot receive).
-fn receive_recorded(
+/// `receive` once the audit is open. Each connection has its own audit session; an
+/// error is shown with that session's names hidden (names mode hash).
+fn receive_audited(
     args: ReceiveArgs,
     identity: Identity,
     mut book: AddressBook,
     config: &Config,
     audit: Audit,
-    rec: Arc<crate::audit::SessionAudit>,
 ) -> anyhow::Result<()> {
-    let names = rec.names().clone();
     let file = &config.file.transfer;
     let out = args
         .out
@@ -474,12 +561,26 @@ fn receive_recorded(
         .or_else(|| file.out.clone())
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_OUT));
     let dest = Destination::open(&out)?;
-    let code = args.code.as_deref().map(Code::parse).transpose()?;
+    let timeouts = args.timeouts.timeouts(file)?;
+    let code = match &args.code {
+        None => None,
+        Some(Some(text)) if !text.is_empty() => Some(Code::parse(text)?),
+        // `--code` alone: ask for it, off the command line.
+        Some(_) => Some(Code::parse(&crate::cli::prompt::read_secret("code: ")?)?),
+    };
     // A person at a terminal is asked about each offer (unless --yes); scripts are not.
     let interactive = !args.json
         && !args.daemon
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
+    let sessions = if args.daemon {
+        args.concurrent
+            .or(file.max_sessions)
+            .unwrap_or(crate::config::DEFAULT_MAX_SESSIONS)
+            .max(1)
+    } else {
+        1
+    };
     let policy = ReceivePolicy {
         confirm: interactive.then(|| ask_at_terminal(&out)),
         code,
@@ -488,6 +589,8 @@ fn receive_recorded(
         overwrite: args.overwrite || file.overwrite.unwrap_or(false),
         keep_modes: args.keep_modes || file.keep_modes.unwrap_or(false),
         max_entries: args.max_entries.or(file.max_entries),
+        timeouts,
+        sessions: None,
     };
     let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, config)?;
     let max_age_days = args
@@ -496,93 +599,49 @@ fn receive_recorded(
         .unwrap_or(crate::config::DEFAULT_PART_MAX_AGE_DAYS);
     remove_stale_parts(&dest, &audit, max_age_days);
     let rt = runtime()?;
-    if args.daemon {
-        let opts = relay.context("--daemon needs --relay")?;
-        let ctx = Arc::new(DaemonContext {
-            opts,
-            identity,
-            book,
-            dest,
-            policy,
-            json: args.json,
-            audit,
-            max_age_days,
-        });
-        return rt.block_on(daemon(ctx, usize::from(args.concurrent)));
-    }
-    let summary = rt.block_on(async {
-        let (endpoint, conn) = match (&relay, args.listen) {
-            (Some(opts), _) => {
-                let (role, single_use, rendezvous) = match &policy.code {
-                    Some(code) => (Role::Connect, true, run::rendezvous_for_code(code)),
-                    None => (Role::Listen, false, run::rendezvous_for(&identity.public())),
-                };
-                if args.json {
-                    println!(
-                        "{}",
-                        json!({"event": "joining", "relay": opts.choose(&rendezvous)?})
-                    );
-                } else {
-                    println!("waiting at relay {}", opts.choose(&rendezvous)?);
-                }
-                let j = if role == Role::Listen && !single_use {
-                    relay_client::listen(opts, &identity).await?
-                } else {
-                    relay_client::join(opts, role, single_use, rendezvous).await?
-                };
-                (j.endpoint, j.connection)
+    let mut ctx = DaemonContext {
+        identity,
+        book: book.clone(),
+        dest,
+        policy,
+        json: args.json,
+        quiet: args.quiet,
+        audit,
+        max_age_days,
+    };
+    let received = match (args.listen, relay) {
+        (Some(listen), _) => {
+            let limits = DirectLimits {
+                sessions: usize::from(sessions),
+                per_ip: usize::from(
+                    args.max_per_ip
+                        .or(file.max_sessions_per_ip)
+                        .unwrap_or(crate::config::DEFAULT_MAX_PER_IP)
+                        .max(1),
+                ),
+                pending: MAX_PENDING_HANDSHAKES,
+            };
+            ctx.policy.sessions = Some(Arc::new(tokio::sync::Semaphore::new(limits.sessions)));
+            let daemon = args.daemon;
+            let ctx = Arc::new(ctx);
+            let served = rt.block_on(serve_direct(listen, Arc::clone(&ctx), limits, daemon));
+            flush_suppressed(&rt, &ctx.audit);
+            match served? {
+                Some(s) => s,
+                None => return Ok(()),
             }
-            (None, Some(listen)) => {
-                let endpoint = transport::direct_server(listen)?;
-                let addr = endpoint.local_addr()?;
-                if args.json {
-                    println!(
-                        "{}",
-                        json!({"event": "listening", "addr": addr.to_string()})
-                    );
-                } else {
-                    println!("listening on {addr}");
-                }
-                let incoming = endpoint.accept().await.context("endpoint closed")?;
-                let conn = incoming.await.context("incoming connection failed")?;
-                (endpoint, conn)
-            }
-            (None, None) => anyhow::bail!("--listen or --relay is required"),
-        };
-        let pool = CipherPool::with_all_cores()?;
-        let events = events(Output::of(args.json, args.quiet), &book, names.clone());
-        let transfer = run::receive_recorded(
-            &conn, &identity, &book, &dest, &policy, &pool, &events, &rec,
-        );
-        let result = tokio::select! {
-            r = transfer => r,
-            () = shutdown_signal() => {
-                // The partial files and their resume records stay; the cipher threads
-                // record the last chunks written as the connection goes.
-                conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
-                record_interruption(&rec).await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-                return Err(Interrupted.into());
-            }
-        };
-        if result.is_ok() {
-            run::wait_for_sender_close(&conn).await;
         }
-        if result.is_err() {
-            // Let the abort or refusal already queued reach the sender (it closes when it
-            // has read it), then close.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
-            conn.close(run::CLOSE_ERROR.into(), b"error");
+        (None, Some(opts)) if args.daemon => {
+            return rt.block_on(daemon(Arc::new(ctx), opts, usize::from(sessions)));
         }
-        endpoint.wait_idle().await;
-        anyhow::Ok(result?)
-    });
-    // Records of strangers the rate limit left out (a receive that outlasted failed
-    // connections) are counted before the process ends.
-    if let Err(e) = rt.block_on(audit.flush_suppressed()) {
-        eprintln!("warning: {e}");
-    }
-    let summary = summary?;
+        (None, Some(opts)) => {
+            let got = rt.block_on(receive_at_relay(&ctx, &opts));
+            flush_suppressed(&rt, &ctx.audit);
+            got?
+        }
+        (None, None) => anyhow::bail!("--listen or --relay is required"),
+    };
+    let (summary, names) = received;
     report("received", &summary, args.json, &names);
     if let Some(name) = &args.save_peer {
         save_peer(&mut book, name, &summary)?;
@@ -590,14 +649,137 @@ fn receive_recorded(
     Ok(())
 }
 
-/// What every daemon slot shares.
+/// A one-shot receive at a relay: join, receive; a connection whose peer never
+/// authenticates (a timeout, a failed handshake) does not use the receiver up: it joins
+/// again and keeps waiting.
+async fn receive_at_relay(
+    ctx: &DaemonContext,
+    opts: &RelayOptions,
+) -> anyhow::Result<(Summary, Names)> {
+    let (role, single_use, rendezvous) = match &ctx.policy.code {
+        Some(code) => (Role::Connect, true, run::rendezvous_for_code(code)),
+        None => (
+            Role::Listen,
+            false,
+            run::rendezvous_for(&ctx.identity.public()),
+        ),
+    };
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"event": "joining", "relay": opts.choose(&rendezvous)?})
+        );
+    } else {
+        println!("waiting at relay {}", opts.choose(&rendezvous)?);
+    }
+    let pool = CipherPool::with_all_cores()?;
+    loop {
+        // A key's listener proves it holds the key; a code's nameplate is joined.
+        let j = if role == Role::Listen && !single_use {
+            relay_client::listen(opts, &ctx.identity).await?
+        } else {
+            relay_client::join(opts, role, single_use, rendezvous).await?
+        };
+        let rec = Arc::new(ctx.audit.session(AuditRole::Receive));
+        let names = rec.names().clone();
+        let events = events(Output::of(ctx.json, ctx.quiet), &ctx.book, names.clone());
+        let transfer = run::receive_recorded(
+            &j.connection,
+            &ctx.identity,
+            &ctx.book,
+            &ctx.dest,
+            &ctx.policy,
+            &pool,
+            &events,
+            &rec,
+        );
+        let shutdown = shutdown_signal();
+        let result = tokio::select! {
+            r = transfer => r,
+            () = shutdown => {
+                // The partial files and their resume records stay; the cipher threads
+                // record the last chunks written as the connection goes.
+                j.connection.close(run::CLOSE_CANCELLED.into(), b"cancelled");
+                record_interruption(&rec).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
+                return Err(Interrupted.into());
+            }
+        };
+        match result {
+            Ok(summary) => {
+                run::wait_for_sender_close(&j.connection).await;
+                j.endpoint.wait_idle().await;
+                return Ok((summary, names));
+            }
+            Err(e) => {
+                close_after_error(&j.connection, &e).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
+                if !e.before_authentication() {
+                    return Err(Redacted::hide(&names, e.into()));
+                }
+                notice(ctx.json, None, e, &names, true);
+            }
+        }
+    }
+}
+
+/// Closes a connection that ended with `e`, with `e`'s close code. Unless the peer
+/// timed out, it first lets the abort or refusal already queued reach the peer (it
+/// closes when it has read it), for at most 2 s.
+async fn close_after_error(conn: &quinn::Connection, e: &TransferError) {
+    if !e.is_timeout() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    }
+    conn.close(e.close_code().into(), b"error");
+}
+
+/// What kind of failure `e` is, for the `error` event and the warning.
+fn failure_kind(e: &TransferError) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_unauthenticated_abort() {
+        "unauthenticated_abort"
+    } else if e.is_auth() {
+        "auth_failed"
+    } else if matches!(e, TransferError::Busy) {
+        "busy"
+    } else {
+        "error"
+    }
+}
+
+/// Reports a connection that failed while the receiver goes on (`still_waiting`: a
+/// one-shot receiver that keeps waiting for its sender).
+fn notice(
+    json: bool,
+    from: Option<SocketAddr>,
+    e: TransferError,
+    names: &Names,
+    still_waiting: bool,
+) {
+    let kind = failure_kind(&e);
+    // Names mode hash: the message shows no file name.
+    let e = crate::cli::describe(&Redacted::hide(names, e.into()));
+    if json {
+        println!(
+            "{}",
+            json!({"event": "error", "kind": kind, "from": from.map(|a| a.to_string()), "message": e.to_string()})
+        );
+    } else {
+        let from = from.map(|a| format!(" from {a}")).unwrap_or_default();
+        let then = if still_waiting { "; still waiting" } else { "" };
+        eprintln!("connection{from} failed ({kind}): {e}{then}");
+    }
+}
+
+/// What every receiving connection shares (one-shot or daemon).
 struct DaemonContext {
-    opts: RelayOptions,
     identity: Identity,
     book: AddressBook,
     dest: Destination,
     policy: ReceivePolicy,
     json: bool,
+    quiet: bool,
     audit: Audit,
     /// `--part-max-age-days`.
     max_age_days: u32,
@@ -636,59 +818,27 @@ fn remove_stale_parts(dest: &Destination, audit: &Audit, days: u32) {
     }
 }
 
-/// Longest wait between two attempts to reach the relay.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Serves transfers at the relay with `slots` listeners until Ctrl-C or SIGTERM.
-async fn daemon(ctx: Arc<DaemonContext>, slots: usize) -> anyhow::Result<()> {
-    let pool = CipherPool::with_all_cores()?;
-    let relay = ctx
-        .opts
-        .choose(&run::rendezvous_for(&ctx.identity.public()))?;
-    if ctx.json {
-        println!(
-            "{}",
-            json!({"event": "daemon", "relay": relay, "slots": slots})
-        );
-    } else {
-        println!("receiving at relay {relay} ({slots} at once); Ctrl-C to stop");
-    }
-    print_head(&ctx.audit, "start", ctx.json).await;
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    // Leftover partial files: removed at start (see `receive`), then once a day.
-    let sweeper = Arc::clone(&ctx);
-    let sweeping = tokio::spawn(async move {
+/// Removes leftover partial files once a day (a daemon; at start `receive` already did).
+fn spawn_daily_sweep(ctx: &Arc<DaemonContext>) -> tokio::task::JoinHandle<()> {
+    let ctx = Arc::clone(ctx);
+    tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
-            let ctx = Arc::clone(&sweeper);
+            let ctx = Arc::clone(&ctx);
             let _ = tokio::task::spawn_blocking(move || {
                 remove_stale_parts(&ctx.dest, &ctx.audit, ctx.max_age_days);
             })
             .await;
         }
-    });
-    for _ in 0..slots {
-        tasks.spawn(daemon_slot(
-            Arc::clone(&ctx),
-            Arc::clone(&pool),
-            stopping.clone(),
-        ));
-    }
-    shutdown_signal().await;
-    sweeping.abort();
-    // Slots in a transfer close it and record the interruption; then they end.
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
     })
-    .await;
-    tasks.shutdown().await;
-    if let Err(e) = ctx.audit.flush_suppressed().await {
+}
+
+/// Writes the count of strangers' records the rate limit left out (a receive that
+/// outlasted failed connections) before the process ends.
+fn flush_suppressed(rt: &tokio::runtime::Runtime, audit: &Audit) {
+    if let Err(e) = rt.block_on(audit.flush_suppressed()) {
         eprintln!("warning: {e}");
     }
-    print_head(&ctx.audit, "stop", ctx.json).await;
-    Ok(())
 }
 
 /// Prints the audit chain's head to stderr (the journal under systemd), and as a JSON
@@ -710,6 +860,241 @@ async fn print_head(audit: &Audit, when: &str, json: bool) {
         Ok(None) => eprintln!("audit head at daemon {when}: the log is empty"),
         Err(e) => eprintln!("warning: audit head at daemon {when} not read: {e}"),
     }
+}
+
+/// Connections a direct receiver authenticates at once, beyond those in a transfer.
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = 32;
+
+/// A direct receiver's limits.
+#[derive(Debug, Clone, Copy)]
+struct DirectLimits {
+    /// Transfers at once.
+    sessions: usize,
+    /// Connections at once from one IP address, authenticated or not.
+    per_ip: usize,
+    /// Connections at once still in their handshake.
+    pending: usize,
+}
+
+/// Listens on `listen` and serves each connection in its own task, within `limits` (a
+/// connection over them is refused at once). A one-shot receiver (`daemon` false)
+/// returns with the first transfer that gets past authentication, whatever its outcome;
+/// connections whose peer never authenticates are reported and it keeps waiting. A daemon
+/// serves until Ctrl-C or SIGTERM and returns `None`.
+async fn serve_direct(
+    listen: SocketAddr,
+    ctx: Arc<DaemonContext>,
+    limits: DirectLimits,
+    daemon: bool,
+) -> anyhow::Result<Option<(Summary, Names)>> {
+    let endpoint = transport::direct_server_with(listen, ctx.policy.timeouts.idle)?;
+    let addr = endpoint.local_addr()?;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"event": "listening", "addr": addr.to_string(), "daemon": daemon, "sessions": limits.sessions})
+        );
+    } else if daemon {
+        println!(
+            "listening on {addr} ({} at once); Ctrl-C to stop",
+            limits.sessions
+        );
+    } else {
+        println!("listening on {addr}");
+    }
+    let pool = CipherPool::with_all_cores()?;
+    let sweeping = daemon.then(|| spawn_daily_sweep(&ctx));
+    if daemon {
+        print_head(&ctx.audit, "start", ctx.json).await;
+    }
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut per_ip: std::collections::HashMap<IpAddr, usize> = std::collections::HashMap::new();
+    let result = loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else {
+                    break Err(anyhow::anyhow!("endpoint closed"));
+                };
+                let from = incoming.remote_address();
+                let count = per_ip.entry(from.ip()).or_default();
+                if *count >= limits.per_ip || tasks.len() >= limits.sessions + limits.pending {
+                    // Refused before any state is kept for it.
+                    incoming.refuse();
+                    continue;
+                }
+                *count += 1;
+                let (ctx, pool, stopping) = (Arc::clone(&ctx), Arc::clone(&pool), stopping.clone());
+                tasks.spawn(async move {
+                    (from, serve_connection(incoming, &ctx, &pool, stopping).await)
+                });
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok((from, result)) = done else { continue };
+                if let Some(n) = per_ip.get_mut(&from.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_ip.remove(&from.ip());
+                    }
+                }
+                match result {
+                    Ok(got) if !daemon => break Ok(Some(got)),
+                    Ok((summary, names)) => report("received", &summary, ctx.json, &names),
+                    Err(Served::Interrupted) => {}
+                    Err(Served::Failed(e, names)) if !daemon && !e.before_authentication() => {
+                        break Err(Redacted::hide(&names, e.into()));
+                    }
+                    Err(Served::Failed(e, names)) => notice(ctx.json, Some(from), e, &names, !daemon),
+                }
+            }
+            () = &mut shutdown => {
+                // Transfers close their connection and record the interruption.
+                let _ = stop.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while tasks.join_next().await.is_some() {}
+                })
+                .await;
+                tasks.shutdown().await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+                if let Some(s) = sweeping {
+                    s.abort();
+                }
+                // A daemon stopping is its normal end; a one-shot receiver was interrupted.
+                if daemon {
+                    if let Err(e) = ctx.audit.flush_suppressed().await {
+                        eprintln!("warning: {e}");
+                    }
+                    print_head(&ctx.audit, "stop", ctx.json).await;
+                    return Ok(None);
+                }
+                return Err(Interrupted.into());
+            }
+        }
+    };
+    // A one-shot receiver is done: connections still in their handshake are dropped.
+    tasks.shutdown().await;
+    endpoint.close(run::CLOSE_CANCELLED.into(), b"receiver done");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    result
+}
+
+/// How one served connection ended, when not with a transfer.
+enum Served {
+    /// Ctrl-C or SIGTERM (recorded).
+    Interrupted,
+    /// The transfer (or its handshake) failed; the connection is closed with its code.
+    /// With the names to hide in its message.
+    Failed(TransferError, Names),
+}
+
+/// One direct connection: the QUIC handshake, then a transfer, each bounded by the
+/// handshake timeout until the peer is authenticated.
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    ctx: &DaemonContext,
+    pool: &Arc<CipherPool>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Summary, Names), Served> {
+    let timeouts = &ctx.policy.timeouts;
+    // A QUIC handshake that fails proves nothing about the peer.
+    let failed = |e: quinn::ConnectionError| {
+        Served::Failed(
+            TransferError::Unauthenticated(SessionError::Io(e.into())),
+            ctx.audit.names(),
+        )
+    };
+    let connecting = incoming.accept().map_err(failed)?;
+    let conn = match tokio::time::timeout(timeouts.handshake, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(failed(e)),
+        Err(_) => {
+            return Err(Served::Failed(
+                TransferError::Unauthenticated(SessionError::Timeout {
+                    stage: Stage::Handshake,
+                    after: timeouts.handshake,
+                }),
+                ctx.audit.names(),
+            ));
+        }
+    };
+    let rec = Arc::new(ctx.audit.session(AuditRole::Receive));
+    let names = rec.names().clone();
+    let events = events(Output::of(ctx.json, ctx.quiet), &ctx.book, names.clone());
+    let transfer = run::receive_recorded(
+        &conn,
+        &ctx.identity,
+        &ctx.book,
+        &ctx.dest,
+        &ctx.policy,
+        pool,
+        &events,
+        &rec,
+    );
+    let result = tokio::select! {
+        r = transfer => r,
+        _ = stopping.changed() => {
+            // The partial files and their resume records stay.
+            conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
+            record_interruption(&rec).await;
+            return Err(Served::Interrupted);
+        }
+    };
+    match result {
+        Ok(summary) => {
+            run::wait_for_sender_close(&conn).await;
+            Ok((summary, names))
+        }
+        Err(e) => {
+            close_after_error(&conn, &e).await;
+            Err(Served::Failed(e, names))
+        }
+    }
+}
+
+/// Longest wait between two attempts to reach the relay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Serves transfers at the relay with `slots` listeners until Ctrl-C or SIGTERM.
+async fn daemon(ctx: Arc<DaemonContext>, opts: RelayOptions, slots: usize) -> anyhow::Result<()> {
+    let pool = CipherPool::with_all_cores()?;
+    let relay = opts.choose(&run::rendezvous_for(&ctx.identity.public()))?;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"event": "daemon", "relay": relay, "slots": slots})
+        );
+    } else {
+        println!("receiving at relay {relay} ({slots} at once); Ctrl-C to stop");
+    }
+    print_head(&ctx.audit, "start", ctx.json).await;
+    let sweeping = spawn_daily_sweep(&ctx);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let opts = Arc::new(opts);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..slots {
+        tasks.spawn(daemon_slot(
+            Arc::clone(&ctx),
+            Arc::clone(&opts),
+            Arc::clone(&pool),
+            stopping.clone(),
+        ));
+    }
+    shutdown_signal().await;
+    sweeping.abort();
+    // Slots in a transfer close it and record the interruption; then they end.
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.shutdown().await;
+    if let Err(e) = ctx.audit.flush_suppressed().await {
+        eprintln!("warning: {e}");
+    }
+    print_head(&ctx.audit, "stop", ctx.json).await;
+    Ok(())
 }
 
 /// Records that the user or the service stopped a transfer (a warning if it cannot).
@@ -744,16 +1129,18 @@ async fn recv_or_never(s: Option<&mut tokio::signal::unix::Signal>) {
     }
 }
 
-/// One listener slot of the daemon: wait at the relay, receive, repeat.
+/// One listener slot of the daemon: wait at the relay, receive, repeat. A peer that says
+/// nothing holds the slot at most for the handshake timeout.
 async fn daemon_slot(
     ctx: Arc<DaemonContext>,
+    opts: Arc<RelayOptions>,
     pool: Arc<CipherPool>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let joined = tokio::select! {
-            j = relay_client::listen(&ctx.opts, &ctx.identity) => j,
+            j = relay_client::listen(&opts, &ctx.identity) => j,
             _ = stopping.changed() => return,
         };
         let j = match joined {
@@ -798,14 +1185,8 @@ async fn daemon_slot(
                 run::wait_for_sender_close(&j.connection).await;
             }
             Err(e) => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), j.connection.closed()).await;
-                j.connection.close(run::CLOSE_ERROR.into(), b"error");
-                let message = crate::cli::describe(&Redacted::hide(&names, e.into()));
-                if ctx.json {
-                    println!("{}", json!({"event": "error", "message": message}));
-                } else {
-                    eprintln!("transfer failed: {message}");
-                }
+                close_after_error(&j.connection, &e).await;
+                notice(ctx.json, None, e, &names, false);
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;

@@ -8,8 +8,10 @@
 //! only when the initiator's first transport message decrypts.
 //!
 //! Code phrase: SPAKE2 first (see [`crate::crypto::pake`]), then
-//! `Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s` with the PAKE-derived PSK. A wrong code makes
-//! message 3 fail at the responder, which reports "code mismatch" to both sides.
+//! `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s` with the PAKE-derived PSK. The PSK is mixed in
+//! before the first Noise message, so both static keys travel under it: a wrong code
+//! makes message 1 fail at the responder, which reports "code mismatch" to both sides
+//! before either static key has left (key confirmation before identities).
 //!
 //! The prologue binds the protocol version, the ALPN, the mode, the pattern name, the
 //! rendezvous id and, in code mode, both PAKE messages. The first frame carries the
@@ -25,14 +27,16 @@ use crate::crypto::identity::{Fingerprint, Identity, IdentityError, PublicKey};
 use crate::crypto::pake::{Code, Pake, PakeError};
 use crate::wire::frame::MAX_FRAME;
 
-/// Protocol version spoken here.
+/// Protocol version spoken here (2: the code mode moved from XXpsk3 to XXpsk0).
 pub const VERSION: u8 = 2;
 /// ALPN of the direct QUIC connection, bound into the prologue.
 pub const ALPN: &[u8] = b"phi-conduit/1";
 /// Noise pattern of the known-recipient mode.
 pub const IK_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 /// Noise pattern of the code-phrase mode.
-pub const XXPSK3_PATTERN: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
+pub const XXPSK0_PATTERN: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+/// Where the PSK goes in [`XXPSK0_PATTERN`].
+const PSK_SLOT: u8 = 0;
 /// Transfer id length.
 pub const TRANSFER_ID_LEN: usize = crate::crypto::stream::TRANSFER_ID_LEN;
 /// Largest plaintext of one session message: a frame, less the kind byte and the tag.
@@ -51,7 +55,7 @@ const KIND_TRANSPORT: u8 = 0x04;
 pub enum Mode {
     /// The sender knows the recipient's key (Noise IK).
     KnownPeer = 1,
-    /// Both share a one-time code phrase (SPAKE2 + Noise XXpsk3).
+    /// Both share a one-time code phrase (SPAKE2 + Noise XXpsk0).
     Code = 2,
 }
 
@@ -67,6 +71,17 @@ pub enum AbortReason {
     UnsupportedVersion = 3,
     /// Malformed or unexpected message.
     Protocol = 4,
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::UnknownPeer => "unknown sender",
+            Self::CodeMismatch => "code mismatch",
+            Self::UnsupportedVersion => "unsupported protocol version",
+            Self::Protocol => "protocol error",
+        })
+    }
 }
 
 impl AbortReason {
@@ -97,8 +112,9 @@ pub enum HandshakeError {
     /// The code phrases differ (detected by the responder).
     #[error("code mismatch: the code phrases differ")]
     CodeMismatch,
-    /// The peer aborted.
-    #[error("peer aborted: {0:?}")]
+    /// The peer aborted. Before the handshake completes an abort frame travels in clear
+    /// and is not authenticated: anyone on the path could have sent it.
+    #[error("{0}: the peer aborted the handshake (an unauthenticated abort frame)")]
     PeerAborted(AbortReason),
     /// A message did not decrypt: the wrong key, or tampering on the way.
     #[error(
@@ -164,7 +180,7 @@ pub fn abort_frame(reason: AbortReason) -> Vec<u8> {
 pub fn prologue(mode: Mode, rendezvous: &[u8; 32], pake: Option<(&[u8], &[u8])>) -> Vec<u8> {
     let pattern = match mode {
         Mode::KnownPeer => IK_PATTERN,
-        Mode::Code => XXPSK3_PATTERN,
+        Mode::Code => XXPSK0_PATTERN,
     };
     let mut p = Vec::with_capacity(128);
     p.extend_from_slice(PROLOGUE_LABEL);
@@ -420,9 +436,9 @@ impl Initiator {
             } => {
                 let their = expect(KIND_HANDSHAKE, body)?;
                 let psk = pake.finish(their)?;
-                let mut hs = builder(XXPSK3_PATTERN)?
+                let mut hs = builder(XXPSK0_PATTERN)?
                     .local_private_key(secret.as_slice())
-                    .psk(3, psk.as_slice())
+                    .psk(PSK_SLOT, psk.as_slice())
                     .prologue(&prologue(Mode::Code, &rendezvous, Some((&hello, their))))
                     .build_initiator()
                     .map_err(noise)?;
@@ -505,18 +521,23 @@ impl Responder {
                 })))
             }
             RespState::XxAwait1(mut hs) => {
-                read_hs(&mut hs, expect(KIND_HANDSHAKE, body)?)?;
+                // Message 1 is sealed under the PSK: if it does not open, the codes differ
+                // (or it was altered), and nothing of ours has been sent yet but the PAKE.
+                match read_hs(&mut hs, expect(KIND_HANDSHAKE, body)?) {
+                    Ok(_) => {}
+                    Err(HandshakeError::Authentication) => {
+                        return Err(HandshakeError::CodeMismatch);
+                    }
+                    Err(e) => return Err(e),
+                }
                 let m2 = write_hs(&mut hs, &[], KIND_HANDSHAKE)?;
                 self.state = RespState::XxAwait3(hs);
                 Ok(Step::Send(m2))
             }
             RespState::XxAwait3(mut hs) => {
-                let msg = expect(KIND_HANDSHAKE, body)?;
-                match read_hs(&mut hs, msg) {
-                    Ok(_) => Ok(Step::Done(Box::new(Established::new(hs, None)?))),
-                    Err(HandshakeError::Authentication) => Err(HandshakeError::CodeMismatch),
-                    Err(e) => Err(e),
-                }
+                // The code was confirmed by message 1: a failure here is tampering.
+                read_hs(&mut hs, expect(KIND_HANDSHAKE, body)?)?;
+                Ok(Step::Done(Box::new(Established::new(hs, None)?)))
             }
             RespState::Finished => Err(HandshakeError::Protocol("handshake already finished")),
         }
@@ -568,9 +589,9 @@ impl Responder {
             (m, Some(code)) if m == Mode::Code as u8 => {
                 let (pake, mine) = Pake::start(&code, self.rendezvous);
                 let psk = pake.finish(rest)?;
-                let hs = builder(XXPSK3_PATTERN)?
+                let hs = builder(XXPSK0_PATTERN)?
                     .local_private_key(self.secret.as_slice())
-                    .psk(3, psk.as_slice())
+                    .psk(PSK_SLOT, psk.as_slice())
                     .prologue(&prologue(Mode::Code, &self.rendezvous, Some((rest, &mine))))
                     .build_responder()
                     .map_err(noise)?;

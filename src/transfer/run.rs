@@ -8,13 +8,13 @@ use thiserror::Error;
 
 use crate::audit::{Audit, AuditError, AuthMode, Role, SessionAudit};
 use crate::crypto::chunk_hash::TreeHash;
-use crate::crypto::handshake::{Initiator, Responder, TRANSFER_ID_LEN};
+use crate::crypto::handshake::{HandshakeError, Initiator, Responder, TRANSFER_ID_LEN};
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
 use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKeyContext, StreamError, TransferKey};
 use crate::peers::AddressBook;
-use crate::session::{self, SessionError};
+use crate::session::{self, SessionError, Stage, Timeouts};
 use crate::transfer::data::{self, DataError, FileData};
 use crate::transfer::dest::{DestError, Destination, FoundPart};
 use crate::transfer::dirs::CreatedDirs;
@@ -33,13 +33,26 @@ pub const CLOSE_DONE: u32 = 0;
 pub const CLOSE_ERROR: u32 = 1;
 /// QUIC application close code: the user stopped the transfer (it can be resumed).
 pub const CLOSE_CANCELLED: u32 = 2;
+/// QUIC application close code: the peer said nothing for too long at one step
+/// ([`Timeouts`]).
+pub const CLOSE_TIMEOUT: u32 = 3;
+/// QUIC application close code: the receiver has no room for this connection (too many
+/// sessions at once, or from this address).
+pub const CLOSE_BUSY: u32 = 4;
 
 /// Errors of a transfer.
 #[derive(Debug, Error)]
 pub enum TransferError {
-    /// The session (handshake, control messages) failed.
+    /// The session (control messages after the handshake) failed.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The peer was never authenticated: the handshake failed, timed out or was aborted.
+    /// Nothing of the transfer happened (a one-shot receiver keeps waiting).
+    #[error(transparent)]
+    Unauthenticated(SessionError),
+    /// Another sender already has this one-shot receiver.
+    #[error("the receiver is busy with another sender")]
+    Busy,
     /// A file's data failed.
     #[error("{file}: {source}")]
     Data {
@@ -78,7 +91,58 @@ pub enum TransferError {
 impl TransferError {
     /// Whether the peer failed to authenticate (wrong key, wrong code, unknown sender).
     pub fn is_auth(&self) -> bool {
-        matches!(self, TransferError::Session(SessionError::Handshake(h)) if h.is_auth())
+        self.handshake_error().is_some_and(HandshakeError::is_auth)
+    }
+
+    /// The handshake error inside, if any.
+    pub fn handshake_error(&self) -> Option<&HandshakeError> {
+        match self {
+            TransferError::Session(SessionError::Handshake(h))
+            | TransferError::Unauthenticated(SessionError::Handshake(h)) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection ended before its peer was authenticated, without spending
+    /// the code phrase: a one-shot receiver keeps waiting for its real sender. (A code
+    /// mismatch spends the code, as the relay burns its nameplate: one guess per code.)
+    pub fn before_authentication(&self) -> bool {
+        match self {
+            TransferError::Unauthenticated(SessionError::Handshake(
+                HandshakeError::CodeMismatch,
+            )) => false,
+            TransferError::Unauthenticated(_) | TransferError::Busy => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a peer's silence at some step ended the transfer.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            TransferError::Session(SessionError::Timeout { .. })
+                | TransferError::Unauthenticated(SessionError::Timeout { .. })
+        )
+    }
+
+    /// Whether this is an abort frame received before the peer was authenticated (it
+    /// travels in clear: anyone on the path could have sent it).
+    pub fn is_unauthenticated_abort(&self) -> bool {
+        matches!(
+            self,
+            TransferError::Unauthenticated(SessionError::Handshake(HandshakeError::PeerAborted(_)))
+        )
+    }
+
+    /// The QUIC application close code for a connection that ended with this error.
+    pub fn close_code(&self) -> u32 {
+        if self.is_timeout() {
+            CLOSE_TIMEOUT
+        } else if matches!(self, TransferError::Busy) {
+            CLOSE_BUSY
+        } else {
+            CLOSE_ERROR
+        }
     }
 
     /// The reason written in the audit record. With `hide_names`, errors whose message can
@@ -86,6 +150,8 @@ impl TransferError {
     pub fn audit_reason(&self, hide_names: bool) -> String {
         let kind = match self {
             TransferError::Session(_)
+            | TransferError::Unauthenticated(_)
+            | TransferError::Busy
             | TransferError::Connection(_)
             | TransferError::Protocol(_) => {
                 return self.to_string();
@@ -118,7 +184,11 @@ async fn audited(
         Err(e) => e,
     };
     let reason = err.audit_reason(rec.hides_names());
-    let written = if err.is_auth() {
+    let written = if err.is_unauthenticated_abort() {
+        // Not an authentication failure of a named peer: a clear-text frame that anyone
+        // on the path could have sent.
+        rec.failed(&reason).await
+    } else if err.is_auth() {
         rec.auth_failed(&reason).await
     } else {
         rec.failed(&reason).await
@@ -325,11 +395,16 @@ pub async fn send(
     audit: &Audit,
 ) -> Result<Summary, TransferError> {
     let rec = audit.session(Role::Send);
-    send_recorded(conn, local, recipient, files, chunk, pool, events, &rec).await
+    let timeouts = Timeouts::default();
+    send_recorded(
+        conn, local, recipient, files, chunk, pool, events, &rec, &timeouts,
+    )
+    .await
 }
 
 /// [`send`] with the session's records made by the caller, which can then record an
-/// interruption (the transfer future dropped) under the same session id.
+/// interruption (the transfer future dropped) under the same session id, and with the
+/// caller's [`Timeouts`] (handshake, answer and receipt).
 #[allow(clippy::too_many_arguments)]
 pub async fn send_recorded(
     conn: &quinn::Connection,
@@ -340,8 +415,21 @@ pub async fn send_recorded(
     pool: &Arc<CipherPool>,
     events: &Events,
     rec: &SessionAudit,
+    timeouts: &Timeouts,
 ) -> Result<Summary, TransferError> {
-    send_tree_recorded(conn, local, recipient, files, &[], chunk, pool, events, rec).await
+    send_tree_recorded(
+        conn,
+        local,
+        recipient,
+        files,
+        &[],
+        chunk,
+        pool,
+        events,
+        rec,
+        timeouts,
+    )
+    .await
 }
 
 /// [`send_recorded`] with empty directories to recreate at the receiver (see
@@ -357,9 +445,10 @@ pub async fn send_tree_recorded(
     pool: &Arc<CipherPool>,
     events: &Events,
     rec: &SessionAudit,
+    timeouts: &Timeouts,
 ) -> Result<Summary, TransferError> {
     let result = send_audited(
-        conn, local, recipient, files, dirs, chunk, pool, events, rec,
+        conn, local, recipient, files, dirs, chunk, pool, events, rec, timeouts,
     )
     .await;
     audited(rec, result).await
@@ -376,6 +465,7 @@ async fn send_audited(
     pool: &Arc<CipherPool>,
     events: &Events,
     rec: &SessionAudit,
+    timeouts: &Timeouts,
 ) -> Result<Summary, TransferError> {
     let (tx, rx) = conn.open_bi().await?;
     let mut ctl = tokio::io::join(rx, tx);
@@ -387,7 +477,13 @@ async fn send_audited(
         }
         Recipient::Code(code) => Initiator::code(local, code, &rendezvous_for_code(code)),
     };
-    let mut est = session::initiate(&mut ctl, machine, first).await?;
+    let mut est = timeouts
+        .within(
+            Stage::Handshake,
+            session::initiate(&mut ctl, machine, first),
+        )
+        .await
+        .map_err(TransferError::Unauthenticated)?;
     let (mut rx, mut tx) = ctl.into_inner();
     let auth = match recipient {
         Recipient::Known(_) => AuthMode::KnownKey,
@@ -406,7 +502,12 @@ async fn send_audited(
         total_size: total,
         audit_head: rec.head().await?,
     };
-    let answer = offer_and_answer(&mut rx, &mut tx, &mut est, &offer, files, dirs).await?;
+    let answer = timeouts
+        .within(
+            Stage::Answer,
+            offer_and_answer(&mut rx, &mut tx, &mut est, &offer, files, dirs),
+        )
+        .await?;
     let points = match answer {
         Ok(points) => points,
         Err(refusal) => {
@@ -511,7 +612,9 @@ async fn send_audited(
         .map(|(f, h)| h.map(|h| (f.rel.clone(), f.size, h)))
         .collect::<Option<_>>()
         .ok_or_else(|| protocol("a file was not sent"))?;
-    let (hashes, receiver_head) = read_receipt(&mut rx, &mut est, sent.len()).await?;
+    let (hashes, receiver_head) = timeouts
+        .within(Stage::Receipt, read_receipt(&mut rx, &mut est, sent.len()))
+        .await?;
     for ((rel, _, h), theirs) in sent.iter().zip(&hashes) {
         if h.as_bytes() != theirs {
             return Err(TransferError::ReceiptMismatch(rel.to_string()));
@@ -763,6 +866,12 @@ pub struct ReceivePolicy {
     /// Ask someone about each offer (a person at a terminal); without `yes`, the offer is
     /// accepted only if this says so.
     pub confirm: Option<Confirm>,
+    /// How long to wait for the sender at each step.
+    pub timeouts: Timeouts,
+    /// Transfers at once, for a receiver that authenticates several connections at once:
+    /// an authenticated sender takes a permit for its whole transfer, and is refused
+    /// ("busy") when there is none. Connections still in their handshake take none.
+    pub sessions: Option<Arc<tokio::sync::Semaphore>>,
     /// Most entries (files and empty directories) accepted in one offer; `None`:
     /// [`DEFAULT_MAX_ENTRIES`]. Larger offers are refused before their manifest is read.
     /// At most [`MAX_ENTRIES`].
@@ -885,8 +994,7 @@ async fn receive_audited(
     events: &Events,
     rec: &Arc<SessionAudit>,
 ) -> Result<Summary, TransferError> {
-    let (tx, rx) = conn.accept_bi().await?;
-    let mut ctl = tokio::io::join(rx, tx);
+    let timeouts = &policy.timeouts;
     let rendezvous = match &policy.code {
         Some(code) => rendezvous_for_code(code),
         None => rendezvous_for(&local.public()),
@@ -894,8 +1002,36 @@ async fn receive_audited(
     let machine = Responder::new(local, &rendezvous, policy.code.clone());
     let accept_unknown = policy.accept_unknown;
     let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();
-    let mut est = session::respond(&mut ctl, machine, &mut accept).await?;
+    // A peer that connects and says nothing is dropped after the handshake timeout.
+    let handshake = async {
+        let (tx, rx) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| SessionError::Io(e.into()))?;
+        let mut ctl = tokio::io::join(rx, tx);
+        let est = session::respond(&mut ctl, machine, &mut accept).await?;
+        Ok::<_, SessionError>((ctl, est))
+    };
+    let (ctl, mut est) = timeouts
+        .within(Stage::Handshake, handshake)
+        .await
+        .map_err(TransferError::Unauthenticated)?;
     let (mut rx, mut tx) = ctl.into_inner();
+    let _permit = match &policy.sessions {
+        Some(limit) => match Arc::clone(limit).try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                // The sender hears why (at its offer, or here in known-recipient mode).
+                let busy = Reply::Refuse(Refusal::new(
+                    RefusalCode::Policy,
+                    TransferError::Busy.to_string(),
+                ));
+                let _ = session::send(&mut tx, &mut est, &busy).await;
+                return Err(TransferError::Busy);
+            }
+        },
+        None => None,
+    };
     let peer = est.remote_static();
     let auth = match policy.code {
         Some(_) => AuthMode::Code,
@@ -907,11 +1043,12 @@ async fn receive_audited(
     let known = book.find_by_key(&peer).is_some() || policy.code.is_some();
     // Known-recipient mode: the offer was the first transport message, which completed
     // the handshake. Code mode: it is the next message.
+    let offer_deadline = tokio::time::Instant::now() + timeouts.offer;
     let offer: OfferStart = match est.take_first_message() {
         Some(first) => {
             postcard::from_bytes(&first).map_err(|e| protocol(format!("malformed offer: {e}")))?
         }
-        None => session::recv(&mut rx, &mut est).await?,
+        None => offer_part(offer_deadline, timeouts, session::recv(&mut rx, &mut est)).await?,
     };
     let start = Instant::now();
     let chunk = ChunkSize::new(u64::from(offer.chunk_size)).map_err(|e| protocol(e.to_string()))?;
@@ -963,7 +1100,8 @@ async fn receive_audited(
         }
     };
     while (entries.len() as u64) < offer.count {
-        let OfferEntries(batch) = session::recv(&mut rx, &mut est).await?;
+        let OfferEntries(batch) =
+            offer_part(offer_deadline, timeouts, session::recv(&mut rx, &mut est)).await?;
         if batch.is_empty() || entries.len() as u64 + batch.len() as u64 > offer.count {
             return Err(protocol("offer entries do not match the announced count"));
         }
@@ -982,7 +1120,8 @@ async fn receive_audited(
     }
     let mut dirs: Vec<RelPath> = Vec::with_capacity(offer.dirs.min(4096) as usize);
     while (dirs.len() as u64) < offer.dirs {
-        let OfferDirs(batch) = session::recv(&mut rx, &mut est).await?;
+        let OfferDirs(batch) =
+            offer_part(offer_deadline, timeouts, session::recv(&mut rx, &mut est)).await?;
         if batch.is_empty() || dirs.len() as u64 + batch.len() as u64 > offer.dirs {
             return Err(protocol(
                 "offer directories do not match the announced count",
@@ -1121,9 +1260,12 @@ async fn receive_audited(
                 let mut s = s?;
                 accepted += 1;
                 let mut header = [0u8; FILE_STREAM_HEADER];
-                s.read_exact(&mut header)
-                    .await
-                    .map_err(|e| protocol(format!("file stream header: {e}")))?;
+                let read = async {
+                    s.read_exact(&mut header)
+                        .await
+                        .map_err(|e| protocol(format!("file stream header: {e}")))
+                };
+                timeouts.within(Stage::StreamHeader, read).await?;
                 let (index, first) = split_header(&header);
                 let slot = usize::try_from(index)
                     .ok()
@@ -1259,6 +1401,22 @@ async fn receive_audited(
         resumed,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// One part of the offer, by the deadline of the whole offer ([`Timeouts::offer`]).
+async fn offer_part<T>(
+    deadline: tokio::time::Instant,
+    timeouts: &Timeouts,
+    part: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, TransferError> {
+    match tokio::time::timeout_at(deadline, part).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SessionError::Timeout {
+            stage: Stage::Offer,
+            after: timeouts.offer,
+        }
+        .into()),
+    }
 }
 
 /// The file index and first chunk of a file stream's header.

@@ -33,10 +33,14 @@ pub const CONNECTION_WINDOW: u32 = 32 << 20;
 pub const SEND_WINDOW: u64 = 32 << 20;
 /// UDP socket send and receive buffer size requested.
 pub const SOCKET_BUFFER: usize = 4 << 20;
-/// A connection with no traffic for this long is closed (automatic logoff).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Keep-alive interval, well under the idle timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A connection with no traffic for this long is closed (automatic logoff). Both ends
+/// send keep-alives, so only a peer that is gone (killed, unplugged) goes silent: it is
+/// noticed within this time. Configurable (`--idle-timeout`, `idle_timeout_secs`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest keep-alive interval; with a shorter idle timeout it is a third of that.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// Shortest idle timeout accepted (keep-alives every third of it must stay sensible).
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Concurrent unidirectional streams the peer may open (files in flight).
 pub const MAX_UNI_STREAMS: u32 = 64;
 
@@ -71,6 +75,19 @@ fn quinn_defaults() -> bool {
 
 /// The transport configuration used everywhere (direct, relay legs, benchmarks).
 pub fn transport_config() -> quinn::TransportConfig {
+    transport_config_with(IDLE_TIMEOUT)
+}
+
+/// The keep-alive interval for an idle timeout: [`KEEP_ALIVE`], or a third of a shorter
+/// idle timeout (so two keep-alives may be lost before the connection is given up).
+pub fn keep_alive_for(idle: Duration) -> Duration {
+    KEEP_ALIVE.min(idle / 3)
+}
+
+/// [`transport_config`] with another idle timeout (at least [`MIN_IDLE_TIMEOUT`]; the
+/// keep-alive follows it, see [`keep_alive_for`]).
+pub fn transport_config_with(idle: Duration) -> quinn::TransportConfig {
+    let idle = idle.max(MIN_IDLE_TIMEOUT);
     let mut t = quinn::TransportConfig::default();
     if !quinn_defaults() {
         t.stream_receive_window(STREAM_WINDOW.into());
@@ -79,9 +96,13 @@ pub fn transport_config() -> quinn::TransportConfig {
     }
     t.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
     t.max_concurrent_bidi_streams(4u32.into());
-    t.keep_alive_interval(Some(KEEP_ALIVE));
-    // 30 s fits in a VarInt; the conversion cannot fail.
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    t.keep_alive_interval(Some(keep_alive_for(idle)));
+    // Out of a VarInt's range (centuries) the conversion fails: no idle timeout would be
+    // wrong, so fall back to the default.
+    let timeout = quinn::IdleTimeout::try_from(idle)
+        .or_else(|_| quinn::IdleTimeout::try_from(IDLE_TIMEOUT))
+        .ok();
+    t.max_idle_timeout(timeout);
     t
 }
 
@@ -200,11 +221,19 @@ fn server_endpoint(
 
 /// A direct-mode server endpoint on `addr` with a fresh self-signed certificate.
 pub fn direct_server(addr: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+    direct_server_with(addr, IDLE_TIMEOUT)
+}
+
+/// [`direct_server`] with the idle timeout `idle`.
+pub fn direct_server_with(
+    addr: SocketAddr,
+    idle: Duration,
+) -> Result<quinn::Endpoint, TransportError> {
     server_endpoint(
         addr,
         ServerTls::self_signed(&["phi-conduit"])?,
         ALPN,
-        transport_config(),
+        transport_config_with(idle),
         |_| {},
     )
 }
@@ -307,11 +336,12 @@ fn client_endpoint(
     local: SocketAddr,
     mut tls: rustls::ClientConfig,
     alpn: &[u8],
+    idle: Duration,
 ) -> Result<quinn::Endpoint, TransportError> {
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config()));
+    cfg.transport_config(Arc::new(transport_config_with(idle)));
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
     let mut ep = quinn::Endpoint::new(
@@ -330,6 +360,14 @@ fn client_endpoint(
 
 /// A direct-mode client endpoint for connecting to `peer`.
 pub fn direct_client(peer: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+    direct_client_with(peer, IDLE_TIMEOUT)
+}
+
+/// [`direct_client`] with the idle timeout `idle`.
+pub fn direct_client_with(
+    peer: SocketAddr,
+    idle: Duration,
+) -> Result<quinn::Endpoint, TransportError> {
     let p = provider();
     let tls = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -339,7 +377,7 @@ pub fn direct_client(peer: SocketAddr) -> Result<quinn::Endpoint, TransportError
             p.signature_verification_algorithms,
         )))
         .with_no_client_auth();
-    client_endpoint(any_local(peer), tls, ALPN)
+    client_endpoint(any_local(peer), tls, ALPN, idle)
 }
 
 /// A client endpoint for connecting to the relay at `relay`, verifying it by `trust`.
@@ -347,7 +385,12 @@ pub fn relay_client(
     relay: SocketAddr,
     trust: &RelayTrust,
 ) -> Result<quinn::Endpoint, TransportError> {
-    client_endpoint(any_local(relay), trust.client_config()?, RELAY_ALPN)
+    client_endpoint(
+        any_local(relay),
+        trust.client_config()?,
+        RELAY_ALPN,
+        IDLE_TIMEOUT,
+    )
 }
 
 /// A client endpoint for relays bound to `local` (a chosen source address).
@@ -355,7 +398,7 @@ pub fn relay_client_from(
     local: SocketAddr,
     trust: &RelayTrust,
 ) -> Result<quinn::Endpoint, TransportError> {
-    client_endpoint(local, trust.client_config()?, RELAY_ALPN)
+    client_endpoint(local, trust.client_config()?, RELAY_ALPN, IDLE_TIMEOUT)
 }
 
 /// SHA-256 of the leaf certificate the server of `conn` presented (a relay's, as

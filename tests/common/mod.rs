@@ -331,6 +331,34 @@ pub fn wait_for_durable(out: &Path, name: &str, min: u64) {
     }
 }
 
+/// Waits (at most 30 s) until `home`'s audit log holds `needle`; returns the log's text.
+pub fn wait_for_audit(home: &Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = audit_text(home);
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} never reached the audit log: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// All of `home`'s audit log files, concatenated.
+pub fn audit_text(home: &Path) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(home.join("audit"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect()
+}
+
 /// Starts a direct receiver; returns it and its address.
 pub fn direct_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Running, String) {
     let mut cmd = conduit(&p.receiver);
