@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::audit::AuditError;
@@ -26,6 +27,8 @@ pub struct AuditLog {
     /// The log's end as this writer left it (see [`Tail`]); `None` until the first append
     /// and after any error.
     tail: Mutex<Option<Tail>>,
+    /// Whether this writer has made the directory (private) already.
+    dir_ready: AtomicBool,
 }
 
 /// The end of the log as this writer's last append left it: the file it wrote (kept open
@@ -95,6 +98,7 @@ impl AuditLog {
             key,
             rotate_bytes,
             tail: Mutex::new(None),
+            dir_ready: AtomicBool::new(false),
         }
     }
 
@@ -144,15 +148,30 @@ impl AuditLog {
 
     /// The exclusive lock on the log (creating the directory if needed).
     fn lock(&self) -> Result<File, AuditError> {
-        crate::fsutil::private_dir(&self.dir).map_err(AuditError::Io)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.dir.join("lock"))
-            .map_err(AuditError::Io)?;
+        // The directory is made (and made private) on this writer's first lock, and again
+        // should it have gone since.
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(self.dir.join("lock"))
+        };
+        let lock = match self.dir_ready.load(Ordering::Relaxed) {
+            true => open(),
+            false => Err(io::ErrorKind::NotFound.into()),
+        };
+        let lock = match lock {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                crate::fsutil::private_dir(&self.dir).map_err(AuditError::Io)?;
+                let lock = open().map_err(AuditError::Io)?;
+                self.dir_ready.store(true, Ordering::Relaxed);
+                lock
+            }
+            r => r.map_err(AuditError::Io)?,
+        };
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| AuditError::Io(e.into()))?;
         Ok(lock)
