@@ -4,8 +4,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::audit::AuditError;
 use crate::audit::record::{self, ChainKey, GENESIS_PREV, MAX_LINE, Record};
@@ -22,6 +24,31 @@ pub struct AuditLog {
     dir: PathBuf,
     key: ChainKey,
     rotate_bytes: u64,
+    /// The log's end as this writer left it (see [`Tail`]); `None` until the first append
+    /// and after any error.
+    tail: Mutex<Option<Tail>>,
+    /// Whether this writer has made the directory (private) already.
+    dir_ready: AtomicBool,
+}
+
+/// The end of the log as this writer's last append left it: the file it wrote (kept open
+/// for appending), that file's identity and length right after the record, and the
+/// record's sequence number and MAC. Under the lock, the next append chains to this
+/// record without listing the directory or reading the tail back, but only when the file
+/// under its name is still the same (device, inode) at the same length and no next file
+/// of the rotation exists: any other writer's append (another process, another
+/// `AuditLog` on the same directory) or a rotation changes one of those, and the append
+/// then reads the log's end as before. Each record is still made durable before the
+/// append returns.
+#[derive(Debug)]
+struct Tail {
+    number: u64,
+    file: File,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    seq: u64,
+    mac: [u8; 32],
 }
 
 /// The name of log file number `n` (from 1).
@@ -70,6 +97,8 @@ impl AuditLog {
             dir,
             key,
             rotate_bytes,
+            tail: Mutex::new(None),
+            dir_ready: AtomicBool::new(false),
         }
     }
 
@@ -119,15 +148,30 @@ impl AuditLog {
 
     /// The exclusive lock on the log (creating the directory if needed).
     fn lock(&self) -> Result<File, AuditError> {
-        crate::fsutil::private_dir(&self.dir).map_err(AuditError::Io)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.dir.join("lock"))
-            .map_err(AuditError::Io)?;
+        // The directory is made (and made private) on this writer's first lock, and again
+        // should it have gone since.
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(self.dir.join("lock"))
+        };
+        let lock = match self.dir_ready.load(Ordering::Relaxed) {
+            true => open(),
+            false => Err(io::ErrorKind::NotFound.into()),
+        };
+        let lock = match lock {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                crate::fsutil::private_dir(&self.dir).map_err(AuditError::Io)?;
+                let lock = open().map_err(AuditError::Io)?;
+                self.dir_ready.store(true, Ordering::Relaxed);
+                lock
+            }
+            r => r.map_err(AuditError::Io)?,
+        };
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| AuditError::Io(e.into()))?;
         Ok(lock)
@@ -139,6 +183,7 @@ impl AuditLog {
     /// when the record before it does not verify (that is tampering, not a torn write).
     pub fn repair(&self, local: &str) -> Result<Option<(String, u64)>, AuditError> {
         let _lock = self.lock()?;
+        *self.tail() = None;
         let files = list(&self.dir).map_err(AuditError::Io)?;
         let Some((_, path)) = files
             .iter()
@@ -199,8 +244,24 @@ impl AuditLog {
         Ok(Some((name, cut)))
     }
 
+    /// This writer's knowledge of the log's end.
+    fn tail(&self) -> MutexGuard<'_, Option<Tail>> {
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// [`AuditLog::append`] with the lock held.
     fn append_locked(&self, mut record: Record) -> Result<(u64, [u8; 32]), AuditError> {
+        let mut tail = self.tail();
+        // Whatever happens below, a failed append leaves nothing to trust.
+        let known = tail.take();
+        if let Some(known) = known.filter(|t| self.still_last(t)) {
+            record.seq = known.seq + 1;
+            record.prev = record::hex(&known.mac);
+            let written = self.write_to(known.number, known.file, &record)?;
+            let head = (written.seq, written.mac);
+            *tail = Some(written);
+            return Ok(head);
+        }
         let files = list(&self.dir).map_err(AuditError::Io)?;
         let (number, seq, prev) = match self.last(&files)? {
             None => {
@@ -214,7 +275,7 @@ impl AuditLog {
                     ..Record::default()
                 };
                 let number = files.last().map_or(1, |(n, _)| *n);
-                let mac = self.write(number, &first)?;
+                let mac = self.write(number, &first)?.mac;
                 (number, 1, mac)
             }
             Some((number, last)) => (number, last.record.seq + 1, last.mac),
@@ -229,12 +290,51 @@ impl AuditLog {
         };
         record.seq = seq;
         record.prev = record::hex(&prev);
-        let mac = self.write(number, &record)?;
-        Ok((seq, mac))
+        let written = self.write(number, &record)?;
+        let head = (written.seq, written.mac);
+        *tail = Some(written);
+        Ok(head)
     }
 
-    /// Writes one record at the end of file `number` and makes it durable.
-    fn write(&self, number: u64, record: &Record) -> Result<[u8; 32], AuditError> {
+    /// Whether `tail` is still the end of the log (the lock held): its file is under its
+    /// name with the same identity and length, is not due for rotation, and no next file
+    /// exists.
+    fn still_last(&self, tail: &Tail) -> bool {
+        let same = fs::symlink_metadata(self.dir.join(file_name(tail.number))).is_ok_and(|m| {
+            m.is_file() && m.dev() == tail.dev && m.ino() == tail.ino && m.len() == tail.len
+        });
+        same && tail.len < self.rotate_bytes
+            && matches!(
+                fs::symlink_metadata(self.dir.join(file_name(tail.number + 1))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound
+            )
+    }
+
+    /// Writes one record at the end of file `number` (created if absent) and makes it
+    /// durable.
+    fn write(&self, number: u64, record: &Record) -> Result<Tail, AuditError> {
+        let path = self.dir.join(file_name(number));
+        let created = !path.exists();
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(AuditError::Io)?;
+        let written = self.write_to(number, f, record)?;
+        if created {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(AuditError::Io)?;
+        }
+        Ok(written)
+    }
+
+    /// Writes one record at the end of `f`, file `number` opened for appending, and makes
+    /// it durable (`fdatasync`: the data and the file's new length, which is all a reader
+    /// needs; the file's times are not part of the chain).
+    fn write_to(&self, number: u64, mut f: File, record: &Record) -> Result<Tail, AuditError> {
         let (mut line, mac) =
             record::encode(record, &self.key).map_err(|e| AuditError::Io(io::Error::other(e)))?;
         if line.len() >= MAX_LINE {
@@ -244,28 +344,23 @@ impl AuditLog {
             ))));
         }
         line.push('\n');
-        let path = self.dir.join(file_name(number));
-        let created = !path.exists();
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(AuditError::Io)?;
-        let len = f.metadata().map_err(AuditError::Io)?.len();
+        let meta = f.metadata().map_err(AuditError::Io)?;
+        let len = meta.len();
         if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data()) {
             // Do not leave half a record (a full disk): cut back to where it was.
             let _ = f.set_len(len);
             let _ = f.sync_data();
             return Err(AuditError::Io(e));
         }
-        if created {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(AuditError::Io)?;
-        }
-        Ok(mac)
+        Ok(Tail {
+            number,
+            file: f,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: len + line.len() as u64,
+            seq: record.seq,
+            mac,
+        })
     }
 
     /// The last record of the log and the number of its file; checks its MAC, so a
@@ -318,4 +413,68 @@ fn last_line(path: &Path) -> io::Result<Option<Result<String, ()>>> {
     Ok(Some(
         String::from_utf8(body[start..].to_vec()).map_err(|_| ()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::verify;
+
+    fn record(n: u64) -> Record {
+        Record {
+            v: record::SCHEMA_VERSION,
+            ts: record::now(),
+            event: record::event::FILE_COMPLETED.into(),
+            local: "abcd".into(),
+            path: Some(format!("file-{n}")),
+            size: Some(n),
+            ..Record::default()
+        }
+    }
+
+    /// Two writers on one directory (each with its own cached end of the log, as two
+    /// processes have) appending in turn, across rotations: one chain without a fork.
+    #[test]
+    fn two_writers_appending_in_turn_keep_one_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let key = || ChainKey::derive(&[7u8; 32], b"test");
+        let (a, b) = (
+            AuditLog::new(dir.clone(), key(), Some(1500)),
+            AuditLog::new(dir.clone(), key(), Some(1500)),
+        );
+        let mut seqs = Vec::new();
+        // Runs of one writer (where its cache is used) and single alternations.
+        let turns = [0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1];
+        for (i, who) in turns.iter().enumerate() {
+            let log = if *who == 0 { &a } else { &b };
+            seqs.push(log.append(record(i as u64)).unwrap());
+        }
+        // Seq 0 is the log's creation.
+        assert_eq!(seqs, (1..=turns.len() as u64).collect::<Vec<_>>());
+        let files = list(&dir).unwrap();
+        assert!(files.len() > 2, "rotated: {files:?}");
+        let valid = verify::verify(&dir, &key()).unwrap().unwrap();
+        assert_eq!(valid.records, turns.len() as u64 + 1);
+    }
+
+    /// The cached end is used while this writer is the only one, and not once another
+    /// writer has appended.
+    #[test]
+    fn the_cached_end_is_dropped_when_another_writer_appends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let key = || ChainKey::derive(&[7u8; 32], b"test");
+        let (a, b) = (
+            AuditLog::new(dir.clone(), key(), None),
+            AuditLog::new(dir.clone(), key(), None),
+        );
+        a.append(record(1)).unwrap();
+        a.append(record(2)).unwrap();
+        assert!(a.tail().as_ref().is_some_and(|t| a.still_last(t)));
+        b.append(record(3)).unwrap();
+        assert!(!a.tail().as_ref().is_some_and(|t| a.still_last(t)));
+        assert_eq!(a.append(record(4)).unwrap(), 4);
+        assert_eq!(verify::verify(&dir, &key()).unwrap().unwrap().records, 5);
+    }
 }
