@@ -202,6 +202,15 @@ fn refused(p: &Pair, inbox: &Path, receiver_flags: &[&str], paths: &[&Path]) -> 
     let before = files_under(inbox).len();
     let (mut rx, addr) = start_receiver(p, inbox, receiver_flags);
     let out = send(p, &addr, paths, &[]);
+    // A sender refused at the handshake never authenticated: a one-shot receiver keeps
+    // waiting for its real sender (tests/hostile_peer.rs), so it is stopped here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while rx.child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if rx.child.try_wait().unwrap().is_none() {
+        rx.signal(libc::SIGTERM);
+    }
     let (status, _, rerr) = rx.finish();
     assert_eq!(
         out.status.code(),

@@ -481,17 +481,17 @@ pub(crate) struct RefusedBy {
 /// "unknown peer") turned into a [`RefusedBy`] sentence naming the receiver.
 fn refused_by(e: run::TransferError, to: Option<&str>) -> anyhow::Error {
     use crate::crypto::handshake::{AbortReason, HandshakeError};
-    use crate::session::SessionError;
     let who = to.map_or_else(|| "the receiver".to_string(), str::to_string);
-    let sentence = match &e {
-        run::TransferError::Refused(r) => r.to_string(),
-        run::TransferError::Session(SessionError::Handshake(HandshakeError::PeerAborted(
-            AbortReason::UnknownPeer,
-        ))) => crate::transfer::protocol::Refusal {
-            code: crate::transfer::protocol::RefusalCode::UnknownSender,
-            detail: None,
+    let sentence = match (&e, e.handshake_error()) {
+        (run::TransferError::Refused(r), _) => r.to_string(),
+        // In clear before authentication: what the receiver (or anyone on the path) said.
+        (_, Some(HandshakeError::PeerAborted(AbortReason::UnknownPeer))) => {
+            crate::transfer::protocol::Refusal {
+                code: crate::transfer::protocol::RefusalCode::UnknownSender,
+                detail: None,
+            }
+            .to_string()
         }
-        .to_string(),
         _ => return e.into(),
     };
     // The sentence says all the error did: one line, not two.
