@@ -186,7 +186,8 @@ fn a_one_shot_receiver_survives_failed_connections_and_then_receives_its_sender(
     );
     // 2. An unknown sender.
     let refused = send_from(&stranger, addr, &f);
-    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused.stderr));
+    // Refused (exit 5, with the next step): the receiver does not know this sender.
+    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused.stderr));
     // 3. A connection that says nothing until the handshake timeout.
     let silent = raw_client(addr, Behaviour::Silent);
     assert!(closed_by_timeout(&silent.join().unwrap()));
