@@ -680,19 +680,8 @@ async fn receive_at_relay(
         } else {
             relay_client::join(opts, role, single_use, rendezvous).await?
         };
-        let rec = Arc::new(ctx.audit.session(AuditRole::Receive));
-        let names = rec.names().clone();
-        let events = events(Output::of(ctx.json, ctx.quiet), &ctx.book, names.clone());
-        let transfer = run::receive_recorded(
-            &j.connection,
-            &ctx.identity,
-            &ctx.book,
-            &ctx.dest,
-            &ctx.policy,
-            &pool,
-            &events,
-            &rec,
-        );
+        let (rec, names, events) = ctx.session(ctx.quiet);
+        let transfer = ctx.receive(&j.connection, &pool, &events, &rec);
         let shutdown = shutdown_signal();
         let result = tokio::select! {
             r = transfer => r,
@@ -783,6 +772,38 @@ struct DaemonContext {
     audit: Audit,
     /// `--part-max-age-days`.
     max_age_days: u32,
+}
+
+impl DaemonContext {
+    /// A new audit session for one connection, the names it hides (names mode hash) and
+    /// the events it prints (`quiet`: only errors and the summary).
+    fn session(&self, quiet: bool) -> (Arc<crate::audit::SessionAudit>, Names, Events) {
+        let rec = Arc::new(self.audit.session(AuditRole::Receive));
+        let names = rec.names().clone();
+        let events = events(Output::of(self.json, quiet), &self.book, names.clone());
+        (rec, names, events)
+    }
+
+    /// Receives one transfer over `conn`, recorded in `rec`.
+    async fn receive(
+        &self,
+        conn: &quinn::Connection,
+        pool: &Arc<CipherPool>,
+        events: &Events,
+        rec: &Arc<crate::audit::SessionAudit>,
+    ) -> Result<Summary, TransferError> {
+        run::receive_recorded(
+            conn,
+            &self.identity,
+            &self.book,
+            &self.dest,
+            &self.policy,
+            pool,
+            events,
+            rec,
+        )
+        .await
+    }
 }
 
 /// Removes leftover partial files older than `days` (0: none) from `dest`, each with an
@@ -1019,19 +1040,8 @@ async fn serve_connection(
             ));
         }
     };
-    let rec = Arc::new(ctx.audit.session(AuditRole::Receive));
-    let names = rec.names().clone();
-    let events = events(Output::of(ctx.json, ctx.quiet), &ctx.book, names.clone());
-    let transfer = run::receive_recorded(
-        &conn,
-        &ctx.identity,
-        &ctx.book,
-        &ctx.dest,
-        &ctx.policy,
-        pool,
-        &events,
-        &rec,
-    );
+    let (rec, names, events) = ctx.session(ctx.quiet);
+    let transfer = ctx.receive(&conn, pool, &events, &rec);
     let result = tokio::select! {
         r = transfer => r,
         _ = stopping.changed() => {
@@ -1157,19 +1167,8 @@ async fn daemon_slot(
             }
         };
         backoff = Duration::from_secs(1);
-        let rec = Arc::new(ctx.audit.session(AuditRole::Receive));
-        let names = rec.names().clone();
-        let events = events(Output::of(ctx.json, false), &ctx.book, names.clone());
-        let transfer = run::receive_recorded(
-            &j.connection,
-            &ctx.identity,
-            &ctx.book,
-            &ctx.dest,
-            &ctx.policy,
-            &pool,
-            &events,
-            &rec,
-        );
+        let (rec, names, events) = ctx.session(false);
+        let transfer = ctx.receive(&j.connection, &pool, &events, &rec);
         let result = tokio::select! {
             r = transfer => r,
             _ = stopping.changed() => {
