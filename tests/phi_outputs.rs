@@ -185,7 +185,7 @@ fn a_daemon_for_people_prints_no_file_name_either() {
     // refusal.
     assert!(stderr.contains("offer from clinic"), "{stderr}");
     assert!(
-        stderr.contains("connection failed (error): ") && stderr.contains(" #"),
+        stderr.contains("connection failed (refused): ") && stderr.contains(" #"),
         "{stderr}"
     );
     assert!(

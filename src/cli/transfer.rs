@@ -732,6 +732,8 @@ fn failure_kind(e: &TransferError) -> &'static str {
         "auth_failed"
     } else if matches!(e, TransferError::Busy) {
         "busy"
+    } else if matches!(e, TransferError::Refused(_)) {
+        "refused"
     } else {
         "error"
     }
