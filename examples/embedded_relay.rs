@@ -4,14 +4,12 @@
 //!
 //! `cargo run --example embedded_relay`
 
-use phi_conduit::audit::Audit;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use phi_conduit::crypto::identity::Identity;
 use phi_conduit::crypto::pipeline::CipherPool;
-use phi_conduit::crypto::stream::DEFAULT_CHUNK_SIZE;
 use phi_conduit::home::Home;
 use phi_conduit::peers::AddressBook;
 use phi_conduit::relay::client::{self, RelayOptions};
@@ -19,8 +17,8 @@ use phi_conduit::relay::config::Limits;
 use phi_conduit::relay::hello::Role;
 use phi_conduit::relay::server::Relay;
 use phi_conduit::transfer::dest::Destination;
-use phi_conduit::transfer::run::{self, Events, ReceivePolicy, Recipient};
 use phi_conduit::transfer::source;
+use phi_conduit::transfer::{Receiver, Recipient, Sender};
 use phi_conduit::transport::{RelayTrust, ServerTls};
 
 #[tokio::main]
@@ -60,44 +58,28 @@ async fn main() -> anyhow::Result<()> {
     };
     let src = dir.path().join("scan.bin");
     std::fs::write(&src, vec![1u8; 4 << 20])?;
-    let (files, _) = source::collect(std::slice::from_ref(&src))?;
+    let files = source::collect_with_dirs(std::slice::from_ref(&src))?;
     let dest = Destination::open(&dir.path().join("inbox"))?;
     let pool = CipherPool::with_all_cores()?;
-    let quiet: Events = Arc::new(|_| {});
-    let rendezvous = run::rendezvous_for(&b.public());
-    let receiver = async {
-        let j = client::listen(&opts, &b).await?;
-        let r = run::receive(
-            &j.connection,
-            &b,
-            &b_book,
-            &dest,
-            &ReceivePolicy::default(),
-            &pool,
-            &quiet,
-            &Audit::off(),
-        )
-        .await?;
-        run::wait_for_sender_close(&j.connection).await;
-        anyhow::Ok(r)
+    let to = Recipient::Known(b.public());
+    let receiver = Receiver::new(b, b_book, Arc::clone(&pool));
+    let sender = Sender::new(a, pool);
+    let receiving = async {
+        let j = client::listen(&opts, receiver.identity()).await?;
+        let offer = receiver
+            .receive(&j.connection, std::future::pending())
+            .await?;
+        anyhow::Ok(offer.accept(&dest).await?)
     };
-    let sender = async {
-        let j = client::join(&opts, Role::Connect, false, rendezvous).await?;
-        let s = run::send(
-            &j.connection,
-            &a,
-            &Recipient::Known(b.public()),
-            &files,
-            DEFAULT_CHUNK_SIZE,
-            &pool,
-            &quiet,
-            &Audit::off(),
-        )
-        .await?;
+    let sending = async {
+        let j = client::join(&opts, Role::Connect, false, to.rendezvous()).await?;
+        let s = sender
+            .send(&j.connection, &to, &files, std::future::pending())
+            .await?;
         j.endpoint.wait_idle().await;
         anyhow::Ok(s)
     };
-    let (sent, _) = tokio::try_join!(sender, receiver)?;
+    let (sent, _) = tokio::try_join!(sending, receiving)?;
 
     // Shut the relay down (draining) and read its counters.
     let _ = stop.send(());

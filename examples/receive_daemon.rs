@@ -5,13 +5,11 @@
 //!
 //! `cargo run --example receive_daemon`
 
-use phi_conduit::audit::Audit;
 use std::sync::Arc;
 use std::time::Duration;
 
 use phi_conduit::crypto::identity::Identity;
 use phi_conduit::crypto::pipeline::CipherPool;
-use phi_conduit::crypto::stream::DEFAULT_CHUNK_SIZE;
 use phi_conduit::home::Home;
 use phi_conduit::peers::AddressBook;
 use phi_conduit::relay::client::{self, RelayOptions};
@@ -19,8 +17,8 @@ use phi_conduit::relay::config::Limits;
 use phi_conduit::relay::hello::Role;
 use phi_conduit::relay::server::Relay;
 use phi_conduit::transfer::dest::Destination;
-use phi_conduit::transfer::run::{self, Event, Events, ReceivePolicy, Recipient};
 use phi_conduit::transfer::source;
+use phi_conduit::transfer::{Event, Events, Receiver, Recipient, Sender};
 use phi_conduit::transport::{RelayTrust, ServerTls};
 
 const TRANSFERS: usize = 3;
@@ -54,33 +52,29 @@ async fn main() -> anyhow::Result<()> {
     let inbox = Destination::open(&dir.path().join("inbox"))?;
     let pool = CipherPool::with_all_cores()?;
     let lab_key = lab.public();
+    let show: Events = Arc::new(|_, e| {
+        if let Event::FileDone { path, size, .. } = e {
+            println!("received {path} ({size} bytes)");
+        }
+    });
+    let receiver = Receiver::new(lab, book, Arc::clone(&pool)).events(show);
+    let sender = Sender::new(clinic, pool);
 
     // The service: wait at the relay, receive, report, repeat; stop after TRANSFERS.
     let service = async {
-        let show: Events = Arc::new(|e| {
-            if let Event::FileDone { path, size, .. } = e {
-                println!("received {path} ({size} bytes)");
-            }
-        });
         let mut received = 0;
         while received < TRANSFERS {
-            let j = client::listen(&opts, &lab).await?;
-            match run::receive(
-                &j.connection,
-                &lab,
-                &book,
-                &inbox,
-                &ReceivePolicy::default(),
-                &pool,
-                &show,
-                &Audit::off(),
-            )
-            .await
+            let j = client::listen(&opts, receiver.identity()).await?;
+            // Each offer is looked at, then accepted (or refused with a reason).
+            let got = match receiver
+                .receive(&j.connection, std::future::pending())
+                .await
             {
-                Ok(_) => {
-                    received += 1;
-                    run::wait_for_sender_close(&j.connection).await;
-                }
+                Ok(offer) => offer.accept(&inbox).await,
+                Err(e) => Err(e),
+            };
+            match got {
+                Ok(_) => received += 1,
                 Err(e) => eprintln!("transfer failed: {e}"),
             }
         }
@@ -88,24 +82,15 @@ async fn main() -> anyhow::Result<()> {
     };
     // A clinic sending three files, one transfer each.
     let clinic_side = async {
-        let quiet: Events = Arc::new(|_| {});
+        let to = Recipient::Known(lab_key);
         for i in 0..TRANSFERS {
             let f = dir.path().join(format!("referral-{i}.txt"));
             std::fs::write(&f, format!("synthetic referral {i}\n"))?;
-            let (files, _) = source::collect(std::slice::from_ref(&f))?;
-            let j =
-                client::join(&opts, Role::Connect, false, run::rendezvous_for(&lab_key)).await?;
-            run::send(
-                &j.connection,
-                &clinic,
-                &Recipient::Known(lab_key),
-                &files,
-                DEFAULT_CHUNK_SIZE,
-                &pool,
-                &quiet,
-                &Audit::off(),
-            )
-            .await?;
+            let files = source::collect_with_dirs(std::slice::from_ref(&f))?;
+            let j = client::join(&opts, Role::Connect, false, to.rendezvous()).await?;
+            sender
+                .send(&j.connection, &to, &files, std::future::pending())
+                .await?;
             j.endpoint.wait_idle().await;
         }
         anyhow::Ok(())

@@ -12,7 +12,6 @@ use anyhow::Context;
 use crate::audit::{Audit, Options};
 use crate::crypto::identity::Identity;
 use crate::crypto::pipeline::CipherPool;
-use crate::crypto::stream::DEFAULT_CHUNK_SIZE;
 use crate::home::Home;
 use crate::peers::AddressBook;
 use crate::relay::client::{self, RelayOptions};
@@ -20,8 +19,8 @@ use crate::relay::config::Limits;
 use crate::relay::hello::Role;
 use crate::relay::server::Relay;
 use crate::transfer::dest::Destination;
-use crate::transfer::run::{self, Events, ReceivePolicy, Recipient, Summary};
 use crate::transfer::source;
+use crate::transfer::{Events, Receiver, Recipient, Sender, Summary};
 use crate::transport::{RelayTrust, ServerTls};
 
 /// Default size of the demo's sample set (two large files; the notes are tiny).
@@ -72,7 +71,7 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
     b_book.save()?;
     let a_audit = Audit::open(&a_home, &a, &a_book, Options::default());
     let b_audit = Audit::open(&b_home, &b, &b_book, Options::default());
-    let b_chain = crate::audit::chain_key(&b);
+    let (a_chain, b_chain) = (crate::audit::chain_key(&a), crate::audit::chain_key(&b));
 
     let tls = ServerTls::self_signed(&["localhost", "127.0.0.1"])?;
     let pin = tls.pin();
@@ -122,44 +121,25 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
     let dest = Destination::open(&inbox)?;
     let receiver = {
         // The sender reports progress; the receiver stays quiet.
-        let events: Events = Arc::new(|_| {});
-        let (opts, pool) = (opts.clone(), Arc::clone(&pool));
+        let receiver = Receiver::new(b, b_book, Arc::clone(&pool)).audit(b_audit);
+        let opts = opts.clone();
         tokio::spawn(async move {
-            let j = client::listen(&opts, &b).await?;
-            let policy = ReceivePolicy::default();
-            let r = run::receive(
-                &j.connection,
-                &b,
-                &b_book,
-                &dest,
-                &policy,
-                &pool,
-                &events,
-                &b_audit,
-            )
-            .await;
-            run::wait_for_sender_close(&j.connection).await;
+            let j = client::listen(&opts, receiver.identity()).await?;
+            let offer = receiver
+                .receive(&j.connection, std::future::pending())
+                .await?;
+            let r = offer.accept(&dest).await;
             j.endpoint.wait_idle().await;
             anyhow::Ok(r?)
         })
     };
-    let (files, _) = source::collect(std::slice::from_ref(&source_root))?;
-    let j = client::join(&opts, Role::Connect, false, run::rendezvous_for(&b_public)).await?;
+    let files = source::collect_with_dirs(std::slice::from_ref(&source_root))?;
     let recipient = Recipient::Known(b_public);
-    let sent = run::send(
-        &j.connection,
-        &a,
-        &recipient,
-        &files,
-        DEFAULT_CHUNK_SIZE,
-        &pool,
-        &events,
-        &a_audit,
-    )
-    .await;
-    if sent.is_err() {
-        j.connection.close(run::CLOSE_ERROR.into(), b"error");
-    }
+    let j = client::join(&opts, Role::Connect, false, recipient.rendezvous()).await?;
+    let sender = Sender::new(a, pool).audit(a_audit).events(events);
+    let sent = sender
+        .send(&j.connection, &recipient, &files, std::future::pending())
+        .await;
     j.endpoint.wait_idle().await;
     let received = receiver.await.context("receiver task")?;
     let sent = sent?;
@@ -171,14 +151,11 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
     relay_rt.shutdown_background();
 
     let mut identical = true;
-    for f in &files {
+    for f in &files.files {
         let got = inbox.join(f.rel.as_str());
         identical &= blake3_of(&f.path)? == blake3_of(&got)?;
     }
-    let audit_records = (
-        audited(&a_home, &crate::audit::chain_key(&a))?,
-        audited(&b_home, &b_chain)?,
-    );
+    let audit_records = (audited(&a_home, &a_chain)?, audited(&b_home, &b_chain)?);
     Ok(Report {
         audit_records,
         relay: relay_addr,

@@ -10,7 +10,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use common::{Pair, Running, conduit, events, key_of, pair_knowing, text};
-use phi_conduit::transfer::run::CLOSE_TIMEOUT;
+use phi_conduit::transfer::CLOSE_TIMEOUT;
 
 /// A direct receiver with `extra` flags; returns it and its address.
 fn receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Running, SocketAddr) {

@@ -1,12 +1,11 @@
 //! A malicious sender, built from the library's session layer with hand-crafted offers,
-//! against the real receiver (`transfer::run::receive` in process, and the `conduit
+//! against the real receiver (`transfer::Receiver` in process, and the `conduit
 //! receive` binary for what reaches the terminal). Every case is refused with a clear
 //! error, with bounded memory, and nothing is written outside (or inside) the
 //! destination.
 
 mod common;
 
-use phi_conduit::audit::Audit;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use phi_conduit::session;
 use phi_conduit::transfer::data::{self, FileData};
 use phi_conduit::transfer::dest::Destination;
 use phi_conduit::transfer::protocol::{Entry, OfferEntries, OfferStart, Reply};
-use phi_conduit::transfer::run::{self, Events, ReceivePolicy, TransferError};
+use phi_conduit::transfer::{self as transfer, Receiver, TransferError};
 use phi_conduit::transport;
 
 fn entry(path: &str, size: u64) -> Entry {
@@ -44,24 +43,17 @@ async fn offer_with(
     entries: Vec<Entry>,
     tweak: impl FnOnce(&mut OfferStart),
     data: Option<Data>,
-) -> (Result<run::Summary, TransferError>, Option<Reply>) {
+) -> (Result<transfer::Summary, TransferError>, Option<Reply>) {
     let server = transport::direct_server(([127, 0, 0, 1], 0).into()).unwrap();
     let addr = server.local_addr().unwrap();
     let dest = Destination::open(out).unwrap();
-    let quiet: Events = Arc::new(|_| {});
     let receiver = async {
         let conn = server.accept().await.unwrap().await.unwrap();
-        let r = run::receive(
-            &conn,
-            &c.b,
-            &c.book_b,
-            &dest,
-            &ReceivePolicy::default(),
-            &c.pool,
-            &quiet,
-            &Audit::off(),
-        )
-        .await;
+        let receiver = Receiver::new(c.b.clone(), c.book_b.clone(), Arc::clone(&c.pool));
+        let r = match receiver.receive(&conn, std::future::pending()).await {
+            Ok(offer) => offer.accept(&dest).await,
+            Err(e) => Err(e),
+        };
         conn.close(1u32.into(), b"done");
         r
     };
@@ -73,7 +65,7 @@ async fn offer_with(
         let tid = [9u8; 16];
         let b = c.b.public();
         let (machine, first) =
-            Initiator::known_peer(&c.a, &b, &run::rendezvous_for(&b), &tid).unwrap();
+            Initiator::known_peer(&c.a, &b, &transfer::rendezvous_for(&b), &tid).unwrap();
         let mut est = session::initiate(&mut ctl, machine, first).await.unwrap();
         let secret = [7u8; 32];
         let mut start = OfferStart {

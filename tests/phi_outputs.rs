@@ -197,7 +197,7 @@ fn a_daemon_for_people_prints_no_file_name_either() {
 
 /// Writes `n` records into `home`'s audit log through the library.
 fn write_records(home: &Path, n: usize) {
-    use phi_conduit::audit::{Audit, Options, Role};
+    use phi_conduit::audit::{Audit, Options, Side};
     let home = phi_conduit::home::Home::at(home);
     let me = phi_conduit::crypto::identity::Identity::load(&home).unwrap();
     let book = phi_conduit::peers::AddressBook::load(&home).unwrap();
@@ -206,7 +206,7 @@ fn write_records(home: &Path, n: usize) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let s = Audit::open(&home, &me, &book, Options::default()).session(Role::Receive);
+        let s = Audit::open(&home, &me, &book, Options::default()).session(Side::Receive);
         for i in 0..n {
             s.file_completed(&format!("f{i}"), i as u64, &blake3::hash(b"x"))
                 .await

@@ -29,7 +29,7 @@ use phi_conduit::crypto::identity::{Identity, PublicKey};
 use phi_conduit::crypto::pake::{Code, MAX_NAMEPLATE};
 use phi_conduit::relay::hello::{Hello, MAX_HELLO, PAIRED, Refusal, Role};
 use phi_conduit::relay::proof::{self, CHALLENGE_LEN};
-use phi_conduit::transfer::run::{rendezvous_for, rendezvous_for_code};
+use phi_conduit::transfer::{rendezvous_for, rendezvous_for_code};
 use phi_conduit::transport::{RelayTrust, relay_client_from};
 
 /// Held by each test for its whole run: one test of this file at a time.

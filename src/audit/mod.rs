@@ -137,7 +137,7 @@ impl Audit {
     /// The audit trail in `home`, keyed by `identity`; peers are named from `book`.
     ///
     /// ```
-    /// use phi_conduit::audit::{self, Audit, AuthMode, Role};
+    /// use phi_conduit::audit::{self, Audit, AuthMethod, Side};
     /// use phi_conduit::crypto::identity::Identity;
     /// use phi_conduit::home::Home;
     /// use phi_conduit::peers::AddressBook;
@@ -147,8 +147,8 @@ impl Audit {
     /// let home = Home::at(dir.path());
     /// let (me, peer) = (Identity::generate()?, Identity::generate()?);
     /// let log = Audit::open(&home, &me, &AddressBook::load(&home)?, audit::Options::default());
-    /// let session = log.session(Role::Receive);
-    /// session.opened(&peer.public(), AuthMode::KnownKey).await?;
+    /// let session = log.session(Side::Receive);
+    /// session.opened(&peer.public(), AuthMethod::PinnedKey).await?;
     /// session.file_completed("referral.pdf", 5, &blake3::hash(b"hello")).await?;
     ///
     /// let valid = audit::verify::verify(&audit::dir(&home), &audit::chain_key(&me))?;
@@ -250,14 +250,14 @@ impl Audit {
     }
 
     /// The records of one transfer, under a new random session id.
-    pub fn session(&self, role: Role) -> SessionAudit {
+    pub fn session(&self, side: Side) -> SessionAudit {
         let mut id = [0u8; 8];
         let _ = getrandom::getrandom(&mut id);
         SessionAudit {
             names: self.names(),
             audit: self.clone(),
             session: record::hex(&id),
-            role,
+            side,
             peer: std::sync::Mutex::new(None),
             transfer: std::sync::Mutex::new(None),
         }
@@ -282,23 +282,18 @@ fn suppressed_record(local: &str, count: u64, since: Option<String>) -> Record {
     }
 }
 
-/// Which side of a transfer this endpoint is.
+/// Which side of a transfer this endpoint is. (A relay client's pairing role, listen
+/// or connect, is [`crate::relay::hello::Role`]: a receiver listens for a key, a
+/// code-phrase sender listens for its code.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum Side {
     /// The sender.
     Send,
     /// The receiver.
     Receive,
 }
 
-/// How the peer authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    /// A key pinned in the address book (or accepted with `--accept-unknown`).
-    KnownKey,
-    /// A one-time code phrase.
-    Code,
-}
+pub use crate::crypto::handshake::AuthMethod;
 
 /// The records of one transfer: each call appends one record (or does nothing when the
 /// audit is off) and fails if it cannot be made durable.
@@ -307,7 +302,7 @@ pub struct SessionAudit {
     audit: Audit,
     names: Names,
     session: String,
-    role: Role,
+    side: Side,
     peer: std::sync::Mutex<Option<PublicKey>>,
     transfer: std::sync::Mutex<Option<String>>,
 }
@@ -371,9 +366,9 @@ impl SessionAudit {
             local: inner.local.clone(),
             session: Some(self.session.clone()),
             role: Some(
-                match self.role {
-                    Role::Send => "send",
-                    Role::Receive => "receive",
+                match self.side {
+                    Side::Send => "send",
+                    Side::Receive => "receive",
                 }
                 .into(),
             ),
@@ -420,7 +415,7 @@ impl SessionAudit {
     }
 
     /// The peer authenticated.
-    pub async fn opened(&self, peer: &PublicKey, auth: AuthMode) -> Result<(), AuditError> {
+    pub async fn opened(&self, peer: &PublicKey, auth: AuthMethod) -> Result<(), AuditError> {
         *self
             .peer
             .lock()
@@ -428,8 +423,8 @@ impl SessionAudit {
         self.write(event::SESSION_OPENED, |r| {
             r.auth = Some(
                 match auth {
-                    AuthMode::KnownKey => "known_key",
-                    AuthMode::Code => "code",
+                    AuthMethod::PinnedKey => "known_key",
+                    AuthMethod::CodePhrase => "code",
                 }
                 .into(),
             );
@@ -548,7 +543,7 @@ mod tests {
         let me = Identity::generate().unwrap();
         let book = AddressBook::load(&home).unwrap();
         let audit = Audit::open(&home, &me, &book, Options::default());
-        let s = audit.session(Role::Send);
+        let s = audit.session(Side::Send);
         // A refusal reason as long as a peer can make one, full of characters JSON escapes.
         let reason = "\u{1b}[31m\"\\".repeat(30_000);
         s.offer(&[1u8; 16], 1, 1, Some(&reason)).await.unwrap();
@@ -583,7 +578,7 @@ mod tests {
             names: NameMode::Hash,
             rotate_bytes: None,
         };
-        let s = Audit::open(&home, &me, &book, options).session(Role::Receive);
+        let s = Audit::open(&home, &me, &book, options).session(Side::Receive);
         s.offer(
             &[2u8; 16],
             1,
@@ -613,7 +608,7 @@ mod tests {
         let book = AddressBook::load(&home).unwrap();
         let audit = Audit::open(&home, &me, &book, Options::default());
         for i in 0..100 {
-            let s = audit.session(Role::Receive);
+            let s = audit.session(Side::Receive);
             if i % 2 == 0 {
                 s.auth_failed("wrong key").await.unwrap();
             } else {
@@ -622,8 +617,8 @@ mod tests {
         }
         // An authenticated session is not limited.
         let known = Identity::generate().unwrap().public();
-        let s = audit.session(Role::Receive);
-        s.opened(&known, AuthMode::KnownKey).await.unwrap();
+        let s = audit.session(Side::Receive);
+        s.opened(&known, AuthMethod::PinnedKey).await.unwrap();
         s.failed("connection lost").await.unwrap();
         audit.flush_suppressed().await.unwrap();
         let records = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
@@ -662,7 +657,7 @@ mod tests {
         for _ in 0..8 {
             let audit = audit.clone();
             tasks.spawn(async move {
-                let s = audit.session(Role::Receive);
+                let s = audit.session(Side::Receive);
                 for i in 0..25u64 {
                     s.file_completed(&format!("f{i}"), i, &blake3::hash(b"x"))
                         .await

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::demo;
 use std::io::IsTerminal;
 
-use crate::transfer::run::{Event, Events};
+use crate::transfer::{Event, Events};
 
 /// Options of `demo`.
 #[derive(Debug, Args)]
@@ -25,7 +25,7 @@ pub struct DemoArgs {
 fn progress(json: bool) -> Events {
     let tty = !json && std::io::stderr().is_terminal();
     let start = std::time::Instant::now();
-    Arc::new(move |e| {
+    Arc::new(move |_, e| {
         if let (true, Event::Progress { bytes, total }) = (tty, e) {
             let pct = bytes as f64 * 100.0 / total.max(1) as f64;
             let mbps = bytes as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e6;

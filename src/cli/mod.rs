@@ -14,8 +14,10 @@ mod config;
 mod demo;
 mod keys;
 mod meta;
+mod output;
 mod peers;
 mod prompt;
+mod receive;
 mod relay;
 mod transfer;
 
@@ -66,7 +68,7 @@ pub enum Command {
     /// Send files and directories to a known peer or by code phrase.
     Send(transfer::SendArgs),
     /// Receive a transfer into a directory (or keep receiving: --daemon).
-    Receive(transfer::ReceiveArgs),
+    Receive(receive::ReceiveArgs),
     /// Relay, receiver and sender on loopback in one process: see it work.
     Demo(demo::DemoArgs),
     /// Run a relay in conduit mode: it pairs peers and forwards ciphertext only.
@@ -145,9 +147,9 @@ impl Redacted {
         // and past a bound not all names are learnt: then say what kind of error it is.
         let transfer = err
             .chain()
-            .find_map(|c| c.downcast_ref::<crate::transfer::run::TransferError>());
+            .find_map(|c| c.downcast_ref::<crate::transfer::TransferError>());
         let text = match transfer {
-            Some(e @ crate::transfer::run::TransferError::BadPath(_)) => e.audit_reason(true),
+            Some(e @ crate::transfer::TransferError::BadPath(_)) => e.audit_reason(true),
             Some(e) if !names.complete() => e.audit_reason(true),
             None if !names.complete() => {
                 "failed (message withheld in names mode hash: the transfer has more names than are hidden one by one, and it may quote one)".to_string()
@@ -208,7 +210,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Id(args) => keys::id(&home()?, args),
         Command::Peers(cmd) => peers::run(&home()?, cmd),
         Command::Send(args) => transfer::send(&home()?, args),
-        Command::Receive(args) => transfer::receive(&home()?, args),
+        Command::Receive(args) => receive::receive(&home()?, args),
         Command::Relay(args) => relay::run(args, home().ok()),
         Command::Demo(args) => demo::run(args),
         Command::Completions(args) => meta::completions(args),
@@ -220,12 +222,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Maps an error chain to the documented exit code.
+/// Maps an error chain to the documented exit code: the first cause that is a usage
+/// error, an interruption or a refusal of this binary, or a library error whose
+/// [`ErrorKind`](crate::transfer::ErrorKind) has a code of its own ([`code_of`]).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    use crate::crypto::handshake::HandshakeError;
-    use crate::crypto::stream::StreamError;
-    use crate::session::SessionError;
-    use crate::transfer::run::TransferError;
     for cause in err.chain() {
         if cause.is::<transfer::Interrupted>() {
             return code::INTERRUPTED;
@@ -236,43 +236,25 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<transfer::RefusedBy>() {
             return code::REFUSED;
         }
-        if let Some(e) = cause.downcast_ref::<StreamError>() {
-            return if e.is_integrity() {
-                code::INTEGRITY
-            } else {
-                code::FAILURE
-            };
-        }
-        match cause.downcast_ref() {
-            Some(crate::audit::AuditError::Broken(_)) => return code::INTEGRITY,
-            Some(crate::audit::AuditError::CutShort(_)) => return code::AUDIT_CUT,
-            _ => {}
-        }
-        match cause.downcast_ref::<TransferError>() {
-            Some(TransferError::Refused(_)) => return code::REFUSED,
-            Some(TransferError::ReceiptMismatch(_)) => return code::INTEGRITY,
-            Some(TransferError::Data { source, .. })
-                if source.stream_error().is_some_and(StreamError::is_integrity) =>
-            {
-                return code::INTEGRITY;
-            }
-            _ => {}
-        }
-        let handshake = match cause.downcast_ref::<SessionError>() {
-            Some(SessionError::Handshake(e)) => Some(e),
-            _ => cause.downcast_ref::<HandshakeError>(),
-        };
-        if handshake.is_some_and(HandshakeError::is_auth) {
-            return code::AUTH;
-        }
-        if cause
-            .downcast_ref::<TransferError>()
-            .is_some_and(TransferError::is_auth)
-        {
-            return code::AUTH;
+        if let Some(code) = crate::transfer::ErrorKind::of(cause).and_then(code_of) {
+            return code;
         }
     }
     code::FAILURE
+}
+
+/// The exit code of each kind of library error; `None`: look further down the chain
+/// (and exit with [`code::FAILURE`] if nothing else has a code).
+pub fn code_of(kind: crate::transfer::ErrorKind) -> Option<u8> {
+    use crate::transfer::ErrorKind;
+    match kind {
+        ErrorKind::Authentication => Some(code::AUTH),
+        ErrorKind::Integrity => Some(code::INTEGRITY),
+        ErrorKind::Refused => Some(code::REFUSED),
+        ErrorKind::AuditCutShort => Some(code::AUDIT_CUT),
+        ErrorKind::Cancelled => Some(code::INTERRUPTED),
+        ErrorKind::Timeout | ErrorKind::Busy | ErrorKind::Protocol | ErrorKind::Other => None,
+    }
 }
 
 /// No core dumps: a crashed endpoint holds plaintext and keys, a crashed relay
@@ -320,7 +302,7 @@ mod tests {
         assert_eq!(exit_code(&auth), code::AUTH);
         let auth = anyhow::Error::from(HandshakeError::Authentication);
         assert_eq!(exit_code(&auth), code::AUTH);
-        let auth = anyhow::Error::from(crate::transfer::run::TransferError::Unauthenticated(
+        let auth = anyhow::Error::from(crate::transfer::TransferError::Unauthenticated(
             SessionError::Handshake(HandshakeError::PeerAborted(
                 crate::crypto::handshake::AbortReason::CodeMismatch,
             )),
@@ -337,7 +319,7 @@ mod tests {
     fn an_error_line_names_each_cause_once() {
         let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
         let data = crate::transfer::data::DataError::Sink(io);
-        let err = anyhow::Error::from(crate::transfer::run::TransferError::Data {
+        let err = anyhow::Error::from(crate::transfer::TransferError::Data {
             file: "a.bin".into(),
             source: data,
         })
@@ -354,7 +336,7 @@ mod tests {
     fn a_redacted_error_shows_no_name_and_keeps_its_exit_code() {
         use crate::audit::names::{MAX_LEARNT, Names};
         use crate::audit::record::ChainKey;
-        use crate::transfer::run::TransferError;
+        use crate::transfer::TransferError;
         let names = Names::hashed(std::sync::Arc::new(ChainKey::derive(&[1; 32], b"t")));
         names.learn(["Doe Jane.pdf"]);
         let refused = || {

@@ -1,14 +1,9 @@
-//! `conduit send` and `conduit receive`, direct or through a relay (`--relay`), and the
-//! receiving daemon (`receive --daemon`, at a relay or listening directly).
-//!
-//! A direct receiver authenticates each connection in its own task, so a peer that
-//! connects and says nothing costs one pending slot until its handshake timeout, never
-//! the receiver: a one-shot receiver keeps waiting for its real sender, a daemon serves
-//! others meanwhile (bounded: transfers at once, pending handshakes, connections per IP).
+//! `conduit send` (direct or through a relay, `--relay`), and the options `send` and
+//! `receive` share; `receive` itself is in [`super::receive`], what both print in
+//! [`super::output`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,7 +11,8 @@ use clap::Args;
 use serde_json::json;
 
 use crate::audit::names::Names;
-use crate::audit::{Audit, NameMode, Role as AuditRole};
+use crate::audit::{Audit, NameMode};
+use crate::cli::output::{Output, events, report, source_error_shown};
 use crate::cli::{Redacted, Usage};
 use crate::config::{Config, TransferFile};
 use crate::crypto::identity::Identity;
@@ -28,14 +24,10 @@ use crate::peers::AddressBook;
 use crate::relay::client::{self as relay_client, RelayOptions};
 use crate::relay::hello::Role;
 use crate::relay::tokens::parse_sha256;
-use crate::session::{SessionError, Stage, Timeouts};
-use crate::transfer::dest::Destination;
-use std::io::IsTerminal;
-
-use crate::transfer::run::{
-    self, Confirm, Event, Events, ReceivePolicy, Recipient, Summary, TransferError,
-};
+use crate::session::Timeouts;
+use crate::transfer::protocol::{Refusal, RefusalCode};
 use crate::transfer::source;
+use crate::transfer::{Recipient, Sender, Summary, TransferError};
 use crate::transport::{self, RelayTrust};
 
 /// Options of `send`.
@@ -103,7 +95,7 @@ pub(crate) struct TimeoutFlags {
 
 impl TimeoutFlags {
     /// The timeouts: flags, else conduit.toml, else the defaults. Zero is refused.
-    fn timeouts(&self, file: &TransferFile) -> anyhow::Result<Timeouts> {
+    pub(crate) fn timeouts(&self, file: &TransferFile) -> anyhow::Result<Timeouts> {
         let d = Timeouts::default();
         let pick = |flag: Option<u64>, key: Option<u64>, name: &str, default: Duration| match flag
             .or(key)
@@ -145,76 +137,6 @@ impl TimeoutFlags {
             )?,
         })
     }
-}
-
-/// Options of `receive`.
-#[derive(Debug, Args)]
-pub struct ReceiveArgs {
-    /// Address to listen on for a direct sender, e.g. 0.0.0.0:7470 (port 0: any; the
-    /// chosen address is printed); takes precedence over `--relay`, CONDUIT_RELAY or a
-    /// relay in conduit.toml.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    #[command(flatten)]
-    relay: RelayFlags,
-    /// Keep receiving transfers (known peers) until Ctrl-C or SIGTERM: at the relay
-    /// (reconnecting with backoff if it goes away), or on the `--listen` address.
-    #[arg(long, conflicts_with = "code")]
-    daemon: bool,
-    /// With --daemon: transfers received at once [default: 1, or max_sessions in
-    /// conduit.toml].
-    #[arg(long, requires = "daemon", value_parser = clap::value_parser!(u16).range(1..=64))]
-    concurrent: Option<u16>,
-    /// With --listen: connections at once from one IP address, authenticated or not
-    /// [default: 4, or max_sessions_per_ip in conduit.toml].
-    #[arg(long, requires = "listen", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    max_per_ip: Option<u16>,
-    /// Destination directory [default: .].
-    #[arg(long, env = "CONDUIT_OUT")]
-    out: Option<PathBuf>,
-    /// Accept the offer without asking (otherwise only known peers' offers are accepted).
-    #[arg(long)]
-    yes: bool,
-    /// Let senders that are not in the address book complete the handshake.
-    #[arg(long)]
-    accept_unknown: bool,
-    /// Replace files that already exist.
-    #[arg(long)]
-    overwrite: bool,
-    /// Keep the owner's execute bit of the sender's files (received files are otherwise
-    /// 0600, directories 0700; never setuid, setgid or sticky).
-    #[arg(long)]
-    keep_modes: bool,
-    /// Remove this user's leftover partial files older than this many days from the
-    /// destination at start (and once a day with --daemon), each with an audit record; 0
-    /// keeps them [default: 7].
-    #[arg(long, value_name = "DAYS")]
-    part_max_age_days: Option<u32>,
-    /// Most entries (files and empty directories) accepted in one offer; larger offers
-    /// are refused before their list is read [default: 250000; at most 1000000].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    max_entries: Option<u64>,
-    /// Authenticate the sender with the code phrase it printed. Without a value the code
-    /// is asked for (hidden, like a password) or read as one line from standard input when
-    /// that is not a terminal; a value given here is visible to other local users (`ps`).
-    #[arg(long, value_name = "CODE", num_args = 0..=1)]
-    code: Option<Option<String>>,
-    /// After a code-phrase transfer, save the sender's key under this name.
-    #[arg(long, requires = "code", value_name = "NAME")]
-    save_peer: Option<String>,
-    /// Print events and the summary as JSON lines.
-    #[arg(long)]
-    json: bool,
-    /// Print only errors and the summary.
-    #[arg(long, conflicts_with = "json")]
-    quiet: bool,
-    /// How file names appear in this endpoint's audit records and in what it prints
-    /// (hash: no file name on stdout, stderr or the journal) [default: plain; hash with
-    /// --daemon].
-    #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
-    audit_names: Option<NameMode>,
-    #[command(flatten)]
-    timeouts: TimeoutFlags,
 }
 
 /// How to reach a relay (send and receive).
@@ -291,7 +213,7 @@ impl RelayFlags {
 
 /// The relay to meet the peer at, unless an address was given (`flag`, which takes
 /// precedence); neither is a usage error.
-fn relay_unless_direct(
+pub(crate) fn relay_unless_direct(
     verb: &str,
     flag: &str,
     addr: Option<SocketAddr>,
@@ -313,7 +235,11 @@ fn relay_unless_direct(
 /// The audit options: `--audit-names` (or its variable), else conduit.toml, else `hash`
 /// for a daemon (a service's output goes to the journal, a second, unencrypted store)
 /// and `plain` for a command run by a person.
-fn audit_options(names: Option<NameMode>, config: &Config, daemon: bool) -> crate::audit::Options {
+pub(crate) fn audit_options(
+    names: Option<NameMode>,
+    config: &Config,
+    daemon: bool,
+) -> crate::audit::Options {
     let default = if daemon {
         NameMode::Hash
     } else {
@@ -335,7 +261,7 @@ const CODE_WAIT: Duration = Duration::from_secs(300);
 /// One connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -343,7 +269,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
-    let book = AddressBook::load(home)?;
+    let mut book = AddressBook::load(home)?;
     let config = Config::load(home)?;
     let audit = Audit::open(
         home,
@@ -351,10 +277,9 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         &book,
         audit_options(args.audit_names, &config, false),
     );
-    let rec = audit.session(AuditRole::Send);
     // Names mode hash: the names on the command line and those sent are shown hashed,
     // in error messages too.
-    let names = rec.names().clone();
+    let names = audit.names();
     let given: Vec<String> = args
         .paths
         .iter()
@@ -365,18 +290,25 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
         })
         .collect();
     names.learn(given.iter().map(String::as_str));
-    send_recorded(args, identity, book, &config, rec).map_err(|e| Redacted::hide(&names, e))
+    let summary = send_with(&args, identity, &book, &config, audit, &names)
+        .map_err(|e| Redacted::hide(&names, e))?;
+    report("sent", &summary, args.json, &names);
+    if let Some(name) = &args.save_peer {
+        save_peer(&mut book, name, &summary)?;
+    }
+    Ok(())
 }
 
-/// `send` once the audit session exists.
-fn send_recorded(
-    args: SendArgs,
+/// `send` once the audit trail is open: the recipient, the files, the connection, the
+/// transfer.
+fn send_with(
+    args: &SendArgs,
     identity: Identity,
-    mut book: AddressBook,
+    book: &AddressBook,
     config: &Config,
-    rec: crate::audit::SessionAudit,
-) -> anyhow::Result<()> {
-    let names = rec.names().clone();
+    audit: Audit,
+    names: &Names,
+) -> anyhow::Result<Summary> {
     let recipient = match &args.to {
         Some(name) => Recipient::Known(
             book.find_by_name(name)
@@ -397,18 +329,16 @@ fn send_recorded(
         }
     };
     let chunk = ChunkSize::new(args.chunk_size)?;
-    let source::Collected {
-        files,
-        dirs,
-        skipped,
-    } = source::collect_with_dirs(&args.paths).map_err(|e| source_error_shown(&names, e))?;
+    let collected =
+        source::collect_with_dirs(&args.paths).map_err(|e| source_error_shown(names, e))?;
     names.learn(
-        files
+        collected
+            .files
             .iter()
             .map(|f| f.rel.as_str())
-            .chain(dirs.iter().map(|d| d.as_str())),
+            .chain(collected.dirs.iter().map(|d| d.as_str())),
     );
-    for s in skipped {
+    for s in &collected.skipped {
         let shown = if names.hides() {
             names.tag(&s.to_string_lossy())
         } else {
@@ -419,16 +349,16 @@ fn send_recorded(
     let timeouts = args.timeouts.timeouts(&config.file.transfer)?;
     let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, config)?;
     let rt = runtime()?;
-    let summary = rt.block_on(async {
+    rt.block_on(async {
         let (endpoint, conn) = match (&relay, args.direct) {
             (Some(opts), _) => {
                 // Known recipient: the receiver waits at the relay and we join it. Code:
                 // we printed the code and wait; the receiver joins us, once.
-                let (role, single_use, rendezvous) = match &recipient {
-                    Recipient::Known(key) => (Role::Connect, false, run::rendezvous_for(key)),
-                    Recipient::Code(code) => (Role::Listen, true, run::rendezvous_for_code(code)),
+                let (role, single_use) = match &recipient {
+                    Recipient::Known(_) => (Role::Connect, false),
+                    Recipient::Code(_) => (Role::Listen, true),
                 };
-                let j = relay_client::join(opts, role, single_use, rendezvous).await?;
+                let j = relay_client::join(opts, role, single_use, recipient.rendezvous()).await?;
                 (j.endpoint, j.connection)
             }
             (None, Some(addr)) => {
@@ -439,31 +369,21 @@ fn send_recorded(
             }
             (None, None) => anyhow::bail!("--direct or --relay is required"),
         };
-        let pool = CipherPool::with_all_cores()?;
-        let events = events(Output::of(args.json, args.quiet), &book, names.clone());
-        let transfer = run::send_tree_recorded(
-            &conn, &identity, &recipient, &files, &dirs, chunk, &pool, &events, &rec, &timeouts,
-        );
-        let result = tokio::select! {
-            r = transfer => r,
-            () = shutdown_signal() => {
-                conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
-                record_interruption(&rec).await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-                return Err(Interrupted.into());
-            }
-        };
-        if let Err(e) = &result {
-            conn.close(e.close_code().into(), b"error");
+        let sender = Sender::new(identity, CipherPool::with_all_cores()?)
+            .chunk_size(chunk)
+            .timeouts(timeouts)
+            .audit(audit)
+            .events(events(Output::of(args.json, args.quiet), book));
+        let result = sender
+            .send(&conn, &recipient, &collected, shutdown_signal())
+            .await;
+        if matches!(result, Err(TransferError::Cancelled)) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+            return Err(Interrupted.into());
         }
         endpoint.wait_idle().await;
-        anyhow::Ok(result.map_err(|e| refused_by(e, args.to.as_deref()))?)
-    })?;
-    report("sent", &summary, args.json, &names);
-    if let Some(name) = &args.save_peer {
-        save_peer(&mut book, name, &summary)?;
-    }
-    Ok(())
+        result.map_err(|e| refused_by(e, args.to.as_deref()))
+    })
 }
 
 /// The receiver refused the offer (exit code 5): who, what it said and what to do next,
@@ -479,23 +399,41 @@ pub(crate) struct RefusedBy {
 
 /// A sender's error, with a refusal (by the offer's answer, or by the handshake's abort
 /// "unknown peer") turned into a [`RefusedBy`] sentence naming the receiver.
-fn refused_by(e: run::TransferError, to: Option<&str>) -> anyhow::Error {
+fn refused_by(e: TransferError, to: Option<&str>) -> anyhow::Error {
     use crate::crypto::handshake::{AbortReason, HandshakeError};
     let who = to.map_or_else(|| "the receiver".to_string(), str::to_string);
     let sentence = match (&e, e.handshake_error()) {
-        (run::TransferError::Refused(r), _) => r.to_string(),
+        (TransferError::Refused(r), _) => sentence(r),
         // In clear before authentication: what the receiver (or anyone on the path) said.
-        (_, Some(HandshakeError::PeerAborted(AbortReason::UnknownPeer))) => {
-            crate::transfer::protocol::Refusal {
-                code: crate::transfer::protocol::RefusalCode::UnknownSender,
-                detail: None,
-            }
-            .to_string()
-        }
+        (_, Some(HandshakeError::PeerAborted(AbortReason::UnknownPeer))) => sentence(&Refusal {
+            code: RefusalCode::UnknownSender,
+            detail: None,
+        }),
         _ => return e.into(),
     };
     // The sentence says all the error did: one line, not two.
     anyhow::Error::new(RefusedBy { who, sentence })
+}
+
+/// What the receiver said, then what the sender's user can do next.
+fn sentence(r: &Refusal) -> String {
+    format!("{}; {}", r.explain(), next_step(r.code))
+}
+
+/// What the sender's user can do next about a refusal.
+pub(crate) fn next_step(code: RefusalCode) -> &'static str {
+    match code {
+        RefusalCode::Declined => "ask them before sending again",
+        RefusalCode::UnknownSender => {
+            "they can add this endpoint with `conduit peers add NAME KEY` (KEY from `conduit id` here), or receive with --yes"
+        }
+        RefusalCode::Exists => "they can re-run with --overwrite",
+        RefusalCode::NoSpace => "they need to free space, or send fewer files at once",
+        RefusalCode::TooManyEntries { .. } => {
+            "send the files in several offers, or they can raise --max-entries (transfer.max_entries)"
+        }
+        RefusalCode::Policy => "ask them to check their receiver's settings",
+    }
 }
 
 /// Connects; in code mode the receiver may not be listening yet (its user types the code
@@ -524,596 +462,16 @@ async fn connect(
 
 /// Saves the peer of a finished code-phrase transfer. The transfer itself succeeded, so
 /// a failure here (name or key already in the book) is a warning, not an error.
-fn save_peer(book: &mut AddressBook, name: &str, summary: &Summary) -> anyhow::Result<()> {
+pub(crate) fn save_peer(
+    book: &mut AddressBook,
+    name: &str,
+    summary: &Summary,
+) -> anyhow::Result<()> {
     match book.add(name, summary.peer).and_then(|()| book.save()) {
         Ok(()) => println!("saved peer {name} ({})", summary.peer.fingerprint()),
         Err(e) => eprintln!("warning: peer not saved: {e}"),
     }
     Ok(())
-}
-
-pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
-    let identity = Identity::load(home)?;
-    let book = AddressBook::load(home)?;
-    let config = Config::load(home)?;
-    let audit = Audit::open(
-        home,
-        &identity,
-        &book,
-        audit_options(args.audit_names, &config, args.daemon),
-    );
-    receive_audited(args, identity, book, &config, audit)
-}
-
-/// `receive` once the audit is open. Each connection has its own audit session; an
-/// error is shown with that session's names hidden (names mode hash).
-fn receive_audited(
-    args: ReceiveArgs,
-    identity: Identity,
-    mut book: AddressBook,
-    config: &Config,
-    audit: Audit,
-) -> anyhow::Result<()> {
-    let file = &config.file.transfer;
-    let out = args
-        .out
-        .clone()
-        .or_else(|| file.out.clone())
-        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_OUT));
-    let dest = Destination::open(&out)?;
-    let timeouts = args.timeouts.timeouts(file)?;
-    let code = match &args.code {
-        None => None,
-        Some(Some(text)) if !text.is_empty() => Some(Code::parse(text)?),
-        // `--code` alone: ask for it, off the command line.
-        Some(_) => Some(Code::parse(&crate::cli::prompt::read_secret("code: ")?)?),
-    };
-    // A person at a terminal is asked about each offer (unless --yes); scripts are not.
-    let interactive = !args.json
-        && !args.daemon
-        && std::io::stdin().is_terminal()
-        && std::io::stderr().is_terminal();
-    let sessions = if args.daemon {
-        args.concurrent
-            .or(file.max_sessions)
-            .unwrap_or(crate::config::DEFAULT_MAX_SESSIONS)
-            .max(1)
-    } else {
-        1
-    };
-    let policy = ReceivePolicy {
-        confirm: interactive.then(|| ask_at_terminal(&out)),
-        code,
-        accept_unknown: args.accept_unknown || file.accept_unknown.unwrap_or(false),
-        yes: args.yes || file.auto_accept.unwrap_or(false),
-        overwrite: args.overwrite || file.overwrite.unwrap_or(false),
-        keep_modes: args.keep_modes || file.keep_modes.unwrap_or(false),
-        max_entries: args.max_entries.or(file.max_entries),
-        timeouts,
-        sessions: None,
-    };
-    let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, config)?;
-    let max_age_days = args
-        .part_max_age_days
-        .or(file.part_max_age_days)
-        .unwrap_or(crate::config::DEFAULT_PART_MAX_AGE_DAYS);
-    remove_stale_parts(&dest, &audit, max_age_days);
-    let rt = runtime()?;
-    let mut ctx = DaemonContext {
-        identity,
-        book: book.clone(),
-        dest,
-        policy,
-        json: args.json,
-        quiet: args.quiet,
-        audit,
-        max_age_days,
-    };
-    let received = match (args.listen, relay) {
-        (Some(listen), _) => {
-            let limits = DirectLimits {
-                sessions: usize::from(sessions),
-                per_ip: usize::from(
-                    args.max_per_ip
-                        .or(file.max_sessions_per_ip)
-                        .unwrap_or(crate::config::DEFAULT_MAX_PER_IP)
-                        .max(1),
-                ),
-                pending: MAX_PENDING_HANDSHAKES,
-            };
-            ctx.policy.sessions = Some(Arc::new(tokio::sync::Semaphore::new(limits.sessions)));
-            let daemon = args.daemon;
-            let ctx = Arc::new(ctx);
-            let served = rt.block_on(serve_direct(listen, Arc::clone(&ctx), limits, daemon));
-            flush_suppressed(&rt, &ctx.audit);
-            match served? {
-                Some(s) => s,
-                None => return Ok(()),
-            }
-        }
-        (None, Some(opts)) if args.daemon => {
-            return rt.block_on(daemon(Arc::new(ctx), opts, usize::from(sessions)));
-        }
-        (None, Some(opts)) => {
-            let got = rt.block_on(receive_at_relay(&ctx, &opts));
-            flush_suppressed(&rt, &ctx.audit);
-            got?
-        }
-        (None, None) => anyhow::bail!("--listen or --relay is required"),
-    };
-    let (summary, names) = received;
-    report("received", &summary, args.json, &names);
-    if let Some(name) = &args.save_peer {
-        save_peer(&mut book, name, &summary)?;
-    }
-    Ok(())
-}
-
-/// A one-shot receive at a relay: join, receive; a connection whose peer never
-/// authenticates (a timeout, a failed handshake) does not use the receiver up: it joins
-/// again and keeps waiting.
-async fn receive_at_relay(
-    ctx: &DaemonContext,
-    opts: &RelayOptions,
-) -> anyhow::Result<(Summary, Names)> {
-    let (role, single_use, rendezvous) = match &ctx.policy.code {
-        Some(code) => (Role::Connect, true, run::rendezvous_for_code(code)),
-        None => (
-            Role::Listen,
-            false,
-            run::rendezvous_for(&ctx.identity.public()),
-        ),
-    };
-    if ctx.json {
-        println!(
-            "{}",
-            json!({"event": "joining", "relay": opts.choose(&rendezvous)?})
-        );
-    } else {
-        println!("waiting at relay {}", opts.choose(&rendezvous)?);
-    }
-    let pool = CipherPool::with_all_cores()?;
-    loop {
-        // A key's listener proves it holds the key; a code's nameplate is joined.
-        let j = if role == Role::Listen && !single_use {
-            relay_client::listen(opts, &ctx.identity).await?
-        } else {
-            relay_client::join(opts, role, single_use, rendezvous).await?
-        };
-        let (rec, names, events) = ctx.session(ctx.quiet);
-        let transfer = ctx.receive(&j.connection, &pool, &events, &rec);
-        let shutdown = shutdown_signal();
-        let result = tokio::select! {
-            r = transfer => r,
-            () = shutdown => {
-                // The partial files and their resume records stay; the cipher threads
-                // record the last chunks written as the connection goes.
-                j.connection.close(run::CLOSE_CANCELLED.into(), b"cancelled");
-                record_interruption(&rec).await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
-                return Err(Interrupted.into());
-            }
-        };
-        match result {
-            Ok(summary) => {
-                run::wait_for_sender_close(&j.connection).await;
-                j.endpoint.wait_idle().await;
-                return Ok((summary, names));
-            }
-            Err(e) => {
-                close_after_error(&j.connection, &e).await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
-                if !e.before_authentication() {
-                    return Err(Redacted::hide(&names, e.into()));
-                }
-                notice(ctx.json, None, e, &names, true);
-            }
-        }
-    }
-}
-
-/// Closes a connection that ended with `e`, with `e`'s close code. Unless the peer
-/// timed out, it first lets the abort or refusal already queued reach the peer (it
-/// closes when it has read it), for at most 2 s.
-async fn close_after_error(conn: &quinn::Connection, e: &TransferError) {
-    if !e.is_timeout() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-    }
-    conn.close(e.close_code().into(), b"error");
-}
-
-/// What kind of failure `e` is, for the `error` event and the warning.
-fn failure_kind(e: &TransferError) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_unauthenticated_abort() {
-        "unauthenticated_abort"
-    } else if e.is_auth() {
-        "auth_failed"
-    } else if matches!(e, TransferError::Busy) {
-        "busy"
-    } else if matches!(e, TransferError::Refused(_)) {
-        "refused"
-    } else {
-        "error"
-    }
-}
-
-/// Reports a connection that failed while the receiver goes on (`still_waiting`: a
-/// one-shot receiver that keeps waiting for its sender).
-fn notice(
-    json: bool,
-    from: Option<SocketAddr>,
-    e: TransferError,
-    names: &Names,
-    still_waiting: bool,
-) {
-    let kind = failure_kind(&e);
-    // Names mode hash: the message shows no file name.
-    let e = crate::cli::describe(&Redacted::hide(names, e.into()));
-    if json {
-        println!(
-            "{}",
-            json!({"event": "error", "kind": kind, "from": from.map(|a| a.to_string()), "message": e.to_string()})
-        );
-    } else {
-        let from = from.map(|a| format!(" from {a}")).unwrap_or_default();
-        let then = if still_waiting { "; still waiting" } else { "" };
-        eprintln!("connection{from} failed ({kind}): {e}{then}");
-    }
-}
-
-/// What every receiving connection shares (one-shot or daemon).
-struct DaemonContext {
-    identity: Identity,
-    book: AddressBook,
-    dest: Destination,
-    policy: ReceivePolicy,
-    json: bool,
-    quiet: bool,
-    audit: Audit,
-    /// `--part-max-age-days`.
-    max_age_days: u32,
-}
-
-impl DaemonContext {
-    /// A new audit session for one connection, the names it hides (names mode hash) and
-    /// the events it prints (`quiet`: only errors and the summary).
-    fn session(&self, quiet: bool) -> (Arc<crate::audit::SessionAudit>, Names, Events) {
-        let rec = Arc::new(self.audit.session(AuditRole::Receive));
-        let names = rec.names().clone();
-        let events = events(Output::of(self.json, quiet), &self.book, names.clone());
-        (rec, names, events)
-    }
-
-    /// Receives one transfer over `conn`, recorded in `rec`.
-    async fn receive(
-        &self,
-        conn: &quinn::Connection,
-        pool: &Arc<CipherPool>,
-        events: &Events,
-        rec: &Arc<crate::audit::SessionAudit>,
-    ) -> Result<Summary, TransferError> {
-        run::receive_recorded(
-            conn,
-            &self.identity,
-            &self.book,
-            &self.dest,
-            &self.policy,
-            pool,
-            events,
-            rec,
-        )
-        .await
-    }
-}
-
-/// Removes leftover partial files older than `days` (0: none) from `dest`, each with an
-/// audit record, and says so on stderr; a failure is a warning.
-fn remove_stale_parts(dest: &Destination, audit: &Audit, days: u32) {
-    if days == 0 {
-        return;
-    }
-    let max_age = Duration::from_secs(u64::from(days) * 24 * 3600);
-    let removed = match dest.remove_stale(max_age) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("warning: looking for old partial files: {e}");
-            return;
-        }
-    };
-    let reason = format!("partial file older than {days} days");
-    // Names mode hash (the daemon's default): the name stays in the audit log only.
-    let names = audit.names();
-    for r in removed {
-        eprintln!(
-            "removed the partial file of {} ({} bytes): older than {days} days",
-            if names.hides() {
-                names.tag(&r.path)
-            } else {
-                crate::transfer::paths::escape(&r.path)
-            },
-            r.bytes
-        );
-        if let Err(e) = audit.partial_removed(&r.path, r.bytes, &reason) {
-            eprintln!("warning: {e}");
-        }
-    }
-}
-
-/// Removes leftover partial files once a day (a daemon; at start `receive` already did).
-fn spawn_daily_sweep(ctx: &Arc<DaemonContext>) -> tokio::task::JoinHandle<()> {
-    let ctx = Arc::clone(ctx);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
-            let ctx = Arc::clone(&ctx);
-            let _ = tokio::task::spawn_blocking(move || {
-                remove_stale_parts(&ctx.dest, &ctx.audit, ctx.max_age_days);
-            })
-            .await;
-        }
-    })
-}
-
-/// Writes the count of strangers' records the rate limit left out (a receive that
-/// outlasted failed connections) before the process ends.
-fn flush_suppressed(rt: &tokio::runtime::Runtime, audit: &Audit) {
-    if let Err(e) = rt.block_on(audit.flush_suppressed()) {
-        eprintln!("warning: {e}");
-    }
-}
-
-/// Prints the audit chain's head to stderr (the journal under systemd), and as a JSON
-/// event with `--json`: an anchor outside the log, so that cutting records off its end
-/// is found by `conduit audit verify --expect-head HASH`.
-async fn print_head(audit: &Audit, when: &str, json: bool) {
-    match audit.head().await {
-        Ok(Some((seq, head))) => {
-            eprintln!(
-                "audit head at daemon {when}: record {seq} {head} (check with: conduit audit verify --expect-head {head})"
-            );
-            if json {
-                println!(
-                    "{}",
-                    json!({"event": "audit_head", "at": when, "record": seq, "head": head})
-                );
-            }
-        }
-        Ok(None) => eprintln!("audit head at daemon {when}: the log is empty"),
-        Err(e) => eprintln!("warning: audit head at daemon {when} not read: {e}"),
-    }
-}
-
-/// Connections a direct receiver authenticates at once, beyond those in a transfer.
-pub(crate) const MAX_PENDING_HANDSHAKES: usize = 32;
-
-/// A direct receiver's limits.
-#[derive(Debug, Clone, Copy)]
-struct DirectLimits {
-    /// Transfers at once.
-    sessions: usize,
-    /// Connections at once from one IP address, authenticated or not.
-    per_ip: usize,
-    /// Connections at once still in their handshake.
-    pending: usize,
-}
-
-/// Listens on `listen` and serves each connection in its own task, within `limits` (a
-/// connection over them is refused at once). A one-shot receiver (`daemon` false)
-/// returns with the first transfer that gets past authentication, whatever its outcome;
-/// connections whose peer never authenticates are reported and it keeps waiting. A daemon
-/// serves until Ctrl-C or SIGTERM and returns `None`.
-async fn serve_direct(
-    listen: SocketAddr,
-    ctx: Arc<DaemonContext>,
-    limits: DirectLimits,
-    daemon: bool,
-) -> anyhow::Result<Option<(Summary, Names)>> {
-    let endpoint = transport::direct_server_with(listen, ctx.policy.timeouts.idle)?;
-    let addr = endpoint.local_addr()?;
-    if ctx.json {
-        println!(
-            "{}",
-            json!({"event": "listening", "addr": addr.to_string(), "daemon": daemon, "sessions": limits.sessions})
-        );
-    } else if daemon {
-        println!(
-            "listening on {addr} ({} at once); Ctrl-C to stop",
-            limits.sessions
-        );
-    } else {
-        println!("listening on {addr}");
-    }
-    let pool = CipherPool::with_all_cores()?;
-    let sweeping = daemon.then(|| spawn_daily_sweep(&ctx));
-    if daemon {
-        print_head(&ctx.audit, "start", ctx.json).await;
-    }
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut per_ip: std::collections::HashMap<IpAddr, usize> = std::collections::HashMap::new();
-    let result = loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else {
-                    break Err(anyhow::anyhow!("endpoint closed"));
-                };
-                let from = incoming.remote_address();
-                let count = per_ip.entry(from.ip()).or_default();
-                if *count >= limits.per_ip || tasks.len() >= limits.sessions + limits.pending {
-                    // Refused before any state is kept for it.
-                    incoming.refuse();
-                    continue;
-                }
-                *count += 1;
-                let (ctx, pool, stopping) = (Arc::clone(&ctx), Arc::clone(&pool), stopping.clone());
-                tasks.spawn(async move {
-                    (from, serve_connection(incoming, &ctx, &pool, stopping).await)
-                });
-            }
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                let Ok((from, result)) = done else { continue };
-                if let Some(n) = per_ip.get_mut(&from.ip()) {
-                    *n -= 1;
-                    if *n == 0 {
-                        per_ip.remove(&from.ip());
-                    }
-                }
-                match result {
-                    Ok(got) if !daemon => break Ok(Some(got)),
-                    Ok((summary, names)) => report("received", &summary, ctx.json, &names),
-                    Err(Served::Interrupted) => {}
-                    Err(Served::Failed(e, names)) if !daemon && !e.before_authentication() => {
-                        break Err(Redacted::hide(&names, e.into()));
-                    }
-                    Err(Served::Failed(e, names)) => notice(ctx.json, Some(from), e, &names, !daemon),
-                }
-            }
-            () = &mut shutdown => {
-                // Transfers close their connection and record the interruption.
-                let _ = stop.send(true);
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    while tasks.join_next().await.is_some() {}
-                })
-                .await;
-                tasks.shutdown().await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-                if let Some(s) = sweeping {
-                    s.abort();
-                }
-                // A daemon stopping is its normal end; a one-shot receiver was interrupted.
-                if daemon {
-                    if let Err(e) = ctx.audit.flush_suppressed().await {
-                        eprintln!("warning: {e}");
-                    }
-                    print_head(&ctx.audit, "stop", ctx.json).await;
-                    return Ok(None);
-                }
-                return Err(Interrupted.into());
-            }
-        }
-    };
-    // A one-shot receiver is done: connections still in their handshake are dropped.
-    tasks.shutdown().await;
-    endpoint.close(run::CLOSE_CANCELLED.into(), b"receiver done");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    result
-}
-
-/// How one served connection ended, when not with a transfer.
-enum Served {
-    /// Ctrl-C or SIGTERM (recorded).
-    Interrupted,
-    /// The transfer (or its handshake) failed; the connection is closed with its code.
-    /// With the names to hide in its message.
-    Failed(TransferError, Names),
-}
-
-/// One direct connection: the QUIC handshake, then a transfer, each bounded by the
-/// handshake timeout until the peer is authenticated.
-async fn serve_connection(
-    incoming: quinn::Incoming,
-    ctx: &DaemonContext,
-    pool: &Arc<CipherPool>,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) -> Result<(Summary, Names), Served> {
-    let timeouts = &ctx.policy.timeouts;
-    // A QUIC handshake that fails proves nothing about the peer.
-    let failed = |e: quinn::ConnectionError| {
-        Served::Failed(
-            TransferError::Unauthenticated(SessionError::Io(e.into())),
-            ctx.audit.names(),
-        )
-    };
-    let connecting = incoming.accept().map_err(failed)?;
-    let conn = match tokio::time::timeout(timeouts.handshake, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(failed(e)),
-        Err(_) => {
-            return Err(Served::Failed(
-                TransferError::Unauthenticated(SessionError::Timeout {
-                    stage: Stage::Handshake,
-                    after: timeouts.handshake,
-                }),
-                ctx.audit.names(),
-            ));
-        }
-    };
-    let (rec, names, events) = ctx.session(ctx.quiet);
-    let transfer = ctx.receive(&conn, pool, &events, &rec);
-    let result = tokio::select! {
-        r = transfer => r,
-        _ = stopping.changed() => {
-            // The partial files and their resume records stay.
-            conn.close(run::CLOSE_CANCELLED.into(), b"cancelled");
-            record_interruption(&rec).await;
-            return Err(Served::Interrupted);
-        }
-    };
-    match result {
-        Ok(summary) => {
-            run::wait_for_sender_close(&conn).await;
-            Ok((summary, names))
-        }
-        Err(e) => {
-            close_after_error(&conn, &e).await;
-            Err(Served::Failed(e, names))
-        }
-    }
-}
-
-/// Longest wait between two attempts to reach the relay.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Serves transfers at the relay with `slots` listeners until Ctrl-C or SIGTERM.
-async fn daemon(ctx: Arc<DaemonContext>, opts: RelayOptions, slots: usize) -> anyhow::Result<()> {
-    let pool = CipherPool::with_all_cores()?;
-    let relay = opts.choose(&run::rendezvous_for(&ctx.identity.public()))?;
-    if ctx.json {
-        println!(
-            "{}",
-            json!({"event": "daemon", "relay": relay, "slots": slots})
-        );
-    } else {
-        println!("receiving at relay {relay} ({slots} at once); Ctrl-C to stop");
-    }
-    print_head(&ctx.audit, "start", ctx.json).await;
-    let sweeping = spawn_daily_sweep(&ctx);
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let opts = Arc::new(opts);
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..slots {
-        tasks.spawn(daemon_slot(
-            Arc::clone(&ctx),
-            Arc::clone(&opts),
-            Arc::clone(&pool),
-            stopping.clone(),
-        ));
-    }
-    shutdown_signal().await;
-    sweeping.abort();
-    // Slots in a transfer close it and record the interruption; then they end.
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    tasks.shutdown().await;
-    if let Err(e) = ctx.audit.flush_suppressed().await {
-        eprintln!("warning: {e}");
-    }
-    print_head(&ctx.audit, "stop", ctx.json).await;
-    Ok(())
-}
-
-/// Records that the user or the service stopped a transfer (a warning if it cannot).
-async fn record_interruption(rec: &crate::audit::SessionAudit) {
-    if let Err(e) = rec.interrupted().await {
-        eprintln!("warning: {e}");
-    }
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is
@@ -1138,331 +496,5 @@ async fn recv_or_never(s: Option<&mut tokio::signal::unix::Signal>) {
             s.recv().await;
         }
         None => std::future::pending::<()>().await,
-    }
-}
-
-/// One listener slot of the daemon: wait at the relay, receive, repeat. A peer that says
-/// nothing holds the slot at most for the handshake timeout.
-async fn daemon_slot(
-    ctx: Arc<DaemonContext>,
-    opts: Arc<RelayOptions>,
-    pool: Arc<CipherPool>,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let joined = tokio::select! {
-            j = relay_client::listen(&opts, &ctx.identity) => j,
-            _ = stopping.changed() => return,
-        };
-        let j = match joined {
-            Ok(j) => j,
-            Err(relay_client::JoinError::Refused {
-                refusal: crate::relay::hello::Refusal::PairingTimeout,
-                ..
-            }) => continue,
-            Err(e) => {
-                eprintln!("warning: {e}; retrying in {} s", backoff.as_secs());
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        backoff = Duration::from_secs(1);
-        let (rec, names, events) = ctx.session(false);
-        let transfer = ctx.receive(&j.connection, &pool, &events, &rec);
-        let result = tokio::select! {
-            r = transfer => r,
-            _ = stopping.changed() => {
-                j.connection.close(run::CLOSE_CANCELLED.into(), b"cancelled");
-                record_interruption(&rec).await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
-                return;
-            }
-        };
-        match result {
-            Ok(summary) => {
-                report("received", &summary, ctx.json, &names);
-                run::wait_for_sender_close(&j.connection).await;
-            }
-            Err(e) => {
-                close_after_error(&j.connection, &e).await;
-                notice(ctx.json, None, e, &names, false);
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
-    }
-}
-
-/// How a command shows what happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Output {
-    /// JSON lines on stdout.
-    Json,
-    /// For people: the offer on stderr, a progress bar when stderr is a terminal.
-    Human,
-    /// Only errors and the summary.
-    Quiet,
-}
-
-impl Output {
-    fn of(json: bool, quiet: bool) -> Self {
-        match (json, quiet) {
-            (true, _) => Output::Json,
-            (false, true) => Output::Quiet,
-            (false, false) => Output::Human,
-        }
-    }
-}
-
-/// Prints transfer events: JSON lines with `--json`; otherwise the offer (what will land
-/// where, from whom) on stderr and, on a terminal, a progress bar with rate and ETA.
-/// Names are shown by `names` (hashed in names mode `hash`).
-fn events(out: Output, book: &AddressBook, names: Names) -> Events {
-    let peer_names: std::collections::HashMap<String, String> = book
-        .peers()
-        .iter()
-        .map(|p| (p.key.to_string(), p.name.clone()))
-        .collect();
-    let bar: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
-    // `shown` shows file names; `names` below stays the peers' names.
-    let shown = names;
-    let names = peer_names;
-    Arc::new(move |e| match (out, e) {
-        (
-            Output::Json,
-            Event::Offer {
-                peer,
-                files,
-                dirs,
-                total,
-                top_level,
-                top_level_count,
-            },
-        ) => {
-            let top_level: Vec<String> = top_level.iter().map(|n| shown.show(n)).collect();
-            println!(
-                "{}",
-                json!({"event": "offer", "peer": peer.fingerprint().to_string(), "peer_name": names.get(&peer.to_string()), "files": files, "dirs": dirs, "bytes": total, "top_level": top_level, "top_level_count": top_level_count, "names": names_mode(&shown)})
-            );
-        }
-        (
-            Output::Human,
-            Event::Offer {
-                peer,
-                files,
-                dirs,
-                total,
-                top_level,
-                top_level_count,
-            },
-        ) => {
-            let top_level: Vec<String> = top_level.iter().map(|n| shown.tag(n)).collect();
-            let offer = Event::Offer {
-                peer,
-                files,
-                dirs,
-                total,
-                top_level,
-                top_level_count,
-            };
-            eprintln!("{}", describe_offer(&names, &offer));
-        }
-        (Output::Json, Event::Progress { bytes, total }) => {
-            println!(
-                "{}",
-                json!({"event": "progress", "bytes": bytes, "total": total})
-            );
-        }
-        (Output::Human, Event::Progress { bytes, total }) => {
-            let b = bar.get_or_init(|| progress_bar(total));
-            b.set_position(bytes);
-            if bytes >= total {
-                b.finish_and_clear();
-            }
-        }
-        (Output::Json, Event::FileDone { path, size, blake3 }) => {
-            println!(
-                "{}",
-                json!({"event": "file_done", "path": shown.show(&path), "size": size, "blake3": blake3.to_hex().to_string()})
-            );
-        }
-        (Output::Json, Event::Warning { path, message }) => {
-            // The path as the other events show it; the message redacted as well, should
-            // a name have found its way into it.
-            let path = path.map(|p| shown.show(&p));
-            let message = shown.redact(&message);
-            println!(
-                "{}",
-                json!({"event": "warning", "path": path, "message": message})
-            );
-        }
-        (Output::Human | Output::Quiet, Event::Warning { path, message }) => {
-            let message = shown.redact(&message);
-            match path {
-                Some(p) => eprintln!("warning: {}: {message}", shown.tag(&p)),
-                None => eprintln!("warning: {message}"),
-            }
-        }
-        (Output::Human, Event::FileDone { path, .. }) => {
-            if let Some(b) = bar.get() {
-                b.set_message(shown.tag(&path));
-            }
-        }
-        _ => {}
-    })
-}
-
-/// A [`SourceError`](source::SourceError) for the user. In names mode hash only the
-/// command-line arguments were learnt, not the names found below them, so an error of
-/// the walk is shown by its kind and the keyed-hash tag of the whole path it is about.
-fn source_error_shown(names: &crate::audit::names::Names, e: source::SourceError) -> anyhow::Error {
-    use source::SourceError;
-    if !names.hides() {
-        return e.into();
-    }
-    let (path, what) = match &e {
-        SourceError::NotRegular(p) => (
-            p,
-            "is not a regular file or directory (devices, FIFOs and sockets are refused)"
-                .to_string(),
-        ),
-        SourceError::BadName(p, _) => (p, "has a name the receiver would refuse".to_string()),
-        SourceError::Io { path, source } => (path, format!("cannot be read ({})", source.kind())),
-        SourceError::Empty => return e.into(),
-    };
-    let text = format!("{} {what}", names.tag(path));
-    super::Redacted {
-        text,
-        inner: e.into(),
-    }
-    .into()
-}
-
-/// A progress bar on stderr (drawn only when stderr is a terminal).
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    let b = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr_with_hz(4),
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}",
-    ) {
-        b.set_style(style);
-    }
-    b
-}
-
-/// "offer from NAME (fingerprint): 100000 files and 2 empty folders, 1.2 GiB (1234 bytes)
-/// in a, b, c and 4 more" (names escaped by the receiver; a big offer stays one line).
-fn describe_offer(names: &std::collections::HashMap<String, String>, offer: &Event) -> String {
-    let Event::Offer {
-        peer,
-        files,
-        dirs,
-        total,
-        top_level,
-        top_level_count,
-    } = offer
-    else {
-        return String::new();
-    };
-    let who = match names.get(&peer.to_string()) {
-        Some(n) => format!("{n} ({})", peer.fingerprint()),
-        None => format!("UNKNOWN sender {}", peer.fingerprint()),
-    };
-    let shown: Vec<&str> = top_level.iter().take(10).map(String::as_str).collect();
-    let more = match top_level_count.saturating_sub(shown.len() as u64) {
-        0 => String::new(),
-        n => format!(" and {n} more"),
-    };
-    let plural = |n: u64, one: &str, many: &str| {
-        if n == 1 {
-            format!("1 {one}")
-        } else {
-            format!("{n} {many}")
-        }
-    };
-    let folders = match dirs {
-        0 => String::new(),
-        &n => format!(" and {}", plural(n, "empty folder", "empty folders")),
-    };
-    format!(
-        "offer from {who}: {}{folders}, {} ({total} bytes) in {}{more}",
-        plural(*files, "file", "files"),
-        indicatif::BinaryBytes(*total),
-        shown.join(", ")
-    )
-}
-
-/// Asks at the terminal whether to accept an offer (the offer itself was just printed).
-fn ask_at_terminal(dest: &std::path::Path) -> Confirm {
-    let dest = dest.display().to_string();
-    Confirm(Arc::new(move |_| {
-        eprint!(
-            "accept into {}? [y/N] ",
-            crate::transfer::paths::escape(&dest)
-        );
-        let mut line = String::new();
-        if std::io::stdin().read_line(&mut line).is_err() {
-            return false;
-        }
-        matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
-    }))
-}
-
-/// `plain` or `hash`: how the names in an event are shown.
-fn names_mode(names: &Names) -> &'static str {
-    if names.hides() { "hash" } else { "plain" }
-}
-
-/// Prints the summary of a transfer; file names are shown by `names`.
-fn report(what: &str, s: &Summary, json: bool, names: &Names) {
-    // The rate counts the bytes that crossed the network in this run.
-    let mbps = s.bytes.saturating_sub(s.resumed) as f64 / s.seconds.max(1e-9) / 1e6;
-    if json {
-        // Written file by file: a summary of 100,000 files as one JSON value would take
-        // more memory than the whole transfer.
-        let head = json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "names": names_mode(names)});
-        let head = head.to_string();
-        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-        let written = (|| -> std::io::Result<()> {
-            use std::io::Write;
-            w.write_all(head.strip_suffix('}').unwrap_or(&head).as_bytes())?;
-            w.write_all(b",\"files\":[")?;
-            for (i, (p, size, h)) in s.files.iter().enumerate() {
-                if i > 0 {
-                    w.write_all(b",")?;
-                }
-                let one = json!({"path": names.show(&p.to_string()), "size": size, "blake3": h.to_hex().to_string()});
-                serde_json::to_writer(&mut w, &one)?;
-            }
-            w.write_all(b"]}\n")?;
-            w.flush()
-        })();
-        if let Err(e) = written {
-            eprintln!("warning: summary not written: {e}");
-        }
-    } else {
-        println!(
-            "{what} {} files, {} bytes in {:.2} s ({mbps:.1} MB/s), peer {}",
-            s.files.len(),
-            s.bytes,
-            s.seconds,
-            s.peer.fingerprint()
-        );
-        if s.resumed > 0 {
-            println!(
-                "  resumed: {} bytes were already at the receiver",
-                s.resumed
-            );
-        }
-        for (p, size, h) in &s.files {
-            println!(
-                "  {}  {size} bytes  blake3 {}",
-                names.tag(&p.to_string()),
-                h.to_hex()
-            );
-        }
     }
 }

@@ -49,14 +49,15 @@ const KIND_HANDSHAKE: u8 = 0x02;
 const KIND_ABORT: u8 = 0x03;
 const KIND_TRANSPORT: u8 = 0x04;
 
-/// How the two endpoints authenticate each other.
+/// How the two endpoints authenticate each other (the handshake's mode byte; the audit
+/// records it as `known_key` or `code`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Mode {
-    /// The sender knows the recipient's key (Noise IK).
-    KnownPeer = 1,
+pub enum AuthMethod {
+    /// The sender knows the recipient's key, pinned in its address book (Noise IK).
+    PinnedKey = 1,
     /// Both share a one-time code phrase (SPAKE2 + Noise XXpsk0).
-    Code = 2,
+    CodePhrase = 2,
 }
 
 /// Why a side aborted the handshake or session (sent in an abort frame).
@@ -177,10 +178,10 @@ pub fn abort_frame(reason: AbortReason) -> Vec<u8> {
 }
 
 /// The prologue both sides feed to Noise.
-pub fn prologue(mode: Mode, rendezvous: &[u8; 32], pake: Option<(&[u8], &[u8])>) -> Vec<u8> {
+pub fn prologue(mode: AuthMethod, rendezvous: &[u8; 32], pake: Option<(&[u8], &[u8])>) -> Vec<u8> {
     let pattern = match mode {
-        Mode::KnownPeer => IK_PATTERN,
-        Mode::Code => XXPSK0_PATTERN,
+        AuthMethod::PinnedKey => IK_PATTERN,
+        AuthMethod::CodePhrase => XXPSK0_PATTERN,
     };
     let mut p = Vec::with_capacity(128);
     p.extend_from_slice(PROLOGUE_LABEL);
@@ -388,13 +389,13 @@ impl Initiator {
         let mut hs = builder(IK_PATTERN)?
             .local_private_key(secret.as_slice())
             .remote_public_key(remote.as_bytes())
-            .prologue(&prologue(Mode::KnownPeer, rendezvous, None))
+            .prologue(&prologue(AuthMethod::PinnedKey, rendezvous, None))
             .build_initiator()
             .map_err(noise)?;
         let mut payload = vec![VERSION];
         payload.extend_from_slice(transfer_id);
         let msg = write_hs(&mut hs, &payload, KIND_HELLO)?;
-        let mut frame = vec![KIND_HELLO, VERSION, Mode::KnownPeer as u8];
+        let mut frame = vec![KIND_HELLO, VERSION, AuthMethod::PinnedKey as u8];
         frame.extend_from_slice(&msg[1..]);
         Ok((
             Self {
@@ -407,7 +408,7 @@ impl Initiator {
     /// Starts a code-phrase handshake; returns the first frame body to send.
     pub fn code(local: &Identity, code: &Code, rendezvous: &[u8; 32]) -> (Self, Vec<u8>) {
         let (pake, msg) = Pake::start(code, *rendezvous);
-        let mut frame = vec![KIND_HELLO, VERSION, Mode::Code as u8];
+        let mut frame = vec![KIND_HELLO, VERSION, AuthMethod::CodePhrase as u8];
         frame.extend_from_slice(&msg);
         let state = InitState::PakeSent {
             pake,
@@ -439,7 +440,11 @@ impl Initiator {
                 let mut hs = builder(XXPSK0_PATTERN)?
                     .local_private_key(secret.as_slice())
                     .psk(PSK_SLOT, psk.as_slice())
-                    .prologue(&prologue(Mode::Code, &rendezvous, Some((&hello, their))))
+                    .prologue(&prologue(
+                        AuthMethod::CodePhrase,
+                        &rendezvous,
+                        Some((&hello, their)),
+                    ))
                     .build_initiator()
                     .map_err(noise)?;
                 let m1 = write_hs(&mut hs, &[], KIND_HANDSHAKE)?;
@@ -555,10 +560,10 @@ impl Responder {
             return Err(HandshakeError::UnsupportedVersion(*version));
         }
         match (*mode, self.code.clone()) {
-            (m, None) if m == Mode::KnownPeer as u8 => {
+            (m, None) if m == AuthMethod::PinnedKey as u8 => {
                 let mut hs = builder(IK_PATTERN)?
                     .local_private_key(self.secret.as_slice())
-                    .prologue(&prologue(Mode::KnownPeer, &self.rendezvous, None))
+                    .prologue(&prologue(AuthMethod::PinnedKey, &self.rendezvous, None))
                     .build_responder()
                     .map_err(noise)?;
                 let payload = read_hs(&mut hs, rest)?;
@@ -586,13 +591,17 @@ impl Responder {
                 self.state = RespState::IkAwaitFirst(t, hash, remote);
                 Ok(Step::Send(m2))
             }
-            (m, Some(code)) if m == Mode::Code as u8 => {
+            (m, Some(code)) if m == AuthMethod::CodePhrase as u8 => {
                 let (pake, mine) = Pake::start(&code, self.rendezvous);
                 let psk = pake.finish(rest)?;
                 let hs = builder(XXPSK0_PATTERN)?
                     .local_private_key(self.secret.as_slice())
                     .psk(PSK_SLOT, psk.as_slice())
-                    .prologue(&prologue(Mode::Code, &self.rendezvous, Some((rest, &mine))))
+                    .prologue(&prologue(
+                        AuthMethod::CodePhrase,
+                        &self.rendezvous,
+                        Some((rest, &mine)),
+                    ))
                     .build_responder()
                     .map_err(noise)?;
                 self.state = RespState::XxAwait1(hs);
@@ -600,7 +609,7 @@ impl Responder {
                 frame.extend_from_slice(&mine);
                 Ok(Step::Send(frame))
             }
-            (m, _) if m == Mode::KnownPeer as u8 || m == Mode::Code as u8 => {
+            (m, _) if m == AuthMethod::PinnedKey as u8 || m == AuthMethod::CodePhrase as u8 => {
                 Err(HandshakeError::Protocol(
                     "the peer uses the other authentication mode (code vs known key)",
                 ))

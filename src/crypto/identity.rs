@@ -176,7 +176,8 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// This endpoint's key pair. The secret is zeroized on drop.
+/// This endpoint's key pair. The secret is zeroized on drop (each clone's too).
+#[derive(Clone)]
 pub struct Identity {
     secret: StaticSecret,
     public: PublicKey,

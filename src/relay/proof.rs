@@ -53,7 +53,7 @@ pub enum ProofError {
 }
 
 /// The rendezvous id of a receiver's public key (as
-/// [`crate::transfer::run::rendezvous_for`] computes it).
+/// [`crate::transfer::rendezvous_for`] computes it).
 pub fn key_rendezvous(public: &[u8; 32]) -> [u8; 32] {
     blake3::derive_key("phi-conduit v1 rendezvous", public)
 }
@@ -191,7 +191,7 @@ mod tests {
     fn the_key_holder_proves_and_the_relay_learns_its_public_key() {
         let id = Identity::generate().unwrap();
         let rv = key_rendezvous(id.public().as_bytes());
-        assert_eq!(rv, crate::transfer::run::rendezvous_for(&id.public()));
+        assert_eq!(rv, crate::transfer::rendezvous_for(&id.public()));
         let c = Challenge::new(rv, CERT).unwrap();
         let proof = answer(&id, &rv, &CERT, &c.encode()).unwrap();
         assert_eq!(c.verify(&proof), Ok(*id.public().as_bytes()));

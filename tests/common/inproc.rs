@@ -2,13 +2,11 @@
 //! splice, with an optional test tap), and a transfer through it with the library's own
 //! send and receive.
 
-use phi_conduit::audit::Audit;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use phi_conduit::crypto::identity::Identity;
 use phi_conduit::crypto::pipeline::CipherPool;
-use phi_conduit::crypto::stream::DEFAULT_CHUNK_SIZE;
 use phi_conduit::home::Home;
 use phi_conduit::peers::AddressBook;
 use phi_conduit::relay::client::{self, RelayOptions};
@@ -17,8 +15,8 @@ use phi_conduit::relay::hello::Role;
 use phi_conduit::relay::server::Relay;
 use phi_conduit::relay::splice::Tap;
 use phi_conduit::transfer::dest::Destination;
-use phi_conduit::transfer::run::{self, Events, ReceivePolicy, Recipient, Summary, TransferError};
 use phi_conduit::transfer::source;
+use phi_conduit::transfer::{Receiver, Recipient, Sender, Summary, TransferError};
 use phi_conduit::transport::{RelayTrust, ServerTls};
 
 /// Sender `a` and receiver `b` (who knows `a`), in a temporary directory.
@@ -93,12 +91,8 @@ impl InprocRelay {
     }
 }
 
-fn quiet() -> Events {
-    Arc::new(|_| {})
-}
-
-/// Sends `files` from `a` to `b` through `relay` into `out`; both sides' results. A side
-/// that fails closes its connection with the error code, as the commands do.
+/// Sends `files` from `a` to `b` through `relay` into `out`; both sides' results (each
+/// side closes its connection with its outcome's code).
 pub async fn relayed(
     c: &Clinics,
     relay: &InprocRelay,
@@ -109,46 +103,32 @@ pub async fn relayed(
     Result<Summary, TransferError>,
 ) {
     let dest = Destination::open(out).unwrap();
-    let (sources, _) = source::collect(files).unwrap();
-    let rendezvous = run::rendezvous_for(&c.b.public());
+    let sources = source::collect_with_dirs(files).unwrap();
+    let to = Recipient::Known(c.b.public());
     let receiver = async {
-        let j = client::listen(&relay.opts, &c.b).await.unwrap();
-        let r = run::receive(
-            &j.connection,
-            &c.b,
-            &c.book_b,
-            &dest,
-            &ReceivePolicy::default(),
-            &c.pool,
-            &quiet(),
-            &Audit::off(),
-        )
-        .await;
-        if r.is_err() {
-            j.connection.close(run::CLOSE_ERROR.into(), b"error");
-        }
+        let receiver = Receiver::new(c.b.clone(), c.book_b.clone(), Arc::clone(&c.pool));
+        let j = client::listen(&relay.opts, receiver.identity())
+            .await
+            .unwrap();
+        let r = match receiver
+            .receive(&j.connection, std::future::pending())
+            .await
+        {
+            Ok(offer) => offer.accept(&dest).await,
+            Err(e) => Err(e),
+        };
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(5), j.endpoint.wait_idle()).await;
         r
     };
     let sender = async {
-        let j = client::join(&relay.opts, Role::Connect, false, rendezvous)
+        let j = client::join(&relay.opts, Role::Connect, false, to.rendezvous())
             .await
             .unwrap();
-        let r = run::send(
-            &j.connection,
-            &c.a,
-            &Recipient::Known(c.b.public()),
-            &sources,
-            DEFAULT_CHUNK_SIZE,
-            &c.pool,
-            &quiet(),
-            &Audit::off(),
-        )
-        .await;
-        if r.is_err() {
-            j.connection.close(run::CLOSE_ERROR.into(), b"error");
-        }
+        let sender = Sender::new(c.a.clone(), Arc::clone(&c.pool));
+        let r = sender
+            .send(&j.connection, &to, &sources, std::future::pending())
+            .await;
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(5), j.endpoint.wait_idle()).await;
         r

@@ -1,0 +1,120 @@
+//! What a transfer reports while it runs ([`Event`], to an [`Events`] sink) and when it
+//! ends ([`Summary`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::audit::names::Names;
+use crate::crypto::identity::PublicKey;
+use crate::transfer::data;
+use crate::transfer::paths::RelPath;
+
+/// Top-level names an [`Event::Offer`] lists (it counts them all).
+pub const TOP_LEVEL_SHOWN: usize = 100;
+
+/// Shortest interval between two progress events (at most 4 per second).
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What a finished transfer reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The peer.
+    pub peer: PublicKey,
+    /// Files and their BLAKE3.
+    pub files: Vec<(RelPath, u64, blake3::Hash)>,
+    /// Plaintext bytes of the files (including resumed ones).
+    pub bytes: u64,
+    /// Bytes not sent again because the receiver held them from an interrupted transfer.
+    pub resumed: u64,
+    /// Wall time from the first offer byte to the receipt.
+    pub seconds: f64,
+}
+
+/// What a transfer reports while it runs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The receiver got a valid offer (sent before it is accepted or refused).
+    Offer {
+        /// The sender.
+        peer: PublicKey,
+        /// Number of files.
+        files: u64,
+        /// Number of empty directories.
+        dirs: u64,
+        /// Sum of the files' sizes.
+        total: u64,
+        /// The first [`TOP_LEVEL_SHOWN`] distinct top-level names, sorted and escaped.
+        top_level: Vec<String>,
+        /// How many distinct top-level names the offer has.
+        top_level_count: u64,
+    },
+    /// Plaintext bytes moved so far, of `total`.
+    Progress {
+        /// Bytes so far.
+        bytes: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// Something the user should know that does not stop the transfer (a partial file
+    /// in the destination that is not adopted for a resume, and why).
+    Warning {
+        /// The file it is about (escaped), if any: shown apart from the message, so that
+        /// an output in names mode hash can show it hashed.
+        path: Option<String>,
+        /// What happened, without the file's name.
+        message: String,
+    },
+    /// One file is complete and verified.
+    FileDone {
+        /// Its path (escaped).
+        path: String,
+        /// Its size.
+        size: u64,
+        /// Its BLAKE3.
+        blake3: blake3::Hash,
+    },
+}
+
+/// Receives the [`Event`]s of a transfer, with how that transfer shows file names
+/// ([`Names`]: as they are, or hashed in names mode hash); called from any thread.
+pub type Events = Arc<dyn Fn(&Names, Event) + Send + Sync>;
+
+/// An [`Events`] sink that drops every event.
+pub fn quiet() -> Events {
+    Arc::new(|_, _| {})
+}
+
+/// The events of one transfer: the sink and that transfer's names.
+#[derive(Clone)]
+pub(crate) struct Emit {
+    pub(crate) sink: Events,
+    pub(crate) names: Names,
+}
+
+impl Emit {
+    pub(crate) fn emit(&self, e: Event) {
+        (self.sink)(&self.names, e);
+    }
+
+    /// Turns per-chunk byte counts into [`Event::Progress`] events, at most every
+    /// [`PROGRESS_INTERVAL`].
+    pub(crate) fn progress(
+        &self,
+        total: u64,
+        done: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> data::Progress {
+        let emit = self.clone();
+        let done = Arc::clone(done);
+        let last = Arc::new(std::sync::Mutex::new(Instant::now()));
+        Arc::new(move |n| {
+            let bytes = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+            let mut at = last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if at.elapsed() >= PROGRESS_INTERVAL || bytes == total {
+                *at = Instant::now();
+                emit.emit(Event::Progress { bytes, total });
+            }
+        })
+    }
+}

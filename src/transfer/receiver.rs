@@ -1,0 +1,502 @@
+//! The receiving side of a transfer: a [`Receiver`], configured once, authenticates the
+//! sender on a QUIC connection and reads its offer; the caller gets an [`IncomingOffer`]
+//! to [`accept`](IncomingOffer::accept) into a destination or to
+//! [`refuse`](IncomingOffer::refuse) (docs/PROTOCOL.md, "Transfer").
+//!
+//! Whatever the outcome, the connection ends here: its close code, the abort or refusal
+//! let through first, the receipt waited for, the interruption recorded on cancellation
+//! (partial files stay for a resume).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::audit::names::Names;
+use crate::audit::{Audit, AuditError, AuthMethod, SessionAudit, Side};
+use crate::crypto::handshake::{Established, Responder};
+use crate::crypto::identity::{Identity, PublicKey};
+use crate::crypto::pake::Code;
+use crate::crypto::pipeline::CipherPool;
+use crate::crypto::stream::ChunkSize;
+use crate::peers::AddressBook;
+use crate::session::{self, SessionError, Stage, Timeouts};
+use crate::transfer::dest::Destination;
+use crate::transfer::error::{TransferError, Violation};
+use crate::transfer::events::{Emit, Event, Events, Summary, TOP_LEVEL_SHOWN};
+use crate::transfer::manifest::{ManifestReader, Next, OfferError, Policy, ValidOffer};
+use crate::transfer::protocol::{OfferStart, Refusal, RefusalCode, Reply};
+use crate::transfer::sender::{rendezvous_for, rendezvous_for_code};
+use crate::transfer::teardown;
+
+/// Most partial files one offer continues (each is held open from the offer to its
+/// stream); further ones are received from the start.
+pub const MAX_HELD_PARTS: usize = 256;
+
+/// How the receiver decides what it lets in.
+#[derive(Debug, Clone, Default)]
+pub struct ReceivePolicy {
+    /// Complete the handshake with senders not in the address book.
+    pub accept_unknown: bool,
+    /// Read an unknown sender's offer and hand it to the caller like any other. Without
+    /// it, an offer from a sender not in the address book is refused before its manifest
+    /// is read. (A sender that proved the code phrase is expected, never unknown.)
+    pub unknown_sender_offers: bool,
+    /// Replace existing files.
+    pub overwrite: bool,
+    /// Keep the owner's execute bit of the sender's files; otherwise every received file
+    /// is 0600.
+    pub keep_modes: bool,
+    /// Authenticate with this code phrase instead of the address book.
+    pub code: Option<Code>,
+    /// How long to wait for the sender at each step.
+    pub timeouts: Timeouts,
+    /// Transfers at once, for a receiver that authenticates several connections at once:
+    /// an authenticated sender takes a permit for its whole transfer, and is refused
+    /// ("busy") when there is none. Connections still in their handshake take none.
+    pub sessions: Option<Arc<tokio::sync::Semaphore>>,
+    /// What one offer may hold.
+    pub offers: Policy,
+}
+
+/// The receiving side, configured once: this endpoint's identity and address book, its
+/// [`ReceivePolicy`], the cipher workers, the audit trail (off unless set) and the event
+/// sink (quiet unless set). Each [`Receiver::receive`] is one connection's transfer.
+pub struct Receiver {
+    identity: Identity,
+    book: AddressBook,
+    policy: ReceivePolicy,
+    pool: Arc<CipherPool>,
+    audit: Audit,
+    events: Events,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("key", &self.identity.public())
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cancellation future, kept for the whole transfer.
+type Cancel<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+impl Receiver {
+    /// A receiver with `identity`, knowing the peers of `book`, opening on `pool`; the
+    /// default policy (known senders only), no audit trail, no events.
+    pub fn new(identity: Identity, book: AddressBook, pool: Arc<CipherPool>) -> Self {
+        Receiver {
+            identity,
+            book,
+            policy: ReceivePolicy::default(),
+            pool,
+            audit: Audit::off(),
+            events: crate::transfer::events::quiet(),
+        }
+    }
+
+    /// What this receiver lets in.
+    pub fn policy(mut self, policy: ReceivePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The audit trail each transfer leaves its records in.
+    pub fn audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Where each transfer reports its [`Event`]s.
+    pub fn events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// This endpoint's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The policy in force.
+    pub fn receive_policy(&self) -> &ReceivePolicy {
+        &self.policy
+    }
+
+    /// The audit trail.
+    pub fn audit_trail(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// The rendezvous id senders meet this receiver at: its key's, or its code's.
+    pub fn rendezvous(&self) -> [u8; 32] {
+        match &self.policy.code {
+            Some(code) => rendezvous_for_code(code),
+            None => rendezvous_for(&self.identity.public()),
+        }
+    }
+
+    /// Authenticates the sender on `conn` and reads its offer, until then or until
+    /// `cancel` resolves (which stays in force for the rest of the transfer).
+    ///
+    /// An offer this receiver's policy refuses (too many entries, an unknown sender) is
+    /// refused here, before its manifest is read, and comes back as
+    /// [`TransferError::Refused`]. On every error the connection is already closed.
+    pub async fn receive<'a>(
+        &'a self,
+        conn: &quinn::Connection,
+        cancel: impl Future<Output = ()> + Send + 'a,
+    ) -> Result<IncomingOffer<'a>, TransferError> {
+        let rec = Arc::new(self.audit.session(Side::Receive));
+        let emit = Emit {
+            sink: Arc::clone(&self.events),
+            names: rec.names().clone(),
+        };
+        let mut cancel: Cancel<'a> = Box::pin(cancel);
+        let read = self.read_offer(conn, &rec, &emit);
+        let result = tokio::select! {
+            r = read => r,
+            () = &mut cancel => return Err(teardown::cancelled(conn, &rec).await),
+        };
+        match result {
+            Ok(mut offer) => {
+                offer.cancel = Some(cancel);
+                Ok(offer)
+            }
+            Err(e) => Err(fail(conn, &rec, e).await),
+        }
+    }
+
+    /// The handshake and the whole offer, checked.
+    async fn read_offer<'a>(
+        &'a self,
+        conn: &quinn::Connection,
+        rec: &Arc<SessionAudit>,
+        emit: &Emit,
+    ) -> Result<IncomingOffer<'a>, TransferError> {
+        let policy = &self.policy;
+        let timeouts = &policy.timeouts;
+        let machine = Responder::new(&self.identity, &self.rendezvous(), policy.code.clone());
+        let accept_unknown = policy.accept_unknown;
+        let book = &self.book;
+        let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();
+        // A peer that connects and says nothing is dropped after the handshake timeout.
+        let handshake = async {
+            let (tx, rx) = conn
+                .accept_bi()
+                .await
+                .map_err(|e| SessionError::Io(e.into()))?;
+            let mut ctl = tokio::io::join(rx, tx);
+            let est = session::respond(&mut ctl, machine, &mut accept).await?;
+            Ok::<_, SessionError>((ctl, est))
+        };
+        let (ctl, mut est) = timeouts
+            .within(Stage::Handshake, handshake)
+            .await
+            .map_err(TransferError::Unauthenticated)?;
+        let (mut rx, mut tx) = ctl.into_inner();
+        let permit = match &policy.sessions {
+            Some(limit) => match Arc::clone(limit).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    // The sender hears why (at its offer, or here in known-recipient mode).
+                    let busy = Reply::Refuse(Refusal::new(
+                        RefusalCode::Policy,
+                        TransferError::Busy.to_string(),
+                    ));
+                    let _ = session::send(&mut tx, &mut est, &busy).await;
+                    return Err(TransferError::Busy);
+                }
+            },
+            None => None,
+        };
+        let peer = est.remote_static();
+        let method = match policy.code {
+            Some(_) => AuthMethod::CodePhrase,
+            None => AuthMethod::PinnedKey,
+        };
+        // Without a record nothing is accepted; the sender hears why at the offer.
+        let opened = rec.opened(&peer, method).await;
+        // A sender that proved the code the user typed here is expected.
+        let known = book.find_by_key(&peer).is_some() || policy.code.is_some();
+        // Known-recipient mode: the offer was the first transport message, which completed
+        // the handshake. Code mode: it is the next message.
+        let offer_deadline = tokio::time::Instant::now() + timeouts.offer;
+        let start: OfferStart = match est.take_first_message() {
+            Some(first) => postcard::from_bytes(&first)
+                .map_err(|e| Violation::MalformedOffer(e.to_string()))?,
+            None => offer_part(offer_deadline, timeouts, session::recv(&mut rx, &mut est)).await?,
+        };
+        let started = Instant::now();
+        let chunk = ChunkSize::new(u64::from(start.chunk_size))
+            .map_err(|e| Violation::ChunkSize(e.to_string()))?;
+        let mut session = Session {
+            conn: conn.clone(),
+            rec: Arc::clone(rec),
+            emit: emit.clone(),
+            rx,
+            tx,
+            est,
+            opened,
+            known,
+            peer,
+            _permit: permit,
+        };
+        // Refusals that need no manifest come before it is read: an offer too large is
+        // never held in memory, and an unknown sender's paths are not looked at.
+        let early = match ManifestReader::new(start.clone(), &policy.offers) {
+            Ok(reader) if known || policy.unknown_sender_offers => Ok(reader),
+            Ok(_) => Err(Refusal::new(
+                RefusalCode::UnknownSender,
+                format!("sender {} is not in the address book", peer.fingerprint()),
+            )),
+            Err(OfferError::Refused(r)) => Err(r),
+            Err(e) => return Err(e.into()),
+        };
+        let mut reader = match early {
+            Ok(reader) => reader,
+            Err(refusal) => {
+                return match session.decide(&start, Some(refusal)).await {
+                    Ok(()) => Err(TransferError::Io(std::io::Error::other(
+                        "a refusal was not sent",
+                    ))),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        loop {
+            let (rx, est) = (&mut session.rx, &mut session.est);
+            match reader.next() {
+                Next::Entries => reader
+                    .entries(offer_part(offer_deadline, timeouts, session::recv(rx, est)).await?)?,
+                Next::Dirs => reader
+                    .dirs(offer_part(offer_deadline, timeouts, session::recv(rx, est)).await?)?,
+                Next::Done => break,
+            }
+        }
+        // Names mode hash: what this side prints shows these names hashed.
+        rec.names().learn(reader.paths().map(|p| p.as_str()));
+        let offer = reader.finish()?;
+        let (top_level, top_level_count) = offer.top_level(TOP_LEVEL_SHOWN);
+        emit.emit(Event::Offer {
+            peer,
+            files: offer.start.count,
+            dirs: offer.start.dirs,
+            total: offer.start.total_size,
+            top_level,
+            top_level_count,
+        });
+        Ok(IncomingOffer {
+            receiver: self,
+            session,
+            offer,
+            chunk,
+            started,
+            cancel: None,
+        })
+    }
+}
+
+/// Ends a connection that failed with `e`: the failure on record, the connection closed
+/// with its code. Returns `e`.
+async fn fail(conn: &quinn::Connection, rec: &SessionAudit, e: TransferError) -> TransferError {
+    let e = match teardown::recorded(rec, Err(e)).await {
+        Err(e) => e,
+        Ok(_) => TransferError::Io(std::io::Error::other("recorded a success as a failure")),
+    };
+    teardown::close_after_error(conn, &e).await;
+    e
+}
+
+/// One authenticated session of the receiver: the control stream and its records.
+pub(crate) struct Session {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) rec: Arc<SessionAudit>,
+    pub(crate) emit: Emit,
+    pub(crate) rx: quinn::RecvStream,
+    pub(crate) tx: quinn::SendStream,
+    pub(crate) est: Established,
+    /// Whether the session's opening was recorded (without a record nothing is accepted).
+    pub(crate) opened: Result<(), AuditError>,
+    /// Whether the sender is in the address book, or proved the code.
+    pub(crate) known: bool,
+    pub(crate) peer: PublicKey,
+    /// A place among the transfers at once, held for the whole transfer.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Session {
+    /// Puts the receiver's decision on record, then tells the sender: a refusal (without
+    /// its details to a sender this receiver does not know), or nothing yet for an
+    /// acceptance. Without a record nothing is accepted. Returns the refusal as an error.
+    pub(crate) async fn decide(
+        &mut self,
+        offer: &OfferStart,
+        refusal: Option<Refusal>,
+    ) -> Result<(), TransferError> {
+        let opened = std::mem::replace(&mut self.opened, Ok(()));
+        let recorded = match opened {
+            Ok(()) => {
+                let reason = refusal.as_ref().map(Refusal::explain);
+                self.rec
+                    .offer(
+                        &offer.transfer_id,
+                        offer.count,
+                        offer.total_size,
+                        reason.as_deref(),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let refusal = match (&recorded, refusal) {
+            (Err(_), _) => Some(Refusal::new(
+                RefusalCode::Policy,
+                "the receiver could not write its audit record",
+            )),
+            (Ok(()), r) => r,
+        };
+        let Some(refusal) = refusal else {
+            return Ok(());
+        };
+        let told = if self.known {
+            refusal.clone()
+        } else {
+            refusal.for_unknown_sender()
+        };
+        session::send(&mut self.tx, &mut self.est, &Reply::Refuse(told)).await?;
+        recorded?;
+        Err(TransferError::Refused(refusal))
+    }
+}
+
+/// An authenticated sender's offer, checked and waiting for the caller's decision:
+/// [`accept`](Self::accept) it into a destination, or [`refuse`](Self::refuse) it. (A
+/// person can be asked in between; the sender waits up to its answer timeout.)
+pub struct IncomingOffer<'a> {
+    receiver: &'a Receiver,
+    session: Session,
+    offer: ValidOffer,
+    chunk: ChunkSize,
+    started: Instant,
+    cancel: Option<Cancel<'a>>,
+}
+
+impl std::fmt::Debug for IncomingOffer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingOffer")
+            .field("peer", &self.session.peer)
+            .field("files", &self.offer.start.count)
+            .field("dirs", &self.offer.start.dirs)
+            .field("bytes", &self.offer.start.total_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> IncomingOffer<'a> {
+    /// The sender's key.
+    pub fn peer(&self) -> PublicKey {
+        self.session.peer
+    }
+
+    /// Whether the sender is in the address book (or proved the code phrase).
+    pub fn known(&self) -> bool {
+        self.session.known
+    }
+
+    /// The offer: its start, files and empty directories.
+    pub fn offer(&self) -> &ValidOffer {
+        &self.offer
+    }
+
+    /// How this transfer shows file names (it has learnt the offer's names).
+    pub fn names(&self) -> &Names {
+        self.session.rec.names()
+    }
+
+    /// Runs `fut` (asking a person, say) unless the transfer's cancellation future
+    /// resolves first: then the transfer is cancelled as [`Receiver::receive`] says and
+    /// this returns [`TransferError::Cancelled`] (drop the offer then).
+    pub async fn until_cancelled<T>(
+        &mut self,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, TransferError> {
+        let Some(cancel) = self.cancel.as_mut() else {
+            return Ok(fut.await);
+        };
+        tokio::select! {
+            t = fut => Ok(t),
+            () = cancel => {
+                self.cancel = Some(Box::pin(std::future::pending()));
+                Err(teardown::cancelled(&self.session.conn, &self.session.rec).await)
+            }
+        }
+    }
+
+    /// Refuses the offer with `refusal`: on record, told to the sender (without details
+    /// if it is unknown), the connection closed. Returns the refusal as the error it ends
+    /// the transfer with ([`TransferError::Refused`]), or what failed on the way.
+    pub async fn refuse(mut self, refusal: Refusal) -> TransferError {
+        let e = match self.session.decide(&self.offer.start, Some(refusal)).await {
+            Ok(()) => TransferError::Io(std::io::Error::other("a refusal was not sent")),
+            Err(e) => e,
+        };
+        fail(&self.session.conn, &self.session.rec, e).await
+    }
+
+    /// Accepts the offer into `dest` and receives it, until the receipt is sent and the
+    /// sender closed (or until the cancellation future resolves). The destination can
+    /// still refuse: a file that exists (unless the policy overwrites), a name too long,
+    /// too little space.
+    pub async fn accept(self, dest: &Destination) -> Result<Summary, TransferError> {
+        let IncomingOffer {
+            receiver,
+            mut session,
+            offer,
+            chunk,
+            started,
+            cancel,
+        } = self;
+        let (conn, rec) = (session.conn.clone(), Arc::clone(&session.rec));
+        let mut cancel: Cancel<'a> = cancel.unwrap_or_else(|| Box::pin(std::future::pending()));
+        let receiving = crate::transfer::receive_files::receive(
+            &mut session,
+            offer,
+            chunk,
+            started,
+            dest,
+            &receiver.policy,
+            &receiver.pool,
+        );
+        let result = tokio::select! {
+            r = receiving => r,
+            () = &mut cancel => return Err(teardown::cancelled(&conn, &rec).await),
+        };
+        drop(session);
+        match result {
+            Ok(summary) => {
+                teardown::wait_for_sender_close(&conn).await;
+                Ok(summary)
+            }
+            Err(e) => Err(fail(&conn, &rec, e).await),
+        }
+    }
+}
+
+/// One part of the offer, by the deadline of the whole offer ([`Timeouts::offer`]).
+async fn offer_part<T>(
+    deadline: tokio::time::Instant,
+    timeouts: &Timeouts,
+    part: impl Future<Output = Result<T, SessionError>>,
+) -> Result<T, TransferError> {
+    match tokio::time::timeout_at(deadline, part).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SessionError::Timeout {
+            stage: Stage::Offer,
+            after: timeouts.offer,
+        }
+        .into()),
+    }
+}

@@ -1,0 +1,546 @@
+//! The sending side of a transfer: a [`Sender`], configured once, sends files over a QUIC
+//! connection to a [`Recipient`] (docs/PROTOCOL.md, "Transfer").
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::audit::{Audit, AuthMethod, SessionAudit, Side};
+use crate::crypto::chunk_hash::TreeHash;
+use crate::crypto::handshake::{Initiator, TRANSFER_ID_LEN};
+use crate::crypto::identity::{Identity, PublicKey};
+use crate::crypto::pake::Code;
+use crate::crypto::pipeline::CipherPool;
+use crate::crypto::stream::{
+    ChunkLayout, ChunkSize, DEFAULT_CHUNK_SIZE, FileKeyContext, TransferKey,
+};
+use crate::session::{self, SessionError, Stage, Timeouts};
+use crate::transfer::data::{self, DataError, FileData};
+use crate::transfer::error::{CLOSE_DONE, TransferError, Violation};
+use crate::transfer::events::{Emit, Event, Events, Summary};
+use crate::transfer::paths::RelPath;
+use crate::transfer::protocol::{
+    Entry, FILE_STREAM_HEADER, MANIFEST_BYTES_PER_MESSAGE, OfferDirs, OfferEntries, OfferStart,
+    ReceiptHashes, ReceiptStart, Refusal, Reply, ResumePoint, ResumePoints,
+};
+use crate::transfer::resume;
+use crate::transfer::source::{Collected, OpenError, OpenSource, SourceFile};
+use crate::transfer::teardown;
+
+/// How the sender authenticates the receiver.
+#[derive(Debug, Clone)]
+pub enum Recipient {
+    /// A pinned key from the address book (Noise IK).
+    Known(PublicKey),
+    /// A one-time code phrase shared out of band (SPAKE2 + Noise XXpsk0).
+    Code(Code),
+}
+
+impl Recipient {
+    /// How the peer is authenticated.
+    pub fn method(&self) -> AuthMethod {
+        match self {
+            Recipient::Known(_) => AuthMethod::PinnedKey,
+            Recipient::Code(_) => AuthMethod::CodePhrase,
+        }
+    }
+
+    /// The rendezvous id the two sides meet at (a relay pairs them by it).
+    pub fn rendezvous(&self) -> [u8; 32] {
+        match self {
+            Recipient::Known(key) => rendezvous_for(key),
+            Recipient::Code(code) => rendezvous_for_code(code),
+        }
+    }
+}
+
+/// The rendezvous id of a known recipient in direct mode.
+pub fn rendezvous_for(recipient: &PublicKey) -> [u8; 32] {
+    blake3::derive_key("phi-conduit v1 rendezvous", recipient.as_bytes())
+}
+
+/// The rendezvous id of a code's nameplate.
+pub fn rendezvous_for_code(code: &Code) -> [u8; 32] {
+    blake3::derive_key(
+        "phi-conduit v1 nameplate",
+        code.nameplate().to_string().as_bytes(),
+    )
+}
+
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], TransferError> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).map_err(|e| TransferError::Io(std::io::Error::other(e)))?;
+    Ok(b)
+}
+
+/// The sending side, configured once: this endpoint's identity, the cipher workers, the
+/// chunk size, the timeouts, the audit trail (off unless set) and the event sink (quiet
+/// unless set). Each [`Sender::send`] is one transfer.
+pub struct Sender {
+    identity: Identity,
+    pool: Arc<CipherPool>,
+    chunk: ChunkSize,
+    timeouts: Timeouts,
+    audit: Audit,
+    events: Events,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("key", &self.identity.public())
+            .field("chunk", &self.chunk)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    /// A sender with `identity`, sealing on `pool`; default chunk size and timeouts, no
+    /// audit trail, no events.
+    pub fn new(identity: Identity, pool: Arc<CipherPool>) -> Self {
+        Sender {
+            identity,
+            pool,
+            chunk: DEFAULT_CHUNK_SIZE,
+            timeouts: Timeouts::default(),
+            audit: Audit::off(),
+            events: crate::transfer::events::quiet(),
+        }
+    }
+
+    /// The STREAM chunk size of every file.
+    pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
+        self.chunk = chunk;
+        self
+    }
+
+    /// How long to wait for the receiver at each step.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// The audit trail each transfer leaves its records in.
+    pub fn audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Where each transfer reports its [`Event`]s.
+    pub fn events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// This endpoint's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Sends `files` (and their empty directories) to `to` over `conn`, until done or
+    /// until `cancel` resolves.
+    ///
+    /// The connection is closed here, with the close code of the outcome: done, the
+    /// error's ([`TransferError::close_code`]), or cancelled (then the interruption is
+    /// recorded and the result is [`TransferError::Cancelled`]; the receiver keeps what
+    /// it has for a resume). The caller keeps the endpoint until it is idle.
+    pub async fn send(
+        &self,
+        conn: &quinn::Connection,
+        to: &Recipient,
+        files: &Collected,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<Summary, TransferError> {
+        let rec = self.audit.session(Side::Send);
+        rec.names().learn(
+            files
+                .files
+                .iter()
+                .map(|f| f.rel.as_str())
+                .chain(files.dirs.iter().map(RelPath::as_str)),
+        );
+        let emit = Emit {
+            sink: Arc::clone(&self.events),
+            names: rec.names().clone(),
+        };
+        let transfer = self.run(conn, to, &files.files, &files.dirs, &emit, &rec);
+        let result = tokio::select! {
+            r = transfer => r,
+            () = cancel => return Err(teardown::cancelled(conn, &rec).await),
+        };
+        match teardown::recorded(&rec, result).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                conn.close(e.close_code().into(), b"error");
+                Err(e)
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        conn: &quinn::Connection,
+        recipient: &Recipient,
+        files: &[SourceFile],
+        dirs: &[RelPath],
+        events: &Emit,
+        rec: &SessionAudit,
+    ) -> Result<Summary, TransferError> {
+        let (local, timeouts, chunk, pool) =
+            (&self.identity, &self.timeouts, self.chunk, &self.pool);
+        let (tx, rx) = conn.open_bi().await?;
+        let mut ctl = tokio::io::join(rx, tx);
+        let transfer_id: [u8; TRANSFER_ID_LEN] = random()?;
+        let (machine, first) = match recipient {
+            Recipient::Known(key) => {
+                Initiator::known_peer(local, key, &rendezvous_for(key), &transfer_id)
+                    .map_err(SessionError::from)?
+            }
+            Recipient::Code(code) => Initiator::code(local, code, &rendezvous_for_code(code)),
+        };
+        let mut est = timeouts
+            .within(
+                Stage::Handshake,
+                session::initiate(&mut ctl, machine, first),
+            )
+            .await
+            .map_err(TransferError::Unauthenticated)?;
+        let (mut rx, mut tx) = ctl.into_inner();
+        rec.opened(&est.remote_static(), recipient.method()).await?;
+        let secret: [u8; 32] = random()?;
+        let start = Instant::now();
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        let offer = OfferStart {
+            transfer_id,
+            session_secret: secret,
+            chunk_size: chunk.get(),
+            count: files.len() as u64,
+            dirs: dirs.len() as u64,
+            total_size: total,
+            audit_head: rec.head().await?,
+        };
+        let answer = timeouts
+            .within(
+                Stage::Answer,
+                offer_and_answer(&mut rx, &mut tx, &mut est, &offer, files, dirs),
+            )
+            .await?;
+        let points = match answer {
+            Ok(points) => points,
+            Err(refusal) => {
+                let reason = refusal.explain();
+                rec.offer(&transfer_id, offer.count, total, Some(&reason))
+                    .await?;
+                return Err(TransferError::Refused(refusal));
+            }
+        };
+        rec.offer(&transfer_id, offer.count, total, None).await?;
+        let mut resume_at = std::collections::HashMap::new();
+        for p in points {
+            let ok = usize::try_from(p.file).is_ok_and(|i| i < files.len())
+                && resume_at
+                    .insert(p.file, (p.from_chunk, p.prefix_blake3))
+                    .is_none();
+            if !ok {
+                return Err(Violation::UnknownResumePoint.into());
+            }
+        }
+        let keys = TransferKey::derive(&est.handshake_hash(), &secret);
+        let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut sent: Vec<Option<blake3::Hash>> = vec![None; files.len()];
+        let mut resumed = 0u64;
+        // Small files go several at a time (each on its own stream); a large one alone.
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(FLIGHT_UNITS as usize));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, f) in files.iter().enumerate() {
+            // Opened once; every read of this file goes through this descriptor, and it is
+            // still the file that was collected (see transfer::source).
+            let source = OpenSource::open(f, u64::from(chunk.get())).map_err(|e| match e {
+                OpenError::Changed(c) => TransferError::Data {
+                    file: f.rel.to_string(),
+                    source: DataError::SourceChanged(c),
+                },
+                OpenError::Io(e) => {
+                    TransferError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", f.rel)))
+                }
+            })?;
+            let layout = ChunkLayout::new(f.size, chunk);
+            let mut ctx = FileKeyContext::fresh(transfer_id, i as u64, chunk);
+            let mut tree = TreeHash::new(&layout);
+            if let Some(&(from, theirs)) = resume_at.get(&(i as u64)) {
+                if from == 0 || from >= layout.count() {
+                    return Err(Violation::ResumeOutsideFile.into());
+                }
+                // Continue only over the very same bytes; otherwise send the file again.
+                let (ours, prefix_tree) = resume::hash_prefix(source.file(), &layout, from)?;
+                if ours == theirs {
+                    rec.resumed(f.rel.as_str(), f.size, layout.offset(from))
+                        .await?;
+                    ctx.resume_from = from;
+                    ctx.resume_prefix_hash = ours;
+                    tree = prefix_tree;
+                    resumed += layout.offset(from);
+                    moved.fetch_add(layout.offset(from), std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let first = ctx.resume_from;
+            let source = Arc::new(source);
+            let fd = FileData::new(
+                &keys,
+                &ctx,
+                f.size,
+                tree,
+                (crate::transport::SEND_WINDOW, pool.threads()),
+            );
+            let share = flight_weight(f.size);
+            let permit = loop {
+                // Collect finished files while waiting for room.
+                tokio::select! {
+                    p = Arc::clone(&in_flight).acquire_many_owned(share) => {
+                        break p.map_err(|_| TransferError::Io(std::io::Error::other("file window closed")))?;
+                    }
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                        sent_one(done, files, &mut sent, rec).await?;
+                    }
+                }
+            };
+            // Streams are opened in file order.
+            let mut s = conn.open_uni().await?;
+            let mut header = [0u8; FILE_STREAM_HEADER];
+            header[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            header[8..].copy_from_slice(&first.to_be_bytes());
+            let progress = events.progress(total, &moved);
+            let (pool, conn) = (Arc::clone(pool), conn.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let sent = async {
+                    s.write_all(&header).await.map_err(DataError::from)?;
+                    data::send_file(&conn, &mut s, &pool, fd, source, progress).await
+                };
+                sent.await.map(|hash| (i, hash)).map_err(|e| (i, e))
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            sent_one(done, files, &mut sent, rec).await?;
+        }
+        let sent: Vec<(RelPath, u64, blake3::Hash)> = files
+            .iter()
+            .zip(sent)
+            .map(|(f, h)| h.map(|h| (f.rel.clone(), f.size, h)))
+            .collect::<Option<_>>()
+            .ok_or_else(|| TransferError::Io(std::io::Error::other("a file was not sent")))?;
+        let (hashes, receiver_head) = timeouts
+            .within(Stage::Receipt, read_receipt(&mut rx, &mut est, sent.len()))
+            .await?;
+        for ((rel, _, h), theirs) in sent.iter().zip(&hashes) {
+            if h.as_bytes() != theirs {
+                return Err(TransferError::ReceiptMismatch(rel.to_string()));
+            }
+        }
+        let ours: Vec<blake3::Hash> = sent.iter().map(|(_, _, h)| *h).collect();
+        rec.receipt(&ours, total, receiver_head.as_ref()).await?;
+        // Only now, confirmed by the receipt, is each file done.
+        for (rel, size, hash) in &sent {
+            events.emit(Event::FileDone {
+                path: rel.to_string(),
+                size: *size,
+                blake3: *hash,
+            });
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        conn.close(CLOSE_DONE.into(), b"done");
+        Ok(Summary {
+            peer: est.remote_static(),
+            files: sent,
+            bytes: total,
+            resumed,
+            seconds,
+        })
+    }
+}
+
+/// Files sent (or received) at once, each on its own stream, when they are up to
+/// [`SMALL_FILE`] bytes.
+pub const FILES_IN_FLIGHT: usize = 4;
+/// Files up to this size share the window; a larger one is sent alone.
+pub const SMALL_FILE: u64 = 4 << 20;
+/// Files up to this size go [`TINY_FILES_IN_FLIGHT`] at once: many small files are
+/// bound by per-file latency (open, fsync, rename, audit record), not bytes.
+pub const TINY_FILE: u64 = 1 << 20;
+/// Tiny files in flight at once.
+pub const TINY_FILES_IN_FLIGHT: usize = 32;
+/// The units of the files in flight on each side (see [`flight_weight`]).
+pub const FLIGHT_UNITS: u32 = 32;
+
+/// A file's share of [`FLIGHT_UNITS`]: 1 up to [`TINY_FILE`] bytes, 4 up to
+/// [`SMALL_FILE`], all of them above. The sender waits for a file's share before it
+/// opens its stream; the receiver accepts no new stream while the files it holds weigh
+/// [`FLIGHT_UNITS`] (so its buffers stay within about 32 MiB of tiny files plus one
+/// stream window).
+pub fn flight_weight(size: u64) -> u32 {
+    if size <= TINY_FILE {
+        1
+    } else if size <= SMALL_FILE {
+        FLIGHT_UNITS / FILES_IN_FLIGHT as u32
+    } else {
+        FLIGHT_UNITS
+    }
+}
+
+/// What a sender's file task ends with: the file's index and its hash, or the index and
+/// what failed.
+type FileOutcome = Result<(usize, blake3::Hash), (usize, DataError)>;
+
+/// Records one finished file task of the sender.
+async fn sent_one(
+    done: Result<FileOutcome, tokio::task::JoinError>,
+    files: &[SourceFile],
+    sent: &mut [Option<blake3::Hash>],
+    rec: &SessionAudit,
+) -> Result<(), TransferError> {
+    let (i, hash) = match done {
+        Ok(Ok(x)) => x,
+        Ok(Err((i, source))) => {
+            return Err(TransferError::Data {
+                file: files[i].rel.to_string(),
+                source,
+            });
+        }
+        Err(e) => return Err(TransferError::Io(std::io::Error::other(e))),
+    };
+    let f = &files[i];
+    rec.file_completed(f.rel.as_str(), f.size, &hash).await?;
+    // `file_done` waits for the receipt that confirms it.
+    sent[i] = Some(hash);
+    Ok(())
+}
+
+/// Groups `lens` (each item's encoded size) into consecutive batches of at most
+/// [`MANIFEST_BYTES_PER_MESSAGE`] bytes (a batch holds at least one item).
+fn pack(lens: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut from, mut bytes, mut end) = (0usize, 0usize, 0usize);
+    for (i, n) in lens.enumerate() {
+        if i > from && bytes + n > MANIFEST_BYTES_PER_MESSAGE {
+            out.push(from..i);
+            (from, bytes) = (i, 0);
+        }
+        bytes += n;
+        end = i + 1;
+    }
+    if end > from {
+        out.push(from..end);
+    }
+    out
+}
+
+/// The entry of a file to send.
+fn entry_of(f: &SourceFile) -> Entry {
+    Entry {
+        path: f.rel.as_str().to_string(),
+        size: f.size,
+        mode: f.mode,
+        mtime: f.mtime,
+    }
+}
+
+/// Sends the offer (its start, the files' entries, the empty directories) and reads the
+/// receiver's answer, which can come before the whole manifest went out (a receiver
+/// refuses an offer too large, or from an unknown sender, without reading it). Returns
+/// the resume points of an acceptance, or the refusal.
+async fn offer_and_answer(
+    rx: &mut quinn::RecvStream,
+    tx: &mut quinn::SendStream,
+    est: &mut crate::crypto::handshake::Established,
+    start: &OfferStart,
+    files: &[SourceFile],
+    dirs: &[RelPath],
+) -> Result<Result<Vec<ResumePoint>, Refusal>, TransferError> {
+    let entry_batches = pack(files.iter().map(|f| entry_of(f).encoded_len()));
+    let dir_batches = pack(dirs.iter().map(|d| d.as_str().len() + 5));
+    let body = {
+        let answer = session::read_frame(rx);
+        tokio::pin!(answer);
+        let mut early = None;
+        let mut write_failed = None;
+        let messages = 1 + entry_batches.len() + dir_batches.len();
+        for m in 0..messages {
+            let body = if m == 0 {
+                est.seal_message(start)
+            } else if let Some(r) = entry_batches.get(m - 1) {
+                est.seal_message(&OfferEntries(
+                    files[r.clone()].iter().map(entry_of).collect(),
+                ))
+            } else {
+                let r = dir_batches[m - 1 - entry_batches.len()].clone();
+                est.seal_message(&OfferDirs(
+                    dirs[r].iter().map(|d| d.as_str().to_string()).collect(),
+                ))
+            }
+            .map_err(SessionError::from)?;
+            tokio::select! {
+                biased;
+                a = &mut answer => {
+                    early = Some(a);
+                    break;
+                }
+                w = session::write_frame(tx, &body) => {
+                    if let Err(e) = w {
+                        write_failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        match (early, write_failed) {
+            (Some(a), _) => a?,
+            // The receiver stopped reading: its answer (a refusal, an abort) may be there.
+            (None, Some(e)) => {
+                match tokio::time::timeout(std::time::Duration::from_secs(1), answer).await {
+                    Ok(Ok(body)) => body,
+                    _ => return Err(e.into()),
+                }
+            }
+            (None, None) => answer.await?,
+        }
+    };
+    let reply: Reply = est.open_message(&body).map_err(SessionError::from)?;
+    let n = match reply {
+        Reply::Refuse(r) => return Ok(Err(r)),
+        Reply::Accept { resume_points } => resume_points,
+    };
+    if n > files.len() as u64 {
+        return Err(Violation::TooManyResumePoints.into());
+    }
+    let mut points = Vec::with_capacity(n as usize);
+    while (points.len() as u64) < n {
+        let ResumePoints(batch) = session::recv(rx, est).await?;
+        if batch.is_empty() || points.len() as u64 + batch.len() as u64 > n {
+            return Err(Violation::ResumePointCount.into());
+        }
+        points.extend(batch);
+    }
+    Ok(Ok(points))
+}
+
+/// Reads the receipt of `files` files: their hashes in offer order, and the receiver's
+/// audit chain head.
+async fn read_receipt(
+    rx: &mut quinn::RecvStream,
+    est: &mut crate::crypto::handshake::Established,
+    files: usize,
+) -> Result<(Vec<[u8; 32]>, Option<[u8; 32]>), TransferError> {
+    let ReceiptStart { count, audit_head } = session::recv(rx, est).await?;
+    if count != files as u64 {
+        return Err(Violation::ReceiptCount.into());
+    }
+    let mut hashes = Vec::with_capacity(files);
+    while hashes.len() < files {
+        let ReceiptHashes(batch) = session::recv(rx, est).await?;
+        if batch.is_empty() || hashes.len() + batch.len() > files {
+            return Err(Violation::ReceiptHashCount.into());
+        }
+        hashes.extend(batch);
+    }
+    Ok((hashes, audit_head))
+}
