@@ -383,19 +383,17 @@ mod tests {
 
     #[test]
     fn the_paths_are_bounded_while_they_arrive() {
-        let long = "x".repeat(60_000);
+        // Paths of about 4,000 bytes (the most one path may have), 1,000 to a batch.
+        let long = vec!["x".repeat(199); 20].join("/");
         let n = MAX_MANIFEST_PATH_BYTES / long.len() + 1;
-        let mut reader = ManifestReader::new(
-            start(n as u64, 0, 0),
-            &Policy {
-                max_entries: 1 << 20,
-            },
-        )
-        .unwrap();
+        let policy = Policy { max_entries: 1 << 20 };
+        let mut reader = ManifestReader::new(start(n as u64, 0, 0), &policy).unwrap();
         let mut err = None;
-        for i in 0..n {
-            let e = entry(&format!("{i}{long}"), 0);
-            if let Err(e) = reader.entries(OfferEntries(vec![e])) {
+        for b in 0..n.div_ceil(1000) {
+            let batch = (b * 1000..n.min((b + 1) * 1000))
+                .map(|i| entry(&format!("{i}{long}"), 0))
+                .collect();
+            if let Err(e) = reader.entries(OfferEntries(batch)) {
                 err = Some(e);
                 break;
             }
