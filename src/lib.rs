@@ -7,6 +7,47 @@
 //! The library is what the `conduit` binary is made of; the binary only parses the command
 //! line, calls into this crate and maps errors to exit codes.
 //!
+//! # Sending and receiving a file
+//!
+//! One [`transfer::Sender`] and one [`transfer::Receiver`], each configured once, each
+//! run over a QUIC connection with a cancellation future (here: never). The receiver
+//! hands back the authenticated, checked offer; the caller accepts or refuses it.
+//!
+//! ```
+//! use phi_conduit::crypto::{identity::Identity, pipeline::CipherPool};
+//! use phi_conduit::transfer::{Receiver, Recipient, Sender, dest::Destination, source};
+//! use phi_conduit::{home::Home, peers::AddressBook, transport};
+//! use std::future::pending;
+//! # #[tokio::main] async fn main() -> anyhow::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let (clinic, lab) = (Identity::generate()?, Identity::generate()?);
+//! let mut lab_book = AddressBook::load(&Home::at(dir.path()))?;
+//! lab_book.add("clinic", clinic.public())?;
+//! std::fs::write(dir.path().join("note.txt"), "synthetic visit note")?;
+//! let files = source::collect_with_dirs(&[dir.path().join("note.txt")])?;
+//! let (to, pool) = (Recipient::Known(lab.public()), CipherPool::with_all_cores()?);
+//! let sender = Sender::new(clinic, pool.clone());
+//! let receiver = Receiver::new(lab, lab_book, pool);
+//!
+//! let server = transport::direct_server(([127, 0, 0, 1], 0).into())?;
+//! let addr = server.local_addr()?;
+//! let receiving = async {
+//!     let conn = server.accept().await.ok_or(anyhow::anyhow!("closed"))?.await?;
+//!     let offer = receiver.receive(&conn, pending()).await?; // who, what, how much
+//!     anyhow::Ok(offer.accept(&Destination::open(&dir.path().join("inbox"))?).await?)
+//! };
+//! let sending = async {
+//!     let client = transport::direct_client(addr)?;
+//!     let conn = client.connect(addr, "phi-conduit")?.await?;
+//!     let sent = sender.send(&conn, &to, &files, pending()).await?;
+//!     client.wait_idle().await;
+//!     anyhow::Ok(sent)
+//! };
+//! let (sent, got) = tokio::try_join!(sending, receiving)?;
+//! assert_eq!(sent.files[0].2, got.files[0].2); // the same BLAKE3 at both ends
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
 //!
 //! | module | job |
@@ -14,7 +55,7 @@
 //! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher and its key schedule), [`crypto::pipeline`] (parallel seal/open over a pool of reused buffers), [`crypto::chunk_hash`] (whole-file BLAKE3 from per-chunk subtrees), [`crypto::aead`] (the ChaCha20-Poly1305 backend), [`crypto::identity`] (X25519 identities, key text, fingerprints), [`crypto::handshake`] (Noise IK and XXpsk3 state machines), [`crypto::pake`] (code phrases and SPAKE2) |
 //! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames) |
 //! | [`session`] | the handshake and typed session messages over an async stream |
-//! | [`transfer`] | moving files: [`transfer::run`] (one transfer, both sides), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes, free space), [`transfer::resume`] (sidecars, prefix hashes, checkpoints), [`transfer::source`] (the sender's files) |
+//! | [`transfer`] | moving files: [`transfer::sender`] ([`transfer::Sender`]), [`transfer::receiver`] ([`transfer::Receiver`], [`transfer::IncomingOffer`]), [`transfer::manifest`] (the offer's checks, pure), [`transfer::error`] ([`transfer::TransferError`], [`transfer::ErrorKind`], close codes), [`transfer::events`] (progress and summary), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes, free space), [`transfer::resume`] (sidecars, prefix hashes, checkpoints), [`transfer::source`] (the sender's files) |
 //! | [`audit`] | the endpoint's tamper-evident audit trail: [`audit::record`] (schema and chained MAC), [`audit::log`] (locked, fsynced, rotated files), [`audit::verify`] (chain check, reading records) |
 //! | [`transport`] | QUIC endpoints (direct, to and from a relay), certificates and pins, the one tuned transport configuration |
 //! | [`relay`] | the relay in conduit mode: Hello, pairing, splice, limits, tokens, metrics, fleet choice, and joining a relay as a client |

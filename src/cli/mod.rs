@@ -316,6 +316,47 @@ mod tests {
     }
 
     #[test]
+    fn the_cli_adds_the_next_step_to_a_refusal() {
+        use crate::transfer::protocol::{MAX_DETAIL, Refusal, RefusalCode};
+        // (Moved from transfer::protocol: the library's refusal names no flag.)
+        let r = Refusal::new(
+            RefusalCode::Exists,
+            format!("\u{1b}[31m{}", "x".repeat(9000)),
+        );
+        let shown = transfer::sentence(&r);
+        assert!(!shown.contains('\u{1b}'));
+        assert!(shown.len() < MAX_DETAIL + 200);
+        assert!(shown.ends_with("they can re-run with --overwrite"));
+        let unknown = Refusal {
+            code: RefusalCode::UnknownSender,
+            detail: None,
+        };
+        assert!(transfer::sentence(&unknown).contains("receive with --yes"));
+    }
+
+    #[test]
+    fn every_error_kind_has_its_exit_code() {
+        use crate::transfer::{ErrorKind, TransferError};
+        assert_eq!(code_of(ErrorKind::Authentication), Some(code::AUTH));
+        assert_eq!(code_of(ErrorKind::Integrity), Some(code::INTEGRITY));
+        assert_eq!(code_of(ErrorKind::Refused), Some(code::REFUSED));
+        assert_eq!(code_of(ErrorKind::AuditCutShort), Some(code::AUDIT_CUT));
+        assert_eq!(code_of(ErrorKind::Cancelled), Some(code::INTERRUPTED));
+        for k in [
+            ErrorKind::Timeout,
+            ErrorKind::Busy,
+            ErrorKind::Protocol,
+            ErrorKind::Other,
+        ] {
+            assert_eq!(code_of(k), None);
+        }
+        let cancelled = anyhow::Error::from(TransferError::Cancelled).context("receiving");
+        assert_eq!(exit_code(&cancelled), code::INTERRUPTED);
+        let cut = anyhow::Error::from(crate::audit::AuditError::CutShort("x".into()));
+        assert_eq!(exit_code(&cut), code::AUDIT_CUT);
+    }
+
+    #[test]
     fn an_error_line_names_each_cause_once() {
         let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
         let data = crate::transfer::data::DataError::Sink(io);

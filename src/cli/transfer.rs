@@ -416,7 +416,7 @@ fn refused_by(e: TransferError, to: Option<&str>) -> anyhow::Error {
 }
 
 /// What the receiver said, then what the sender's user can do next.
-fn sentence(r: &Refusal) -> String {
+pub(crate) fn sentence(r: &Refusal) -> String {
     format!("{}; {}", r.explain(), next_step(r.code))
 }
 

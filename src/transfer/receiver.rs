@@ -144,6 +144,62 @@ impl Receiver {
     /// An offer this receiver's policy refuses (too many entries, an unknown sender) is
     /// refused here, before its manifest is read, and comes back as
     /// [`TransferError::Refused`]. On every error the connection is already closed.
+    ///
+    /// A whole transfer on loopback, both sides auditing:
+    ///
+    /// ```
+    /// use phi_conduit::audit::{self, Audit};
+    /// use phi_conduit::crypto::{identity::Identity, pipeline::CipherPool};
+    /// use phi_conduit::home::Home;
+    /// use phi_conduit::peers::AddressBook;
+    /// use phi_conduit::transfer::{Receiver, Recipient, Sender, dest::Destination, source};
+    /// use phi_conduit::transport;
+    /// use std::future::pending;
+    ///
+    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+    /// let dir = tempfile::tempdir()?;
+    /// let (clinic, lab) = (Identity::generate()?, Identity::generate()?);
+    /// let (clinic_home, lab_home) = (Home::at(dir.path().join("clinic")), Home::at(dir.path().join("lab")));
+    /// let mut lab_book = AddressBook::load(&lab_home)?;
+    /// lab_book.add("clinic", clinic.public())?;
+    /// let clinic_book = AddressBook::load(&clinic_home)?;
+    /// let options = audit::Options::default();
+    /// let (clinic_audit, lab_audit) = (
+    ///     Audit::open(&clinic_home, &clinic, &clinic_book, options),
+    ///     Audit::open(&lab_home, &lab, &lab_book, options),
+    /// );
+    /// let lab_chain = audit::chain_key(&lab);
+    /// let to = Recipient::Known(lab.public());
+    /// let pool = CipherPool::with_all_cores()?;
+    /// let sender = Sender::new(clinic, pool.clone()).audit(clinic_audit);
+    /// let receiver = Receiver::new(lab, lab_book, pool).audit(lab_audit);
+    ///
+    /// let note = dir.path().join("note.txt");
+    /// std::fs::write(&note, "synthetic visit note")?;
+    /// let files = source::collect_with_dirs(std::slice::from_ref(&note))?;
+    /// let dest = Destination::open(&dir.path().join("inbox"))?;
+    /// let server = transport::direct_server(([127, 0, 0, 1], 0).into())?;
+    /// let addr = server.local_addr()?;
+    /// let receiving = async {
+    ///     let conn = server.accept().await.ok_or_else(|| anyhow::anyhow!("closed"))?.await?;
+    ///     let offer = receiver.receive(&conn, pending()).await?;
+    ///     assert!(offer.known());
+    ///     anyhow::Ok(offer.accept(&dest).await?)
+    /// };
+    /// let sending = async {
+    ///     let client = transport::direct_client(addr)?;
+    ///     let conn = client.connect(addr, "phi-conduit")?.await?;
+    ///     let sent = sender.send(&conn, &to, &files, pending()).await?;
+    ///     client.wait_idle().await;
+    ///     anyhow::Ok(sent)
+    /// };
+    /// let (sent, got) = tokio::try_join!(sending, receiving)?;
+    /// assert_eq!(sent.files[0].2, got.files[0].2); // the same BLAKE3 at both ends
+    /// assert_eq!(std::fs::read(dir.path().join("inbox/note.txt"))?, b"synthetic visit note");
+    /// let valid = audit::verify::verify(&audit::dir(&lab_home), &lab_chain)?;
+    /// assert!(valid.is_ok_and(|v| v.records == 5)); // created, opened, offer, file, receipt
+    /// # Ok(()) }
+    /// ```
     pub async fn receive<'a>(
         &'a self,
         conn: &quinn::Connection,
