@@ -5,10 +5,10 @@
 //! only, holds no key and writes nothing to disk).
 //!
 //! The library is what the `conduit` binary is made of. The binary (`src/main.rs`) owns
-//! the command line (its `cli` module: clap definitions and handlers), the benchmark
+//! the command line (its `cli` module: argument definitions and handlers), the benchmark
 //! driver (`bench`) and the demo (`demo`): it parses the command line, reads the
 //! environment, calls into this crate and maps errors to exit codes. This crate has no
-//! clap types and reads no environment variables: what it needs is passed in.
+//! command-line parser types and reads no environment variables: what it needs is passed in.
 //!
 //! # Layout
 //!
