@@ -18,7 +18,8 @@ use clap::Args;
 use serde_json::json;
 
 use crate::audit::names::Names;
-use crate::audit::{Audit, NameMode};
+use crate::audit::Audit;
+use crate::cli::AuditNames;
 use crate::cli::Redacted;
 use crate::cli::output::{Output, ask_at_terminal, events, report};
 use crate::cli::transfer::{
@@ -104,7 +105,7 @@ pub struct ReceiveArgs {
     /// (hash: no file name on stdout, stderr or the journal) [default: plain; hash with
     /// --daemon].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
-    audit_names: Option<NameMode>,
+    audit_names: Option<AuditNames>,
     #[command(flatten)]
     timeouts: TimeoutFlags,
 }

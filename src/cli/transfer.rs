@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::audit::names::Names;
 use crate::audit::{Audit, NameMode};
+use crate::cli::AuditNames;
 use crate::cli::output::{Output, events, report, source_error_shown};
 use crate::cli::{Redacted, Usage};
 use crate::config::{Config, TransferFile};
@@ -64,7 +65,7 @@ pub struct SendArgs {
     /// How file names appear in this endpoint's audit records and in what it prints
     /// (hash: no file name on stdout or stderr) [default: plain].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
-    audit_names: Option<NameMode>,
+    audit_names: Option<AuditNames>,
     #[command(flatten)]
     timeouts: TimeoutFlags,
 }
@@ -236,7 +237,7 @@ pub(crate) fn relay_unless_direct(
 /// for a daemon (a service's output goes to the journal, a second, unencrypted store)
 /// and `plain` for a command run by a person.
 pub(crate) fn audit_options(
-    names: Option<NameMode>,
+    names: Option<AuditNames>,
     config: &Config,
     daemon: bool,
 ) -> crate::audit::Options {
@@ -246,8 +247,12 @@ pub(crate) fn audit_options(
         NameMode::Plain
     };
     crate::audit::Options {
-        names: names.or(config.file.audit.names).unwrap_or(default),
-        rotate_bytes: config.file.audit.rotate_bytes,
+        names: names
+            .map(NameMode::from)
+            .or(config.file.audit.names)
+            .unwrap_or(default),
+        rotate_bytes: crate::cli::env_parsed(crate::audit::log::ROTATE_ENV)
+            .or(config.file.audit.rotate_bytes),
     }
 }
 
