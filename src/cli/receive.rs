@@ -17,8 +17,8 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::json;
 
-use crate::audit::names::Names;
 use crate::audit::Audit;
+use crate::audit::names::Names;
 use crate::cli::AuditNames;
 use crate::cli::Redacted;
 use crate::cli::output::{Output, ask_at_terminal, events, report};

@@ -386,7 +386,9 @@ mod tests {
         // Paths of about 4,000 bytes (the most one path may have), 1,000 to a batch.
         let long = vec!["x".repeat(199); 20].join("/");
         let n = MAX_MANIFEST_PATH_BYTES / long.len() + 1;
-        let policy = Policy { max_entries: 1 << 20 };
+        let policy = Policy {
+            max_entries: 1 << 20,
+        };
         let mut reader = ManifestReader::new(start(n as u64, 0, 0), &policy).unwrap();
         let mut err = None;
         for b in 0..n.div_ceil(1000) {

@@ -556,3 +556,134 @@ async fn offer_part<T>(
         .into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::home::Home;
+    use crate::transfer::source;
+    use crate::transfer::{Recipient, Sender};
+
+    /// What the receiving caller does with the offer.
+    enum Decision {
+        Accept,
+        Refuse,
+        CancelThenAccept,
+    }
+
+    /// A sender and a receiver that knows it, on loopback; the receiver's caller does
+    /// `decision` once the offer is in. Returns both sides' results and the directory.
+    async fn transfer(
+        decision: Decision,
+    ) -> (
+        Result<Summary, TransferError>,
+        Result<Summary, TransferError>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (clinic, lab) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let mut book = AddressBook::load(&Home::at(dir.path().join("lab"))).unwrap();
+        book.add("clinic", clinic.public()).unwrap();
+        let src = dir.path().join("note.txt");
+        std::fs::write(&src, vec![5u8; 3 << 20]).unwrap();
+        let files = source::collect_with_dirs(std::slice::from_ref(&src)).unwrap();
+        let out = dir.path().join("inbox");
+        let dest = Destination::open(&out).unwrap();
+        let pool = CipherPool::new(2).unwrap();
+        let to = Recipient::Known(lab.public());
+        let sender = Sender::new(clinic, Arc::clone(&pool));
+        let receiver = Receiver::new(lab, book, pool);
+        let server = crate::transport::direct_server(([127, 0, 0, 1], 0).into()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        let receiving = async {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let stop = async move {
+                let _ = cancelled.await;
+            };
+            let offer = receiver.receive(&conn, stop).await?;
+            assert!(offer.known());
+            assert_eq!(offer.offer().entries.len(), 1);
+            match decision {
+                Decision::Accept => offer.accept(&dest).await,
+                Decision::Refuse => {
+                    let why = Refusal::new(RefusalCode::Declined, "not today");
+                    Err(offer.refuse(why).await)
+                }
+                Decision::CancelThenAccept => {
+                    let _ = cancel.send(());
+                    offer.accept(&dest).await
+                }
+            }
+        };
+        let sending = async {
+            let client = crate::transport::direct_client(addr).unwrap();
+            let conn = client.connect(addr, "phi-conduit").unwrap().await.unwrap();
+            let r = sender
+                .send(&conn, &to, &files, std::future::pending())
+                .await;
+            client.wait_idle().await;
+            r
+        };
+        let (sent, got) = tokio::join!(sending, receiving);
+        (sent, got, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_offer_reaches_the_sender_and_nothing_is_written() {
+        let (sent, got, dir) = transfer(Decision::Refuse).await;
+        assert!(
+            matches!(&got, Err(TransferError::Refused(r)) if r.code == RefusalCode::Declined),
+            "{got:?}"
+        );
+        assert!(
+            matches!(&sent, Err(TransferError::Refused(r)) if r.code == RefusalCode::Declined),
+            "{sent:?}"
+        );
+        assert_eq!(
+            sent.unwrap_err().kind(),
+            crate::transfer::ErrorKind::Refused
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("inbox")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_receiver_closes_the_connection_as_cancelled() {
+        let (sent, got, _dir) = transfer(Decision::CancelThenAccept).await;
+        assert!(matches!(got, Err(TransferError::Cancelled)), "{got:?}");
+        let closed = match &sent {
+            Err(TransferError::Connection(quinn::ConnectionError::ApplicationClosed(c))) => {
+                Some(c.error_code)
+            }
+            Err(TransferError::Session(SessionError::Io(e))) => e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<quinn::ReadError>())
+                .and_then(|r| match r {
+                    quinn::ReadError::ConnectionLost(
+                        quinn::ConnectionError::ApplicationClosed(c),
+                    ) => Some(c.error_code),
+                    _ => None,
+                }),
+            _ => None,
+        };
+        assert_eq!(
+            closed,
+            Some(crate::transfer::CLOSE_CANCELLED.into()),
+            "{sent:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_accepted_offer_is_received() {
+        let (sent, got, dir) = transfer(Decision::Accept).await;
+        let (sent, got) = (sent.unwrap(), got.unwrap());
+        assert_eq!(sent.files[0].2, got.files[0].2);
+        assert_eq!(
+            std::fs::read(dir.path().join("inbox/note.txt")).unwrap(),
+            vec![5u8; 3 << 20]
+        );
+    }
+}
