@@ -3,7 +3,7 @@
 //! Where this machine cannot make a fault (no permission to mount, no netem), the test
 //! says so on stderr and skips that part; it never passes silently.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;

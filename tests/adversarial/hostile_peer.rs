@@ -1,7 +1,7 @@
 //! Peers that stall, fail to authenticate, vanish or guess the code, against the real
 //! `conduit` binary over loopback QUIC (THREATS.md F7, F14; issue 18 items 1, 5, 9).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! error, with bounded memory, and nothing is written outside (or inside) the
 //! destination.
 
-mod common;
+use crate::common;
 
 use phi_conduit::audit::Audit;
 use std::path::Path;

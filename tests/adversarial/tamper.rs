@@ -3,7 +3,7 @@
 //! replays one session's stream into another. Every case must end with an error at both
 //! endpoints and no file under its final name; the sender never reports success.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! (an edited field, a deleted record, two records swapped, a truncated tail, a record
 //! forged without the key, a file of the rotation removed) is detected and named.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -2,7 +2,7 @@
 //! key material never shows in `Debug`; the process is not dumpable (issue 18, items 6-8).
 //! Real processes of the binary, real files.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

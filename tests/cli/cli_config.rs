@@ -2,7 +2,7 @@
 //! beat environment variables, which beat the file; `conduit config show` says where each
 //! value came from; an unknown key is an error naming its line.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,10 +1,12 @@
 //! `conduit demo`: the README's first command, as a real process.
 
-use std::process::Command;
+use crate::common::scratch;
 
 #[test]
 fn the_demo_verifies_every_file_and_the_relay_writes_nothing() {
-    let out = Command::new(env!("CARGO_BIN_EXE_conduit"))
+    let sc = scratch();
+    let out = sc
+        .conduit()
         .args(["demo", "--json", "--size", "3000000"])
         .output()
         .unwrap();
@@ -28,7 +30,9 @@ fn the_demo_verifies_every_file_and_the_relay_writes_nothing() {
 
 #[test]
 fn the_demo_speaks_to_people_too() {
-    let out = Command::new(env!("CARGO_BIN_EXE_conduit"))
+    let sc = scratch();
+    let out = sc
+        .conduit()
         .args(["demo", "--size", "100000"])
         .output()
         .unwrap();

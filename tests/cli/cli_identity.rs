@@ -3,16 +3,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::common::{self, scratch};
+
+/// Runs `conduit --home HOME ARGS...` (the harness's command) to completion.
 fn conduit(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conduit"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("CONDUIT_HOME")
-        .output()
-        .unwrap()
+    common::conduit(home).args(args).output().unwrap()
 }
 
 fn id_json(home: &Path) -> serde_json::Value {
@@ -68,14 +65,6 @@ fn second_keygen_without_force_fails_and_keeps_the_key() {
 }
 
 #[test]
-fn id_without_identity_says_to_run_keygen() {
-    let home = tempfile::tempdir().unwrap();
-    let out = conduit(home.path(), &["id"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("conduit keygen"), "{}", stderr(&out));
-}
-
-#[test]
 fn a_key_file_others_can_read_is_refused() {
     let home = tempfile::tempdir().unwrap();
     assert!(conduit(home.path(), &["keygen"]).status.success());
@@ -89,8 +78,9 @@ fn a_key_file_others_can_read_is_refused() {
 #[test]
 fn conduit_home_variable_is_used_without_the_flag() {
     let home = tempfile::tempdir().unwrap();
+    let sc = scratch();
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_conduit"))
+        sc.conduit()
             .args(args)
             .env("CONDUIT_HOME", home.path())
             .output()

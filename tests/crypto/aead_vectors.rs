@@ -21,7 +21,7 @@ fn field<'a>(text: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn rfc8439_section_2_8_2() {
-    let text = include_str!("data/rfc8439_aead.txt");
+    let text = include_str!("../data/rfc8439_aead.txt");
     let key: [u8; 32] = unhex(field(text, "key")).try_into().unwrap();
     let nonce: [u8; NONCE_LEN] = unhex(field(text, "nonce")).try_into().unwrap();
     let aad = unhex(field(text, "aad"));
@@ -69,8 +69,10 @@ struct Case {
 
 #[test]
 fn wycheproof_chacha20_poly1305() {
-    let file: File =
-        serde_json::from_str(include_str!("data/wycheproof/chacha20_poly1305_test.json")).unwrap();
+    let file: File = serde_json::from_str(include_str!(
+        "../data/wycheproof/chacha20_poly1305_test.json"
+    ))
+    .unwrap();
     let (mut valid, mut invalid, mut other_sizes) = (0, 0, 0);
     for group in &file.groups {
         for case in &group.tests {

@@ -37,7 +37,7 @@ fn h(s: &str) -> Vec<u8> {
 #[test]
 fn cacophony_vectors_for_ik_and_xxpsk3() {
     let file: File =
-        serde_json::from_str(include_str!("data/noise/cacophony_subset.json")).unwrap();
+        serde_json::from_str(include_str!("../data/noise/cacophony_subset.json")).unwrap();
     let names: Vec<&str> = file
         .vectors
         .iter()

@@ -29,7 +29,7 @@ impl Vector {
 
 fn vectors() -> Vec<Vector> {
     let mut out: Vec<Vector> = Vec::new();
-    for line in include_str!("data/stream_kat.txt").lines() {
+    for line in include_str!("../data/stream_kat.txt").lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;

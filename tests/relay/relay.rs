@@ -1,7 +1,7 @@
 //! The relay in conduit mode with real processes on loopback: `conduit relay`, and
 //! `conduit send` / `conduit receive` meeting there.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

@@ -14,7 +14,7 @@
 //! the same two cores, and a test that measures how the relay holds up under one attack
 //! should not also be measuring the other tests' attacks.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! under a marker name, goes through it; neither the marker, nor the name, nor either
 //! endpoint's secret key appears in what the relay handled.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

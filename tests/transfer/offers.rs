@@ -1,7 +1,7 @@
 //! Offers of any size and refusals that are answered: `conduit send` and `conduit
 //! receive` as two real processes on loopback (issue 17, items 5, 6 and 7).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -203,7 +203,7 @@ fn refused(p: &Pair, inbox: &Path, receiver_flags: &[&str], paths: &[&Path]) -> 
     let (mut rx, addr) = start_receiver(p, inbox, receiver_flags);
     let out = send(p, &addr, paths, &[]);
     // A sender refused at the handshake never authenticated: a one-shot receiver keeps
-    // waiting for its real sender (tests/hostile_peer.rs), so it is stopped here.
+    // waiting for its real sender (tests/adversarial/hostile_peer.rs), so it is stopped here.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while rx.child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));

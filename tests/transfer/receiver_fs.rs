@@ -3,7 +3,7 @@
 //! they are ours, names at the limits, durable progress for a killed sender, and old
 //! partial files removed with an audit record. Real `conduit` processes on loopback.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;

@@ -10,7 +10,7 @@
 //! after all chunks but the last (every byte read, the last chunk not sent yet: only the
 //! check after the last read can see the change).
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

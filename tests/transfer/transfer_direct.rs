@@ -1,6 +1,6 @@
 //! `conduit send` and `conduit receive` as two real processes on loopback.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -141,7 +141,7 @@ fn an_unknown_sender_is_refused_the_receiver_failing_authentication() {
     // The sender was refused (5, with the next step).
     assert_eq!(out.status.code(), Some(5), "sender: {}", text(&out.stderr));
     // The one-shot receiver is not used up by a sender that fails to authenticate: it
-    // reports the connection and keeps waiting (tests/hostile_peer.rs has the rest).
+    // reports the connection and keeps waiting (tests/adversarial/hostile_peer.rs has the rest).
     common::wait_for_audit(&p.receiver, "unknown sender");
     assert!(
         rx.child.try_wait().unwrap().is_none(),

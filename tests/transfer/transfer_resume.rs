@@ -1,7 +1,7 @@
 //! Interrupted transfers resume: real `conduit send` / `conduit receive` processes on
 //! loopback, one of them killed mid-transfer, then the same two commands run again.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
