@@ -6,8 +6,8 @@ use crate::common;
 use std::process::Output;
 
 use common::{
-    Relay, Running, blake3_file, conduit, events, pair_knowing, receiver_via, same_file, send_via,
-    start_relay, start_relay_at, text, wait_for_durable, write_data, write_large,
+    Relay, Running, blake3_file, conduit, events, pair_knowing, receiver_via, same_file, scratch,
+    send_via, start_relay, start_relay_at, text, wait_for_durable, write_data, write_large,
 };
 
 #[test]
@@ -554,14 +554,14 @@ fn sigterm_lets_a_running_session_finish_then_exits_zero() {
 #[test]
 fn the_daemon_reconnects_when_the_relay_comes_back() {
     // A relay with a certificate from files, so that it comes back with the same pin.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let (cert_pem, key_pem) = (dir.path().join("relay.pem"), dir.path().join("relay.key"));
     std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
     std::fs::write(&key_pem, cert.key_pair.serialize_pem()).unwrap();
     let start = |addr: &str| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_conduit"));
+        let mut cmd = dir.conduit();
         // A short idle timeout, so the daemon notices the relay gone within seconds.
         cmd.args([
             "relay",
@@ -633,14 +633,15 @@ fn the_daemon_reconnects_when_the_relay_comes_back() {
 /// the relay never gets to listen.
 #[test]
 fn a_duration_limit_past_a_day_is_refused_at_start() {
-    let cwd = tempfile::tempdir().unwrap();
+    let cwd = scratch();
     for flag in [
         "--strike-window",
         "--pairing-timeout",
         "--hello-timeout",
         "--drain-timeout",
     ] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conduit"))
+        let mut child = cwd
+            .conduit()
             .args([
                 "relay",
                 "--listen",
@@ -649,9 +650,6 @@ fn a_duration_limit_past_a_day_is_refused_at_start() {
                 "--json",
             ])
             .args([flag, "18446744073709551615"])
-            .current_dir(cwd.path())
-            .env("HOME", cwd.path())
-            .env_remove("CONDUIT_HOME")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
