@@ -507,7 +507,9 @@ fn read_error(e: quinn::ReadExactError) -> io::Error {
         quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))
             if code == RESET_SOURCE_CHANGED.into() =>
         {
-            io::Error::other("the sender stopped this file: it changed at the sender while being sent")
+            io::Error::other(
+                "the sender stopped this file: it changed at the sender while being sent",
+            )
         }
         quinn::ReadExactError::ReadError(e) => io::Error::other(e),
     }
