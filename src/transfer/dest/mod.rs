@@ -223,7 +223,7 @@ pub struct Destination {
     /// paths): the next file finalized below one fsyncs its parent.
     unsynced: Arc<Mutex<HashSet<String>>>,
     /// The last walk that created nothing, by its parents (see [`Self::for_offer`]).
-    walked: Option<Arc<Mutex<Option<(String, Option<Walk>)>>>>,
+    walked: Option<Arc<Mutex<LastWalk>>>,
 }
 
 /// What [`Destination::find_part`] found for one offered file.
@@ -246,6 +246,9 @@ impl std::fmt::Debug for Walk {
         f.debug_struct("Walk").field("rels", &self.rels).finish()
     }
 }
+
+/// The last walk of an offer's checks: its parents, and what it found.
+type LastWalk = Option<(String, Option<Walk>)>;
 
 /// The directories from the destination down to a file's directory.
 #[derive(Clone)]
