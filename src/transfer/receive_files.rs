@@ -22,7 +22,7 @@ use crate::transfer::protocol::{
     Refusal, RefusalCode, Reply, ResumePoint, ResumePoints,
 };
 use crate::transfer::receiver::{MAX_HELD_PARTS, ReceivePolicy, Session};
-use crate::transfer::resume::{self, Checkpoint, Sidecar};
+use crate::transfer::resume::{self, Sidecar};
 use crate::transfer::sender::{FLIGHT_UNITS, TINY_FILES_IN_FLIGHT, flight_weight};
 
 /// Receives an accepted offer on `s` into `dest`; returns once the receipt is sent.
@@ -41,11 +41,13 @@ pub(crate) async fn receive(
         dirs,
     } = valid;
     let peer = ses.peer;
+    // The offer's checks walk each directory once, not once per file.
+    let checks = dest.for_offer();
     let in_the_way = || {
         entries
             .iter()
             .map(|(r, _)| r)
-            .find(|r| !policy.overwrite && dest.exists(r))
+            .find(|r| !policy.overwrite && checks.exists(r))
             .or_else(|| {
                 // An empty directory's place must be free or a directory.
                 dirs.iter().find(|d| {
@@ -60,12 +62,12 @@ pub(crate) async fn receive(
         .or_else(|| {
             entries
                 .iter()
-                .find_map(|(r, _)| dest.check(r, policy.overwrite))
+                .find_map(|(r, _)| checks.check(r, policy.overwrite))
                 .map(|why| Refusal::new(RefusalCode::Policy, why))
         });
     let (plan, refusal) = match refusal {
         Some(r) => (ResumePlan::default(), Some(r)),
-        None => plan_resume(dest, &peer, &entries, chunk, offer.total_size, &ses.emit)?,
+        None => plan_resume(&checks, &peer, &entries, chunk, offer.total_size, &ses.emit)?,
     };
     // Nothing of the offer exists yet: what it creates and leaves empty goes if it fails.
     let created = CreatedDirs::note(dest.root(), entries.iter().map(|(r, _)| r), &dirs);
@@ -152,13 +154,8 @@ pub(crate) async fn receive(
                 }
                 let writer = part.writer()?;
                 let mut reservation = part.take_reservation();
-                let mut checkpoint = Checkpoint::new(
-                    part.writer()?,
-                    part.dir(),
-                    part.sidecar_name().map(str::to_string).unwrap_or_default(),
-                    Sidecar::new(&peer, rel, e, chunk, part.part_name()),
-                    first,
-                );
+                let mut checkpoint =
+                    part.checkpoint(Sidecar::new(&peer, rel, e, chunk, part.part_name()), first);
                 let fd = FileData::new(
                     &keys,
                     &ctx,
@@ -171,7 +168,7 @@ pub(crate) async fn receive(
                     if let Some(r) = &mut reservation {
                         r.ahead_of(off)?;
                     }
-                    std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)?;
+                    std::os::unix::fs::FileExt::write_all_at(&*writer, buf, off)?;
                     checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
                 });
                 let progress = ses.emit.progress(offer.total_size, &moved);
