@@ -159,7 +159,7 @@ impl Config {
     /// Loads `home`'s file; a missing file is an empty configuration. The file and the
     /// directories up to the home must be ours ([`crate::home::check_ours`]).
     pub fn load(home: &Home) -> Result<Self, ConfigError> {
-        Self::load_checked(&Self::path_in(home), Some(home.path()))
+        Self::load_checked(&Self::path_in(home), Some(home.check_top()))
     }
 
     /// Loads the file at `path`; a missing file is an empty configuration. The file and
@@ -254,6 +254,52 @@ pub mod env {
     pub const AUDIT_NAMES: &str = "CONDUIT_AUDIT_NAMES";
     /// The audit log's rotation size.
     pub const AUDIT_ROTATE_BYTES: &str = crate::audit::log::ROTATE_ENV;
+
+    /// Every variable above.
+    pub const ALL: [&str; 7] = [
+        RELAY,
+        RELAY_PIN,
+        RELAY_CA,
+        RELAY_WAIT,
+        OUT,
+        AUDIT_NAMES,
+        AUDIT_ROTATE_BYTES,
+    ];
+}
+
+/// The values of the environment variables that set configuration values ([`env::ALL`]),
+/// as the caller read them: the library reads no environment variable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Environment {
+    vars: Vec<(&'static str, String)>,
+}
+
+impl Environment {
+    /// Reads each variable of [`env::ALL`] with `lookup` (the binary looks them up in
+    /// its process environment); an empty value counts as unset.
+    ///
+    /// ```
+    /// use phi_conduit::config::{Environment, env};
+    ///
+    /// let e = Environment::capture(|name| (name == env::OUT).then(|| "/srv/inbox".to_string()));
+    /// assert_eq!(e.get(env::OUT), Some("/srv/inbox"));
+    /// assert_eq!(e.get(env::RELAY), None);
+    /// ```
+    pub fn capture(mut lookup: impl FnMut(&str) -> Option<String>) -> Self {
+        let vars = env::ALL
+            .iter()
+            .filter_map(|&name| Some((name, lookup(name).filter(|v| !v.is_empty())?)))
+            .collect();
+        Self { vars }
+    }
+
+    /// The value of `name`, if set (and one of [`env::ALL`]).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// One effective setting, for `conduit config show`.
@@ -270,16 +316,14 @@ pub struct Setting {
 }
 
 impl Config {
-    /// The effective settings without command-line flags: environment, then this file,
-    /// then the defaults.
-    pub fn effective(&self) -> Vec<Setting> {
+    /// The effective settings without command-line flags: environment (`environment`),
+    /// then this file, then the defaults.
+    pub fn effective(&self, environment: &Environment) -> Vec<Setting> {
         let t = &self.file.transfer;
         let a = &self.file.audit;
         let text =
             |v: Option<String>, env: Option<&'static str>, key: &str, default: Option<&str>| {
-                let from_env = env
-                    .and_then(|e| std::env::var(e).ok())
-                    .filter(|v| !v.is_empty());
+                let from_env = env.and_then(|e| environment.get(e)).map(str::to_string);
                 let (value, source) = match (from_env, v) {
                     (Some(e), _) => (Some(e), Source::Env),
                     (None, Some(f)) => (Some(f), Source::File),

@@ -14,7 +14,7 @@ use rustix::io::Errno;
 
 /// Creates `dir` (and parents) with mode 0700 if missing, and tightens an existing one to
 /// 0700.
-pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+pub fn private_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let meta = fs::symlink_metadata(dir)?;
     if !meta.is_dir() {
@@ -32,7 +32,7 @@ pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
 /// Writes `bytes` to `path` atomically with mode `mode`: a temporary file in the same
 /// directory (created exclusively, never following a link), fsync, rename over `path`,
 /// fsync of the directory. A reader sees the old file or the new one, never a mix.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;

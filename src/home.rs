@@ -1,8 +1,9 @@
 //! The endpoint's home directory: identity, address book, audit log.
 //!
-//! Chosen in this order: the `--home DIR` flag, the `CONDUIT_HOME` environment variable,
-//! then the OS convention (`$XDG_DATA_HOME/conduit` or `~/.local/share/conduit` on Linux,
-//! via the `directories` crate).
+//! The `conduit` binary chooses it in this order: the `--home DIR` flag, the
+//! [`HOME_ENV`] environment variable, then the OS convention (`$XDG_DATA_HOME/conduit` or
+//! `~/.local/share/conduit` on Linux); the library takes the result ([`Home::at`]) and
+//! reads no environment variable.
 //!
 //! Files loaded from the home decide whom the endpoint trusts (`peers.toml`), where it
 //! connects and what it accepts (`conduit.toml`) and who it is (the secret key, from which
@@ -17,14 +18,6 @@ use thiserror::Error;
 
 /// The environment variable that overrides the home directory.
 pub const HOME_ENV: &str = "CONDUIT_HOME";
-
-/// Errors locating the home directory.
-#[derive(Debug, Error)]
-pub enum HomeError {
-    /// No flag, no variable, and the OS gives no data directory.
-    #[error("cannot find a home directory for conduit: pass --home DIR or set CONDUIT_HOME")]
-    NotFound,
-}
 
 /// A file the endpoint loads could have been written by someone else.
 #[derive(Debug, Error)]
@@ -79,9 +72,9 @@ pub enum NotOurs {
 /// user (or root), not writable by group or others, and that each directory from its
 /// parent up to and including `up_to` (just its parent without `up_to`, or when the file
 /// is not under it) is owned by this user or root and not writable by group or others.
-/// When `up_to` lies in the user's home directory (`$HOME`), the directories up to and
-/// including that one are checked too. A directory with the sticky bit (`/tmp`) may be
-/// writable by others: they cannot rename or remove what is ours in it.
+/// The files of a [`Home`] are checked up to [`Home::check_top`] (the user's home
+/// directory when the endpoint's home lies in it). A directory with the sticky bit
+/// (`/tmp`) may be writable by others: they cannot rename or remove what is ours in it.
 ///
 /// ```
 /// use std::os::unix::fs::PermissionsExt;
@@ -123,13 +116,7 @@ pub fn check_ours(file: &Path, up_to: Option<&Path>) -> Result<(), NotOurs> {
             mode: m.mode() & 0o7777,
         });
     }
-    let top = up_to.filter(|top| file.starts_with(top)).map(|top| {
-        match std::env::var_os("HOME").map(PathBuf::from) {
-            Some(user) if user.is_absolute() && top.starts_with(&user) => user,
-            _ => top.to_path_buf(),
-        }
-    });
-    let top = top.as_deref();
+    let top = up_to.filter(|top| file.starts_with(top));
     let mut dir = file.parent();
     while let Some(d) = dir {
         let d = if d.as_os_str().is_empty() {
@@ -158,34 +145,39 @@ pub fn check_ours(file: &Path, up_to: Option<&Path>) -> Result<(), NotOurs> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Home {
     path: PathBuf,
+    /// The user's home directory (`$HOME`, as the caller read it), if known.
+    user_home: Option<PathBuf>,
 }
 
 impl Home {
-    /// Resolves the home: `flag`, else `CONDUIT_HOME`, else the OS data directory.
-    pub fn resolve(flag: Option<PathBuf>) -> Result<Self, HomeError> {
-        if let Some(path) = flag {
-            return Ok(Self { path });
-        }
-        if let Some(path) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
-            return Ok(Self {
-                path: PathBuf::from(path),
-            });
-        }
-        directories::ProjectDirs::from("org", "phi-conduit", "conduit")
-            .map(|d| Self {
-                path: d.data_dir().to_path_buf(),
-            })
-            .ok_or(HomeError::NotFound)
-    }
-
     /// A home at an explicit path.
     pub fn at(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            user_home: None,
+        }
+    }
+
+    /// This home, knowing the user's home directory (`$HOME`; ignored unless absolute):
+    /// when the endpoint's home lies in it, the files loaded from the home are checked up
+    /// to it ([`check_ours`]).
+    pub fn with_user_home(mut self, user_home: Option<PathBuf>) -> Self {
+        self.user_home = user_home.filter(|u| u.is_absolute());
+        self
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory up to which [`check_ours`] checks the files of this home: the user's
+    /// home directory when this home lies in it, else this home.
+    pub fn check_top(&self) -> &Path {
+        match &self.user_home {
+            Some(user) if self.path.starts_with(user) => user,
+            _ => &self.path,
+        }
     }
 }
 
@@ -238,8 +230,14 @@ mod tests {
     }
 
     #[test]
-    fn flag_wins() {
-        let h = Home::resolve(Some(PathBuf::from("/x/y"))).unwrap();
-        assert_eq!(h.path(), Path::new("/x/y"));
+    fn files_are_checked_up_to_the_user_home_that_holds_the_home() {
+        let h = Home::at("/u/me/.local/share/conduit");
+        assert_eq!(h.check_top(), Path::new("/u/me/.local/share/conduit"));
+        let h = h.with_user_home(Some(PathBuf::from("/u/me")));
+        assert_eq!(h.check_top(), Path::new("/u/me"));
+        let h = Home::at("/srv/conduit").with_user_home(Some(PathBuf::from("/u/me")));
+        assert_eq!(h.check_top(), Path::new("/srv/conduit"));
+        let h = Home::at("rel/conduit").with_user_home(Some(PathBuf::from("rel")));
+        assert_eq!(h.check_top(), Path::new("rel/conduit"));
     }
 }

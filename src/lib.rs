@@ -4,8 +4,11 @@
 //! QUIC, directly or through a relay that runs in *conduit mode* (it forwards ciphertext
 //! only, holds no key and writes nothing to disk).
 //!
-//! The library is what the `conduit` binary is made of; the binary only parses the command
-//! line, calls into this crate and maps errors to exit codes.
+//! The library is what the `conduit` binary is made of. The binary (`src/main.rs`) owns
+//! the command line (its `cli` module: argument definitions and handlers), the benchmark
+//! driver (`bench`) and the demo (`demo`): it parses the command line, reads the
+//! environment, calls into this crate and maps errors to exit codes. This crate has no
+//! command-line parser types and reads no environment variables: what it needs is passed in.
 //!
 //! # Layout
 //!
@@ -18,12 +21,10 @@
 //! | [`audit`] | the endpoint's tamper-evident audit trail: [`audit::record`] (schema and chained MAC), [`audit::log`] (locked, fsynced, rotated files), [`audit::verify`] (chain check, reading records) |
 //! | [`transport`] | QUIC endpoints (direct, to and from a relay), certificates and pins, the one tuned transport configuration |
 //! | [`relay`] | the relay in conduit mode: Hello, pairing, splice, limits, tokens, metrics, fleet choice, and joining a relay as a client |
-//! | [`demo`] | `conduit demo`: relay, receiver and sender on loopback in one process |
 //! | [`home`] | the endpoint's home directory |
 //! | [`config`] | `conduit.toml`: defaults for transfers, the audit trail and the relay; precedence and sources |
+//! | [`fsutil`] | small filesystem helpers for the endpoint's own files: private directories, atomic writes |
 //! | [`peers`] | the address book of pinned peer keys |
-//! | [`mod@bench`] | `conduit bench`: throughput measured against raw baselines in the same run: the cipher core, and [`bench::transfer`] (raw QUIC, direct, relayed, each party a process; [`bench::raw`] the raw peers, [`bench::proc`] CPU and memory from /proc) |
-//! | [`cli`] | clap definitions and command handlers |
 //!
 //! The protocol core is sans-IO where it can be: the STREAM state machines work on byte
 //! slices and never touch a socket or a file, so they are unit-, property- and
@@ -41,12 +42,9 @@
 )]
 
 pub mod audit;
-pub mod bench;
-pub mod cli;
 pub mod config;
 pub mod crypto;
-pub mod demo;
-mod fsutil;
+pub mod fsutil;
 pub mod home;
 pub mod peers;
 pub mod relay;

@@ -126,7 +126,7 @@ impl AddressBook {
             }
             Ok(_) => {
                 // Whom we trust comes from this file: it must be ours alone.
-                crate::home::check_ours(&path, Some(home.path()))?;
+                crate::home::check_ours(&path, Some(home.check_top()))?;
                 fs::read_to_string(&path).map_err(io_err)?
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),

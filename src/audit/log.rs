@@ -84,13 +84,10 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 impl AuditLog {
-    /// The log in `dir` with chain key `key`, rotated at `CONDUIT_AUDIT_ROTATE_BYTES`, else
-    /// `rotate_bytes`, else [`DEFAULT_ROTATE_BYTES`].
+    /// The log in `dir` with chain key `key`, rotated at `rotate_bytes` (the binary gives
+    /// [`ROTATE_ENV`] precedence over the configured size), else [`DEFAULT_ROTATE_BYTES`].
     pub fn new(dir: PathBuf, key: ChainKey, rotate_bytes: Option<u64>) -> Self {
-        let rotate_bytes = std::env::var(ROTATE_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .or(rotate_bytes)
+        let rotate_bytes = rotate_bytes
             .filter(|&n: &u64| n > 0)
             .unwrap_or(DEFAULT_ROTATE_BYTES);
         Self {

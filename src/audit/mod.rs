@@ -60,23 +60,13 @@ pub enum AuditError {
 pub struct Options {
     /// How file names appear in records.
     pub names: NameMode,
-    /// Rotate a log file at this size (`CONDUIT_AUDIT_ROTATE_BYTES` overrides it;
-    /// default [`log::DEFAULT_ROTATE_BYTES`]).
+    /// Rotate a log file at this size (default [`log::DEFAULT_ROTATE_BYTES`]; the
+    /// binary sets it from `CONDUIT_AUDIT_ROTATE_BYTES`, else conduit.toml).
     pub rotate_bytes: Option<u64>,
 }
 
 /// How file names appear in records.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NameMode {
     /// The relative path as sent.

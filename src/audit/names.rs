@@ -57,7 +57,7 @@ impl Names {
     }
 
     /// Names shown as their keyed hash under `key` (the audit's name key).
-    pub(crate) fn hashed(key: Arc<ChainKey>) -> Self {
+    pub fn hashed(key: Arc<ChainKey>) -> Self {
         Self {
             key: Some(key),
             known: Arc::default(),

@@ -27,7 +27,9 @@ pub struct ShowArgs {
 pub(crate) fn run(home: &Home, cmd: ConfigCommand) -> anyhow::Result<()> {
     let ConfigCommand::Show(args) = cmd;
     let config = Config::load(home)?;
-    let settings = config.effective();
+    let settings = config.effective(&crate::config::Environment::capture(|name| {
+        std::env::var(name).ok()
+    }));
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(

@@ -89,6 +89,31 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// `--audit-names`: the library's [`crate::audit::NameMode`] as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AuditNames {
+    /// The relative path as sent.
+    Plain,
+    /// A keyed hash of the relative path (HMAC-SHA256 under a key of this endpoint), for
+    /// sites that keep names out of logs.
+    Hash,
+}
+
+impl From<AuditNames> for crate::audit::NameMode {
+    fn from(n: AuditNames) -> Self {
+        match n {
+            AuditNames::Plain => Self::Plain,
+            AuditNames::Hash => Self::Hash,
+        }
+    }
+}
+
+/// The value of the environment variable `name` parsed as a `T`; `None` when it is
+/// unset or does not parse (such a variable is ignored, as it always was).
+pub(crate) fn env_parsed<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
 /// A command line that parses but cannot run as given (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -202,7 +227,7 @@ pub(crate) fn describe(err: &anyhow::Error) -> String {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let home = || crate::home::Home::resolve(cli.home.clone());
+    let home = || resolve_home(cli.home.clone());
     match cli.command {
         Command::Keygen(args) => keys::keygen(&home()?, args),
         Command::Id(args) => keys::id(&home()?, args),
@@ -218,6 +243,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(&home()?, cmd),
         Command::Config(cmd) => config::run(&home()?, cmd),
     }
+}
+
+/// No home directory: no `--home`, no `CONDUIT_HOME`, and the OS gives no data directory.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot find a home directory for conduit: pass --home DIR or set CONDUIT_HOME")]
+pub(crate) struct NoHome;
+
+/// The endpoint's home: `flag`, else `CONDUIT_HOME` (when not empty), else the OS data
+/// directory; with the user's home directory (`$HOME`) up to which its files are checked.
+fn resolve_home(flag: Option<std::path::PathBuf>) -> Result<crate::home::Home, NoHome> {
+    let path = match flag {
+        Some(path) => path,
+        None => match std::env::var_os(crate::home::HOME_ENV).filter(|v| !v.is_empty()) {
+            Some(path) => path.into(),
+            None => directories::ProjectDirs::from("org", "phi-conduit", "conduit")
+                .ok_or(NoHome)?
+                .data_dir()
+                .to_path_buf(),
+        },
+    };
+    let user = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    Ok(crate::home::Home::at(path).with_user_home(user))
 }
 
 /// Maps an error chain to the documented exit code.

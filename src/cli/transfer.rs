@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::audit::names::Names;
 use crate::audit::{Audit, NameMode, Role as AuditRole};
+use crate::cli::AuditNames;
 use crate::cli::{Redacted, Usage};
 use crate::config::{Config, TransferFile};
 use crate::crypto::identity::Identity;
@@ -72,7 +73,7 @@ pub struct SendArgs {
     /// How file names appear in this endpoint's audit records and in what it prints
     /// (hash: no file name on stdout or stderr) [default: plain].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
-    audit_names: Option<NameMode>,
+    audit_names: Option<AuditNames>,
     #[command(flatten)]
     timeouts: TimeoutFlags,
 }
@@ -212,7 +213,7 @@ pub struct ReceiveArgs {
     /// (hash: no file name on stdout, stderr or the journal) [default: plain; hash with
     /// --daemon].
     #[arg(long, value_enum, value_name = "MODE", env = "CONDUIT_AUDIT_NAMES")]
-    audit_names: Option<NameMode>,
+    audit_names: Option<AuditNames>,
     #[command(flatten)]
     timeouts: TimeoutFlags,
 }
@@ -313,15 +314,23 @@ fn relay_unless_direct(
 /// The audit options: `--audit-names` (or its variable), else conduit.toml, else `hash`
 /// for a daemon (a service's output goes to the journal, a second, unencrypted store)
 /// and `plain` for a command run by a person.
-fn audit_options(names: Option<NameMode>, config: &Config, daemon: bool) -> crate::audit::Options {
+fn audit_options(
+    names: Option<AuditNames>,
+    config: &Config,
+    daemon: bool,
+) -> crate::audit::Options {
     let default = if daemon {
         NameMode::Hash
     } else {
         NameMode::Plain
     };
     crate::audit::Options {
-        names: names.or(config.file.audit.names).unwrap_or(default),
-        rotate_bytes: config.file.audit.rotate_bytes,
+        names: names
+            .map(NameMode::from)
+            .or(config.file.audit.names)
+            .unwrap_or(default),
+        rotate_bytes: crate::cli::env_parsed(crate::audit::log::ROTATE_ENV)
+            .or(config.file.audit.rotate_bytes),
     }
 }
 

@@ -235,7 +235,7 @@ impl Identity {
                 mode: meta.mode() & 0o777,
             });
         }
-        crate::home::check_ours(&path, Some(home.path()))?;
+        crate::home::check_ours(&path, Some(home.check_top()))?;
         let text =
             Zeroizing::new(
                 fs::read_to_string(&path).map_err(|source| IdentityError::Io {

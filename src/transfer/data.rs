@@ -378,28 +378,37 @@ async fn send_chunks(
     Ok(hash)
 }
 
-/// A test-only pause of the sender, inert unless [`test_hook::ENV`] is set: with
-/// `CONDUIT_TEST_PAUSE_SENDER=N:DIR`, after writing the `N`th chunk of each file to its
-/// stream the sender creates `DIR/paused` and waits until `DIR/resume` exists. The tests
-/// of tests/source_change.rs change a file at a known point of its transfer with it; it
-/// only ever delays a sender, and is not part of the product's interface.
-mod test_hook {
+/// A test-only pause of the sender, inert unless [`test_hook::pause_sender`] was called
+/// (the `conduit` binary calls it when `CONDUIT_TEST_PAUSE_SENDER=N:DIR` is set): after
+/// writing the `N`th chunk of each file to its stream the sender creates `DIR/paused` and
+/// waits until `DIR/resume` exists. The tests of tests/source_change.rs change a file at
+/// a known point of its transfer with it; it only ever delays a sender, and is not part
+/// of the product's interface.
+#[doc(hidden)]
+pub mod test_hook {
     use std::path::PathBuf;
     use std::sync::OnceLock;
     use std::time::Duration;
 
-    /// The variable.
-    pub(super) const ENV: &str = "CONDUIT_TEST_PAUSE_SENDER";
+    /// The variable the binary reads (`N:DIR`).
+    pub const ENV: &str = "CONDUIT_TEST_PAUSE_SENDER";
+
+    static CONFIG: OnceLock<(u64, PathBuf)> = OnceLock::new();
+
+    /// Makes this process's senders pause after the `after`th chunk of each file until
+    /// `dir/resume` exists (once per process; later calls change nothing).
+    pub fn pause_sender(after: u64, dir: PathBuf) {
+        let _ = CONFIG.set((after, dir));
+    }
+
+    /// The hook's setting from the text of [`ENV`] (`N:DIR`); `None` if it is not that.
+    pub fn parse(value: &str) -> Option<(u64, PathBuf)> {
+        let (n, dir) = value.split_once(':')?;
+        Some((n.parse().ok()?, PathBuf::from(dir)))
+    }
 
     fn config() -> Option<&'static (u64, PathBuf)> {
-        static CONFIG: OnceLock<Option<(u64, PathBuf)>> = OnceLock::new();
-        CONFIG
-            .get_or_init(|| {
-                let v = std::env::var(ENV).ok()?;
-                let (n, dir) = v.split_once(':')?;
-                Some((n.parse().ok()?, PathBuf::from(dir)))
-            })
-            .as_ref()
+        CONFIG.get()
     }
 
     /// Pauses here if the hook is set for `written` chunks.

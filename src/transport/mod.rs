@@ -13,6 +13,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -64,13 +65,23 @@ pub enum TransportError {
     Pem(String),
 }
 
-/// Set (to anything) to run with quinn's default windows and the system's default
-/// socket buffers instead of the tuned ones: for measuring what the tuning gives
+/// The environment variable with which the `conduit` binary calls
+/// [`use_quinn_defaults`] (set to anything): for measuring what the tuning gives
 /// (docs/BENCHMARKS.md), never for production.
 pub const QUINN_DEFAULTS_ENV: &str = "CONDUIT_BENCH_QUINN_DEFAULTS";
 
+static QUINN_DEFAULTS: AtomicBool = AtomicBool::new(false);
+
+/// From now on, this process's endpoints use quinn's default windows and the system's
+/// default socket buffers instead of the tuned ones (`false`: the tuned ones, the
+/// default). Process-wide, as it is a property of the measurement and not of one
+/// endpoint; for benchmarks only.
+pub fn use_quinn_defaults(on: bool) {
+    QUINN_DEFAULTS.store(on, Ordering::Relaxed);
+}
+
 fn quinn_defaults() -> bool {
-    std::env::var_os(QUINN_DEFAULTS_ENV).is_some()
+    QUINN_DEFAULTS.load(Ordering::Relaxed)
 }
 
 /// The transport configuration used everywhere (direct, relay legs, benchmarks).
