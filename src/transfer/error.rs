@@ -123,9 +123,10 @@ pub enum Violation {
     /// A file stream's header could not be read.
     #[error("file stream header: {0}")]
     StreamHeader(String),
-    /// A file stream names a file that is not in the offer, or one already started.
-    #[error("file stream for unknown or repeated file {0}")]
-    UnknownFileStream(u64),
+    /// A file stream's header names a file that is not in the offer, or one already
+    /// started.
+    #[error("{0}")]
+    FileStream(#[from] crate::wire::stream_header::StreamHeaderError),
     /// A file stream continues at a chunk this receiver did not offer.
     #[error("file {0} resumed at a chunk not offered")]
     ResumeNotOffered(u64),

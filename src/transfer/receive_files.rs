@@ -24,6 +24,7 @@ use crate::transfer::protocol::{
 use crate::transfer::receiver::{MAX_HELD_PARTS, ReceivePolicy, Session};
 use crate::transfer::resume::{self, Sidecar};
 use crate::transfer::sender::{FLIGHT_UNITS, TINY_FILES_IN_FLIGHT, flight_weight};
+use crate::wire::stream_header::StreamHeader;
 
 /// Receives an accepted offer on `s` into `dest`; returns once the receipt is sent.
 pub(crate) async fn receive(
@@ -113,11 +114,9 @@ pub(crate) async fn receive(
                         .map_err(|e| TransferError::from(Violation::StreamHeader(e.to_string())))
                 };
                 policy.timeouts.within(Stage::StreamHeader, read).await?;
-                let (index, first) = split_header(&header);
-                let slot = usize::try_from(index)
-                    .ok()
-                    .filter(|&i| i < entries.len() && !started[i])
-                    .ok_or(Violation::UnknownFileStream(index))?;
+                let header = StreamHeader::decode(&header);
+                let (index, first) = (header.index, header.first);
+                let slot = header.slot(&started).map_err(Violation::from)?;
                 started[slot] = true;
                 let (rel, e) = &entries[slot];
                 weight += flight_weight(e.size);
@@ -244,17 +243,6 @@ pub(crate) async fn receive(
         resumed,
         seconds: began.elapsed().as_secs_f64(),
     })
-}
-
-/// The file index and first chunk of a file stream's header.
-fn split_header(h: &[u8; FILE_STREAM_HEADER]) -> (u64, u64) {
-    let (a, b) = h.split_at(8);
-    let word = |x: &[u8]| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(x);
-        u64::from_be_bytes(w)
-    };
-    (word(a), word(b))
 }
 
 /// What the receiver offers to continue: the points sent, and per file slot the chunk,

@@ -19,12 +19,13 @@ use crate::transfer::error::{CLOSE_DONE, TransferError, Violation};
 use crate::transfer::events::{Emit, Event, Events, Summary};
 use crate::transfer::paths::RelPath;
 use crate::transfer::protocol::{
-    Entry, FILE_STREAM_HEADER, MANIFEST_BYTES_PER_MESSAGE, OfferDirs, OfferEntries, OfferStart,
-    ReceiptHashes, ReceiptStart, Refusal, Reply, ResumePoint, ResumePoints,
+    Entry, MANIFEST_BYTES_PER_MESSAGE, OfferDirs, OfferEntries, OfferStart, ReceiptHashes,
+    ReceiptStart, Refusal, Reply, ResumePoint, ResumePoints,
 };
 use crate::transfer::resume;
 use crate::transfer::source::{Collected, OpenError, OpenSource, SourceFile};
 use crate::transfer::teardown;
+use crate::wire::stream_header::StreamHeader;
 
 /// How the sender authenticates the receiver.
 #[derive(Debug, Clone)]
@@ -306,9 +307,11 @@ impl Sender {
             };
             // Streams are opened in file order.
             let mut s = conn.open_uni().await?;
-            let mut header = [0u8; FILE_STREAM_HEADER];
-            header[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            header[8..].copy_from_slice(&first.to_be_bytes());
+            let header = StreamHeader {
+                index: i as u64,
+                first,
+            }
+            .encode();
             let progress = events.progress(total, &moved);
             let (pool, conn) = (Arc::clone(pool), conn.clone());
             tasks.spawn(async move {
