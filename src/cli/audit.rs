@@ -133,6 +133,9 @@ pub(crate) fn run(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
                 peer: args.peer,
             };
             let records = verify::show(&dir, &filter)?;
+            if records.is_empty() {
+                return nothing_to_show(&dir, &filter);
+            }
             let mut out = std::io::stdout().lock();
             for r in &records {
                 if args.json {
@@ -145,6 +148,34 @@ pub(crate) fn run(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `audit show` found no record: with a filter, that is an error (exit code 1, as
+/// grep's "no match") naming the filter; without one, the log is empty (a note on
+/// stderr, exit code 0, as `audit verify` on an empty log).
+fn nothing_to_show(dir: &std::path::Path, filter: &verify::Filter) -> anyhow::Result<()> {
+    let mut given = Vec::new();
+    if let Some(peer) = &filter.peer {
+        given.push(format!("--peer {peer}"));
+    }
+    if let Some(since) = filter.since {
+        let at = since
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| since.to_string());
+        given.push(format!("--since {at}"));
+    }
+    if given.is_empty() {
+        eprintln!("no audit records yet in {}", dir.display());
+        return Ok(());
+    }
+    Err(NoMatch(given.join(" ")).into())
+}
+
+/// `audit show` with filters that no record matches.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no audit record matches {0} (`conduit audit show` without filters lists every record; `conduit peers list` the peers' names)"
+)]
+struct NoMatch(String);
 
 /// One line for people: time, number, event, peer, and what the record says.
 fn describe(r: &audit::record::Record) -> String {
