@@ -149,9 +149,9 @@ pub(crate) fn run(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `audit show` found no record: with a filter, that is an error (exit code 1, as
-/// grep's "no match") naming the filter; without one, the log is empty (a note on
-/// stderr, exit code 0, as `audit verify` on an empty log).
+/// `audit show` found no record: says so on stderr (stdout stays empty for scripts),
+/// naming the filters that matched nothing, or that the log is empty. Exit code 0: an
+/// empty answer is not a failure (a `--since` window may well hold no record).
 fn nothing_to_show(dir: &std::path::Path, filter: &verify::Filter) -> anyhow::Result<()> {
     let mut given = Vec::new();
     if let Some(peer) = &filter.peer {
@@ -165,17 +165,15 @@ fn nothing_to_show(dir: &std::path::Path, filter: &verify::Filter) -> anyhow::Re
     }
     if given.is_empty() {
         eprintln!("no audit records yet in {}", dir.display());
-        return Ok(());
+    } else {
+        eprintln!(
+            "no audit record matches {} (`conduit audit show` without filters lists every \
+             record; `conduit peers list` the peers' names)",
+            given.join(" ")
+        );
     }
-    Err(NoMatch(given.join(" ")).into())
+    Ok(())
 }
-
-/// `audit show` with filters that no record matches.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "no audit record matches {0} (`conduit audit show` without filters lists every record; `conduit peers list` the peers' names)"
-)]
-struct NoMatch(String);
 
 /// One line for people: time, number, event, peer, and what the record says.
 fn describe(r: &audit::record::Record) -> String {
