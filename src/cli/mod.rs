@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod audit;
 mod bench;
@@ -108,10 +108,37 @@ impl From<AuditNames> for crate::audit::NameMode {
     }
 }
 
-/// The value of the environment variable `name` parsed as a `T`; `None` when it is
-/// unset or does not parse (such a variable is ignored, as it always was).
-pub(crate) fn env_parsed<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok()?.parse().ok()
+/// The configuration values of the environment (`CONDUIT_*`): the binary reads them, the
+/// library does not.
+pub(crate) fn environment() -> crate::config::Environment {
+    crate::config::Environment::capture(|name| std::env::var(name).ok())
+}
+
+/// The effective configuration of a command run with this home and these flags:
+/// flags, environment, the home's conduit.toml, defaults.
+pub(crate) fn resolve(
+    home: &crate::home::Home,
+    flags: &crate::config::FileConfig,
+) -> anyhow::Result<crate::config::Resolved> {
+    let config = crate::config::Config::load(home)?;
+    Ok(crate::config::Resolved::resolve(
+        &config,
+        &environment(),
+        flags,
+    )?)
+}
+
+impl Cli {
+    /// Forgets the values clap took from environment variables (it reads them for
+    /// `--help` and to check them): the environment is a layer of its own in the
+    /// configuration ([`crate::config::Resolved`]), below the flags.
+    fn drop_env_values(&mut self, matches: &clap::ArgMatches) {
+        match (&mut self.command, matches.subcommand()) {
+            (Command::Send(args), Some((_, m))) => args.drop_env_values(m),
+            (Command::Receive(args), Some((_, m))) => args.drop_env_values(m),
+            _ => {}
+        }
+    }
 }
 
 /// A command line that parses but cannot run as given (exit code 2).
@@ -122,8 +149,14 @@ pub(crate) struct Usage(pub(crate) String);
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
     no_core_dumps();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let cli = match parsed {
+        Ok((mut cli, matches)) => {
+            cli.drop_env_values(&matches);
+            cli
+        }
         Err(e) => {
             // clap prints help and version to stdout with exit 0, usage errors to stderr.
             let _ = e.print();
@@ -278,6 +311,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return code::INTERRUPTED;
         }
         if cause.is::<Usage>() {
+            return code::USAGE;
+        }
+        // A bad value in an environment variable, as clap reports one it reads.
+        if let Some(crate::config::ConfigError::Env { .. }) = cause.downcast_ref() {
             return code::USAGE;
         }
         if cause.is::<transfer::RefusedBy>() {

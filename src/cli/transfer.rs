@@ -19,7 +19,7 @@ use crate::audit::names::Names;
 use crate::audit::{Audit, NameMode, Role as AuditRole};
 use crate::cli::AuditNames;
 use crate::cli::{Redacted, Usage};
-use crate::config::{Config, TransferFile};
+use crate::config::{FileConfig, Resolved, TransferFile};
 use crate::crypto::identity::Identity;
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
@@ -103,48 +103,87 @@ pub(crate) struct TimeoutFlags {
 }
 
 impl TimeoutFlags {
-    /// The timeouts: flags, else conduit.toml, else the defaults. Zero is refused.
-    fn timeouts(&self, file: &TransferFile) -> anyhow::Result<Timeouts> {
-        let d = Timeouts::default();
-        let pick = |flag: Option<u64>, key: Option<u64>, name: &str, default: Duration| match flag
-            .or(key)
-        {
-            Some(0) => Err(Usage(format!("--{name}: at least 1 second"))),
-            Some(secs) => Ok(Duration::from_secs(secs)),
-            None => Ok(default),
-        };
-        Ok(Timeouts {
-            handshake: pick(
-                self.handshake_timeout,
-                file.handshake_timeout_secs,
-                "handshake-timeout",
-                d.handshake,
-            )?,
-            offer: pick(
-                self.offer_timeout,
-                file.offer_timeout_secs,
-                "offer-timeout",
-                d.offer,
-            )?,
-            answer: pick(
-                self.answer_timeout,
-                file.answer_timeout_secs,
-                "answer-timeout",
-                d.answer,
-            )?,
-            header: pick(
-                self.header_timeout,
-                file.header_timeout_secs,
-                "header-timeout",
-                d.header,
-            )?,
-            idle: pick(
-                self.idle_timeout,
-                file.idle_timeout_secs,
-                "idle-timeout",
-                d.idle,
-            )?,
-        })
+    /// The flags given, into the command line's configuration layer.
+    fn layer(&self, t: &mut TransferFile) {
+        t.handshake_timeout_secs = self.handshake_timeout;
+        t.offer_timeout_secs = self.offer_timeout;
+        t.answer_timeout_secs = self.answer_timeout;
+        t.header_timeout_secs = self.header_timeout;
+        t.idle_timeout_secs = self.idle_timeout;
+    }
+}
+
+/// The timeouts of the resolved configuration. Zero is refused.
+fn timeouts(r: &Resolved) -> anyhow::Result<Timeouts> {
+    let pick = |secs: u64, name: &str| match secs {
+        0 => Err(Usage(format!("--{name}: at least 1 second"))),
+        secs => Ok(Duration::from_secs(secs)),
+    };
+    Ok(Timeouts {
+        handshake: pick(r.handshake_timeout_secs.value, "handshake-timeout")?,
+        offer: pick(r.offer_timeout_secs.value, "offer-timeout")?,
+        answer: pick(r.answer_timeout_secs.value, "answer-timeout")?,
+        header: pick(r.header_timeout_secs.value, "header-timeout")?,
+        idle: pick(r.idle_timeout_secs.value, "idle-timeout")?,
+    })
+}
+
+/// Whether the value of argument `id` came from its environment variable (clap reads
+/// it, for `--help` and for checking it), not from the command line.
+fn from_env(m: &clap::ArgMatches, id: &str) -> bool {
+    m.value_source(id) == Some(clap::parser::ValueSource::EnvVariable)
+}
+
+impl SendArgs {
+    /// Forgets the values clap took from environment variables: they are the
+    /// environment's layer of the configuration ([`Resolved`]), not flags.
+    pub(crate) fn drop_env_values(&mut self, m: &clap::ArgMatches) {
+        self.relay.drop_env_values(m);
+        if from_env(m, "audit_names") {
+            self.audit_names = None;
+        }
+    }
+
+    /// The flags given, as the command line's configuration layer.
+    fn flags(&self) -> FileConfig {
+        let mut layer = FileConfig::default();
+        self.relay.layer(&mut layer.transfer);
+        self.timeouts.layer(&mut layer.transfer);
+        layer.audit.names = self.audit_names.map(NameMode::from);
+        layer
+    }
+}
+
+impl ReceiveArgs {
+    /// Forgets the values clap took from environment variables (see
+    /// [`SendArgs::drop_env_values`]).
+    pub(crate) fn drop_env_values(&mut self, m: &clap::ArgMatches) {
+        self.relay.drop_env_values(m);
+        if from_env(m, "audit_names") {
+            self.audit_names = None;
+        }
+        if from_env(m, "out") {
+            self.out = None;
+        }
+    }
+
+    /// The flags given, as the command line's configuration layer.
+    fn flags(&self) -> FileConfig {
+        let mut layer = FileConfig::default();
+        let t = &mut layer.transfer;
+        self.relay.layer(t);
+        self.timeouts.layer(t);
+        t.out = self.out.clone();
+        t.accept_unknown = self.accept_unknown.then_some(true);
+        t.auto_accept = self.yes.then_some(true);
+        t.overwrite = self.overwrite.then_some(true);
+        t.keep_modes = self.keep_modes.then_some(true);
+        t.part_max_age_days = self.part_max_age_days;
+        t.max_entries = self.max_entries;
+        t.max_sessions = self.concurrent;
+        t.max_sessions_per_ip = self.max_per_ip;
+        layer.audit.names = self.audit_names.map(NameMode::from);
+        layer
     }
 }
 
@@ -250,19 +289,40 @@ pub(crate) struct RelayFlags {
 }
 
 impl RelayFlags {
-    /// The relay options: from the flags (or their environment variables), else from
-    /// conduit.toml's `[transfer]`; `None` without a relay.
-    fn options(&self, file: &TransferFile) -> anyhow::Result<Option<RelayOptions>> {
-        let Some(list) = self.relay.as_ref().or(file.relay.as_ref()) else {
+    /// Forgets the values clap took from environment variables (see
+    /// [`SendArgs::drop_env_values`]); the token is not a configuration key and stays.
+    fn drop_env_values(&mut self, m: &clap::ArgMatches) {
+        if from_env(m, "relay") {
+            self.relay = None;
+        }
+        if from_env(m, "relay_ca") {
+            self.relay_ca = None;
+        }
+        if from_env(m, "relay_pin") {
+            self.relay_pin = None;
+        }
+        if from_env(m, "relay_wait") {
+            self.relay_wait = None;
+        }
+    }
+
+    /// The flags given, into the command line's configuration layer.
+    fn layer(&self, t: &mut TransferFile) {
+        t.relay = self.relay.clone();
+        t.relay_ca = self.relay_ca.clone();
+        t.relay_pin = self.relay_pin.clone();
+        t.relay_wait_secs = self.relay_wait;
+    }
+
+    /// The relay options of the resolved configuration (with the token given here);
+    /// `None` without a relay.
+    fn options(&self, r: &Resolved) -> anyhow::Result<Option<RelayOptions>> {
+        let Some(list) = r.relay.value.as_ref() else {
             return Ok(None);
         };
         let relays = RelayOptions::parse_list(list)?;
-        // A pin or CA given here replaces the file's (which sets at most one of them).
-        let (pin, ca) = if self.relay_pin.is_some() || self.relay_ca.is_some() {
-            (self.relay_pin.as_ref(), self.relay_ca.as_ref())
-        } else {
-            (file.relay_pin.as_ref(), file.relay_ca.as_ref())
-        };
+        // The pin and the CA come as a pair from one layer (see `Resolved::relay_pin`).
+        let (pin, ca) = (r.relay_pin.value.as_ref(), r.relay_ca.value.as_ref());
         let trust = match (pin, ca) {
             (Some(pin), _) => RelayTrust::Pin(
                 parse_sha256(pin).context("relay pin: expected a SHA-256 in hex (64 digits)")?,
@@ -281,11 +341,7 @@ impl RelayFlags {
             relays,
             trust,
             token,
-            wait: Duration::from_secs(
-                self.relay_wait
-                    .or(file.relay_wait_secs)
-                    .unwrap_or(crate::config::DEFAULT_RELAY_WAIT_SECS),
-            ),
+            wait: Duration::from_secs(r.relay_wait_secs.value),
         }))
     }
 }
@@ -297,40 +353,17 @@ fn relay_unless_direct(
     flag: &str,
     addr: Option<SocketAddr>,
     relay: &RelayFlags,
-    config: &Config,
+    config: &Resolved,
 ) -> anyhow::Result<Option<RelayOptions>> {
     if addr.is_some() {
         return Ok(None);
     }
-    match relay.options(&config.file.transfer)? {
+    match relay.options(config)? {
         Some(opts) => Ok(Some(opts)),
         None => Err(Usage(format!(
             "{verb} needs {flag} ADDR or --relay ADDRS (or CONDUIT_RELAY, or relay in conduit.toml)"
         ))
         .into()),
-    }
-}
-
-/// The audit options: `--audit-names` (or its variable), else conduit.toml, else `hash`
-/// for a daemon (a service's output goes to the journal, a second, unencrypted store)
-/// and `plain` for a command run by a person.
-fn audit_options(
-    names: Option<AuditNames>,
-    config: &Config,
-    daemon: bool,
-) -> crate::audit::Options {
-    let default = if daemon {
-        NameMode::Hash
-    } else {
-        NameMode::Plain
-    };
-    crate::audit::Options {
-        names: names
-            .map(NameMode::from)
-            .or(config.file.audit.names)
-            .unwrap_or(default),
-        rotate_bytes: crate::cli::env_parsed(crate::audit::log::ROTATE_ENV)
-            .or(config.file.audit.rotate_bytes),
     }
 }
 
@@ -353,13 +386,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
     let book = AddressBook::load(home)?;
-    let config = Config::load(home)?;
-    let audit = Audit::open(
-        home,
-        &identity,
-        &book,
-        audit_options(args.audit_names, &config, false),
-    );
+    let config = crate::cli::resolve(home, &args.flags())?;
+    let audit = Audit::open(home, &identity, &book, config.audit_options(false));
     let rec = audit.session(AuditRole::Send);
     // Names mode hash: the names on the command line and those sent are shown hashed,
     // in error messages too.
@@ -382,7 +410,7 @@ fn send_recorded(
     args: SendArgs,
     identity: Identity,
     mut book: AddressBook,
-    config: &Config,
+    config: &Resolved,
     rec: crate::audit::SessionAudit,
 ) -> anyhow::Result<()> {
     let names = rec.names().clone();
@@ -425,7 +453,7 @@ fn send_recorded(
         };
         eprintln!("warning: skipped symlink {shown}");
     }
-    let timeouts = args.timeouts.timeouts(&config.file.transfer)?;
+    let timeouts = timeouts(config)?;
     let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, config)?;
     let rt = runtime()?;
     let summary = rt.block_on(async {
@@ -544,13 +572,8 @@ fn save_peer(book: &mut AddressBook, name: &str, summary: &Summary) -> anyhow::R
 pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
     let book = AddressBook::load(home)?;
-    let config = Config::load(home)?;
-    let audit = Audit::open(
-        home,
-        &identity,
-        &book,
-        audit_options(args.audit_names, &config, args.daemon),
-    );
+    let config = crate::cli::resolve(home, &args.flags())?;
+    let audit = Audit::open(home, &identity, &book, config.audit_options(args.daemon));
     receive_audited(args, identity, book, &config, audit)
 }
 
@@ -560,17 +583,12 @@ fn receive_audited(
     args: ReceiveArgs,
     identity: Identity,
     mut book: AddressBook,
-    config: &Config,
+    config: &Resolved,
     audit: Audit,
 ) -> anyhow::Result<()> {
-    let file = &config.file.transfer;
-    let out = args
-        .out
-        .clone()
-        .or_else(|| file.out.clone())
-        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_OUT));
+    let out = config.out.value.clone();
     let dest = Destination::open(&out)?;
-    let timeouts = args.timeouts.timeouts(file)?;
+    let timeouts = timeouts(config)?;
     let code = match &args.code {
         None => None,
         Some(Some(text)) if !text.is_empty() => Some(Code::parse(text)?),
@@ -583,29 +601,23 @@ fn receive_audited(
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
     let sessions = if args.daemon {
-        args.concurrent
-            .or(file.max_sessions)
-            .unwrap_or(crate::config::DEFAULT_MAX_SESSIONS)
-            .max(1)
+        config.max_sessions.value.max(1)
     } else {
         1
     };
     let policy = ReceivePolicy {
         confirm: interactive.then(|| ask_at_terminal(&out)),
         code,
-        accept_unknown: args.accept_unknown || file.accept_unknown.unwrap_or(false),
-        yes: args.yes || file.auto_accept.unwrap_or(false),
-        overwrite: args.overwrite || file.overwrite.unwrap_or(false),
-        keep_modes: args.keep_modes || file.keep_modes.unwrap_or(false),
-        max_entries: args.max_entries.or(file.max_entries),
+        accept_unknown: config.accept_unknown.value,
+        yes: config.auto_accept.value,
+        overwrite: config.overwrite.value,
+        keep_modes: config.keep_modes.value,
+        max_entries: Some(config.max_entries.value),
         timeouts,
         sessions: None,
     };
     let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, config)?;
-    let max_age_days = args
-        .part_max_age_days
-        .or(file.part_max_age_days)
-        .unwrap_or(crate::config::DEFAULT_PART_MAX_AGE_DAYS);
+    let max_age_days = config.part_max_age_days.value;
     remove_stale_parts(&dest, &audit, max_age_days);
     let rt = runtime()?;
     let mut ctx = DaemonContext {
@@ -622,12 +634,7 @@ fn receive_audited(
         (Some(listen), _) => {
             let limits = DirectLimits {
                 sessions: usize::from(sessions),
-                per_ip: usize::from(
-                    args.max_per_ip
-                        .or(file.max_sessions_per_ip)
-                        .unwrap_or(crate::config::DEFAULT_MAX_PER_IP)
-                        .max(1),
-                ),
+                per_ip: usize::from(config.max_sessions_per_ip.value.max(1)),
                 pending: MAX_PENDING_HANDSHAKES,
             };
             ctx.policy.sessions = Some(Arc::new(tokio::sync::Semaphore::new(limits.sessions)));
