@@ -12,8 +12,7 @@ use crate::home::Home;
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the effective configuration (environment, conduit.toml, defaults) with the
-    /// source of each value, as every command resolves it; flags given to a command
-    /// override these.
+    /// source of each value; flags given to a command override these.
     Show(ShowArgs),
 }
 

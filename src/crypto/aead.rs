@@ -7,7 +7,7 @@
 //! - RustCrypto `chacha20poly1305` (cargo feature `rustcrypto-aead`): pure Rust, zeroizes
 //!   its key schedule on drop.
 //!
-//! Both pass the same RFC 8439 and Wycheproof vectors (`tests/aead_vectors.rs`).
+//! Both pass the same RFC 8439 and Wycheproof vectors (`tests/crypto/aead_vectors.rs`).
 //! `ring` keeps its own copy of the key inside its opaque key type and does not zeroize
 //! it on drop; the project's own copies of key material are zeroized (see
 //! [`crate::crypto::stream`]).

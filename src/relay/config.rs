@@ -61,7 +61,7 @@ pub const UNPAIRED_WINDOW: u32 = 8 << 10;
 pub const UNPAIRED_SEND_WINDOW: u32 = 8 << 10;
 /// Measured cost of one idle unpaired connection in the relay process (QUIC and TLS
 /// state, its task, the stream of its Hello), rounded up: see docs/PROTOCOL.md, "Relay
-/// limits and memory", and tests/relay_hostile.rs.
+/// limits and memory", and tests/relay/relay_hostile.rs.
 pub const CONNECTION_OVERHEAD: u64 = 48 << 10;
 
 /// The relay's limits.

@@ -381,7 +381,7 @@ async fn send_chunks(
 /// A test-only pause of the sender, inert unless [`test_hook::pause_sender`] was called
 /// (the `conduit` binary calls it when `CONDUIT_TEST_PAUSE_SENDER=N:DIR` is set): after
 /// writing the `N`th chunk of each file to its stream the sender creates `DIR/paused` and
-/// waits until `DIR/resume` exists. The tests of tests/source_change.rs change a file at
+/// waits until `DIR/resume` exists. The tests of tests/transfer/source_change.rs change a file at
 /// a known point of its transfer with it; it only ever delays a sender, and is not part
 /// of the product's interface.
 #[doc(hidden)]

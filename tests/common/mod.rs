@@ -1,4 +1,15 @@
-//! Helpers shared by the process tests: run the real `conduit` binary with its own home.
+//! The harness of the real-process tests: every test that runs the `conduit` binary makes
+//! its command here, so none runs in the checkout or touches the user's home.
+//!
+//! - [`conduit`]: the binary with `--home HOME`, run in the directory above that home.
+//! - [`scratch`]: a temporary directory that is the cwd and `HOME` of commands that need no
+//!   endpoint (bench, demo, certs, completions, a relay).
+//! - [`pair_knowing`]: two endpoint homes with keys, each optionally knowing the other.
+//! - [`Running`]: a spawned process whose first JSON line (its ready event) has been read;
+//!   killed on drop. [`start_relay`] and [`direct_receiver`] wait for theirs.
+//! - [`Relay::cmd`], [`receiver_via`], [`send_via`]: the commands of a relayed transfer.
+//!
+//! The in-process harness (library API, no process) is [`inproc`].
 #![allow(dead_code)]
 
 pub mod inproc;
@@ -17,6 +28,35 @@ pub fn conduit(home: &Path) -> Command {
         c.current_dir(dir);
     }
     c
+}
+
+/// A temporary directory that is the working directory and `HOME` of the commands made from
+/// it: for commands that need no endpoint home. Removed on drop.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+/// A new [`Scratch`] directory.
+pub fn scratch() -> Scratch {
+    Scratch {
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Scratch {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The `conduit` binary run in this directory, with it as `HOME` and no `CONDUIT_HOME`.
+    pub fn conduit(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_conduit"));
+        c.current_dir(self.path())
+            .env("HOME", self.path())
+            .env_remove("CONDUIT_HOME");
+        c
+    }
 }
 
 /// The public key of the identity in `home`.
@@ -167,7 +207,7 @@ pub struct Relay {
     pub addr: String,
     pub pin: String,
     /// The relay's working directory and home: it must stay empty.
-    pub cwd: tempfile::TempDir,
+    pub cwd: Scratch,
 }
 
 pub fn start_relay(extra: &[&str]) -> Relay {
@@ -176,13 +216,10 @@ pub fn start_relay(extra: &[&str]) -> Relay {
 
 /// A relay on a given address (e.g. to restart one where it was).
 pub fn start_relay_at(addr: &str, extra: &[&str]) -> Relay {
-    let cwd = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conduit"));
+    let cwd = scratch();
+    let mut cmd = cwd.conduit();
     cmd.args(["relay", "--listen", addr, "--dev-self-signed", "--json"])
-        .args(extra)
-        .current_dir(cwd.path())
-        .env("HOME", cwd.path())
-        .env_remove("CONDUIT_HOME");
+        .args(extra);
     let run = Running::spawn(cmd);
     assert_eq!(run.first["event"], "listening", "{}", run.first);
     let addr = run.first["addr"].as_str().unwrap().to_string();

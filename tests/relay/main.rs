@@ -1,0 +1,9 @@
+//! The relay: real relay processes end to end, hostile clients against it, and the
+//! in-process splice with a test tap.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod relay;
+mod relay_hostile;
+mod relay_tap;

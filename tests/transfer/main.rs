@@ -1,0 +1,11 @@
+//! Transfers with the real `conduit` binary over loopback: direct, resumed, offers and
+//! their refusal, the receiver's files on disk, and a source that changes mid-transfer.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod offers;
+mod receiver_fs;
+mod source_change;
+mod transfer_direct;
+mod transfer_resume;
