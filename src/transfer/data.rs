@@ -8,17 +8,20 @@
 //! [`crate::crypto::chunk_hash`]).
 //!
 //! The pipelines are blocking (worker threads and channels), so each runs on a tokio
-//! blocking thread; the sender's async half only moves `Bytes` into quinn.
+//! blocking thread; the sender's async half only moves `Bytes` into quinn. A file whose
+//! rest is one chunk (every file up to the chunk size) skips them: its one chunk is
+//! sealed or opened on the async task itself, since handing it to another thread costs
+//! more than the cipher work (many small files are bound by that per-file cost).
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::crypto::chunk_hash::TreeHash;
+use crate::crypto::chunk_hash::{TreeHash, chunk_digest};
 use crate::crypto::pipeline::{ChunkSource, CipherPool, OpenPipeline, PipelineError, SealPipeline};
 use crate::crypto::stream::{
     ChunkLayout, ChunkSize, FileKey, FileKeyContext, StreamError, TRANSFER_ID_LEN, TransferKey,
@@ -308,6 +311,9 @@ async fn send_chunks(
     source: Arc<dyn ChunkSource>,
     progress: Progress,
 ) -> Result<blake3::Hash, DataError> {
+    if file.layout.count().saturating_sub(file.first) == 1 {
+        return send_single(send, file, source.as_ref(), progress).await;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, PipelineError>>(4);
     let mut lead = Lead::new(
         u64::from(file.layout.chunk_size().get()),
@@ -378,6 +384,37 @@ async fn send_chunks(
     Ok(hash)
 }
 
+/// [`send_chunks`] of a file whose rest is one chunk (every file up to the chunk size):
+/// read, hashed and sealed right here, with no blocking task and no cipher worker. A
+/// hand-off to those costs several thread wake-ups, more than sealing a small chunk; a
+/// large file keeps the parallel, zero-copy pipeline. The checks are the pipeline's: the
+/// source is asked [`ChunkSource::after_last_read`] before the chunk (the last) leaves.
+async fn send_single(
+    send: &mut quinn::SendStream,
+    file: FileData,
+    source: &dyn ChunkSource,
+    progress: Progress,
+) -> Result<blake3::Hash, DataError> {
+    let (layout, index) = (file.layout, file.first);
+    let io = |source: io::Error| DataError::from_pipeline(PipelineError::Io { index, source });
+    let mut tree = file.tree;
+    if tree.pushed() != index {
+        return Err(PipelineError::HashShape.into());
+    }
+    let plain = layout.plaintext_len(index);
+    let mut buf = BytesMut::zeroed(layout.sealed_len(index));
+    source.read_chunk(index, &mut buf[..plain]).map_err(io)?;
+    tree.push(chunk_digest(&layout, index, &buf[..plain]))
+        .map_err(|_| PipelineError::HashShape)?;
+    file.key.seal_chunk(index, true, &mut buf);
+    source.after_last_read().map_err(io)?;
+    let n = buf.len() as u64;
+    send.write_chunk(buf.freeze()).await?;
+    progress(n);
+    test_hook::after_chunks(1).await;
+    Ok(tree.finalize().ok_or(PipelineError::HashShape)?)
+}
+
 /// A test-only pause of the sender, inert unless [`test_hook::pause_sender`] was called
 /// (the `conduit` binary calls it when `CONDUIT_TEST_PAUSE_SENDER=N:DIR` is set): after
 /// writing the `N`th chunk of each file to its stream the sender creates `DIR/paused` and
@@ -443,23 +480,16 @@ pub async fn receive_file(
     mut sink: Sink,
     progress: Progress,
 ) -> Result<blake3::Hash, DataError> {
+    if file.layout.count().saturating_sub(file.first) == 1 {
+        return receive_single(recv, file, sink, progress).await;
+    }
     let rt = tokio::runtime::Handle::current();
     let pool = Arc::clone(pool);
     tokio::task::spawn_blocking(move || {
         let mut recv = recv;
         let layout = file.layout;
         let read = |_: u64, buf: &mut [u8]| -> io::Result<()> {
-            rt.block_on(recv.read_exact(buf)).map_err(|e| match e {
-                quinn::ReadExactError::FinishedEarly(_) => io::ErrorKind::UnexpectedEof.into(),
-                quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))
-                    if code == RESET_SOURCE_CHANGED.into() =>
-                {
-                    io::Error::other(
-                        "the sender stopped this file: it changed at the sender while being sent",
-                    )
-                }
-                quinn::ReadExactError::ReadError(e) => io::Error::other(e),
-            })
+            rt.block_on(recv.read_exact(buf)).map_err(read_error)
         };
         let mut p = OpenPipeline::new(pool, file.key, layout, file.first, file.buffers, read)
             .with_file_hash(file.tree);
@@ -477,6 +507,64 @@ pub async fn receive_file(
         }
     })
     .await?
+}
+
+/// A failed read of a file stream, as the pipeline's sequential source reports it.
+fn read_error(e: quinn::ReadExactError) -> io::Error {
+    match e {
+        quinn::ReadExactError::FinishedEarly(_) => io::ErrorKind::UnexpectedEof.into(),
+        quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))
+            if code == RESET_SOURCE_CHANGED.into() =>
+        {
+            io::Error::other(
+                "the sender stopped this file: it changed at the sender while being sent",
+            )
+        }
+        quinn::ReadExactError::ReadError(e) => io::Error::other(e),
+    }
+}
+
+/// [`receive_file`] of a file whose rest is one chunk: read, opened, hashed and written
+/// right here, with no blocking task and no cipher worker (see [`send_single`]). Errors
+/// and order are the pipeline's: a stream that ends early is
+/// [`StreamError::Truncated`], the chunk opens only as the last one, the plaintext is
+/// written only once it authenticated, and nothing may follow it.
+async fn receive_single(
+    mut recv: quinn::RecvStream,
+    file: FileData,
+    mut sink: Sink,
+    progress: Progress,
+) -> Result<blake3::Hash, DataError> {
+    let (layout, index) = (file.layout, file.first);
+    let mut tree = file.tree;
+    if tree.pushed() != index {
+        return Err(PipelineError::HashShape.into());
+    }
+    let mut buf = BytesMut::zeroed(layout.sealed_len(index));
+    recv.read_exact(&mut buf)
+        .await
+        .map_err(read_error)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => PipelineError::Stream(StreamError::Truncated {
+                received: index,
+                expected: layout.count(),
+            }),
+            _ => PipelineError::Io { index, source: e },
+        })?;
+    file.key
+        .open_chunk(index, true, &mut buf)
+        .map_err(PipelineError::from)?;
+    let plain = &buf[..layout.plaintext_len(index)];
+    tree.push(chunk_digest(&layout, index, plain))
+        .map_err(|_| PipelineError::HashShape)?;
+    sink(layout.offset(index), plain).map_err(DataError::Sink)?;
+    progress(plain.len() as u64);
+    let hash = tree.finalize().ok_or(PipelineError::HashShape)?;
+    // Nothing may follow the last chunk.
+    match recv.read_chunk(1, true).await? {
+        None => Ok(hash),
+        Some(_) => Err(PipelineError::Stream(StreamError::DataAfterLast).into()),
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 
 /// Reserved before the first write (a small file is reserved whole, at once).
 pub const FIRST_SEGMENT: u64 = 8 << 20;
+/// A new file up to this size is not reserved at all: it is written in one write or a
+/// few, which report a full disk as early as a reservation would (and a reservation,
+/// then the writes filling it, cost more than the writes alone).
+pub const UNRESERVED: u64 = 256 << 10;
 /// Reserved ahead of the writer when the file system allocates page by page.
 pub const SEGMENT: u64 = 16 << 20;
 /// The longest the rest of a file may be expected to take to be reserved at once, before

@@ -209,7 +209,9 @@ pub fn hash_prefix(
 /// Once the last chunk is written nothing more is recorded: the file is about to be
 /// verified and named (a small file never gets a sidecar).
 pub struct Checkpoint {
-    file: File,
+    file: Arc<File>,
+    /// Set before the sidecar is first written (see [`Checkpoint::noting_stored`]).
+    stored: Option<Arc<std::sync::atomic::AtomicBool>>,
     dir: Arc<std::os::fd::OwnedFd>,
     name: String,
     sidecar: Sidecar,
@@ -225,7 +227,7 @@ impl Checkpoint {
     /// chunks are on disk already (and recorded in the sidecar `name` in `dir` when not
     /// 0). Nothing is written until the first checkpoint.
     pub fn new(
-        file: File,
+        file: Arc<File>,
         dir: Arc<std::os::fd::OwnedFd>,
         name: String,
         mut sidecar: Sidecar,
@@ -239,6 +241,7 @@ impl Checkpoint {
         Checkpoint {
             chunks,
             file,
+            stored: None,
             dir,
             name,
             sidecar,
@@ -246,6 +249,14 @@ impl Checkpoint {
             since: 0,
             last: Instant::now(),
         }
+    }
+
+    /// Sets `stored` before the sidecar is first written: the file's owner then knows a
+    /// sidecar may hold its record and removes it at the end (see
+    /// [`crate::transfer::dest::PartFile`]).
+    pub fn noting_stored(mut self, stored: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stored = Some(stored);
+        self
     }
 
     /// Chunk `index` of `len` bytes was written.
@@ -266,6 +277,9 @@ impl Checkpoint {
             return Ok(());
         }
         self.file.sync_data()?;
+        if let Some(stored) = &self.stored {
+            stored.store(true, std::sync::atomic::Ordering::Release);
+        }
         self.sidecar.durable_chunks = self.written;
         self.sidecar.store_at(self.dir.as_fd(), &self.name)?;
         self.since = 0;
@@ -357,7 +371,7 @@ mod tests {
         let sidecar = Sidecar::new(&key, &rel, &entry(), chunk, "p");
         // 100,000 bytes: 7 chunks. Two written, then the transfer ends.
         let mut c = Checkpoint::new(
-            file.try_clone().unwrap(),
+            Arc::new(file.try_clone().unwrap()),
             Arc::clone(&d),
             "s".into(),
             sidecar.clone(),
@@ -373,7 +387,7 @@ mod tests {
         let got = Sidecar::load_at(&*d, "s").unwrap().unwrap();
         assert_eq!(got.durable_chunks, 2);
         // Every chunk written: nothing recorded.
-        let mut c = Checkpoint::new(file, Arc::clone(&d), "t".into(), sidecar, 0);
+        let mut c = Checkpoint::new(Arc::new(file), Arc::clone(&d), "t".into(), sidecar, 0);
         for i in 0..7 {
             c.wrote(i, 16384).unwrap();
         }

@@ -24,7 +24,7 @@ use crate::transfer::protocol::{
     MAX_ENTRIES, OfferDirs, OfferEntries, OfferStart, POINTS_PER_MESSAGE, ReceiptHashes,
     ReceiptStart, Refusal, RefusalCode, Reply, ResumePoint, ResumePoints,
 };
-use crate::transfer::resume::{self, Checkpoint, Sidecar};
+use crate::transfer::resume::{self, Sidecar};
 use crate::transfer::source::{OpenError, OpenSource, SourceFile};
 
 /// QUIC application close code: transfer finished.
@@ -1179,11 +1179,13 @@ async fn receive_audited(
         }
         _ => None,
     };
+    // The offer's checks walk each directory once, not once per file.
+    let checks = dest.for_offer();
     let in_the_way = || {
         entries
             .iter()
             .map(|(r, _)| r)
-            .find(|r| !policy.overwrite && dest.exists(r))
+            .find(|r| !policy.overwrite && checks.exists(r))
             .or_else(|| {
                 // An empty directory's place must be free or a directory.
                 dirs.iter().find(|d| {
@@ -1212,13 +1214,13 @@ async fn receive_audited(
             .or_else(|| {
                 entries
                     .iter()
-                    .find_map(|(r, _)| dest.check(r, policy.overwrite))
+                    .find_map(|(r, _)| checks.check(r, policy.overwrite))
                     .map(|why| Refusal::new(RefusalCode::Policy, why))
             })
     };
     let (plan, refusal) = match refusal {
         Some(r) => (ResumePlan::default(), Some(r)),
-        None => plan_resume(dest, &peer, &entries, chunk, offer.total_size, events)?,
+        None => plan_resume(&checks, &peer, &entries, chunk, offer.total_size, events)?,
     };
     // Nothing of the offer exists yet: what it creates and leaves empty goes if it fails.
     let created = CreatedDirs::note(dest.root(), entries.iter().map(|(r, _)| r), &dirs);
@@ -1307,13 +1309,8 @@ async fn receive_audited(
                 }
                 let writer = part.writer()?;
                 let mut reservation = part.take_reservation();
-                let mut checkpoint = Checkpoint::new(
-                    part.writer()?,
-                    part.dir(),
-                    part.sidecar_name().map(str::to_string).unwrap_or_default(),
-                    Sidecar::new(&peer, rel, e, chunk, part.part_name()),
-                    first,
-                );
+                let mut checkpoint =
+                    part.checkpoint(Sidecar::new(&peer, rel, e, chunk, part.part_name()), first);
                 let fd = FileData::new(
                     &keys,
                     &ctx,
@@ -1326,7 +1323,7 @@ async fn receive_audited(
                     if let Some(r) = &mut reservation {
                         r.ahead_of(off)?;
                     }
-                    std::os::unix::fs::FileExt::write_all_at(&writer, buf, off)?;
+                    std::os::unix::fs::FileExt::write_all_at(&*writer, buf, off)?;
                     checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
                 });
                 let progress = progress_reporter(events, offer.total_size, &moved);

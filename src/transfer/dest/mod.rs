@@ -32,12 +32,12 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use thiserror::Error;
 
@@ -45,6 +45,13 @@ use crate::fsutil::{open_beneath, open_dir_beneath, stat_nofollow};
 use crate::transfer::paths::{RelPath, escape};
 use crate::transfer::reserve::Reservation;
 use crate::transfer::resume::Sidecar;
+
+mod part;
+mod stale;
+
+pub use part::PartFile;
+use part::{names_ours, open_part_file};
+pub use stale::Removed;
 
 /// Prefix of every temporary name the receiver makes.
 pub const TEMP_PREFIX: &str = ".conduit-";
@@ -185,15 +192,6 @@ pub fn check_dir_private(fd: impl AsFd, shown: &str) -> Result<(), DestError> {
     Ok(())
 }
 
-/// Whether `name` in `dir` (not following a link) is the file `ours` is open on: the same
-/// device and inode.
-fn names_ours(dir: impl AsFd, name: &str, ours: &File) -> bool {
-    match (stat_nofollow(dir, name), rustix::fs::fstat(ours)) {
-        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-        _ => false,
-    }
-}
-
 /// A new random temporary name: `.conduit-<32 hex><suffix>`.
 pub(crate) fn temp_name(suffix: &str) -> io::Result<String> {
     let mut b = [0u8; 16];
@@ -224,6 +222,8 @@ pub struct Destination {
     /// Directories this process created whose entry is not yet known durable (relative
     /// paths): the next file finalized below one fsyncs its parent.
     unsynced: Arc<Mutex<HashSet<String>>>,
+    /// The last walk that created nothing, by its parents (see [`Self::for_offer`]).
+    walked: Option<Arc<Mutex<LastWalk>>>,
 }
 
 /// What [`Destination::find_part`] found for one offered file.
@@ -241,7 +241,17 @@ pub enum FoundPart {
     Refused(String),
 }
 
+impl std::fmt::Debug for Walk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Walk").field("rels", &self.rels).finish()
+    }
+}
+
+/// The last walk of an offer's checks: its parents, and what it found.
+type LastWalk = Option<(String, Option<Walk>)>;
+
 /// The directories from the destination down to a file's directory.
+#[derive(Clone)]
 struct Walk {
     /// Descriptors: the destination first, the file's directory last.
     fds: Vec<Arc<OwnedFd>>,
@@ -283,6 +293,7 @@ impl Destination {
             allowed: 0o777 & !crate::fsutil::umask(),
             name_max,
             unsynced: Arc::new(Mutex::new(HashSet::new())),
+            walked: None,
         })
     }
 
@@ -363,6 +374,36 @@ impl Destination {
     /// never following a symlink; creates missing ones (mode 0700) with `create`, else
     /// returns `None` when one is missing.
     fn walk(&self, parents: &[&str], create: bool) -> Result<Option<Walk>, DestError> {
+        let Some(walked) = self.walked.as_ref().filter(|_| !create) else {
+            return self.walk_now(parents, create);
+        };
+        let key = parents.join("/");
+        let mut last = walked.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((k, w)) = last.as_ref() {
+            if *k == key {
+                return Ok(w.clone());
+            }
+        }
+        let w = self.walk_now(parents, false)?;
+        *last = Some((key, w.clone()));
+        Ok(w)
+    }
+
+    /// The same destination, for checking one offer's files before anything is created
+    /// ([`Self::exists`], [`Self::check`], [`Self::find_part`]): the walk to a directory is
+    /// reused for the next file in the same directory (the offer's files come sorted, so
+    /// each directory is walked once per check instead of once per file; a missing one
+    /// too). Only the last walk is kept, so no more directories are held open than one.
+    /// Creating walks ([`Self::open_part`]) are never reused.
+    pub fn for_offer(&self) -> Self {
+        Self {
+            walked: Some(Arc::new(Mutex::new(None))),
+            ..self.clone()
+        }
+    }
+
+    /// [`Self::walk`], always from the destination's descriptor.
+    fn walk_now(&self, parents: &[&str], create: bool) -> Result<Option<Walk>, DestError> {
         // Checked at open, and again here: a daemon runs for long, and the destination's
         // mode or owner may change meanwhile.
         check_dir_private(self.fd.as_fd(), &self.shown_root())?;
@@ -480,8 +521,14 @@ impl Destination {
         keep: u64,
         size: u64,
     ) -> Result<PartFile, DestError> {
+        let fresh = adopt.is_none();
         let mut part = self.create_part_inner(rel, adopt)?;
         part.sidecar = Some(Sidecar::name_for(sender, rel));
+        // A file created here is empty already; a small one is written in a write or a
+        // few, which show a full disk as early as a reservation would.
+        if fresh && keep == 0 && size <= crate::transfer::reserve::UNRESERVED {
+            return Ok(part);
+        }
         part.file.set_len(keep).map_err(io_err(&part.shown))?;
         match Reservation::start(&part.file, keep, size) {
             Ok(r) => part.reservation = Some(r),
@@ -516,6 +563,7 @@ impl Destination {
                 .last()
                 .ok_or_else(|| DestError::Exists(shown.clone()))?,
         );
+        let adopted = adopt.is_some();
         let (file, part) = match adopt {
             Some((f, s)) => {
                 if private_file(&f).is_err() || !names_ours(dir.as_fd(), &s.part, &f) {
@@ -542,307 +590,18 @@ impl Destination {
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| DestError::PartInUse(shown.clone()))?;
         Ok(PartFile {
-            file,
+            file: Arc::new(file),
             part,
             final_name: (*name).to_string(),
             dir,
             walk: w,
             sidecar: None,
+            sidecar_stored: Arc::new(AtomicBool::new(adopted)),
             shown,
             reservation: None,
             allowed: self.allowed,
             unsynced: Arc::clone(&self.unsynced),
         })
-    }
-
-    /// Removes this user's partial files (and resume records) below the destination whose
-    /// last change is older than `max_age`, and returns what was removed. Nothing is
-    /// followed through a symlink; files of other users are left alone.
-    pub fn remove_stale(&self, max_age: Duration) -> io::Result<Vec<Removed>> {
-        let now = SystemTime::now();
-        let me = rustix::process::geteuid().as_raw();
-        let mut removed = Vec::new();
-        let mut todo: Vec<Vec<String>> = vec![Vec::new()];
-        while let Some(comps) = todo.pop() {
-            let refs: Vec<&str> = comps.iter().map(String::as_str).collect();
-            let Ok(Some(w)) = self.walk(&refs, false) else {
-                continue;
-            };
-            let Some(dir) = w.fds.last() else { continue };
-            let Ok(entries) = rustix::fs::Dir::read_from(dir.as_fd()) else {
-                continue;
-            };
-            let mut stale: Vec<(String, u64)> = Vec::new();
-            let mut sidecars: Vec<String> = Vec::new();
-            for entry in entries.flatten() {
-                let Ok(name) = entry.file_name().to_str() else {
-                    continue;
-                };
-                if name == "." || name == ".." {
-                    continue;
-                }
-                let Ok(st) = stat_nofollow(dir.as_fd(), name) else {
-                    continue;
-                };
-                let ft = FileType::from_raw_mode(st.st_mode);
-                if ft == FileType::Directory {
-                    let mut next = comps.clone();
-                    next.push(name.to_string());
-                    todo.push(next);
-                    continue;
-                }
-                let ours = name.starts_with(TEMP_PREFIX)
-                    && (is_part_name(name)
-                        || name.ends_with(crate::transfer::resume::SIDECAR_SUFFIX)
-                        || name.ends_with(".tmp"));
-                if !ours || ft != FileType::RegularFile || st.st_uid != me {
-                    continue;
-                }
-                let changed = SystemTime::UNIX_EPOCH
-                    + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0));
-                if now.duration_since(changed).unwrap_or_default() < max_age {
-                    continue;
-                }
-                if is_part_name(name) {
-                    stale.push((name.to_string(), u64::try_from(st.st_size).unwrap_or(0)));
-                } else {
-                    sidecars.push(name.to_string());
-                }
-            }
-            // The real names of the partial files, from their resume records.
-            let mut real = std::collections::HashMap::new();
-            for s in &sidecars {
-                if let Ok(Some(sc)) = Sidecar::load_at(dir.as_fd(), s) {
-                    real.insert(sc.part.clone(), sc.path.clone());
-                }
-            }
-            let here = comps.join("/");
-            let at = |n: &str| {
-                if here.is_empty() {
-                    n.to_string()
-                } else {
-                    format!("{here}/{n}")
-                }
-            };
-            for (name, bytes) in stale {
-                // Not one a transfer holds right now (it keeps a lock while it writes).
-                let Ok(fd) = open_beneath(dir.as_fd(), &name, OFlags::RDONLY | OFlags::NONBLOCK, 0)
-                else {
-                    continue;
-                };
-                if rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-                    .is_err()
-                {
-                    continue;
-                }
-                if rustix::fs::unlinkat(dir.as_fd(), name.as_str(), AtFlags::empty()).is_ok() {
-                    removed.push(Removed {
-                        path: real.get(&name).cloned().unwrap_or_else(|| at(&name)),
-                        bytes,
-                    });
-                }
-            }
-            for s in sidecars {
-                let _ = rustix::fs::unlinkat(dir.as_fd(), s.as_str(), AtFlags::empty());
-            }
-            if !removed.is_empty() {
-                let _ = rustix::fs::fsync(dir.as_fd());
-            }
-        }
-        Ok(removed)
-    }
-}
-
-/// A leftover partial file [`Destination::remove_stale`] removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Removed {
-    /// The relative path of the file it was part of (from its resume record), or of the
-    /// temporary file itself.
-    pub path: String,
-    /// Its size.
-    pub bytes: u64,
-}
-
-/// Opens the temporary file `name` in `dir` without following a link (and without
-/// blocking on a FIFO), and checks it with [`private_file`]. `Err(None)`: absent;
-/// `Err(Some(why))`: there but not ours.
-fn open_part_file(dir: impl AsFd, name: &str, mode: OFlags) -> Result<File, Option<String>> {
-    let fd = match open_beneath(dir, name, mode | OFlags::NONBLOCK, 0) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => return Err(None),
-        Err(Errno::LOOP) => return Err(Some("is a symlink".into())),
-        Err(e) => return Err(Some(format!("cannot be opened ({e})"))),
-    };
-    private_file(&fd).map_err(|why| Some(why.to_string()))?;
-    // Back to blocking IO for the writes.
-    rustix::fs::fcntl_setfl(&fd, mode).map_err(|e| Some(e.to_string()))?;
-    Ok(File::from(fd))
-}
-
-/// A file being received.
-#[derive(Debug)]
-pub struct PartFile {
-    file: File,
-    part: String,
-    final_name: String,
-    dir: Arc<OwnedFd>,
-    walk: Walk,
-    sidecar: Option<String>,
-    shown: String,
-    reservation: Option<Reservation>,
-    allowed: u32,
-    unsynced: Arc<Mutex<HashSet<String>>>,
-}
-
-impl std::fmt::Debug for Walk {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Walk").field("rels", &self.rels).finish()
-    }
-}
-
-impl PartFile {
-    /// Writes `buf` at `offset`.
-    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DestError> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(io_err(&self.shown))
-    }
-
-    /// The reservation of the rest of the file, for its writer to keep ahead of itself
-    /// (`None` once taken, or where nothing is left to reserve).
-    pub fn take_reservation(&mut self) -> Option<Reservation> {
-        self.reservation.take()
-    }
-
-    /// A handle for positional writes from another thread.
-    pub fn writer(&self) -> Result<File, DestError> {
-        self.file.try_clone().map_err(io_err(&self.shown))
-    }
-
-    /// The directory the file is in (for its sidecar).
-    pub fn dir(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.dir)
-    }
-
-    /// The temporary file's name in its directory.
-    pub fn part_name(&self) -> &str {
-        &self.part
-    }
-
-    /// The name of its resume sidecar in the same directory (`None` for a file made by
-    /// [`Destination::create_part`], which has none).
-    pub fn sidecar_name(&self) -> Option<&str> {
-        self.sidecar.as_deref()
-    }
-
-    /// Makes the file durable and gives it its final name: mode 0600, or 0700 when
-    /// `keep_exec` (the source was executable by its owner and `--keep-modes` is on),
-    /// less what the umask takes; never setuid, setgid or sticky. Then the directory, and
-    /// every directory created for it and not yet synced, are fsynced.
-    ///
-    /// The temporary name must still name this file (device and inode) right before the
-    /// rename, and the final name must name it right after; otherwise someone else writes
-    /// in the directory and the file is not reported as received
-    /// ([`DestError::PartChanged`], [`DestError::Replaced`]). When the file does not get
-    /// its final name, its temporary file (if that name is still ours) and sidecar are
-    /// removed.
-    pub fn finalize(self, overwrite: bool, keep_exec: bool) -> Result<(), DestError> {
-        let shown = self.shown.clone();
-        match self.rename_into_place(overwrite, keep_exec) {
-            Ok(()) => {}
-            Err(e @ DestError::Replaced(_)) => return Err(e),
-            Err(e) => {
-                self.discard();
-                return Err(e);
-            }
-        }
-        let d = self.dir.as_fd();
-        if let Some(s) = &self.sidecar {
-            Sidecar::remove_if_for(d, s, &self.part);
-        }
-        rustix::fs::fsync(d).map_err(errno(&shown))?;
-        self.sync_created().map_err(errno(&shown))
-    }
-
-    /// [`Self::finalize`] up to and including the rename and the check after it.
-    fn rename_into_place(&self, overwrite: bool, keep_exec: bool) -> Result<(), DestError> {
-        let shown = self.shown.clone();
-        self.file.sync_all().map_err(io_err(&shown))?;
-        let mode = if keep_exec { 0o700 } else { 0o600 } & self.allowed;
-        rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode)).map_err(errno(&shown))?;
-        let d = self.dir.as_fd();
-        let (from, to) = (self.part.as_str(), self.final_name.as_str());
-        // Someone who can write in the directory could have put another file at the
-        // temporary name: that one must not get the final name.
-        if !names_ours(d, from, &self.file) {
-            return Err(DestError::PartChanged(shown));
-        }
-        let renamed = if overwrite {
-            rustix::fs::renameat(d, from, d, to)
-        } else {
-            match rustix::fs::renameat_with(d, from, d, to, RenameFlags::NOREPLACE) {
-                // A file system without RENAME_NOREPLACE: link (fails if the name is
-                // taken), then drop the temporary name.
-                Err(Errno::INVAL | Errno::NOSYS) => {
-                    rustix::fs::linkat(d, from, d, to, AtFlags::empty())
-                        .and_then(|()| rustix::fs::unlinkat(d, from, AtFlags::empty()))
-                }
-                r => r,
-            }
-        };
-        renamed.map_err(|e| match e {
-            Errno::EXIST => DestError::Exists(shown.clone()),
-            Errno::ISDIR | Errno::NOTEMPTY => DestError::IsADirectory(shown.clone()),
-            e => errno(&shown)(e),
-        })?;
-        // And between that check and the rename: whatever the final name holds now is
-        // not ours to remove, and not reported as received.
-        if !names_ours(d, to, &self.file) {
-            return Err(DestError::Replaced(shown));
-        }
-        Ok(())
-    }
-
-    /// Removes the partial file `name` an earlier, superseded transfer of the same file
-    /// left in this directory (its resume record now describes this one), if it is still
-    /// this receiver's (checked as for adoption) and no other transfer holds it.
-    pub fn remove_superseded(&self, name: &str) {
-        if name == self.part || !is_part_name(name) {
-            return;
-        }
-        let d = self.dir.as_fd();
-        if let Ok(f) = open_part_file(d, name, OFlags::RDONLY) {
-            if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
-                let _ = rustix::fs::unlinkat(d, name, AtFlags::empty());
-            }
-        }
-    }
-
-    /// Fsyncs the parent of every directory on this file's way that this process created
-    /// and no earlier file synced.
-    fn sync_created(&self) -> Result<(), Errno> {
-        let mut unsynced = self.unsynced.lock().unwrap_or_else(PoisonError::into_inner);
-        if unsynced.is_empty() {
-            return Ok(());
-        }
-        for level in (1..self.walk.fds.len()).rev() {
-            if unsynced.remove(&self.walk.rels[level]) {
-                rustix::fs::fsync(self.walk.fds[level - 1].as_fd())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Gives up on the file: the temporary file (if its name still names this file) and
-    /// its sidecar are removed.
-    pub fn discard(self) {
-        let d = self.dir.as_fd();
-        if names_ours(d, &self.part, &self.file) {
-            let _ = rustix::fs::unlinkat(d, self.part.as_str(), AtFlags::empty());
-        }
-        if let Some(s) = &self.sidecar {
-            Sidecar::remove_if_for(d, s, &self.part);
-        }
     }
 }
 
@@ -851,6 +610,7 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
+    use std::time::SystemTime;
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).unwrap()
