@@ -15,9 +15,9 @@
 //! | module | job |
 //! |---|---|
 //! | [`crypto`] | the cryptographic core: [`crypto::stream`] (the STREAM chunk cipher and its key schedule), [`crypto::pipeline`] (parallel seal/open over a pool of reused buffers), [`crypto::chunk_hash`] (whole-file BLAKE3 from per-chunk subtrees), [`crypto::aead`] (the ChaCha20-Poly1305 backend), [`crypto::identity`] (X25519 identities, key text, fingerprints), [`crypto::handshake`] (Noise IK and XXpsk3 state machines), [`crypto::pake`] (code phrases and SPAKE2) |
-//! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames) |
-//! | [`session`] | the handshake and typed session messages over an async stream |
-//! | [`transfer`] | moving files: [`transfer::run`] (one transfer, both sides), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes, free space), [`transfer::resume`] (sidecars, prefix hashes, checkpoints), [`transfer::source`] (the sender's files) |
+//! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames: one decoder, a size limit per format, used by the session and the relay Hello), [`wire::stream_header`] (the 16-byte header of a file stream) |
+//! | [`session`] | the handshake and typed session messages over an async stream (frames read through [`wire::frame::FrameDecoder`]) |
+//! | [`transfer`] | moving files: [`transfer::run`] (one transfer, both sides), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes, free space), [`transfer::resume`] (sidecars and their parser, prefix hashes, checkpoints), [`transfer::source`] (the sender's files) |
 //! | [`audit`] | the endpoint's tamper-evident audit trail: [`audit::record`] (schema and chained MAC), [`audit::log`] (locked, fsynced, rotated files), [`audit::verify`] (chain check, reading records) |
 //! | [`transport`] | QUIC endpoints (direct, to and from a relay), certificates and pins, the one tuned transport configuration |
 //! | [`relay`] | the relay in conduit mode: Hello, pairing, splice, limits, tokens, metrics, fleet choice, and joining a relay as a client |
@@ -30,7 +30,9 @@
 //! slices and never touch a socket or a file, so they are unit-, property- and
 //! vector-tested without IO. IO wrappers stay thin.
 //!
-//! See `docs/PROTOCOL.md` for the normative wire format.
+//! See `docs/ARCHITECTURE.md` for the layers, the data path and the reasons behind them
+//! (with every wire format, its codec, its limit and its fuzz target), and
+//! `docs/PROTOCOL.md` for the normative wire format.
 
 #![deny(missing_docs, unreachable_pub)]
 #![deny(unsafe_code)]

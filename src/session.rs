@@ -20,7 +20,7 @@ use crate::crypto::handshake::{
     Established, HandshakeError, Initiator, Responder, Step, abort_frame,
 };
 use crate::crypto::identity::PublicKey;
-use crate::wire::frame::{self, FrameError, LEN_PREFIX};
+use crate::wire::frame::{self, FrameDecoder, FrameError, LEN_PREFIX};
 
 /// Errors of the session over IO.
 #[derive(Debug, Error)]
@@ -138,24 +138,43 @@ impl Timeouts {
     }
 }
 
-/// Reads one frame body: the 2-byte length first, then exactly that many bytes (at most
-/// 65,535, so the allocation is bounded by the length field itself).
+/// Reads one frame body of up to [`frame::MAX_FRAME`] bytes (see [`read_frame_within`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, SessionError> {
-    let mut len = [0u8; LEN_PREFIX];
-    r.read_exact(&mut len).await?;
-    let n = usize::from(u16::from_be_bytes(len));
-    if n == 0 {
-        return Err(FrameError::Empty.into());
-    }
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            SessionError::Frame(FrameError::Truncated(LEN_PREFIX))
-        } else {
-            e.into()
+    read_frame_within(r, frame::MAX_FRAME).await
+}
+
+/// Bytes read from the stream at a time while a frame is assembled.
+const READ_PIECE: usize = 4096;
+
+/// Reads one frame body of at most `limit` bytes through the fuzzed
+/// [`FrameDecoder`]: never more than the decoder wants, so no byte after the frame is
+/// consumed, and a length field above `limit` is refused before any of the body is read
+/// or allocated. The stream ending before a frame starts (or inside its length field) is
+/// [`SessionError::Io`] (`UnexpectedEof`); ending inside the body is
+/// [`FrameError::Truncated`].
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Vec<u8>, SessionError> {
+    let mut d = FrameDecoder::with_limit(limit);
+    let mut piece = [0u8; READ_PIECE];
+    loop {
+        if let Some(body) = d.next_frame()? {
+            return Ok(body);
         }
-    })?;
-    Ok(body)
+        let want = d.wanted().min(READ_PIECE);
+        let n = r.read(&mut piece[..want]).await?;
+        if n == 0 {
+            return Err(match d.buffered() {
+                b if b < LEN_PREFIX => {
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof").into()
+                }
+                b => FrameError::Truncated(b).into(),
+            });
+        }
+        // At most `wanted()` bytes were read, so the decoder takes them all.
+        d.push(&piece[..n]);
+    }
 }
 
 /// Writes one frame body.
@@ -321,7 +340,42 @@ mod tests {
         drop(a);
         assert!(matches!(
             read_frame(&mut b).await,
-            Err(SessionError::Frame(FrameError::Truncated(_)))
+            Err(SessionError::Frame(FrameError::Truncated(3)))
         ));
+    }
+
+    #[tokio::test]
+    async fn frames_are_read_one_at_a_time_and_limits_hold_before_the_body() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 17);
+        let mut wire = frame::to_frame(&[5u8; frame::MAX_FRAME]).unwrap();
+        wire.extend(frame::to_frame(b"next").unwrap());
+        wire.extend_from_slice(b"after");
+        // A frame over the limit below, then half a length field and the end.
+        wire.extend_from_slice(&[0, 9, 1, 2, 0]);
+        a.write_all(&wire).await.unwrap();
+        drop(a);
+        assert_eq!(read_frame(&mut b).await.unwrap().len(), frame::MAX_FRAME);
+        assert_eq!(read_frame(&mut b).await.unwrap(), b"next");
+        // The bytes after the last frame were not consumed.
+        let mut rest = [0u8; 5];
+        b.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"after");
+        // Over the limit: refused after the length field alone.
+        assert!(matches!(
+            read_frame_within(&mut b, 8).await,
+            Err(SessionError::Frame(FrameError::OverLimit {
+                len: 9,
+                limit: 8
+            }))
+        ));
+        let mut two = [0u8; 2];
+        b.read_exact(&mut two).await.unwrap();
+        assert_eq!(two, [1, 2]);
+        // The end of the stream inside a length field.
+        let err = read_frame(&mut b).await.unwrap_err();
+        assert!(
+            matches!(&err, SessionError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{err}"
+        );
     }
 }

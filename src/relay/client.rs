@@ -333,6 +333,7 @@ async fn read_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::hello::MAX_HELLO;
 
     /// A relay that ends the Hello stream, then closes the connection with a refusal a
     /// moment later: the client reports the refusal (and so retries the ones worth
@@ -424,6 +425,50 @@ mod tests {
                     Some(Refusal::NoListener)
                 ),
                 other => panic!("round {round}: {other:?}"),
+            }
+        }
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+
+    /// The relay reads the Hello through a frame decoder limited to [`MAX_HELLO`]: a
+    /// length field one above it is refused `bad_hello` at once, without waiting for a
+    /// body (which would end in `hello_timeout`); one at the limit is read on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hello_length_above_the_limit_is_refused_before_its_body() {
+        let tls = transport::ServerTls::self_signed(&["localhost"]).unwrap();
+        let pin = tls.pin();
+        let relay = crate::relay::server::Relay::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls,
+            crate::relay::config::Limits::default(),
+            None,
+            std::sync::Arc::new(|_| {}),
+        )
+        .unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run(async {
+            let _ = stopped.await;
+        }));
+        for (len, refused) in [(MAX_HELLO + 1, true), (MAX_HELLO, false)] {
+            let endpoint = transport::relay_client(addr, &RelayTrust::Pin(pin)).unwrap();
+            let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let len = u16::try_from(len).unwrap().to_be_bytes();
+            send.write_all(&len).await.unwrap();
+            let mut answer = [0u8; 1];
+            let got =
+                tokio::time::timeout(Duration::from_secs(2), recv.read_exact(&mut answer)).await;
+            match got {
+                Ok(Err(ReadExactError::ReadError(ReadError::ConnectionLost(
+                    ConnectionError::ApplicationClosed(c),
+                )))) if refused => assert_eq!(
+                    Refusal::from_code(c.error_code.into()),
+                    Some(Refusal::BadHello)
+                ),
+                Err(_elapsed) if !refused => {}
+                other => panic!("length {len:?}: {other:?}"),
             }
         }
         let _ = stop.send(());

@@ -3,8 +3,8 @@
 //! The relay pairs two QUIC connections by rendezvous id and splices their streams. It
 //! sees only end-to-end ciphertext and stream boundaries, holds no key, writes nothing
 //! to disk, and bounds its memory by flow-control windows × sessions plus small windows
-//! × waiting connections (DESIGN.md
-//! section 5; docs/PROTOCOL.md, "Relay").
+//! × waiting connections (docs/ARCHITECTURE.md, "The relay's conduit rules";
+//! docs/PROTOCOL.md, "Relay").
 //!
 //! | module | job |
 //! |---|---|

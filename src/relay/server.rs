@@ -4,7 +4,7 @@
 //! sends waiting clients away, lets running sessions finish up to the drain deadline,
 //! then closes everything.
 //!
-//! Conduit rules (DESIGN.md section 5) as this code keeps them: the relay holds no key
+//! Conduit rules (docs/ARCHITECTURE.md, "The relay's conduit rules") as this code keeps them: the relay holds no key
 //! and only copies QUIC stream bytes (end-to-end ciphertext); nothing is written to
 //! disk; memory is bounded by [`Limits`]; log events carry session ids, byte totals,
 //! durations and close reasons only.
@@ -522,17 +522,13 @@ async fn prove(
         .map_err(|_| Refusal::BadProof)
 }
 
-/// Reads the Hello: a length no larger than [`MAX_HELLO`], checked before reading on.
+/// Reads the Hello through the frame decoder, limited to [`MAX_HELLO`]: a longer length
+/// field is refused before the body is read.
 async fn read_hello(conn: &Connection) -> Result<(SendStream, RecvStream, Hello), ()> {
     let (send, mut recv) = conn.accept_bi().await.map_err(drop)?;
-    let mut len = [0u8; 2];
-    recv.read_exact(&mut len).await.map_err(drop)?;
-    let n = usize::from(u16::from_be_bytes(len));
-    if n == 0 || n > MAX_HELLO {
-        return Err(());
-    }
-    let mut body = vec![0u8; n];
-    recv.read_exact(&mut body).await.map_err(drop)?;
+    let body = crate::session::read_frame_within(&mut recv, MAX_HELLO)
+        .await
+        .map_err(drop)?;
     let hello = Hello::decode(&body).map_err(drop)?;
     Ok((send, recv, hello))
 }

@@ -11,7 +11,7 @@
 //!    batches until that many arrived;
 //! 3. sender → receiver: each accepted file's chunks on its own unidirectional stream,
 //!    which starts with the file's index and the first chunk sent (two big-endian u64,
-//!    [`FILE_STREAM_HEADER`] bytes);
+//!    [`FILE_STREAM_HEADER`] bytes, [`crate::wire::stream_header`]);
 //! 4. receiver → sender: [`ReceiptStart`] (with the receiver's audit chain head), then
 //!    [`ReceiptHashes`] batches with every file's BLAKE3 in offer order.
 
@@ -32,8 +32,9 @@ pub const POINTS_PER_MESSAGE: usize = 1_000;
 /// Most hashes in one [`ReceiptHashes`] message (32 bytes each).
 pub const HASHES_PER_MESSAGE: usize = 1_500;
 /// Bytes of the header of a file stream: the file's index, then the first chunk sent
-/// (0, or the resume point the receiver offered).
-pub const FILE_STREAM_HEADER: usize = 16;
+/// (0, or the resume point the receiver offered); its codec is
+/// [`crate::wire::stream_header`].
+pub const FILE_STREAM_HEADER: usize = crate::wire::stream_header::LEN;
 /// Longest refusal detail a receiver sends (and a sender shows).
 pub const MAX_DETAIL: usize = 512;
 

@@ -124,7 +124,19 @@ impl Sidecar {
             .take(MAX_SIDECAR)
             .read_to_string(&mut text)
             .map_err(|e| format!("cannot be read ({e})"))?;
-        serde_json::from_str(&text).map_err(|_| "is not a resume record of this version".into())
+        Self::parse(&text)
+            .map(Some)
+            .ok_or_else(|| "is not a resume record of this version".into())
+    }
+
+    /// Decodes a sidecar's text: `None` if it is longer than a sidecar can be, or not a
+    /// sidecar of this schema (unknown fields are refused). Fuzzed (`fuzz/`, target
+    /// `sidecar`).
+    pub fn parse(text: &str) -> Option<Self> {
+        if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_SIDECAR {
+            return None;
+        }
+        serde_json::from_str(text).ok()
     }
 
     /// Writes the sidecar `name` in `dir` atomically (mode 0600): a new temporary file,
@@ -356,6 +368,29 @@ mod tests {
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         std::fs::write(&p, b"not json").unwrap();
         assert!(Sidecar::load_at(&d, &name).is_err());
+    }
+
+    #[test]
+    fn sidecar_text_parses_only_as_this_schema_and_within_the_size_limit() {
+        let key = crate::crypto::identity::Identity::generate()
+            .unwrap()
+            .public();
+        let rel = RelPath::parse("a/b.bin").unwrap();
+        let s = Sidecar::new(&key, &rel, &entry(), ChunkSize::new(16384).unwrap(), "p");
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(Sidecar::parse(&text), Some(s.clone()));
+        let extra = text.replacen('{', "{\"x\":1,", 1);
+        assert_eq!(Sidecar::parse(&extra), None, "unknown fields are refused");
+        let big = Sidecar {
+            path: "a".repeat(MAX_SIDECAR as usize),
+            ..s
+        };
+        assert_eq!(
+            Sidecar::parse(&serde_json::to_string(&big).unwrap()),
+            None,
+            "longer than a sidecar can be"
+        );
+        assert_eq!(Sidecar::parse(""), None);
     }
 
     #[test]

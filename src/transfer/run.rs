@@ -26,6 +26,7 @@ use crate::transfer::protocol::{
 };
 use crate::transfer::resume::{self, Sidecar};
 use crate::transfer::source::{OpenError, OpenSource, SourceFile};
+use crate::wire::stream_header::StreamHeader;
 
 /// QUIC application close code: transfer finished.
 pub const CLOSE_DONE: u32 = 0;
@@ -589,9 +590,11 @@ async fn send_audited(
         };
         // Streams are opened in file order.
         let mut s = conn.open_uni().await?;
-        let mut header = [0u8; FILE_STREAM_HEADER];
-        header[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        header[8..].copy_from_slice(&first.to_be_bytes());
+        let header = StreamHeader {
+            index: i as u64,
+            first,
+        }
+        .encode();
         let progress = progress_reporter(events, total, &moved);
         let (pool, conn) = (Arc::clone(pool), conn.clone());
         tasks.spawn(async move {
@@ -1268,11 +1271,9 @@ async fn receive_audited(
                         .map_err(|e| protocol(format!("file stream header: {e}")))
                 };
                 timeouts.within(Stage::StreamHeader, read).await?;
-                let (index, first) = split_header(&header);
-                let slot = usize::try_from(index)
-                    .ok()
-                    .filter(|&i| i < entries.len() && !started[i])
-                    .ok_or_else(|| protocol(format!("file stream for unknown or repeated file {index}")))?;
+                let header = StreamHeader::decode(&header);
+                let (index, first) = (header.index, header.first);
+                let slot = header.slot(&started).map_err(|e| protocol(e.to_string()))?;
                 started[slot] = true;
                 let (rel, e) = &entries[slot];
                 weight += flight_weight(e.size);
@@ -1414,17 +1415,6 @@ async fn offer_part<T>(
         }
         .into()),
     }
-}
-
-/// The file index and first chunk of a file stream's header.
-fn split_header(h: &[u8; FILE_STREAM_HEADER]) -> (u64, u64) {
-    let (a, b) = h.split_at(8);
-    let word = |x: &[u8]| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(x);
-        u64::from_be_bytes(w)
-    };
-    (word(a), word(b))
 }
 
 /// What the receiver offers to continue: the points sent, and per file slot the chunk,

@@ -4,6 +4,14 @@
 //! messages) is one frame. A zero length is an error, and since the length field holds at
 //! most 65,535 a frame can never announce more than [`MAX_FRAME`] bytes: the decoder
 //! never buffers more than one frame.
+//!
+//! A decoder can be given a lower limit ([`FrameDecoder::with_limit`]): the relay reads a
+//! client's Hello through one limited to the largest Hello. The limit is checked as soon
+//! as the length field is complete, before any byte of the body is buffered.
+//!
+//! Every framed read of peer bytes goes through [`FrameDecoder`]: the session's control
+//! stream ([`crate::session::read_frame`]) and the relay's Hello
+//! ([`crate::relay::hello`]).
 
 use thiserror::Error;
 
@@ -24,6 +32,14 @@ pub enum FrameError {
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame ({0} bytes pending)")]
     Truncated(usize),
+    /// A length field announced more than the decoder's limit.
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    OverLimit {
+        /// The announced length.
+        len: usize,
+        /// The decoder's limit.
+        limit: usize,
+    },
 }
 
 /// Appends `body` as one frame to `out`.
@@ -46,62 +62,102 @@ pub fn to_frame(body: &[u8]) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Reassembles frames from bytes as they arrive.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    limit: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::with_limit(MAX_FRAME)
+    }
 }
 
 impl FrameDecoder {
-    /// An empty decoder.
+    /// An empty decoder taking frames of up to [`MAX_FRAME`] bytes.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Bytes the decoder still needs before it can yield the next frame (at least 1).
-    pub fn wanted(&self) -> usize {
-        match self.buf.as_slice() {
-            [a, b, rest @ ..] => {
-                let len = usize::from(u16::from_be_bytes([*a, *b]));
-                len.saturating_sub(rest.len()).max(1)
-            }
-            other => LEN_PREFIX - other.len(),
+    /// An empty decoder taking frames of up to `limit` bytes (at most [`MAX_FRAME`]); a
+    /// longer length field is an error ([`FrameError::OverLimit`]) before the body is
+    /// buffered.
+    pub fn with_limit(limit: usize) -> Self {
+        FrameDecoder {
+            buf: Vec::new(),
+            limit: limit.min(MAX_FRAME),
         }
     }
 
+    /// The length field, once complete.
+    fn announced(&self) -> Option<usize> {
+        match self.buf.as_slice() {
+            [a, b, ..] => Some(usize::from(u16::from_be_bytes([*a, *b]))),
+            _ => None,
+        }
+    }
+
+    /// Bytes the decoder still needs before it can yield the next frame (at least 1).
+    pub fn wanted(&self) -> usize {
+        match self.announced() {
+            Some(len) => len.saturating_sub(self.buf.len() - LEN_PREFIX).max(1),
+            None => LEN_PREFIX - self.buf.len(),
+        }
+    }
+
+    /// Bytes buffered (of the length field and the body) for the frame in progress.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Feeds bytes; at most [`FrameDecoder::wanted`] are taken, and the number taken is
-    /// returned, so the buffer never exceeds one frame.
+    /// returned, so the buffer never exceeds one frame. Nothing is taken after a length
+    /// field of zero or above the limit: [`FrameDecoder::next_frame`] reports it.
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let mut taken = 0;
         while taken < bytes.len() && !self.complete() {
             let n = (bytes.len() - taken).min(self.wanted());
             self.buf.extend_from_slice(&bytes[taken..taken + n]);
             taken += n;
+            if self.buf.len() == LEN_PREFIX {
+                // The length is known and within the limit (else complete() stops here):
+                // room for exactly this body.
+                if let Some(len) = self.announced().filter(|&l| l <= self.limit) {
+                    self.buf.reserve_exact(len);
+                }
+            }
         }
         taken
     }
 
-    /// True when the buffer holds a whole frame (or a zero length, an error).
+    /// True when the buffer holds a whole frame, or a length field that is an error.
     fn complete(&self) -> bool {
-        match self.buf.as_slice() {
-            [a, b, rest @ ..] => rest.len() >= usize::from(u16::from_be_bytes([*a, *b])),
-            _ => false,
+        match self.announced() {
+            Some(len) => len == 0 || len > self.limit || self.buf.len() - LEN_PREFIX >= len,
+            None => false,
         }
     }
 
     /// The next complete frame body, if there is one.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        let [a, b, rest @ ..] = self.buf.as_slice() else {
+        let Some(len) = self.announced() else {
             return Ok(None);
         };
-        let len = usize::from(u16::from_be_bytes([*a, *b]));
         if len == 0 {
             return Err(FrameError::Empty);
         }
-        if rest.len() < len {
+        if len > self.limit {
+            return Err(FrameError::OverLimit {
+                len,
+                limit: self.limit,
+            });
+        }
+        if self.buf.len() - LEN_PREFIX < len {
             return Ok(None);
         }
-        let body = rest[..len].to_vec();
-        self.buf.clear();
+        let mut body = std::mem::take(&mut self.buf);
+        body.drain(..LEN_PREFIX);
         Ok(Some(body))
     }
 
@@ -116,8 +172,13 @@ impl FrameDecoder {
 }
 
 /// Decodes all frames of a complete byte string.
-pub fn decode_all(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
-    let mut d = FrameDecoder::new();
+pub fn decode_all(bytes: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
+    decode_all_within(bytes, MAX_FRAME)
+}
+
+/// Decodes all frames of a complete byte string, each at most `limit` bytes.
+pub fn decode_all_within(mut bytes: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, FrameError> {
+    let mut d = FrameDecoder::with_limit(limit);
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let n = d.push(bytes);
@@ -167,7 +228,59 @@ mod tests {
         assert_eq!(d.next_frame().unwrap().unwrap(), vec![9]);
     }
 
+    #[test]
+    fn a_length_above_the_limit_is_refused_before_the_body_is_buffered() {
+        let mut d = FrameDecoder::with_limit(4);
+        // Length 5, then body bytes: only the length field is taken.
+        assert_eq!(d.push(&[0, 5, 1, 2, 3, 4, 5]), LEN_PREFIX);
+        assert_eq!(d.buffered(), LEN_PREFIX);
+        assert_eq!(
+            d.next_frame(),
+            Err(FrameError::OverLimit { len: 5, limit: 4 })
+        );
+        assert_eq!(d.push(&[1]), 0);
+        // At the limit is fine.
+        assert_eq!(
+            decode_all_within(&[0, 4, 1, 2, 3, 4], 4).unwrap(),
+            vec![vec![1, 2, 3, 4]]
+        );
+        assert_eq!(
+            decode_all_within(&[0, 4, 1, 2, 3, 4, 0, 5], 4),
+            Err(FrameError::OverLimit { len: 5, limit: 4 })
+        );
+        // A limit above the length field's range is the length field's range.
+        assert_eq!(
+            decode_all_within(&[0xff, 0xff], usize::MAX),
+            Err(FrameError::Truncated(2))
+        );
+    }
+
     proptest! {
+        #[test]
+        fn frames_round_trip_in_any_pieces(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 0..8),
+            step in 1usize..50,
+        ) {
+            let mut wire = Vec::new();
+            for b in &bodies {
+                encode(b, &mut wire).unwrap();
+            }
+            let mut d = FrameDecoder::new();
+            let mut got = Vec::new();
+            for piece in wire.chunks(step) {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    let n = d.push(rest);
+                    rest = &rest[n..];
+                    if let Some(f) = d.next_frame().unwrap() {
+                        got.push(f);
+                    }
+                }
+            }
+            d.finish().unwrap();
+            prop_assert_eq!(got, bodies);
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = decode_all(&bytes);
