@@ -133,6 +133,9 @@ pub(crate) fn run(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
                 peer: args.peer,
             };
             let records = verify::show(&dir, &filter)?;
+            if records.is_empty() {
+                return nothing_to_show(&dir, &filter);
+            }
             let mut out = std::io::stdout().lock();
             for r in &records {
                 if args.json {
@@ -144,6 +147,32 @@ pub(crate) fn run(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `audit show` found no record: says so on stderr (stdout stays empty for scripts),
+/// naming the filters that matched nothing, or that the log is empty. Exit code 0: an
+/// empty answer is not a failure (a `--since` window may well hold no record).
+fn nothing_to_show(dir: &std::path::Path, filter: &verify::Filter) -> anyhow::Result<()> {
+    let mut given = Vec::new();
+    if let Some(peer) = &filter.peer {
+        given.push(format!("--peer {peer}"));
+    }
+    if let Some(since) = filter.since {
+        let at = since
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| since.to_string());
+        given.push(format!("--since {at}"));
+    }
+    if given.is_empty() {
+        eprintln!("no audit records yet in {}", dir.display());
+    } else {
+        eprintln!(
+            "no audit record matches {} (`conduit audit show` without filters lists every \
+             record; `conduit peers list` the peers' names)",
+            given.join(" ")
+        );
+    }
+    Ok(())
 }
 
 /// One line for people: time, number, event, peer, and what the record says.

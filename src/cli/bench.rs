@@ -84,13 +84,15 @@ pub struct RawPeerArgs {
 #[derive(Debug, Args)]
 pub struct CipherArgs {
     /// Bytes per measurement.
-    #[arg(long, default_value_t = DEFAULT_CIPHER_BYTES)]
+    #[arg(long, default_value_t = DEFAULT_CIPHER_BYTES,
+          value_parser = crate::cli::at_least_one::<u64>)]
     size: u64,
     /// STREAM chunk size in bytes (a power of two from 16384 to 4194304).
-    #[arg(long, default_value_t = u64::from(DEFAULT_CHUNK_SIZE.get()))]
+    #[arg(long, default_value_t = u64::from(DEFAULT_CHUNK_SIZE.get()),
+          value_parser = crate::cli::chunk_size)]
     chunk_size: u64,
     /// Worker threads for the N-thread runs (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::at_least_one::<usize>)]
     threads: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -106,16 +108,11 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 }
 
 fn cipher(args: CipherArgs) -> anyhow::Result<()> {
+    // --chunk-size, --size and --threads were checked as they were parsed (exit code 2).
     let chunk_size = ChunkSize::new(args.chunk_size)?;
-    if args.size == 0 {
-        anyhow::bail!("--size must be at least one byte");
-    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        anyhow::bail!("--threads must be at least 1");
-    }
     let report = bench::cipher(CipherBenchConfig {
         size: args.size,
         chunk_size,

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 mod audit;
 mod bench;
@@ -44,49 +44,123 @@ pub mod code {
 #[derive(Debug, Parser)]
 #[command(name = "conduit", version, about, long_about = None)]
 pub struct Cli {
-    /// The endpoint's home directory (identity, address book, audit log, conduit.toml);
-    /// default: $CONDUIT_HOME, else the OS data directory.
-    #[arg(long, global = true, value_name = "DIR")]
+    /// The endpoint's home directory (identity, address book, audit log, conduit.toml)
+    /// for the commands that use one (keygen, id, peers, send, receive, relay, audit,
+    /// config; they take --home after their name too); default: $CONDUIT_HOME, else the
+    /// OS data directory.
+    #[arg(long, value_name = "DIR")]
     pub home: Option<std::path::PathBuf>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The commands.
+/// `--home DIR` of a command that uses the endpoint's home (and of its subcommands).
+fn home_arg() -> clap::Arg {
+    clap::Arg::new(HOME_ID)
+        .long("home")
+        .value_name("DIR")
+        .global(true)
+        .value_parser(clap::value_parser!(std::path::PathBuf))
+        .help(
+            "The endpoint's home directory (identity, address book, audit log, \
+             conduit.toml); default: $CONDUIT_HOME, else the OS data directory",
+        )
+}
+
+/// The id of [`home_arg`] in a subcommand's matches.
+const HOME_ID: &str = "home";
+
+/// The commands. Those that use the endpoint's home take `--home` ([`home_arg`]); the
+/// others do not list or accept it.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create this endpoint's X25519 identity.
+    #[command(arg = home_arg())]
     Keygen(keys::KeygenArgs),
     /// Show this endpoint's public key and fingerprint.
+    #[command(arg = home_arg())]
     Id(keys::IdArgs),
     /// The address book of known peers (pinned keys).
-    #[command(subcommand)]
+    #[command(subcommand, arg = home_arg())]
     Peers(peers::PeersCommand),
     /// Send files and directories to a known peer or by code phrase.
+    #[command(arg = home_arg())]
     Send(transfer::SendArgs),
     /// Receive a transfer into a directory (or keep receiving: --daemon).
+    #[command(arg = home_arg())]
     Receive(transfer::ReceiveArgs),
     /// Relay, receiver and sender on loopback in one process: see it work.
     Demo(demo::DemoArgs),
     /// Run a relay in conduit mode: it pairs peers and forwards ciphertext only.
+    #[command(arg = home_arg())]
     Relay(relay::RelayArgs),
     /// Development certificates for relays (a CA, and relay certificates it signs).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions(meta::CompletionsArgs),
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff) of conduit or of one subcommand, or write every page
+    /// into a directory (--dir).
+    Man(meta::ManArgs),
     /// The endpoint's configuration (conduit.toml in the home).
-    #[command(subcommand)]
+    #[command(subcommand, arg = home_arg())]
     Config(config::ConfigCommand),
     /// The endpoint's audit trail: verify the chain, show records.
-    #[command(subcommand)]
+    #[command(subcommand, arg = home_arg())]
     Audit(audit::AuditCommand),
     /// Measure throughput against raw baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+impl Command {
+    /// Whether the command uses the endpoint's home (and so takes `--home`).
+    fn uses_home(&self) -> bool {
+        !matches!(
+            self,
+            Command::Demo(_)
+                | Command::Certs(_)
+                | Command::Completions(_)
+                | Command::Man(_)
+                | Command::Bench(_)
+        )
+    }
+
+    /// The command's name as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Keygen(_) => "keygen",
+            Command::Id(_) => "id",
+            Command::Peers(_) => "peers",
+            Command::Send(_) => "send",
+            Command::Receive(_) => "receive",
+            Command::Demo(_) => "demo",
+            Command::Relay(_) => "relay",
+            Command::Certs(_) => "certs",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
+            Command::Config(_) => "config",
+            Command::Audit(_) => "audit",
+            Command::Bench(_) => "bench",
+        }
+    }
+}
+
+/// Parses the command line: `--home` before the command, or after it (the later wins).
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let Some(home) = matches.subcommand().and_then(|(_, sub)| {
+        sub.try_get_one::<std::path::PathBuf>(HOME_ID)
+            .ok()
+            .flatten()
+    }) {
+        cli.home = Some(home.clone());
+    }
+    cli.drop_env_values(&matches);
+    Ok(cli)
 }
 
 /// `--audit-names`: the library's [`crate::audit::NameMode`] as a command-line value.
@@ -141,6 +215,29 @@ impl Cli {
     }
 }
 
+/// `--chunk-size BYTES` as clap parses it: a usage error (exit code 2) unless
+/// [`ChunkSize`](crate::crypto::stream::ChunkSize) allows it.
+pub(crate) fn chunk_size(text: &str) -> Result<u64, String> {
+    let bytes: u64 = text.parse().map_err(|e| format!("{e}"))?;
+    crate::crypto::stream::ChunkSize::new(bytes)
+        .map(|_| bytes)
+        .map_err(|e| e.to_string())
+}
+
+/// A count or size that must be at least 1, as clap parses it (0 is a usage error, exit
+/// code 2).
+pub(crate) fn at_least_one<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialEq + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    let n: T = text.parse().map_err(|e| format!("{e}"))?;
+    if n == T::from(0) {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
 /// A command line that parses but cannot run as given (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -149,14 +246,8 @@ pub(crate) struct Usage(pub(crate) String);
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
     no_core_dumps();
-    let parsed = Cli::command()
-        .try_get_matches()
-        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
-    let cli = match parsed {
-        Ok((mut cli, matches)) => {
-            cli.drop_env_values(&matches);
-            cli
-        }
+    let cli = match parse() {
+        Ok(cli) => cli,
         Err(e) => {
             // clap prints help and version to stdout with exit 0, usage errors to stderr.
             let _ = e.print();
@@ -260,6 +351,13 @@ pub(crate) fn describe(err: &anyhow::Error) -> String {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.home.is_some() && !cli.command.uses_home() {
+        return Err(Usage(format!(
+            "`conduit {}` does not use a home directory: leave out --home",
+            cli.command.name()
+        ))
+        .into());
+    }
     let home = || resolve_home(cli.home.clone());
     match cli.command {
         Command::Keygen(args) => keys::keygen(&home()?, args),
@@ -270,7 +368,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => relay::run(args, home().ok()),
         Command::Demo(args) => demo::run(args),
         Command::Completions(args) => meta::completions(args),
-        Command::Man => meta::man(),
+        Command::Man(args) => meta::man(args),
         Command::Certs(cmd) => certs::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Audit(cmd) => audit::run(&home()?, cmd),

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgGroup, Args};
@@ -12,6 +13,7 @@ use crate::config::{Config, Environment, FileConfig, Resolved};
 use crate::home::Home;
 use crate::relay::config::{FileLimits, Limits};
 use crate::relay::server::{Logger, Relay};
+use crate::relay::summary::Summary;
 use crate::relay::tokens::Tokens;
 use crate::transport::ServerTls;
 
@@ -45,6 +47,15 @@ pub struct RelayArgs {
     /// Log JSON lines (the first is the `listening` event).
     #[arg(long)]
     json: bool,
+    /// Debug level: log each refusal as it happens (a connector retrying while its
+    /// listener is not there yet is one per attempt). Without it, refusals are counted
+    /// and logged as one `summary` line a minute with a count per reason.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Seconds between two summaries of refusals (tests shorten it).
+    #[arg(long, value_name = "SECS", default_value_t = 60, hide = true,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    log_summary_secs: u64,
     /// Sessions spliced at once [default: 256].
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
@@ -112,22 +123,35 @@ impl RelayArgs {
     }
 }
 
-/// Prints one log event: a JSON line, or `event key=value ...` for people.
+/// Prints one log event: a JSON line, or `event key=value ...` for people (an object's
+/// entries as `key.inner=value`).
 fn logger(json: bool) -> Logger {
     Arc::new(move |v: Value| {
         if json {
             println!("{v}");
             return;
         }
-        let event = v.get("event").and_then(Value::as_str).unwrap_or("log");
-        let mut line = event.to_string();
-        if let Some(map) = v.as_object() {
-            for (k, val) in map.iter().filter(|(k, _)| k.as_str() != "event") {
-                line.push_str(&format!(" {k}={val}"));
+        println!("{}", human(&v));
+    })
+}
+
+/// `event key=value ...`: the event's name, then its other fields in order.
+fn human(v: &Value) -> String {
+    let event = v.get("event").and_then(Value::as_str).unwrap_or("log");
+    let mut line = event.to_string();
+    if let Some(map) = v.as_object() {
+        for (k, val) in map.iter().filter(|(k, _)| k.as_str() != "event") {
+            match val.as_object() {
+                Some(inner) => {
+                    for (ik, iv) in inner {
+                        line.push_str(&format!(" {k}.{ik}={iv}"));
+                    }
+                }
+                None => line.push_str(&format!(" {k}={val}")),
             }
         }
-        println!("{line}");
-    })
+    }
+    line
 }
 
 pub(crate) fn run(args: RelayArgs, home: Option<Home>) -> anyhow::Result<()> {
@@ -150,7 +174,9 @@ pub(crate) fn run(args: RelayArgs, home: Option<Home>) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let log = logger(args.json);
-        let relay = Relay::bind(args.listen, tls, limits, tokens, Arc::clone(&log))?;
+        // Refusals are counted and summarised (each one logged only with --verbose).
+        let summary = Summary::new(Arc::clone(&log), args.verbose);
+        let relay = Relay::bind(args.listen, tls, limits, tokens, summary.logger())?;
         let addr = relay.local_addr()?;
         let metrics_addr = match args.metrics {
             Some(m) => {
@@ -173,7 +199,24 @@ pub(crate) fn run(args: RelayArgs, home: Option<Home>) -> anyhow::Result<()> {
             "tokens_required": args.tokens.is_some(),
             "memory_bound_bytes": limits.memory_bound(),
         }));
+        let period = Duration::from_secs(args.log_summary_secs);
+        let ticker = tokio::spawn(Arc::clone(&summary).every(period));
         relay.run(stop).await;
+        ticker.abort();
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_reads_as_one_line_of_counts() {
+        let v = json!({"event": "summary", "seconds": 60, "refused": {"no_listener": 41, "pairing_timeout": 1}, "total": 42});
+        assert_eq!(
+            human(&v),
+            "summary refused.no_listener=41 refused.pairing_timeout=1 seconds=60 total=42"
+        );
+    }
 }

@@ -162,10 +162,24 @@ pub async fn join(
     single_use: bool,
     rendezvous: [u8; 32],
 ) -> Result<Joined, JoinError> {
+    join_reporting(opts, role, single_use, rendezvous, &|_| {}).await
+}
+
+/// [`join`], calling `connected` with the relay (as written) once the relay has the
+/// Hello: from then on the client waits at the relay (for a connector, the relay answers
+/// at once). Called at most once, and never when the relay could not be reached: the
+/// place to say "waiting at relay ...".
+pub async fn join_reporting(
+    opts: &RelayOptions,
+    role: Role,
+    single_use: bool,
+    rendezvous: [u8; 32],
+    connected: &(dyn Fn(&str) + Sync),
+) -> Result<Joined, JoinError> {
     if role == Role::Listen && !single_use {
         return Err(JoinError::NeedsKey);
     }
-    join_with(opts, role, single_use, rendezvous, None).await
+    join_with(opts, role, single_use, rendezvous, None, connected).await
 }
 
 /// Waits at the relay for connectors to `identity`'s key (rendezvous id
@@ -174,8 +188,26 @@ pub async fn join(
 /// take our place if the key is at its limit of waiting listeners
 /// ([`Refusal::Replaced`]).
 pub async fn listen(opts: &RelayOptions, identity: &Identity) -> Result<Joined, JoinError> {
+    listen_reporting(opts, identity, &|_| {}).await
+}
+
+/// [`listen`], calling `connected` with the relay (as written) once the relay has the
+/// Hello and the proof, as [`join_reporting`] does.
+pub async fn listen_reporting(
+    opts: &RelayOptions,
+    identity: &Identity,
+    connected: &(dyn Fn(&str) + Sync),
+) -> Result<Joined, JoinError> {
     let rendezvous = proof::key_rendezvous(identity.public().as_bytes());
-    join_with(opts, Role::Listen, false, rendezvous, Some(identity)).await
+    join_with(
+        opts,
+        Role::Listen,
+        false,
+        rendezvous,
+        Some(identity),
+        connected,
+    )
+    .await
 }
 
 async fn join_with(
@@ -184,10 +216,18 @@ async fn join_with(
     single_use: bool,
     rendezvous: [u8; 32],
     key: Option<&Identity>,
+    connected: &(dyn Fn(&str) + Sync),
 ) -> Result<Joined, JoinError> {
     let deadline = tokio::time::Instant::now() + opts.wait;
+    // Told once, however many attempts a connector makes.
+    let told = std::sync::atomic::AtomicBool::new(false);
+    let once = |relay: &str| {
+        if !told.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            connected(relay);
+        }
+    };
     loop {
-        match join_once(opts, role, single_use, rendezvous, key).await {
+        match join_once(opts, role, single_use, rendezvous, key, &once).await {
             Err(JoinError::Refused {
                 refusal: Refusal::NoListener,
                 ..
@@ -220,6 +260,7 @@ async fn join_once(
     single_use: bool,
     rendezvous: [u8; 32],
     key: Option<&Identity>,
+    connected: &(dyn Fn(&str) + Sync),
 ) -> Result<Joined, JoinError> {
     let relay = opts.choose(&rendezvous)?.to_string();
     let (host, port) = split_host(&relay)?;
@@ -287,6 +328,7 @@ async fn join_once(
         let _ = send.write_all(&answer).await;
     }
     let _ = send.finish();
+    connected(&relay);
     let mut answer = [0u8; 1];
     read_answer(&connection, &mut recv, &mut answer, &lost, &relay).await?;
     if answer[0] != PAIRED {
@@ -367,7 +409,7 @@ mod tests {
             token: vec![],
             wait: Duration::ZERO,
         };
-        let got = join_once(&opts, Role::Connect, false, [7; 32], None).await;
+        let got = join_once(&opts, Role::Connect, false, [7; 32], None, &|_| {}).await;
         assert!(
             matches!(
                 got,
@@ -427,6 +469,75 @@ mod tests {
                 other => panic!("round {round}: {other:?}"),
             }
         }
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+
+    /// "Connected" is reported once the relay has the Hello, never when the relay could
+    /// not be reached (here: a wrong pin fails the QUIC handshake), and once only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connected_is_reported_only_once_the_relay_has_the_hello() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let tls = transport::ServerTls::self_signed(&["localhost"]).unwrap();
+        let pin = tls.pin();
+        let relay = crate::relay::server::Relay::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls,
+            crate::relay::config::Limits::default(),
+            None,
+            std::sync::Arc::new(|_| {}),
+        )
+        .unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run(async {
+            let _ = stopped.await;
+        }));
+        let opts = |pin, wait| RelayOptions {
+            relays: vec![addr.to_string()],
+            trust: RelayTrust::Pin(pin),
+            token: vec![],
+            wait,
+        };
+        // Not reached: a wrong pin.
+        let told = AtomicUsize::new(0);
+        let count = |_: &str| {
+            told.fetch_add(1, SeqCst);
+        };
+        let bad = opts([9; 32], Duration::ZERO);
+        let got = join_reporting(&bad, Role::Connect, true, [3; 32], &count).await;
+        assert!(matches!(got, Err(JoinError::Connect { .. })));
+        assert_eq!(told.load(SeqCst), 0, "reported without a relay");
+        // Reached: a connector retrying for a second (four attempts or so) is told once.
+        let good = opts(pin, Duration::from_millis(900));
+        let got = join_reporting(&good, Role::Connect, true, [4; 32], &count).await;
+        assert!(matches!(
+            got,
+            Err(JoinError::Refused {
+                refusal: Refusal::NoListener,
+                ..
+            })
+        ));
+        assert_eq!(told.load(SeqCst), 1);
+        // A listener is told while it waits, before it is paired.
+        let waiting = std::sync::Arc::new(tokio::sync::Notify::new());
+        let listener = {
+            let (good, waiting) = (good.clone(), std::sync::Arc::clone(&waiting));
+            tokio::spawn(async move {
+                join_reporting(&good, Role::Listen, true, [5; 32], &|_| {
+                    waiting.notify_one()
+                })
+                .await
+                .map(|_| ())
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(10), waiting.notified())
+            .await
+            .expect("the listener was never told it is waiting at the relay");
+        assert!(!listener.is_finished(), "told only once paired");
+        let connector = join(&good, Role::Connect, true, [5; 32]).await;
+        assert!(connector.is_ok(), "{:?}", connector.map(|_| ()));
+        assert!(listener.await.unwrap().is_ok());
         let _ = stop.send(());
         let _ = task.await;
     }

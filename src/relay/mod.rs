@@ -19,6 +19,7 @@
 //! | [`tokens`] | access tokens, stored as hashes, checked in constant time |
 //! | [`metrics`] | counters, Prometheus text, `/metrics` and `/healthz` |
 //! | [`fleet`] | choosing a relay by rendezvous hashing |
+//! | [`summary`] | refusals counted and logged once per period, each one only when verbose |
 //! | [`client`] | joining a relay as a listener or connector |
 
 pub mod client;
@@ -32,4 +33,5 @@ pub mod proof;
 pub mod ratelimit;
 pub mod server;
 pub mod splice;
+pub mod summary;
 pub mod tokens;

@@ -28,6 +28,60 @@ fn completions_and_man_page_are_generated() {
     assert!(t.contains("conduit"));
 }
 
+/// `conduit man --dir DIR` writes a roff page for every command and subcommand (issue
+/// #20: only the top level had one), each documenting that command's own flags.
+#[test]
+fn man_writes_a_page_per_subcommand() {
+    let sc = scratch();
+    let out = sc
+        .conduit()
+        .args(["man", "--dir", "pages"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    let mut on_disk: Vec<String> = std::fs::read_dir(sc.path().join("pages"))
+        .unwrap()
+        .map(|e| format!("pages/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    on_disk.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, on_disk, "the list names exactly the files written");
+    // Every visible command and subcommand, from its help's command list.
+    for (page, flag) in [
+        ("conduit.1", "--home"),
+        ("conduit-send.1", "--relay-wait"),
+        ("conduit-receive.1", "--daemon"),
+        ("conduit-relay.1", "--verbose"),
+        ("conduit-peers-add.1", "KEY"),
+        ("conduit-audit-show.1", "--since"),
+        ("conduit-config-show.1", "--home"),
+        ("conduit-certs-relay.1", "--ca"),
+        ("conduit-bench-cipher.1", "--chunk-size"),
+        ("conduit-man.1", "--dir"),
+    ] {
+        let t = std::fs::read_to_string(sc.path().join("pages").join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}; written: {listed:?}"));
+        let name = page.trim_end_matches(".1");
+        assert!(t.contains(&format!(".TH {name} 1")), "{page}: {t}");
+        assert!(
+            t.contains(&flag.replace('-', "\\-")),
+            "{page} lacks {flag}: {t}"
+        );
+    }
+    // The hidden helper of `bench transfer` has no page.
+    assert!(!listed.iter().any(|p| p.contains("raw")), "{listed:?}");
+    // One subcommand's page on stdout.
+    let out = sc
+        .conduit()
+        .args(["man", "audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains(".TH conduit-audit-verify 1"));
+}
+
 #[test]
 fn certs_make_a_ca_and_a_relay_certificate_with_private_keys() {
     let sc = scratch();

@@ -6,7 +6,8 @@
 //!   endpoint (bench, demo, certs, completions, a relay).
 //! - [`pair_knowing`]: two endpoint homes with keys, each optionally knowing the other.
 //! - [`Running`]: a spawned process whose first JSON line (its ready event) has been read;
-//!   killed on drop. [`start_relay`] and [`direct_receiver`] wait for theirs.
+//!   killed on drop. [`start_relay`] (at the debug level: a line per refusal),
+//!   [`start_relay_summarising`] (the default level) and [`direct_receiver`] wait for theirs.
 //! - [`Relay::cmd`], [`receiver_via`], [`send_via`]: the commands of a relayed transfer.
 //!
 //! The in-process harness (library API, no process) is [`inproc`].
@@ -210,12 +211,26 @@ pub struct Relay {
     pub cwd: Scratch,
 }
 
+/// A relay at the debug level (`--verbose`): each refusal is a log line of its own, which
+/// the tests look for (the default level counts them in `summary` lines: see
+/// [`start_relay_summarising`]).
 pub fn start_relay(extra: &[&str]) -> Relay {
     start_relay_at("127.0.0.1:0", extra)
 }
 
-/// A relay on a given address (e.g. to restart one where it was).
+/// A relay on a given address (e.g. to restart one where it was), at the debug level.
 pub fn start_relay_at(addr: &str, extra: &[&str]) -> Relay {
+    let mut args = vec!["--verbose"];
+    args.extend_from_slice(extra);
+    spawn_relay(addr, &args)
+}
+
+/// A relay at the default log level: refusals only counted in `summary` lines.
+pub fn start_relay_summarising(extra: &[&str]) -> Relay {
+    spawn_relay("127.0.0.1:0", extra)
+}
+
+fn spawn_relay(addr: &str, extra: &[&str]) -> Relay {
     let cwd = scratch();
     let mut cmd = cwd.conduit();
     cmd.args(["relay", "--listen", addr, "--dev-self-signed", "--json"])

@@ -6,4 +6,5 @@ mod common;
 
 mod relay;
 mod relay_hostile;
+mod relay_log;
 mod relay_tap;
