@@ -2,8 +2,11 @@
 //! verification, output folder, accept policy), the audit trail and the relay's limits.
 //!
 //! Precedence, highest first: command-line flags, environment variables, this file,
-//! built-in defaults. An unknown key or a value of the wrong type is an error that names
-//! the line. `conduit config show` prints the effective values and where each came from.
+//! built-in defaults, applied once, by [`Resolved::resolve`]: the binary reads the flags
+//! and the environment ([`Environment`]) and passes them in, every command takes its
+//! settings from the [`Resolved`] value, and `conduit config show` prints it (each value
+//! and where it came from). An unknown key or a value of the wrong type is an error that
+//! names the line.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +15,7 @@ use thiserror::Error;
 
 use crate::audit::NameMode;
 use crate::home::Home;
-use crate::relay::config::FileLimits;
+use crate::relay::config::{FileLimits, Limits};
 
 /// The file's name in the home.
 pub const FILE_NAME: &str = "conduit.toml";
@@ -46,6 +49,16 @@ pub enum ConfigError {
     /// The file, or a directory above it, could have been written by someone else.
     #[error(transparent)]
     NotOurs(#[from] crate::home::NotOurs),
+    /// An environment variable that sets a configuration value does not parse.
+    #[error("environment variable {var}: {value:?} is not {expected}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
     /// Two settings that exclude each other.
     #[error("{path}: {message}")]
     Conflict {
@@ -315,165 +328,406 @@ pub struct Setting {
     pub env: Option<&'static str>,
 }
 
-impl Config {
-    /// The effective settings without command-line flags: environment (`environment`),
-    /// then this file, then the defaults.
-    pub fn effective(&self, environment: &Environment) -> Vec<Setting> {
-        let t = &self.file.transfer;
-        let a = &self.file.audit;
-        let text =
-            |v: Option<String>, env: Option<&'static str>, key: &str, default: Option<&str>| {
-                let from_env = env.and_then(|e| environment.get(e)).map(str::to_string);
-                let (value, source) = match (from_env, v) {
-                    (Some(e), _) => (Some(e), Source::Env),
-                    (None, Some(f)) => (Some(f), Source::File),
-                    (None, None) => (default.map(str::to_string), Source::Default),
-                };
-                Setting {
-                    key: key.into(),
-                    value,
-                    source,
-                    env,
-                }
+/// A value and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sourced<T> {
+    /// The value.
+    pub value: T,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// The first value set among the layers, highest first, else `default`.
+fn pick<T>(flag: Option<T>, env: Option<T>, file: Option<T>, default: T) -> Sourced<T> {
+    let layers = [
+        (flag, Source::Flag),
+        (env, Source::Env),
+        (file, Source::File),
+    ];
+    for (value, source) in layers {
+        if let Some(value) = value {
+            return Sourced { value, source };
+        }
+    }
+    Sourced {
+        value: default,
+        source: Source::Default,
+    }
+}
+
+/// [`pick`] for a key without a default (unset: `None`).
+fn pick_opt<T>(flag: Option<T>, env: Option<T>, file: Option<T>) -> Sourced<Option<T>> {
+    pick(flag.map(Some), env.map(Some), file.map(Some), None)
+}
+
+/// The effective configuration of one command: the value of each key and where it came
+/// from. The precedence, highest first (command-line flags, environment variables,
+/// `conduit.toml`, built-in defaults), is applied here and nowhere else; every command
+/// takes its settings from a `Resolved`, and `conduit config show` prints one.
+///
+/// ```
+/// use phi_conduit::config::{Config, Environment, FileConfig, Resolved, Source, env};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("conduit.toml");
+/// std::fs::write(&path, "[transfer]\nout = \"/srv/inbox\"\nrelay_wait_secs = 30\n").unwrap();
+/// let config = Config::load_from(&path).unwrap();
+/// let environment = Environment::capture(|name| (name == env::RELAY_WAIT).then(|| "60".into()));
+/// let mut flags = FileConfig::default();
+/// flags.transfer.overwrite = Some(true);
+/// let r = Resolved::resolve(&config, &environment, &flags).unwrap();
+/// assert_eq!(r.out.value, std::path::Path::new("/srv/inbox"));
+/// assert_eq!(r.out.source, Source::File);
+/// assert_eq!((r.relay_wait_secs.value, r.relay_wait_secs.source), (60, Source::Env));
+/// assert_eq!((r.overwrite.value, r.overwrite.source), (true, Source::Flag));
+/// assert_eq!((r.keep_modes.value, r.keep_modes.source), (false, Source::Default));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Where conduit.toml is (or would be).
+    pub file: PathBuf,
+    /// Whether it exists.
+    pub file_present: bool,
+    /// `transfer.relay`: relay address or comma-separated fleet.
+    pub relay: Sourced<Option<String>>,
+    /// `transfer.relay_pin`: relay certificate pin. The pin and the CA come as a pair from
+    /// the highest layer that sets either (one given there replaces both below).
+    pub relay_pin: Sourced<Option<String>>,
+    /// `transfer.relay_ca`: relay CA file (see `relay_pin`).
+    pub relay_ca: Sourced<Option<PathBuf>>,
+    /// `transfer.relay_wait_secs`.
+    pub relay_wait_secs: Sourced<u64>,
+    /// `transfer.out`: the receiver's destination folder.
+    pub out: Sourced<PathBuf>,
+    /// `transfer.accept_unknown`.
+    pub accept_unknown: Sourced<bool>,
+    /// `transfer.auto_accept`.
+    pub auto_accept: Sourced<bool>,
+    /// `transfer.overwrite`.
+    pub overwrite: Sourced<bool>,
+    /// `transfer.handshake_timeout_secs`.
+    pub handshake_timeout_secs: Sourced<u64>,
+    /// `transfer.offer_timeout_secs`.
+    pub offer_timeout_secs: Sourced<u64>,
+    /// `transfer.answer_timeout_secs`.
+    pub answer_timeout_secs: Sourced<u64>,
+    /// `transfer.header_timeout_secs`.
+    pub header_timeout_secs: Sourced<u64>,
+    /// `transfer.idle_timeout_secs`.
+    pub idle_timeout_secs: Sourced<u64>,
+    /// `transfer.max_sessions`: a receiving daemon's transfers at once.
+    pub max_sessions: Sourced<u16>,
+    /// `transfer.max_sessions_per_ip`: a direct receiver's connections per IP address.
+    pub max_sessions_per_ip: Sourced<u16>,
+    /// `transfer.keep_modes`.
+    pub keep_modes: Sourced<bool>,
+    /// `transfer.part_max_age_days`.
+    pub part_max_age_days: Sourced<u32>,
+    /// `transfer.max_entries`.
+    pub max_entries: Sourced<u64>,
+    /// `audit.names` (the default is `plain`; see [`Resolved::audit_options`]).
+    pub audit_names: Sourced<NameMode>,
+    /// `audit.rotate_bytes`.
+    pub audit_rotate_bytes: Sourced<u64>,
+    /// `[relay.limits]` as the file (or the relay's own file) gives them.
+    relay_limits_file: FileLimits,
+    /// `[relay.limits]` as the flags give them.
+    relay_limits_flags: FileLimits,
+}
+
+/// The parsed value of environment variable `var`, if set.
+fn from_env<T>(
+    environment: &Environment,
+    var: &'static str,
+    parse: impl FnOnce(&str) -> Option<T>,
+    expected: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match environment.get(var) {
+        None => Ok(None),
+        Some(text) => parse(text).map(Some).ok_or_else(|| ConfigError::Env {
+            var,
+            value: text.to_string(),
+            expected,
+        }),
+    }
+}
+
+/// A [`NameMode`] from its name in the file.
+fn parse_name_mode(text: &str) -> Option<NameMode> {
+    match text {
+        "plain" => Some(NameMode::Plain),
+        "hash" => Some(NameMode::Hash),
+        _ => None,
+    }
+}
+
+/// The settings the environment gives, in the file's shape.
+fn env_layer(environment: &Environment) -> Result<FileConfig, ConfigError> {
+    let text = |var| environment.get(var).map(str::to_string);
+    let mut layer = FileConfig::default();
+    let t = &mut layer.transfer;
+    t.relay = text(env::RELAY);
+    t.relay_pin = text(env::RELAY_PIN);
+    t.relay_ca = text(env::RELAY_CA).map(PathBuf::from);
+    t.relay_wait_secs = from_env(
+        environment,
+        env::RELAY_WAIT,
+        |v| v.parse().ok(),
+        "a number of seconds",
+    )?;
+    t.out = text(env::OUT).map(PathBuf::from);
+    let a = &mut layer.audit;
+    a.names = from_env(
+        environment,
+        env::AUDIT_NAMES,
+        parse_name_mode,
+        "plain or hash",
+    )?;
+    a.rotate_bytes = from_env(
+        environment,
+        env::AUDIT_ROTATE_BYTES,
+        |v| v.parse().ok(),
+        "a number of bytes",
+    )?;
+    Ok(layer)
+}
+
+impl Resolved {
+    /// Resolves each key: `flags` (the values given on the command line, in the file's
+    /// shape: `None` where no flag was given), else `environment`, else `config`, else
+    /// the default. An environment variable that does not parse is an error.
+    pub fn resolve(
+        config: &Config,
+        environment: &Environment,
+        flags: &FileConfig,
+    ) -> Result<Self, ConfigError> {
+        let envs = env_layer(environment)?;
+        let (f, e, c) = (&flags.transfer, &envs.transfer, &config.file.transfer);
+        let (fa, ea, ca) = (&flags.audit, &envs.audit, &config.file.audit);
+        // The pin and the CA as a pair, from the highest layer that sets either.
+        let (pin, ca_file) = [(f, Source::Flag), (e, Source::Env), (c, Source::File)]
+            .into_iter()
+            .find(|(l, _)| l.relay_pin.is_some() || l.relay_ca.is_some())
+            .map_or(
+                (
+                    Sourced {
+                        value: None,
+                        source: Source::Default,
+                    },
+                    Sourced {
+                        value: None,
+                        source: Source::Default,
+                    },
+                ),
+                |(l, source)| {
+                    let from = |set: bool| if set { source } else { Source::Default };
+                    (
+                        Sourced {
+                            value: l.relay_pin.clone(),
+                            source: from(l.relay_pin.is_some()),
+                        },
+                        Sourced {
+                            value: l.relay_ca.clone(),
+                            source: from(l.relay_ca.is_some()),
+                        },
+                    )
+                },
+            );
+        let d = crate::session::Timeouts::default();
+        let secs = |f: Option<u64>, e: Option<u64>, c: Option<u64>, d: std::time::Duration| {
+            pick(f, e, c, d.as_secs())
+        };
+        macro_rules! key {
+            ($name:ident, $default:expr) => {
+                pick(f.$name.clone(), e.$name.clone(), c.$name.clone(), $default)
             };
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        let mut out = vec![
-            text(t.relay.clone(), Some(env::RELAY), "transfer.relay", None),
-            text(
-                t.relay_pin.clone(),
-                Some(env::RELAY_PIN),
-                "transfer.relay_pin",
-                None,
+        }
+        Ok(Self {
+            file: config.path.clone(),
+            file_present: config.present,
+            relay: pick_opt(f.relay.clone(), e.relay.clone(), c.relay.clone()),
+            relay_pin: pin,
+            relay_ca: ca_file,
+            relay_wait_secs: key!(relay_wait_secs, DEFAULT_RELAY_WAIT_SECS),
+            out: key!(out, PathBuf::from(DEFAULT_OUT)),
+            accept_unknown: key!(accept_unknown, false),
+            auto_accept: key!(auto_accept, false),
+            overwrite: key!(overwrite, false),
+            handshake_timeout_secs: secs(
+                f.handshake_timeout_secs,
+                e.handshake_timeout_secs,
+                c.handshake_timeout_secs,
+                d.handshake,
             ),
-            text(
-                path(&t.relay_ca),
-                Some(env::RELAY_CA),
+            offer_timeout_secs: secs(
+                f.offer_timeout_secs,
+                e.offer_timeout_secs,
+                c.offer_timeout_secs,
+                d.offer,
+            ),
+            answer_timeout_secs: secs(
+                f.answer_timeout_secs,
+                e.answer_timeout_secs,
+                c.answer_timeout_secs,
+                d.answer,
+            ),
+            header_timeout_secs: secs(
+                f.header_timeout_secs,
+                e.header_timeout_secs,
+                c.header_timeout_secs,
+                d.header,
+            ),
+            idle_timeout_secs: secs(
+                f.idle_timeout_secs,
+                e.idle_timeout_secs,
+                c.idle_timeout_secs,
+                d.idle,
+            ),
+            max_sessions: key!(max_sessions, DEFAULT_MAX_SESSIONS),
+            max_sessions_per_ip: key!(max_sessions_per_ip, DEFAULT_MAX_PER_IP),
+            keep_modes: key!(keep_modes, false),
+            part_max_age_days: key!(part_max_age_days, DEFAULT_PART_MAX_AGE_DAYS),
+            max_entries: key!(max_entries, crate::transfer::protocol::DEFAULT_MAX_ENTRIES),
+            audit_names: pick(fa.names, ea.names, ca.names, NameMode::default()),
+            audit_rotate_bytes: pick(
+                fa.rotate_bytes,
+                ea.rotate_bytes,
+                ca.rotate_bytes,
+                crate::audit::log::DEFAULT_ROTATE_BYTES,
+            ),
+            relay_limits_file: config.file.relay.limits.clone().unwrap_or_default(),
+            relay_limits_flags: flags.relay.limits.clone().unwrap_or_default(),
+        })
+    }
+
+    /// The audit options: `audit.names`, whose default is `hash` for a receiving daemon
+    /// (a service's output goes to the journal, a second, unencrypted store) and `plain`
+    /// otherwise; `audit.rotate_bytes`.
+    pub fn audit_options(&self, daemon: bool) -> crate::audit::Options {
+        let names = match self.audit_names.source {
+            Source::Default if daemon => NameMode::Hash,
+            _ => self.audit_names.value,
+        };
+        crate::audit::Options {
+            names,
+            rotate_bytes: Some(self.audit_rotate_bytes.value),
+        }
+    }
+
+    /// The relay's limits: the defaults, then `[relay.limits]` (checked), then the
+    /// flags (checked).
+    pub fn relay_limits(&self) -> Result<Limits, crate::relay::config::ConfigError> {
+        let mut limits = Limits::default();
+        self.relay_limits_file.apply(&mut limits);
+        limits.check()?;
+        self.relay_limits_flags.apply(&mut limits);
+        limits.check()?;
+        Ok(limits)
+    }
+
+    /// Every key with its value as text and its source, in a fixed order (what
+    /// `conduit config show` prints).
+    pub fn settings(&self) -> Vec<Setting> {
+        fn row<T: ToString>(key: &str, v: &Sourced<T>, env: Option<&'static str>) -> Setting {
+            Setting {
+                key: key.into(),
+                value: Some(v.value.to_string()),
+                source: v.source,
+                env,
+            }
+        }
+        fn row_opt(key: &str, v: &Sourced<Option<String>>, env: Option<&'static str>) -> Setting {
+            Setting {
+                key: key.into(),
+                value: v.value.clone(),
+                source: v.source,
+                env,
+            }
+        }
+        let path = |p: &Sourced<Option<PathBuf>>| Sourced {
+            value: p.value.as_ref().map(|p| p.display().to_string()),
+            source: p.source,
+        };
+        let out = Sourced {
+            value: self.out.value.display().to_string(),
+            source: self.out.source,
+        };
+        let names = Sourced {
+            value: name_mode(self.audit_names.value),
+            source: self.audit_names.source,
+        };
+        let mut rows = vec![
+            row_opt("transfer.relay", &self.relay, Some(env::RELAY)),
+            row_opt("transfer.relay_pin", &self.relay_pin, Some(env::RELAY_PIN)),
+            row_opt(
                 "transfer.relay_ca",
-                None,
+                &path(&self.relay_ca),
+                Some(env::RELAY_CA),
             ),
-            text(
-                t.relay_wait_secs.map(|v| v.to_string()),
-                Some(env::RELAY_WAIT),
+            row(
                 "transfer.relay_wait_secs",
-                Some(&DEFAULT_RELAY_WAIT_SECS.to_string()),
+                &self.relay_wait_secs,
+                Some(env::RELAY_WAIT),
             ),
-            text(
-                path(&t.out),
-                Some(env::OUT),
-                "transfer.out",
-                Some(DEFAULT_OUT),
-            ),
-            text(
-                t.accept_unknown.map(|v| v.to_string()),
+            row("transfer.out", &out, Some(env::OUT)),
+            row("transfer.accept_unknown", &self.accept_unknown, None),
+            row("transfer.auto_accept", &self.auto_accept, None),
+            row("transfer.overwrite", &self.overwrite, None),
+            row(
+                "transfer.handshake_timeout_secs",
+                &self.handshake_timeout_secs,
                 None,
-                "transfer.accept_unknown",
-                Some("false"),
             ),
-            text(
-                t.auto_accept.map(|v| v.to_string()),
+            row(
+                "transfer.offer_timeout_secs",
+                &self.offer_timeout_secs,
                 None,
-                "transfer.auto_accept",
-                Some("false"),
             ),
-            text(
-                t.overwrite.map(|v| v.to_string()),
+            row(
+                "transfer.answer_timeout_secs",
+                &self.answer_timeout_secs,
                 None,
-                "transfer.overwrite",
-                Some("false"),
+            ),
+            row(
+                "transfer.header_timeout_secs",
+                &self.header_timeout_secs,
+                None,
+            ),
+            row("transfer.idle_timeout_secs", &self.idle_timeout_secs, None),
+            row("transfer.max_sessions", &self.max_sessions, None),
+            row(
+                "transfer.max_sessions_per_ip",
+                &self.max_sessions_per_ip,
+                None,
+            ),
+            row("transfer.keep_modes", &self.keep_modes, None),
+            row("transfer.part_max_age_days", &self.part_max_age_days, None),
+            row("transfer.max_entries", &self.max_entries, None),
+            row("audit.names", &names, Some(env::AUDIT_NAMES)),
+            row(
+                "audit.rotate_bytes",
+                &self.audit_rotate_bytes,
+                Some(env::AUDIT_ROTATE_BYTES),
             ),
         ];
-        let secs = |d: std::time::Duration| d.as_secs().to_string();
-        let defaults = crate::session::Timeouts::default();
-        for (key, value, default) in [
-            (
-                "transfer.handshake_timeout_secs",
-                t.handshake_timeout_secs,
-                defaults.handshake,
-            ),
-            (
-                "transfer.offer_timeout_secs",
-                t.offer_timeout_secs,
-                defaults.offer,
-            ),
-            (
-                "transfer.answer_timeout_secs",
-                t.answer_timeout_secs,
-                defaults.answer,
-            ),
-            (
-                "transfer.header_timeout_secs",
-                t.header_timeout_secs,
-                defaults.header,
-            ),
-            (
-                "transfer.idle_timeout_secs",
-                t.idle_timeout_secs,
-                defaults.idle,
-            ),
-        ] {
-            out.push(text(
-                value.map(|v| v.to_string()),
-                None,
-                key,
-                Some(&secs(default)),
-            ));
-        }
-        out.extend([
-            text(
-                t.max_sessions.map(|v| v.to_string()),
-                None,
-                "transfer.max_sessions",
-                Some(&DEFAULT_MAX_SESSIONS.to_string()),
-            ),
-            text(
-                t.max_sessions_per_ip.map(|v| v.to_string()),
-                None,
-                "transfer.max_sessions_per_ip",
-                Some(&DEFAULT_MAX_PER_IP.to_string()),
-            ),
-            text(
-                t.keep_modes.map(|v| v.to_string()),
-                None,
-                "transfer.keep_modes",
-                Some("false"),
-            ),
-            text(
-                t.part_max_age_days.map(|v| v.to_string()),
-                None,
-                "transfer.part_max_age_days",
-                Some(&DEFAULT_PART_MAX_AGE_DAYS.to_string()),
-            ),
-            text(
-                t.max_entries.map(|v| v.to_string()),
-                None,
-                "transfer.max_entries",
-                Some(&crate::transfer::protocol::DEFAULT_MAX_ENTRIES.to_string()),
-            ),
-            text(
-                a.names.map(|n| name_mode(n).to_string()),
-                Some(env::AUDIT_NAMES),
-                "audit.names",
-                Some(name_mode(NameMode::default())),
-            ),
-            text(
-                a.rotate_bytes.map(|v| v.to_string()),
-                Some(env::AUDIT_ROTATE_BYTES),
-                "audit.rotate_bytes",
-                Some(&crate::audit::log::DEFAULT_ROTATE_BYTES.to_string()),
-            ),
-        ]);
-        let mut limits = crate::relay::config::Limits::default();
-        let from_file = self.file.relay.limits.clone().unwrap_or_default();
-        from_file.apply(&mut limits);
-        for (key, value, set) in limits.describe(&from_file) {
-            out.push(Setting {
+        let mut limits = Limits::default();
+        self.relay_limits_file.apply(&mut limits);
+        self.relay_limits_flags.apply(&mut limits);
+        let by_flag = limits.describe(&self.relay_limits_flags);
+        let by_file = limits.describe(&self.relay_limits_file);
+        for ((key, value, flag), (_, _, file)) in by_flag.into_iter().zip(by_file) {
+            rows.push(Setting {
                 key: format!("relay.limits.{key}"),
                 value: Some(value),
-                source: if set { Source::File } else { Source::Default },
+                source: match (flag, file) {
+                    (true, _) => Source::Flag,
+                    (false, true) => Source::File,
+                    (false, false) => Source::Default,
+                },
                 env: None,
             });
         }
-        out
+        rows
     }
 }
 
@@ -482,5 +736,102 @@ pub fn name_mode(n: NameMode) -> &'static str {
     match n {
         NameMode::Plain => "plain",
         NameMode::Hash => "hash",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(file: FileConfig, vars: &[(&'static str, &str)], flags: FileConfig) -> Resolved {
+        let config = Config {
+            file,
+            ..Config::default()
+        };
+        let environment = Environment::capture(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        });
+        Resolved::resolve(&config, &environment, &flags).unwrap()
+    }
+
+    #[test]
+    fn each_level_beats_the_ones_below_it() {
+        let mut file = FileConfig::default();
+        file.transfer.out = Some("file".into());
+        file.transfer.relay_wait_secs = Some(1);
+        file.audit.names = Some(NameMode::Hash);
+        let mut flags = FileConfig::default();
+        flags.transfer.out = Some("flag".into());
+        let r = resolve(
+            file,
+            &[(env::OUT, "env"), (env::RELAY_WAIT, "2"), (env::RELAY, "")],
+            flags,
+        );
+        assert_eq!(
+            (r.out.value.as_path(), r.out.source),
+            (Path::new("flag"), Source::Flag)
+        );
+        assert_eq!(
+            (r.relay_wait_secs.value, r.relay_wait_secs.source),
+            (2, Source::Env)
+        );
+        assert_eq!(
+            (r.audit_names.value, r.audit_names.source),
+            (NameMode::Hash, Source::File)
+        );
+        // An empty variable is unset.
+        assert_eq!(
+            (r.relay.value.clone(), r.relay.source),
+            (None, Source::Default)
+        );
+        // A daemon's default names mode is hash; a set one stays.
+        assert_eq!(r.audit_options(true).names, NameMode::Hash);
+        let plain = resolve(FileConfig::default(), &[], FileConfig::default());
+        assert_eq!(plain.audit_options(false).names, NameMode::Plain);
+        assert_eq!(plain.audit_options(true).names, NameMode::Hash);
+        let settings = r.settings();
+        let out = settings.iter().find(|s| s.key == "transfer.out").unwrap();
+        assert_eq!(
+            (out.value.as_deref(), out.source),
+            (Some("flag"), Source::Flag)
+        );
+    }
+
+    #[test]
+    fn a_variable_that_does_not_parse_is_an_error_naming_it() {
+        let environment =
+            Environment::capture(|name| (name == env::RELAY_WAIT).then(|| "soon".into()));
+        let err = Resolved::resolve(&Config::default(), &environment, &FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CONDUIT_RELAY_WAIT") && err.contains("soon"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relay_limits_flags_beat_the_file_and_show_their_source() {
+        let mut file = FileConfig::default();
+        file.relay.limits = Some(FileLimits {
+            max_sessions: Some(7),
+            max_connections: Some(100),
+            ..FileLimits::default()
+        });
+        let mut flags = FileConfig::default();
+        flags.relay.limits = Some(FileLimits {
+            max_sessions: Some(9),
+            ..FileLimits::default()
+        });
+        let r = resolve(file, &[], flags);
+        let l = r.relay_limits().unwrap();
+        assert_eq!((l.max_sessions, l.max_connections), (9, 100));
+        let settings = r.settings();
+        let source = |key: &str| settings.iter().find(|s| s.key == key).unwrap().source;
+        assert_eq!(source("relay.limits.max_sessions"), Source::Flag);
+        assert_eq!(source("relay.limits.max_connections"), Source::File);
+        assert_eq!(source("relay.limits.max_waiting_per_ip"), Source::Default);
     }
 }

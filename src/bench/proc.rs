@@ -46,9 +46,16 @@ mod tests {
     fn this_process_has_cpu_time_and_memory() {
         let start = cpu_seconds(None).unwrap();
         let mut x = 0u64;
+        // Spin until this process has used 50 ms of CPU (a loaded machine gives it less
+        // than the wall time), or 10 s have passed.
         let t = std::time::Instant::now();
-        while t.elapsed() < std::time::Duration::from_millis(150) {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        while t.elapsed() < std::time::Duration::from_secs(10)
+            && cpu_seconds(None).is_some_and(|now| now < start + 0.06)
+        {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
+            std::hint::black_box(x);
         }
         std::hint::black_box(x);
         let end = cpu_seconds(None).unwrap();

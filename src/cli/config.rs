@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::config::Config;
+use crate::config::FileConfig;
 use crate::home::Home;
 
 /// The config subcommands.
@@ -26,25 +26,27 @@ pub struct ShowArgs {
 
 pub(crate) fn run(home: &Home, cmd: ConfigCommand) -> anyhow::Result<()> {
     let ConfigCommand::Show(args) = cmd;
-    let config = Config::load(home)?;
-    let settings = config.effective(&crate::config::Environment::capture(|name| {
-        std::env::var(name).ok()
-    }));
+    let config = crate::cli::resolve(home, &FileConfig::default())?;
+    let settings = config.settings();
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(
             out,
             "{}",
             json!({
-                "file": config.path.display().to_string(),
-                "file_present": config.present,
+                "file": config.file.display().to_string(),
+                "file_present": config.file_present,
                 "settings": settings,
             })
         )?;
         return Ok(());
     }
-    let state = if config.present { "" } else { " (not present)" };
-    writeln!(out, "# {}{state}", config.path.display())?;
+    let state = if config.file_present {
+        ""
+    } else {
+        " (not present)"
+    };
+    writeln!(out, "# {}{state}", config.file.display())?;
     for s in &settings {
         let value = match &s.value {
             Some(v) => format!("{v:?}"),

@@ -161,6 +161,7 @@ fn parse() -> Result<Cli, clap::Error> {
     }) {
         cli.home = Some(home.clone());
     }
+    cli.drop_env_values(&matches);
     Ok(cli)
 }
 
@@ -183,10 +184,37 @@ impl From<AuditNames> for crate::audit::NameMode {
     }
 }
 
-/// The value of the environment variable `name` parsed as a `T`; `None` when it is
-/// unset or does not parse (such a variable is ignored, as it always was).
-pub(crate) fn env_parsed<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok()?.parse().ok()
+/// The configuration values of the environment (`CONDUIT_*`): the binary reads them, the
+/// library does not.
+pub(crate) fn environment() -> crate::config::Environment {
+    crate::config::Environment::capture(|name| std::env::var(name).ok())
+}
+
+/// The effective configuration of a command run with this home and these flags:
+/// flags, environment, the home's conduit.toml, defaults.
+pub(crate) fn resolve(
+    home: &crate::home::Home,
+    flags: &crate::config::FileConfig,
+) -> anyhow::Result<crate::config::Resolved> {
+    let config = crate::config::Config::load(home)?;
+    Ok(crate::config::Resolved::resolve(
+        &config,
+        &environment(),
+        flags,
+    )?)
+}
+
+impl Cli {
+    /// Forgets the values clap took from environment variables (it reads them for
+    /// `--help` and to check them): the environment is a layer of its own in the
+    /// configuration ([`crate::config::Resolved`]), below the flags.
+    fn drop_env_values(&mut self, matches: &clap::ArgMatches) {
+        match (&mut self.command, matches.subcommand()) {
+            (Command::Send(args), Some((_, m))) => args.drop_env_values(m),
+            (Command::Receive(args), Some((_, m))) => args.drop_env_values(m),
+            _ => {}
+        }
+    }
 }
 
 /// `--chunk-size BYTES` as clap parses it: a usage error (exit code 2) unless
@@ -381,6 +409,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return code::INTERRUPTED;
         }
         if cause.is::<Usage>() {
+            return code::USAGE;
+        }
+        // A bad value in an environment variable, as clap reports one it reads.
+        if let Some(crate::config::ConfigError::Env { .. }) = cause.downcast_ref() {
             return code::USAGE;
         }
         if cause.is::<transfer::RefusedBy>() {

@@ -23,10 +23,10 @@ use crate::cli::AuditNames;
 use crate::cli::Redacted;
 use crate::cli::output::{Output, ask_at_terminal, events, report};
 use crate::cli::transfer::{
-    Interrupted, RelayFlags, TimeoutFlags, audit_options, relay_unless_direct, runtime, save_peer,
-    shutdown_signal,
+    Interrupted, RelayFlags, TimeoutFlags, from_env, relay_unless_direct, runtime, save_peer,
+    shutdown_signal, timeouts,
 };
-use crate::config::Config;
+use crate::config::{FileConfig, Resolved};
 use crate::crypto::identity::Identity;
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
@@ -36,7 +36,7 @@ use crate::relay::client::{self as relay_client, RelayOptions};
 use crate::relay::hello::Role;
 use crate::session::{SessionError, Stage};
 use crate::transfer::dest::Destination;
-use crate::transfer::protocol::{DEFAULT_MAX_ENTRIES, Refusal, RefusalCode};
+use crate::transfer::protocol::{Refusal, RefusalCode};
 use crate::transfer::{CLOSE_CANCELLED, Policy, ReceivePolicy, Receiver, Summary, TransferError};
 use crate::transport;
 
@@ -110,16 +110,44 @@ pub struct ReceiveArgs {
     timeouts: TimeoutFlags,
 }
 
+impl ReceiveArgs {
+    /// Forgets the values clap took from environment variables (see
+    /// [`crate::cli::transfer::SendArgs::drop_env_values`]).
+    pub(crate) fn drop_env_values(&mut self, m: &clap::ArgMatches) {
+        self.relay.drop_env_values(m);
+        if from_env(m, "audit_names") {
+            self.audit_names = None;
+        }
+        if from_env(m, "out") {
+            self.out = None;
+        }
+    }
+
+    /// The flags given, as the command line's configuration layer.
+    fn flags(&self) -> FileConfig {
+        let mut layer = FileConfig::default();
+        let t = &mut layer.transfer;
+        self.relay.layer(t);
+        self.timeouts.layer(t);
+        t.out = self.out.clone();
+        t.accept_unknown = self.accept_unknown.then_some(true);
+        t.auto_accept = self.yes.then_some(true);
+        t.overwrite = self.overwrite.then_some(true);
+        t.keep_modes = self.keep_modes.then_some(true);
+        t.part_max_age_days = self.part_max_age_days;
+        t.max_entries = self.max_entries;
+        t.max_sessions = self.concurrent;
+        t.max_sessions_per_ip = self.max_per_ip;
+        layer.audit.names = self.audit_names.map(crate::audit::NameMode::from);
+        layer
+    }
+}
+
 pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
     let book = AddressBook::load(home)?;
-    let config = Config::load(home)?;
-    let audit = Audit::open(
-        home,
-        &identity,
-        &book,
-        audit_options(args.audit_names, &config, args.daemon),
-    );
+    let config = crate::cli::resolve(home, &args.flags())?;
+    let audit = Audit::open(home, &identity, &book, config.audit_options(args.daemon));
     receive_with(args, identity, book, &config, audit)
 }
 
@@ -129,17 +157,12 @@ fn receive_with(
     args: ReceiveArgs,
     identity: Identity,
     mut book: AddressBook,
-    config: &Config,
+    config: &Resolved,
     audit: Audit,
 ) -> anyhow::Result<()> {
-    let file = &config.file.transfer;
-    let out = args
-        .out
-        .clone()
-        .or_else(|| file.out.clone())
-        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_OUT));
+    let out = config.out.value.clone();
     let dest = Destination::open(&out)?;
-    let timeouts = args.timeouts.timeouts(file)?;
+    let timeouts = timeouts(config)?;
     let code = match &args.code {
         None => None,
         Some(Some(text)) if !text.is_empty() => Some(Code::parse(text)?),
@@ -152,45 +175,31 @@ fn receive_with(
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
     let sessions = if args.daemon {
-        args.concurrent
-            .or(file.max_sessions)
-            .unwrap_or(crate::config::DEFAULT_MAX_SESSIONS)
-            .max(1)
+        config.max_sessions.value.max(1)
     } else {
         1
     };
-    let yes = args.yes || file.auto_accept.unwrap_or(false);
+    let yes = config.auto_accept.value;
     let mut policy = ReceivePolicy {
         code,
-        accept_unknown: args.accept_unknown || file.accept_unknown.unwrap_or(false),
+        accept_unknown: config.accept_unknown.value,
         // An unknown sender's offer is looked at with --yes, or by a person asked here.
         unknown_sender_offers: yes || interactive,
-        overwrite: args.overwrite || file.overwrite.unwrap_or(false),
-        keep_modes: args.keep_modes || file.keep_modes.unwrap_or(false),
+        overwrite: config.overwrite.value,
+        keep_modes: config.keep_modes.value,
         offers: Policy {
-            max_entries: args
-                .max_entries
-                .or(file.max_entries)
-                .unwrap_or(DEFAULT_MAX_ENTRIES),
+            max_entries: config.max_entries.value,
         },
         timeouts,
         sessions: None,
     };
     let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, config)?;
-    let max_age_days = args
-        .part_max_age_days
-        .or(file.part_max_age_days)
-        .unwrap_or(crate::config::DEFAULT_PART_MAX_AGE_DAYS);
+    let max_age_days = config.part_max_age_days.value;
     remove_stale_parts(&dest, &audit, max_age_days);
     let rt = runtime()?;
     let limits = DirectLimits {
         sessions: usize::from(sessions),
-        per_ip: usize::from(
-            args.max_per_ip
-                .or(file.max_sessions_per_ip)
-                .unwrap_or(crate::config::DEFAULT_MAX_PER_IP)
-                .max(1),
-        ),
+        per_ip: usize::from(config.max_sessions_per_ip.value.max(1)),
         pending: MAX_PENDING_HANDSHAKES,
     };
     if args.listen.is_some() {

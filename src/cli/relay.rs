@@ -9,8 +9,9 @@ use anyhow::Context;
 use clap::{ArgGroup, Args};
 use serde_json::{Value, json};
 
+use crate::config::{Config, Environment, FileConfig, Resolved};
 use crate::home::Home;
-use crate::relay::config::Limits;
+use crate::relay::config::{FileLimits, Limits};
 use crate::relay::server::{Logger, Relay};
 use crate::relay::summary::Summary;
 use crate::relay::tokens::Tokens;
@@ -91,42 +92,34 @@ pub struct RelayArgs {
 }
 
 impl RelayArgs {
-    /// Defaults, then `--config FILE` (or else the home's conduit.toml `[relay.limits]`),
-    /// then flags.
+    /// The limits of the resolved configuration: defaults, then `--config FILE` (or else
+    /// the home's conduit.toml `[relay.limits]`), then flags.
     fn limits(&self, home: Option<&Home>) -> anyhow::Result<Limits> {
-        let mut l = Limits::default();
+        let mut config = match (&self.config, home) {
+            (None, Some(home)) => Config::load(home)?,
+            _ => Config::default(),
+        };
         if let Some(path) = &self.config {
-            l.apply_file(path)?;
-        } else if let Some(home) = home {
-            if let Some(table) = crate::config::Config::load(home)?.file.relay.limits {
-                table.apply(&mut l);
-            }
+            config.file.relay.limits = Some(FileLimits::load(path)?);
         }
-        let secs = Duration::from_secs;
-        let set = |slot: &mut usize, v: Option<usize>| {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        };
-        set(&mut l.max_sessions, self.max_sessions);
-        set(&mut l.max_connections, self.max_connections);
-        set(&mut l.max_waiting_per_ip, self.max_waiting_per_ip);
-        set(&mut l.max_sessions_per_source, self.max_sessions_per_source);
-        if let Some(n) = self.max_strikes {
-            l.max_strikes = n;
-        }
-        let set = |slot: &mut Duration, v: Option<u64>| {
-            if let Some(v) = v {
-                *slot = secs(v);
-            }
-        };
-        set(&mut l.pairing_timeout, self.pairing_timeout);
-        set(&mut l.idle_timeout, self.idle_timeout);
-        set(&mut l.hello_timeout, self.hello_timeout);
-        set(&mut l.drain_timeout, self.drain_timeout);
-        set(&mut l.strike_window, self.strike_window);
-        l.check()?;
-        Ok(l)
+        let mut flags = FileConfig::default();
+        flags.relay.limits = Some(FileLimits {
+            max_sessions: self.max_sessions,
+            max_connections: self.max_connections,
+            max_waiting_per_ip: self.max_waiting_per_ip,
+            max_sessions_per_source: self.max_sessions_per_source,
+            max_strikes: self.max_strikes,
+            strike_window_secs: self.strike_window,
+            pairing_timeout_secs: self.pairing_timeout,
+            idle_timeout_secs: self.idle_timeout,
+            hello_timeout_secs: self.hello_timeout,
+            drain_timeout_secs: self.drain_timeout,
+            ..FileLimits::default()
+        });
+        // The relay takes no setting from the environment: a transfer variable set on
+        // its host (and perhaps not valid) is none of its business.
+        let resolved = Resolved::resolve(&config, &Environment::default(), &flags)?;
+        Ok(resolved.relay_limits()?)
     }
 }
 

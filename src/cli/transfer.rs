@@ -15,7 +15,7 @@ use crate::audit::{Audit, NameMode};
 use crate::cli::AuditNames;
 use crate::cli::output::{Output, events, report, source_error_shown};
 use crate::cli::{Redacted, Usage};
-use crate::config::{Config, TransferFile};
+use crate::config::{FileConfig, Resolved, TransferFile};
 use crate::crypto::identity::Identity;
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
@@ -95,48 +95,54 @@ pub(crate) struct TimeoutFlags {
 }
 
 impl TimeoutFlags {
-    /// The timeouts: flags, else conduit.toml, else the defaults. Zero is refused.
-    pub(crate) fn timeouts(&self, file: &TransferFile) -> anyhow::Result<Timeouts> {
-        let d = Timeouts::default();
-        let pick = |flag: Option<u64>, key: Option<u64>, name: &str, default: Duration| match flag
-            .or(key)
-        {
-            Some(0) => Err(Usage(format!("--{name}: at least 1 second"))),
-            Some(secs) => Ok(Duration::from_secs(secs)),
-            None => Ok(default),
-        };
-        Ok(Timeouts {
-            handshake: pick(
-                self.handshake_timeout,
-                file.handshake_timeout_secs,
-                "handshake-timeout",
-                d.handshake,
-            )?,
-            offer: pick(
-                self.offer_timeout,
-                file.offer_timeout_secs,
-                "offer-timeout",
-                d.offer,
-            )?,
-            answer: pick(
-                self.answer_timeout,
-                file.answer_timeout_secs,
-                "answer-timeout",
-                d.answer,
-            )?,
-            header: pick(
-                self.header_timeout,
-                file.header_timeout_secs,
-                "header-timeout",
-                d.header,
-            )?,
-            idle: pick(
-                self.idle_timeout,
-                file.idle_timeout_secs,
-                "idle-timeout",
-                d.idle,
-            )?,
-        })
+    /// The flags given, into the command line's configuration layer.
+    pub(crate) fn layer(&self, t: &mut TransferFile) {
+        t.handshake_timeout_secs = self.handshake_timeout;
+        t.offer_timeout_secs = self.offer_timeout;
+        t.answer_timeout_secs = self.answer_timeout;
+        t.header_timeout_secs = self.header_timeout;
+        t.idle_timeout_secs = self.idle_timeout;
+    }
+}
+
+/// The timeouts of the resolved configuration. Zero is refused.
+pub(crate) fn timeouts(r: &Resolved) -> anyhow::Result<Timeouts> {
+    let pick = |secs: u64, name: &str| match secs {
+        0 => Err(Usage(format!("--{name}: at least 1 second"))),
+        secs => Ok(Duration::from_secs(secs)),
+    };
+    Ok(Timeouts {
+        handshake: pick(r.handshake_timeout_secs.value, "handshake-timeout")?,
+        offer: pick(r.offer_timeout_secs.value, "offer-timeout")?,
+        answer: pick(r.answer_timeout_secs.value, "answer-timeout")?,
+        header: pick(r.header_timeout_secs.value, "header-timeout")?,
+        idle: pick(r.idle_timeout_secs.value, "idle-timeout")?,
+    })
+}
+
+/// Whether the value of argument `id` came from its environment variable (clap reads
+/// it, for `--help` and for checking it), not from the command line.
+pub(crate) fn from_env(m: &clap::ArgMatches, id: &str) -> bool {
+    m.value_source(id) == Some(clap::parser::ValueSource::EnvVariable)
+}
+
+impl SendArgs {
+    /// Forgets the values clap took from environment variables: they are the
+    /// environment's layer of the configuration ([`Resolved`]), not flags.
+    pub(crate) fn drop_env_values(&mut self, m: &clap::ArgMatches) {
+        self.relay.drop_env_values(m);
+        if from_env(m, "audit_names") {
+            self.audit_names = None;
+        }
+    }
+
+    /// The flags given, as the command line's configuration layer.
+    fn flags(&self) -> FileConfig {
+        let mut layer = FileConfig::default();
+        self.relay.layer(&mut layer.transfer);
+        self.timeouts.layer(&mut layer.transfer);
+        layer.audit.names = self.audit_names.map(NameMode::from);
+        layer
     }
 }
 
@@ -172,19 +178,40 @@ pub(crate) struct RelayFlags {
 }
 
 impl RelayFlags {
-    /// The relay options: from the flags (or their environment variables), else from
-    /// conduit.toml's `[transfer]`; `None` without a relay.
-    fn options(&self, file: &TransferFile) -> anyhow::Result<Option<RelayOptions>> {
-        let Some(list) = self.relay.as_ref().or(file.relay.as_ref()) else {
+    /// Forgets the values clap took from environment variables (see
+    /// [`SendArgs::drop_env_values`]); the token is not a configuration key and stays.
+    pub(crate) fn drop_env_values(&mut self, m: &clap::ArgMatches) {
+        if from_env(m, "relay") {
+            self.relay = None;
+        }
+        if from_env(m, "relay_ca") {
+            self.relay_ca = None;
+        }
+        if from_env(m, "relay_pin") {
+            self.relay_pin = None;
+        }
+        if from_env(m, "relay_wait") {
+            self.relay_wait = None;
+        }
+    }
+
+    /// The flags given, into the command line's configuration layer.
+    pub(crate) fn layer(&self, t: &mut TransferFile) {
+        t.relay = self.relay.clone();
+        t.relay_ca = self.relay_ca.clone();
+        t.relay_pin = self.relay_pin.clone();
+        t.relay_wait_secs = self.relay_wait;
+    }
+
+    /// The relay options of the resolved configuration (with the token given here);
+    /// `None` without a relay.
+    fn options(&self, r: &Resolved) -> anyhow::Result<Option<RelayOptions>> {
+        let Some(list) = r.relay.value.as_ref() else {
             return Ok(None);
         };
         let relays = RelayOptions::parse_list(list)?;
-        // A pin or CA given here replaces the file's (which sets at most one of them).
-        let (pin, ca) = if self.relay_pin.is_some() || self.relay_ca.is_some() {
-            (self.relay_pin.as_ref(), self.relay_ca.as_ref())
-        } else {
-            (file.relay_pin.as_ref(), file.relay_ca.as_ref())
-        };
+        // The pin and the CA come as a pair from one layer (see `Resolved::relay_pin`).
+        let (pin, ca) = (r.relay_pin.value.as_ref(), r.relay_ca.value.as_ref());
         let trust = match (pin, ca) {
             (Some(pin), _) => RelayTrust::Pin(
                 parse_sha256(pin).context("relay pin: expected a SHA-256 in hex (64 digits)")?,
@@ -203,11 +230,7 @@ impl RelayFlags {
             relays,
             trust,
             token,
-            wait: Duration::from_secs(
-                self.relay_wait
-                    .or(file.relay_wait_secs)
-                    .unwrap_or(crate::config::DEFAULT_RELAY_WAIT_SECS),
-            ),
+            wait: Duration::from_secs(r.relay_wait_secs.value),
         }))
     }
 }
@@ -219,40 +242,17 @@ pub(crate) fn relay_unless_direct(
     flag: &str,
     addr: Option<SocketAddr>,
     relay: &RelayFlags,
-    config: &Config,
+    config: &Resolved,
 ) -> anyhow::Result<Option<RelayOptions>> {
     if addr.is_some() {
         return Ok(None);
     }
-    match relay.options(&config.file.transfer)? {
+    match relay.options(config)? {
         Some(opts) => Ok(Some(opts)),
         None => Err(Usage(format!(
             "{verb} needs {flag} ADDR or --relay ADDRS (or CONDUIT_RELAY, or relay in conduit.toml)"
         ))
         .into()),
-    }
-}
-
-/// The audit options: `--audit-names` (or its variable), else conduit.toml, else `hash`
-/// for a daemon (a service's output goes to the journal, a second, unencrypted store)
-/// and `plain` for a command run by a person.
-pub(crate) fn audit_options(
-    names: Option<AuditNames>,
-    config: &Config,
-    daemon: bool,
-) -> crate::audit::Options {
-    let default = if daemon {
-        NameMode::Hash
-    } else {
-        NameMode::Plain
-    };
-    crate::audit::Options {
-        names: names
-            .map(NameMode::from)
-            .or(config.file.audit.names)
-            .unwrap_or(default),
-        rotate_bytes: crate::cli::env_parsed(crate::audit::log::ROTATE_ENV)
-            .or(config.file.audit.rotate_bytes),
     }
 }
 
@@ -275,13 +275,8 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
     let mut book = AddressBook::load(home)?;
-    let config = Config::load(home)?;
-    let audit = Audit::open(
-        home,
-        &identity,
-        &book,
-        audit_options(args.audit_names, &config, false),
-    );
+    let config = crate::cli::resolve(home, &args.flags())?;
+    let audit = Audit::open(home, &identity, &book, config.audit_options(false));
     // Names mode hash: the names on the command line and those sent are shown hashed,
     // in error messages too.
     let names = audit.names();
@@ -310,7 +305,7 @@ fn send_with(
     args: &SendArgs,
     identity: Identity,
     book: &AddressBook,
-    config: &Config,
+    config: &Resolved,
     audit: Audit,
     names: &Names,
 ) -> anyhow::Result<Summary> {
@@ -351,7 +346,7 @@ fn send_with(
         };
         eprintln!("warning: skipped symlink {shown}");
     }
-    let timeouts = args.timeouts.timeouts(&config.file.transfer)?;
+    let timeouts = timeouts(config)?;
     let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, config)?;
     let rt = runtime()?;
     rt.block_on(async {

@@ -173,15 +173,7 @@ impl Limits {
 
     /// Applies a TOML file's `[limits]` over these values.
     pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let file: File = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        file.limits.apply(self);
+        FileLimits::load(path)?.apply(self);
         self.check()
     }
 
@@ -269,6 +261,19 @@ impl Limits {
 }
 
 impl FileLimits {
+    /// The `[limits]` table of a relay configuration file (`conduit relay --config`).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file: File = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(file.limits)
+    }
+
     /// Sets the limits this table names over `limits`.
     pub fn apply(&self, limits: &mut Limits) {
         let l = self;

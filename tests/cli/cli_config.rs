@@ -243,3 +243,182 @@ fn a_relay_set_in_the_file_is_used_without_flags_and_its_limits_apply_to_conduit
     default_bound.stop();
     small.stop();
 }
+
+/// The value and source `config show` gives for `key`.
+fn value_and_source(v: &Value, key: &str) -> (Value, String) {
+    let s = setting(v, key);
+    (
+        s["value"].clone(),
+        s["source"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn show_gives_each_level_precedence_over_the_lower_ones() {
+    let p = pair_knowing(false, false);
+    let h = &p.receiver;
+    let keys = [
+        (
+            "transfer.relay_wait_secs",
+            "CONDUIT_RELAY_WAIT",
+            "10",
+            "30",
+            "45",
+        ),
+        (
+            "audit.names",
+            "CONDUIT_AUDIT_NAMES",
+            "plain",
+            "hash",
+            "plain",
+        ),
+        (
+            "audit.rotate_bytes",
+            "CONDUIT_AUDIT_ROTATE_BYTES",
+            "16777216",
+            "4096",
+            "8192",
+        ),
+    ];
+    // Defaults.
+    let v = show(h, &[]);
+    for (key, _, default, _, _) in keys {
+        assert_eq!(
+            value_and_source(&v, key),
+            (default.into(), "default".into())
+        );
+    }
+    assert_eq!(
+        value_and_source(&v, "transfer.relay"),
+        (Value::Null, "default".into())
+    );
+    // The file beats the defaults.
+    write_config(
+        h,
+        "[transfer]\nrelay_wait_secs = 30\nrelay = \"relay.example:7471\"\nrelay_ca = \"ca.pem\"\n\n[audit]\nnames = \"hash\"\nrotate_bytes = 4096\n",
+    );
+    let v = show(h, &[]);
+    for (key, _, _, file, _) in keys {
+        assert_eq!(value_and_source(&v, key), (file.into(), "file".into()));
+    }
+    assert_eq!(
+        value_and_source(&v, "transfer.relay_ca"),
+        ("ca.pem".into(), "file".into())
+    );
+    // The environment beats the file.
+    let envs: Vec<(&str, &str)> = keys.iter().map(|k| (k.1, k.4)).collect();
+    let v = show(h, &envs);
+    for (key, _, _, _, env) in keys {
+        assert_eq!(value_and_source(&v, key), (env.into(), "env".into()));
+    }
+    // A pin in the environment replaces the file's CA: the two come as a pair from one
+    // level, as a transfer uses them.
+    let pin = "ab".repeat(32);
+    let v = show(h, &[("CONDUIT_RELAY_PIN", &pin)]);
+    assert_eq!(
+        value_and_source(&v, "transfer.relay_pin"),
+        (pin.as_str().into(), "env".into())
+    );
+    assert_eq!(
+        value_and_source(&v, "transfer.relay_ca"),
+        (Value::Null, "default".into())
+    );
+    assert_eq!(
+        value_and_source(&v, "transfer.relay"),
+        ("relay.example:7471".into(), "file".into())
+    );
+    // For people: the variable is named.
+    let out = conduit(h)
+        .args(["config", "show"])
+        .env("CONDUIT_RELAY_WAIT", "45")
+        .output()
+        .unwrap();
+    let t = text(&out.stdout);
+    assert!(
+        t.lines().any(|l| l.starts_with("transfer.relay_wait_secs")
+            && l.contains("\"45\"")
+            && l.ends_with("# env CONDUIT_RELAY_WAIT")),
+        "{t}"
+    );
+    // A variable that does not parse is a usage error naming it, for `config show` as
+    // for the commands that use it.
+    for args in [
+        &["config", "show"][..],
+        &["receive", "--listen", "127.0.0.1:0"][..],
+    ] {
+        let out = conduit(h)
+            .args(args)
+            .env("CONDUIT_AUDIT_ROTATE_BYTES", "lots")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("CONDUIT_AUDIT_ROTATE_BYTES"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn in_a_transfer_a_flag_beats_the_environment_which_beats_the_file() {
+    let p = pair_knowing(true, true);
+    let out = p.root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // The file: two entries at most, names in plain.
+    write_config(
+        &p.receiver,
+        &format!(
+            "[transfer]\nout = {:?}\nmax_entries = 2\noverwrite = true\n\n[audit]\nnames = \"plain\"\n",
+            out.display().to_string()
+        ),
+    );
+    let dir = p.root.join("Roe, Richard");
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::write(dir.join(n), n).unwrap();
+    }
+    let send = |addr: &str| {
+        conduit(&p.sender)
+            .arg("send")
+            .arg(&dir)
+            .args(["--to", "lab", "--direct", addr])
+            .output()
+            .unwrap()
+    };
+    let log = || -> String {
+        std::fs::read_dir(p.receiver.join("audit"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    };
+    let receive = |extra: &[&str], envs: &[(&str, &str)]| {
+        let mut cmd = conduit(&p.receiver);
+        cmd.args(["receive", "--json", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .envs(envs.iter().copied());
+        Running::spawn(cmd)
+    };
+    // The file's max_entries refuses three files (exit 5 at the sender).
+    let mut rx = receive(&[], &[]);
+    let s = send(rx.first["addr"].as_str().unwrap());
+    assert_eq!(s.status.code(), Some(5), "{}", text(&s.stderr));
+    rx.finish();
+    // The flag beats the file; the environment's names mode `hash` beats the file's
+    // `plain`: no file name in the receiver's audit records.
+    let hash = [("CONDUIT_AUDIT_NAMES", "hash")];
+    let mut rx = receive(&["--max-entries", "3"], &hash);
+    let s = send(rx.first["addr"].as_str().unwrap());
+    assert!(s.status.success(), "{}", text(&s.stderr));
+    assert!(rx.finish().0.success());
+    assert!(out.join("Roe, Richard/c.txt").exists());
+    assert!(!log().contains("Roe"), "{}", log());
+    // The flag beats the environment.
+    let mut rx = receive(&["--max-entries", "3", "--audit-names", "plain"], &hash);
+    let s = send(rx.first["addr"].as_str().unwrap());
+    assert!(s.status.success(), "{}", text(&s.stderr));
+    assert!(rx.finish().0.success());
+    assert!(log().contains("Roe, Richard"), "{}", log());
+}
