@@ -10,6 +10,7 @@
 
 pub mod aead;
 pub mod chunk_hash;
+mod cipher_pool;
 pub mod handshake;
 pub mod identity;
 pub mod pake;
