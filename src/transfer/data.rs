@@ -102,6 +102,13 @@ pub struct FileData {
 }
 
 impl FileData {
+    /// Whether what is left to move of the file is its one last chunk (every file up to
+    /// the chunk size, or a file resumed at its last chunk): then both sides seal and open
+    /// it on the async task ([`send_single`], [`receive_single`]) instead of the pipeline.
+    fn rest_is_one_chunk(&self) -> bool {
+        self.layout.count().saturating_sub(self.first) == 1
+    }
+
     /// File `index` of a fresh transfer (from chunk 0), sized for `window` bytes in flight
     /// and `workers` cipher threads.
     pub fn fresh(
@@ -311,7 +318,7 @@ async fn send_chunks(
     source: Arc<dyn ChunkSource>,
     progress: Progress,
 ) -> Result<blake3::Hash, DataError> {
-    if file.layout.count().saturating_sub(file.first) == 1 {
+    if file.rest_is_one_chunk() {
         return send_single(send, file, source.as_ref(), progress).await;
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, PipelineError>>(4);
@@ -480,7 +487,7 @@ pub async fn receive_file(
     mut sink: Sink,
     progress: Progress,
 ) -> Result<blake3::Hash, DataError> {
-    if file.layout.count().saturating_sub(file.first) == 1 {
+    if file.rest_is_one_chunk() {
         return receive_single(recv, file, sink, progress).await;
     }
     let rt = tokio::runtime::Handle::current();
