@@ -559,8 +559,20 @@ async fn serve_direct(
             () = &mut shutdown => {
                 // Transfers close their connection and record the interruption.
                 let _ = stop.send(true);
+                // Connections that end while we drain (a transfer that completes, a
+                // handshake that times out) are still reported: the select above may have
+                // picked the signal over their result.
+                let mut finished = None;
                 let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    while tasks.join_next().await.is_some() {}
+                    while let Some(done) = tasks.join_next().await {
+                        let Ok((from, result)) = done else { continue };
+                        match result {
+                            Ok(got) if !daemon => finished = Some(got),
+                            Ok((summary, names)) => report("received", &summary, ctx.json, &names),
+                            Err(Served::Interrupted) => {}
+                            Err(Served::Failed(e, names)) => notice(ctx.json, Some(from), e, &names, false),
+                        }
+                    }
                 })
                 .await;
                 tasks.shutdown().await;
@@ -575,6 +587,10 @@ async fn serve_direct(
                     }
                     print_head(ctx.audit(), "stop", ctx.json).await;
                     return Ok(None);
+                }
+                // A one-shot receiver whose transfer completed as the signal came is done.
+                if let Some(got) = finished {
+                    return Ok(Some(got));
                 }
                 return Err(Interrupted.into());
             }
