@@ -43,6 +43,18 @@ pub enum JoinError {
         /// Why.
         message: String,
     },
+    /// The relay did not answer the QUIC handshake in time: it is not running there, or
+    /// a firewall drops its UDP port.
+    #[error(
+        "relay {relay} is unreachable: no answer within {} s (check the address, that the relay is running, and that UDP port {port} is open)",
+        CONNECT_TIMEOUT.as_secs()
+    )]
+    Unreachable {
+        /// The relay as written.
+        relay: String,
+        /// Its UDP port.
+        port: u16,
+    },
     /// The relay refused us or gave up waiting.
     #[error("relay {relay} refused: {refusal}")]
     Refused {
@@ -144,6 +156,11 @@ pub struct Joined {
 
 /// Pause between two attempts of a connector that found no listener.
 const RETRY: Duration = Duration::from_millis(250);
+/// The pause once a connector has tried for [`SLOW_AFTER`] (a code receiver may wait
+/// minutes for its sender: one attempt a second is enough).
+const SLOW_RETRY: Duration = Duration::from_secs(1);
+/// How long a connector retries at the [`RETRY`] pace.
+const SLOW_AFTER: Duration = Duration::from_secs(10);
 /// Pause before a connector tries again after `busy` (the relay's sessions, or those of
 /// its source or its listener's, are all in use; one may end soon).
 const BUSY_RETRY: Duration = Duration::from_secs(1);
@@ -218,7 +235,8 @@ async fn join_with(
     key: Option<&Identity>,
     connected: &(dyn Fn(&str) + Sync),
 ) -> Result<Joined, JoinError> {
-    let deadline = tokio::time::Instant::now() + opts.wait;
+    let start = tokio::time::Instant::now();
+    let deadline = start + opts.wait;
     // Told once, however many attempts a connector makes.
     let told = std::sync::atomic::AtomicBool::new(false);
     let once = |relay: &str| {
@@ -232,7 +250,15 @@ async fn join_with(
                 refusal: Refusal::NoListener,
                 ..
             }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(RETRY).await;
+                let pause = if start.elapsed() < SLOW_AFTER {
+                    RETRY
+                } else {
+                    SLOW_RETRY
+                };
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(
+                    tokio::time::Instant::now(),
+                )))
+                .await;
             }
             // No session slot for now (docs/PROTOCOL.md, "Session slots"); the listener
             // waits on, and a slot frees when a session ends.
@@ -285,8 +311,19 @@ async fn join_once(
         .map_err(|e| connect_err(e.to_string()))?;
     let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(c)) => c,
+        Ok(Err(ConnectionError::TimedOut)) => {
+            return Err(JoinError::Unreachable {
+                relay: relay.clone(),
+                port,
+            });
+        }
         Ok(Err(e)) => return Err(connect_err(e.to_string())),
-        Err(_) => return Err(connect_err("timed out".into())),
+        Err(_) => {
+            return Err(JoinError::Unreachable {
+                relay: relay.clone(),
+                port,
+            });
+        }
     };
     let hello = Hello {
         role,
