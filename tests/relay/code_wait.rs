@@ -94,8 +94,12 @@ fn the_code_sender_started_20_s_after_the_receiver_succeeds_relayed() {
 /// does; the number of files sent.
 async fn library_send_at(opts: &RelayOptions, code: &str, file: &Path) -> usize {
     let code = Code::parse(code).unwrap();
-    let j = client::join(opts, Role::Listen, true, rendezvous_for_code(&code))
+    // Bounded: a receiver that gave up leaves this sender waiting for the relay's
+    // pairing timeout (5 minutes).
+    let joined = client::join(opts, Role::Listen, true, rendezvous_for_code(&code));
+    let j = tokio::time::timeout(Duration::from_secs(30), joined)
         .await
+        .expect("the receiver was no longer waiting at the relay")
         .unwrap();
     let sender = Sender::new(Identity::generate().unwrap(), CipherPool::new(1).unwrap());
     let files = source::collect_with_dirs(&[file.to_path_buf()]).unwrap();
