@@ -260,6 +260,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_next_address_is_tried_while_the_first_stays_silent() {
+        let server = crate::transport::direct_server(([127, 0, 0, 1], 0).into()).unwrap();
+        let good = server.local_addr().unwrap();
+        let accepting = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            conn.closed().await;
+        });
+        // Nothing answers on this port (a bound socket that never reads).
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = silent.local_addr().unwrap();
+        let started = std::time::Instant::now();
+        let (_ep, conn) = connect_first(
+            &[dead, good],
+            "phi-conduit",
+            Duration::from_secs(5),
+            crate::transport::direct_client,
+        )
+        .await
+        .unwrap();
+        assert_eq!(conn.remote_address(), good);
+        // The second attempt started after the stagger, not after the first timed out.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        conn.close(0u32.into(), b"");
+        accepting.abort();
+        // Nothing answering anywhere: the last failure, once every attempt ended.
+        let e = connect_first(
+            &[dead],
+            "phi-conduit",
+            Duration::from_millis(300),
+            crate::transport::direct_client,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, ConnectError::Failed { addr, .. } if addr == dead),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
     async fn literals_resolve_to_themselves_and_localhost_to_loopback() {
         let v = resolve("[::1]:5").await.unwrap();
         assert_eq!(v, vec!["[::1]:5".parse().unwrap()]);
