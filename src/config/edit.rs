@@ -202,10 +202,7 @@ pub fn set(text: &str, key: &str, value: &str) -> Result<String, EditError> {
 /// Whether `text` loads as `conduit.toml` (its types, its rules, the relay limits and
 /// the relay list); the reason when it does not.
 fn check(text: &str) -> Result<(), String> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| {
-        // The parser's message starts with its position; keep the reason.
-        e.message().to_string()
-    })?;
+    let file: FileConfig = toml::from_str(text).map_err(|e| plain_words(e.message()))?;
     if file.transfer.relay_pin.is_some() && file.transfer.relay_ca.is_some() {
         return Err("set relay_pin or relay_ca, not both".into());
     }
@@ -221,6 +218,22 @@ fn check(text: &str) -> Result<(), String> {
         l.apply(&mut limits);
     }
     limits.check().map_err(|e| e.to_string())
+}
+
+/// The parser's message without the Rust type it names ("expected u16"): the range.
+fn plain_words(message: &str) -> String {
+    for (ty, max) in [
+        ("u16", u64::from(u16::MAX)),
+        ("u32", u64::from(u32::MAX)),
+        ("usize", u64::MAX),
+        ("u64", u64::MAX),
+    ] {
+        if let Some(head) = message.strip_suffix(&format!(", expected {ty}")) {
+            let head = head.strip_prefix("invalid value: ").unwrap_or(head);
+            return format!("{head} is out of range (at most {max})").replace('`', "");
+        }
+    }
+    message.to_string()
 }
 
 /// The commented file that `conduit config init` and `conduit init` write: every key of
@@ -335,6 +348,8 @@ mod tests {
         }
         let with_ca = set(&t, "transfer.relay_ca", "/ca.pem").unwrap();
         let pin = "ab".repeat(32);
+        let e = set(&t, "transfer.max_sessions", "70000").unwrap_err();
+        assert!(e.to_string().ends_with("integer 70000 is out of range (at most 65535)"), "{e}");
         let e = set(&with_ca, "transfer.relay_pin", &pin).unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
     }
