@@ -349,7 +349,11 @@ mod tests {
         let with_ca = set(&t, "transfer.relay_ca", "/ca.pem").unwrap();
         let pin = "ab".repeat(32);
         let e = set(&t, "transfer.max_sessions", "70000").unwrap_err();
-        assert!(e.to_string().ends_with("integer 70000 is out of range (at most 65535)"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("integer 70000 is out of range (at most 65535)"),
+            "{e}"
+        );
         let e = set(&with_ca, "transfer.relay_pin", &pin).unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
     }

@@ -449,7 +449,11 @@ fn show_prints_typed_toml_that_loads_as_the_same_configuration() {
     let rows = |v: &Value| v["settings"].as_array().unwrap().clone();
     for (x, y) in rows(&before).iter().zip(rows(&after).iter()) {
         assert_eq!((&x["key"], &x["value"]), (&y["key"], &y["value"]));
-        let expected = if y["value"].is_null() { "default" } else { "file" };
+        let expected = if y["value"].is_null() {
+            "default"
+        } else {
+            "file"
+        };
         assert_eq!(y["source"], expected, "{y}");
     }
     assert_eq!(
@@ -466,5 +470,8 @@ fn show_prints_typed_toml_that_loads_as_the_same_configuration() {
     assert_eq!(setting(&v, "transfer.max_sessions")["value"], "4");
     assert_eq!(setting(&v, "relay.limits.max_strikes")["value"], "5");
     let text_now = std::fs::read_to_string(b.join("conduit.toml")).unwrap();
-    assert!(text_now.contains("# default"), "the comments stay: {text_now}");
+    assert!(
+        text_now.contains("# default"),
+        "the comments stay: {text_now}"
+    );
 }

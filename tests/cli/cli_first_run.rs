@@ -92,6 +92,81 @@ fn a_first_transfer_from_two_empty_homes_takes_two_commands_a_side() {
     relay.stop();
 }
 
+/// The `conduit peers add NAME KEY` line `init` printed, as arguments (its comment left out).
+fn peers_add_line(init_stdout: &str) -> Vec<String> {
+    let line = init_stdout
+        .lines()
+        .find(|l| l.starts_with("conduit peers add "))
+        .unwrap_or_else(|| panic!("no peers add line in {init_stdout}"));
+    let command = line.split('#').next().unwrap();
+    command
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_direct_first_transfer_of_the_readme_takes_three_commands_a_side() {
+    let root = tempfile::tempdir().unwrap();
+    let (lab, clinic) = (root.path().join("lab"), root.path().join("clinic"));
+    for d in [&lab, &clinic] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let (lab_home, clinic_home) = (lab.join("home"), clinic.join("home"));
+    std::fs::write(clinic.join("report.pdf"), b"synthetic report, direct").unwrap();
+    // 1: conduit init --name lab / --name clinic
+    let init = |dir: &Path, home: &Path, name: &str| {
+        let out = at(dir, home)
+            .args(["init", "--name", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        peers_add_line(&text(&out.stdout))
+    };
+    let lab_line = init(&lab, &lab_home, "lab");
+    let clinic_line = init(&clinic, &clinic_home, "clinic");
+    // 2: each side runs the line the other printed.
+    for (dir, home, line) in [
+        (&lab, &lab_home, &clinic_line),
+        (&clinic, &clinic_home, &lab_line),
+    ] {
+        let out = at(dir, home).args(line).output().unwrap();
+        assert!(out.status.success(), "{line:?}: {}", text(&out.stderr));
+    }
+    // 3: conduit receive --listen 0.0.0.0:PORT, and the send command it prints, to a name.
+    let mut rx = at(&lab, &lab_home)
+        .args(["receive", "--listen", "0.0.0.0:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(rx.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port = first.rsplit(':').next().unwrap().trim().to_string();
+    let hint = lines
+        .find_map(|l| l.ok().filter(|l| l.starts_with("the sender runs: ")))
+        .unwrap();
+    assert!(
+        hint.contains("conduit send FILES --to NAME --direct "),
+        "{hint}"
+    );
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let sent = at(&clinic, &clinic_home)
+        .args(["send", "report.pdf", "--to", "lab", "--direct"])
+        .arg(format!("localhost:{port}"))
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "sender: {}", text(&sent.stderr));
+    let got = rx.wait_with_output().unwrap();
+    let _ = rest.join();
+    assert!(got.status.success(), "receiver: {}", text(&got.stderr));
+    assert_eq!(
+        std::fs::read(lab.join("report.pdf")).unwrap(),
+        b"synthetic report, direct"
+    );
+}
+
 #[test]
 fn send_and_receive_make_an_identity_on_first_use_and_say_so() {
     let root = tempfile::tempdir().unwrap();
