@@ -227,3 +227,56 @@ fn send_and_receive_make_an_identity_on_first_use_and_say_so() {
         text(&s.stderr)
     );
 }
+
+#[test]
+fn init_asks_for_the_relay_at_a_terminal() {
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the integers given; the other
+    // arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        eprintln!("SKIP: no pseudo-terminal on this host");
+        return;
+    }
+    // SAFETY: both descriptors were just opened by openpty and are owned here alone.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    let child = {
+        let mut cmd = at(root.path(), &home);
+        cmd.args(["init", "--name", "lab"])
+            .stdin(Stdio::from(slave))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    // The relay, then an empty answer for its pin (the system's CAs).
+    write!(master, "relay.example.org:7471\n\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let asked = text(&out.stderr);
+    assert!(asked.contains("relay to meet other clinics at"), "{asked}");
+    let file = std::fs::read_to_string(home.join("conduit.toml")).unwrap();
+    assert!(
+        file.contains("relay = \"relay.example.org:7471\""),
+        "{file}"
+    );
+    assert!(!file.contains("\nrelay_pin ="), "{file}");
+    let said = text(&out.stdout);
+    assert!(said.contains("relay relay.example.org:7471"), "{said}");
+}
