@@ -51,10 +51,12 @@ pub struct SendArgs {
     /// it [default: 600, or code_wait_secs in conduit.toml].
     #[arg(long, requires = "code", value_name = "SECS")]
     code_wait: Option<u64>,
-    /// The receiver's address (it runs `conduit receive --listen`); takes precedence over
-    /// `--relay`, CONDUIT_RELAY or a relay in conduit.toml.
-    #[arg(long)]
-    direct: Option<SocketAddr>,
+    /// The receiver's address, HOST:PORT (UDP), e.g. lab.example.org:7470, 192.0.2.7:7470
+    /// or [2001:db8::7]:7470 (it runs `conduit receive --listen`; every address of a name
+    /// is tried); takes precedence over `--relay`, CONDUIT_RELAY or a relay in
+    /// conduit.toml.
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::cli::addr::host_port)]
+    direct: Option<String>,
     #[command(flatten)]
     relay: RelayFlags,
     /// STREAM chunk size in bytes.
@@ -262,7 +264,7 @@ impl RelayFlags {
 pub(crate) fn relay_unless_direct(
     verb: &str,
     flag: &str,
-    addr: Option<SocketAddr>,
+    addr: Option<&str>,
     relay: &RelayFlags,
     config: &Resolved,
 ) -> anyhow::Result<Option<RelayOptions>> {
@@ -293,7 +295,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
-    let identity = Identity::load(home)?;
+    let identity = crate::cli::init::identity_for_use(home)?;
     let mut book = AddressBook::load(home)?;
     let config = crate::cli::resolve(home, &args.flags())?;
     let audit = Audit::open(home, &identity, &book, config.audit_options(false));
@@ -358,7 +360,13 @@ fn send_with(
         eprintln!("warning: skipped symlink {shown}");
     }
     let timeouts = timeouts(config)?;
-    let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, config)?;
+    let relay = relay_unless_direct(
+        "send",
+        "--direct",
+        args.direct.as_deref(),
+        &args.relay,
+        config,
+    )?;
     let valid = code_wait(config)?;
     let recipient = match known {
         Some(key) => Recipient::Known(key),
@@ -366,7 +374,7 @@ fn send_with(
     };
     let rt = runtime()?;
     rt.block_on(async {
-        let (endpoint, conn) = match (&relay, args.direct, &recipient) {
+        let (endpoint, conn) = match (&relay, args.direct.as_deref(), &recipient) {
             // Known recipient: the receiver waits at the relay and we join it.
             (Some(opts), _, Recipient::Known(_)) => {
                 let j =
@@ -387,14 +395,15 @@ fn send_with(
                 (j.endpoint, j.connection)
             }
             (None, Some(addr), recipient) => {
+                let addrs = crate::cli::addr::resolve(addr).await?;
                 let wait = match recipient {
                     Recipient::Code(code) => {
-                        show_code(code, &receive_hint_direct(addr), valid, args.json);
+                        show_code(code, &receive_hint_direct(&addrs), valid, args.json);
                         Some(valid)
                     }
                     Recipient::Known(_) => None,
                 };
-                connect(addr, timeouts.idle, wait).await?
+                connect(&addrs, addr, wait, timeouts.idle).await?
             }
             (None, None, _) => anyhow::bail!("--direct or --relay is required"),
         };
@@ -465,9 +474,10 @@ pub(crate) fn next_step(code: RefusalCode) -> &'static str {
     }
 }
 
-/// Connects to a direct receiver, once, or (code mode: `wait`) for as long as the code
-/// is valid, since the receiver may not be listening yet (its user types the code after
-/// the sender showed it).
+/// Connects to the first of `addrs` (the addresses of `shown`, as given) that answers
+/// ([`transport::addr::connect_first`]), once, or (code mode: `wait`) for as long as the
+/// code is valid, since the receiver may not be listening yet (its user types the code
+/// after the sender showed it).
 ///
 /// While waiting, an attempt is never given up by us: it ends by QUIC's idle timeout
 /// (at most [`ATTEMPT_IDLE`]), which sends nothing. An attempt dropped before that sends
@@ -475,31 +485,35 @@ pub(crate) fn next_step(code: RefusalCode) -> &'static str {
 /// attempt's last packets) reaches it as a connection aborted in its handshake: the
 /// receiver then reported a failed connection, and a one-shot receiver used to end on it.
 async fn connect(
-    addr: SocketAddr,
-    idle: Duration,
+    addrs: &[SocketAddr],
+    shown: &str,
     wait: Option<Duration>,
+    idle: Duration,
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    let unanswered = || {
+        format!(
+            "no answer from {shown} (is `conduit receive --listen` running there, and UDP to its port open?)"
+        )
+    };
     let Some(valid) = wait else {
-        let endpoint = transport::direct_client_with(addr, idle)?;
-        let attempt =
-            tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, "phi-conduit")?).await;
-        return match attempt {
-            Ok(Ok(conn)) => Ok((endpoint, conn)),
-            Ok(Err(e)) => Err(e).with_context(|| format!("connecting to {addr}")),
-            Err(_) => Err(unanswered(addr)),
-        };
+        return transport::addr::connect_first(addrs, "phi-conduit", CONNECT_TIMEOUT, |a| {
+            transport::direct_client_with(a, idle)
+        })
+        .await
+        .with_context(unanswered);
     };
     let deadline = tokio::time::Instant::now() + valid;
-    let endpoint = transport::direct_client_with(addr, idle.min(ATTEMPT_IDLE))?;
+    // Longer than the attempt's idle timeout: QUIC ends it first.
+    let attempt_limit = ATTEMPT_IDLE + Duration::from_secs(5);
     loop {
-        match endpoint.connect(addr, "phi-conduit")?.await {
-            Ok(conn) => return Ok((endpoint, conn)),
+        let attempt = transport::addr::connect_first(addrs, "phi-conduit", attempt_limit, |a| {
+            transport::direct_client_with(a, idle.min(ATTEMPT_IDLE))
+        })
+        .await;
+        match attempt {
+            Ok(connected) => return Ok(connected),
             Err(e) if tokio::time::Instant::now() >= deadline => {
-                let e = match e {
-                    quinn::ConnectionError::TimedOut => unanswered(addr),
-                    e => anyhow::Error::new(e).context(format!("connecting to {addr}")),
-                };
-                return Err(e.context(CodeExpired {
+                return Err(anyhow::Error::new(e).context(unanswered()).context(CodeExpired {
                     valid,
                     who: "receiver",
                 }));
@@ -513,14 +527,6 @@ async fn connect(
 /// timeout, also that of the connection it becomes: keep-alives keep a live peer's
 /// connection open).
 const ATTEMPT_IDLE: Duration = Duration::from_secs(10);
-
-/// No answer from a direct receiver.
-fn unanswered(addr: SocketAddr) -> anyhow::Error {
-    anyhow::anyhow!(
-        "connecting to {addr}: no answer (is the receiver listening there, and is UDP port {} open?)",
-        addr.port()
-    )
-}
 
 /// A code phrase that no peer used while it was valid.
 #[derive(Debug, thiserror::Error)]
@@ -585,8 +591,11 @@ fn show_code(code: &Code, hint: &str, valid: Duration, json: bool) {
 }
 
 /// The command a direct code receiver runs: listening on the port the sender connects
-/// to, on every address.
-fn receive_hint_direct(addr: SocketAddr) -> String {
+/// to, on every address (of the family the sender tries first).
+fn receive_hint_direct(addrs: &[SocketAddr]) -> String {
+    let Some(addr) = addrs.first() else {
+        return "conduit receive --listen 0.0.0.0:PORT --code".to_string();
+    };
     let any: std::net::IpAddr = if addr.is_ipv4() {
         std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {

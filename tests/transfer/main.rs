@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod addresses;
 mod code_wait;
 mod offers;
 mod receiver_fs;
