@@ -447,6 +447,12 @@ fn refused_by(e: TransferError, to: Option<&str>) -> anyhow::Error {
             code: RefusalCode::UnknownSender,
             detail: None,
         }),
+        // The code was mistyped (or guessed) at the other end.
+        (_, Some(HandshakeError::PeerAborted(AbortReason::CodeMismatch))) => {
+            return anyhow::Error::new(e).context(
+                "the receiver's code does not match this one (check it with them word by word; this code is used up: send again for a new one)",
+            );
+        }
         _ => return e.into(),
     };
     // The sentence says all the error did: one line, not two.
