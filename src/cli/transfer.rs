@@ -519,10 +519,12 @@ async fn connect(
         match attempt {
             Ok(connected) => return Ok(connected),
             Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(anyhow::Error::new(e).context(unanswered()).context(CodeExpired {
-                    valid,
-                    who: "receiver",
-                }));
+                return Err(anyhow::Error::new(e)
+                    .context(unanswered())
+                    .context(CodeExpired {
+                        valid,
+                        who: "receiver",
+                    }));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }

@@ -101,7 +101,8 @@ pub enum Fix {
 }
 
 /// Fewest letters a typed word needs to be completed from its start (every BIP-39
-/// word is told apart by its first four letters; three are often enough).
+/// word is told apart by its first four letters; three are often enough). A typed word
+/// that is itself in the list is that word, never completed (`can`, not `canoe`).
 pub const MIN_PREFIX: usize = 3;
 /// Most edits a typed word may be from a word of the list to be corrected to it.
 pub const MAX_DISTANCE: usize = 2;
@@ -473,7 +474,12 @@ mod tests {
         assert_eq!(c, right);
         assert!(matches!(
             fixes.as_slice(),
-            [Fix::Corrected { position: 1, distance: 2, word: "crystal", .. }]
+            [Fix::Corrected {
+                position: 1,
+                distance: 2,
+                word: "crystal",
+                ..
+            }]
         ));
     }
 
@@ -486,11 +492,20 @@ mod tests {
             "{e:?}"
         );
         let m = e.to_string();
-        assert!(m.contains("code word 2") && m.contains("\"xqzzvw\"") && m.contains("not in the word list"), "{m}");
+        assert!(
+            m.contains("code word 2")
+                && m.contains("\"xqzzvw\"")
+                && m.contains("not in the word list"),
+            "{m}"
+        );
         // Several words equally close: not guessed, offered.
         let e = Code::parse_forgiving("7-crystal-harbor-cax").unwrap_err();
         match &e {
-            PakeError::NotAWord { position: 3, nearest, .. } => {
+            PakeError::NotAWord {
+                position: 3,
+                nearest,
+                ..
+            } => {
                 assert!(*nearest == ["can", "car", "cat"], "{nearest:?}")
             }
             other => panic!("{other:?}"),
@@ -498,10 +513,23 @@ mod tests {
         assert!(e.to_string().contains("did you mean "), "{e}");
         // Two mistyped words: not corrected.
         let e = Code::parse_forgiving("7-crystl-harbr-orbit").unwrap_err();
-        assert!(matches!(e, PakeError::TooManyCorrections(ref w) if w.len() == 2), "{e:?}");
-        assert!(e.to_string().contains("code words 1 (\"crystl\"), 2 (\"harbr\")"), "{e}");
+        assert!(
+            matches!(e, PakeError::TooManyCorrections(ref w) if w.len() == 2),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("code words 1 (\"crystl\"), 2 (\"harbr\")"),
+            "{e}"
+        );
         // The shape is still checked.
-        for bad in ["", "7", "7-crystal-harbor", "x-crystal-harbor-orbit", "7-a-b-c-d"] {
+        for bad in [
+            "",
+            "7",
+            "7-crystal-harbor",
+            "x-crystal-harbor-orbit",
+            "7-a-b-c-d",
+        ] {
             assert!(Code::parse_forgiving(bad).is_err(), "{bad}");
         }
     }

@@ -245,9 +245,9 @@ async fn join_with(
                 } else {
                     SLOW_RETRY
                 };
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(
-                    tokio::time::Instant::now(),
-                )))
+                tokio::time::sleep(
+                    pause.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+                )
                 .await;
             }
             // No session slot for now (docs/PROTOCOL.md, "Session slots"); the listener

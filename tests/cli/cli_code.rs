@@ -44,7 +44,11 @@ fn a_code_word_that_cannot_be_read_from_standard_input_is_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stdout), "", "nothing listens for a code that cannot be right");
+    assert_eq!(
+        text(&out.stdout),
+        "",
+        "nothing listens for a code that cannot be right"
+    );
     assert_eq!(
         text(&out.stderr),
         "error: code word 3 (\"qqqqqq\") is not in the word list (BIP-39 English): check the code the sender printed\n"

@@ -58,7 +58,10 @@ fn the_code_receiver_started_20_s_after_the_sender_succeeds_relayed() {
         .iter()
         .filter(|e| e["reason"] == "pairing_timeout")
         .count();
-    assert!(timeouts >= 3, "the sender was not made to wait again: {log:?}");
+    assert!(
+        timeouts >= 3,
+        "the sender was not made to wait again: {log:?}"
+    );
 }
 
 #[test]
@@ -131,7 +134,10 @@ fn without_a_relay_nobody_is_told_they_wait_there_and_the_error_says_unreachable
     let pin = "ab".repeat(32);
     let base = ["--relay", relay.as_str(), "--relay-pin", pin.as_str()];
     let runs = [
-        (&p.receiver, vec!["receive", "--code", "1-crystal-harbor-orbit"]),
+        (
+            &p.receiver,
+            vec!["receive", "--code", "1-crystal-harbor-orbit"],
+        ),
         (&p.receiver, vec!["receive"]),
         (&p.sender, vec!["send", "--code", "a.txt"]),
         (&p.sender, vec!["send", "--to", "lab", "a.txt"]),

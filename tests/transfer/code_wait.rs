@@ -129,20 +129,18 @@ fn the_code_sender_started_20_s_after_the_receiver_succeeds_direct() {
     let src = p.root.join("scan.dcm");
     write_data(&src, 100_000);
     let addr: std::net::SocketAddr = addr.parse().unwrap();
-    let sent = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async {
-            let endpoint =
-                phi_conduit::transport::direct_client_with(addr, Duration::from_secs(10)).unwrap();
-            let conn = endpoint
-                .connect(addr, "phi-conduit")
-                .unwrap()
-                .await
-                .unwrap();
-            let got = library_send(&conn, code, &src).await;
-            endpoint.wait_idle().await;
-            got
-        });
+    let sent = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let endpoint =
+            phi_conduit::transport::direct_client_with(addr, Duration::from_secs(10)).unwrap();
+        let conn = endpoint
+            .connect(addr, "phi-conduit")
+            .unwrap()
+            .await
+            .unwrap();
+        let got = library_send(&conn, code, &src).await;
+        endpoint.wait_idle().await;
+        got
+    });
     assert_eq!(sent.files.len(), 1);
     let (status, _, err) = rx.finish();
     assert!(status.success(), "receiver: {err}");
