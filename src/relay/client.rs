@@ -258,9 +258,11 @@ async fn join_with(
             }) if role == Role::Connect && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(BUSY_RETRY).await;
             }
-            // The listener went away just as it was paired (a daemon slot that failed):
-            // another listener may take its place.
-            Err(JoinError::Closed { .. })
+            // The listener went away just as it was paired (a daemon slot that failed, a
+            // code sender whose wait the relay ended at that moment): another listener
+            // may take its place. The relay's close may not reach us first: then the
+            // connection is lost (a stateless reset) before the pairing is confirmed.
+            Err(JoinError::Closed { .. } | JoinError::Lost { .. })
                 if role == Role::Connect && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(RETRY).await;

@@ -22,9 +22,9 @@ const LATE: Duration = Duration::from_secs(20);
 #[test]
 fn the_code_receiver_started_20_s_after_the_sender_succeeds_relayed() {
     let p = pair_knowing(false, false);
-    // The relay gives up on a waiting client after 5 s: the sender joins again, and
-    // again, while its code is valid.
-    let relay = start_relay(&["--pairing-timeout", "5"]);
+    // The relay gives up on a waiting client after 9 s: the sender joins again, and
+    // again, while its code is valid (the receiver comes 2 s after the second time).
+    let relay = start_relay(&["--pairing-timeout", "9"]);
     let src = p.root.join("labs.csv");
     write_data(&src, 150_000);
     let mut cmd = relay.cmd(&p.sender, "send");
@@ -59,7 +59,7 @@ fn the_code_receiver_started_20_s_after_the_sender_succeeds_relayed() {
         .filter(|e| e["reason"] == "pairing_timeout")
         .count();
     assert!(
-        timeouts >= 3,
+        timeouts >= 2,
         "the sender was not made to wait again: {log:?}"
     );
 }
