@@ -45,7 +45,8 @@ fn the_code_receiver_started_20_s_after_the_sender_succeeds_relayed() {
     let inbox = p.root.join("inbox");
     let rx = relay
         .cmd(&p.receiver, "receive")
-        .args(["--code", &code, "--out"])
+        // Bounded, should the sender be gone.
+        .args(["--code", &code, "--code-wait", "30", "--out"])
         .arg(&inbox)
         .output()
         .unwrap();
