@@ -228,10 +228,28 @@ mod tests {
 
     #[test]
     fn the_hook_runs_without_a_shell_and_is_killed_after_its_timeout() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("got.pdf");
+        let file = dir.path().join("got; rm -rf x.pdf");
         std::fs::write(&file, "x").unwrap();
         let h = blake3::hash(b"x");
+        let script = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+            p.to_string_lossy().into_owned()
+        };
+        let marker = dir.path().join("ran");
+        // The path arrives as one argument, however it is spelt; the metadata in the
+        // environment.
+        let ok = script(
+            "ok.sh",
+            &format!(
+                "test \"$1\" = first && test -f \"$2\" && test \"$CONDUIT_SENDER\" = lab \\\n && test \"$CONDUIT_BLAKE3\" = {} && touch {}",
+                h.to_hex(),
+                marker.display()
+            ),
+        );
         let run = |argv: &[&str], secs| {
             let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
             run_hook(
@@ -244,22 +262,16 @@ mod tests {
                 Duration::from_secs(secs),
             )
         };
-        // `sh -c` is only how this test makes a program: the agent passes argv as is.
-        let (status, _) = run(
-            &[
-                "/bin/sh",
-                "-c",
-                "test \"$CONDUIT_SENDER\" = lab && test -f \"$1\"",
-                "hook",
-            ],
-            10,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        if status == "exit 0" {
-            let (status, took) = run(&["/bin/sleep", "5"], 1).unwrap();
-            assert!(status.contains("timeout"), "{status}");
-            assert!(took < Duration::from_secs(4));
-        }
+        let (status, _) = run(&[&ok, "first"], 10).unwrap();
+        assert_eq!(status, "exit 0");
+        assert!(marker.exists());
+        let slow = script("slow.sh", "sleep 5");
+        let (status, took) = run(&[&slow], 1).unwrap();
+        assert!(status.contains("timeout"), "{status}");
+        assert!(took < Duration::from_secs(4));
+        // Writable by others: not run.
+        std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o722)).unwrap();
+        assert!(run(&[&slow], 1).is_err());
         assert!(run(&["/nonexistent/hook"], 1).is_err());
     }
 }
