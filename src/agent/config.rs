@@ -161,7 +161,7 @@ pub enum AgentConfigError {
         message: String,
     },
     /// No rule at all.
-    #[error("conduit.toml has no [[outbox]] and no [[inbox]] rule: nothing for the agent to do")]
+    #[error("no [[outbox]] and no [[inbox]] rule: nothing for the agent to do")]
     Empty,
 }
 

@@ -50,7 +50,7 @@ pub mod code {
 pub struct Cli {
     /// The endpoint's home directory (identity, address book, audit log, conduit.toml)
     /// for the commands that use one (keygen, id, peers, send, receive, relay, audit,
-    /// config; they take --home after their name too); default: $CONDUIT_HOME, else the
+    /// config, agent, queue; they take --home after their name too); default: $CONDUIT_HOME, else the
     /// OS data directory.
     #[arg(long, value_name = "DIR")]
     pub home: Option<std::path::PathBuf>,
