@@ -205,6 +205,15 @@ impl Shared {
         self.names.hash(name).unwrap_or_else(|| name.to_string())
     }
 
+    /// A name for [`Audit::agent_item`]: in names mode hash, its keyed hash marked `#`
+    /// (so that no name, whatever its first character, is taken for a hash).
+    fn audit_name(&self, name: &str) -> String {
+        match self.names.hash(name) {
+            Some(h) => format!("#{h}"),
+            None => name.to_string(),
+        }
+    }
+
     fn warn(&self, message: String) {
         self.emit(AgentEvent::Warning { message });
     }
@@ -464,7 +473,7 @@ fn scan(
         for (id, (recipient, key)) in ids.iter().zip(&o.to) {
             let _ = shared.agent.audit.agent_item(
                 crate::audit::record::event::ITEM_QUEUED,
-                &name,
+                &shared.audit_name(&name),
                 size,
                 Some(key),
                 id,
@@ -560,7 +569,11 @@ async fn dispatcher(shared: Arc<Shared>, stopping: watch::Receiver<bool>) {
 /// Records the outcome of one attempt.
 fn record(shared: &Shared, q: &mut Queue, item: &Item, outcome: Outcome) -> Result<(), QueueError> {
     let key = PublicKey::parse(&item.peer_key).ok();
-    let real = real_name(shared, item).unwrap_or_else(|| item.name.clone());
+    let real = match real_name(shared, item) {
+        Some(n) => shared.audit_name(&n),
+        None if shared.names.hides() => format!("#{}", item.name),
+        None => item.name.clone(),
+    };
     match outcome {
         Outcome::Delivered { blake3, repeat } => {
             q.delivered(&item.id, &blake3)?;

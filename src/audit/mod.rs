@@ -241,7 +241,9 @@ impl Audit {
 
     /// Records an agent's item event (`event`: one of [`record::event`]'s `ITEM_*`)
     /// about file `path`, outside any session: the item id and `detail` (a reason) in
-    /// `reason`, a BLAKE3 for a delivery. Blocking (a short append).
+    /// `reason`, a BLAKE3 for a delivery. `path` is the file's name, or (names mode
+    /// hash) already its keyed hash when it starts with `#` (as the queue stores it).
+    /// Blocking (a short append).
     pub fn agent_item(
         &self,
         event: &str,
@@ -270,9 +272,10 @@ impl Audit {
             })),
             ..Record::default()
         };
-        match inner.names {
-            NameMode::Plain => r.path = Some(path.to_string()),
-            NameMode::Hash => r.path_hash = Some(inner.names_key.name_hash(path)),
+        match (inner.names, path.strip_prefix('#')) {
+            (NameMode::Plain, _) => r.path = Some(path.to_string()),
+            (NameMode::Hash, Some(hashed)) => r.path_hash = Some(hashed.to_string()),
+            (NameMode::Hash, None) => r.path_hash = Some(inner.names_key.name_hash(path)),
         }
         inner.log.append(r).map(|_| ())
     }

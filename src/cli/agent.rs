@@ -288,6 +288,30 @@ pub(crate) fn queue(home: &Home, cmd: QueueCommand) -> anyhow::Result<()> {
         QueueCommand::Cancel(a) => (q.cancel(&a.id), a.json, "cancelled"),
     };
     let item = item.map_err(|e| Usage(e.to_string()))?;
+    if item.state == crate::agent::queue::State::Cancelled {
+        // On record, like every other fate of an item (the name as the queue holds it).
+        if let Ok(identity) = crate::crypto::identity::Identity::load(home) {
+            let book = AddressBook::load(home)?;
+            let config = crate::cli::resolve(home, &FileConfig::default())?;
+            let audit =
+                crate::audit::Audit::open(home, &identity, &book, config.audit_options(true));
+            let peer = crate::crypto::identity::PublicKey::parse(&item.peer_key).ok();
+            // The queue holds the name's keyed hash in names mode hash.
+            let name = if audit.names().hides() {
+                format!("#{}", item.name)
+            } else {
+                item.name.clone()
+            };
+            audit.agent_item(
+                crate::audit::record::event::ITEM_CANCELLED,
+                &name,
+                item.size,
+                peer.as_ref(),
+                &item.id,
+                Some("cancelled by the operator"),
+            )?;
+        }
+    }
     if json {
         writeln!(out, "{}", json!({"item": item}))?;
     } else {
