@@ -239,10 +239,10 @@ impl Agent {
         let pool =
             CipherPool::with_all_cores().map_err(|e| std::io::Error::other(e.to_string()))?;
         let sender = Sender::new(self.identity.clone(), Arc::clone(&pool))
-            .timeouts(self.timeouts.clone())
+            .timeouts(self.timeouts)
             .audit(self.audit.clone());
         let policy = ReceivePolicy {
-            timeouts: self.timeouts.clone(),
+            timeouts: self.timeouts,
             sessions: Some(Arc::new(tokio::sync::Semaphore::new(self.config.receiving))),
             offers: crate::transfer::Policy { max_entries: 16 },
             ..ReceivePolicy::default()
@@ -773,9 +773,10 @@ fn classify(e: TransferError) -> Outcome {
             _ => Outcome::Failed(format!("refused: {}", r.explain())),
         },
         TransferError::ReceiptMismatch(_) => Outcome::Failed(reason),
-        TransferError::Data { source, .. }
-            if matches!(source, crate::transfer::data::DataError::SourceChanged(_)) =>
-        {
+        TransferError::Data {
+            source: crate::transfer::data::DataError::SourceChanged(_),
+            ..
+        } => {
             Outcome::Retry {
                 reason,
                 whole: false,

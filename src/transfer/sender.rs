@@ -195,7 +195,7 @@ impl Sender {
             sink: Arc::clone(&self.events),
             names: rec.names().clone(),
         };
-        let transfer = self.run(conn, to, &files.files, &files.dirs, item, &emit, &rec);
+        let transfer = self.run(conn, to, files, item, &emit, &rec);
         let result = tokio::select! {
             r = transfer => r,
             () = cancel => return Err(teardown::cancelled(conn, &rec).await),
@@ -213,12 +213,12 @@ impl Sender {
         &self,
         conn: &quinn::Connection,
         recipient: &Recipient,
-        files: &[SourceFile],
-        dirs: &[RelPath],
+        collected: &Collected,
         item: Option<[u8; 16]>,
         events: &Emit,
         rec: &SessionAudit,
     ) -> Result<ItemSent, TransferError> {
+        let (files, dirs) = (&collected.files[..], &collected.dirs[..]);
         let (local, timeouts, chunk, pool) =
             (&self.identity, &self.timeouts, self.chunk, &self.pool);
         let (tx, rx) = conn.open_bi().await?;
