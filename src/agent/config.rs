@@ -599,7 +599,7 @@ on_conflict = "rename"
             ),
             (
                 SHAPE.replace("relay = \"relay.example.org:7470\"\n", ""),
-                "relay",
+                "set `direct` here",
             ),
             (
                 SHAPE.replace(
