@@ -55,6 +55,8 @@ pub struct AgentFile {
     pub sending: Option<u16>,
     /// Transfers received at once.
     pub receiving: Option<u16>,
+    /// Serve Prometheus metrics on this local TCP address (`/metrics`, `/healthz`).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl AgentFile {
@@ -274,6 +276,8 @@ pub struct AgentConfig {
     pub sending: usize,
     /// Transfers received at once.
     pub receiving: usize,
+    /// The metrics address, if any.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -443,6 +447,7 @@ impl AgentConfig {
             retry_max: Duration::from_secs(retry_max),
             sending: usize::from(sending),
             receiving: usize::from(receiving),
+            metrics: agent.metrics,
         })
     }
 

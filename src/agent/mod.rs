@@ -7,11 +7,13 @@
 //! - [`run`]: the agent at run time ([`run::Agent`]): outbox scanner, dispatcher with
 //!   retries and backoff, inbox receivers with exactly-once delivery.
 //! - [`inbox`]: staging folders, conflict-free placing, the `on_receive` program.
+//! - [`metrics`]: the optional Prometheus endpoint (`[agent] metrics`).
 //!
 //! Store-and-forward happens here, at the endpoints, never at the relay: a sender's queue
 //! waits and retries with backoff while a receiver is offline.
 
 pub mod config;
 pub mod inbox;
+pub mod metrics;
 pub mod queue;
 pub mod run;

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::agent::config::{After, AgentConfig, Inbox, OnConflict, Outbox, Reach};
 use crate::agent::inbox;
+use crate::agent::metrics::AgentMetrics;
 use crate::agent::queue::{self, Item, NewFile, Queue, QueueError, Received, State, id_text};
 use crate::audit::Audit;
 use crate::audit::names::Names;
@@ -69,6 +70,8 @@ pub enum AgentEvent {
         inboxes: usize,
         /// The direct listener's address.
         listen: Option<String>,
+        /// The metrics endpoint's address.
+        metrics: Option<String>,
     },
     /// A stable file was queued for a recipient.
     Queued {
@@ -191,6 +194,8 @@ struct Shared {
     receiver: Receiver,
     /// Wakes the dispatcher (a file was queued).
     wake: Notify,
+    /// The counters of `/metrics`.
+    metrics: Arc<AgentMetrics>,
     /// Outbox file names by (outbox, stored name): the stored name is a keyed hash in
     /// names mode hash.
     real_names: std::sync::Mutex<HashMap<(String, String), String>>,
@@ -251,12 +256,23 @@ impl Agent {
             .policy(policy)
             .audit(self.audit.clone());
         let names = self.audit.names();
+        let metrics = Arc::new(AgentMetrics::new(self.queue_path.clone()));
+        let metrics_at = match self.config.metrics {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                let local = listener.local_addr()?;
+                tokio::spawn(crate::relay::metrics::serve(listener, Arc::clone(&metrics)));
+                Some(local.to_string())
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             agent: self,
             names,
             sender,
             receiver,
             wake: Notify::new(),
+            metrics,
             real_names: std::sync::Mutex::new(HashMap::new()),
         });
         // What a crash left complete in the inboxes' staging folders is placed first.
@@ -292,12 +308,17 @@ impl Agent {
             outboxes: shared.agent.config.outboxes.len(),
             inboxes: shared.agent.config.inboxes.len(),
             listen,
+            metrics: metrics_at,
         });
         if !shared.agent.config.outboxes.is_empty() {
             tasks.spawn(scanner(Arc::clone(&shared), stopping.clone()));
             tasks.spawn(dispatcher(Arc::clone(&shared), stopping.clone()));
         }
         shutdown.await;
+        shared
+            .metrics
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = stop.send(true);
         let _ = tokio::time::timeout(STOP_GRACE * 2, async {
             while tasks.join_next().await.is_some() {}
@@ -577,6 +598,15 @@ fn record(shared: &Shared, q: &mut Queue, item: &Item, outcome: Outcome) -> Resu
     match outcome {
         Outcome::Delivered { blake3, repeat } => {
             q.delivered(&item.id, &blake3)?;
+            let m = &shared.metrics;
+            m.deliveries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if repeat {
+                m.repeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                m.bytes_sent
+                    .fetch_add(item.size, std::sync::atomic::Ordering::Relaxed);
+            }
             let _ = shared.agent.audit.agent_item(
                 crate::audit::record::event::ITEM_DELIVERED,
                 &real,
@@ -610,6 +640,10 @@ fn record(shared: &Shared, q: &mut Queue, item: &Item, outcome: Outcome) -> Resu
             if state == State::Failed {
                 return record(shared, q, item, Outcome::Failed(reason)).map(|_| ());
             }
+            shared
+                .metrics
+                .retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             shared.emit(AgentEvent::Retry {
                 item: item.id.clone(),
                 to: item.recipient.clone(),
@@ -621,6 +655,10 @@ fn record(shared: &Shared, q: &mut Queue, item: &Item, outcome: Outcome) -> Resu
             if q.find(&item.id)?.state != State::Failed {
                 q.failed(&item.id, &reason)?;
             }
+            shared
+                .metrics
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = shared.agent.audit.agent_item(
                 crate::audit::record::event::ITEM_FAILED,
                 &real,
@@ -776,13 +814,11 @@ fn classify(e: TransferError) -> Outcome {
         TransferError::Data {
             source: crate::transfer::data::DataError::SourceChanged(_),
             ..
-        } => {
-            Outcome::Retry {
-                reason,
-                whole: false,
-                after: Some(Duration::from_secs(2)),
-            }
-        }
+        } => Outcome::Retry {
+            reason,
+            whole: false,
+            after: Some(Duration::from_secs(2)),
+        },
         _ if matches!(
             e.handshake_error(),
             Some(HandshakeError::PeerAborted(AbortReason::UnknownPeer))
@@ -1171,6 +1207,14 @@ fn settle(
         name,
         inbox_rule.on_conflict,
     )?;
+    shared
+        .metrics
+        .received
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .metrics
+        .bytes_received
+        .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
     let _ = std::fs::remove_dir_all(staging);
     let placed_name = placed
         .file_name()

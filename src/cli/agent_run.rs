@@ -56,11 +56,15 @@ fn human(e: &AgentEvent) -> String {
             outboxes,
             inboxes,
             listen,
+            metrics,
         } => {
-            let at = listen
+            let mut at = listen
                 .as_ref()
                 .map(|a| format!("; listening on {a}"))
                 .unwrap_or_default();
+            if let Some(m) = metrics {
+                at.push_str(&format!("; metrics on http://{m}/metrics"));
+            }
             format!(
                 "agent running: {outboxes} outbox(es), {inboxes} inbox(es){at}; SIGTERM or Ctrl-C to stop"
             )

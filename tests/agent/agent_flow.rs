@@ -238,7 +238,7 @@ fn direct_pair(root: &Path, outbox_extra: &str) -> (PathBuf, PathBuf, PathBuf, S
     configure(
         &lab,
         &format!(
-            "[agent]\nrescan_secs = 1\nretry_max_secs = 1\n\n[[outbox]]\npath = \"{}\"\nto = [\"clinic\"]\ndirect = \"{addr}\"\n{outbox_extra}\n",
+            "[agent]\nrescan_secs = 1\nretry_max_secs = 1\nmetrics = \"127.0.0.1:0\"\n\n[[outbox]]\npath = \"{}\"\nto = [\"clinic\"]\ndirect = \"{addr}\"\n{outbox_extra}\n",
             outbox.display()
         ),
     );
@@ -348,6 +348,17 @@ fn a_repeated_item_gets_the_original_receipt_and_one_copy() {
     }
     let sender = start_agent(&lab);
     assert!(wait_until(30, || files_in(&outbox.join("sent")) == ["result.pdf"]));
+    // The metrics endpoint counts it: one delivery, a repeat, no data sent.
+    let metrics = get(sender.first["metrics"].as_str().unwrap(), "/metrics");
+    for line in [
+        "conduit_agent_deliveries_total 1",
+        "conduit_agent_repeats_total 1",
+        "conduit_agent_bytes_sent_total 0",
+        "conduit_agent_queue_depth 0",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+    assert!(get(sender.first["metrics"].as_str().unwrap(), "/healthz").starts_with("HTTP/1.1 200"));
     let second = stop_agent(sender);
     let two = delivered(&second);
     assert_eq!(two["repeat"], true, "{two}");
@@ -358,4 +369,14 @@ fn a_repeated_item_gets_the_original_receipt_and_one_copy() {
     let received: Vec<_> = events.iter().filter(|e| e["event"] == "received").collect();
     assert_eq!(received.len(), 2, "{received:?}");
     assert_eq!(received[1]["repeat"], true);
+}
+
+/// An HTTP GET on loopback: the whole response.
+fn get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
