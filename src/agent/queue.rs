@@ -503,8 +503,14 @@ impl Queue {
         let attempts = attempts + 1;
         let state = if max_attempts > 0 && attempts >= max_attempts {
             tx.execute(
-                "UPDATE items SET state = 'failed', attempts = ?2, reason = ?3, updated_ms = ?4 WHERE id = ?1",
-                params![id, attempts, format!("gave up after {attempts} attempts: {reason}"), now],
+                "UPDATE items SET state = 'failed', attempts = ?2, reason = ?3, updated_ms = ?4
+                 WHERE id = ?1 AND state = 'sending'",
+                params![
+                    id,
+                    attempts,
+                    format!("gave up after {attempts} attempts: {reason}"),
+                    now
+                ],
             )?;
             State::Failed
         } else {
@@ -526,10 +532,12 @@ impl Queue {
         Ok(state)
     }
 
-    /// A permanent failure: the item is given up with `reason`.
+    /// A permanent failure: the item being sent is given up with `reason` (one cancelled
+    /// or superseded meanwhile stays so).
     pub fn failed(&mut self, id: &str, reason: &str) -> Result<(), QueueError> {
         self.db.execute(
-            "UPDATE items SET state = 'failed', reason = ?2, attempts = attempts + 1, updated_ms = ?3 WHERE id = ?1",
+            "UPDATE items SET state = 'failed', reason = ?2, attempts = attempts + 1, updated_ms = ?3
+             WHERE id = ?1 AND state = 'sending'",
             params![id, reason, now_ms()],
         )?;
         Ok(())

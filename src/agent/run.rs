@@ -652,9 +652,7 @@ fn record(shared: &Shared, q: &mut Queue, item: &Item, outcome: Outcome) -> Resu
             });
         }
         Outcome::Failed(reason) => {
-            if q.find(&item.id)?.state != State::Failed {
-                q.failed(&item.id, &reason)?;
-            }
+            q.failed(&item.id, &reason)?;
             shared
                 .metrics
                 .failures
@@ -1216,6 +1214,10 @@ fn settle(
         .bytes_received
         .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
     let _ = std::fs::remove_dir_all(staging);
+    // The sender's folder goes too once it holds no other item.
+    if let Some(sender_dir) = staging.parent() {
+        let _ = std::fs::remove_dir(sender_dir);
+    }
     let placed_name = placed
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
