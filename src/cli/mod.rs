@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod addr;
 mod agent;
 mod agent_run;
-mod addr;
 mod audit;
 mod bench;
 mod certs;
