@@ -55,6 +55,9 @@ pub enum AgentError {
     /// The transport.
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+    /// Another agent runs with this home (its queue is locked).
+    #[error("another conduit agent is running with this home ({0} is locked)")]
+    AlreadyRunning(String),
 }
 
 /// What the agent reports while it runs (one JSON line each in `conduit agent --json`).
@@ -233,6 +236,8 @@ impl Agent {
     /// Runs every rule until `shutdown` resolves; then deliveries in flight are stopped
     /// (their items stay queued, resumable) and it returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        // One agent per home: a second one would scan and send the same outboxes.
+        let _lock = lock(&self.queue_path)?;
         let mut q = Queue::open(&self.queue_path)?;
         q.recover()?;
         for o in &self.config.outboxes {
@@ -332,6 +337,27 @@ impl Agent {
         }
         shared.emit(AgentEvent::Stopped);
         Ok(())
+    }
+}
+
+/// Takes the exclusive lock of `<queue>.lock` (0600) for as long as the file is held.
+fn lock(queue: &Path) -> Result<std::fs::File, AgentError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut path = queue.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            Err(AgentError::AlreadyRunning(path.display().to_string()))
+        }
+        Err(e) => Err(AgentError::Io(e.into())),
     }
 }
 

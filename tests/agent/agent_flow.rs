@@ -261,6 +261,14 @@ fn a_slowly_written_file_is_sent_only_once_complete() {
     let (lab, clinic, outbox, _) = direct_pair(dir.path(), "stable_for_secs = 2");
     let receiver = start_agent(&clinic);
     let sender = start_agent(&lab);
+    // One agent per home: a second one stops at once.
+    let second = conduit(&lab).arg("agent").output().unwrap();
+    assert!(!second.status.success());
+    assert!(
+        text(&second.stderr).contains("another conduit agent is running"),
+        "{}",
+        text(&second.stderr)
+    );
     let path = outbox.join("slow.hl7");
     let mut f = std::fs::File::create(&path).unwrap();
     let inbox = clinic.join("inbox");
