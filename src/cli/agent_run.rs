@@ -22,12 +22,14 @@ pub(crate) fn run(home: &Home, json: bool, token: Option<String>) -> anyhow::Res
         None
     };
     // A daemon: names hashed in the audit trail and the queue unless set otherwise.
-    let audit = Audit::open(home, &identity, &book, resolved.audit_options(true));
+    let options = resolved.audit_options(true);
+    let hashed = options.names == crate::audit::NameMode::Hash;
+    let audit = Audit::open(home, &identity, &book, options);
     let events: crate::agent::run::AgentEvents = Arc::new(move |e: AgentEvent| {
         if json {
             println!("{}", json!(e));
         } else {
-            println!("{}", human(&e));
+            println!("{}", human(&e, hashed));
         }
     });
     let agent = Agent {
@@ -48,9 +50,17 @@ pub(crate) fn run(home: &Home, json: bool, token: Option<String>) -> anyhow::Res
     Ok(())
 }
 
-/// One event for a person.
-fn human(e: &AgentEvent) -> String {
+/// One event for a person. In names mode hash a name is its keyed hash, shown as `#`
+/// and its first 16 hex digits (as `conduit audit show` does).
+fn human(e: &AgentEvent, hashed: bool) -> String {
     use crate::transfer::paths::escape;
+    let shown = |name: &str| {
+        if hashed {
+            format!("#{}", name.get(..16).unwrap_or(name))
+        } else {
+            escape(name)
+        }
+    };
     match e {
         AgentEvent::Started {
             outboxes,
@@ -70,13 +80,13 @@ fn human(e: &AgentEvent) -> String {
             )
         }
         AgentEvent::Queued { item, name, to } => {
-            format!("queued {} for {to} (item {item})", escape(name))
+            format!("queued {} for {to} (item {item})", shown(name))
         }
         AgentEvent::Delivered {
             name, to, repeat, ..
         } => {
             let again = if *repeat { " (it had it already)" } else { "" };
-            format!("delivered {} to {to}{again}", escape(name))
+            format!("delivered {} to {to}{again}", shown(name))
         }
         AgentEvent::Retry {
             to,
@@ -87,27 +97,59 @@ fn human(e: &AgentEvent) -> String {
         AgentEvent::Failed {
             name, to, reason, ..
         } => {
-            format!("gave up on {} for {to}: {}", escape(name), escape(reason))
+            format!("gave up on {} for {to}: {}", shown(name), escape(reason))
         }
-        AgentEvent::FileDone { name, outcome } => format!("{}: {outcome}", escape(name)),
+        AgentEvent::FileDone { name, outcome } => format!("{}: {outcome}", shown(name)),
         AgentEvent::Received {
             from, name, repeat, ..
         } => {
             if *repeat {
                 format!(
                     "{from} sent {} again: answered with the original receipt",
-                    escape(name)
+                    shown(name)
                 )
             } else {
-                format!("received {} from {from}", escape(name))
+                format!("received {} from {from}", shown(name))
             }
         }
         AgentEvent::Hook {
             name,
             status,
             millis,
-        } => format!("on_receive for {}: {status} ({millis} ms)", escape(name)),
+        } => format!("on_receive for {}: {status} ({millis} ms)", shown(name)),
         AgentEvent::Warning { message } => format!("warning: {}", escape(message)),
         AgentEvent::Stopped => "agent stopped; every queued item resumes at the next start".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_person_sees_a_short_hash_in_names_mode_hash_and_an_escaped_name_otherwise() {
+        let e = AgentEvent::Delivered {
+            item: "00".into(),
+            name: "ab".repeat(32),
+            to: "clinic-a".into(),
+            blake3: "cd".repeat(32),
+            repeat: true,
+        };
+        assert_eq!(
+            human(&e, true),
+            format!(
+                "delivered #{} to clinic-a (it had it already)",
+                "ab".repeat(8)
+            )
+        );
+        let e = AgentEvent::FileDone {
+            name: "Doe\u{1b}[31m.pdf".into(),
+            outcome: "sent",
+        };
+        let line = human(&e, false);
+        assert!(
+            !line.contains('\u{1b}') && line.starts_with("Doe"),
+            "{line}"
+        );
     }
 }
