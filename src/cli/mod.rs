@@ -271,7 +271,7 @@ pub fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::from(code::OK);
             }
-            eprintln!("error: {}", describe(&err));
+            eprintln!("error: {}", describe_with_next_step(&err));
             ExitCode::from(exit_code(&err))
         }
     }
@@ -333,7 +333,9 @@ impl std::error::Error for Redacted {
 pub(crate) fn describe(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
-        let text = cause.to_string();
+        // QUIC and IO errors of the layers below as sentences (their own text can be a
+        // debug-like "aborted by peer: ... (code 2)" or "early eof").
+        let text = crate::transfer::sentences::of(cause).unwrap_or_else(|| cause.to_string());
         if cause.is::<Redacted>() {
             if !line.is_empty() {
                 line.push_str(": ");
@@ -349,6 +351,134 @@ pub(crate) fn describe(err: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+/// [`describe`], then what to do next when the error says nothing about it yet: every
+/// error the user sees names what failed, why, and the next step.
+pub(crate) fn describe_with_next_step(err: &anyhow::Error) -> String {
+    let line = describe(err);
+    match next_step(err) {
+        Some(step) if !line.contains(step) => format!("{line}; {step}"),
+        _ => line,
+    }
+}
+
+/// What the user can do about `err` (the first cause that has an answer); the library's
+/// messages name no flag or command, the binary adds them here.
+pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
+    use crate::crypto::handshake::{AbortReason, HandshakeError};
+    use crate::transfer::dest::DestError;
+    use crate::transfer::protocol::RefusalCode;
+    use crate::transfer::{ErrorKind, TransferError};
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<TransferError>() {
+            match e {
+                // This receiver refused (a sender's refusal is a `RefusedBy` sentence).
+                TransferError::Refused(r) => match r.code {
+                    RefusalCode::Exists => {
+                        return Some(
+                            "receive again with --overwrite to replace it, or move it away first",
+                        );
+                    }
+                    RefusalCode::NoSpace => {
+                        return Some(
+                            "free space there, or receive into another directory with --out DIR",
+                        );
+                    }
+                    RefusalCode::TooManyEntries { .. } => {
+                        return Some(
+                            "raise --max-entries (transfer.max_entries) to accept an offer this large",
+                        );
+                    }
+                    RefusalCode::UnknownSender => {
+                        return Some(
+                            "add the sender with `conduit peers add NAME KEY` (KEY from `conduit id` there), or receive with --accept-unknown",
+                        );
+                    }
+                    RefusalCode::Declined | RefusalCode::Policy => return None,
+                },
+                TransferError::Busy => {
+                    return Some("try again when the receiver's other transfers are done");
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<DestError>() {
+            return match e {
+                DestError::Exists(_) => Some("receive again with --overwrite to replace it"),
+                DestError::NotWritable { .. } => {
+                    Some("make it writable, or receive into another directory with --out DIR")
+                }
+                DestError::NotADirectory(..) | DestError::IsADirectory(_) => {
+                    Some("receive into a directory with --out DIR")
+                }
+                DestError::StorageFull(_) => Some(
+                    "free space there (or use --out DIR elsewhere), then run the same commands again to resume",
+                ),
+                _ => None,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<HandshakeError>() {
+            return match e {
+                HandshakeError::UnknownPeer(_) => Some(
+                    "add the sender with `conduit peers add NAME KEY` (KEY from `conduit id` there), or receive with --accept-unknown",
+                ),
+                HandshakeError::CodeMismatch
+                | HandshakeError::PeerAborted(AbortReason::CodeMismatch) => Some(
+                    "check the code with the other side, letter by letter; a code works once, so start again with a new one",
+                ),
+                HandshakeError::UnsupportedVersion(_)
+                | HandshakeError::PeerAborted(AbortReason::UnsupportedVersion) => {
+                    Some("run the same version of conduit on both sides")
+                }
+                HandshakeError::PeerAborted(AbortReason::Protocol) => Some(
+                    "the peer could not read what this side sent: run the same version of conduit on both sides, and see the peer's output",
+                ),
+                HandshakeError::Authentication => Some(
+                    "check that the peer's key in the address book is current (`conduit peers list`, `conduit id` there)",
+                ),
+                _ => None,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<crate::relay::client::JoinError>() {
+            use crate::relay::client::JoinError;
+            return match e {
+                JoinError::Connect { .. } | JoinError::Resolve { .. } | JoinError::Lost { .. } => {
+                    Some(
+                        "check the relay's address and port, and that UDP to that port is allowed on the way (firewalls)",
+                    )
+                }
+                _ => None,
+            };
+        }
+        if cause.is::<transfer::NoAnswer>() {
+            return Some(
+                "start `conduit receive --listen ADDR` there first, check the address and port, and that UDP to that port is allowed (firewalls)",
+            );
+        }
+        if let Some(e) = cause.downcast_ref::<quinn::ConnectionError>() {
+            if matches!(e, quinn::ConnectionError::TimedOut) {
+                return Some(
+                    "run the same commands again when the peer is back (a transfer resumes where it stopped)",
+                );
+            }
+        }
+        match crate::transfer::ErrorKind::of(cause) {
+            Some(ErrorKind::Timeout) => {
+                return Some("run the same commands again (a transfer resumes where it stopped)");
+            }
+            Some(ErrorKind::Integrity)
+                if cause.is::<crate::crypto::stream::StreamError>()
+                    || cause.is::<TransferError>() =>
+            {
+                return Some(
+                    "nothing that failed the check was kept; run the transfer again, and if it happens again, check the network path to the peer",
+                );
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Runs one parsed command line.
