@@ -6,6 +6,7 @@ mod common;
 
 mod offers;
 mod receiver_fs;
+mod signals;
 mod source_change;
 mod transfer_direct;
 mod transfer_resume;
