@@ -397,6 +397,8 @@ pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
                     }
                     RefusalCode::Declined | RefusalCode::Policy => return None,
                 },
+                // Transparent: the destination's error is not in the chain of its own.
+                TransferError::Dest(d) => return dest_step(d),
                 TransferError::Busy => {
                     return Some("try again when the receiver's other transfers are done");
                 }
@@ -404,19 +406,7 @@ pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
             }
         }
         if let Some(e) = cause.downcast_ref::<DestError>() {
-            return match e {
-                DestError::Exists(_) => Some("receive again with --overwrite to replace it"),
-                DestError::NotWritable { .. } => {
-                    Some("make it writable, or receive into another directory with --out DIR")
-                }
-                DestError::NotADirectory(..) | DestError::IsADirectory(_) => {
-                    Some("receive into a directory with --out DIR")
-                }
-                DestError::StorageFull(_) => Some(
-                    "free space there (or use --out DIR elsewhere), then run the same commands again to resume",
-                ),
-                _ => None,
-            };
+            return dest_step(e);
         }
         if let Some(e) = cause.downcast_ref::<HandshakeError>() {
             return match e {
@@ -479,6 +469,24 @@ pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// What to do about a destination that failed.
+fn dest_step(e: &crate::transfer::dest::DestError) -> Option<&'static str> {
+    use crate::transfer::dest::DestError;
+    match e {
+        DestError::Exists(_) => Some("receive again with --overwrite to replace it"),
+        DestError::NotWritable { .. } => {
+            Some("make it writable, or receive into another directory with --out DIR")
+        }
+        DestError::NotADirectory(..) | DestError::IsADirectory(_) => {
+            Some("receive into a directory with --out DIR")
+        }
+        DestError::StorageFull(_) => Some(
+            "free space there (or use --out DIR elsewhere), then run the same commands again to resume",
+        ),
+        _ => None,
+    }
 }
 
 /// Runs one parsed command line.

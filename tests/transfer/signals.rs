@@ -363,5 +363,38 @@ fn a_signal_mid_transfer_ends_either_side_within_2_s_and_keeps_the_partial_file(
             1,
             "the partial file was not kept"
         );
+        if stopped == "receiver" {
+            resumed_summary_counts_what_crossed_the_network(&p, &src, &out);
+        }
     }
+}
+
+/// The same commands again, for people: the summary says what was resumed and what
+/// crossed the network (the rate counts only that).
+fn resumed_summary_counts_what_crossed_the_network(p: &Pair, src: &Path, out: &Path) {
+    let mut cmd = conduit(&p.receiver);
+    cmd.args(["receive", "--json", "--listen", "127.0.0.1:0", "--out"])
+        .arg(out);
+    let mut rx = Running::spawn(cmd);
+    let addr = rx.first["addr"].as_str().unwrap().to_string();
+    let sent = conduit(&p.sender)
+        .arg("send")
+        .arg(src)
+        .args(["--to", "lab", "--direct", &addr])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&sent.stdout).into_owned();
+    assert!(sent.status.success(), "{said}");
+    assert!(rx.finish().0.success());
+    assert!(said.starts_with("sent 1 file, 256.0 MiB in "), "{said}");
+    let resumed = said
+        .lines()
+        .find(|l| l.starts_with("  resumed: "))
+        .unwrap_or_else(|| panic!("no resume line: {said}"));
+    assert!(
+        resumed.contains("were already at the receiver;")
+            && resumed.contains("crossed the network"),
+        "{resumed}"
+    );
+    common::assert_no_rust_names("the sender's stdout", &said);
 }

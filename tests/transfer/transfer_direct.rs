@@ -182,8 +182,11 @@ fn an_existing_file_is_refused_without_overwrite() {
         "{}",
         text(&out.stderr)
     );
-    let (status, _, _) = rx.finish();
+    let (status, _, rerr) = rx.finish();
     assert_eq!(status.code(), Some(5));
+    // The receiver's error says what to do: the flag that replaces the file.
+    assert!(rerr.contains("already exists"), "{rerr}");
+    assert!(rerr.contains("--overwrite"), "{rerr}");
     assert_eq!(
         std::fs::read(inbox.join("report.pdf")).unwrap(),
         b"old content"
