@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod addresses;
 mod human_output;
 mod offers;
 mod receiver_fs;
