@@ -251,7 +251,7 @@ const MIN_RATE_BYTES: u64 = 64 * 1024;
 /// `bytes` in `seconds` as a rate for people ("12.3 MiB/s"), or `None` when the
 /// transfer was too short or too small for the figure to mean anything.
 pub(crate) fn rate(bytes: u64, seconds: f64) -> Option<String> {
-    if !(seconds >= MIN_RATE_SECONDS) || bytes < MIN_RATE_BYTES {
+    if seconds.is_nan() || seconds < MIN_RATE_SECONDS || bytes < MIN_RATE_BYTES {
         return None;
     }
     let per_second = (bytes as f64 / seconds).min(u64::MAX as f64) as u64;

@@ -441,13 +441,13 @@ fn remove_stale_parts(dest: &Destination, audit: &Audit, days: u32) {
     let names = audit.names();
     for r in removed {
         eprintln!(
-            "removed the partial file of {} ({} bytes): older than {days} days",
+            "removed the partial file of {} ({}): older than {days} days",
             if names.hides() {
                 names.tag(&r.path)
             } else {
                 crate::transfer::paths::escape(&r.path)
             },
-            r.bytes
+            crate::cli::output::size(r.bytes)
         );
         if let Err(e) = audit.partial_removed(&r.path, r.bytes, &reason) {
             eprintln!("warning: {e}");

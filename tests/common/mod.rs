@@ -622,9 +622,7 @@ pub fn rust_names(text: &str) -> Vec<String> {
                 let word = &text[s..i];
                 let after = &text[i..];
                 let before = &text[..s];
-                if RUST_NAMES.contains(&word) {
-                    found.push(word.to_string());
-                } else if RUST_WORDS.contains(&word)
+                let debug_like = RUST_WORDS.contains(&word)
                     && (after.starts_with('(')
                         || after.starts_with(" {")
                         || after.starts_with("::")
@@ -633,8 +631,8 @@ pub fn rust_names(text: &str) -> Vec<String> {
                             && after
                                 .chars()
                                 .next()
-                                .is_none_or(|c| !c.is_alphanumeric() && c != ' ')))
-                {
+                                .is_none_or(|c| !c.is_alphanumeric() && c != ' ')));
+                if RUST_NAMES.contains(&word) || debug_like {
                     found.push(word.to_string());
                 }
             }
