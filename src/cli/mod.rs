@@ -373,7 +373,7 @@ pub(crate) fn describe_with_next_step(err: &anyhow::Error) -> String {
 /// What the user can do about `err` (the first cause that has an answer); the library's
 /// messages name no flag or command, the binary adds them here.
 pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
-    use crate::crypto::handshake::{AbortReason, HandshakeError};
+    use crate::crypto::handshake::HandshakeError;
     use crate::transfer::dest::DestError;
     use crate::transfer::protocol::RefusalCode;
     use crate::transfer::{ErrorKind, TransferError};
@@ -406,6 +406,10 @@ pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
                 },
                 // Transparent: the destination's error is not in the chain of its own.
                 TransferError::Dest(d) => return dest_step(d),
+                // Transparent too: the handshake's error inside.
+                _ if e.handshake_error().is_some() => {
+                    return e.handshake_error().and_then(handshake_step);
+                }
                 TransferError::Busy => {
                     return Some("try again when the receiver's other transfers are done");
                 }
@@ -416,26 +420,7 @@ pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
             return dest_step(e);
         }
         if let Some(e) = cause.downcast_ref::<HandshakeError>() {
-            return match e {
-                HandshakeError::UnknownPeer(_) => Some(
-                    "add the sender with `conduit peers add NAME KEY` (KEY from `conduit id` there), or receive with --accept-unknown",
-                ),
-                HandshakeError::CodeMismatch
-                | HandshakeError::PeerAborted(AbortReason::CodeMismatch) => Some(
-                    "check the code with the other side, letter by letter; a code works once, so start again with a new one",
-                ),
-                HandshakeError::UnsupportedVersion(_)
-                | HandshakeError::PeerAborted(AbortReason::UnsupportedVersion) => {
-                    Some("run the same version of conduit on both sides")
-                }
-                HandshakeError::PeerAborted(AbortReason::Protocol) => Some(
-                    "the peer could not read what this side sent: run the same version of conduit on both sides, and see the peer's output",
-                ),
-                HandshakeError::Authentication => Some(
-                    "check that the peer's key in the address book is current (`conduit peers list`, `conduit id` there)",
-                ),
-                _ => None,
-            };
+            return handshake_step(e);
         }
         if let Some(e) = cause.downcast_ref::<crate::relay::client::JoinError>() {
             use crate::relay::client::JoinError;
@@ -471,6 +456,32 @@ pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// What to do about a failed handshake.
+fn handshake_step(e: &crate::crypto::handshake::HandshakeError) -> Option<&'static str> {
+    use crate::crypto::handshake::{AbortReason, HandshakeError};
+    match e {
+        HandshakeError::UnknownPeer(_) => Some(
+            "add the sender with `conduit peers add NAME KEY` (KEY from `conduit id` there), or receive with --accept-unknown",
+        ),
+        HandshakeError::CodeMismatch | HandshakeError::PeerAborted(AbortReason::CodeMismatch) => {
+            Some(
+                "check the code with the other side, letter by letter; a code works once, so start again with a new one",
+            )
+        }
+        HandshakeError::UnsupportedVersion(_)
+        | HandshakeError::PeerAborted(AbortReason::UnsupportedVersion) => {
+            Some("run the same version of conduit on both sides")
+        }
+        HandshakeError::PeerAborted(AbortReason::Protocol) => Some(
+            "the peer could not read what this side sent: run the same version of conduit on both sides, and see the peer's output",
+        ),
+        HandshakeError::Authentication => Some(
+            "check that the peer's key in the address book is current (`conduit peers list`, `conduit id` there)",
+        ),
+        _ => None,
+    }
 }
 
 /// What to do about a destination that failed.

@@ -17,7 +17,7 @@ pub fn connection(e: &ConnectionError) -> String {
             "the peer reset the connection (it restarted, or no longer knows it)".to_string()
         }
         ConnectionError::TimedOut => {
-            "no packet from the peer within the idle timeout: it went away, or the network (a firewall on the UDP port) drops the packets".to_string()
+            "timed out: no packet from the peer within the idle timeout (it went away, or the network, a firewall on the UDP port, drops the packets)".to_string()
         }
         ConnectionError::LocallyClosed => "the connection was closed on this side".to_string(),
         ConnectionError::VersionMismatch => {
