@@ -134,9 +134,11 @@ fn receiver_at_a_terminal(p: &Pair, out: &Path) -> (Child, String, Pty) {
         .spawn()
         .unwrap();
     let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    // The rest (how a sender reaches us, the summary) is drained: a closed pipe would end
+    // the receiver.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let addr = first
         .trim()
         .strip_prefix("listening on ")
