@@ -222,23 +222,9 @@ pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
     }
 }
 
-/// A size for people in binary units with one decimal: "0 B", "1 byte", "512 B",
-/// "1.5 KiB", "12.0 MiB", "1.2 GiB", "3.0 TiB".
+/// A size for people (see [`crate::transfer::sentences::size`]).
 pub(crate) fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    match bytes {
-        1 => return "1 byte".to_string(),
-        0..1024 => return format!("{bytes} B"),
-        _ => {}
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    // Rounded as shown: 1023.96 KiB is "1.0 MiB", not "1024.0 KiB".
-    while value >= 1023.95 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    crate::transfer::sentences::size(bytes)
 }
 
 /// Shortest transfer whose rate is shown: below it (or below [`MIN_RATE_BYTES`]) the

@@ -1,10 +1,29 @@
-//! Errors of the layers below (QUIC, IO) as sentences for people: what a close code
+//! Sizes and the errors of the layers below (QUIC, IO) as words for people: what a close code
 //! means, why a stream ended. A QUIC close carries the peer's reason bytes; they are never
 //! shown (a peer chooses them), only what the code stands for here.
 
 use quinn::{ConnectionError, ReadError, WriteError};
 
 use crate::transfer::error::{CLOSE_BUSY, CLOSE_CANCELLED, CLOSE_DONE, CLOSE_ERROR, CLOSE_TIMEOUT};
+
+/// A size for people in binary units with one decimal: "0 B", "1 byte", "512 B",
+/// "1.5 KiB", "12.0 MiB", "1.2 GiB", "3.0 TiB".
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    match bytes {
+        1 => return "1 byte".to_string(),
+        0..1024 => return format!("{bytes} B"),
+        _ => {}
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // Rounded as shown: 1023.96 KiB is "1.0 MiB", not "1024.0 KiB".
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
 
 /// Why a connection ended, as a sentence.
 pub fn connection(e: &ConnectionError) -> String {

@@ -71,6 +71,9 @@ fn a_full_destination_is_a_clear_error_and_nothing_lands() {
     assert!(!sent.status.success(), "the sender reported success");
     assert!(!status.success());
     assert!(err.contains("space"), "{err}");
+    // Sizes for people, and what to do.
+    assert!(err.contains("2.9 MiB needed"), "{err}");
+    assert!(err.contains("--out DIR"), "{err}");
     assert!(!landed, "a partial file got its final name");
 }
 

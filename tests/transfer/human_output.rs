@@ -212,3 +212,27 @@ fn nobody_at_a_direct_address_is_an_error_with_the_next_step() {
     assert!(err.contains("conduit receive --listen"), "{err}");
     assert!(err.contains("UDP"), "{err}");
 }
+
+#[test]
+fn an_unreachable_relay_is_an_error_with_the_next_step() {
+    let p = pair_knowing(true, true);
+    let a = p.root.join("a.txt");
+    std::fs::write(&a, b"x").unwrap();
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let nobody = free.local_addr().unwrap().to_string();
+    drop(free);
+    let pin = "a".repeat(64);
+    let out = conduit(&p.sender)
+        .arg("send")
+        .arg(&a)
+        .args(["--to", "lab", "--relay", &nobody, "--relay-pin", &pin])
+        .args(["--relay-wait", "1"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("relay {nobody}")), "{err}");
+    assert!(err.contains("check the relay's address and port"), "{err}");
+    assert!(err.contains("UDP"), "{err}");
+    common::assert_no_rust_names("stderr", &err);
+}

@@ -163,6 +163,14 @@ fn an_unknown_sender_is_refused_the_receiver_failing_authentication() {
             .contains("unknown sender"),
         "{rout}"
     );
+    // With what to do about it.
+    assert!(
+        failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("conduit peers add NAME KEY"),
+        "{rout}"
+    );
     assert!(!inbox.join("x.txt").exists());
 }
 
