@@ -91,13 +91,9 @@ pub(crate) fn events(out: Output, book: &AddressBook) -> Events {
             );
         }
         (Output::Human, Event::Progress { bytes, total }) => {
-            let b = bar.get_or_init(|| {
-                // A resumed transfer starts part way: its rate and ETA count from there.
-                let b = progress_bar(total);
-                b.set_position(bytes);
-                b.reset_eta();
-                b
-            });
+            // A resumed transfer (or the first event, some way in) starts part way: its
+            // rate and ETA count from there.
+            let b = bar.get_or_init(|| progress_bar(total, bytes));
             b.set_position(bytes);
             if bytes >= total {
                 b.finish_and_clear();
@@ -164,15 +160,55 @@ pub(crate) fn source_error_shown(
     .into()
 }
 
-/// A progress bar on stderr (drawn only when stderr is a terminal).
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
+/// A progress bar on stderr (drawn only when stderr is a terminal), at `start` of
+/// `total` bytes: "[bar] 12.0 MiB/256.0 MiB 98.3 MiB/s ETA 2s name". The rate counts the
+/// bytes moved since the bar appeared, and only after half a second (before, one jump
+/// of the position would read as TiB/s); the ETA follows from it.
+fn progress_bar(total: u64, start: u64) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::with_draw_target(
         Some(total),
         indicatif::ProgressDrawTarget::stderr_with_hz(4),
     );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}",
-    ) {
+    b.set_position(start);
+    let rate = move |s: &indicatif::ProgressState| {
+        let secs = s.elapsed().as_secs_f64();
+        let moved = s.pos().saturating_sub(start);
+        (secs >= 0.5 && moved > 0).then(|| moved as f64 / secs)
+    };
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30} {done}/{all} {rate}{eta} {wide_msg}")
+    {
+        let style = style
+            .with_key(
+                "done",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}", size(s.pos()));
+                },
+            )
+            .with_key(
+                "all",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}", size(s.len().unwrap_or(0)));
+                },
+            )
+            .with_key(
+                "rate",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    if let Some(r) = rate(s) {
+                        let _ = write!(w, "{}/s", size(r as u64));
+                    }
+                },
+            )
+            .with_key(
+                "eta",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    if let Some(r) = rate(s) {
+                        let left = s.len().unwrap_or(0).saturating_sub(s.pos()) as f64 / r;
+                        let left = std::time::Duration::from_secs(left.min(1e7) as u64);
+                        let _ = write!(w, " ETA {}", indicatif::HumanDuration(left));
+                    }
+                },
+            );
         b.set_style(style);
     }
     b

@@ -18,14 +18,15 @@ use common::{Pair, Running, conduit, pair_knowing, wait_for_durable, write_large
 /// The bar: a signalled process ends within this.
 const WITHIN: Duration = Duration::from_secs(2);
 
-/// A pseudo-terminal: the child's side (to hand to it as stdin and stderr) and what the
-/// child wrote to it, collected on a thread.
-struct Pty {
+/// A pseudo-terminal: the child's side (to hand to it as stdin and stderr), our side to
+/// type on, and what the child wrote to it, collected on a thread.
+pub(crate) struct Pty {
     child_side: OwnedFd,
+    ours: std::fs::File,
     seen: Arc<Mutex<String>>,
 }
 
-fn openpty() -> Pty {
+pub(crate) fn openpty() -> Pty {
     // SAFETY: plain libc calls on descriptors this function owns; each result is checked
     // before use, and ptsname_r writes at most `buf.len()` bytes.
     unsafe {
@@ -38,6 +39,7 @@ fn openpty() -> Pty {
         let slave = libc::open(buf.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
         assert!(slave >= 0, "open the pty's child side");
         let master = std::fs::File::from_raw_fd(master);
+        let ours = master.try_clone().unwrap();
         let seen = Arc::new(Mutex::new(String::new()));
         let collect = Arc::clone(&seen);
         std::thread::spawn(move || {
@@ -56,18 +58,25 @@ fn openpty() -> Pty {
         });
         Pty {
             child_side: OwnedFd::from_raw_fd(slave),
+            ours,
             seen,
         }
     }
 }
 
 impl Pty {
-    fn stdio(&self) -> Stdio {
+    /// Types `text` at the terminal.
+    pub(crate) fn type_in(&self, text: &str) {
+        use std::io::Write;
+        (&self.ours).write_all(text.as_bytes()).unwrap();
+    }
+
+    pub(crate) fn stdio(&self) -> Stdio {
         Stdio::from(self.child_side.try_clone().unwrap())
     }
 
     /// Waits (at most 60 s) until the child wrote `needle` to the terminal.
-    fn wait_for(&self, needle: &str) -> String {
+    pub(crate) fn wait_for(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let seen = self.seen.lock().unwrap().clone();
@@ -399,4 +408,36 @@ fn resumed_summary_counts_what_crossed_the_network(p: &Pair, src: &Path, out: &P
         "{resumed}"
     );
     common::assert_no_rust_names("the sender's stdout", &said);
+}
+
+#[test]
+fn both_sides_show_a_progress_bar_with_rate_and_eta_and_the_answer_yes_receives() {
+    let p = pair_knowing(true, true);
+    let src = p.root.join("big.bin");
+    write_large(&src, 256 << 20);
+    let inbox = p.root.join("inbox");
+    let (mut rx, addr, rx_tty) = receiver_at_a_terminal(&p, &inbox);
+    let tx_tty = openpty();
+    let mut tx = conduit(&p.sender)
+        .arg("send")
+        .arg(&src)
+        .args(["--to", "lab", "--direct", &addr])
+        .stdout(Stdio::null())
+        .stderr(tx_tty.stdio())
+        .spawn()
+        .unwrap();
+    rx_tty.wait_for("[y/N]");
+    rx_tty.type_in("y\n");
+    assert!(tx.wait().unwrap().success());
+    assert!(rx.wait().unwrap().success());
+    for (who, tty) in [("sender", &tx_tty), ("receiver", &rx_tty)] {
+        let seen = tty.wait_for("");
+        // "[bar] 12.0 MiB/256.0 MiB 150.2 MiB/s ETA 2s"
+        assert!(seen.contains("/256.0 MiB"), "{who}: {seen}");
+        assert!(seen.contains("MiB/s"), "{who}: {seen}");
+        assert!(seen.contains("ETA"), "{who}: {seen}");
+        // No rate from the first jump of the position (it read "2.59 TiB/s").
+        assert!(!seen.contains("TiB/s"), "{who}: {seen}");
+    }
+    assert!(common::same_file(&src, &inbox.join("big.bin")));
 }
