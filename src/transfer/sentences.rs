@@ -88,7 +88,7 @@ pub fn write(e: &WriteError) -> String {
 }
 
 /// An IO error: a QUIC error inside it as the sentences above, a stream that ended
-/// early as that, others as the system says them.
+/// early ("early eof") as that, others as the system says them.
 pub fn io(e: &std::io::Error) -> String {
     if let Some(inner) = e.get_ref() {
         if let Some(r) = inner.downcast_ref::<ReadError>() {
@@ -101,8 +101,10 @@ pub fn io(e: &std::io::Error) -> String {
             return connection(c);
         }
     }
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        return "the peer closed the stream before the message ended (it gave up, or its process ended)".to_string();
+    // tokio's `read_exact` on a QUIC stream that ended (a local file read short says
+    // "failed to fill whole buffer", and keeps it).
+    if e.kind() == std::io::ErrorKind::UnexpectedEof && e.to_string() == "early eof" {
+        return "the stream ended early (the peer closed it, or its process ended)".to_string();
     }
     e.to_string()
 }
@@ -145,6 +147,12 @@ mod tests {
         assert!(connection(&closed(77, b"x")).contains("code 77"));
         let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof");
         assert!(!io(&eof).contains("early eof"));
+        // A local file read short is not the peer's doing.
+        let short = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "failed to fill whole buffer",
+        );
+        assert_eq!(io(&short), "failed to fill whole buffer");
         let lost = std::io::Error::from(ReadError::ConnectionLost(ConnectionError::TimedOut));
         assert!(io(&lost).contains("idle timeout"), "{}", io(&lost));
     }
