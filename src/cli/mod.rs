@@ -422,6 +422,11 @@ pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
         if let Some(e) = cause.downcast_ref::<HandshakeError>() {
             return handshake_step(e);
         }
+        if let Some(crate::peers::PeersError::NotFound(_)) = cause.downcast_ref() {
+            return Some(
+                "`conduit peers list` shows the names in the address book, `conduit peers add NAME KEY` adds one",
+            );
+        }
         if let Some(e) = cause.downcast_ref::<crate::relay::client::JoinError>() {
             use crate::relay::client::JoinError;
             return match e {

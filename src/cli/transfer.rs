@@ -340,7 +340,8 @@ fn send_with(
     let recipient = match &args.to {
         Some(name) => Recipient::Known(
             book.find_by_name(name)
-                .with_context(|| format!("no peer named {name:?} in the address book"))?
+                .ok_or_else(|| crate::peers::PeersError::NotFound(name.clone()))
+                .context("the recipient (--to) is not in the address book")?
                 .key,
         ),
         None => {
