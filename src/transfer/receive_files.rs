@@ -328,7 +328,11 @@ fn plan_resume(
             plan,
             Some(Refusal::new(
                 RefusalCode::NoSpace,
-                format!("{needed} bytes needed, {} available", space.available),
+                format!(
+                    "{} needed, {} available",
+                    crate::transfer::sentences::size(needed),
+                    crate::transfer::sentences::size(space.available)
+                ),
             )),
         ));
     }
@@ -337,7 +341,7 @@ fn plan_resume(
 
 /// Sends the receipt: the start with this receiver's audit chain head, then the hashes
 /// in batches.
-async fn send_receipt(
+pub(crate) async fn send_receipt(
     tx: &mut quinn::SendStream,
     est: &mut crate::crypto::handshake::Established,
     hashes: &[blake3::Hash],
