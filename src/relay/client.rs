@@ -46,7 +46,7 @@ pub enum JoinError {
     /// The relay did not answer the QUIC handshake in time: it is not running there, or
     /// a firewall drops its UDP port.
     #[error(
-        "relay {relay} is unreachable: no answer within {} s (check the address, that the relay is running, and that UDP port {port} is open)",
+        "relay {relay} is unreachable: no answer within {} s (check the relay's address and port, that it is running, and that UDP port {port} is open)",
         CONNECT_TIMEOUT.as_secs()
     )]
     Unreachable {
