@@ -9,6 +9,7 @@
 //!
 //! The schema is documented in docs/HIPAA.md ("Audit records").
 
+mod group;
 pub mod limit;
 pub mod log;
 pub mod names;
@@ -78,7 +79,8 @@ pub enum NameMode {
 }
 
 struct Inner {
-    log: log::AuditLog,
+    /// The log, and the group commit of the records of this endpoint's transfers.
+    group: Arc<group::GroupCommit>,
     names_key: Arc<ChainKey>,
     /// The bound on records of parties that never authenticated.
     unauthenticated: limit::Limiter,
@@ -88,14 +90,15 @@ struct Inner {
 }
 
 /// The audit trail of one endpoint, shared by its transfers (cheap to clone). Writes
-/// happen on a blocking thread.
+/// happen on a blocking thread; the records of transfers written at the same time are
+/// committed together ([`group`]).
 #[derive(Clone, Default)]
 pub struct Audit(Option<Arc<Inner>>);
 
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
-            Some(i) => write!(f, "Audit({})", i.log.dir().display()),
+            Some(i) => write!(f, "Audit({})", i.group.log().dir().display()),
             None => f.write_str("Audit(off)"),
         }
     }
@@ -152,11 +155,11 @@ impl Audit {
         let secret = identity.secret_bytes();
         let names = options.names;
         Self(Some(Arc::new(Inner {
-            log: log::AuditLog::new(
+            group: group::GroupCommit::new(Arc::new(log::AuditLog::new(
                 dir(home),
                 ChainKey::derive(&secret, CHAIN_LABEL),
                 options.rotate_bytes,
-            ),
+            ))),
             names_key: Arc::new(ChainKey::derive(&secret, NAMES_LABEL)),
             unauthenticated: limit::Limiter::default(),
             names,
@@ -185,7 +188,7 @@ impl Audit {
         let Some(inner) = self.0.clone() else {
             return Ok(None);
         };
-        tokio::task::spawn_blocking(move || inner.log.head())
+        tokio::task::spawn_blocking(move || inner.group.log().head())
             .await
             .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
     }
@@ -199,17 +202,10 @@ impl Audit {
         let Some((count, since)) = inner.unauthenticated.take() else {
             return Ok(());
         };
-        let written = tokio::task::spawn_blocking({
-            let inner = Arc::clone(&inner);
-            let since = since.clone();
-            move || {
-                inner
-                    .log
-                    .append(suppressed_record(&inner.local, count, since))
-            }
-        })
-        .await
-        .map_err(|e| AuditError::Io(std::io::Error::other(e)))?;
+        let written = inner
+            .group
+            .append(vec![suppressed_record(&inner.local, count, since.clone())])
+            .await;
         if written.is_err() {
             inner.unauthenticated.restore(count, since);
         }
@@ -236,7 +232,7 @@ impl Audit {
             NameMode::Plain => r.path = Some(path.to_string()),
             NameMode::Hash => r.path_hash = Some(inner.names_key.name_hash(path)),
         }
-        inner.log.append(r).map(|_| ())
+        inner.group.log().append(r).map(|_| ())
     }
 
     /// The records of one transfer, under a new random session id.
@@ -373,15 +369,14 @@ impl SessionAudit {
             .as_deref()
             .map(|t| record::bounded(&self.names.redact(t)));
         r.peer_name = r.peer_name.as_deref().map(record::bounded);
-        tokio::task::spawn_blocking(move || {
-            if let Some(s) = summary {
-                inner.log.append(s)?;
-            }
-            inner.log.append_with_head(r)
-        })
-        .await
-        .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
-        .map(|(_, head)| Some(head))
+        // With the records of other transfers written at the same time (one write and one
+        // fsync for them all), and durable when this returns.
+        let records = summary.into_iter().chain([r]).collect();
+        inner
+            .group
+            .append(records)
+            .await
+            .map(|(_, head)| Some(head))
     }
 
     /// The chain's head now (the MAC of the log's last record); `None` when the audit is
@@ -390,7 +385,7 @@ impl SessionAudit {
         let Some(inner) = self.audit.0.clone() else {
             return Ok(None);
         };
-        tokio::task::spawn_blocking(move || inner.log.head_mac())
+        tokio::task::spawn_blocking(move || inner.group.log().head_mac())
             .await
             .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
     }

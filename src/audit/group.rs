@@ -1,0 +1,166 @@
+//! Group commit: the records that transfers write at the same time share one append.
+//!
+//! A record is queued; if no commit is running, one starts on a blocking thread and takes
+//! everything queued so far as one group ([`AuditLog::append_batch`]: one lock of the
+//! log, one write and one `fdatasync` for the group). Records queued while a commit is
+//! running go in the next group, which the same thread commits right after. Each caller
+//! still waits until its own records are durable (or failed) before it goes on, so a
+//! record is never relied on (a file reported completed, a receipt sent) before it is on
+//! disk; the chain, the files and their format are exactly those of one append per
+//! record, in the order the records were queued.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use crate::audit::AuditError;
+use crate::audit::log::AuditLog;
+use crate::audit::record::Record;
+
+/// The chain's head right after a caller's last record: its sequence number and MAC.
+type Head = (u64, [u8; 32]);
+
+/// One caller's records (kept together, in order, in one group) and where to say how
+/// their commit went.
+struct Waiting {
+    records: Vec<Record>,
+    done: oneshot::Sender<Result<Head, AuditError>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiting>,
+    /// Whether a commit is running (it takes what is queued before it stops).
+    running: bool,
+}
+
+/// The group committer of one [`AuditLog`].
+pub(crate) struct GroupCommit {
+    log: Arc<AuditLog>,
+    queue: Mutex<Queue>,
+}
+
+impl GroupCommit {
+    /// Commits to `log`.
+    pub(crate) fn new(log: Arc<AuditLog>) -> Arc<Self> {
+        Arc::new(Self {
+            log,
+            queue: Mutex::new(Queue::default()),
+        })
+    }
+
+    /// The log.
+    pub(crate) fn log(&self) -> &Arc<AuditLog> {
+        &self.log
+    }
+
+    /// Appends `records` (in this order, none of another caller's between them) with the
+    /// next group and waits until they are durable: the sequence number and MAC of the
+    /// last one. An error means none of them can be relied on.
+    pub(crate) async fn append(self: &Arc<Self>, records: Vec<Record>) -> Result<Head, AuditError> {
+        let (done, wait) = oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            q.waiting.push(Waiting { records, done });
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            let mut guard = Running {
+                commit: Arc::clone(self),
+                finished: false,
+            };
+            tokio::task::spawn_blocking(move || {
+                guard.commit.commit_all();
+                guard.finish();
+            });
+        }
+        wait.await.unwrap_or_else(|_| {
+            Err(AuditError::Io(std::io::Error::other(
+                "the audit writer stopped before the record was written",
+            )))
+        })
+    }
+
+    /// Commits groups until nothing is queued.
+    fn commit_all(&self) {
+        loop {
+            let group = {
+                let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if q.waiting.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                std::mem::take(&mut q.waiting)
+            };
+            self.commit(group);
+        }
+    }
+
+    /// Commits one group and tells each caller how its records went.
+    fn commit(&self, group: Vec<Waiting>) {
+        let mut counts = Vec::with_capacity(group.len());
+        let mut records = Vec::new();
+        let mut replies = Vec::with_capacity(group.len());
+        for w in group {
+            counts.push(w.records.len());
+            records.extend(w.records);
+            replies.push(w.done);
+        }
+        let (durable, failed) = self.log.append_batch(records);
+        let mut heads = durable.into_iter();
+        for (count, reply) in counts.into_iter().zip(replies) {
+            let mine: Vec<Head> = heads.by_ref().take(count).collect();
+            let result = match (mine.len() == count, mine.last(), &failed) {
+                (true, Some(&head), _) => Ok(head),
+                (_, _, Some(e)) => Err(duplicate(e)),
+                _ => Err(AuditError::Io(std::io::Error::other(
+                    "the audit record was not written",
+                ))),
+            };
+            // A caller that stopped waiting does not need the answer.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// A commit task that ends without finishing (a runtime shutting down drops a blocking
+/// task that has not started; a panic) clears `running` and drops what is queued, so
+/// that its callers get an error instead of waiting forever, and the next record starts
+/// a commit again.
+struct Running {
+    commit: Arc<GroupCommit>,
+    finished: bool,
+}
+
+impl Running {
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut q = self
+                .commit
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            q.running = false;
+            q.waiting.clear();
+        }
+    }
+}
+
+/// The same error for another caller of the group.
+fn duplicate(e: &AuditError) -> AuditError {
+    match e {
+        AuditError::Io(io) => AuditError::Io(std::io::Error::new(io.kind(), io.to_string())),
+        AuditError::Damaged { file, why } => AuditError::Damaged {
+            file: file.clone(),
+            why: why.clone(),
+        },
+        AuditError::Broken(b) => AuditError::Broken(b.clone()),
+        AuditError::CutShort(s) => AuditError::CutShort(s.clone()),
+    }
+}
