@@ -49,7 +49,7 @@ use crate::transfer::resume::Sidecar;
 mod part;
 mod stale;
 
-pub use part::PartFile;
+pub use part::{NameSyncs, PartFile, Renamed};
 use part::{names_ours, open_part_file};
 pub use stale::Removed;
 
