@@ -9,6 +9,7 @@
 //! disk; the chain, the files and their format are exactly those of one append per
 //! record, in the order the records were queued.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
@@ -38,6 +39,8 @@ struct Queue {
 pub(crate) struct GroupCommit {
     log: Arc<AuditLog>,
     queue: Mutex<Queue>,
+    /// Groups committed so far.
+    groups: AtomicU64,
 }
 
 impl GroupCommit {
@@ -46,7 +49,14 @@ impl GroupCommit {
         Arc::new(Self {
             log,
             queue: Mutex::new(Queue::default()),
+            groups: AtomicU64::new(0),
         })
+    }
+
+    /// How many groups were committed so far.
+    #[cfg(test)]
+    pub(crate) fn groups(&self) -> u64 {
+        self.groups.load(Ordering::Relaxed)
     }
 
     /// The log.
@@ -107,6 +117,7 @@ impl GroupCommit {
             replies.push(w.done);
         }
         let (durable, failed) = self.log.append_batch(records);
+        self.groups.fetch_add(1, Ordering::Relaxed);
         let mut heads = durable.into_iter();
         for (count, reply) in counts.into_iter().zip(replies) {
             let mine: Vec<Head> = heads.by_ref().take(count).collect();

@@ -612,4 +612,51 @@ mod tests {
         assert_eq!(a.append(record(4)).unwrap(), 4);
         assert_eq!(verify::verify(&dir, &key()).unwrap().unwrap().records, 5);
     }
+
+    /// A group that crosses the rotation size continues in the next file where appending
+    /// its records one at a time would have: the same files with the same records, one
+    /// chain.
+    #[test]
+    fn a_group_is_split_across_rotation_as_single_appends_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = || ChainKey::derive(&[7u8; 32], b"test");
+        let (one, batch) = (tmp.path().join("one"), tmp.path().join("batch"));
+        let (a, b) = (
+            AuditLog::new(one.clone(), key(), Some(1500)),
+            AuditLog::new(batch.clone(), key(), Some(1500)),
+        );
+        a.append(record(0)).unwrap();
+        b.append(record(0)).unwrap();
+        for n in 1..=20 {
+            a.append(record(n)).unwrap();
+        }
+        let (heads, failed) = b.append_batch((1..=20).map(record).collect());
+        assert!(failed.is_none());
+        assert_eq!(
+            heads.iter().map(|h| h.0).collect::<Vec<_>>(),
+            (2..=21).collect::<Vec<_>>()
+        );
+        let shape = |dir: &Path| -> Vec<(u64, Vec<u64>)> {
+            list(dir)
+                .unwrap()
+                .into_iter()
+                .map(|(n, p)| {
+                    let seqs = fs::read_to_string(p)
+                        .unwrap()
+                        .lines()
+                        .map(|l| record::parse(l).unwrap().record.seq)
+                        .collect();
+                    (n, seqs)
+                })
+                .collect()
+        };
+        assert!(shape(&one).len() > 2, "rotated: {:?}", shape(&one));
+        assert_eq!(shape(&one), shape(&batch));
+        // The last head is the chain's head, and the next append continues the chain.
+        assert_eq!(b.head_mac().unwrap(), heads.last().map(|h| h.1));
+        assert_eq!(b.append(record(21)).unwrap(), 22);
+        for dir in [&one, &batch] {
+            assert!(verify::verify(dir, &key()).unwrap().is_ok());
+        }
+    }
 }

@@ -658,4 +658,66 @@ mod tests {
             .unwrap();
         assert_eq!(valid.records, 201);
     }
+
+    /// Records queued while a commit waits for the log's lock (another process holds it)
+    /// go in one group: one write and one fsync for them all, each caller returns once its
+    /// record is durable, and the chain has every record once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_written_during_a_commit_share_the_next_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let me = Identity::generate().unwrap();
+        let audit = Audit::open(
+            &home,
+            &me,
+            &AddressBook::load(&home).unwrap(),
+            Options::default(),
+        );
+        let peer = Identity::generate().unwrap().public();
+        audit
+            .session(Side::Receive)
+            .opened(&peer, AuthMethod::PinnedKey)
+            .await
+            .unwrap();
+        let group = || audit.0.as_ref().unwrap().group.groups();
+        let before = group();
+        // Another writer holds the log.
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .open(super::dir(&home).join("lock"))
+            .unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let s = Arc::new(audit.session(Side::Receive));
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..50u64 {
+            let (s, done) = (Arc::clone(&s), Arc::clone(&done));
+            tasks.spawn(async move {
+                s.file_completed(&format!("f{i}"), i, &blake3::hash(b"x"))
+                    .await
+                    .unwrap();
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Nobody was told durable while the log could not be written.
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 0);
+        drop(lock);
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+        // The first record's commit, then everything queued meanwhile.
+        let groups = group() - before;
+        assert!(groups <= 2, "{groups} groups for 50 records");
+        let valid = verify::verify(&super::dir(&home), &chain_key(&me))
+            .unwrap()
+            .unwrap();
+        assert_eq!(valid.records, 52);
+        let records = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
+        let mut paths: Vec<String> = records.iter().filter_map(|r| r.path.clone()).collect();
+        paths.sort();
+        let mut want: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+        want.sort();
+        assert_eq!(paths, want);
+    }
 }

@@ -665,6 +665,58 @@ mod tests {
         assert_eq!(fs::read(d.path().join("a/b/c.txt")).unwrap(), b"other");
     }
 
+    /// Files renamed together: one fsync per directory (by inode: a directory swapped
+    /// for another of the same name between two files is fsynced too), every file's
+    /// result, and with [`NameSyncs`] each caller returns once its name is durable.
+    #[test]
+    fn a_group_of_renames_fsyncs_each_directory_once() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        let mut renamed = Vec::new();
+        let mut named = |dest: &Destination, path: &str| {
+            let p = dest.create_part(&rel(path)).unwrap();
+            p.write_at(path.as_bytes(), 0).unwrap();
+            renamed.push(p.rename(false, false).unwrap());
+        };
+        for path in ["a/1", "a/2", "b/1", "a/3", "top", "b/2", "d/x"] {
+            named(&dest, path);
+        }
+        fs::rename(d.path().join("d"), d.path().join("d-old")).unwrap();
+        named(&dest, "d/y");
+        assert_eq!(dest.unsynced.lock().unwrap().len(), 3, "a, b and d made");
+        let (results, fsyncs) = part::sync_group(&renamed);
+        assert_eq!(results.len(), 8);
+        assert!(results.iter().all(Result::is_ok));
+        // a, b, the destination, the old d and the new d.
+        assert_eq!(fsyncs, 5);
+        assert!(dest.unsynced.lock().unwrap().is_empty());
+        for path in ["a/1", "a/2", "a/3", "b/1", "b/2", "top", "d-old/x", "d/y"] {
+            assert!(d.path().join(path).is_file(), "{path}");
+        }
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let syncs = Arc::new(NameSyncs::default());
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..40 {
+                let p = dest.create_part(&rel(&format!("e/{i}"))).unwrap();
+                let syncs = Arc::clone(&syncs);
+                tasks.spawn(async move {
+                    let r = p.rename(false, false).unwrap();
+                    syncs.durable(r).await
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap().unwrap();
+            }
+        });
+        assert_eq!(fs::read_dir(d.path().join("e")).unwrap().count(), 40);
+        assert!(dest.unsynced.lock().unwrap().is_empty());
+    }
+
     #[test]
     fn a_symlink_in_the_destination_is_never_followed() {
         let d = tempfile::tempdir().unwrap();

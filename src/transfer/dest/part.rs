@@ -139,7 +139,7 @@ impl PartFile {
     /// directory of many files renamed at about the same time is fsynced once for them.
     pub fn finalize(self, overwrite: bool, keep_exec: bool) -> Result<(), DestError> {
         let renamed = self.rename(overwrite, keep_exec)?;
-        let mut synced = sync_group(std::slice::from_ref(&renamed));
+        let (mut synced, _) = sync_group(std::slice::from_ref(&renamed));
         synced.pop().unwrap_or(Ok(()))
     }
 
@@ -324,22 +324,25 @@ impl NameSyncs {
                 std::mem::take(&mut q.waiting)
             };
             let (renamed, replies): (Vec<Renamed>, Vec<_>) = group.into_iter().unzip();
-            for (result, reply) in sync_group(&renamed).into_iter().zip(replies) {
+            for (result, reply) in sync_group(&renamed).0.into_iter().zip(replies) {
                 let _ = reply.send(result);
             }
         }
     }
 }
 
-/// Fsyncs the directory of each file in `group` once (files in the same directory share
-/// the fsync) and the directories created on their way: each file's result.
-fn sync_group(group: &[Renamed]) -> Vec<Result<(), DestError>> {
+/// Fsyncs the directory of each file in `group` once (files in the same directory, by
+/// device and inode, share the fsync) and the directories created on their way: each
+/// file's result, and how many directories were fsynced.
+pub(super) fn sync_group(group: &[Renamed]) -> (Vec<Result<(), DestError>>, usize) {
     let mut synced: Vec<((u64, u64), Result<(), Errno>)> = Vec::new();
-    group
+    let mut fsyncs = 0;
+    let results = group
         .iter()
         .map(|r| {
             let d = r.dir.as_fd();
             let dir = if group.len() == 1 {
+                fsyncs += 1;
                 rustix::fs::fsync(d)
             } else {
                 rustix::fs::fstat(d).and_then(|st| {
@@ -347,6 +350,7 @@ fn sync_group(group: &[Renamed]) -> Vec<Result<(), DestError>> {
                     match synced.iter().find(|(i, _)| *i == id) {
                         Some(&(_, done)) => done,
                         None => {
+                            fsyncs += 1;
                             let done = rustix::fs::fsync(d);
                             synced.push((id, done));
                             done
@@ -356,5 +360,6 @@ fn sync_group(group: &[Renamed]) -> Vec<Result<(), DestError>> {
             };
             dir.and_then(|()| r.sync_created()).map_err(errno(&r.shown))
         })
-        .collect()
+        .collect();
+    (results, fsyncs)
 }
