@@ -1,6 +1,7 @@
 //! The audit log on disk: numbered JSON Lines files in `HOME/audit/`, appended under an
-//! exclusive file lock (so several processes keep one chain), fsynced per record, rotated
-//! by size with the chain continuing into the next file.
+//! exclusive file lock (so several processes keep one chain), fsynced before the append
+//! returns (the records of one group together: [`AuditLog::append_batch`]), rotated by
+//! size with the chain continuing into the next file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};

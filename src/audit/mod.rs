@@ -3,7 +3,8 @@
 //! Every transfer at an endpoint leaves records in `HOME/audit/`: who the peer was, what
 //! was offered and decided, each file completed with its size and BLAKE3, the receipt, a
 //! failure and why. Records are chained by HMAC-SHA256 under a key derived from the
-//! endpoint's identity secret ([`record`]), appended under a file lock, fsynced, rotated
+//! endpoint's identity secret ([`record`]), appended under a file lock, fsynced (the records
+//! that transfers write at the same time share one write and fsync), rotated
 //! by size ([`log`]), and checked by `conduit audit verify` ([`verify`]). A transfer whose
 //! record cannot be written fails: nothing moves without its record.
 //!
@@ -91,7 +92,7 @@ struct Inner {
 
 /// The audit trail of one endpoint, shared by its transfers (cheap to clone). Writes
 /// happen on a blocking thread; the records of transfers written at the same time are
-/// committed together ([`group`]).
+/// committed together (group commit: one lock, write and fsync for them).
 #[derive(Clone, Default)]
 pub struct Audit(Option<Arc<Inner>>);
 

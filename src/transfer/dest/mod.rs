@@ -21,7 +21,9 @@
 //!   (device and inode), renames it with `renameat2(RENAME_NOREPLACE)` (no replace; with
 //!   `overwrite`, a plain rename), checks that the final name now names it, then fsyncs
 //!   its directory and every directory the transfer created on the way, up to the
-//!   destination.
+//!   destination. The receiver fsyncs a directory once for the files renamed in it at
+//!   about the same time ([`NameSyncs`]) and reports and records each file only once
+//!   that fsync, begun after its rename, has returned.
 //! - A partial file is adopted for a resume only if it, and its sidecar, are regular
 //!   files owned by this user, with one link and mode 0600, opened without following a
 //!   link ([`private_file`]); otherwise it is left alone and the file starts over under a
@@ -143,6 +145,12 @@ pub struct Space {
     pub read_only: bool,
 }
 
+/// This process's effective user id (asked once: two checks per received file use it).
+fn euid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
+}
+
 /// Whether an opened file may be trusted as this receiver's own temporary file: a
 /// regular file, owned by this user, with one link and mode 0600. Otherwise, why not.
 pub fn private_file(fd: impl AsFd) -> Result<rustix::fs::Stat, &'static str> {
@@ -150,7 +158,7 @@ pub fn private_file(fd: impl AsFd) -> Result<rustix::fs::Stat, &'static str> {
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err("not a regular file");
     }
-    if st.st_uid != rustix::process::geteuid().as_raw() {
+    if st.st_uid != euid() {
         return Err("owned by another user");
     }
     if st.st_nlink != 1 {
@@ -168,7 +176,7 @@ pub fn private_file(fd: impl AsFd) -> Result<rustix::fs::Stat, &'static str> {
 /// the directory is named in the error.
 pub fn check_dir_private(fd: impl AsFd, shown: &str) -> Result<(), DestError> {
     let st = rustix::fs::fstat(fd).map_err(errno(shown))?;
-    let me = rustix::process::geteuid().as_raw();
+    let me = euid();
     let mode = st.st_mode & 0o7777;
     let refuse = |why: String, fix: String| DestError::SharedDirectory {
         dir: shown.to_string(),
