@@ -17,6 +17,8 @@ use crate::audit::NameMode;
 use crate::home::Home;
 use crate::relay::config::{FileLimits, Limits};
 
+pub mod edit;
+
 /// The file's name in the home.
 pub const FILE_NAME: &str = "conduit.toml";
 /// Default of `relay_wait_secs` (`--relay-wait`).

@@ -60,10 +60,10 @@
 //! | [`session`] | the handshake and typed session messages over an async stream (frames read through [`wire::frame::FrameDecoder`]) |
 //! | [`transfer`] | moving files: [`transfer::sender`] ([`transfer::Sender`]), [`transfer::receiver`] ([`transfer::Receiver`], [`transfer::IncomingOffer`]), [`transfer::manifest`] (the offer's checks, pure), [`transfer::error`] ([`transfer::TransferError`], [`transfer::ErrorKind`], close codes), [`transfer::events`] (progress and summary), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes, free space), [`transfer::resume`] (sidecars and their parser, prefix hashes, checkpoints), [`transfer::source`] (the sender's files) |
 //! | [`audit`] | the endpoint's tamper-evident audit trail: [`audit::record`] (schema and chained MAC), [`audit::log`] (locked, fsynced, rotated files), [`audit::verify`] (chain check, reading records) |
-//! | [`transport`] | QUIC endpoints (direct, to and from a relay), certificates and pins, the one tuned transport configuration |
+//! | [`transport`] | QUIC endpoints (direct, to and from a relay), certificates and pins, the one tuned transport configuration; [`transport::addr`] (`HOST:PORT` with names and IPv6, connecting to the first address that answers) |
 //! | [`relay`] | the relay in conduit mode: Hello, pairing, splice, limits, tokens, metrics, fleet choice, and joining a relay as a client |
 //! | [`home`] | the endpoint's home directory |
-//! | [`config`] | `conduit.toml`: defaults for transfers, the audit trail and the relay; precedence and sources |
+//! | [`config`] | `conduit.toml`: defaults for transfers, the audit trail and the relay; precedence and sources; [`config::edit`] (the commented template, one key set in place, typed values) |
 //! | [`fsutil`] | small filesystem helpers for the endpoint's own files: private directories, atomic writes |
 //! | [`peers`] | the address book of pinned peer keys |
 //!

@@ -7,11 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod addr;
 mod audit;
 mod bench;
 mod certs;
 mod config;
 mod demo;
+mod init;
 mod keys;
 mod meta;
 mod output;
@@ -47,8 +49,8 @@ pub mod code {
 #[command(name = "conduit", version, about, long_about = None)]
 pub struct Cli {
     /// The endpoint's home directory (identity, address book, audit log, conduit.toml)
-    /// for the commands that use one (keygen, id, peers, send, receive, relay, audit,
-    /// config; they take --home after their name too); default: $CONDUIT_HOME, else the
+    /// for the commands that use one (init, keygen, id, peers, send, receive, relay,
+    /// audit, config; they take --home after their name too); default: $CONDUIT_HOME, else the
     /// OS data directory.
     #[arg(long, value_name = "DIR")]
     pub home: Option<std::path::PathBuf>,
@@ -77,6 +79,10 @@ const HOME_ID: &str = "home";
 /// others do not list or accept it.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// First run: create this endpoint's identity, write a commented conduit.toml with
+    /// the relay, and print the line to give the other clinic.
+    #[command(arg = home_arg())]
+    Init(init::InitArgs),
     /// Create this endpoint's X25519 identity.
     #[command(arg = home_arg())]
     Keygen(keys::KeygenArgs),
@@ -132,6 +138,7 @@ impl Command {
     /// The command's name as typed.
     fn name(&self) -> &'static str {
         match self {
+            Command::Init(_) => "init",
             Command::Keygen(_) => "keygen",
             Command::Id(_) => "id",
             Command::Peers(_) => "peers",
@@ -362,6 +369,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let home = || resolve_home(cli.home.clone());
     match cli.command {
+        Command::Init(args) => init::run(&home()?, args),
         Command::Keygen(args) => keys::keygen(&home()?, args),
         Command::Id(args) => keys::id(&home()?, args),
         Command::Peers(cmd) => peers::run(&home()?, cmd),

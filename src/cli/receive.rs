@@ -43,11 +43,12 @@ use crate::transport;
 /// Options of `receive`.
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
-    /// Address to listen on for a direct sender, e.g. 0.0.0.0:7470 (port 0: any; the
-    /// chosen address is printed); takes precedence over `--relay`, CONDUIT_RELAY or a
-    /// relay in conduit.toml.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
+    /// Address to listen on for a direct sender (UDP), e.g. 0.0.0.0:7470, [::]:7470 (IPv6
+    /// and IPv4 where the system allows it) or a host name's first address (port 0: any);
+    /// the addresses a sender can use are printed. Takes precedence over `--relay`,
+    /// CONDUIT_RELAY or a relay in conduit.toml.
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::cli::addr::host_port)]
+    listen: Option<String>,
     #[command(flatten)]
     relay: RelayFlags,
     /// Keep receiving transfers (known peers) until Ctrl-C or SIGTERM: at the relay
@@ -144,7 +145,7 @@ impl ReceiveArgs {
 }
 
 pub(crate) fn receive(home: &Home, args: ReceiveArgs) -> anyhow::Result<()> {
-    let identity = Identity::load(home)?;
+    let identity = crate::cli::init::identity_for_use(home)?;
     let book = AddressBook::load(home)?;
     let config = crate::cli::resolve(home, &args.flags())?;
     let audit = Audit::open(home, &identity, &book, config.audit_options(args.daemon));
@@ -193,7 +194,13 @@ fn receive_with(
         timeouts,
         sessions: None,
     };
-    let relay = relay_unless_direct("receive", "--listen", args.listen, &args.relay, config)?;
+    let relay = relay_unless_direct(
+        "receive",
+        "--listen",
+        args.listen.as_deref(),
+        &args.relay,
+        config,
+    )?;
     let max_age_days = config.part_max_age_days.value;
     remove_stale_parts(&dest, &audit, max_age_days);
     let rt = runtime()?;
@@ -218,8 +225,9 @@ fn receive_with(
         json: args.json,
         max_age_days,
     };
-    let received = match (args.listen, relay) {
+    let received = match (args.listen.as_deref(), relay) {
         (Some(listen), _) => {
+            let listen = rt.block_on(crate::cli::addr::listen_addr(listen))?;
             let daemon = args.daemon;
             let ctx = Arc::new(ctx);
             let served = rt.block_on(serve_direct(listen, Arc::clone(&ctx), limits, daemon));
@@ -497,18 +505,24 @@ async fn serve_direct(
     let endpoint =
         transport::direct_server_with(listen, ctx.receiver.receive_policy().timeouts.idle)?;
     let addr = endpoint.local_addr()?;
+    // Bound to all interfaces: which of this host's addresses to give the sender.
+    let reachable = crate::cli::addr::reachable_at(addr);
     if ctx.json {
+        let addrs: Vec<String> = reachable.iter().map(ToString::to_string).collect();
         println!(
             "{}",
-            json!({"event": "listening", "addr": addr.to_string(), "daemon": daemon, "sessions": limits.sessions})
-        );
-    } else if daemon {
-        println!(
-            "listening on {addr} ({} at once); Ctrl-C to stop",
-            limits.sessions
+            json!({"event": "listening", "addr": addr.to_string(), "addrs": addrs, "daemon": daemon, "sessions": limits.sessions})
         );
     } else {
-        println!("listening on {addr}");
+        if daemon {
+            println!(
+                "listening on {addr} ({} at once); Ctrl-C to stop",
+                limits.sessions
+            );
+        } else {
+            println!("listening on {addr}");
+        }
+        print_send_hint(&reachable, ctx.receiver.receive_policy().code.is_some());
     }
     let sweeping = daemon.then(|| spawn_daily_sweep(&ctx));
     if daemon {
@@ -601,6 +615,24 @@ async fn serve_direct(
     endpoint.close(CLOSE_CANCELLED.into(), b"receiver done");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     result
+}
+
+/// Tells the person at the receiver what to give the sender: the addresses (UDP) this
+/// receiver can be reached at and the command to run there.
+fn print_send_hint(reachable: &[SocketAddr], code: bool) {
+    let list: Vec<String> = reachable.iter().map(ToString::to_string).collect();
+    let Some(first) = list.first() else { return };
+    println!(
+        "senders can reach this receiver at (UDP): {}",
+        list.join(", ")
+    );
+    if code {
+        println!("the sender runs: conduit send --code FILES --direct {first}");
+    } else {
+        println!(
+            "the sender runs: conduit send FILES --to NAME --direct {first} (NAME: this endpoint in their address book)"
+        );
+    }
 }
 
 /// How one served connection ended, when not with a transfer.

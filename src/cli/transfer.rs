@@ -47,10 +47,12 @@ pub struct SendArgs {
     /// After a code-phrase transfer, save the receiver's key under this name.
     #[arg(long, requires = "code", value_name = "NAME")]
     save_peer: Option<String>,
-    /// The receiver's address (it runs `conduit receive --listen`); takes precedence over
-    /// `--relay`, CONDUIT_RELAY or a relay in conduit.toml.
-    #[arg(long)]
-    direct: Option<SocketAddr>,
+    /// The receiver's address, HOST:PORT (UDP), e.g. lab.example.org:7470, 192.0.2.7:7470
+    /// or [2001:db8::7]:7470 (it runs `conduit receive --listen`; every address of a name
+    /// is tried); takes precedence over `--relay`, CONDUIT_RELAY or a relay in
+    /// conduit.toml.
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::cli::addr::host_port)]
+    direct: Option<String>,
     #[command(flatten)]
     relay: RelayFlags,
     /// STREAM chunk size in bytes.
@@ -240,7 +242,7 @@ impl RelayFlags {
 pub(crate) fn relay_unless_direct(
     verb: &str,
     flag: &str,
-    addr: Option<SocketAddr>,
+    addr: Option<&str>,
     relay: &RelayFlags,
     config: &Resolved,
 ) -> anyhow::Result<Option<RelayOptions>> {
@@ -273,7 +275,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
-    let identity = Identity::load(home)?;
+    let identity = crate::cli::init::identity_for_use(home)?;
     let mut book = AddressBook::load(home)?;
     let config = crate::cli::resolve(home, &args.flags())?;
     let audit = Audit::open(home, &identity, &book, config.audit_options(false));
@@ -347,10 +349,16 @@ fn send_with(
         eprintln!("warning: skipped symlink {shown}");
     }
     let timeouts = timeouts(config)?;
-    let relay = relay_unless_direct("send", "--direct", args.direct, &args.relay, config)?;
+    let relay = relay_unless_direct(
+        "send",
+        "--direct",
+        args.direct.as_deref(),
+        &args.relay,
+        config,
+    )?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (endpoint, conn) = match (&relay, args.direct) {
+        let (endpoint, conn) = match (&relay, args.direct.as_deref()) {
             (Some(opts), _) => {
                 // Known recipient: the receiver waits at the relay and we join it. Code:
                 // we printed the code and wait; the receiver joins us, once.
@@ -362,10 +370,9 @@ fn send_with(
                 (j.endpoint, j.connection)
             }
             (None, Some(addr)) => {
-                let endpoint = transport::direct_client_with(addr, timeouts.idle)?;
-                let conn =
-                    connect(&endpoint, addr, matches!(recipient, Recipient::Code(_))).await?;
-                (endpoint, conn)
+                let addrs = crate::cli::addr::resolve(addr).await?;
+                let wait = matches!(recipient, Recipient::Code(_));
+                connect(&addrs, addr, wait, timeouts.idle).await?
             }
             (None, None) => anyhow::bail!("--direct or --relay is required"),
         };
@@ -436,26 +443,30 @@ pub(crate) fn next_step(code: RefusalCode) -> &'static str {
     }
 }
 
-/// Connects; in code mode the receiver may not be listening yet (its user types the code
-/// after the sender printed it), so keep trying for [`CODE_WAIT`].
+/// Connects to the first of `addrs` (the addresses of `shown`, as given) that answers
+/// ([`transport::addr::connect_first`]); in code mode the receiver may not be listening
+/// yet (its user types the code after the sender printed it), so keep trying for
+/// [`CODE_WAIT`].
 async fn connect(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
+    shown: &str,
     wait: bool,
-) -> anyhow::Result<quinn::Connection> {
+    idle: Duration,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
     let deadline = tokio::time::Instant::now() + if wait { CODE_WAIT } else { Duration::ZERO };
     loop {
-        let attempt =
-            tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, "phi-conduit")?).await;
+        let attempt = transport::addr::connect_first(addrs, "phi-conduit", CONNECT_TIMEOUT, |a| {
+            transport::direct_client_with(a, idle)
+        })
+        .await;
         match attempt {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
-                return Err(e).with_context(|| format!("connecting to {addr}"));
+            Ok(connected) => return Ok(connected),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e).with_context(|| {
+                    format!("no answer from {shown} (is `conduit receive --listen` running there, and UDP to its port open?)")
+                });
             }
-            Err(_) if tokio::time::Instant::now() >= deadline => {
-                anyhow::bail!("connecting to {addr}: timed out")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }

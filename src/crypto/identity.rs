@@ -47,7 +47,7 @@ pub enum IdentityError {
     #[error("public key is a low-order point and cannot be used")]
     LowOrder,
     /// No identity exists yet.
-    #[error("no identity in {0}: run `conduit keygen` first")]
+    #[error("no identity in {0}: run `conduit init` (or `conduit keygen`) first")]
     Missing(PathBuf),
     /// An identity exists and `--force` was not given.
     #[error("an identity already exists in {0}; use --force to replace it (the old key is lost)")]

@@ -118,17 +118,7 @@ impl RelayOptions {
 
 /// Splits HOST:PORT (or `[v6]:PORT`) into the host, as a TLS server name, and the port.
 fn split_host(relay: &str) -> Result<(&str, u16), JoinError> {
-    let bad = || JoinError::Address(relay.to_string());
-    let (host, port) = relay.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err(bad());
-    }
-    Ok((host, port))
+    transport::addr::split_host_port(relay).map_err(|_| JoinError::Address(relay.to_string()))
 }
 
 /// A client connection to a relay, paired with its peer.
@@ -263,31 +253,32 @@ async fn join_once(
     connected: &(dyn Fn(&str) + Sync),
 ) -> Result<Joined, JoinError> {
     let relay = opts.choose(&rendezvous)?.to_string();
-    let (host, port) = split_host(&relay)?;
-    let addr = tokio::net::lookup_host((host, port))
+    let (host, _) = split_host(&relay)?;
+    // Every address of the name, tried as happy eyeballs does: a name with an IPv6
+    // address that does not answer still reaches the relay on its IPv4 one.
+    let addrs = transport::addr::resolve(&relay)
         .await
         .map_err(|e| JoinError::Resolve {
             relay: relay.clone(),
-            message: e.to_string(),
-        })?
-        .next()
-        .ok_or_else(|| JoinError::Resolve {
-            relay: relay.clone(),
-            message: "no address".into(),
+            message: match e {
+                transport::addr::AddrError::Resolve { message, .. } => message,
+                other => other.to_string(),
+            },
         })?;
-    let endpoint = transport::relay_client(addr, &opts.trust)?;
     let connect_err = |message: String| JoinError::Connect {
         relay: relay.clone(),
         message,
     };
-    let connecting = endpoint
-        .connect(addr, host)
-        .map_err(|e| connect_err(e.to_string()))?;
-    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(connect_err(e.to_string())),
-        Err(_) => return Err(connect_err("timed out".into())),
-    };
+    let (endpoint, connection) =
+        transport::addr::connect_first(&addrs, host, CONNECT_TIMEOUT, |addr| {
+            transport::relay_client(addr, &opts.trust)
+        })
+        .await
+        .map_err(|e| match e {
+            transport::addr::ConnectError::Transport(t) => JoinError::from(t),
+            transport::addr::ConnectError::Failed { message, .. } => connect_err(message),
+            other => connect_err(other.to_string()),
+        })?;
     let hello = Hello {
         role,
         single_use,

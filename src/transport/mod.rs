@@ -24,6 +24,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use thiserror::Error;
 
+pub mod addr;
+
 /// ALPN of direct connections.
 pub const ALPN: &[u8] = crate::crypto::handshake::ALPN;
 /// Per-stream receive window: one file stream can keep this much in flight.
@@ -134,6 +136,11 @@ fn socket(addr: SocketAddr) -> Result<UdpSocket, TransportError> {
     if !quinn_defaults() {
         let _ = s.set_send_buffer_size(SOCKET_BUFFER);
         let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    // `[::]` takes IPv4 too (as IPv4-mapped addresses) where the system allows it,
+    // whatever its default (`net.ipv6.bindv6only`): one listener for both families.
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        let _ = s.set_only_v6(false);
     }
     s.bind(&addr.into()).map_err(err)?;
     Ok(s.into())

@@ -327,7 +327,7 @@ fn show_gives_each_level_precedence_over_the_lower_ones() {
         value_and_source(&v, "transfer.relay"),
         ("relay.example:7471".into(), "file".into())
     );
-    // For people: the variable is named.
+    // For people: the variable is named, the value typed (a number is not quoted).
     let out = conduit(h)
         .args(["config", "show"])
         .env("CONDUIT_RELAY_WAIT", "45")
@@ -336,7 +336,7 @@ fn show_gives_each_level_precedence_over_the_lower_ones() {
     let t = text(&out.stdout);
     assert!(
         t.lines().any(|l| l.starts_with("transfer.relay_wait_secs")
-            && l.contains("\"45\"")
+            && l.contains("= 45 ")
             && l.ends_with("# env CONDUIT_RELAY_WAIT")),
         "{t}"
     );
@@ -421,4 +421,57 @@ fn in_a_transfer_a_flag_beats_the_environment_which_beats_the_file() {
     assert!(s.status.success(), "{}", text(&s.stderr));
     assert!(rx.finish().0.success());
     assert!(log().contains("Roe, Richard"), "{}", log());
+}
+
+#[test]
+fn show_prints_typed_toml_that_loads_as_the_same_configuration() {
+    let p = pair_knowing(false, false);
+    let (a, b) = (&p.receiver, &p.sender);
+    write_config(
+        a,
+        "[transfer]\nout = \"/srv/in \\\"box\\\" \\\\ x\"\nrelay = \"relay.example.org:7471\"\noverwrite = true\nmax_sessions = 3\n\n[audit]\nnames = \"hash\"\n\n[relay.limits]\nmax_strikes = 5\n",
+    );
+    let shown = conduit(a)
+        .args(["config", "show"])
+        .env("CONDUIT_RELAY_WAIT", "45")
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let toml = text(&shown.stdout);
+    assert!(
+        toml.lines()
+            .any(|l| l.starts_with("transfer.overwrite ") && l.contains("= true ")),
+        "{toml}"
+    );
+    // Pasted as another home's conduit.toml: the same values, now all from the file.
+    write_config(b, &toml);
+    let (before, after) = (show(a, &[("CONDUIT_RELAY_WAIT", "45")]), show(b, &[]));
+    let rows = |v: &Value| v["settings"].as_array().unwrap().clone();
+    for (x, y) in rows(&before).iter().zip(rows(&after).iter()) {
+        assert_eq!((&x["key"], &x["value"]), (&y["key"], &y["value"]));
+        let expected = if y["value"].is_null() {
+            "default"
+        } else {
+            "file"
+        };
+        assert_eq!(y["source"], expected, "{y}");
+    }
+    assert_eq!(
+        setting(&after, "transfer.out")["value"],
+        "/srv/in \"box\" \\ x"
+    );
+    // And `config set` edits that file in place.
+    let set = conduit(b)
+        .args(["config", "set", "transfer.max_sessions", "4"])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let v = show(b, &[]);
+    assert_eq!(setting(&v, "transfer.max_sessions")["value"], "4");
+    assert_eq!(setting(&v, "relay.limits.max_strikes")["value"], "5");
+    let text_now = std::fs::read_to_string(b.join("conduit.toml")).unwrap();
+    assert!(
+        text_now.contains("# default"),
+        "the comments stay: {text_now}"
+    );
 }

@@ -7,6 +7,7 @@ mod common;
 mod cli_bench;
 mod cli_config;
 mod cli_demo;
+mod cli_first_run;
 mod cli_identity;
 mod cli_ops;
 mod cmd_cases;

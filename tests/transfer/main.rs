@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod addresses;
 mod offers;
 mod receiver_fs;
 mod source_change;
