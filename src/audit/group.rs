@@ -120,9 +120,12 @@ impl GroupCommit {
         self.groups.fetch_add(1, Ordering::Relaxed);
         let mut heads = durable.into_iter();
         for (count, reply) in counts.into_iter().zip(replies) {
-            let mine: Vec<Head> = heads.by_ref().take(count).collect();
-            let result = match (mine.len() == count, mine.last(), &failed) {
-                (true, Some(&head), _) => Ok(head),
+            let (mut got, mut last) = (0, None);
+            for head in heads.by_ref().take(count) {
+                (got, last) = (got + 1, Some(head));
+            }
+            let result = match (got == count, last, &failed) {
+                (true, Some(head), _) => Ok(head),
                 (_, _, Some(e)) => Err(duplicate(e)),
                 _ => Err(AuditError::Io(std::io::Error::other(
                     "the audit record was not written",
