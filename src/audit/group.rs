@@ -75,14 +75,12 @@ impl GroupCommit {
             !std::mem::replace(&mut q.running, true)
         };
         if start {
-            let mut guard = Running {
-                commit: Arc::clone(self),
-                finished: false,
-            };
-            tokio::task::spawn_blocking(move || {
-                guard.commit.commit_all();
-                guard.finish();
-            });
+            // The commit starts once the tasks ready now have run: those finishing a file
+            // at the same moment queue their records first and share this commit. Even if
+            // this caller stops waiting meanwhile, the commit starts (`Start`'s drop).
+            let start = Start(Some(Arc::clone(self)));
+            tokio::task::yield_now().await;
+            drop(start);
         }
         wait.await.unwrap_or_else(|_| {
             Err(AuditError::Io(std::io::Error::other(
@@ -133,6 +131,32 @@ impl GroupCommit {
             };
             // A caller that stopped waiting does not need the answer.
             let _ = reply.send(result);
+        }
+    }
+}
+
+/// Starts a commit task for everything queued, when dropped (after the caller that
+/// starts it has let the other ready tasks run, or if that caller is cancelled).
+struct Start(Option<Arc<GroupCommit>>);
+
+impl Drop for Start {
+    fn drop(&mut self) {
+        let Some(commit) = self.0.take() else {
+            return;
+        };
+        let mut guard = Running {
+            commit,
+            finished: false,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || {
+                    guard.commit.commit_all();
+                    guard.finish();
+                });
+            }
+            // No runtime to run it on (shutting down): `guard` fails the queued records.
+            Err(_) => drop(guard),
         }
     }
 }
