@@ -1,13 +1,14 @@
 //! Group commit: the records that transfers write at the same time share one append.
 //!
-//! A record is queued; if no commit is running, one starts on a blocking thread and takes
-//! everything queued so far as one group ([`AuditLog::append_batch`]: one lock of the
-//! log, one write and one `fdatasync` for the group). Records queued while a commit is
-//! running go in the next group, which the same thread commits right after. Each caller
-//! still waits until its own records are durable (or failed) before it goes on, so a
-//! record is never relied on (a file reported completed, a receipt sent) before it is on
-//! disk; the chain, the files and their format are exactly those of one append per
-//! record, in the order the records were queued.
+//! A record is queued; if no commit is running, one starts on a blocking thread (once the
+//! tasks ready at that moment have run, so that files finishing together queue their
+//! records first) and takes everything queued so far as one group
+//! ([`AuditLog::append_batch`]: one lock of the log, one write and one `fdatasync` for the
+//! group). Records queued while a commit is running go in the next group, which the same
+//! thread commits right after. Each caller still waits until its own records are durable
+//! (or failed) before it goes on, so a record is never relied on (a file reported
+//! completed, a receipt sent) before it is on disk; the chain, the files and their format
+//! are exactly those of one append per record, in the order the records were queued.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
