@@ -106,9 +106,7 @@ pub enum HandshakeError {
     #[error("unsupported handshake mode {0}")]
     UnsupportedMode(u8),
     /// The initiator's key is not in the address book and was not accepted.
-    #[error(
-        "unknown sender {0}: not in the address book (add it with `conduit peers add`, or accept it)"
-    )]
+    #[error("unknown sender {0}: not in the address book")]
     UnknownPeer(Fingerprint),
     /// The code phrases differ (detected by the responder).
     #[error("code mismatch: the code phrases differ")]
