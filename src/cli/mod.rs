@@ -422,6 +422,9 @@ pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
         if let Some(e) = cause.downcast_ref::<HandshakeError>() {
             return handshake_step(e);
         }
+        if let Some(crate::crypto::identity::IdentityError::Exists(_)) = cause.downcast_ref() {
+            return Some("add --force to replace it");
+        }
         if let Some(crate::peers::PeersError::NotFound(_)) = cause.downcast_ref() {
             return Some(
                 "`conduit peers list` shows the names in the address book, `conduit peers add NAME KEY` adds one",
@@ -430,6 +433,13 @@ pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
         if let Some(e) = cause.downcast_ref::<crate::relay::client::JoinError>() {
             use crate::relay::client::JoinError;
             return match e {
+                JoinError::Connect { message, .. }
+                    if message.contains(crate::transport::PIN_MISMATCH) =>
+                {
+                    Some(
+                        "check the relay pin (--relay-pin, transfer.relay_pin): `conduit relay` prints its pin when it starts",
+                    )
+                }
                 JoinError::Connect { .. } | JoinError::Resolve { .. } | JoinError::Lost { .. } => {
                     Some(
                         "check the relay's address and port, and that UDP to that port is allowed on the way (firewalls)",

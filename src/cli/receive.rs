@@ -544,7 +544,10 @@ async fn serve_direct(
         } else {
             println!("listening on {addr}");
         }
-        print_send_hint(&reachable, ctx.receiver.receive_policy().code.is_some());
+        // `--quiet`: the address above (a port 0 is chosen here), not the advice.
+        if !matches!(ctx.output, Output::Quiet) {
+            print_send_hint(&reachable, ctx.receiver.receive_policy().code.is_some());
+        }
     }
     let sweeping = daemon.then(|| spawn_daily_sweep(&ctx));
     if daemon {

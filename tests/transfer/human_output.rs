@@ -113,11 +113,12 @@ fn quiet_prints_nothing_on_success() {
     assert!(status.success(), "{rerr}");
     assert_eq!(text(&sent.stdout), "");
     assert_eq!(text(&sent.stderr), "");
-    // Only how a sender reaches it, printed at start: no summary.
+    // Only the address it listens on, printed at start: no advice, no summary.
     assert!(
         !rout.contains("received") && !rout.contains("blake3"),
         "{rout}"
     );
+    assert!(!rout.contains("senders can reach"), "{rout}");
     assert!(!rerr.contains("blake3"), "{rerr}");
     assert!(inbox.join("a.txt").exists());
 }
