@@ -130,8 +130,9 @@ pub struct OutboxFile {
     pub include: Option<Vec<String>>,
     /// File names matching one of these globs are not sent.
     pub exclude: Option<Vec<String>>,
-    /// Send directly to this UDP address instead of through the relay.
-    pub direct: Option<SocketAddr>,
+    /// Send directly to this address (`HOST:PORT`, UDP: a name, an IPv4 address or
+    /// `[IPv6]`) instead of through the relay; a name is resolved at each attempt.
+    pub direct: Option<String>,
 }
 
 /// One `[[inbox]]` as written.
@@ -184,8 +185,8 @@ pub struct Outbox {
     pub exclude: Option<GlobSet>,
     /// The include and exclude globs as written (for `agent check`).
     pub globs: (Vec<String>, Vec<String>),
-    /// A direct address, or `None` for the relay.
-    pub direct: Option<SocketAddr>,
+    /// A direct address (`HOST:PORT`, checked), or `None` for the relay.
+    pub direct: Option<String>,
 }
 
 impl Outbox {
@@ -349,6 +350,9 @@ impl AgentConfig {
             let exclude_text = o.exclude.clone().unwrap_or_default();
             let include = globs(o.include.as_deref(), "include").map_err(&err)?;
             let exclude = globs(o.exclude.as_deref(), "exclude").map_err(&err)?;
+            if let Some(direct) = &o.direct {
+                crate::transport::addr::check(direct).map_err(|e| err(format!("direct: {e}")))?;
+            }
             if o.direct.is_none() && !relay {
                 return Err(err(
                     "no way to reach the recipients: set `direct` here, or `relay` in [transfer]"
@@ -363,7 +367,7 @@ impl AgentConfig {
                 include,
                 exclude,
                 globs: (include_text, exclude_text),
-                direct: o.direct,
+                direct: o.direct.clone(),
             });
         }
         let mut inboxes = Vec::new();

@@ -776,7 +776,7 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
             };
         }
     };
-    let connected = match outbox.direct {
+    let connected = match &outbox.direct {
         Some(addr) => connect_direct(shared, addr).await,
         None => connect_relay(shared, &recipient.1).await,
     };
@@ -858,20 +858,21 @@ fn classify(e: TransferError) -> Outcome {
     }
 }
 
+/// Connects to `addr` (`HOST:PORT`): a name is resolved at each attempt (its addresses
+/// may change while items wait) and every address it has is tried.
 async fn connect_direct(
     shared: &Shared,
-    addr: std::net::SocketAddr,
+    addr: &str,
 ) -> Result<(quinn::Endpoint, quinn::Connection), String> {
-    let endpoint = crate::transport::direct_client_with(addr, shared.agent.timeouts.idle)
+    let addrs = crate::transport::addr::resolve(addr)
+        .await
         .map_err(|e| e.to_string())?;
-    let connecting = endpoint
-        .connect(addr, "phi-conduit")
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(conn)) => Ok((endpoint, conn)),
-        Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
-        Err(_) => Err(format!("connecting to {addr}: timed out")),
-    }
+    let idle = shared.agent.timeouts.idle;
+    crate::transport::addr::connect_first(&addrs, "phi-conduit", CONNECT_TIMEOUT, |a| {
+        crate::transport::direct_client_with(a, idle)
+    })
+    .await
+    .map_err(|e| format!("connecting to {addr}: {e}"))
 }
 
 async fn connect_relay(

@@ -114,7 +114,7 @@ fn check(home: &Home, json: bool) -> anyhow::Result<()> {
                     "path": o.path,
                     "exists": o.path.is_dir(),
                     "to": o.to.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-                    "via": o.direct.map_or_else(|| format!("relay {relay}"), |a| format!("direct {a}")),
+                    "via": o.direct.as_ref().map_or_else(|| format!("relay {relay}"), |a| format!("direct {a}")),
                     "after": o.after.as_str(),
                     "stable_for_secs": o.stable_for.as_secs(),
                     "include": o.globs.0,
@@ -153,6 +153,7 @@ fn check(home: &Home, json: bool) -> anyhow::Result<()> {
         let names: Vec<&str> = o.to.iter().map(|(n, _)| n.as_str()).collect();
         let via = o
             .direct
+            .as_ref()
             .map_or_else(|| format!("relay {relay}"), |a| format!("{a} directly"));
         let missing = if o.path.is_dir() {
             ""

@@ -70,6 +70,33 @@ fn check_says_what_the_agent_would_do_and_a_bad_rule_is_a_usage_error() {
         "{}",
         text(&out.stderr)
     );
+    // A direct address is HOST:PORT: a name is taken (resolved when sending), a missing
+    // port is a usage error naming the key.
+    for (direct, ok) in [
+        ("clinic-a.example.org:7470", true),
+        ("[::1]:7470", true),
+        ("clinic-a.example.org", false),
+    ] {
+        configure(
+            &lab,
+            &format!(
+                "[[outbox]]\npath = \"{}\"\nto = [\"clinic-a\"]\ndirect = \"{direct}\"\n",
+                outbox.display()
+            ),
+        );
+        let out = conduit(&lab).args(["agent", "check"]).output().unwrap();
+        if ok {
+            assert!(out.status.success(), "{direct}: {}", text(&out.stderr));
+            assert!(text(&out.stdout).contains(direct), "{}", text(&out.stdout));
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{direct}");
+            assert!(
+                text(&out.stderr).contains("direct"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
 }
 
 #[test]

@@ -227,7 +227,8 @@ fn two_clinics_one_offline_each_get_every_file_once_and_sent_waits_for_both() {
     }
 }
 
-/// A direct pair on loopback: the clinic listens at `addr`, the lab's outbox sends there.
+/// A direct pair on loopback: the clinic listens at `addr`, the lab's outbox sends there
+/// by name (`localhost:PORT`, resolved at each attempt).
 fn direct_pair(root: &Path, outbox_extra: &str) -> (PathBuf, PathBuf, PathBuf, String) {
     let lab = endpoint(root, "lab");
     let clinic = endpoint(root, "clinic");
@@ -235,10 +236,11 @@ fn direct_pair(root: &Path, outbox_extra: &str) -> (PathBuf, PathBuf, PathBuf, S
     know(&clinic, "lab", &lab);
     let addr = free_addr();
     let outbox = root.join("outbox");
+    let port = addr.rsplit(':').next().unwrap();
     configure(
         &lab,
         &format!(
-            "[agent]\nrescan_secs = 1\nretry_max_secs = 1\nmetrics = \"127.0.0.1:0\"\n\n[[outbox]]\npath = \"{}\"\nto = [\"clinic\"]\ndirect = \"{addr}\"\n{outbox_extra}\n",
+            "[agent]\nrescan_secs = 1\nretry_max_secs = 1\nmetrics = \"127.0.0.1:0\"\n\n[[outbox]]\npath = \"{}\"\nto = [\"clinic\"]\ndirect = \"localhost:{port}\"\n{outbox_extra}\n",
             outbox.display()
         ),
     );
