@@ -8,5 +8,6 @@ mod addresses;
 mod offers;
 mod receiver_fs;
 mod source_change;
+mod suites;
 mod transfer_direct;
 mod transfer_resume;
