@@ -32,7 +32,7 @@ pub enum SessionError {
     #[error(transparent)]
     Frame(#[from] FrameError),
     /// The stream failed or ended.
-    #[error("control stream: {0}")]
+    #[error("control stream: {}", crate::transfer::sentences::io(.0))]
     Io(#[from] std::io::Error),
     /// The peer said nothing for too long at one step.
     #[error("timed out after {} s waiting for the peer's {stage}", after.as_secs_f64())]

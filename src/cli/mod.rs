@@ -278,7 +278,7 @@ pub fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::from(code::OK);
             }
-            eprintln!("error: {}", describe(&err));
+            eprintln!("error: {}", describe_with_next_step(&err));
             ExitCode::from(exit_code(&err))
         }
     }
@@ -340,7 +340,9 @@ impl std::error::Error for Redacted {
 pub(crate) fn describe(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
-        let text = cause.to_string();
+        // QUIC and IO errors of the layers below as sentences (their own text can be a
+        // debug-like "aborted by peer: ... (code 2)" or "early eof").
+        let text = crate::transfer::sentences::of(cause).unwrap_or_else(|| cause.to_string());
         if cause.is::<Redacted>() {
             if !line.is_empty() {
                 line.push_str(": ");
@@ -356,6 +358,167 @@ pub(crate) fn describe(err: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+/// [`describe`], then what to do next when the error says nothing about it yet: every
+/// error the user sees names what failed, why, and the next step.
+pub(crate) fn describe_with_next_step(err: &anyhow::Error) -> String {
+    let line = describe(err);
+    match next_step(err) {
+        Some(step) if !line.contains(step) => format!("{line}; {step}"),
+        _ => line,
+    }
+}
+
+/// What the user can do about `err` (the first cause that has an answer); the library's
+/// messages name no flag or command, the binary adds them here.
+pub(crate) fn next_step(err: &anyhow::Error) -> Option<&'static str> {
+    use crate::crypto::handshake::HandshakeError;
+    use crate::transfer::dest::DestError;
+    use crate::transfer::protocol::RefusalCode;
+    use crate::transfer::{ErrorKind, TransferError};
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<TransferError>() {
+            match e {
+                // This receiver refused (a sender's refusal is a `RefusedBy` sentence).
+                TransferError::Refused(r) => match r.code {
+                    RefusalCode::Exists => {
+                        return Some(
+                            "receive again with --overwrite to replace it, or move it away first",
+                        );
+                    }
+                    RefusalCode::NoSpace => {
+                        return Some(
+                            "free space there, or receive into another directory with --out DIR",
+                        );
+                    }
+                    RefusalCode::TooManyEntries { .. } => {
+                        return Some(
+                            "raise --max-entries (transfer.max_entries) to accept an offer this large",
+                        );
+                    }
+                    RefusalCode::UnknownSender => {
+                        return Some(
+                            "add the sender with `conduit peers add NAME KEY` (KEY from `conduit id` there), or receive with --accept-unknown",
+                        );
+                    }
+                    RefusalCode::Declined | RefusalCode::Policy => return None,
+                },
+                // Transparent: the destination's error is not in the chain of its own.
+                TransferError::Dest(d) => return dest_step(d),
+                // Transparent too: the handshake's error inside.
+                _ if e.handshake_error().is_some() => {
+                    return e.handshake_error().and_then(handshake_step);
+                }
+                TransferError::Busy => {
+                    return Some("try again when the receiver's other transfers are done");
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<DestError>() {
+            return dest_step(e);
+        }
+        if let Some(e) = cause.downcast_ref::<HandshakeError>() {
+            return handshake_step(e);
+        }
+        if let Some(crate::crypto::identity::IdentityError::Exists(_)) = cause.downcast_ref() {
+            return Some("add --force to replace it");
+        }
+        if let Some(crate::peers::PeersError::NotFound(_)) = cause.downcast_ref() {
+            return Some(
+                "`conduit peers list` shows the names in the address book, `conduit peers add NAME KEY` adds one",
+            );
+        }
+        if let Some(e) = cause.downcast_ref::<crate::relay::client::JoinError>() {
+            use crate::relay::client::JoinError;
+            return match e {
+                JoinError::Connect { message, .. }
+                    if message.contains(crate::transport::PIN_MISMATCH) =>
+                {
+                    Some(
+                        "check the relay pin (--relay-pin, transfer.relay_pin): `conduit relay` prints its pin when it starts",
+                    )
+                }
+                JoinError::Connect { .. } | JoinError::Resolve { .. } | JoinError::Lost { .. } => {
+                    Some(
+                        "check the relay's address and port, and that UDP to that port is allowed on the way (firewalls)",
+                    )
+                }
+                _ => None,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<quinn::ConnectionError>() {
+            if matches!(e, quinn::ConnectionError::TimedOut) {
+                return Some(
+                    "run the same commands again when the peer is back (a transfer resumes where it stopped)",
+                );
+            }
+        }
+        match crate::transfer::ErrorKind::of(cause) {
+            Some(ErrorKind::Timeout) => {
+                return Some("run the same commands again (a transfer resumes where it stopped)");
+            }
+            Some(ErrorKind::Integrity)
+                if cause.is::<crate::crypto::stream::StreamError>()
+                    || cause.is::<TransferError>() =>
+            {
+                return Some(
+                    "nothing that failed the check was kept; run the transfer again, and if it happens again, check the network path to the peer",
+                );
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What to do about a failed handshake.
+fn handshake_step(e: &crate::crypto::handshake::HandshakeError) -> Option<&'static str> {
+    use crate::crypto::handshake::{AbortReason, HandshakeError};
+    match e {
+        HandshakeError::UnknownPeer(_) => Some(
+            "add the sender with `conduit peers add NAME KEY` (KEY from `conduit id` there), or receive with --accept-unknown",
+        ),
+        HandshakeError::CodeMismatch | HandshakeError::PeerAborted(AbortReason::CodeMismatch) => {
+            Some(
+                "check the code with the other side, letter by letter; a code works once, so start again with a new one",
+            )
+        }
+        HandshakeError::UnsupportedVersion(_)
+        | HandshakeError::PeerAborted(AbortReason::UnsupportedVersion) => {
+            Some("run the same version of conduit on both sides")
+        }
+        HandshakeError::PeerAborted(AbortReason::Protocol) => Some(
+            "the peer could not read what this side sent: run the same version of conduit on both sides, and see the peer's output",
+        ),
+        HandshakeError::NoCommonSuite { .. }
+        | HandshakeError::PeerAborted(AbortReason::NoCommonSuite) => {
+            Some("set the same --suite (transfer.suite) on both sides, or auto on one of them")
+        }
+        HandshakeError::Authentication => Some(
+            "check that the peer's key in the address book is current (`conduit peers list`, `conduit id` there)",
+        ),
+        _ => None,
+    }
+}
+
+/// What to do about a destination that failed.
+fn dest_step(e: &crate::transfer::dest::DestError) -> Option<&'static str> {
+    use crate::transfer::dest::DestError;
+    match e {
+        DestError::Exists(_) => Some("receive again with --overwrite to replace it"),
+        DestError::NotWritable { .. } => {
+            Some("make it writable, or receive into another directory with --out DIR")
+        }
+        DestError::NotADirectory(..) | DestError::IsADirectory(_) => {
+            Some("receive into a directory with --out DIR")
+        }
+        DestError::StorageFull(_) => Some(
+            "free space there (or use --out DIR elsewhere), then run the same commands again to resume",
+        ),
+        _ => None,
+    }
 }
 
 /// Runs one parsed command line.

@@ -91,7 +91,9 @@ pub(crate) fn events(out: Output, book: &AddressBook) -> Events {
             );
         }
         (Output::Human, Event::Progress { bytes, total }) => {
-            let b = bar.get_or_init(|| progress_bar(total));
+            // A resumed transfer (or the first event, some way in) starts part way: its
+            // rate and ETA count from there.
+            let b = bar.get_or_init(|| progress_bar(total, bytes));
             b.set_position(bytes);
             if bytes >= total {
                 b.finish_and_clear();
@@ -158,22 +160,62 @@ pub(crate) fn source_error_shown(
     .into()
 }
 
-/// A progress bar on stderr (drawn only when stderr is a terminal).
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
+/// A progress bar on stderr (drawn only when stderr is a terminal), at `start` of
+/// `total` bytes: "[bar] 12.0 MiB/256.0 MiB 98.3 MiB/s ETA 2s name". The rate counts the
+/// bytes moved since the bar appeared, and only after half a second (before, one jump
+/// of the position would read as TiB/s); the ETA follows from it.
+fn progress_bar(total: u64, start: u64) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::with_draw_target(
         Some(total),
         indicatif::ProgressDrawTarget::stderr_with_hz(4),
     );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}",
-    ) {
+    b.set_position(start);
+    let rate = move |s: &indicatif::ProgressState| {
+        let secs = s.elapsed().as_secs_f64();
+        let moved = s.pos().saturating_sub(start);
+        (secs >= 0.5 && moved > 0).then(|| moved as f64 / secs)
+    };
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30} {done}/{all} {rate}{eta} {wide_msg}")
+    {
+        let style = style
+            .with_key(
+                "done",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}", size(s.pos()));
+                },
+            )
+            .with_key(
+                "all",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}", size(s.len().unwrap_or(0)));
+                },
+            )
+            .with_key(
+                "rate",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    if let Some(r) = rate(s) {
+                        let _ = write!(w, "{}/s", size(r as u64));
+                    }
+                },
+            )
+            .with_key(
+                "eta",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    if let Some(r) = rate(s) {
+                        let left = s.len().unwrap_or(0).saturating_sub(s.pos()) as f64 / r;
+                        let left = std::time::Duration::from_secs(left.min(1e7) as u64);
+                        let _ = write!(w, " ETA {}", indicatif::HumanDuration(left));
+                    }
+                },
+            );
         b.set_style(style);
     }
     b
 }
 
-/// "offer from NAME (fingerprint): 100000 files and 2 empty folders, 1.2 GiB (1234 bytes)
-/// in a, b, c and 4 more" (names escaped by the receiver; a big offer stays one line).
+/// "offer from NAME (fingerprint): 100000 files and 2 empty folders, 1.2 GiB in a, b, c
+/// and 4 more" (names escaped by the receiver; a big offer stays one line).
 fn describe_offer(names: &std::collections::HashMap<String, String>, offer: &Event) -> String {
     let Event::Offer {
         peer,
@@ -195,26 +237,52 @@ fn describe_offer(names: &std::collections::HashMap<String, String>, offer: &Eve
         0 => String::new(),
         n => format!(" and {n} more"),
     };
-    let plural = |n: u64, one: &str, many: &str| {
-        if n == 1 {
-            format!("1 {one}")
-        } else {
-            format!("{n} {many}")
-        }
-    };
     let folders = match dirs {
         0 => String::new(),
-        &n => format!(" and {}", plural(n, "empty folder", "empty folders")),
+        &n => format!(" and {}", count(n, "empty folder", "empty folders")),
     };
     format!(
-        "offer from {who}: {}{folders}, {} ({total} bytes) in {}{more}",
-        plural(*files, "file", "files"),
-        indicatif::BinaryBytes(*total),
+        "offer from {who}: {}{folders}, {} in {}{more}",
+        count(*files, "file", "files"),
+        size(*total),
         shown.join(", ")
     )
 }
 
-/// Asks at the terminal whether to accept an offer (the offer itself was just printed).
+/// "1 file", "2 files", "0 files".
+pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// A size for people (see [`crate::transfer::sentences::size`]).
+pub(crate) fn size(bytes: u64) -> String {
+    crate::transfer::sentences::size(bytes)
+}
+
+/// Shortest transfer whose rate is shown: below it (or below [`MIN_RATE_BYTES`]) the
+/// clock says more about the start-up than about the network, and a rate like
+/// "173 GiB/s" for a tiny file would mislead.
+const MIN_RATE_SECONDS: f64 = 0.1;
+/// Fewest bytes whose rate is shown (see [`MIN_RATE_SECONDS`]).
+const MIN_RATE_BYTES: u64 = 64 * 1024;
+
+/// `bytes` in `seconds` as a rate for people ("12.3 MiB/s"), or `None` when the
+/// transfer was too short or too small for the figure to mean anything.
+pub(crate) fn rate(bytes: u64, seconds: f64) -> Option<String> {
+    if seconds.is_nan() || seconds < MIN_RATE_SECONDS || bytes < MIN_RATE_BYTES {
+        return None;
+    }
+    let per_second = (bytes as f64 / seconds).min(u64::MAX as f64) as u64;
+    Some(format!("{}/s", size(per_second)))
+}
+
+/// Asks at the terminal whether to accept an offer (the offer itself, with the sender,
+/// the count, the size and the top-level names, was just printed) into `dest` (shown as
+/// given: the caller passes the absolute path).
 pub(crate) fn ask_at_terminal(dest: &std::path::Path) -> bool {
     let dest = dest.display().to_string();
     eprint!(
@@ -233,11 +301,16 @@ fn names_mode(names: &Names) -> &'static str {
     if names.hides() { "hash" } else { "plain" }
 }
 
-/// Prints the summary of a transfer; file names are shown by `names`.
-pub(crate) fn report(what: &str, s: &Summary, json: bool, names: &Names) {
+/// Prints the summary of a transfer (nothing with `--quiet`: success is the exit code);
+/// file names are shown by `names`.
+pub(crate) fn report(what: &str, s: &Summary, out: Output, names: &Names) {
     // The rate counts the bytes that crossed the network in this run.
-    let mbps = s.bytes.saturating_sub(s.resumed) as f64 / s.seconds.max(1e-9) / 1e6;
-    if json {
+    let crossed = s.bytes.saturating_sub(s.resumed);
+    let mbps = crossed as f64 / s.seconds.max(1e-9) / 1e6;
+    if out == Output::Quiet {
+        return;
+    }
+    if out == Output::Json {
         // Written file by file: a summary of 100,000 files as one JSON value would take
         // more memory than the whole transfer.
         let head = json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "suite": s.suite.name(), "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "names": names_mode(names)});
@@ -261,25 +334,72 @@ pub(crate) fn report(what: &str, s: &Summary, json: bool, names: &Names) {
             eprintln!("warning: summary not written: {e}");
         }
     } else {
+        let shown_rate = rate(crossed, s.seconds)
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
         println!(
-            "{what} {} files, {} bytes in {:.2} s ({mbps:.1} MB/s), peer {}",
-            s.files.len(),
-            s.bytes,
+            "{what} {}, {} in {:.2} s{shown_rate}, peer {}",
+            count(s.files.len() as u64, "file", "files"),
+            size(s.bytes),
             s.seconds,
             s.peer.fingerprint()
         );
         if s.resumed > 0 {
             println!(
-                "  resumed: {} bytes were already at the receiver",
-                s.resumed
+                "  resumed: {} were already at the receiver; {} crossed the network{}",
+                size(s.resumed),
+                size(crossed),
+                if shown_rate.is_empty() {
+                    ""
+                } else {
+                    " (the rate counts these)"
+                }
             );
         }
-        for (p, size, h) in &s.files {
+        for (p, bytes, h) in &s.files {
             println!(
-                "  {}  {size} bytes  blake3 {}",
+                "  {}  {}  blake3 {}",
                 names.tag(&p.to_string()),
+                size(*bytes),
                 h.to_hex()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_in_binary_units_with_one_decimal() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1), "1 byte");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1024), "1.0 KiB");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(size(12 * 1024 * 1024 + 100_000), "12.1 MiB");
+        assert_eq!(size(5 << 30), "5.0 GiB");
+        assert_eq!(size(3 << 40), "3.0 TiB");
+        assert_eq!(size(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn counts_have_their_plural() {
+        assert_eq!(count(0, "file", "files"), "0 files");
+        assert_eq!(count(1, "file", "files"), "1 file");
+        assert_eq!(count(2, "file", "files"), "2 files");
+    }
+
+    #[test]
+    fn no_rate_for_a_tiny_or_instant_transfer() {
+        // 12 bytes in 70 ns would be "160 MiB/s"; 10 MiB in 1 ms "9.8 GiB/s".
+        assert_eq!(rate(12, 0.000_000_07), None);
+        assert_eq!(rate(10 << 20, 0.001), None);
+        assert_eq!(rate(1000, 5.0), None);
+        assert_eq!(rate(10 << 20, f64::NAN), None);
+        assert_eq!(rate(10 << 20, 2.0).as_deref(), Some("5.0 MiB/s"));
+        assert_eq!(rate(3 << 30, 1.5).as_deref(), Some("2.0 GiB/s"));
     }
 }

@@ -23,8 +23,8 @@ use crate::cli::AuditNames;
 use crate::cli::Redacted;
 use crate::cli::output::{Output, ask_at_terminal, events, report};
 use crate::cli::transfer::{
-    Interrupted, RelayFlags, TimeoutFlags, from_env, relay_unless_direct, runtime, save_peer,
-    shutdown_signal, timeouts,
+    CLOSE_ON_SIGNAL, Interrupted, RelayFlags, Shutdown, TimeoutFlags, from_env,
+    relay_unless_direct, runtime, save_peer, timeouts,
 };
 use crate::config::{FileConfig, Resolved};
 use crate::crypto::identity::Identity;
@@ -169,6 +169,8 @@ fn receive_with(
 ) -> anyhow::Result<()> {
     let out = config.out.value.clone();
     let dest = Destination::open(&out)?;
+    // Found now, not after a sender has connected (checked again at each offer).
+    dest.check_writable()?;
     let timeouts = timeouts(config)?;
     let code = match &args.code {
         None => None,
@@ -187,6 +189,7 @@ fn receive_with(
         1
     };
     let yes = config.auto_accept.value;
+    let output = Output::of(args.json, args.quiet);
     let mut policy = ReceivePolicy {
         code,
         accept_unknown: config.accept_unknown.value,
@@ -222,14 +225,19 @@ fn receive_with(
     let receiver = Receiver::new(identity, book.clone(), CipherPool::with_all_cores()?)
         .policy(policy)
         .audit(audit)
-        .events(events(Output::of(args.json, args.quiet), &book));
+        .events(events(output, &book));
+    let shutdown = {
+        let _in = rt.enter();
+        Shutdown::install()
+    };
     let ctx = Receiving {
+        shutdown,
         receiver,
         dest,
-        out,
         yes,
         interactive,
         json: args.json,
+        output,
         max_age_days,
     };
     let received = match (args.listen.as_deref(), relay) {
@@ -255,7 +263,7 @@ fn receive_with(
         (None, None) => anyhow::bail!("--listen or --relay is required"),
     };
     let (summary, names) = received;
-    report("received", &summary, args.json, &names);
+    report("received", &summary, output, &names);
     if let Some(name) = &args.save_peer {
         save_peer(&mut book, name, &summary)?;
     }
@@ -284,19 +292,24 @@ async fn receive_at_relay(
     }
     loop {
         // A key's listener proves it holds the key; a code's nameplate is joined.
-        let j = if role == Role::Listen && !single_use {
-            relay_client::listen(opts, ctx.receiver.identity()).await?
-        } else {
-            relay_client::join(opts, role, single_use, rendezvous).await?
-        };
+        let j = ctx
+            .shutdown
+            .race(async {
+                Ok(if role == Role::Listen && !single_use {
+                    relay_client::listen(opts, ctx.receiver.identity()).await?
+                } else {
+                    relay_client::join(opts, role, single_use, rendezvous).await?
+                })
+            })
+            .await?;
         // On Ctrl-C the partial files and their resume records stay.
-        match ctx.one(&j.connection, shutdown_signal()).await {
+        match ctx.one(&j.connection, ctx.shutdown.signalled()).await {
             Ok((summary, names)) => {
                 j.endpoint.wait_idle().await;
                 return Ok((summary, names));
             }
             Err((TransferError::Cancelled, _)) => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
+                let _ = tokio::time::timeout(CLOSE_ON_SIGNAL, j.endpoint.wait_idle()).await;
                 return Err(Interrupted.into());
             }
             Err((e, names)) => {
@@ -338,7 +351,7 @@ fn notice(
 ) {
     let kind = failure_kind(&e);
     // Names mode hash: the message shows no file name.
-    let e = crate::cli::describe(&Redacted::hide(names, e.into()));
+    let e = crate::cli::describe_with_next_step(&Redacted::hide(names, e.into()));
     if json {
         println!(
             "{}",
@@ -353,15 +366,17 @@ fn notice(
 
 /// What every receiving connection shares (one-shot or daemon).
 struct Receiving {
+    /// Ctrl-C or SIGTERM.
+    shutdown: Shutdown,
     receiver: Receiver,
     dest: Destination,
-    /// The destination as given (for the question at the terminal).
-    out: PathBuf,
     /// `--yes`: accept every offer that gets this far without asking.
     yes: bool,
     /// Ask the person at the terminal about each offer.
     interactive: bool,
     json: bool,
+    /// JSON, for people, or quiet (`--json`, `--quiet`).
+    output: Output,
     /// `--part-max-age-days`.
     max_age_days: u32,
 }
@@ -387,7 +402,8 @@ impl Receiving {
         let accept = if self.yes || !self.interactive {
             true
         } else {
-            let out = self.out.clone();
+            // Absolute: "accept into ." says nothing.
+            let out = self.dest.root().to_path_buf();
             let asked = tokio::task::spawn_blocking(move || ask_at_terminal(&out));
             match offer.until_cancelled(asked).await {
                 Ok(answer) => answer.unwrap_or(false),
@@ -395,6 +411,12 @@ impl Receiving {
             }
         };
         let result = if accept {
+            // It can have changed while we waited (remounted read-only, permissions).
+            if let Err(e) = self.dest.check_writable() {
+                let why = Refusal::new(RefusalCode::Policy, "the receiver cannot write there");
+                let _ = offer.refuse(why).await;
+                return Err((TransferError::Dest(e), names));
+            }
             offer.accept(&self.dest).await
         } else {
             let declined = Refusal::new(RefusalCode::Declined, "declined by the receiving user");
@@ -426,13 +448,13 @@ fn remove_stale_parts(dest: &Destination, audit: &Audit, days: u32) {
     let names = audit.names();
     for r in removed {
         eprintln!(
-            "removed the partial file of {} ({} bytes): older than {days} days",
+            "removed the partial file of {} ({}): older than {days} days",
             if names.hides() {
                 names.tag(&r.path)
             } else {
                 crate::transfer::paths::escape(&r.path)
             },
-            r.bytes
+            crate::cli::output::size(r.bytes)
         );
         if let Err(e) = audit.partial_removed(&r.path, r.bytes, &reason) {
             eprintln!("warning: {e}");
@@ -529,14 +551,17 @@ async fn serve_direct(
         } else {
             println!("listening on {addr}");
         }
-        print_send_hint(&reachable, ctx.receiver.receive_policy().code.is_some());
+        // `--quiet`: the address above (a port 0 is chosen here), not the advice.
+        if !matches!(ctx.output, Output::Quiet) {
+            print_send_hint(&reachable, ctx.receiver.receive_policy().code.is_some());
+        }
     }
     let sweeping = daemon.then(|| spawn_daily_sweep(&ctx));
     if daemon {
         print_head(ctx.audit(), "start", ctx.json).await;
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let shutdown = shutdown_signal();
+    let shutdown = ctx.shutdown.signalled();
     tokio::pin!(shutdown);
     let mut tasks = tokio::task::JoinSet::new();
     let mut per_ip: std::collections::HashMap<IpAddr, usize> = std::collections::HashMap::new();
@@ -569,7 +594,7 @@ async fn serve_direct(
                 }
                 match result {
                     Ok(got) if !daemon => break Ok(Some(got)),
-                    Ok((summary, names)) => report("received", &summary, ctx.json, &names),
+                    Ok((summary, names)) => report("received", &summary, ctx.output, &names),
                     Err(Served::Interrupted) => {}
                     Err(Served::Failed(e, names)) if !daemon && !e.before_authentication() => {
                         break Err(Redacted::hide(&names, e.into()));
@@ -589,7 +614,7 @@ async fn serve_direct(
                         let Ok((from, result)) = done else { continue };
                         match result {
                             Ok(got) if !daemon => finished = Some(got),
-                            Ok((summary, names)) => report("received", &summary, ctx.json, &names),
+                            Ok((summary, names)) => report("received", &summary, ctx.output, &names),
                             Err(Served::Interrupted) => {}
                             Err(Served::Failed(e, names)) => notice(ctx.json, Some(from), e, &names, false),
                         }
@@ -717,7 +742,7 @@ async fn daemon(ctx: Arc<Receiving>, opts: RelayOptions, slots: usize) -> anyhow
             stopping.clone(),
         ));
     }
-    shutdown_signal().await;
+    ctx.shutdown.signalled().await;
     sweeping.abort();
     // Slots in a transfer close it and record the interruption; then they end.
     let _ = stop.send(true);
@@ -766,7 +791,7 @@ async fn daemon_slot(
             let _ = stop.changed().await;
         };
         match ctx.one(&j.connection, stopped).await {
-            Ok((summary, names)) => report("received", &summary, ctx.json, &names),
+            Ok((summary, names)) => report("received", &summary, ctx.output, &names),
             Err((TransferError::Cancelled, _)) => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), j.endpoint.wait_idle()).await;
                 return;

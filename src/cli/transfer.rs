@@ -55,8 +55,9 @@ pub struct SendArgs {
     direct: Option<String>,
     #[command(flatten)]
     relay: RelayFlags,
-    /// STREAM chunk size in bytes.
-    #[arg(long, default_value_t = u64::from(DEFAULT_CHUNK_SIZE.get()))]
+    /// STREAM chunk size in bytes: a power of two from 16384 to 4194304 (another value is
+    /// a usage error, exit code 2).
+    #[arg(long, value_name = "BYTES", default_value_t = u64::from(DEFAULT_CHUNK_SIZE.get()), value_parser = crate::cli::chunk_size)]
     chunk_size: u64,
     /// STREAM cipher suites to accept: auto (AES-256-GCM when both sides have hardware
     /// AES, else ChaCha20-Poly1305), aes-256-gcm or chacha20-poly1305; `[transfer] suite`
@@ -274,10 +275,35 @@ const CODE_WAIT: Duration = Duration::from_secs(300);
 /// One connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// The runtime of `send` and `receive`.
+pub(crate) fn runtime() -> anyhow::Result<Runtime> {
+    Ok(Runtime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    )))
+}
+
+/// A tokio runtime that, when dropped, does not wait for what is still running: a read
+/// at the terminal still blocked after Ctrl-C, or a connection still closing, does not
+/// hold the process (the command has its result by then).
+pub(crate) struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Runtime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        // Some until dropped.
+        self.0.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
@@ -300,7 +326,7 @@ pub(crate) fn send(home: &Home, args: SendArgs) -> anyhow::Result<()> {
     names.learn(given.iter().map(String::as_str));
     let summary = send_with(&args, identity, &book, &config, audit, &names)
         .map_err(|e| Redacted::hide(&names, e))?;
-    report("sent", &summary, args.json, &names);
+    report("sent", &summary, Output::of(args.json, args.quiet), &names);
     if let Some(name) = &args.save_peer {
         save_peer(&mut book, name, &summary)?;
     }
@@ -320,7 +346,8 @@ fn send_with(
     let recipient = match &args.to {
         Some(name) => Recipient::Known(
             book.find_by_name(name)
-                .with_context(|| format!("no peer named {name:?} in the address book"))?
+                .ok_or_else(|| crate::peers::PeersError::NotFound(name.clone()))
+                .context("the recipient (--to) is not in the address book")?
                 .key,
         ),
         None => {
@@ -363,25 +390,34 @@ fn send_with(
         config,
     )?;
     let rt = runtime()?;
+    let shutdown = {
+        let _in = rt.enter();
+        Shutdown::install()
+    };
     rt.block_on(async {
-        let (endpoint, conn) = match (&relay, args.direct.as_deref()) {
-            (Some(opts), _) => {
-                // Known recipient: the receiver waits at the relay and we join it. Code:
-                // we printed the code and wait; the receiver joins us, once.
-                let (role, single_use) = match &recipient {
-                    Recipient::Known(_) => (Role::Connect, false),
-                    Recipient::Code(_) => (Role::Listen, true),
-                };
-                let j = relay_client::join(opts, role, single_use, recipient.rendezvous()).await?;
-                (j.endpoint, j.connection)
-            }
-            (None, Some(addr)) => {
-                let addrs = crate::cli::addr::resolve(addr).await?;
-                let wait = matches!(recipient, Recipient::Code(_));
-                connect(&addrs, addr, wait, timeouts.idle).await?
-            }
-            (None, None) => anyhow::bail!("--direct or --relay is required"),
-        };
+        let (endpoint, conn) = shutdown
+            .race(async {
+                Ok(match (&relay, args.direct.as_deref()) {
+                    (Some(opts), _) => {
+                        // Known recipient: the receiver waits at the relay and we join it. Code:
+                        // we printed the code and wait; the receiver joins us, once.
+                        let (role, single_use) = match &recipient {
+                            Recipient::Known(_) => (Role::Connect, false),
+                            Recipient::Code(_) => (Role::Listen, true),
+                        };
+                        let j = relay_client::join(opts, role, single_use, recipient.rendezvous())
+                            .await?;
+                        (j.endpoint, j.connection)
+                    }
+                    (None, Some(addr)) => {
+                        let addrs = crate::cli::addr::resolve(addr).await?;
+                        let wait = matches!(recipient, Recipient::Code(_));
+                        connect(&addrs, addr, wait, timeouts.idle).await?
+                    }
+                    (None, None) => anyhow::bail!("--direct or --relay is required"),
+                })
+            })
+            .await?;
         let sender = Sender::new(identity, CipherPool::with_all_cores()?)
             .chunk_size(chunk)
             .suites(config.suite.value)
@@ -389,13 +425,19 @@ fn send_with(
             .audit(audit)
             .events(events(Output::of(args.json, args.quiet), book));
         let result = sender
-            .send(&conn, &recipient, &collected, shutdown_signal())
+            .send(&conn, &recipient, &collected, shutdown.signalled())
             .await;
         if matches!(result, Err(TransferError::Cancelled)) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+            let _ = tokio::time::timeout(CLOSE_ON_SIGNAL, endpoint.wait_idle()).await;
             return Err(Interrupted.into());
         }
-        endpoint.wait_idle().await;
+        // A signal while the connection closes: do not wait for it.
+        let _ = shutdown
+            .race(async {
+                endpoint.wait_idle().await;
+                Ok(())
+            })
+            .await;
         result.map_err(|e| refused_by(e, args.to.as_deref()))
     })
 }
@@ -491,6 +533,53 @@ pub(crate) fn save_peer(
     }
     Ok(())
 }
+
+/// Ctrl-C (SIGINT) or SIGTERM, watched for the whole command from the moment it is
+/// installed: every wait of `send` and `receive` (joining a relay, connecting, the
+/// handshake, the question at the terminal, the transfer) races [`Shutdown::signalled`],
+/// so a signal is never swallowed by a handler nobody is waiting on.
+#[derive(Clone)]
+pub(crate) struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Installs the handlers; call inside the runtime (it spawns the task that waits).
+    pub(crate) fn install() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let signal = shutdown_signal();
+        tokio::spawn(async move {
+            signal.await;
+            let _ = tx.send(true);
+            // The sender stays alive: a closed channel would read as a signal.
+            std::future::pending::<()>().await;
+        });
+        Shutdown(rx)
+    }
+
+    /// Resolves once a signal came (at once if one already did).
+    pub(crate) fn signalled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            if rx.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// `fut`, or [`Interrupted`] when a signal comes first.
+    pub(crate) async fn race<T>(
+        &self,
+        fut: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::select! {
+            r = fut => r,
+            () = self.signalled() => Err(Interrupted.into()),
+        }
+    }
+}
+
+/// How long a command stopped by a signal waits for its connection to close cleanly
+/// (the peer told, the close acknowledged): the process ends well within 2 s.
+pub(crate) const CLOSE_ON_SIGNAL: Duration = Duration::from_millis(500);
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is
 /// called (inside a runtime), not when it is first polled, so a signal that comes right

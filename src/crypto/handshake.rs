@@ -122,9 +122,7 @@ pub enum HandshakeError {
     #[error("unsupported handshake mode {0}")]
     UnsupportedMode(u8),
     /// The initiator's key is not in the address book and was not accepted.
-    #[error(
-        "unknown sender {0}: not in the address book (add it with `conduit peers add`, or accept it)"
-    )]
+    #[error("unknown sender {0}: not in the address book")]
     UnknownPeer(Fingerprint),
     /// The code phrases differ (detected by the responder).
     #[error("code mismatch: the code phrases differ")]
@@ -142,10 +140,7 @@ pub enum HandshakeError {
     #[error("protocol error: {0}")]
     Protocol(&'static str),
     /// The peer accepts none of the cipher suites this side accepts.
-    #[error(
-        "no common cipher suite: the peer offers {offered}, this side accepts {accepted} \
-         ([transfer] suite / --suite)"
-    )]
+    #[error("no common cipher suite: the peer offers {offered}, this side accepts {accepted}")]
     NoCommonSuite {
         /// The peer's list (empty when this side is the initiator).
         offered: String,

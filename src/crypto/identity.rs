@@ -50,7 +50,7 @@ pub enum IdentityError {
     #[error("no identity in {0}: run `conduit init` (or `conduit keygen`) first")]
     Missing(PathBuf),
     /// An identity exists and `--force` was not given.
-    #[error("an identity already exists in {0}; use --force to replace it (the old key is lost)")]
+    #[error("an identity already exists in {0} (replacing it loses the old key)")]
     Exists(PathBuf),
     /// The key file can be read by group or others.
     #[error(

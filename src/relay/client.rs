@@ -52,7 +52,10 @@ pub enum JoinError {
         refusal: Refusal,
     },
     /// The connection to the relay failed.
-    #[error("relay {relay}: connection lost: {source}")]
+    #[error(
+        "relay {relay}: connection lost: {}",
+        crate::transfer::sentences::connection(source)
+    )]
     Lost {
         /// The relay as written.
         relay: String,

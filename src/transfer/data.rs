@@ -41,16 +41,16 @@ pub enum DataError {
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     /// Writing to the QUIC stream failed (peer gone, stream stopped).
-    #[error("sending file data: {0}")]
+    #[error("sending file data: {}", crate::transfer::sentences::write(.0))]
     Send(#[from] quinn::WriteError),
     /// Reading the QUIC stream failed after the last chunk.
-    #[error("receiving file data: {0}")]
+    #[error("receiving file data: {}", crate::transfer::sentences::read(.0))]
     Receive(#[from] quinn::ReadError),
     /// The stream was already finished.
     #[error("stream already closed")]
     Closed(#[from] quinn::ClosedStream),
     /// Writing to the destination failed.
-    #[error("writing the received file: {0}")]
+    #[error("writing the received file: {}", crate::transfer::sentences::io(.0))]
     Sink(#[source] io::Error),
     /// A blocking task of the data path died.
     #[error("data path task failed: {0}")]

@@ -202,7 +202,7 @@ pub enum TransferError {
     #[error("receipt mismatch for {0}: the receiver's BLAKE3 differs from the sender's")]
     ReceiptMismatch(String),
     /// The connection failed.
-    #[error("connection: {0}")]
+    #[error("connection: {}", crate::transfer::sentences::connection(.0))]
     Connection(#[from] quinn::ConnectionError),
     /// This side's cancellation future resolved: the connection was closed with
     /// [`CLOSE_CANCELLED`], the interruption recorded, and the receiver's partial files
@@ -210,7 +210,7 @@ pub enum TransferError {
     #[error("interrupted: partial files stay at the receiver for a resume")]
     Cancelled,
     /// Other IO.
-    #[error("{0}")]
+    #[error("{}", crate::transfer::sentences::io(.0))]
     Io(#[from] std::io::Error),
     /// The audit record could not be written: nothing moves without its record.
     #[error(transparent)]

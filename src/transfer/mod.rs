@@ -36,6 +36,7 @@ pub mod receiver;
 pub mod reserve;
 pub mod resume;
 pub mod sender;
+pub mod sentences;
 pub mod source;
 mod teardown;
 

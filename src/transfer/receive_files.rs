@@ -330,7 +330,11 @@ fn plan_resume(
             plan,
             Some(Refusal::new(
                 RefusalCode::NoSpace,
-                format!("{needed} bytes needed, {} available", space.available),
+                format!(
+                    "{} needed, {} available",
+                    crate::transfer::sentences::size(needed),
+                    crate::transfer::sentences::size(space.available)
+                ),
             )),
         ));
     }

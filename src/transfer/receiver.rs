@@ -520,18 +520,23 @@ impl<'a> IncomingOffer<'a> {
         } = self;
         let (conn, rec) = (session.conn.clone(), Arc::clone(&session.rec));
         let mut cancel: Cancel<'a> = cancel.unwrap_or_else(|| Box::pin(std::future::pending()));
-        let receiving = crate::transfer::receive_files::receive(
-            &mut session,
-            offer,
-            chunk,
-            started,
-            dest,
-            &receiver.policy,
-            &receiver.pool,
-        );
-        let result = tokio::select! {
-            r = receiving => r,
-            () = &mut cancel => return Err(teardown::cancelled(&conn, &rec).await),
+        let result = {
+            let receiving = crate::transfer::receive_files::receive(
+                &mut session,
+                offer,
+                chunk,
+                started,
+                dest,
+                &receiver.policy,
+                &receiver.pool,
+            );
+            tokio::pin!(receiving);
+            tokio::select! {
+                r = &mut receiving => r,
+                // Closed (as cancelled) while the receiving still lives: dropped first,
+                // its streams would tell the sender they stopped, not why.
+                () = &mut cancel => return Err(teardown::cancelled(&conn, &rec).await),
+            }
         };
         drop(session);
         match result {

@@ -175,8 +175,12 @@ impl Sender {
             names: rec.names().clone(),
         };
         let transfer = self.run(conn, to, &files.files, &files.dirs, &emit, &rec);
+        tokio::pin!(transfer);
         let result = tokio::select! {
-            r = transfer => r,
+            r = &mut transfer => r,
+            // The connection is closed (as cancelled) while the transfer still lives:
+            // dropped first, its file streams would be finished, and the receiver would
+            // read a truncated file (an integrity failure) instead of the cancellation.
             () = cancel => return Err(teardown::cancelled(conn, &rec).await),
         };
         match teardown::recorded(&rec, result).await {

@@ -458,6 +458,10 @@ impl KeyVerifier {
     }
 }
 
+/// Why a relay's certificate was refused when its SHA-256 is pinned and differs: the
+/// relay client's error carries this sentence, by which the CLI recognises the case.
+pub const PIN_MISMATCH: &str = "the relay's certificate does not match the pinned SHA-256";
+
 impl ServerCertVerifier for KeyVerifier {
     fn verify_server_cert(
         &self,
@@ -469,9 +473,9 @@ impl ServerCertVerifier for KeyVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         use subtle::ConstantTimeEq;
         match self.pin {
-            Some(pin) if !bool::from(sha256(end_entity.as_ref()).ct_eq(&pin)) => Err(
-                rustls::Error::General("the relay's certificate does not match --relay-pin".into()),
-            ),
+            Some(pin) if !bool::from(sha256(end_entity.as_ref()).ct_eq(&pin)) => {
+                Err(rustls::Error::General(PIN_MISMATCH.into()))
+            }
             _ => Ok(ServerCertVerified::assertion()),
         }
     }

@@ -15,16 +15,25 @@ use common::{
     send_via, start_relay, text, umount, write_data,
 };
 
+/// A destination that becomes read-only after the receiver started (a read-only one is
+/// refused at start: tests/transfer/human_output.rs) is found again at the offer.
 #[test]
 fn a_read_only_destination_is_a_clear_error_and_nothing_lands() {
     let p = pair_knowing(true, true);
     let out = p.root.join("ro");
-    if !mount_tmpfs(&out, "1m", ",ro") {
+    if !mount_tmpfs(&out, "1m", "") {
         return;
     }
     let src = p.root.join("a.txt");
     std::fs::write(&src, b"read-only target").unwrap();
     let (mut rx, addr) = direct_receiver(&p, &out, &[]);
+    // Remounted read-only while the receiver waits.
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(remounted.success());
     let sent = conduit(&p.sender)
         .arg("send")
         .arg(&src)
@@ -36,6 +45,8 @@ fn a_read_only_destination_is_a_clear_error_and_nothing_lands() {
     assert!(!sent.status.success(), "the sender reported success");
     assert!(!status.success());
     assert!(err.to_lowercase().contains("read-only"), "{err}");
+    assert!(err.contains("--out DIR"), "{err}");
+    assert!(!out.join("a.txt").exists());
 }
 
 #[test]
@@ -60,6 +71,9 @@ fn a_full_destination_is_a_clear_error_and_nothing_lands() {
     assert!(!sent.status.success(), "the sender reported success");
     assert!(!status.success());
     assert!(err.contains("space"), "{err}");
+    // Sizes for people, and what to do.
+    assert!(err.contains("2.9 MiB needed"), "{err}");
+    assert!(err.contains("--out DIR"), "{err}");
     assert!(!landed, "a partial file got its final name");
 }
 

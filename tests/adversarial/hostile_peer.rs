@@ -274,10 +274,15 @@ fn code_transfer(p: &Pair, inbox: &Path, guess: impl Fn(&str) -> String) -> (Out
     let mut stdin = receiver.stdin.take().unwrap();
     writeln!(stdin, "{}", guess(&code)).unwrap();
     drop(stdin);
-    (
+    let (s, r) = (
         sender.wait_with_output().unwrap(),
         receiver.wait_with_output().unwrap(),
-    )
+    );
+    for o in [&s, &r] {
+        common::assert_no_rust_names("stderr", &text(&o.stderr));
+        common::assert_no_rust_names("stdout", &text(&o.stdout));
+    }
+    (s, r)
 }
 
 #[test]
@@ -312,6 +317,12 @@ fn a_wrong_code_is_a_code_mismatch_on_both_sides_and_leaks_neither_static_key() 
     for o in [&s, &r] {
         assert!(
             text(&o.stderr).contains("code mismatch"),
+            "{}",
+            text(&o.stderr)
+        );
+        // And what to do about it.
+        assert!(
+            text(&o.stderr).contains("check the code with the other side"),
             "{}",
             text(&o.stderr)
         );

@@ -189,7 +189,8 @@ fn a_daemon_for_people_prints_no_file_name_either() {
         "{stderr}"
     );
     assert!(
-        stdout.contains("received 1 files") && stdout.contains("  #"),
+        // (It said "1 files" before issue #20.)
+        stdout.contains("received 1 file,") && stdout.contains("  #"),
         "{stdout}"
     );
     assert!(relay.stop().0.success());

@@ -16,3 +16,50 @@ fn cmd_cases() {
         .case("tests/cmd/*.toml")
         .case("tests/cmd/*.trycmd");
 }
+
+/// No case file's expected output (stdout, stderr, transcripts) names a Rust type or enum
+/// variant (`UnknownPeer`, `Io(`, `early eof`, ...): what a command prints is for people.
+#[test]
+fn no_case_output_names_a_rust_type() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir("tests/cmd").unwrap() {
+        let path = entry.unwrap().path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !matches!(ext, "stdout" | "stderr" | "trycmd") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        crate::common::assert_no_rust_names(&path.display().to_string(), &text);
+        checked += 1;
+    }
+    assert!(checked > 50, "only {checked} case files found");
+}
+
+/// The check itself finds what it is for.
+#[test]
+fn the_rust_name_check_finds_debug_formats() {
+    use crate::common::rust_names;
+    for bad in [
+        "error: peer aborted: Protocol",
+        "error: UnknownPeer",
+        "code: CodeMismatch",
+        "control stream: early eof",
+        "failed: Io(Custom { kind: Other })",
+        "got Some(3)",
+        "aborted by peer: ApplicationClose { error_code: 2 }",
+    ] {
+        assert!(!rust_names(bad).is_empty(), "{bad}");
+    }
+    for good in [
+        "Send files and directories to a known peer or by code phrase.",
+        "error: lab refused: report.pdf already exists there; they can re-run with --overwrite",
+        "error: connection: the peer stopped the transfer (Ctrl-C or SIGTERM there)",
+        "Usage: conduit send [OPTIONS] <PATHS>...",
+    ] {
+        assert!(
+            rust_names(good).is_empty(),
+            "{good}: {:?}",
+            rust_names(good)
+        );
+    }
+}

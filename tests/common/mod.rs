@@ -167,6 +167,9 @@ impl Running {
             .take()
             .map(|t| t.join().unwrap())
             .unwrap_or_default();
+        // Whatever the test checks, no output names a Rust type (issue #20).
+        assert_no_rust_names("stderr", &err);
+        assert_no_rust_names("stdout", &out);
         (status, out, err)
     }
 
@@ -290,13 +293,16 @@ pub fn receiver_via(p: &Pair, relay: &Relay, out: &Path, extra: &[&str]) -> Runn
 }
 
 pub fn send_via(p: &Pair, relay: &Relay, paths: &[&Path], extra: &[&str]) -> Output {
-    conduit(&p.sender)
+    let out = conduit(&p.sender)
         .arg("send")
         .args(paths)
         .args(["--json", "--relay", &relay.addr, "--relay-pin", &relay.pin])
         .args(extra)
         .output()
-        .unwrap()
+        .unwrap();
+    assert_no_rust_names("the sender's stderr", &text(&out.stderr));
+    assert_no_rust_names("the sender's stdout", &text(&out.stdout));
+    out
 }
 
 pub fn events(out: &str) -> Vec<serde_json::Value> {
@@ -440,4 +446,207 @@ pub fn mount_tmpfs(dir: &Path, size: &str, opts: &str) -> bool {
 /// Unmounts `dir` (best effort).
 pub fn umount(dir: &Path) {
     let _ = Command::new("umount").arg(dir).status();
+}
+
+/// Names of Rust types and enum variants (the public error enums of this crate, quinn's
+/// and std's) written in CamelCase: none may appear in what a command prints.
+const RUST_NAMES: &[&str] = &[
+    // TransferError, Violation
+    "BadPath",
+    "ReceiptMismatch",
+    "MalformedOffer",
+    "ChunkSize",
+    "TransferIdMismatch",
+    "StreamHeader",
+    "FileStream",
+    "ResumeNotOffered",
+    "MissingFile",
+    "UnknownResumePoint",
+    "ResumeOutsideFile",
+    "TooManyResumePoints",
+    "ResumePointCount",
+    "ReceiptCount",
+    "ReceiptHashCount",
+    "TransferError",
+    "SessionError",
+    "HandshakeError",
+    "DataError",
+    "DestError",
+    "JoinError",
+    "StreamError",
+    "AuditError",
+    "PipelineError",
+    "ErrorKind",
+    // HandshakeError, AbortReason
+    "UnsupportedVersion",
+    "UnsupportedMode",
+    "UnknownPeer",
+    "CodeMismatch",
+    "PeerAborted",
+    "TooLarge",
+    "AbortReason",
+    // DestError, DataError
+    "IsADirectory",
+    "NotADirectory",
+    "PartInUse",
+    "PartChanged",
+    "SharedDirectory",
+    "NotWritable",
+    "StorageFull",
+    "SourceChanged",
+    // RefusalCode, relay Refusal, JoinError
+    "UnknownSender",
+    "NoSpace",
+    "TooManyEntries",
+    "BadHello",
+    "HelloTimeout",
+    "TooManyWaiting",
+    "RendezvousTaken",
+    "PairingTimeout",
+    "ShuttingDown",
+    "PeerLost",
+    "NoListener",
+    "RateLimited",
+    "BadProof",
+    "NeedsKey",
+    "RefusalCode",
+    // quinn
+    "ApplicationClosed",
+    "ApplicationClose",
+    "ConnectionClosed",
+    "ConnectionClose",
+    "TimedOut",
+    "LocallyClosed",
+    "VersionMismatch",
+    "TransportError",
+    "CidsExhausted",
+    "ConnectionLost",
+    "ClosedStream",
+    "ZeroRttRejected",
+    "ConnectionError",
+    "ReadError",
+    "WriteError",
+    "VarInt",
+    // std::io::ErrorKind
+    "UnexpectedEof",
+    "NotFound",
+    "PermissionDenied",
+    "ConnectionReset",
+    "ConnectionRefused",
+    "NotConnected",
+    "BrokenPipe",
+    "WouldBlock",
+    "InvalidData",
+    "InvalidInput",
+    "ReadOnlyFilesystem",
+    "AlreadyExists",
+];
+
+/// One-word variant names: only suspicious as a debug format (`Io(`, `Busy {`) or as the
+/// whole text after a colon ("peer aborted: Protocol").
+const RUST_WORDS: &[&str] = &[
+    "Session",
+    "Unauthenticated",
+    "Busy",
+    "Data",
+    "Dest",
+    "Refused",
+    "Offer",
+    "Protocol",
+    "Connection",
+    "Cancelled",
+    "Io",
+    "Audit",
+    "Handshake",
+    "Frame",
+    "Timeout",
+    "Authentication",
+    "Decode",
+    "Key",
+    "Pake",
+    "Noise",
+    "Exists",
+    "Replaced",
+    "Pipeline",
+    "Send",
+    "Receive",
+    "Closed",
+    "Sink",
+    "Task",
+    "Declined",
+    "Policy",
+    "Token",
+    "Address",
+    "Resolve",
+    "Transport",
+    "Connect",
+    "Lost",
+    "Stopped",
+    "Reset",
+    "Some",
+    "None",
+    "Ok",
+    "Err",
+    "Os",
+    "Custom",
+    "Simple",
+    "SimpleMessage",
+    "Broken",
+    "Damaged",
+    "CutShort",
+];
+
+/// The Rust type or variant names and debug formats in `text` (see [`RUST_NAMES`] and
+/// [`RUST_WORDS`]), and "early eof" and the like.
+pub fn rust_names(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for phrase in [
+        "early eof",
+        "error_code:",
+        "kind: ",
+        "{ code:",
+        "reason: b\"",
+    ] {
+        if text.contains(phrase) {
+            found.push(phrase.to_string());
+        }
+    }
+    let bytes = text.as_bytes();
+    let mut start = None;
+    for i in 0..=bytes.len() {
+        let word_char = i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_');
+        match (start, word_char) {
+            (None, true) => start = Some(i),
+            (Some(s), false) => {
+                start = None;
+                let word = &text[s..i];
+                let after = &text[i..];
+                let before = &text[..s];
+                let debug_like = RUST_WORDS.contains(&word)
+                    && (after.starts_with('(')
+                        || after.starts_with(" {")
+                        || after.starts_with("::")
+                        || before.ends_with("::")
+                        || (before.ends_with(": ")
+                            && after
+                                .chars()
+                                .next()
+                                .is_none_or(|c| !c.is_alphanumeric() && c != ' ')));
+                if RUST_NAMES.contains(&word) || debug_like {
+                    found.push(word.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Fails when `text` (what a command printed) holds a Rust type or variant name.
+pub fn assert_no_rust_names(what: &str, text: &str) {
+    let found = rust_names(text);
+    assert!(
+        found.is_empty(),
+        "{what} shows Rust names {found:?}:\n{text}"
+    );
 }

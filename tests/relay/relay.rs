@@ -114,7 +114,9 @@ fn a_wrong_pin_is_refused_before_anything_is_sent() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("does not match --relay-pin"), "{err}");
+    assert!(err.contains("does not match the pinned SHA-256"), "{err}");
+    // The next step names the flag (the library's message does not).
+    assert!(err.contains("check the relay pin (--relay-pin"), "{err}");
     let (status, log, _) = relay.stop();
     assert!(status.success());
     assert!(!log.iter().any(|e| e["event"] == "session_open"));

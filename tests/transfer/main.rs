@@ -5,8 +5,10 @@
 mod common;
 
 mod addresses;
+mod human_output;
 mod offers;
 mod receiver_fs;
+mod signals;
 mod source_change;
 mod suites;
 mod transfer_direct;

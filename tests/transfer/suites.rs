@@ -106,6 +106,8 @@ fn forced_suites_that_differ_are_refused_on_both_sides() {
     // The sender is refused (exit 5) and told why.
     assert_eq!(out.status.code(), Some(5), "sender: {err}");
     assert!(err.contains("no common cipher suite"), "{err}");
+    // The binary adds the next step.
+    assert!(err.contains("set the same --suite"), "{err}");
     // The receiver records the refusal and, like for any failed handshake, keeps waiting.
     common::wait_for_audit(&p.receiver, "no common cipher suite");
     assert!(

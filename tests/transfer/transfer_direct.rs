@@ -163,6 +163,14 @@ fn an_unknown_sender_is_refused_the_receiver_failing_authentication() {
             .contains("unknown sender"),
         "{rout}"
     );
+    // With what to do about it.
+    assert!(
+        failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("conduit peers add NAME KEY"),
+        "{rout}"
+    );
     assert!(!inbox.join("x.txt").exists());
 }
 
@@ -182,8 +190,11 @@ fn an_existing_file_is_refused_without_overwrite() {
         "{}",
         text(&out.stderr)
     );
-    let (status, _, _) = rx.finish();
+    let (status, _, rerr) = rx.finish();
     assert_eq!(status.code(), Some(5));
+    // The receiver's error says what to do: the flag that replaces the file.
+    assert!(rerr.contains("already exists"), "{rerr}");
+    assert!(rerr.contains("--overwrite"), "{rerr}");
     assert_eq!(
         std::fs::read(inbox.join("report.pdf")).unwrap(),
         b"old content"

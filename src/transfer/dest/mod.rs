@@ -67,7 +67,7 @@ pub const DEFAULT_PART_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Debug, Error)]
 pub enum DestError {
     /// The final name exists and `overwrite` is off.
-    #[error("{0} already exists (use --overwrite to replace it)")]
+    #[error("{0} already exists")]
     Exists(String),
     /// The final name is a directory.
     #[error("{0} is a directory at the receiver")]
@@ -102,6 +102,15 @@ pub enum DestError {
         why: String,
         /// What to do about it.
         fix: String,
+    },
+    /// This user cannot create files in the destination (a read-only file system, or no
+    /// write permission).
+    #[error("cannot write into {dir}: {why}")]
+    NotWritable {
+        /// The destination (escaped).
+        dir: String,
+        /// Why, as the system says it.
+        why: String,
     },
     /// The disk is full.
     #[error("receiver storage full while writing {0}")]
@@ -295,6 +304,35 @@ impl Destination {
             unsynced: Arc::new(Mutex::new(HashSet::new())),
             walked: None,
         })
+    }
+
+    /// Checks that this user can create files in the destination now (write and search
+    /// permission, a file system mounted read-write): a receiver checks at start, before
+    /// it waits for a sender, and again before it accepts an offer (it can change).
+    pub fn check_writable(&self) -> Result<(), DestError> {
+        let not_writable = |why: String| DestError::NotWritable {
+            dir: escape(&self.root.to_string_lossy()),
+            why,
+        };
+        // The effective ids, as the writes will use them; EROFS even for root.
+        rustix::fs::accessat(
+            &*self.fd,
+            ".",
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            rustix::fs::AtFlags::EACCESS,
+        )
+        .map_err(|e| {
+            not_writable(match e {
+                Errno::ROFS => "it is on a read-only file system".to_string(),
+                Errno::ACCESS | Errno::PERM => "no permission to create files there".to_string(),
+                e => io::Error::from(e).to_string(),
+            })
+        })?;
+        let vfs = rustix::fs::fstatvfs(&*self.fd).map_err(errno(&self.root.to_string_lossy()))?;
+        if vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            return Err(not_writable("it is on a read-only file system".to_string()));
+        }
+        Ok(())
     }
 
     /// The destination directory.
