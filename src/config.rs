@@ -154,6 +154,18 @@ pub struct FileConfig {
     /// `[relay]`.
     #[serde(default)]
     pub relay: RelayFile,
+    /// `[agent]`: settings of `conduit agent` (docs/AGENT.md).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::agent::config::AgentFile::is_empty"
+    )]
+    pub agent: crate::agent::config::AgentFile,
+    /// `[[outbox]]`: the folders `conduit agent` sends from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<crate::agent::config::OutboxFile>,
+    /// `[[inbox]]`: where `conduit agent` puts what each sender sends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbox: Vec<crate::agent::config::InboxFile>,
 }
 
 /// The configuration file of a home (empty when there is none).

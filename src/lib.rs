@@ -59,6 +59,7 @@
 //! | [`wire`] | sans-IO codecs: [`wire::frame`] (length-prefixed frames: one decoder, a size limit per format, used by the session and the relay Hello), [`wire::stream_header`] (the 16-byte header of a file stream) |
 //! | [`session`] | the handshake and typed session messages over an async stream (frames read through [`wire::frame::FrameDecoder`]) |
 //! | [`transfer`] | moving files: [`transfer::sender`] ([`transfer::Sender`]), [`transfer::receiver`] ([`transfer::Receiver`], [`transfer::IncomingOffer`]), [`transfer::manifest`] (the offer's checks, pure), [`transfer::error`] ([`transfer::TransferError`], [`transfer::ErrorKind`], close codes), [`transfer::events`] (progress and summary), [`transfer::protocol`] (offer, reply, receipt), [`transfer::data`] (one file's STREAM chunks over a QUIC stream), [`transfer::paths`] (untrusted path validation), [`transfer::dest`] (the receiver's safe writes, free space), [`transfer::resume`] (sidecars and their parser, prefix hashes, checkpoints), [`transfer::source`] (the sender's files) |
+//! | [`agent`] | the transfer agent (docs/AGENT.md): [`agent::config`] (`[[outbox]]`, `[[inbox]]`, `[agent]` checked against the address book), [`agent::queue`] (the durable queue in SQLite: items, attempts, receipts, what was received), [`agent::run`] ([`agent::run::Agent`]: scanner, dispatcher, receivers), [`agent::inbox`] (staging, conflict-free placing, `on_receive`) |
 //! | [`audit`] | the endpoint's tamper-evident audit trail: [`audit::record`] (schema and chained MAC), [`audit::log`] (locked, fsynced, rotated files), [`audit::verify`] (chain check, reading records) |
 //! | [`transport`] | QUIC endpoints (direct, to and from a relay), certificates and pins, the one tuned transport configuration; [`transport::addr`] (`HOST:PORT` with names and IPv6, connecting to the first address that answers) |
 //! | [`relay`] | the relay in conduit mode: Hello, pairing, splice, limits, tokens, metrics, fleet choice, and joining a relay as a client |
@@ -82,6 +83,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod agent;
 pub mod audit;
 pub mod config;
 pub mod crypto;

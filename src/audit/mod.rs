@@ -239,6 +239,71 @@ impl Audit {
         inner.log.append(r).map(|_| ())
     }
 
+    /// Records an agent's item event (`event`: one of [`record::event`]'s `ITEM_*`)
+    /// about file `path`, outside any session: the item id and `detail` (a reason) in
+    /// `reason`, a BLAKE3 for a delivery. `path` is the file's name, or (names mode
+    /// hash) already its keyed hash when it starts with `#` (as the queue stores it).
+    /// Blocking (a short append).
+    pub fn agent_item(
+        &self,
+        event: &str,
+        path: &str,
+        size: u64,
+        peer: Option<&PublicKey>,
+        item: &str,
+        detail: Option<&str>,
+    ) -> Result<(), AuditError> {
+        let Some(inner) = &self.0 else {
+            return Ok(());
+        };
+        let delivered = event == event::ITEM_DELIVERED;
+        let mut r = Record {
+            v: record::SCHEMA_VERSION,
+            ts: record::now(),
+            event: event.into(),
+            local: inner.local.clone(),
+            role: Some("send".into()),
+            peer: peer.map(|p| p.fingerprint().to_string()),
+            size: Some(size),
+            blake3: detail.filter(|_| delivered).map(str::to_string),
+            reason: Some(record::bounded(&match detail.filter(|_| !delivered) {
+                Some(d) => format!("item {item}: {d}"),
+                None => format!("item {item}"),
+            })),
+            ..Record::default()
+        };
+        match (inner.names, path.strip_prefix('#')) {
+            (NameMode::Plain, _) => r.path = Some(path.to_string()),
+            (NameMode::Hash, Some(hashed)) => r.path_hash = Some(hashed.to_string()),
+            (NameMode::Hash, None) => r.path_hash = Some(inner.names_key.name_hash(path)),
+        }
+        inner.log.append(r).map(|_| ())
+    }
+
+    /// Records that an inbox's `on_receive` program ran for file `path`: how it ended
+    /// and how long it took. Blocking (a short append).
+    pub fn hook_ran(&self, path: &str, status: &str, millis: u64) -> Result<(), AuditError> {
+        let Some(inner) = &self.0 else {
+            return Ok(());
+        };
+        let mut r = Record {
+            v: record::SCHEMA_VERSION,
+            ts: record::now(),
+            event: event::HOOK_RAN.into(),
+            local: inner.local.clone(),
+            role: Some("receive".into()),
+            reason: Some(record::bounded(&format!(
+                "on_receive {status} after {millis} ms"
+            ))),
+            ..Record::default()
+        };
+        match inner.names {
+            NameMode::Plain => r.path = Some(path.to_string()),
+            NameMode::Hash => r.path_hash = Some(inner.names_key.name_hash(path)),
+        }
+        inner.log.append(r).map(|_| ())
+    }
+
     /// The records of one transfer, under a new random session id.
     pub fn session(&self, side: Side) -> SessionAudit {
         let mut id = [0u8; 8];

@@ -68,6 +68,17 @@ pub mod event {
     pub const UNAUTHENTICATED_SUPPRESSED: &str = "unauthenticated_suppressed";
     /// The receiver removed a leftover partial file older than its maximum age.
     pub const PARTIAL_REMOVED: &str = "partial_removed";
+    /// The agent queued a file for a recipient (`reason`: the item id).
+    pub const ITEM_QUEUED: &str = "item_queued";
+    /// The agent has a recipient's receipt for an item (`blake3`).
+    pub const ITEM_DELIVERED: &str = "item_delivered";
+    /// The agent gave an item up (`reason`: the item id and why).
+    pub const ITEM_FAILED: &str = "item_failed";
+    /// An item was cancelled by the operator.
+    pub const ITEM_CANCELLED: &str = "item_cancelled";
+    /// The agent ran an inbox's `on_receive` program (`reason`: how it ended and how long
+    /// it ran).
+    pub const HOOK_RAN: &str = "hook_ran";
 }
 
 /// The fields of a record. `None` fields are left out of the line.

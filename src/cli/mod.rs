@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod addr;
+mod agent;
+mod agent_run;
 mod audit;
 mod bench;
 mod certs;
@@ -50,7 +52,8 @@ pub mod code {
 pub struct Cli {
     /// The endpoint's home directory (identity, address book, audit log, conduit.toml)
     /// for the commands that use one (init, keygen, id, peers, send, receive, relay,
-    /// audit, config; they take --home after their name too); default: $CONDUIT_HOME, else the
+    /// audit, config, agent, queue; they take --home after their name too); default:
+    /// $CONDUIT_HOME, else the
     /// OS data directory.
     #[arg(long, value_name = "DIR")]
     pub home: Option<std::path::PathBuf>,
@@ -117,6 +120,13 @@ pub enum Command {
     /// The endpoint's audit trail: verify the chain, show records.
     #[command(subcommand, arg = home_arg())]
     Audit(audit::AuditCommand),
+    /// Run the [[outbox]] and [[inbox]] rules of conduit.toml until SIGTERM (or: check
+    /// them, show the queue's status).
+    #[command(arg = home_arg())]
+    Agent(agent::AgentArgs),
+    /// The agent's durable queue: list, retry or cancel delivery items.
+    #[command(subcommand, arg = home_arg())]
+    Queue(agent::QueueCommand),
     /// Measure throughput against raw baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -151,6 +161,8 @@ impl Command {
             Command::Man(_) => "man",
             Command::Config(_) => "config",
             Command::Audit(_) => "audit",
+            Command::Agent(_) => "agent",
+            Command::Queue(_) => "queue",
             Command::Bench(_) => "bench",
         }
     }
@@ -545,6 +557,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Audit(cmd) => audit::run(&home()?, cmd),
+        Command::Agent(args) => agent::run(&home()?, args),
+        Command::Queue(cmd) => agent::queue(&home()?, cmd),
         Command::Config(cmd) => config::run(&home()?, cmd),
     }
 }

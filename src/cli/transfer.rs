@@ -156,7 +156,7 @@ impl SendArgs {
 }
 
 /// How to reach a relay (send and receive).
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub(crate) struct RelayFlags {
     /// Meet the peer at a relay: HOST:PORT, or a comma-separated fleet (both peers pick the
     /// same relay by rendezvous hashing).
@@ -212,9 +212,18 @@ impl RelayFlags {
         t.relay_wait_secs = self.relay_wait;
     }
 
+    /// No relay flag, only an access token (`conduit agent`, which takes the relay from
+    /// the configuration).
+    pub(crate) fn token_only(token: Option<String>) -> Self {
+        Self {
+            relay_token: token,
+            ..Self::default()
+        }
+    }
+
     /// The relay options of the resolved configuration (with the token given here);
     /// `None` without a relay.
-    fn options(&self, r: &Resolved) -> anyhow::Result<Option<RelayOptions>> {
+    pub(crate) fn options(&self, r: &Resolved) -> anyhow::Result<Option<RelayOptions>> {
         let Some(list) = r.relay.value.as_ref() else {
             return Ok(None);
         };

@@ -147,8 +147,28 @@ impl Metrics {
     }
 }
 
+/// What a `/metrics` endpoint serves: the relay's counters, or the transfer agent's.
+pub trait Render: Send + Sync + 'static {
+    /// The Prometheus text exposition.
+    fn render(&self) -> String;
+    /// Whether `/healthz` says draining (503).
+    fn draining(&self) -> bool {
+        false
+    }
+}
+
+impl Render for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+}
+
 /// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve<M: Render>(listener: TcpListener, metrics: Arc<M>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CLIENTS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -160,13 +180,13 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &*metrics)).await;
             drop(permit);
         });
     }
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn answer<M: Render>(mut stream: tokio::net::TcpStream, metrics: &M) -> std::io::Result<()> {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut n = 0;
     while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -187,7 +207,7 @@ async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
     }
     match path {
         "/metrics" => respond(&mut stream, "200 OK", &metrics.render()).await,
-        "/healthz" if metrics.draining.load(Relaxed) => {
+        "/healthz" if metrics.draining() => {
             respond(&mut stream, "503 Service Unavailable", "draining\n").await
         }
         "/healthz" => respond(&mut stream, "200 OK", "ok\n").await,

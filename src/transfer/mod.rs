@@ -48,5 +48,5 @@ pub use error::{
 pub use events::{Event, Events, Summary};
 pub use manifest::{Offer, OfferError, Policy, ValidOffer};
 pub use receiver::{IncomingOffer, ReceivePolicy, Receiver};
-pub use sender::{Recipient, Sender, rendezvous_for, rendezvous_for_code};
+pub use sender::{ItemSent, Recipient, Sender, rendezvous_for, rendezvous_for_code};
 pub use teardown::{ABORT_DELIVERY_WAIT, SENDER_CLOSE_WAIT};

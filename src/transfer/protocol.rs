@@ -102,6 +102,42 @@ pub enum Reply {
     },
     /// Refused, with a reason code.
     Refuse(Refusal),
+    /// Only in answer to an offer that carries an [`OfferItem`]: the receiver delivered
+    /// this item before (same sender, same item id) and sends no second copy; the
+    /// original receipt follows ([`ReceiptStart`], [`ReceiptHashes`]) and no file stream
+    /// is opened. A sender checks those hashes against its files.
+    Delivered,
+}
+
+/// Version of the [`OfferItem`] extension written here.
+pub const OFFER_ITEM_VERSION: u8 = 1;
+
+/// An optional extension of the first offer message, right after the [`OfferStart`]
+/// bytes: the delivery item the offer carries (the agent's outbox), whose id is stable
+/// across retries so that the receiver can answer a repeat with the original receipt.
+/// A receiver that does not know it ignores the trailing bytes (postcard reads the
+/// [`OfferStart`] and stops), so old peers still work; a receiver that knows it ignores
+/// a version it does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferItem {
+    /// [`OFFER_ITEM_VERSION`].
+    pub version: u8,
+    /// The item id.
+    pub item: [u8; 16],
+}
+
+/// Decodes the first offer message: the [`OfferStart`], then the item id of an
+/// [`OfferItem`] of a known version if one follows.
+pub fn decode_offer_start(bytes: &[u8]) -> Result<(OfferStart, Option<[u8; 16]>), postcard::Error> {
+    let (start, rest) = postcard::take_from_bytes::<OfferStart>(bytes)?;
+    if rest.is_empty() {
+        return Ok((start, None));
+    }
+    let ext: OfferItem = postcard::from_bytes(rest)?;
+    Ok((
+        start,
+        (ext.version == OFFER_ITEM_VERSION).then_some(ext.item),
+    ))
 }
 
 /// Why a receiver refused an offer.
@@ -256,6 +292,45 @@ mod tests {
         assert!(postcard::to_allocvec(&points).unwrap().len() < limit);
         let hashes = ReceiptHashes(vec![[0xff; 32]; HASHES_PER_MESSAGE]);
         assert!(postcard::to_allocvec(&hashes).unwrap().len() < limit);
+    }
+
+    #[test]
+    fn an_offer_item_is_an_optional_trailing_extension() {
+        let start = OfferStart {
+            transfer_id: [1; 16],
+            session_secret: [2; 32],
+            chunk_size: 1 << 20,
+            count: 1,
+            dirs: 0,
+            total_size: 5,
+            audit_head: None,
+        };
+        let ext = OfferItem {
+            version: OFFER_ITEM_VERSION,
+            item: [9; 16],
+        };
+        let with = postcard::to_allocvec(&(start.clone(), ext)).unwrap();
+        // An old receiver reads the start and ignores the rest.
+        assert_eq!(postcard::from_bytes::<OfferStart>(&with).unwrap(), start);
+        assert_eq!(
+            decode_offer_start(&with).unwrap(),
+            (start.clone(), Some([9; 16]))
+        );
+        // An old sender's offer has none.
+        let without = postcard::to_allocvec(&start).unwrap();
+        assert_eq!(decode_offer_start(&without).unwrap(), (start.clone(), None));
+        // A later version is ignored; a torn one is an error.
+        let later =
+            postcard::to_allocvec(&(start.clone(), OfferItem { version: 2, ..ext })).unwrap();
+        assert_eq!(decode_offer_start(&later).unwrap().1, None);
+        assert!(decode_offer_start(&with[..with.len() - 3]).is_err());
+        // The new answer decodes as itself; the old ones keep their encoding.
+        let d = postcard::to_allocvec(&Reply::Delivered).unwrap();
+        assert_eq!(postcard::from_bytes::<Reply>(&d).unwrap(), Reply::Delivered);
+        assert_eq!(
+            postcard::to_allocvec(&Reply::Accept { resume_points: 0 }).unwrap(),
+            [0, 0]
+        );
     }
 
     #[test]

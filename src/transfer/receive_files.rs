@@ -343,7 +343,7 @@ fn plan_resume(
 
 /// Sends the receipt: the start with this receiver's audit chain head, then the hashes
 /// in batches.
-async fn send_receipt(
+pub(crate) async fn send_receipt(
     tx: &mut quinn::SendStream,
     est: &mut crate::crypto::handshake::Established,
     hashes: &[blake3::Hash],

@@ -25,7 +25,7 @@ use crate::transfer::dest::Destination;
 use crate::transfer::error::{TransferError, Violation};
 use crate::transfer::events::{Emit, Event, Events, Summary, TOP_LEVEL_SHOWN};
 use crate::transfer::manifest::{ManifestReader, Next, OfferError, Policy, ValidOffer};
-use crate::transfer::protocol::{OfferStart, Refusal, RefusalCode, Reply};
+use crate::transfer::protocol::{OfferStart, Refusal, RefusalCode, Reply, decode_offer_start};
 use crate::transfer::sender::{rendezvous_for, rendezvous_for_code};
 use crate::transfer::teardown;
 
@@ -283,11 +283,19 @@ impl Receiver {
         // Known-recipient mode: the offer was the first transport message, which completed
         // the handshake. Code mode: it is the next message.
         let offer_deadline = tokio::time::Instant::now() + timeouts.offer;
-        let start: OfferStart = match est.take_first_message() {
-            Some(first) => postcard::from_bytes(&first)
-                .map_err(|e| Violation::MalformedOffer(e.to_string()))?,
-            None => offer_part(offer_deadline, timeouts, session::recv(&mut rx, &mut est)).await?,
+        let first = match est.take_first_message() {
+            Some(first) => first,
+            None => {
+                let next = async {
+                    let body = session::read_frame(&mut rx).await?;
+                    Ok::<_, SessionError>(est.open(&body)?)
+                };
+                offer_part(offer_deadline, timeouts, next).await?
+            }
         };
+        // An agent's offer carries its delivery item (an optional trailing extension).
+        let (start, item): (OfferStart, _) =
+            decode_offer_start(&first).map_err(|e| Violation::MalformedOffer(e.to_string()))?;
         let started = Instant::now();
         let chunk = ChunkSize::new(u64::from(start.chunk_size))
             .map_err(|e| Violation::ChunkSize(e.to_string()))?;
@@ -351,6 +359,7 @@ impl Receiver {
             receiver: self,
             session,
             offer,
+            item,
             chunk,
             started,
             cancel: None,
@@ -361,7 +370,7 @@ impl Receiver {
 /// Ends a connection that failed with `e`: the failure on record, the connection closed
 /// with its code. Returns `e`.
 async fn fail(conn: &quinn::Connection, rec: &SessionAudit, e: TransferError) -> TransferError {
-    let e = match teardown::recorded(rec, Err(e)).await {
+    let e = match teardown::recorded::<()>(rec, Err(e)).await {
         Err(e) => e,
         Ok(_) => TransferError::Io(std::io::Error::other("recorded a success as a failure")),
     };
@@ -438,6 +447,8 @@ pub struct IncomingOffer<'a> {
     receiver: &'a Receiver,
     session: Session,
     offer: ValidOffer,
+    /// The delivery item the offer carries (an agent's), if any.
+    item: Option<[u8; 16]>,
     chunk: ChunkSize,
     started: Instant,
     cancel: Option<Cancel<'a>>,
@@ -473,6 +484,87 @@ impl<'a> IncomingOffer<'a> {
     /// How this transfer shows file names (it has learnt the offer's names).
     pub fn names(&self) -> &Names {
         self.session.rec.names()
+    }
+
+    /// The delivery item this offer carries (a transfer agent's outbox item, stable across
+    /// its retries), if any. A receiver that delivered it before answers with
+    /// [`already_delivered`](Self::already_delivered).
+    pub fn item(&self) -> Option<[u8; 16]> {
+        self.item
+    }
+
+    /// Answers an offer whose [`item`](Self::item) this receiver delivered before: the
+    /// original receipt (`hashes`, one per offered file, in offer order) instead of a
+    /// second copy. The sender checks the hashes against its files. On record as an
+    /// accepted offer and its receipt. Refused when the offer carries no item, or the
+    /// hashes do not match its files in number.
+    pub async fn already_delivered(
+        self,
+        hashes: &[blake3::Hash],
+    ) -> Result<Summary, TransferError> {
+        let IncomingOffer {
+            mut session,
+            offer,
+            item,
+            started,
+            cancel,
+            ..
+        } = self;
+        let (conn, rec) = (session.conn.clone(), Arc::clone(&session.rec));
+        if item.is_none() || hashes.len() as u64 != offer.start.count {
+            let refusal = Refusal::new(RefusalCode::Policy, "not a repeated delivery item");
+            let e = match session.decide(&offer.start, Some(refusal)).await {
+                Ok(()) => TransferError::Io(std::io::Error::other("a refusal was not sent")),
+                Err(e) => e,
+            };
+            return Err(fail(&conn, &rec, e).await);
+        }
+        let mut cancel: Cancel<'a> = cancel.unwrap_or_else(|| Box::pin(std::future::pending()));
+        let answer = async {
+            session.decide(&offer.start, None).await?;
+            session::send(&mut session.tx, &mut session.est, &Reply::Delivered).await?;
+            let head = session
+                .rec
+                .receipt(
+                    hashes,
+                    offer.start.total_size,
+                    offer.start.audit_head.as_ref(),
+                )
+                .await?;
+            crate::transfer::receive_files::send_receipt(
+                &mut session.tx,
+                &mut session.est,
+                hashes,
+                head,
+            )
+            .await?;
+            Ok::<_, TransferError>(())
+        };
+        let result = tokio::select! {
+            r = answer => r,
+            () = &mut cancel => return Err(teardown::cancelled(&conn, &rec).await),
+        };
+        let (peer, suite) = (session.peer, session.est.suite());
+        drop(session);
+        match result {
+            Ok(()) => {
+                teardown::wait_for_sender_close(&conn).await;
+                Ok(Summary {
+                    peer,
+                    files: offer
+                        .entries
+                        .into_iter()
+                        .zip(hashes)
+                        .map(|((rel, e), h)| (rel, e.size, *h))
+                        .collect(),
+                    bytes: offer.start.total_size,
+                    resumed: offer.start.total_size,
+                    seconds: started.elapsed().as_secs_f64(),
+                    suite,
+                })
+            }
+            Err(e) => Err(fail(&conn, &rec, e).await),
+        }
     }
 
     /// Runs `fut` (asking a person, say) unless the transfer's cancellation future
@@ -517,6 +609,7 @@ impl<'a> IncomingOffer<'a> {
             chunk,
             started,
             cancel,
+            ..
         } = self;
         let (conn, rec) = (session.conn.clone(), Arc::clone(&session.rec));
         let mut cancel: Cancel<'a> = cancel.unwrap_or_else(|| Box::pin(std::future::pending()));

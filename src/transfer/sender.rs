@@ -20,8 +20,8 @@ use crate::transfer::error::{CLOSE_DONE, TransferError, Violation};
 use crate::transfer::events::{Emit, Event, Events, Summary};
 use crate::transfer::paths::RelPath;
 use crate::transfer::protocol::{
-    Entry, MANIFEST_BYTES_PER_MESSAGE, OfferDirs, OfferEntries, OfferStart, ReceiptHashes,
-    ReceiptStart, Refusal, Reply, ResumePoint, ResumePoints,
+    Entry, MANIFEST_BYTES_PER_MESSAGE, OFFER_ITEM_VERSION, OfferDirs, OfferEntries, OfferItem,
+    OfferStart, ReceiptHashes, ReceiptStart, Refusal, Reply, ResumePoint, ResumePoints,
 };
 use crate::transfer::resume;
 use crate::transfer::source::{Collected, OpenError, OpenSource, SourceFile};
@@ -162,6 +162,37 @@ impl Sender {
         files: &Collected,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<Summary, TransferError> {
+        self.send_maybe_item(conn, to, files, None, cancel)
+            .await
+            .map(|s| s.summary)
+    }
+
+    /// Sends `files` as the delivery item `item` (a transfer agent's outbox item; the id
+    /// stays the same across retries), as [`Sender::send`] does. A receiver that
+    /// delivered this item before answers with its original receipt and no data moves:
+    /// the hashes are checked against the files here, and the result says
+    /// [`ItemSent::repeat`]. A receiver that does not know items receives the files as
+    /// any offer.
+    pub async fn send_item(
+        &self,
+        conn: &quinn::Connection,
+        to: &Recipient,
+        files: &Collected,
+        item: [u8; 16],
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<ItemSent, TransferError> {
+        self.send_maybe_item(conn, to, files, Some(item), cancel)
+            .await
+    }
+
+    async fn send_maybe_item(
+        &self,
+        conn: &quinn::Connection,
+        to: &Recipient,
+        files: &Collected,
+        item: Option<[u8; 16]>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<ItemSent, TransferError> {
         let rec = self.audit.session(Side::Send);
         rec.names().learn(
             files
@@ -174,7 +205,7 @@ impl Sender {
             sink: Arc::clone(&self.events),
             names: rec.names().clone(),
         };
-        let transfer = self.run(conn, to, &files.files, &files.dirs, &emit, &rec);
+        let transfer = self.run(conn, to, files, item, &emit, &rec);
         tokio::pin!(transfer);
         let result = tokio::select! {
             r = &mut transfer => r,
@@ -204,11 +235,12 @@ impl Sender {
         &self,
         conn: &quinn::Connection,
         recipient: &Recipient,
-        files: &[SourceFile],
-        dirs: &[RelPath],
+        collected: &Collected,
+        item: Option<[u8; 16]>,
         events: &Emit,
         rec: &SessionAudit,
-    ) -> Result<Summary, TransferError> {
+    ) -> Result<ItemSent, TransferError> {
+        let (files, dirs) = (&collected.files[..], &collected.dirs[..]);
         let (local, timeouts, chunk, pool) =
             (&self.identity, &self.timeouts, self.chunk, &self.pool);
         let (tx, rx) = conn.open_bi().await?;
@@ -251,12 +283,23 @@ impl Sender {
         let answer = timeouts
             .within(
                 Stage::Answer,
-                offer_and_answer(&mut rx, &mut tx, &mut est, &offer, files, dirs),
+                offer_and_answer(&mut rx, &mut tx, &mut est, &offer, item, files, dirs),
             )
             .await?;
         let points = match answer {
-            Ok(points) => points,
-            Err(refusal) => {
+            Answer::Accept(points) => points,
+            Answer::Delivered => {
+                rec.offer(&transfer_id, offer.count, total, None).await?;
+                let summary = self
+                    .repeat(&mut rx, &mut est, files, total, start, rec)
+                    .await?;
+                conn.close(CLOSE_DONE.into(), b"done");
+                return Ok(ItemSent {
+                    summary,
+                    repeat: true,
+                });
+            }
+            Answer::Refuse(refusal) => {
                 let reason = refusal.explain();
                 rec.offer(&transfer_id, offer.count, total, Some(&reason))
                     .await?;
@@ -380,15 +423,94 @@ impl Sender {
         }
         let seconds = start.elapsed().as_secs_f64();
         conn.close(CLOSE_DONE.into(), b"done");
+        Ok(ItemSent {
+            summary: Summary {
+                peer: est.remote_static(),
+                files: sent,
+                bytes: total,
+                resumed,
+                seconds,
+                suite: est.suite(),
+            },
+            repeat: false,
+        })
+    }
+
+    /// The receiver delivered this item before: its original receipt, checked against
+    /// the BLAKE3 of each file here (read once, through the descriptor opened for it).
+    async fn repeat(
+        &self,
+        rx: &mut quinn::RecvStream,
+        est: &mut crate::crypto::handshake::Established,
+        files: &[SourceFile],
+        total: u64,
+        start: Instant,
+        rec: &SessionAudit,
+    ) -> Result<Summary, TransferError> {
+        let (hashes, receiver_head) = self
+            .timeouts
+            .within(Stage::Receipt, read_receipt(rx, est, files.len()))
+            .await?;
+        let mut ours = Vec::with_capacity(files.len());
+        for (f, theirs) in files.iter().zip(&hashes) {
+            let source = OpenSource::open(f, u64::from(self.chunk.get())).map_err(|e| match e {
+                OpenError::Changed(c) => TransferError::Data {
+                    file: f.rel.to_string(),
+                    source: DataError::SourceChanged(c),
+                },
+                OpenError::Io(e) => TransferError::Io(e),
+            })?;
+            let fd = source.file().try_clone()?;
+            let hash = tokio::task::spawn_blocking(move || {
+                let mut h = blake3::Hasher::new();
+                h.update_reader(&fd)?;
+                Ok::<_, std::io::Error>(h.finalize())
+            })
+            .await
+            .map_err(|e| TransferError::Io(std::io::Error::other(e)))??;
+            source.check_unchanged().map_err(|c| TransferError::Data {
+                file: f.rel.to_string(),
+                source: DataError::SourceChanged(c),
+            })?;
+            if hash.as_bytes() != theirs {
+                return Err(TransferError::ReceiptMismatch(f.rel.to_string()));
+            }
+            ours.push(hash);
+        }
+        rec.receipt(&ours, total, receiver_head.as_ref()).await?;
         Ok(Summary {
             peer: est.remote_static(),
-            files: sent,
+            files: files
+                .iter()
+                .zip(ours)
+                .map(|(f, h)| (f.rel.clone(), f.size, h))
+                .collect(),
             bytes: total,
-            resumed,
-            seconds,
+            resumed: total,
+            seconds: start.elapsed().as_secs_f64(),
             suite: est.suite(),
         })
     }
+}
+
+/// What [`Sender::send_item`] ends with.
+#[derive(Debug, Clone)]
+pub struct ItemSent {
+    /// The files and their hashes, as the receipt confirmed them.
+    pub summary: Summary,
+    /// The receiver had delivered this item before and answered with its original
+    /// receipt: no second copy was written, no data moved.
+    pub repeat: bool,
+}
+
+/// The receiver's answer to an offer.
+enum Answer {
+    /// Accepted, with the resume points.
+    Accept(Vec<ResumePoint>),
+    /// Refused.
+    Refuse(Refusal),
+    /// The item was delivered before; the original receipt follows.
+    Delivered,
 }
 
 /// Files sent (or received) at once, each on its own stream, when they are up to
@@ -485,9 +607,10 @@ async fn offer_and_answer(
     tx: &mut quinn::SendStream,
     est: &mut crate::crypto::handshake::Established,
     start: &OfferStart,
+    item: Option<[u8; 16]>,
     files: &[SourceFile],
     dirs: &[RelPath],
-) -> Result<Result<Vec<ResumePoint>, Refusal>, TransferError> {
+) -> Result<Answer, TransferError> {
     let entry_batches = pack(files.iter().map(|f| entry_of(f).encoded_len()));
     let dir_batches = pack(dirs.iter().map(|d| d.as_str().len() + 5));
     let body = {
@@ -498,7 +621,17 @@ async fn offer_and_answer(
         let messages = 1 + entry_batches.len() + dir_batches.len();
         for m in 0..messages {
             let body = if m == 0 {
-                est.seal_message(start)
+                match item {
+                    // The item travels as a trailing extension of the first message.
+                    Some(item) => est.seal_message(&(
+                        start,
+                        OfferItem {
+                            version: OFFER_ITEM_VERSION,
+                            item,
+                        },
+                    )),
+                    None => est.seal_message(start),
+                }
             } else if let Some(r) = entry_batches.get(m - 1) {
                 est.seal_message(&OfferEntries(
                     files[r.clone()].iter().map(entry_of).collect(),
@@ -538,7 +671,14 @@ async fn offer_and_answer(
     };
     let reply: Reply = est.open_message(&body).map_err(SessionError::from)?;
     let n = match reply {
-        Reply::Refuse(r) => return Ok(Err(r)),
+        Reply::Refuse(r) => return Ok(Answer::Refuse(r)),
+        Reply::Delivered if item.is_some() => return Ok(Answer::Delivered),
+        Reply::Delivered => {
+            return Err(Violation::MalformedOffer(
+                "a repeat answer to an offer without an item".into(),
+            )
+            .into());
+        }
         Reply::Accept { resume_points } => resume_points,
     };
     if n > files.len() as u64 {
@@ -552,7 +692,7 @@ async fn offer_and_answer(
         }
         points.extend(batch);
     }
-    Ok(Ok(points))
+    Ok(Answer::Accept(points))
 }
 
 /// Reads the receipt of `files` files: their hashes in offer order, and the receiver's

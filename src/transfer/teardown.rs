@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::audit::SessionAudit;
 use crate::crypto::handshake::HandshakeError;
 use crate::transfer::error::{CLOSE_CANCELLED, TransferError};
-use crate::transfer::events::Summary;
 
 /// Longest wait, after a receipt, for the sender to close the connection (which it does
 /// once it has read the receipt).
@@ -18,10 +17,10 @@ pub const ABORT_DELIVERY_WAIT: Duration = Duration::from_secs(2);
 
 /// Records how a transfer ended: an authentication failure or a failure with its reason.
 /// A failure to write that record does not replace the transfer's own error.
-pub(crate) async fn recorded(
+pub(crate) async fn recorded<T>(
     rec: &SessionAudit,
-    result: Result<Summary, TransferError>,
-) -> Result<Summary, TransferError> {
+    result: Result<T, TransferError>,
+) -> Result<T, TransferError> {
     let err = match result {
         Ok(s) => return Ok(s),
         Err(e @ TransferError::Audit(_)) => return Err(e),

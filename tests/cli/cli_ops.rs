@@ -266,6 +266,7 @@ fn systemd_accepts_the_units() {
     for (unit, name) in [
         ("conduit-relay.service", "conduit-relay.service"),
         ("conduit-receive@.service", "conduit-receive@alice.service"),
+        ("conduit-agent@.service", "conduit-agent@alice.service"),
     ] {
         // The units name the installed binary; check them against this build's.
         let text = std::fs::read_to_string(root.join(unit))
