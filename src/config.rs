@@ -23,6 +23,9 @@ pub mod edit;
 pub const FILE_NAME: &str = "conduit.toml";
 /// Default of `relay_wait_secs` (`--relay-wait`).
 pub const DEFAULT_RELAY_WAIT_SECS: u64 = 10;
+/// Default of `code_wait_secs` (`--code-wait`): how long a code phrase stays valid, the
+/// side that starts first waiting this long for the other.
+pub const DEFAULT_CODE_WAIT_SECS: u64 = 600;
 /// Default of `out` (`receive --out`).
 pub const DEFAULT_OUT: &str = ".";
 /// Default of `part_max_age_days` (`receive --part-max-age-days`).
@@ -83,6 +86,9 @@ pub struct TransferFile {
     pub relay_ca: Option<PathBuf>,
     /// Seconds to wait for the peer at the relay (`--relay-wait`).
     pub relay_wait_secs: Option<u64>,
+    /// Seconds a code phrase stays valid: the side of a code-phrase transfer that starts
+    /// first waits this long for the other (`--code-wait`).
+    pub code_wait_secs: Option<u64>,
     /// The receiver's destination folder (`--out`).
     pub out: Option<PathBuf>,
     /// Let unknown senders complete the handshake (`--accept-unknown`).
@@ -413,6 +419,8 @@ pub struct Resolved {
     pub relay_ca: Sourced<Option<PathBuf>>,
     /// `transfer.relay_wait_secs`.
     pub relay_wait_secs: Sourced<u64>,
+    /// `transfer.code_wait_secs`: how long a code phrase stays valid.
+    pub code_wait_secs: Sourced<u64>,
     /// `transfer.out`: the receiver's destination folder.
     pub out: Sourced<PathBuf>,
     /// `transfer.accept_unknown`.
@@ -567,6 +575,7 @@ impl Resolved {
             relay_pin: pin,
             relay_ca: ca_file,
             relay_wait_secs: key!(relay_wait_secs, DEFAULT_RELAY_WAIT_SECS),
+            code_wait_secs: key!(code_wait_secs, DEFAULT_CODE_WAIT_SECS),
             out: key!(out, PathBuf::from(DEFAULT_OUT)),
             accept_unknown: key!(accept_unknown, false),
             auto_accept: key!(auto_accept, false),
@@ -688,6 +697,7 @@ impl Resolved {
                 &self.relay_wait_secs,
                 Some(env::RELAY_WAIT),
             ),
+            row("transfer.code_wait_secs", &self.code_wait_secs, None),
             row("transfer.out", &out, Some(env::OUT)),
             row("transfer.accept_unknown", &self.accept_unknown, None),
             row("transfer.auto_accept", &self.auto_accept, None),

@@ -3,12 +3,14 @@
 //! Every transfer at an endpoint leaves records in `HOME/audit/`: who the peer was, what
 //! was offered and decided, each file completed with its size and BLAKE3, the receipt, a
 //! failure and why. Records are chained by HMAC-SHA256 under a key derived from the
-//! endpoint's identity secret ([`record`]), appended under a file lock, fsynced, rotated
+//! endpoint's identity secret ([`record`]), appended under a file lock, fsynced (the records
+//! that transfers write at the same time share one write and fsync), rotated
 //! by size ([`log`]), and checked by `conduit audit verify` ([`verify`]). A transfer whose
 //! record cannot be written fails: nothing moves without its record.
 //!
 //! The schema is documented in docs/HIPAA.md ("Audit records").
 
+mod group;
 pub mod limit;
 pub mod log;
 pub mod names;
@@ -78,7 +80,8 @@ pub enum NameMode {
 }
 
 struct Inner {
-    log: log::AuditLog,
+    /// The log, and the group commit of the records of this endpoint's transfers.
+    group: Arc<group::GroupCommit>,
     names_key: Arc<ChainKey>,
     /// The bound on records of parties that never authenticated.
     unauthenticated: limit::Limiter,
@@ -88,14 +91,15 @@ struct Inner {
 }
 
 /// The audit trail of one endpoint, shared by its transfers (cheap to clone). Writes
-/// happen on a blocking thread.
+/// happen on a blocking thread; the records of transfers written at the same time are
+/// committed together (group commit: one lock, write and fsync for them).
 #[derive(Clone, Default)]
 pub struct Audit(Option<Arc<Inner>>);
 
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
-            Some(i) => write!(f, "Audit({})", i.log.dir().display()),
+            Some(i) => write!(f, "Audit({})", i.group.log().dir().display()),
             None => f.write_str("Audit(off)"),
         }
     }
@@ -152,11 +156,11 @@ impl Audit {
         let secret = identity.secret_bytes();
         let names = options.names;
         Self(Some(Arc::new(Inner {
-            log: log::AuditLog::new(
+            group: group::GroupCommit::new(Arc::new(log::AuditLog::new(
                 dir(home),
                 ChainKey::derive(&secret, CHAIN_LABEL),
                 options.rotate_bytes,
-            ),
+            ))),
             names_key: Arc::new(ChainKey::derive(&secret, NAMES_LABEL)),
             unauthenticated: limit::Limiter::default(),
             names,
@@ -185,7 +189,7 @@ impl Audit {
         let Some(inner) = self.0.clone() else {
             return Ok(None);
         };
-        tokio::task::spawn_blocking(move || inner.log.head())
+        tokio::task::spawn_blocking(move || inner.group.log().head())
             .await
             .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
     }
@@ -199,17 +203,10 @@ impl Audit {
         let Some((count, since)) = inner.unauthenticated.take() else {
             return Ok(());
         };
-        let written = tokio::task::spawn_blocking({
-            let inner = Arc::clone(&inner);
-            let since = since.clone();
-            move || {
-                inner
-                    .log
-                    .append(suppressed_record(&inner.local, count, since))
-            }
-        })
-        .await
-        .map_err(|e| AuditError::Io(std::io::Error::other(e)))?;
+        let written = inner
+            .group
+            .append(vec![suppressed_record(&inner.local, count, since.clone())])
+            .await;
         if written.is_err() {
             inner.unauthenticated.restore(count, since);
         }
@@ -236,7 +233,7 @@ impl Audit {
             NameMode::Plain => r.path = Some(path.to_string()),
             NameMode::Hash => r.path_hash = Some(inner.names_key.name_hash(path)),
         }
-        inner.log.append(r).map(|_| ())
+        inner.group.log().append(r).map(|_| ())
     }
 
     /// Records an agent's item event (`event`: one of [`record::event`]'s `ITEM_*`)
@@ -277,7 +274,7 @@ impl Audit {
             (NameMode::Hash, Some(hashed)) => r.path_hash = Some(hashed.to_string()),
             (NameMode::Hash, None) => r.path_hash = Some(inner.names_key.name_hash(path)),
         }
-        inner.log.append(r).map(|_| ())
+        inner.group.log().append(r).map(|_| ())
     }
 
     /// Records that an inbox's `on_receive` program ran for file `path`: how it ended
@@ -301,7 +298,7 @@ impl Audit {
             NameMode::Plain => r.path = Some(path.to_string()),
             NameMode::Hash => r.path_hash = Some(inner.names_key.name_hash(path)),
         }
-        inner.log.append(r).map(|_| ())
+        inner.group.log().append(r).map(|_| ())
     }
 
     /// The records of one transfer, under a new random session id.
@@ -438,15 +435,14 @@ impl SessionAudit {
             .as_deref()
             .map(|t| record::bounded(&self.names.redact(t)));
         r.peer_name = r.peer_name.as_deref().map(record::bounded);
-        tokio::task::spawn_blocking(move || {
-            if let Some(s) = summary {
-                inner.log.append(s)?;
-            }
-            inner.log.append_with_head(r)
-        })
-        .await
-        .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
-        .map(|(_, head)| Some(head))
+        // With the records of other transfers written at the same time (one write and one
+        // fsync for them all), and durable when this returns.
+        let records = summary.into_iter().chain([r]).collect();
+        inner
+            .group
+            .append(records)
+            .await
+            .map(|(_, head)| Some(head))
     }
 
     /// The chain's head now (the MAC of the log's last record); `None` when the audit is
@@ -455,7 +451,7 @@ impl SessionAudit {
         let Some(inner) = self.audit.0.clone() else {
             return Ok(None);
         };
-        tokio::task::spawn_blocking(move || inner.log.head_mac())
+        tokio::task::spawn_blocking(move || inner.group.log().head_mac())
             .await
             .map_err(|e| AuditError::Io(std::io::Error::other(e)))?
     }
@@ -727,5 +723,67 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(valid.records, 201);
+    }
+
+    /// Records queued while a commit waits for the log's lock (another process holds it)
+    /// go in one group: one write and one fsync for them all, each caller returns once its
+    /// record is durable, and the chain has every record once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_written_during_a_commit_share_the_next_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let me = Identity::generate().unwrap();
+        let audit = Audit::open(
+            &home,
+            &me,
+            &AddressBook::load(&home).unwrap(),
+            Options::default(),
+        );
+        let peer = Identity::generate().unwrap().public();
+        audit
+            .session(Side::Receive)
+            .opened(&peer, AuthMethod::PinnedKey)
+            .await
+            .unwrap();
+        let group = || audit.0.as_ref().unwrap().group.groups();
+        let before = group();
+        // Another writer holds the log.
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .open(super::dir(&home).join("lock"))
+            .unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let s = Arc::new(audit.session(Side::Receive));
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..50u64 {
+            let (s, done) = (Arc::clone(&s), Arc::clone(&done));
+            tasks.spawn(async move {
+                s.file_completed(&format!("f{i}"), i, &blake3::hash(b"x"))
+                    .await
+                    .unwrap();
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Nobody was told durable while the log could not be written.
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 0);
+        drop(lock);
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+        // The first record's commit, then everything queued meanwhile.
+        let groups = group() - before;
+        assert!(groups <= 2, "{groups} groups for 50 records");
+        let valid = verify::verify(&super::dir(&home), &chain_key(&me))
+            .unwrap()
+            .unwrap();
+        assert_eq!(valid.records, 52);
+        let records = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
+        let mut paths: Vec<String> = records.iter().filter_map(|r| r.path.clone()).collect();
+        paths.sort();
+        let mut want: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+        want.sort();
+        assert_eq!(paths, want);
     }
 }

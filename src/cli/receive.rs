@@ -23,12 +23,11 @@ use crate::cli::AuditNames;
 use crate::cli::Redacted;
 use crate::cli::output::{Output, ask_at_terminal, events, report};
 use crate::cli::transfer::{
-    CLOSE_ON_SIGNAL, Interrupted, RelayFlags, Shutdown, TimeoutFlags, from_env,
-    relay_unless_direct, runtime, save_peer, timeouts,
+    CLOSE_ON_SIGNAL, Interrupted, RelayFlags, Shutdown, TimeoutFlags, code_wait, from_env,
+    relay_unless_direct, runtime, save_peer, spoken, timeouts,
 };
 use crate::config::{FileConfig, Resolved};
 use crate::crypto::identity::Identity;
-use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
 use crate::home::Home;
 use crate::peers::AddressBook;
@@ -101,6 +100,10 @@ pub struct ReceiveArgs {
     /// After a code-phrase transfer, save the sender's key under this name.
     #[arg(long, requires = "code", value_name = "NAME")]
     save_peer: Option<String>,
+    /// Seconds the code stays valid: at a relay, how long to keep trying while the sender
+    /// is not (yet) waiting there [default: 600, or code_wait_secs in conduit.toml].
+    #[arg(long, requires = "code", value_name = "SECS")]
+    code_wait: Option<u64>,
     /// Print events and the summary as JSON lines.
     #[arg(long)]
     json: bool,
@@ -145,6 +148,7 @@ impl ReceiveArgs {
         t.max_entries = self.max_entries;
         t.max_sessions = self.concurrent;
         t.max_sessions_per_ip = self.max_per_ip;
+        t.code_wait_secs = self.code_wait;
         layer.audit.names = self.audit_names.map(crate::audit::NameMode::from);
         layer
     }
@@ -172,11 +176,20 @@ fn receive_with(
     // Found now, not after a sender has connected (checked again at each offer).
     dest.check_writable()?;
     let timeouts = timeouts(config)?;
+    // The settings are checked before the code is asked for.
+    let relay = relay_unless_direct(
+        "receive",
+        "--listen",
+        args.listen.as_deref(),
+        &args.relay,
+        config,
+    )?;
+    let code_wait = code_wait(config)?;
     let code = match &args.code {
         None => None,
-        Some(Some(text)) if !text.is_empty() => Some(Code::parse(text)?),
+        Some(Some(text)) if !text.is_empty() => Some(crate::cli::prompt::code_from(text)?),
         // `--code` alone: ask for it, off the command line.
-        Some(_) => Some(Code::parse(&crate::cli::prompt::read_secret("code: ")?)?),
+        Some(_) => Some(crate::cli::prompt::ask_code()?),
     };
     // A person at a terminal is asked about each offer (unless --yes); scripts are not.
     let interactive = !args.json
@@ -204,13 +217,6 @@ fn receive_with(
         sessions: None,
         suites: config.suite.value,
     };
-    let relay = relay_unless_direct(
-        "receive",
-        "--listen",
-        args.listen.as_deref(),
-        &args.relay,
-        config,
-    )?;
     let max_age_days = config.part_max_age_days.value;
     remove_stale_parts(&dest, &audit, max_age_days);
     let rt = runtime()?;
@@ -255,7 +261,12 @@ fn receive_with(
         (None, Some(opts)) if args.daemon => {
             return rt.block_on(daemon(Arc::new(ctx), opts, usize::from(sessions)));
         }
-        (None, Some(opts)) => {
+        (None, Some(mut opts)) => {
+            if ctx.receiver.receive_policy().code.is_some() {
+                // The sender may not be at the relay yet: it shows the code once there,
+                // but the code may have come by another way.
+                opts.wait = code_wait;
+            }
             let got = rt.block_on(receive_at_relay(&ctx, &opts));
             flush_suppressed(&rt, ctx.audit());
             got?
@@ -282,24 +293,44 @@ async fn receive_at_relay(
         Some(_) => (Role::Connect, true),
         None => (Role::Listen, false),
     };
-    if ctx.json {
-        println!(
-            "{}",
-            json!({"event": "joining", "relay": opts.choose(&rendezvous)?})
-        );
-    } else {
-        println!("waiting at relay {}", opts.choose(&rendezvous)?);
-    }
+    // Said once the relay has our Hello (never when it cannot be reached), and once.
+    let told = std::sync::atomic::AtomicBool::new(false);
+    let waiting = |relay: &str| {
+        if told.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if ctx.json {
+            println!("{}", json!({"event": "joining", "relay": relay}));
+        } else {
+            println!("waiting at relay {relay}");
+        }
+    };
     loop {
         // A key's listener proves it holds the key; a code's nameplate is joined.
         let j = ctx
             .shutdown
             .race(async {
-                Ok(if role == Role::Listen && !single_use {
-                    relay_client::listen(opts, ctx.receiver.identity()).await?
+                let joined = if role == Role::Listen && !single_use {
+                    relay_client::listen_reporting(opts, ctx.receiver.identity(), &waiting).await
                 } else {
-                    relay_client::join(opts, role, single_use, rendezvous).await?
-                })
+                    relay_client::join_reporting(opts, role, single_use, rendezvous, &waiting).await
+                };
+                let j = match joined {
+                    Ok(j) => j,
+                    Err(
+                        e @ relay_client::JoinError::Refused {
+                            refusal: crate::relay::hello::Refusal::NoListener,
+                            ..
+                        },
+                    ) if single_use => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "no sender waits at the relay with this code (tried for {}): check the code, or ask the sender to start again",
+                            spoken(opts.wait)
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(j)
             })
             .await?;
         // On Ctrl-C the partial files and their resume records stay.

@@ -47,6 +47,10 @@ pub struct SendArgs {
     /// After a code-phrase transfer, save the receiver's key under this name.
     #[arg(long, requires = "code", value_name = "NAME")]
     save_peer: Option<String>,
+    /// Seconds the code stays valid: the sender waits this long for the receiver to use
+    /// it [default: 600, or code_wait_secs in conduit.toml].
+    #[arg(long, requires = "code", value_name = "SECS")]
+    code_wait: Option<u64>,
     /// The receiver's address, HOST:PORT (UDP), e.g. lab.example.org:7470, 192.0.2.7:7470
     /// or [2001:db8::7]:7470 (it runs `conduit receive --listen`; every address of a name
     /// is tried); takes precedence over `--relay`, CONDUIT_RELAY or a relay in
@@ -128,6 +132,23 @@ pub(crate) fn timeouts(r: &Resolved) -> anyhow::Result<Timeouts> {
     })
 }
 
+/// How long a code phrase stays valid (`--code-wait`, `transfer.code_wait_secs`): the
+/// side that starts first waits this long for the other. Zero is refused.
+pub(crate) fn code_wait(r: &Resolved) -> anyhow::Result<Duration> {
+    match r.code_wait_secs.value {
+        0 => Err(Usage("--code-wait: at least 1 second".into()).into()),
+        secs => Ok(Duration::from_secs(secs)),
+    }
+}
+
+/// A duration as people say it: "10 min", "90 s".
+pub(crate) fn spoken(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 120 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 /// Whether the value of argument `id` came from its environment variable (clap reads
 /// it, for `--help` and for checking it), not from the command line.
 pub(crate) fn from_env(m: &clap::ArgMatches, id: &str) -> bool {
@@ -150,6 +171,7 @@ impl SendArgs {
         self.relay.layer(&mut layer.transfer);
         self.timeouts.layer(&mut layer.transfer);
         layer.transfer.suite = self.suite;
+        layer.transfer.code_wait_secs = self.code_wait;
         layer.audit.names = self.audit_names.map(NameMode::from);
         layer
     }
@@ -279,8 +301,6 @@ pub(crate) fn relay_unless_direct(
 #[error("interrupted: partial files stay at the receiver; run the same commands again to resume")]
 pub(crate) struct Interrupted;
 
-/// How long a code-phrase sender keeps trying to reach the receiver.
-const CODE_WAIT: Duration = Duration::from_secs(300);
 /// One connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -352,25 +372,16 @@ fn send_with(
     audit: Audit,
     names: &Names,
 ) -> anyhow::Result<Summary> {
-    let recipient = match &args.to {
-        Some(name) => Recipient::Known(
+    // Everything is checked before a code is made and shown: the recipient, the files,
+    // the settings.
+    let known = match &args.to {
+        Some(name) => Some(
             book.find_by_name(name)
                 .ok_or_else(|| crate::peers::PeersError::NotFound(name.clone()))
                 .context("the recipient (--to) is not in the address book")?
                 .key,
         ),
-        None => {
-            let code = Code::generate()?;
-            if args.json {
-                println!("{}", json!({"event": "code", "code": code.to_string()}));
-            } else {
-                println!("code: {code}");
-                println!(
-                    "on the receiving side run: conduit receive --listen ADDR --code (and type the code when asked)"
-                );
-            }
-            Recipient::Code(code)
-        }
+        None => None,
     };
     let chunk = ChunkSize::new(args.chunk_size)?;
     let collected =
@@ -398,6 +409,11 @@ fn send_with(
         &args.relay,
         config,
     )?;
+    let valid = code_wait(config)?;
+    let recipient = match known {
+        Some(key) => Recipient::Known(key),
+        None => Recipient::Code(Code::generate()?),
+    };
     let rt = runtime()?;
     let shutdown = {
         let _in = rt.enter();
@@ -406,24 +422,39 @@ fn send_with(
     rt.block_on(async {
         let (endpoint, conn) = shutdown
             .race(async {
-                Ok(match (&relay, args.direct.as_deref()) {
-                    (Some(opts), _) => {
-                        // Known recipient: the receiver waits at the relay and we join it. Code:
-                        // we printed the code and wait; the receiver joins us, once.
-                        let (role, single_use) = match &recipient {
-                            Recipient::Known(_) => (Role::Connect, false),
-                            Recipient::Code(_) => (Role::Listen, true),
-                        };
-                        let j = relay_client::join(opts, role, single_use, recipient.rendezvous())
-                            .await?;
+                Ok(match (&relay, args.direct.as_deref(), &recipient) {
+                    // Known recipient: the receiver waits at the relay and we join it.
+                    (Some(opts), _, Recipient::Known(_)) => {
+                        let j =
+                            relay_client::join(opts, Role::Connect, false, recipient.rendezvous())
+                                .await?;
                         (j.endpoint, j.connection)
                     }
-                    (None, Some(addr)) => {
+                    // Code: we wait at the relay, and show the code once there; the receiver
+                    // joins us, once.
+                    (Some(opts), _, Recipient::Code(code)) => {
+                        let hint = receive_hint_relay(config);
+                        let shown = std::sync::atomic::AtomicBool::new(false);
+                        let show = |_: &str| {
+                            if !shown.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                show_code(code, &hint, valid, args.json);
+                            }
+                        };
+                        let j = wait_at_relay(opts, code, valid, &show).await?;
+                        (j.endpoint, j.connection)
+                    }
+                    (None, Some(addr), recipient) => {
                         let addrs = crate::cli::addr::resolve(addr).await?;
-                        let wait = matches!(recipient, Recipient::Code(_));
+                        let wait = match recipient {
+                            Recipient::Code(code) => {
+                                show_code(code, &receive_hint_direct(&addrs), valid, args.json);
+                                Some(valid)
+                            }
+                            Recipient::Known(_) => None,
+                        };
                         connect(&addrs, addr, wait, timeouts.idle).await?
                     }
-                    (None, None) => anyhow::bail!("--direct or --relay is required"),
+                    (None, None, _) => anyhow::bail!("--direct or --relay is required"),
                 })
             })
             .await?;
@@ -474,6 +505,12 @@ fn refused_by(e: TransferError, to: Option<&str>) -> anyhow::Error {
             code: RefusalCode::UnknownSender,
             detail: None,
         }),
+        // The code was mistyped (or guessed) at the other end.
+        (_, Some(HandshakeError::PeerAborted(AbortReason::CodeMismatch))) => {
+            return anyhow::Error::new(e).context(
+                "the receiver's code does not match this one (check it with them word by word; this code is used up: send again for a new one)",
+            );
+        }
         _ => return e.into(),
     };
     // The sentence says all the error did: one line, not two.
@@ -502,31 +539,156 @@ pub(crate) fn next_step(code: RefusalCode) -> &'static str {
 }
 
 /// Connects to the first of `addrs` (the addresses of `shown`, as given) that answers
-/// ([`transport::addr::connect_first`]); in code mode the receiver may not be listening
-/// yet (its user types the code after the sender printed it), so keep trying for
-/// [`CODE_WAIT`].
+/// ([`transport::addr::connect_first`]), once, or (code mode: `wait`) for as long as the
+/// code is valid, since the receiver may not be listening yet (its user types the code
+/// after the sender showed it).
+///
+/// While waiting, an attempt is never given up by us: it ends by QUIC's idle timeout
+/// (at most [`ATTEMPT_IDLE`]), which sends nothing. An attempt dropped before that sends
+/// a close, and when the receiver has started listening meanwhile that close (or the
+/// attempt's last packets) reaches it as a connection aborted in its handshake: the
+/// receiver then reported a failed connection, and a one-shot receiver used to end on it.
 async fn connect(
     addrs: &[SocketAddr],
     shown: &str,
-    wait: bool,
+    wait: Option<Duration>,
     idle: Duration,
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
-    let deadline = tokio::time::Instant::now() + if wait { CODE_WAIT } else { Duration::ZERO };
-    loop {
-        let attempt = transport::addr::connect_first(addrs, "phi-conduit", CONNECT_TIMEOUT, |a| {
+    let unanswered = || {
+        format!(
+            "no answer from {shown} (is `conduit receive --listen` running there, and UDP to its port open?)"
+        )
+    };
+    let Some(valid) = wait else {
+        return transport::addr::connect_first(addrs, "phi-conduit", CONNECT_TIMEOUT, |a| {
             transport::direct_client_with(a, idle)
+        })
+        .await
+        .with_context(unanswered);
+    };
+    let deadline = tokio::time::Instant::now() + valid;
+    // Longer than the attempt's idle timeout: QUIC ends it first.
+    let attempt_limit = ATTEMPT_IDLE + Duration::from_secs(5);
+    loop {
+        let attempt = transport::addr::connect_first(addrs, "phi-conduit", attempt_limit, |a| {
+            transport::direct_client_with(a, idle.min(ATTEMPT_IDLE))
         })
         .await;
         match attempt {
             Ok(connected) => return Ok(connected),
             Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(e).with_context(|| {
-                    format!("no answer from {shown} (is `conduit receive --listen` running there, and UDP to its port open?)")
-                });
+                return Err(anyhow::Error::new(e)
+                    .context(unanswered())
+                    .context(CodeExpired {
+                        valid,
+                        who: "receiver",
+                    }));
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// The longest a code sender's connection attempt lasts without an answer (its QUIC idle
+/// timeout, also that of the connection it becomes: keep-alives keep a live peer's
+/// connection open).
+const ATTEMPT_IDLE: Duration = Duration::from_secs(10);
+
+/// A code phrase that no peer used while it was valid.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the code expired: no {who} used it within {} (the code's validity: --code-wait, or code_wait_secs in conduit.toml); start again for a new code",
+    spoken(*.valid)
+)]
+pub(crate) struct CodeExpired {
+    /// How long it was valid.
+    pub(crate) valid: Duration,
+    /// "receiver" or "sender".
+    pub(crate) who: &'static str,
+}
+
+/// A code sender waits at the relay for the receiver, for as long as the code is valid:
+/// when the relay gives up on the pairing first (its own pairing timeout), it joins
+/// again (the nameplate is burned only by a pairing). `shown` is called once the relay
+/// has our Hello (each time).
+async fn wait_at_relay(
+    opts: &RelayOptions,
+    code: &Code,
+    valid: Duration,
+    shown: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<relay_client::Joined> {
+    use crate::relay::client::JoinError;
+    use crate::relay::hello::Refusal;
+    let deadline = tokio::time::Instant::now() + valid;
+    let rendezvous = crate::transfer::rendezvous_for_code(code);
+    loop {
+        let joined = relay_client::join_reporting(opts, Role::Listen, true, rendezvous, shown);
+        match tokio::time::timeout_at(deadline, joined).await {
+            Err(_) => {
+                return Err(CodeExpired {
+                    valid,
+                    who: "receiver",
+                }
+                .into());
+            }
+            Ok(Err(JoinError::Refused {
+                refusal: Refusal::PairingTimeout,
+                ..
+            })) => {}
+            Ok(joined) => return Ok(joined?),
+        }
+    }
+}
+
+/// Shows the code, and the command the receiving side runs.
+fn show_code(code: &Code, hint: &str, valid: Duration, json: bool) {
+    if json {
+        println!(
+            "{}",
+            json!({"event": "code", "code": code.to_string(), "receive": hint, "valid_secs": valid.as_secs()})
+        );
+    } else {
+        println!("code: {code}");
+        println!(
+            "on the receiving side run: {hint}\nand type the code when asked (it is valid for {})",
+            spoken(valid)
+        );
+    }
+}
+
+/// The command a direct code receiver runs: listening on the port the sender connects
+/// to, on every address (of the family the sender tries first).
+fn receive_hint_direct(addrs: &[SocketAddr]) -> String {
+    let Some(addr) = addrs.first() else {
+        return "conduit receive --listen 0.0.0.0:PORT --code".to_string();
+    };
+    let any: std::net::IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    format!(
+        "conduit receive --listen {} --code",
+        SocketAddr::new(any, addr.port())
+    )
+}
+
+/// The command a code receiver runs at the relay: with the relay (and how to verify it)
+/// unless conduit.toml gives them, where the receiving side has them too.
+fn receive_hint_relay(config: &Resolved) -> String {
+    use crate::config::Source;
+    let mut hint = String::from("conduit receive --code");
+    let given = |source: Source| matches!(source, Source::Flag | Source::Env);
+    if let (Some(relay), true) = (&config.relay.value, given(config.relay.source)) {
+        hint.push_str(&format!(" --relay {relay}"));
+    }
+    if let (Some(pin), true) = (&config.relay_pin.value, given(config.relay_pin.source)) {
+        hint.push_str(&format!(" --relay-pin {pin}"));
+    }
+    if let (Some(ca), true) = (&config.relay_ca.value, given(config.relay_ca.source)) {
+        hint.push_str(&format!(" --relay-ca {}", ca.display()));
+    }
+    hint
 }
 
 /// Saves the peer of a finished code-phrase transfer. The transfer itself succeeded, so

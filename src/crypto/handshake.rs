@@ -125,7 +125,9 @@ pub enum HandshakeError {
     #[error("unknown sender {0}: not in the address book")]
     UnknownPeer(Fingerprint),
     /// The code phrases differ (detected by the responder).
-    #[error("code mismatch: the code phrases differ")]
+    #[error(
+        "code mismatch: the code phrases differ (check the code word by word with the sender; it is used up now, so the sender starts again for a new one)"
+    )]
     CodeMismatch,
     /// The peer aborted. Before the handshake completes an abort frame travels in clear
     /// and is not authenticated: anyone on the path could have sent it.

@@ -42,7 +42,70 @@ pub enum PakeError {
     /// No randomness.
     #[error("no random numbers available")]
     Random,
+    /// A word of the code is not in the word list, and no single word is close to it.
+    #[error("{}", not_in_list(*.position, .word, .nearest))]
+    NotAWord {
+        /// Its place among the words (1 for the first word after the number).
+        position: usize,
+        /// The word as typed.
+        word: String,
+        /// The closest words of the list (several, equally close), if any is close.
+        nearest: Vec<&'static str>,
+    },
+    /// More than one word needed correcting: a code is corrected one word at most.
+    #[error("code words {} are not in the word list: check the code the sender printed", .0.join(", "))]
+    TooManyCorrections(Vec<String>),
 }
+
+/// The message of [`PakeError::NotAWord`].
+fn not_in_list(position: usize, word: &str, nearest: &[&str]) -> String {
+    let shown = crate::transfer::paths::escape(word);
+    let mut m =
+        format!("code word {position} ({shown:?}) is not in the word list (BIP-39 English)");
+    match nearest {
+        [] => m.push_str(": check the code the sender printed"),
+        many => {
+            m.push_str(": did you mean ");
+            m.push_str(&many.join(" or "));
+            m.push('?');
+        }
+    }
+    m
+}
+
+/// How a word of a typed code was read ([`Code::parse_forgiving`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fix {
+    /// The start of exactly one word of the list (at least [`MIN_PREFIX`] letters),
+    /// completed to it.
+    Completed {
+        /// Its place among the words (1 for the first word after the number).
+        position: usize,
+        /// As typed.
+        typed: String,
+        /// The word of the list.
+        word: &'static str,
+    },
+    /// Not in the list, but exactly one word of the list is closest, within
+    /// [`MAX_DISTANCE`] edits (a letter added, left out, changed, or two swapped).
+    Corrected {
+        /// Its place among the words.
+        position: usize,
+        /// As typed.
+        typed: String,
+        /// The word of the list.
+        word: &'static str,
+        /// The edits between them.
+        distance: usize,
+    },
+}
+
+/// Fewest letters a typed word needs to be completed from its start (every BIP-39
+/// word is told apart by its first four letters; three are often enough). A typed word
+/// that is itself in the list is that word, never completed (`can`, not `canoe`).
+pub const MIN_PREFIX: usize = 3;
+/// Most edits a typed word may be from a word of the list to be corrected to it.
+pub const MAX_DISTANCE: usize = 2;
 
 fn words() -> impl Iterator<Item = &'static str> {
     WORDS_TEXT.lines().map(str::trim).filter(|w| !w.is_empty())
@@ -103,6 +166,61 @@ impl Code {
         })
     }
 
+    /// Parses a code as a person typed it: like [`Code::parse`], but a word that is not
+    /// in the list is completed when it starts exactly one word of the list (at least
+    /// [`MIN_PREFIX`] letters), or corrected when exactly one word of the list is closest
+    /// to it within [`MAX_DISTANCE`] edits; one word at most is corrected (completions
+    /// are not limited). Says what was completed or corrected. A word that can be
+    /// neither is [`PakeError::NotAWord`], naming it (and the nearest words, if several
+    /// are equally close).
+    pub fn parse_forgiving(text: &str) -> Result<(Self, Vec<Fix>), PakeError> {
+        let lower = text.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split('-').collect();
+        if parts.len() != 1 + CODE_WORDS {
+            return Err(PakeError::MalformedCode);
+        }
+        let mut fixed = String::from(parts[0]);
+        let mut fixes = Vec::new();
+        for (i, part) in parts[1..].iter().enumerate() {
+            let position = i + 1;
+            let word = match read_word(part) {
+                Read::Exact(w) => w,
+                Read::Fixed(fix) => {
+                    let w = match &fix {
+                        Fix::Completed { word, .. } | Fix::Corrected { word, .. } => *word,
+                    };
+                    fixes.push(fix.at(position));
+                    w
+                }
+                Read::Unknown(nearest) => {
+                    return Err(PakeError::NotAWord {
+                        position,
+                        word: (*part).to_string(),
+                        nearest,
+                    });
+                }
+            };
+            fixed.push('-');
+            fixed.push_str(word);
+        }
+        let corrected: Vec<String> = fixes
+            .iter()
+            .filter_map(|f| match f {
+                Fix::Corrected {
+                    position, typed, ..
+                } => Some(format!(
+                    "{position} ({:?})",
+                    crate::transfer::paths::escape(typed)
+                )),
+                Fix::Completed { .. } => None,
+            })
+            .collect();
+        if corrected.len() > 1 {
+            return Err(PakeError::TooManyCorrections(corrected));
+        }
+        Ok((Self::parse(&fixed)?, fixes))
+    }
+
     /// The nameplate number (public: it picks the rendezvous).
     pub fn nameplate(&self) -> u32 {
         self.nameplate
@@ -123,6 +241,105 @@ impl std::fmt::Debug for Code {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Code({}-...)", self.nameplate)
     }
+}
+
+impl Fix {
+    fn at(self, position: usize) -> Self {
+        match self {
+            Fix::Completed { typed, word, .. } => Fix::Completed {
+                position,
+                typed,
+                word,
+            },
+            Fix::Corrected {
+                typed,
+                word,
+                distance,
+                ..
+            } => Fix::Corrected {
+                position,
+                typed,
+                word,
+                distance,
+            },
+        }
+    }
+}
+
+/// How one typed word reads against the list.
+enum Read {
+    Exact(&'static str),
+    /// Completed or corrected (position still 0).
+    Fixed(Fix),
+    /// Neither; the nearest words within [`MAX_DISTANCE`], if several tie.
+    Unknown(Vec<&'static str>),
+}
+
+fn read_word(typed: &str) -> Read {
+    if let Some(w) = words().find(|w| *w == typed) {
+        return Read::Exact(w);
+    }
+    if typed.is_empty() || typed.len() > 16 || !typed.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Read::Unknown(Vec::new());
+    }
+    if typed.len() >= MIN_PREFIX {
+        let mut starting = words().filter(|w| w.starts_with(typed));
+        if let (Some(word), None) = (starting.next(), starting.next()) {
+            return Read::Fixed(Fix::Completed {
+                position: 0,
+                typed: typed.to_string(),
+                word,
+            });
+        }
+    }
+    let mut best = MAX_DISTANCE + 1;
+    let mut nearest = Vec::new();
+    for w in words() {
+        let d = edit_distance(typed.as_bytes(), w.as_bytes(), best);
+        if d < best {
+            best = d;
+            nearest.clear();
+        }
+        if d == best && d <= MAX_DISTANCE {
+            nearest.push(w);
+        }
+    }
+    match nearest.as_slice() {
+        [word] => Read::Fixed(Fix::Corrected {
+            position: 0,
+            typed: typed.to_string(),
+            word,
+            distance: best,
+        }),
+        _ => Read::Unknown(nearest),
+    }
+}
+
+/// The edits (insert, delete, substitute, swap of two neighbours) between `a` and `b`
+/// (optimal string alignment distance); anything above `limit` may be reported as
+/// `limit + 1`.
+fn edit_distance(a: &[u8], b: &[u8], limit: usize) -> usize {
+    if a.len().abs_diff(b.len()) > limit {
+        return limit + 1;
+    }
+    // Three rows: two back (for a swap), one back, this one.
+    let mut two: Vec<usize> = vec![0; b.len() + 1];
+    let mut one: Vec<usize> = (0..=b.len()).collect();
+    let mut row: Vec<usize> = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        row[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (one[j] + 1).min(row[j - 1] + 1).min(one[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(two[j - 2] + 1);
+            }
+            row[j] = d;
+        }
+        std::mem::swap(&mut two, &mut one);
+        std::mem::swap(&mut one, &mut row);
+    }
+    one[b.len()].min(limit + 1)
 }
 
 /// One side of the symmetric SPAKE2 exchange.
@@ -209,6 +426,111 @@ mod tests {
             "7-abandon-ability-able-about",
         ] {
             assert_eq!(Code::parse(bad), Err(PakeError::MalformedCode), "{bad}");
+        }
+    }
+
+    #[test]
+    fn edit_distances_count_insertions_deletions_changes_and_swaps() {
+        let d = |a: &str, b: &str| edit_distance(a.as_bytes(), b.as_bytes(), 5);
+        assert_eq!(d("harbor", "harbor"), 0);
+        assert_eq!(d("harbr", "harbor"), 1);
+        assert_eq!(d("harbour", "harbor"), 1);
+        assert_eq!(d("hrabor", "harbor"), 1);
+        assert_eq!(d("harbxr", "harbor"), 1);
+        assert_eq!(d("hrbr", "harbor"), 2);
+        assert_eq!(d("", "abc"), 3);
+        assert_eq!(edit_distance(b"a", b"abcdefgh", 2), 3);
+    }
+
+    #[test]
+    fn a_typed_code_is_completed_and_one_mistyped_word_corrected() {
+        let right = Code::parse("7-crystal-harbor-orbit").unwrap();
+        // Exact: nothing to say.
+        let (c, fixes) = Code::parse_forgiving(" 7-Crystal-harbor-orbit ").unwrap();
+        assert_eq!((c, fixes), (right.clone(), vec![]));
+        // Starts of words (unique from three letters on) are completed, any number.
+        let (c, fixes) = Code::parse_forgiving("7-cryst-harb-orbi").unwrap();
+        assert_eq!(c, right);
+        assert_eq!(fixes.len(), 3);
+        assert!(matches!(
+            &fixes[0],
+            Fix::Completed { position: 1, typed, word: "crystal" } if typed == "cryst"
+        ));
+        // One mistyped word: a letter left out, one too many, two swapped.
+        for typed in [
+            "7-crystl-harbor-orbit",
+            "7-crystal-harbour-orbit",
+            "7-crystal-harbor-obrit",
+        ] {
+            let (c, fixes) = Code::parse_forgiving(typed).unwrap();
+            assert_eq!(c, right, "{typed}");
+            assert!(
+                matches!(fixes.as_slice(), [Fix::Corrected { distance: 1, .. }]),
+                "{typed}: {fixes:?}"
+            );
+        }
+        // Two edits away is still corrected when one word is closest.
+        let (c, fixes) = Code::parse_forgiving("7-kristal-harbor-orbit").unwrap();
+        assert_eq!(c, right);
+        assert!(matches!(
+            fixes.as_slice(),
+            [Fix::Corrected {
+                position: 1,
+                distance: 2,
+                word: "crystal",
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_word_that_cannot_be_read_is_named() {
+        // Far from every word: named, with the advice to check.
+        let e = Code::parse_forgiving("7-crystal-xqzzvw-orbit").unwrap_err();
+        assert!(
+            matches!(&e, PakeError::NotAWord { position: 2, word, nearest } if word == "xqzzvw" && nearest.is_empty()),
+            "{e:?}"
+        );
+        let m = e.to_string();
+        assert!(
+            m.contains("code word 2")
+                && m.contains("\"xqzzvw\"")
+                && m.contains("not in the word list"),
+            "{m}"
+        );
+        // Several words equally close: not guessed, offered.
+        let e = Code::parse_forgiving("7-crystal-harbor-cax").unwrap_err();
+        match &e {
+            PakeError::NotAWord {
+                position: 3,
+                nearest,
+                ..
+            } => {
+                assert!(*nearest == ["can", "car", "cat"], "{nearest:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("did you mean "), "{e}");
+        // Two mistyped words: not corrected.
+        let e = Code::parse_forgiving("7-crystl-harbr-orbit").unwrap_err();
+        assert!(
+            matches!(e, PakeError::TooManyCorrections(ref w) if w.len() == 2),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("code words 1 (\"crystl\"), 2 (\"harbr\")"),
+            "{e}"
+        );
+        // The shape is still checked.
+        for bad in [
+            "",
+            "7",
+            "7-crystal-harbor",
+            "x-crystal-harbor-orbit",
+            "7-a-b-c-d",
+        ] {
+            assert!(Code::parse_forgiving(bad).is_err(), "{bad}");
         }
     }
 

@@ -43,6 +43,18 @@ pub enum JoinError {
         /// Why.
         message: String,
     },
+    /// The relay did not answer the QUIC handshake in time: it is not running there, or
+    /// a firewall drops its UDP port.
+    #[error(
+        "relay {relay} is unreachable: no answer within {} s (check the relay's address and port, that it is running, and that UDP port {port} is open)",
+        CONNECT_TIMEOUT.as_secs()
+    )]
+    Unreachable {
+        /// The relay as written.
+        relay: String,
+        /// Its UDP port.
+        port: u16,
+    },
     /// The relay refused us or gave up waiting.
     #[error("relay {relay} refused: {refusal}")]
     Refused {
@@ -137,6 +149,11 @@ pub struct Joined {
 
 /// Pause between two attempts of a connector that found no listener.
 const RETRY: Duration = Duration::from_millis(250);
+/// The pause once a connector has tried for [`SLOW_AFTER`] (a code receiver may wait
+/// minutes for its sender: one attempt a second is enough).
+const SLOW_RETRY: Duration = Duration::from_secs(1);
+/// How long a connector retries at the [`RETRY`] pace.
+const SLOW_AFTER: Duration = Duration::from_secs(10);
 /// Pause before a connector tries again after `busy` (the relay's sessions, or those of
 /// its source or its listener's, are all in use; one may end soon).
 const BUSY_RETRY: Duration = Duration::from_secs(1);
@@ -211,7 +228,8 @@ async fn join_with(
     key: Option<&Identity>,
     connected: &(dyn Fn(&str) + Sync),
 ) -> Result<Joined, JoinError> {
-    let deadline = tokio::time::Instant::now() + opts.wait;
+    let start = tokio::time::Instant::now();
+    let deadline = start + opts.wait;
     // Told once, however many attempts a connector makes.
     let told = std::sync::atomic::AtomicBool::new(false);
     let once = |relay: &str| {
@@ -225,7 +243,15 @@ async fn join_with(
                 refusal: Refusal::NoListener,
                 ..
             }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(RETRY).await;
+                let pause = if start.elapsed() < SLOW_AFTER {
+                    RETRY
+                } else {
+                    SLOW_RETRY
+                };
+                tokio::time::sleep(
+                    pause.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+                )
+                .await;
             }
             // No session slot for now (docs/PROTOCOL.md, "Session slots"); the listener
             // waits on, and a slot frees when a session ends.
@@ -235,9 +261,11 @@ async fn join_with(
             }) if role == Role::Connect && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(BUSY_RETRY).await;
             }
-            // The listener went away just as it was paired (a daemon slot that failed):
-            // another listener may take its place.
-            Err(JoinError::Closed { .. })
+            // The listener went away just as it was paired (a daemon slot that failed, a
+            // code sender whose wait the relay ended at that moment): another listener
+            // may take its place. The relay's close may not reach us first: then the
+            // connection is lost (a stateless reset) before the pairing is confirmed.
+            Err(JoinError::Closed { .. } | JoinError::Lost { .. })
                 if role == Role::Connect && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(RETRY).await;
@@ -256,7 +284,7 @@ async fn join_once(
     connected: &(dyn Fn(&str) + Sync),
 ) -> Result<Joined, JoinError> {
     let relay = opts.choose(&rendezvous)?.to_string();
-    let (host, _) = split_host(&relay)?;
+    let (host, port) = split_host(&relay)?;
     // Every address of the name, tried as happy eyeballs does: a name with an IPv6
     // address that does not answer still reaches the relay on its IPv4 one.
     let addrs = transport::addr::resolve(&relay)
@@ -279,6 +307,12 @@ async fn join_once(
         .await
         .map_err(|e| match e {
             transport::addr::ConnectError::Transport(t) => JoinError::from(t),
+            transport::addr::ConnectError::Failed {
+                unanswered: true, ..
+            } => JoinError::Unreachable {
+                relay: relay.clone(),
+                port,
+            },
             transport::addr::ConnectError::Failed { message, .. } => connect_err(message),
             other => connect_err(other.to_string()),
         })?;

@@ -11,7 +11,7 @@ use crate::crypto::pipeline::CipherPool;
 use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKeyContext, StreamError, TransferKey};
 use crate::session::{self, Stage};
 use crate::transfer::data::{self, FileData};
-use crate::transfer::dest::{Destination, FoundPart};
+use crate::transfer::dest::{Destination, FoundPart, NameSyncs};
 use crate::transfer::dirs::CreatedDirs;
 use crate::transfer::error::{TransferError, Violation};
 use crate::transfer::events::{Emit, Event, Summary};
@@ -103,6 +103,7 @@ pub(crate) async fn receive(
     let mut accepted = 0usize;
     let mut weight = 0u32;
     let mut tasks = tokio::task::JoinSet::new();
+    let names = Arc::new(NameSyncs::default());
     while accepted < entries.len() || !tasks.is_empty() {
         tokio::select! {
             s = ses.conn.accept_uni(), if accepted < entries.len() && tasks.len() < TINY_FILES_IN_FLIGHT && weight < FLIGHT_UNITS => {
@@ -175,7 +176,7 @@ pub(crate) async fn receive(
                 let keep_exec = policy.keep_modes && e.mode & 0o100 != 0;
                 let (pool, overwrite, shown, size) =
                     (Arc::clone(pool), policy.overwrite, rel.to_string(), e.size);
-                let rec = Arc::clone(&ses.rec);
+                let (rec, names) = (Arc::clone(&ses.rec), Arc::clone(&names));
                 let name = rel.as_str().to_string();
                 tasks.spawn(async move {
                     let r = match data::receive_file(s, &pool, fd, sink, progress).await {
@@ -183,12 +184,18 @@ pub(crate) async fn receive(
                         // completed. A file that does not get its name is not recorded as
                         // completed (its temporary file is removed; the transfer's failure
                         // record says why).
-                        Ok(hash) => match part.finalize(overwrite, keep_exec) {
-                            Ok(()) => rec
-                                .file_completed(&name, size, &hash)
-                                .await
-                                .map(|()| hash)
-                                .map_err(TransferError::Audit),
+                        Ok(hash) => match part.rename(overwrite, keep_exec) {
+                            // Its name durable (one directory fsync for the files renamed
+                            // at about the same time), then its record (one commit for
+                            // the records written at about the same time).
+                            Ok(renamed) => match names.durable(renamed).await {
+                                Ok(()) => rec
+                                    .file_completed(&name, size, &hash)
+                                    .await
+                                    .map(|()| hash)
+                                    .map_err(TransferError::Audit),
+                                Err(e) => Err(TransferError::from(e)),
+                            },
                             Err(e) => Err(TransferError::from(e)),
                         },
                         Err(source) => {

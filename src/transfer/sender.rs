@@ -193,7 +193,7 @@ impl Sender {
         item: Option<[u8; 16]>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<ItemSent, TransferError> {
-        let rec = self.audit.session(Side::Send);
+        let rec = Arc::new(self.audit.session(Side::Send));
         rec.names().learn(
             files
                 .files
@@ -238,7 +238,7 @@ impl Sender {
         collected: &Collected,
         item: Option<[u8; 16]>,
         events: &Emit,
-        rec: &SessionAudit,
+        rec: &Arc<SessionAudit>,
     ) -> Result<ItemSent, TransferError> {
         let (files, dirs) = (&collected.files[..], &collected.dirs[..]);
         let (local, timeouts, chunk, pool) =
@@ -372,7 +372,7 @@ impl Sender {
                         break p.map_err(|_| TransferError::Io(std::io::Error::other("file window closed")))?;
                     }
                     Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                        sent_one(done, files, &mut sent, rec).await?;
+                        sent_one(done, files, &mut sent)?;
                     }
                 }
             };
@@ -384,18 +384,27 @@ impl Sender {
             }
             .encode();
             let progress = events.progress(total, &moved);
-            let (pool, conn) = (Arc::clone(pool), conn.clone());
+            let (pool, conn, rec) = (Arc::clone(pool), conn.clone(), Arc::clone(rec));
+            let (name, size) = (f.rel.as_str().to_string(), f.size);
             tasks.spawn(async move {
-                let _permit = permit;
                 let sent = async {
                     s.write_all(&header).await.map_err(DataError::from)?;
                     data::send_file(&conn, &mut s, &pool, fd, source, progress).await
                 };
-                sent.await.map(|hash| (i, hash)).map_err(|e| (i, e))
+                let hash = sent.await.map_err(|e| (i, FileFailure::Data(e)))?;
+                // Its bytes have left: the next file may start while this one is put on
+                // record.
+                drop(permit);
+                // On record here, on the file's task, so that the records of the files
+                // finishing together are committed together (group commit).
+                rec.file_completed(&name, size, &hash)
+                    .await
+                    .map_err(|e| (i, FileFailure::Audit(e)))?;
+                Ok((i, hash))
             });
         }
         while let Some(done) = tasks.join_next().await {
-            sent_one(done, files, &mut sent, rec).await?;
+            sent_one(done, files, &mut sent)?;
         }
         let sent: Vec<(RelPath, u64, blake3::Hash)> = files
             .iter()
@@ -543,27 +552,33 @@ pub fn flight_weight(size: u64) -> u32 {
 
 /// What a sender's file task ends with: the file's index and its hash, or the index and
 /// what failed.
-type FileOutcome = Result<(usize, blake3::Hash), (usize, DataError)>;
+type FileOutcome = Result<(usize, blake3::Hash), (usize, FileFailure)>;
 
-/// Records one finished file task of the sender.
-async fn sent_one(
+/// Why a file's task failed.
+enum FileFailure {
+    /// Sending it.
+    Data(DataError),
+    /// Its record.
+    Audit(crate::audit::AuditError),
+}
+
+/// Notes a file's task that finished: sent and on record, or the transfer's error.
+fn sent_one(
     done: Result<FileOutcome, tokio::task::JoinError>,
     files: &[SourceFile],
     sent: &mut [Option<blake3::Hash>],
-    rec: &SessionAudit,
 ) -> Result<(), TransferError> {
     let (i, hash) = match done {
         Ok(Ok(x)) => x,
-        Ok(Err((i, source))) => {
+        Ok(Err((i, FileFailure::Data(source)))) => {
             return Err(TransferError::Data {
                 file: files[i].rel.to_string(),
                 source,
             });
         }
+        Ok(Err((_, FileFailure::Audit(e)))) => return Err(TransferError::Audit(e)),
         Err(e) => return Err(TransferError::Io(std::io::Error::other(e))),
     };
-    let f = &files[i];
-    rec.file_completed(f.rel.as_str(), f.size, &hash).await?;
     // `file_done` waits for the receipt that confirms it.
     sent[i] = Some(hash);
     Ok(())

@@ -62,6 +62,9 @@ pub enum ConnectError {
         addr: SocketAddr,
         /// What happened to it.
         message: String,
+        /// Whether it ended for want of an answer (timed out), not refused or broken:
+        /// nothing there, or a firewall.
+        unanswered: bool,
     },
     /// No address to try.
     #[error("no address to connect to")]
@@ -175,8 +178,9 @@ pub async fn connect_first(
             running.spawn(async move {
                 let result = match tokio::time::timeout(timeout, connecting).await {
                     Ok(Ok(conn)) => Ok(conn),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no answer (timed out)".to_string()),
+                    Ok(Err(e @ quinn::ConnectionError::TimedOut)) => Err((e.to_string(), true)),
+                    Ok(Err(e)) => Err((e.to_string(), false)),
+                    Err(_) => Err(("no answer (timed out)".to_string(), true)),
                 };
                 (addr, endpoint, result)
             });
@@ -196,8 +200,8 @@ pub async fn connect_first(
             done = running.join_next() => {
                 match done {
                     Some(Ok((_, endpoint, Ok(conn)))) => return Ok((endpoint, conn)),
-                    Some(Ok((addr, _, Err(message)))) => {
-                        last = Some(ConnectError::Failed { addr, message });
+                    Some(Ok((addr, _, Err((message, unanswered))))) => {
+                        last = Some(ConnectError::Failed { addr, message, unanswered });
                     }
                     // A task does not panic; an aborted one is not ours to report.
                     Some(Err(_)) | None => {}

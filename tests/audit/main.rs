@@ -5,4 +5,5 @@
 mod common;
 
 mod audit;
+mod group_commit;
 mod phi_outputs;

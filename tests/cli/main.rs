@@ -5,6 +5,7 @@
 mod common;
 
 mod cli_bench;
+mod cli_code;
 mod cli_config;
 mod cli_demo;
 mod cli_first_run;

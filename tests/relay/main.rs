@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod code_wait;
 mod relay;
 mod relay_hostile;
 mod relay_log;

@@ -5,6 +5,7 @@
 mod common;
 
 mod addresses;
+mod code_wait;
 mod human_output;
 mod offers;
 mod receiver_fs;

@@ -343,5 +343,16 @@ fn a_wrong_code_fails_on_both_sides_with_the_auth_exit_code() {
         "{}",
         text(&s.stderr)
     );
+    // Each side says what to do next (issue #20, defect 6).
+    assert!(
+        text(&r.stderr).contains("check the code word by word with the sender"),
+        "{}",
+        text(&r.stderr)
+    );
+    assert!(
+        text(&s.stderr).contains("the receiver's code does not match this one"),
+        "{}",
+        text(&s.stderr)
+    );
     assert!(!p.root.join("inbox/scan.dcm").exists());
 }

@@ -21,7 +21,9 @@
 //!   (device and inode), renames it with `renameat2(RENAME_NOREPLACE)` (no replace; with
 //!   `overwrite`, a plain rename), checks that the final name now names it, then fsyncs
 //!   its directory and every directory the transfer created on the way, up to the
-//!   destination.
+//!   destination. The receiver fsyncs a directory once for the files renamed in it at
+//!   about the same time ([`NameSyncs`]) and reports and records each file only once
+//!   that fsync, begun after its rename, has returned.
 //! - A partial file is adopted for a resume only if it, and its sidecar, are regular
 //!   files owned by this user, with one link and mode 0600, opened without following a
 //!   link ([`private_file`]); otherwise it is left alone and the file starts over under a
@@ -49,7 +51,7 @@ use crate::transfer::resume::Sidecar;
 mod part;
 mod stale;
 
-pub use part::PartFile;
+pub use part::{NameSyncs, PartFile, Renamed};
 use part::{names_ours, open_part_file};
 pub use stale::Removed;
 
@@ -152,6 +154,12 @@ pub struct Space {
     pub read_only: bool,
 }
 
+/// This process's effective user id (asked once: two checks per received file use it).
+fn euid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
+}
+
 /// Whether an opened file may be trusted as this receiver's own temporary file: a
 /// regular file, owned by this user, with one link and mode 0600. Otherwise, why not.
 pub fn private_file(fd: impl AsFd) -> Result<rustix::fs::Stat, &'static str> {
@@ -159,7 +167,7 @@ pub fn private_file(fd: impl AsFd) -> Result<rustix::fs::Stat, &'static str> {
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err("not a regular file");
     }
-    if st.st_uid != rustix::process::geteuid().as_raw() {
+    if st.st_uid != euid() {
         return Err("owned by another user");
     }
     if st.st_nlink != 1 {
@@ -177,7 +185,7 @@ pub fn private_file(fd: impl AsFd) -> Result<rustix::fs::Stat, &'static str> {
 /// the directory is named in the error.
 pub fn check_dir_private(fd: impl AsFd, shown: &str) -> Result<(), DestError> {
     let st = rustix::fs::fstat(fd).map_err(errno(shown))?;
-    let me = rustix::process::geteuid().as_raw();
+    let me = euid();
     let mode = st.st_mode & 0o7777;
     let refuse = |why: String, fix: String| DestError::SharedDirectory {
         dir: shown.to_string(),
@@ -701,6 +709,58 @@ mod tests {
         p.write_at(b"other", 0).unwrap();
         p.finalize(true, false).unwrap();
         assert_eq!(fs::read(d.path().join("a/b/c.txt")).unwrap(), b"other");
+    }
+
+    /// Files renamed together: one fsync per directory (by inode: a directory swapped
+    /// for another of the same name between two files is fsynced too), every file's
+    /// result, and with [`NameSyncs`] each caller returns once its name is durable.
+    #[test]
+    fn a_group_of_renames_fsyncs_each_directory_once() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        let mut renamed = Vec::new();
+        let mut named = |dest: &Destination, path: &str| {
+            let p = dest.create_part(&rel(path)).unwrap();
+            p.write_at(path.as_bytes(), 0).unwrap();
+            renamed.push(p.rename(false, false).unwrap());
+        };
+        for path in ["a/1", "a/2", "b/1", "a/3", "top", "b/2", "d/x"] {
+            named(&dest, path);
+        }
+        fs::rename(d.path().join("d"), d.path().join("d-old")).unwrap();
+        named(&dest, "d/y");
+        assert_eq!(dest.unsynced.lock().unwrap().len(), 3, "a, b and d made");
+        let (results, fsyncs) = part::sync_group(&renamed);
+        assert_eq!(results.len(), 8);
+        assert!(results.iter().all(Result::is_ok));
+        // a, b, the destination, the old d and the new d.
+        assert_eq!(fsyncs, 5);
+        assert!(dest.unsynced.lock().unwrap().is_empty());
+        for path in ["a/1", "a/2", "a/3", "b/1", "b/2", "top", "d-old/x", "d/y"] {
+            assert!(d.path().join(path).is_file(), "{path}");
+        }
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let syncs = Arc::new(NameSyncs::default());
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..40 {
+                let p = dest.create_part(&rel(&format!("e/{i}"))).unwrap();
+                let syncs = Arc::clone(&syncs);
+                tasks.spawn(async move {
+                    let r = p.rename(false, false).unwrap();
+                    syncs.durable(r).await
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap().unwrap();
+            }
+        });
+        assert_eq!(fs::read_dir(d.path().join("e")).unwrap().count(), 40);
+        assert!(dest.unsynced.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
+use tokio::sync::oneshot;
 
 use super::{DestError, Walk, errno, io_err, is_part_name, private_file};
 use crate::fsutil::{open_beneath, stat_nofollow};
@@ -133,8 +134,20 @@ impl PartFile {
     /// ([`DestError::PartChanged`], [`DestError::Replaced`]). When the file does not get
     /// its final name, its temporary file (if that name is still ours) and sidecar are
     /// removed.
+    ///
+    /// [`Self::rename`] and [`NameSyncs::durable`] do the same in two steps, so that the
+    /// directory of many files renamed at about the same time is fsynced once for them.
     pub fn finalize(self, overwrite: bool, keep_exec: bool) -> Result<(), DestError> {
-        let shown = self.shown.clone();
+        let renamed = self.rename(overwrite, keep_exec)?;
+        let (mut synced, _) = sync_group(std::slice::from_ref(&renamed));
+        synced.pop().unwrap_or(Ok(()))
+    }
+
+    /// [`Self::finalize`] without the fsync of the directories: the file is durable and
+    /// has its final name, but the name is durable only once [`NameSyncs::durable`] (or
+    /// a later fsync of the directory) returns. Until then the file must not be reported
+    /// or recorded as received.
+    pub fn rename(self, overwrite: bool, keep_exec: bool) -> Result<Renamed, DestError> {
         match self.rename_into_place(overwrite, keep_exec) {
             Ok(()) => {}
             Err(e @ DestError::Replaced(_)) => return Err(e),
@@ -144,8 +157,19 @@ impl PartFile {
             }
         }
         self.remove_sidecar();
-        rustix::fs::fsync(self.dir.as_fd()).map_err(errno(&shown))?;
-        self.sync_created().map_err(errno(&shown))
+        let PartFile {
+            dir,
+            walk,
+            unsynced,
+            shown,
+            ..
+        } = self;
+        Ok(Renamed {
+            dir,
+            walk,
+            unsynced,
+            shown,
+        })
     }
 
     /// [`Self::finalize`] up to and including the rename and the check after it.
@@ -209,6 +233,29 @@ impl PartFile {
         }
     }
 
+    /// Gives up on the file: the temporary file (if its name still names this file) and
+    /// its sidecar are removed.
+    pub fn discard(self) {
+        let d = self.dir.as_fd();
+        if names_ours(d, &self.part, &self.file) {
+            let _ = rustix::fs::unlinkat(d, self.part.as_str(), AtFlags::empty());
+        }
+        self.remove_sidecar();
+    }
+}
+
+/// A file that has its final name, durably as a file ([`PartFile::rename`]); its name is
+/// durable once its directory, and every directory this transfer created on its way, are
+/// fsynced ([`NameSyncs::durable`]).
+#[derive(Debug)]
+pub struct Renamed {
+    dir: Arc<OwnedFd>,
+    walk: Walk,
+    unsynced: Arc<Mutex<HashSet<String>>>,
+    shown: String,
+}
+
+impl Renamed {
     /// Fsyncs the parent of every directory on this file's way that this process created
     /// and no earlier file synced.
     fn sync_created(&self) -> Result<(), Errno> {
@@ -223,14 +270,96 @@ impl PartFile {
         }
         Ok(())
     }
+}
 
-    /// Gives up on the file: the temporary file (if its name still names this file) and
-    /// its sidecar are removed.
-    pub fn discard(self) {
-        let d = self.dir.as_fd();
-        if names_ours(d, &self.part, &self.file) {
-            let _ = rustix::fs::unlinkat(d, self.part.as_str(), AtFlags::empty());
+/// Makes the names of renamed files durable, many at a time: a file waiting for its name
+/// queues; if no sync is running, its caller runs one for everything queued, one fsync
+/// per distinct directory, and then again for what was queued meanwhile, until nothing
+/// is left. The others wait until a sync that began after their rename has finished, so
+/// each returns only when its own name is durable. On a disk, where a directory fsync
+/// waits for the journal, the files finishing during one fsync share the next.
+#[derive(Debug, Default)]
+pub struct NameSyncs {
+    queue: Mutex<SyncQueue>,
+}
+
+type Waiting = (Renamed, oneshot::Sender<Result<(), DestError>>);
+
+#[derive(Debug, Default)]
+struct SyncQueue {
+    waiting: Vec<Waiting>,
+    running: bool,
+}
+
+impl NameSyncs {
+    /// Returns once the final name of `renamed` is durable (its directory, and the
+    /// directories created for it, fsynced after its rename).
+    pub async fn durable(&self, renamed: Renamed) -> Result<(), DestError> {
+        let shown = renamed.shown.clone();
+        let (done, wait) = oneshot::channel();
+        let lead = {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            q.waiting.push((renamed, done));
+            !std::mem::replace(&mut q.running, true)
+        };
+        if lead {
+            self.sync_queued();
         }
-        self.remove_sidecar();
+        wait.await.unwrap_or_else(|_| {
+            Err(io_err(&shown)(std::io::Error::other(
+                "the directory was not synced",
+            )))
+        })
     }
+
+    /// Syncs groups until nothing is queued.
+    fn sync_queued(&self) {
+        loop {
+            let group = {
+                let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if q.waiting.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                std::mem::take(&mut q.waiting)
+            };
+            let (renamed, replies): (Vec<Renamed>, Vec<_>) = group.into_iter().unzip();
+            for (result, reply) in sync_group(&renamed).0.into_iter().zip(replies) {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// Fsyncs the directory of each file in `group` once (files in the same directory, by
+/// device and inode, share the fsync) and the directories created on their way: each
+/// file's result, and how many directories were fsynced.
+pub(super) fn sync_group(group: &[Renamed]) -> (Vec<Result<(), DestError>>, usize) {
+    let mut synced: Vec<((u64, u64), Result<(), Errno>)> = Vec::new();
+    let mut fsyncs = 0;
+    let results = group
+        .iter()
+        .map(|r| {
+            let d = r.dir.as_fd();
+            let dir = if group.len() == 1 {
+                fsyncs += 1;
+                rustix::fs::fsync(d)
+            } else {
+                rustix::fs::fstat(d).and_then(|st| {
+                    let id = (st.st_dev, st.st_ino);
+                    match synced.iter().find(|(i, _)| *i == id) {
+                        Some(&(_, done)) => done,
+                        None => {
+                            fsyncs += 1;
+                            let done = rustix::fs::fsync(d);
+                            synced.push((id, done));
+                            done
+                        }
+                    }
+                })
+            };
+            dir.and_then(|()| r.sync_created()).map_err(errno(&r.shown))
+        })
+        .collect();
+    (results, fsyncs)
 }
