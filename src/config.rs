@@ -99,6 +99,8 @@ pub struct TransferFile {
     pub overwrite: Option<bool>,
     /// Keep the owner's execute bit of received files (`--keep-modes`).
     pub keep_modes: Option<bool>,
+    /// STREAM cipher suite: `auto`, `aes-256-gcm` or `chacha20-poly1305` (`--suite`).
+    pub suite: Option<crate::crypto::suite::SuitePolicy>,
     /// Days after which the receiver removes a leftover partial file
     /// (`--part-max-age-days`; 0 keeps them).
     pub part_max_age_days: Option<u32>,
@@ -443,6 +445,8 @@ pub struct Resolved {
     pub max_sessions_per_ip: Sourced<u16>,
     /// `transfer.keep_modes`.
     pub keep_modes: Sourced<bool>,
+    /// `transfer.suite`: the STREAM cipher suites this side accepts.
+    pub suite: Sourced<crate::crypto::suite::SuitePolicy>,
     /// `transfer.part_max_age_days`.
     pub part_max_age_days: Sourced<u32>,
     /// `transfer.max_entries`.
@@ -609,6 +613,7 @@ impl Resolved {
             max_sessions: key!(max_sessions, DEFAULT_MAX_SESSIONS),
             max_sessions_per_ip: key!(max_sessions_per_ip, DEFAULT_MAX_PER_IP),
             keep_modes: key!(keep_modes, false),
+            suite: key!(suite, crate::crypto::suite::SuitePolicy::Auto),
             part_max_age_days: key!(part_max_age_days, DEFAULT_PART_MAX_AGE_DAYS),
             max_entries: key!(max_entries, crate::transfer::protocol::DEFAULT_MAX_ENTRIES),
             audit_names: pick(fa.names, ea.names, ca.names, NameMode::default()),
@@ -725,6 +730,7 @@ impl Resolved {
                 None,
             ),
             row("transfer.keep_modes", &self.keep_modes, None),
+            row("transfer.suite", &self.suite, None),
             row("transfer.part_max_age_days", &self.part_max_age_days, None),
             row("transfer.max_entries", &self.max_entries, None),
             row("audit.names", &names, Some(env::AUDIT_NAMES)),

@@ -197,12 +197,20 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     write_frame(io, &first).await?;
     loop {
         let body = read_frame(io).await?;
-        match machine.read(&body)? {
-            Step::Send(f) => write_frame(io, &f).await?,
-            Step::Done(est) => return Ok(*est),
-            Step::SendThenDone(f, est) => {
+        match machine.read(&body) {
+            Ok(Step::Send(f)) => write_frame(io, &f).await?,
+            Ok(Step::Done(est)) => return Ok(*est),
+            Ok(Step::SendThenDone(f, est)) => {
                 write_frame(io, &f).await?;
                 return Ok(*est);
+            }
+            Err(e) => {
+                // Best effort, as the responder does: the peer learns why (an abort from
+                // the peer is not answered with another).
+                if !matches!(e, HandshakeError::PeerAborted(_)) {
+                    let _ = write_frame(io, &abort_frame(e.abort_reason())).await;
+                }
+                return Err(e.into());
             }
         }
     }

@@ -4,9 +4,11 @@
 //! measured in the same invocation, and each measurement is the best of
 //! [`REPEATS`] runs (the least disturbed one). GB/s are decimal (10^9 bytes per second).
 //!
-//! `bench cipher` measures, over the same bytes:
+//! `bench cipher` measures one STREAM suite (`--suite`; by default the one a transfer on
+//! this machine would choose), over the same bytes:
 //!
-//! - **bare seal**: one `AeadKey::seal_in_place` call per chunk, in place, on one
+//! - **bare seal**: one `AeadKey::seal_in_place` call per chunk (of the same suite and
+//!   backend), in place, on one
 //!   thread, walking a region as large as the pipeline's buffer pool (the ceiling);
 //! - **STREAM seal** on 1 and on N worker threads: the [`SealPipeline`] with its real
 //!   per-chunk work (position nonce, in-order delivery, buffer reclaim, `Bytes` out),
@@ -32,6 +34,7 @@ pub mod transfer;
 use crate::crypto::aead::{self, AeadKey, NONCE_LEN};
 use crate::crypto::pipeline::{CipherPool, OpenPipeline, PipelineError, SealPipeline};
 use crate::crypto::stream::{CHUNK_OVERHEAD, ChunkLayout, ChunkSize, FileKey, chunk_nonce};
+use crate::crypto::suite::Suite;
 
 /// Runs per measurement; the fastest counts.
 pub const REPEATS: usize = 5;
@@ -66,6 +69,8 @@ pub struct CipherBenchConfig {
     pub chunk_size: ChunkSize,
     /// Worker threads of the N-thread measurements.
     pub threads: usize,
+    /// The STREAM suite measured.
+    pub suite: Suite,
 }
 
 /// Results of `bench cipher` (also its `--json` object).
@@ -77,7 +82,9 @@ pub struct CipherReport {
     pub chunk_size: u32,
     /// Worker threads of the N-thread measurements.
     pub threads: usize,
-    /// AEAD backend compiled in (`ring` or `rustcrypto`).
+    /// The STREAM suite measured (`aes-256-gcm` or `chacha20-poly1305`).
+    pub suite: &'static str,
+    /// AEAD backend of that suite compiled in (`aws-lc-rs`, `ring` or `rustcrypto`).
     pub aead_backend: &'static str,
     /// Bare AEAD seal in place, one thread.
     pub bare_seal_gbps: f64,
@@ -109,8 +116,8 @@ pub fn cipher(cfg: CipherBenchConfig) -> Result<CipherReport, BenchError> {
     let size = cfg.size.max(u64::from(chunk.get()));
     let len = usize::try_from(size).map_err(|_| BenchError::TooLarge(size))?;
     let layout = ChunkLayout::new(size, chunk);
-    let key = Arc::new(FileKey::from_bytes(&[0x42; 32]));
-    let raw = AeadKey::new(&[0x42; 32]);
+    let key = Arc::new(FileKey::with_suite(cfg.suite, &[0x42; 32], chunk));
+    let raw = AeadKey::with_suite(cfg.suite, &[0x42; 32]);
     let pool1 = CipherPool::new(1)?;
     let pool_n = CipherPool::new(cfg.threads.max(1))?;
 
@@ -143,7 +150,8 @@ pub fn cipher(cfg: CipherBenchConfig) -> Result<CipherReport, BenchError> {
         size_bytes: size,
         chunk_size: chunk.get(),
         threads: pool_n.threads(),
-        aead_backend: aead::BACKEND,
+        suite: cfg.suite.name(),
+        aead_backend: aead::backend_name(cfg.suite),
         bare_seal_gbps: bs,
         stream_seal_1t_gbps: s1,
         stream_seal_nt_gbps: sn,
@@ -276,8 +284,10 @@ mod tests {
             size: 4 << 20,
             chunk_size: ChunkSize::new(64 << 10).unwrap(),
             threads: 2,
+            suite: Suite::ChaCha20Poly1305,
         })
         .unwrap();
+        assert_eq!(r.suite, "chacha20-poly1305");
         assert_eq!(r.size_bytes, 4 << 20);
         assert_eq!(r.chunk_size, 64 << 10);
         assert_eq!(r.threads, 2);

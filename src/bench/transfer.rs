@@ -31,6 +31,7 @@ use crate::bench::proc::{cpu_seconds, peak_rss_bytes};
 use crate::bench::{BenchError, CipherBenchConfig};
 use crate::crypto::identity::Identity;
 use crate::crypto::stream::DEFAULT_CHUNK_SIZE;
+use crate::crypto::suite::Suite;
 use crate::home::Home;
 use crate::peers::AddressBook;
 
@@ -53,6 +54,8 @@ pub struct TransferBenchConfig {
     pub exe: PathBuf,
     /// Rounds of measurements; each figure is the fastest of its rounds.
     pub runs: u32,
+    /// The STREAM suite both parties are configured with (`[transfer] suite`).
+    pub suite: Suite,
 }
 
 /// Results (also the `--json` object).
@@ -64,6 +67,8 @@ pub struct TransferReport {
     pub files: u64,
     /// Rounds run; each figure (with its CPU times) is from the fastest run of its kind.
     pub runs: u32,
+    /// The STREAM suite of the conduit runs (and of the seal rate below).
+    pub suite: &'static str,
     /// Directory of the files.
     pub dir: String,
     /// (a) raw QUIC, direct.
@@ -254,11 +259,18 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
         .transpose()?;
     let (tx_home, rx_home) = (root.join("sender"), root.join("receiver"));
     homes(&tx_home, &rx_home)?;
+    for home in [&tx_home, &rx_home] {
+        std::fs::write(
+            home.join(crate::config::FILE_NAME),
+            format!("[transfer]\nsuite = \"{}\"\n", cfg.suite.name()),
+        )?;
+    }
 
     let cipher = crate::bench::cipher(CipherBenchConfig {
         size: cfg.size.min(256 << 20),
         chunk_size: DEFAULT_CHUNK_SIZE,
         threads: 1,
+        suite: cfg.suite,
     })?;
     let seal = cipher.stream_seal_1t_gbps * 1000.0;
     let blake3 = cipher.blake3_1t_gbps * 1000.0;
@@ -329,6 +341,7 @@ pub fn transfer(cfg: &TransferBenchConfig) -> Result<TransferReport, BenchError>
         size_bytes: cfg.size,
         files: cfg.files,
         runs: cfg.runs.max(1),
+        suite: cfg.suite.name(),
         dir: base.display().to_string(),
         raw_quinn_mbps: raw.mbps,
         direct_mbps: direct.mbps,

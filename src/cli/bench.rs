@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 use crate::bench::transfer::{DEFAULT_TRANSFER_BYTES, TransferBenchConfig, TransferReport};
 use crate::bench::{self, CipherBenchConfig, CipherReport, DEFAULT_CIPHER_BYTES};
 use crate::crypto::stream::{ChunkSize, DEFAULT_CHUNK_SIZE};
+use crate::crypto::suite::{Suite, SuitePolicy};
 
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
@@ -36,6 +37,10 @@ pub struct TransferArgs {
     /// rounds (other work on the machine only slows a run down).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     runs: u32,
+    /// STREAM suite of the conduit runs: aes-256-gcm or chacha20-poly1305 [default: the
+    /// one a transfer on this machine chooses].
+    #[arg(long, value_name = "SUITE")]
+    suite: Option<SuitePolicy>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -94,7 +99,12 @@ pub struct CipherArgs {
     /// Worker threads for the N-thread runs (default: all cores).
     #[arg(long, value_parser = crate::cli::at_least_one::<usize>)]
     threads: Option<usize>,
-    /// Print one JSON object instead of a table.
+    /// STREAM suite to measure: aes-256-gcm, chacha20-poly1305, or auto (the one a
+    /// transfer on this machine chooses); repeat it to measure several, one table (or
+    /// JSON line) each [default: auto].
+    #[arg(long, value_name = "SUITE")]
+    suite: Vec<SuitePolicy>,
+    /// Print one JSON object (per suite) instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -113,25 +123,37 @@ fn cipher(args: CipherArgs) -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let report = bench::cipher(CipherBenchConfig {
-        size: args.size,
-        chunk_size,
-        threads,
-    })?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+    let suites: Vec<Suite> = if args.suite.is_empty() {
+        vec![SuitePolicy::Auto.local_choice()]
     } else {
-        print_table(&report);
+        args.suite.iter().map(|p| p.local_choice()).collect()
+    };
+    for (i, suite) in suites.into_iter().enumerate() {
+        let report = bench::cipher(CipherBenchConfig {
+            size: args.size,
+            chunk_size,
+            threads,
+            suite,
+        })?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            if i > 0 {
+                println!();
+            }
+            print_table(&report);
+        }
     }
     Ok(())
 }
 
 fn print_table(r: &CipherReport) {
     println!(
-        "bench cipher: {} MiB per run, chunk {} KiB, backend {}, best of {}",
+        "bench cipher: {} ({}), {} MiB per run, chunk {} KiB, best of {}",
+        r.suite,
+        r.aead_backend,
         r.size_bytes >> 20,
         r.chunk_size >> 10,
-        r.aead_backend,
         bench::REPEATS
     );
     println!("{:<28} {:>8} {:>10}", "", "GB/s", "ratio");
@@ -180,6 +202,7 @@ fn transfer(args: TransferArgs) -> anyhow::Result<()> {
         dir: args.dir,
         exe: std::env::current_exe()?,
         runs: args.runs,
+        suite: args.suite.unwrap_or_default().local_choice(),
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -191,8 +214,8 @@ fn transfer(args: TransferArgs) -> anyhow::Result<()> {
 
 fn print_transfer(r: &TransferReport) {
     println!(
-        "bench transfer: {} bytes in {} file(s) per run on loopback, files in {}, fastest of {} run(s) each",
-        r.size_bytes, r.files, r.dir, r.runs
+        "bench transfer: {} bytes in {} file(s) per run on loopback, suite {}, files in {}, fastest of {} run(s) each",
+        r.size_bytes, r.files, r.suite, r.dir, r.runs
     );
     println!(
         "{:<34} {:>10} {:>12} {:>12} {:>12}",

@@ -504,6 +504,10 @@ fn handshake_step(e: &crate::crypto::handshake::HandshakeError) -> Option<&'stat
         HandshakeError::PeerAborted(AbortReason::Protocol) => Some(
             "the peer could not read what this side sent: run the same version of conduit on both sides, and see the peer's output",
         ),
+        HandshakeError::NoCommonSuite { .. }
+        | HandshakeError::PeerAborted(AbortReason::NoCommonSuite) => {
+            Some("set the same --suite (transfer.suite) on both sides, or auto on one of them")
+        }
         HandshakeError::Authentication => Some(
             "check that the peer's key in the address book is current (`conduit peers list`, `conduit id` there)",
         ),

@@ -78,6 +78,11 @@ pub struct ReceiveArgs {
     /// 0600, directories 0700; never setuid, setgid or sticky).
     #[arg(long)]
     keep_modes: bool,
+    /// STREAM cipher suites to accept: auto (AES-256-GCM when both sides have hardware
+    /// AES, else ChaCha20-Poly1305), aes-256-gcm or chacha20-poly1305; `[transfer] suite`
+    /// in conduit.toml [default: auto].
+    #[arg(long, value_name = "SUITE")]
+    suite: Option<crate::crypto::suite::SuitePolicy>,
     /// Remove this user's leftover partial files older than this many days from the
     /// destination at start (and once a day with --daemon), each with an audit record; 0
     /// keeps them [default: 7].
@@ -138,6 +143,7 @@ impl ReceiveArgs {
         t.auto_accept = self.yes.then_some(true);
         t.overwrite = self.overwrite.then_some(true);
         t.keep_modes = self.keep_modes.then_some(true);
+        t.suite = self.suite;
         t.part_max_age_days = self.part_max_age_days;
         t.max_entries = self.max_entries;
         t.max_sessions = self.concurrent;
@@ -209,6 +215,7 @@ fn receive_with(
         },
         timeouts,
         sessions: None,
+        suites: config.suite.value,
     };
     let max_age_days = config.part_max_age_days.value;
     remove_stale_parts(&dest, &audit, max_age_days);

@@ -63,6 +63,11 @@ pub struct SendArgs {
     /// a usage error, exit code 2).
     #[arg(long, value_name = "BYTES", default_value_t = u64::from(DEFAULT_CHUNK_SIZE.get()), value_parser = crate::cli::chunk_size)]
     chunk_size: u64,
+    /// STREAM cipher suites to accept: auto (AES-256-GCM when both sides have hardware
+    /// AES, else ChaCha20-Poly1305), aes-256-gcm or chacha20-poly1305; `[transfer] suite`
+    /// in conduit.toml [default: auto].
+    #[arg(long, value_name = "SUITE")]
+    suite: Option<crate::crypto::suite::SuitePolicy>,
     /// Print events and the summary as JSON lines.
     #[arg(long)]
     json: bool,
@@ -165,6 +170,7 @@ impl SendArgs {
         let mut layer = FileConfig::default();
         self.relay.layer(&mut layer.transfer);
         self.timeouts.layer(&mut layer.transfer);
+        layer.transfer.suite = self.suite;
         layer.transfer.code_wait_secs = self.code_wait;
         layer.audit.names = self.audit_names.map(NameMode::from);
         layer
@@ -454,6 +460,7 @@ fn send_with(
             .await?;
         let sender = Sender::new(identity, CipherPool::with_all_cores()?)
             .chunk_size(chunk)
+            .suites(config.suite.value)
             .timeouts(timeouts)
             .audit(audit)
             .events(events(Output::of(args.json, args.quiet), book));

@@ -33,11 +33,12 @@ const BOOL_KEYS: [&str; 4] = [
 ];
 
 /// The keys whose value is a string.
-const TEXT_KEYS: [&str; 5] = [
+const TEXT_KEYS: [&str; 6] = [
     "transfer.relay",
     "transfer.relay_pin",
     "transfer.relay_ca",
     "transfer.out",
+    "transfer.suite",
     "audit.names",
 ];
 
@@ -268,6 +269,9 @@ const TEMPLATE: &str = r#"# conduit.toml: this endpoint's settings.
 # overwrite = false
 # Keep the owner's execute bit of received files (`--keep-modes`).
 # keep_modes = false
+# STREAM cipher suite: auto (AES-256-GCM when both sides have hardware AES, else
+# ChaCha20-Poly1305), aes-256-gcm or chacha20-poly1305 (`--suite`).
+# suite = "auto"
 # Remove leftover partial files older than this many days (0 keeps them).
 # part_max_age_days = 7
 # Most entries (files and empty directories) accepted in one offer.
@@ -310,6 +314,7 @@ mod tests {
                 Kind::Text if key == "transfer.relay" => "relay.example.org:7471",
                 Kind::Text if key == "transfer.relay_pin" => continue,
                 Kind::Text if key == "audit.names" => "hash",
+                Kind::Text if key == "transfer.suite" => "aes-256-gcm",
                 Kind::Text => "/srv/x",
             };
             text = set(&text, &key, value).unwrap_or_else(|e| panic!("{key}: {e}"));
@@ -317,6 +322,12 @@ mod tests {
         let file: FileConfig = toml::from_str(&text).unwrap();
         assert_eq!(file.transfer.max_sessions, Some(3));
         assert_eq!(file.transfer.keep_modes, Some(true));
+        assert_eq!(
+            file.transfer.suite,
+            Some(crate::crypto::suite::SuitePolicy::Only(
+                crate::crypto::suite::Suite::Aes256Gcm
+            ))
+        );
         assert!(text.contains("# Where `conduit receive` puts what it receives."));
     }
 

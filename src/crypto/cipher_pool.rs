@@ -209,8 +209,8 @@ pub(crate) fn run(mut job: Job) {
                         if job.hash {
                             digest = Some(chunk_digest(&job.layout, index, &job.buf[..pt_len]));
                         }
-                        key.seal_chunk(index, last, &mut job.buf);
-                        Ok(())
+                        key.seal_chunk(index, last, &mut job.buf)
+                            .map_err(PipelineError::from)
                     }
                     Err(source) => Err(PipelineError::Io { index, source }),
                 }

@@ -13,6 +13,12 @@
 //! makes message 1 fail at the responder, which reports "code mismatch" to both sides
 //! before either static key has left (key confirmation before identities).
 //!
+//! Cipher suite (see [`crate::crypto::suite`]): the initiator lists the STREAM suites it
+//! accepts in the payload of its first Noise message, the responder names its choice in
+//! the payload of its reply. Noise hashes both payloads into the transcript, so the
+//! handshake fails if either is altered on the way, and the handshake hash (the salt of
+//! the STREAM key schedule) commits to them.
+//!
 //! The prologue binds the protocol version, the ALPN, the mode, the pattern name, the
 //! rendezvous id and, in code mode, both PAKE messages. The first frame carries the
 //! version and mode in clear so that a peer of another version gets a clear error.
@@ -25,10 +31,12 @@ use zeroize::Zeroizing;
 
 use crate::crypto::identity::{Fingerprint, Identity, IdentityError, PublicKey};
 use crate::crypto::pake::{Code, Pake, PakeError};
+use crate::crypto::suite::{self, Suite, SuitePolicy};
 use crate::wire::frame::MAX_FRAME;
 
-/// Protocol version spoken here (2: the code mode moved from XXpsk3 to XXpsk0).
-pub const VERSION: u8 = 2;
+/// Protocol version spoken here (2: the code mode moved from XXpsk3 to XXpsk0; 3: the
+/// cipher suite is negotiated in the handshake payloads).
+pub const VERSION: u8 = 3;
 /// ALPN of the direct QUIC connection, bound into the prologue.
 pub const ALPN: &[u8] = b"phi-conduit/1";
 /// Noise pattern of the known-recipient mode.
@@ -72,6 +80,10 @@ pub enum AbortReason {
     UnsupportedVersion = 3,
     /// Malformed or unexpected message.
     Protocol = 4,
+    /// A handshake message did not authenticate (altered on the way, or the wrong key).
+    Authentication = 5,
+    /// The two sides accept no common cipher suite.
+    NoCommonSuite = 6,
 }
 
 impl std::fmt::Display for AbortReason {
@@ -81,6 +93,8 @@ impl std::fmt::Display for AbortReason {
             Self::CodeMismatch => "code mismatch",
             Self::UnsupportedVersion => "unsupported protocol version",
             Self::Protocol => "protocol error",
+            Self::Authentication => "authentication failed",
+            Self::NoCommonSuite => "no common cipher suite",
         })
     }
 }
@@ -91,6 +105,8 @@ impl AbortReason {
             1 => Self::UnknownPeer,
             2 => Self::CodeMismatch,
             3 => Self::UnsupportedVersion,
+            5 => Self::Authentication,
+            6 => Self::NoCommonSuite,
             _ => Self::Protocol,
         }
     }
@@ -125,6 +141,14 @@ pub enum HandshakeError {
     /// A message that does not fit the protocol.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+    /// The peer accepts none of the cipher suites this side accepts.
+    #[error("no common cipher suite: the peer offers {offered}, this side accepts {accepted}")]
+    NoCommonSuite {
+        /// The peer's list (empty when this side is the initiator).
+        offered: String,
+        /// This side's policy.
+        accepted: SuitePolicy,
+    },
     /// A session message larger than a frame allows.
     #[error("session message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
     TooLarge(usize),
@@ -150,7 +174,11 @@ impl HandshakeError {
             Self::UnknownPeer(_)
                 | Self::CodeMismatch
                 | Self::Authentication
-                | Self::PeerAborted(AbortReason::UnknownPeer | AbortReason::CodeMismatch)
+                | Self::PeerAborted(
+                    AbortReason::UnknownPeer
+                        | AbortReason::CodeMismatch
+                        | AbortReason::Authentication
+                )
         )
     }
 
@@ -160,6 +188,8 @@ impl HandshakeError {
             Self::UnknownPeer(_) => AbortReason::UnknownPeer,
             Self::CodeMismatch => AbortReason::CodeMismatch,
             Self::UnsupportedVersion(_) => AbortReason::UnsupportedVersion,
+            Self::Authentication => AbortReason::Authentication,
+            Self::NoCommonSuite { .. } => AbortReason::NoCommonSuite,
             _ => AbortReason::Protocol,
         }
     }
@@ -219,12 +249,14 @@ pub struct Established {
     remote: PublicKey,
     first_message: Option<Vec<u8>>,
     transfer_id: Option<[u8; TRANSFER_ID_LEN]>,
+    suite: Suite,
 }
 
 impl Established {
     fn new(
         hs: snow::HandshakeState,
         first_message: Option<Vec<u8>>,
+        suite: Suite,
     ) -> Result<Self, HandshakeError> {
         let mut handshake_hash = [0u8; 32];
         let h = hs.get_handshake_hash();
@@ -244,7 +276,13 @@ impl Established {
             remote,
             first_message,
             transfer_id: None,
+            suite,
         })
+    }
+
+    /// The STREAM cipher suite both sides agreed on in the handshake.
+    pub fn suite(&self) -> Suite {
+        self.suite
     }
 
     /// The Noise handshake hash (salt of the STREAM key schedule).
@@ -306,6 +344,7 @@ impl std::fmt::Debug for Established {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Established")
             .field("remote", &self.remote)
+            .field("suite", &self.suite)
             .finish_non_exhaustive()
     }
 }
@@ -349,6 +388,35 @@ fn read_hs(hs: &mut snow::HandshakeState, msg: &[u8]) -> Result<Vec<u8>, Handsha
     Ok(out)
 }
 
+/// The responder's choice from the initiator's offer (a payload tail).
+fn choose_from(offer: &[u8], policy: SuitePolicy) -> Result<Suite, HandshakeError> {
+    let offered = suite::decode_offer(offer).ok_or(HandshakeError::Protocol("bad suite offer"))?;
+    suite::choose(&offered, policy).ok_or_else(|| HandshakeError::NoCommonSuite {
+        offered: if offered.is_empty() {
+            "no suite this build knows".to_string()
+        } else {
+            offered
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        accepted: policy,
+    })
+}
+
+/// Checks the responder's choice (the payload of its reply) against the offer.
+fn check_choice(payload: &[u8], offered: &[Suite]) -> Result<Suite, HandshakeError> {
+    match payload {
+        [code] => Suite::from_code(*code)
+            .filter(|s| offered.contains(s))
+            .ok_or(HandshakeError::Protocol(
+                "the peer chose a suite that was not offered",
+            )),
+        _ => Err(HandshakeError::Protocol("bad suite choice")),
+    }
+}
+
 /// Splits a handshake-phase frame body, turning an abort into an error.
 fn expect(kind: u8, body: &[u8]) -> Result<&[u8], HandshakeError> {
     match body {
@@ -361,14 +429,15 @@ fn expect(kind: u8, body: &[u8]) -> Result<&[u8], HandshakeError> {
 }
 
 enum InitState {
-    IkSent(snow::HandshakeState, [u8; TRANSFER_ID_LEN]),
+    IkSent(snow::HandshakeState, [u8; TRANSFER_ID_LEN], Vec<Suite>),
     PakeSent {
         pake: Pake,
         hello: Vec<u8>,
         rendezvous: [u8; 32],
         secret: Zeroizing<[u8; 32]>,
+        offer: Vec<Suite>,
     },
-    XxSent1(snow::HandshakeState),
+    XxSent1(snow::HandshakeState, Vec<Suite>),
     Finished,
 }
 
@@ -378,13 +447,26 @@ pub struct Initiator {
 }
 
 impl Initiator {
-    /// Starts a known-recipient handshake; returns the first frame body to send.
+    /// Starts a known-recipient handshake offering the automatic suite list; returns
+    /// the first frame body to send.
     pub fn known_peer(
         local: &Identity,
         remote: &PublicKey,
         rendezvous: &[u8; 32],
         transfer_id: &[u8; TRANSFER_ID_LEN],
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
+        Self::known_peer_with(local, remote, rendezvous, transfer_id, SuitePolicy::Auto)
+    }
+
+    /// [`Initiator::known_peer`] offering the suites of `suites`.
+    pub fn known_peer_with(
+        local: &Identity,
+        remote: &PublicKey,
+        rendezvous: &[u8; 32],
+        transfer_id: &[u8; TRANSFER_ID_LEN],
+        suites: SuitePolicy,
+    ) -> Result<(Self, Vec<u8>), HandshakeError> {
+        let offer = suites.offer();
         let secret = local.secret_bytes();
         let mut hs = builder(IK_PATTERN)?
             .local_private_key(secret.as_slice())
@@ -394,19 +476,31 @@ impl Initiator {
             .map_err(noise)?;
         let mut payload = vec![VERSION];
         payload.extend_from_slice(transfer_id);
+        payload.extend_from_slice(&suite::encode_offer(&offer));
         let msg = write_hs(&mut hs, &payload, KIND_HELLO)?;
         let mut frame = vec![KIND_HELLO, VERSION, AuthMethod::PinnedKey as u8];
         frame.extend_from_slice(&msg[1..]);
         Ok((
             Self {
-                state: InitState::IkSent(hs, *transfer_id),
+                state: InitState::IkSent(hs, *transfer_id, offer),
             },
             frame,
         ))
     }
 
-    /// Starts a code-phrase handshake; returns the first frame body to send.
+    /// Starts a code-phrase handshake offering the automatic suite list; returns the
+    /// first frame body to send.
     pub fn code(local: &Identity, code: &Code, rendezvous: &[u8; 32]) -> (Self, Vec<u8>) {
+        Self::code_with(local, code, rendezvous, SuitePolicy::Auto)
+    }
+
+    /// [`Initiator::code`] offering the suites of `suites`.
+    pub fn code_with(
+        local: &Identity,
+        code: &Code,
+        rendezvous: &[u8; 32],
+        suites: SuitePolicy,
+    ) -> (Self, Vec<u8>) {
         let (pake, msg) = Pake::start(code, *rendezvous);
         let mut frame = vec![KIND_HELLO, VERSION, AuthMethod::CodePhrase as u8];
         frame.extend_from_slice(&msg);
@@ -415,6 +509,7 @@ impl Initiator {
             hello: msg,
             rendezvous: *rendezvous,
             secret: local.secret_bytes(),
+            offer: suites.offer(),
         };
         (Self { state }, frame)
     }
@@ -422,10 +517,11 @@ impl Initiator {
     /// Takes the responder's next frame body.
     pub fn read(&mut self, body: &[u8]) -> Result<Step, HandshakeError> {
         match std::mem::replace(&mut self.state, InitState::Finished) {
-            InitState::IkSent(mut hs, transfer_id) => {
+            InitState::IkSent(mut hs, transfer_id, offer) => {
                 let msg = expect(KIND_HANDSHAKE, body)?;
-                read_hs(&mut hs, msg)?;
-                let mut est = Established::new(hs, None)?;
+                let payload = read_hs(&mut hs, msg)?;
+                let chosen = check_choice(&payload, &offer)?;
+                let mut est = Established::new(hs, None, chosen)?;
                 est.transfer_id = Some(transfer_id);
                 Ok(Step::Done(Box::new(est)))
             }
@@ -434,6 +530,7 @@ impl Initiator {
                 hello,
                 rendezvous,
                 secret,
+                offer,
             } => {
                 let their = expect(KIND_HANDSHAKE, body)?;
                 let psk = pake.finish(their)?;
@@ -447,17 +544,18 @@ impl Initiator {
                     ))
                     .build_initiator()
                     .map_err(noise)?;
-                let m1 = write_hs(&mut hs, &[], KIND_HANDSHAKE)?;
-                self.state = InitState::XxSent1(hs);
+                let m1 = write_hs(&mut hs, &suite::encode_offer(&offer), KIND_HANDSHAKE)?;
+                self.state = InitState::XxSent1(hs, offer);
                 Ok(Step::Send(m1))
             }
-            InitState::XxSent1(mut hs) => {
+            InitState::XxSent1(mut hs, offer) => {
                 let msg = expect(KIND_HANDSHAKE, body)?;
-                read_hs(&mut hs, msg)?;
+                let payload = read_hs(&mut hs, msg)?;
+                let chosen = check_choice(&payload, &offer)?;
                 let m3 = write_hs(&mut hs, &[], KIND_HANDSHAKE)?;
                 Ok(Step::SendThenDone(
                     m3,
-                    Box::new(Established::new(hs, None)?),
+                    Box::new(Established::new(hs, None, chosen)?),
                 ))
             }
             InitState::Finished => Err(HandshakeError::Protocol("handshake already finished")),
@@ -473,9 +571,9 @@ impl std::fmt::Debug for Initiator {
 
 enum RespState {
     Start,
-    IkAwaitFirst(snow::TransportState, [u8; 32], PublicKey),
+    IkAwaitFirst(snow::TransportState, [u8; 32], PublicKey, Suite),
     XxAwait1(snow::HandshakeState),
-    XxAwait3(snow::HandshakeState),
+    XxAwait3(snow::HandshakeState, Suite),
     Finished,
 }
 
@@ -486,6 +584,7 @@ pub struct Responder {
     rendezvous: [u8; 32],
     code: Option<Code>,
     transfer_id: Option<[u8; TRANSFER_ID_LEN]>,
+    suites: SuitePolicy,
 }
 
 impl Responder {
@@ -498,7 +597,14 @@ impl Responder {
             rendezvous: *rendezvous,
             code,
             transfer_id: None,
+            suites: SuitePolicy::Auto,
         }
+    }
+
+    /// Chooses the cipher suite under `suites` (default: [`SuitePolicy::Auto`]).
+    pub fn with_suites(mut self, suites: SuitePolicy) -> Self {
+        self.suites = suites;
+        self
     }
 
     /// The transfer id from message 1 (known-recipient mode).
@@ -515,7 +621,7 @@ impl Responder {
     ) -> Result<Step, HandshakeError> {
         match std::mem::replace(&mut self.state, RespState::Finished) {
             RespState::Start => self.hello(body, accept),
-            RespState::IkAwaitFirst(mut t, hash, remote) => {
+            RespState::IkAwaitFirst(mut t, hash, remote, suite) => {
                 let first = open_transport(&mut t, body)?;
                 Ok(Step::Done(Box::new(Established {
                     transport: t,
@@ -523,26 +629,28 @@ impl Responder {
                     remote,
                     first_message: Some(first),
                     transfer_id: self.transfer_id,
+                    suite,
                 })))
             }
             RespState::XxAwait1(mut hs) => {
                 // Message 1 is sealed under the PSK: if it does not open, the codes differ
                 // (or it was altered), and nothing of ours has been sent yet but the PAKE.
-                match read_hs(&mut hs, expect(KIND_HANDSHAKE, body)?) {
-                    Ok(_) => {}
+                let offer = match read_hs(&mut hs, expect(KIND_HANDSHAKE, body)?) {
+                    Ok(payload) => payload,
                     Err(HandshakeError::Authentication) => {
                         return Err(HandshakeError::CodeMismatch);
                     }
                     Err(e) => return Err(e),
-                }
-                let m2 = write_hs(&mut hs, &[], KIND_HANDSHAKE)?;
-                self.state = RespState::XxAwait3(hs);
+                };
+                let chosen = choose_from(&offer, self.suites)?;
+                let m2 = write_hs(&mut hs, &[chosen.code()], KIND_HANDSHAKE)?;
+                self.state = RespState::XxAwait3(hs, chosen);
                 Ok(Step::Send(m2))
             }
-            RespState::XxAwait3(mut hs) => {
+            RespState::XxAwait3(mut hs, chosen) => {
                 // The code was confirmed by message 1: a failure here is tampering.
                 read_hs(&mut hs, expect(KIND_HANDSHAKE, body)?)?;
-                Ok(Step::Done(Box::new(Established::new(hs, None)?)))
+                Ok(Step::Done(Box::new(Established::new(hs, None, chosen)?)))
             }
             RespState::Finished => Err(HandshakeError::Protocol("handshake already finished")),
         }
@@ -567,15 +675,17 @@ impl Responder {
                     .build_responder()
                     .map_err(noise)?;
                 let payload = read_hs(&mut hs, rest)?;
-                match payload.as_slice() {
-                    [v, id @ ..] if *v == VERSION && id.len() == TRANSFER_ID_LEN => {
+                let offer = match payload.as_slice() {
+                    [v, rest @ ..] if *v == VERSION && rest.len() > TRANSFER_ID_LEN => {
+                        let (id, offer) = rest.split_at(TRANSFER_ID_LEN);
                         let mut t = [0u8; TRANSFER_ID_LEN];
                         t.copy_from_slice(id);
                         self.transfer_id = Some(t);
+                        offer
                     }
                     [v, ..] if *v != VERSION => return Err(HandshakeError::UnsupportedVersion(*v)),
                     _ => return Err(HandshakeError::Protocol("bad message 1 payload")),
-                }
+                };
                 let remote_bytes: [u8; 32] = hs
                     .get_remote_static()
                     .and_then(|r| r.try_into().ok())
@@ -584,11 +694,13 @@ impl Responder {
                 if !accept(&remote) {
                     return Err(HandshakeError::UnknownPeer(remote.fingerprint()));
                 }
-                let m2 = write_hs(&mut hs, &[], KIND_HANDSHAKE)?;
+                // The key is checked first: an unknown sender learns nothing of our suites.
+                let chosen = choose_from(offer, self.suites)?;
+                let m2 = write_hs(&mut hs, &[chosen.code()], KIND_HANDSHAKE)?;
                 let mut hash = [0u8; 32];
                 hash.copy_from_slice(hs.get_handshake_hash());
                 let t = hs.into_transport_mode().map_err(noise)?;
-                self.state = RespState::IkAwaitFirst(t, hash, remote);
+                self.state = RespState::IkAwaitFirst(t, hash, remote, chosen);
                 Ok(Step::Send(m2))
             }
             (m, Some(code)) if m == AuthMethod::CodePhrase as u8 => {

@@ -1,7 +1,7 @@
 //! Cryptographic core.
 //!
-//! - [`aead`]: ChaCha20-Poly1305 behind one small interface, with `ring` as the default
-//!   backend and RustCrypto's `chacha20poly1305` behind the `rustcrypto-aead` feature.
+//! - [`aead`]: ChaCha20-Poly1305 and AES-256-GCM behind one small interface.
+//! - [`suite`]: the STREAM cipher suites, their negotiation and per-key usage limits.
 //! - [`stream`]: the STREAM construction (per-file keys, chunk nonces, in-place seal and
 //!   open as sans-IO state machines).
 //! - [`pipeline`]: the same seal and open on N worker threads, in order, over a fixed pool
@@ -16,3 +16,4 @@ pub mod identity;
 pub mod pake;
 pub mod pipeline;
 pub mod stream;
+pub mod suite;

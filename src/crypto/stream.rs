@@ -59,6 +59,7 @@ use thiserror::Error;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::aead::{AeadKey, NONCE_LEN, TAG_LEN};
+use crate::crypto::suite::{Suite, UsageLimits};
 
 /// Length of the session secret the sender chooses for each session.
 pub const SESSION_SECRET_LEN: usize = 32;
@@ -134,6 +135,22 @@ pub enum StreamError {
     /// `seal_next` was called for the last chunk, which only [`Sealer::finish`] seals.
     #[error("the last chunk must be sealed with finish()")]
     LastChunkNeedsFinish,
+    /// The chunk lies beyond what one key of the suite may seal (see
+    /// [`crate::crypto::suite::UsageLimits`]); nothing was sealed or opened.
+    #[error(
+        "chunk {index} exceeds the usage limit of one {suite} key \
+         (at most {max_bytes} bytes in {max_chunks} chunks); use chacha20-poly1305 for this file"
+    )]
+    KeyUsageLimit {
+        /// Position of the refused chunk.
+        index: u64,
+        /// The key's suite.
+        suite: Suite,
+        /// The suite's byte limit per key.
+        max_bytes: u64,
+        /// The suite's chunk limit per key.
+        max_chunks: u64,
+    },
 }
 
 impl StreamError {
@@ -261,17 +278,35 @@ pub fn chunk_nonce(index: u64, last: bool) -> [u8; NONCE_LEN] {
 /// The pseudo-random key of one session, from which every file key is expanded.
 pub struct TransferKey {
     prk: Zeroizing<[u8; 32]>,
+    suite: Suite,
 }
 
 impl TransferKey {
-    /// `prk = HKDF-Extract(salt = handshake_hash, ikm = session_secret)`.
+    /// `prk = HKDF-Extract(salt = handshake_hash, ikm = session_secret)`, for file keys
+    /// of the ChaCha20-Poly1305 suite (see [`TransferKey::with_suite`]).
     pub fn derive(handshake_hash: &[u8], session_secret: &[u8; SESSION_SECRET_LEN]) -> Self {
         let (prk, _) = Hkdf::<Sha256>::extract(Some(handshake_hash), session_secret);
         let mut out = Zeroizing::new([0u8; 32]);
         out.copy_from_slice(&prk);
         let mut prk = prk;
         prk.as_mut_slice().zeroize();
-        Self { prk: out }
+        Self {
+            prk: out,
+            suite: Suite::ChaCha20Poly1305,
+        }
+    }
+
+    /// The same key schedule for file keys of `suite` (the one the handshake agreed on).
+    /// The key bytes do not depend on the suite: the handshake hash, their salt,
+    /// already commits to it.
+    pub fn with_suite(mut self, suite: Suite) -> Self {
+        self.suite = suite;
+        self
+    }
+
+    /// The suite of the file keys this expands.
+    pub fn suite(&self) -> Suite {
+        self.suite
     }
 
     /// Expands the key of one file (see the module docs for the exact info string).
@@ -292,7 +327,7 @@ impl TransferKey {
         if hk.expand_multi_info(&info, key.as_mut_slice()).is_err() {
             unreachable!("32 bytes is a valid HKDF-SHA256 output length");
         }
-        FileKey::from_bytes(&key)
+        FileKey::with_suite(self.suite, &key, ctx.chunk_size)
     }
 }
 
@@ -338,14 +373,56 @@ impl FileKeyContext {
 pub struct FileKey {
     bytes: Zeroizing<[u8; 32]>,
     aead: AeadKey,
+    /// Chunk positions this key may seal or open (`None`: no limit below the counter).
+    positions: Option<u64>,
+    limits: UsageLimits,
 }
 
 impl FileKey {
-    /// Wraps raw key bytes (used by the derivation and by known-answer tests).
+    /// Wraps raw ChaCha20-Poly1305 key bytes (used by known-answer tests and benches).
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self::with_suite(Suite::ChaCha20Poly1305, bytes, ChunkSize(4 << 20))
+    }
+
+    /// Wraps raw key bytes of `suite` for chunks of `chunk_size`, under the suite's
+    /// usage limits.
+    pub fn with_suite(suite: Suite, bytes: &[u8; 32], chunk_size: ChunkSize) -> Self {
+        Self::with_limits(suite, bytes, chunk_size, suite.limits())
+    }
+
+    /// As [`FileKey::with_suite`] under explicit `limits` (tests lower them to watch the
+    /// limit bite).
+    pub fn with_limits(
+        suite: Suite,
+        bytes: &[u8; 32],
+        chunk_size: ChunkSize,
+        limits: UsageLimits,
+    ) -> Self {
+        let unlimited = limits.max_bytes == u64::MAX && limits.max_chunks == u64::MAX;
         Self {
             bytes: Zeroizing::new(*bytes),
-            aead: AeadKey::new(bytes),
+            aead: AeadKey::with_suite(suite, bytes),
+            positions: (!unlimited).then(|| limits.chunk_positions(u64::from(chunk_size.get()))),
+            limits,
+        }
+    }
+
+    /// The key's suite.
+    pub fn suite(&self) -> Suite {
+        self.aead.suite()
+    }
+
+    /// Refuses chunk positions beyond the key's usage limits.
+    #[inline]
+    fn check_usage(&self, index: u64) -> Result<(), StreamError> {
+        match self.positions {
+            Some(n) if index >= n => Err(StreamError::KeyUsageLimit {
+                index,
+                suite: self.suite(),
+                max_bytes: self.limits.max_bytes,
+                max_chunks: self.limits.max_chunks,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -356,21 +433,25 @@ impl FileKey {
 
     /// Seals chunk `index` in place: `chunk` holds the plaintext followed by
     /// [`CHUNK_OVERHEAD`] bytes of room for the tag. The caller guarantees the position;
-    /// [`Sealer`] and the pipeline are the safe ways to call this.
+    /// [`Sealer`] and the pipeline are the safe ways to call this. A position beyond the
+    /// key's usage limits is refused before anything is sealed.
     #[inline]
-    pub fn seal_chunk(&self, index: u64, last: bool, chunk: &mut [u8]) {
+    pub fn seal_chunk(&self, index: u64, last: bool, chunk: &mut [u8]) -> Result<(), StreamError> {
+        self.check_usage(index)?;
         let split = chunk.len().saturating_sub(TAG_LEN);
         let (body, tag_room) = chunk.split_at_mut(split);
         let tag = self
             .aead
             .seal_in_place(&chunk_nonce(index, last), &[], body);
         tag_room.copy_from_slice(&tag);
+        Ok(())
     }
 
     /// Opens chunk `index` in place; on success the first `chunk.len() - 16` bytes hold
     /// the plaintext.
     #[inline]
     pub fn open_chunk(&self, index: u64, last: bool, chunk: &mut [u8]) -> Result<(), StreamError> {
+        self.check_usage(index)?;
         if chunk.len() < TAG_LEN {
             return Err(StreamError::Tampered { index });
         }
@@ -429,7 +510,7 @@ impl<'k> Sealer<'k> {
             });
         }
         check_len(&self.layout, self.next, chunk.len())?;
-        self.key.seal_chunk(self.next, false, chunk);
+        self.key.seal_chunk(self.next, false, chunk)?;
         self.next = advance(self.next)?;
         Ok(())
     }
@@ -448,8 +529,7 @@ impl<'k> Sealer<'k> {
             });
         }
         check_len(&self.layout, last, chunk.len())?;
-        self.key.seal_chunk(last, true, chunk);
-        Ok(())
+        self.key.seal_chunk(last, true, chunk)
     }
 }
 
@@ -588,6 +668,84 @@ mod tests {
     fn counter_overflow_is_its_own_error() {
         assert_eq!(advance(u64::MAX), Err(StreamError::CounterOverflow));
         assert_eq!(advance(41), Ok(42));
+    }
+
+    #[test]
+    fn usage_limit_refuses_before_it_is_exceeded() {
+        let c = ChunkSize::new(16 << 10).unwrap();
+        // A lowered limit: 3 full chunks' worth of bytes, or 2 chunks.
+        for (limits, allowed) in [
+            (
+                UsageLimits {
+                    max_bytes: 3 * (16 << 10),
+                    max_chunks: 100,
+                },
+                3,
+            ),
+            (
+                UsageLimits {
+                    max_bytes: 1 << 40,
+                    max_chunks: 2,
+                },
+                2,
+            ),
+        ] {
+            let key = FileKey::with_limits(Suite::Aes256Gcm, &[7; 32], c, limits);
+            let layout = ChunkLayout::new(10 * (16 << 10), c);
+            let mut s = Sealer::new(&key, layout);
+            let mut buf = vec![0u8; layout.sealed_len(0)];
+            for _ in 0..allowed {
+                s.seal_next(&mut buf).unwrap();
+            }
+            let untouched = buf.clone();
+            assert!(matches!(
+                s.seal_next(&mut buf),
+                Err(StreamError::KeyUsageLimit { index, suite: Suite::Aes256Gcm, .. }) if index == allowed
+            ));
+            // Refused before sealing: the buffer is as it was.
+            assert_eq!(buf, untouched);
+            assert!(matches!(
+                key.open_chunk(allowed, false, &mut buf),
+                Err(StreamError::KeyUsageLimit { .. })
+            ));
+        }
+        // The real limits: AES-256-GCM stops at 2^39 bytes, ChaCha20-Poly1305 never.
+        let aes = FileKey::with_suite(Suite::Aes256Gcm, &[7; 32], c);
+        let mut one = vec![0u8; CHUNK_OVERHEAD + 1];
+        assert!(aes.seal_chunk((1 << 25) - 1, true, &mut one).is_ok());
+        assert!(aes.seal_chunk(1 << 25, true, &mut one).is_err());
+        let chacha = FileKey::with_suite(Suite::ChaCha20Poly1305, &[7; 32], c);
+        assert!(chacha.seal_chunk(u64::MAX, true, &mut one).is_ok());
+    }
+
+    #[test]
+    fn suites_differ_on_the_wire() {
+        let c = ChunkSize::new(16 << 10).unwrap();
+        let layout = ChunkLayout::new(5, c);
+        let seal = |suite| {
+            let key = FileKey::with_suite(suite, &[7; 32], c);
+            let mut wire = b"hello".to_vec();
+            wire.extend_from_slice(&[0; CHUNK_OVERHEAD]);
+            Sealer::new(&key, layout).finish(&mut wire).unwrap();
+            wire
+        };
+        let (a, b) = (seal(Suite::Aes256Gcm), seal(Suite::ChaCha20Poly1305));
+        assert_ne!(a, b);
+        // A chunk of one suite does not open under the other.
+        let key = FileKey::with_suite(Suite::ChaCha20Poly1305, &[7; 32], c);
+        let mut wire = a.clone();
+        assert_eq!(
+            Opener::new(&key, layout)
+                .open_next(&mut wire)
+                .map(|p| p.to_vec()),
+            Err(StreamError::Tampered { index: 0 })
+        );
+        let key = FileKey::with_suite(Suite::Aes256Gcm, &[7; 32], c);
+        let mut wire = a;
+        assert_eq!(
+            Opener::new(&key, layout).open_next(&mut wire).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]

@@ -413,7 +413,9 @@ async fn send_single(
     source.read_chunk(index, &mut buf[..plain]).map_err(io)?;
     tree.push(chunk_digest(&layout, index, &buf[..plain]))
         .map_err(|_| PipelineError::HashShape)?;
-    file.key.seal_chunk(index, true, &mut buf);
+    file.key
+        .seal_chunk(index, true, &mut buf)
+        .map_err(PipelineError::from)?;
     source.after_last_read().map_err(io)?;
     let n = buf.len() as u64;
     send.write_chunk(buf.freeze()).await?;

@@ -85,8 +85,16 @@ fn session_kind(e: &SessionError) -> ErrorKind {
 }
 
 fn handshake_kind(e: &HandshakeError) -> ErrorKind {
+    use crate::crypto::handshake::AbortReason;
     if e.is_auth() {
         ErrorKind::Authentication
+    } else if matches!(
+        e,
+        HandshakeError::NoCommonSuite { .. }
+            | HandshakeError::PeerAborted(AbortReason::NoCommonSuite)
+    ) {
+        // The two sides' `[transfer] suite` settings exclude each other.
+        ErrorKind::Refused
     } else {
         ErrorKind::Other
     }

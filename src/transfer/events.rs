@@ -28,6 +28,8 @@ pub struct Summary {
     pub resumed: u64,
     /// Wall time from the first offer byte to the receipt.
     pub seconds: f64,
+    /// The STREAM cipher suite the handshake agreed on.
+    pub suite: crate::crypto::suite::Suite,
 }
 
 /// What a transfer reports while it runs.

@@ -88,7 +88,8 @@ pub(crate) async fn receive(
     let mut held = plan.held;
     let mut superseded = plan.superseded;
 
-    let keys = TransferKey::derive(&ses.est.handshake_hash(), &offer.session_secret);
+    let keys = TransferKey::derive(&ses.est.handshake_hash(), &offer.session_secret)
+        .with_suite(ses.est.suite());
     // In known-recipient mode the transfer id also travelled in message 1: they must agree.
     let transfer_id = offer.transfer_id;
     if ses.est.transfer_id().is_some_and(|t| t != transfer_id) {
@@ -249,6 +250,7 @@ pub(crate) async fn receive(
         bytes: offer.total_size,
         resumed,
         seconds: began.elapsed().as_secs_f64(),
+        suite: ses.est.suite(),
     })
 }
 

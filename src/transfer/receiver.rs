@@ -57,6 +57,8 @@ pub struct ReceivePolicy {
     pub sessions: Option<Arc<tokio::sync::Semaphore>>,
     /// What one offer may hold.
     pub offers: Policy,
+    /// The STREAM cipher suites accepted (`[transfer] suite`).
+    pub suites: crate::crypto::suite::SuitePolicy,
 }
 
 /// The receiving side, configured once: this endpoint's identity and address book, its
@@ -234,7 +236,8 @@ impl Receiver {
     ) -> Result<IncomingOffer<'a>, TransferError> {
         let policy = &self.policy;
         let timeouts = &policy.timeouts;
-        let machine = Responder::new(&self.identity, &self.rendezvous(), policy.code.clone());
+        let machine = Responder::new(&self.identity, &self.rendezvous(), policy.code.clone())
+            .with_suites(policy.suites);
         let accept_unknown = policy.accept_unknown;
         let book = &self.book;
         let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();
@@ -541,7 +544,7 @@ impl<'a> IncomingOffer<'a> {
             r = answer => r,
             () = &mut cancel => return Err(teardown::cancelled(&conn, &rec).await),
         };
-        let peer = session.peer;
+        let (peer, suite) = (session.peer, session.est.suite());
         drop(session);
         match result {
             Ok(()) => {
@@ -557,6 +560,7 @@ impl<'a> IncomingOffer<'a> {
                     bytes: offer.start.total_size,
                     resumed: offer.start.total_size,
                     seconds: started.elapsed().as_secs_f64(),
+                    suite,
                 })
             }
             Err(e) => Err(fail(&conn, &rec, e).await),

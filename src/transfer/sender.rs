@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use crate::audit::{Audit, AuthMethod, SessionAudit, Side};
 use crate::crypto::chunk_hash::TreeHash;
-use crate::crypto::handshake::{Initiator, TRANSFER_ID_LEN};
+use crate::crypto::handshake::{HandshakeError, Initiator, TRANSFER_ID_LEN};
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
 use crate::crypto::stream::{
     ChunkLayout, ChunkSize, DEFAULT_CHUNK_SIZE, FileKeyContext, TransferKey,
 };
+use crate::crypto::suite::SuitePolicy;
 use crate::session::{self, SessionError, Stage, Timeouts};
 use crate::transfer::data::{self, DataError, FileData};
 use crate::transfer::error::{CLOSE_DONE, TransferError, Violation};
@@ -80,6 +81,7 @@ pub struct Sender {
     identity: Identity,
     pool: Arc<CipherPool>,
     chunk: ChunkSize,
+    suites: SuitePolicy,
     timeouts: Timeouts,
     audit: Audit,
     events: Events,
@@ -90,6 +92,7 @@ impl std::fmt::Debug for Sender {
         f.debug_struct("Sender")
             .field("key", &self.identity.public())
             .field("chunk", &self.chunk)
+            .field("suites", &self.suites)
             .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
     }
@@ -103,6 +106,7 @@ impl Sender {
             identity,
             pool,
             chunk: DEFAULT_CHUNK_SIZE,
+            suites: SuitePolicy::Auto,
             timeouts: Timeouts::default(),
             audit: Audit::off(),
             events: crate::transfer::events::quiet(),
@@ -112,6 +116,12 @@ impl Sender {
     /// The STREAM chunk size of every file.
     pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
         self.chunk = chunk;
+        self
+    }
+
+    /// The STREAM cipher suites offered (default: [`SuitePolicy::Auto`]).
+    pub fn suites(mut self, suites: SuitePolicy) -> Self {
+        self.suites = suites;
         self
     }
 
@@ -207,7 +217,15 @@ impl Sender {
         match teardown::recorded(&rec, result).await {
             Ok(s) => Ok(s),
             Err(e) => {
-                conn.close(e.close_code().into(), b"error");
+                if e.handshake_error()
+                    .is_some_and(|h| !matches!(h, HandshakeError::PeerAborted(_)))
+                {
+                    // This side failed the handshake and queued an abort frame: let it
+                    // reach the receiver (it closes once it has read it).
+                    teardown::close_after_error(conn, &e).await;
+                } else {
+                    conn.close(e.close_code().into(), b"error");
+                }
                 Err(e)
             }
         }
@@ -229,11 +247,17 @@ impl Sender {
         let mut ctl = tokio::io::join(rx, tx);
         let transfer_id: [u8; TRANSFER_ID_LEN] = random()?;
         let (machine, first) = match recipient {
-            Recipient::Known(key) => {
-                Initiator::known_peer(local, key, &rendezvous_for(key), &transfer_id)
-                    .map_err(SessionError::from)?
+            Recipient::Known(key) => Initiator::known_peer_with(
+                local,
+                key,
+                &rendezvous_for(key),
+                &transfer_id,
+                self.suites,
+            )
+            .map_err(SessionError::from)?,
+            Recipient::Code(code) => {
+                Initiator::code_with(local, code, &rendezvous_for_code(code), self.suites)
             }
-            Recipient::Code(code) => Initiator::code(local, code, &rendezvous_for_code(code)),
         };
         let mut est = timeouts
             .within(
@@ -293,7 +317,7 @@ impl Sender {
                 return Err(Violation::UnknownResumePoint.into());
             }
         }
-        let keys = TransferKey::derive(&est.handshake_hash(), &secret);
+        let keys = TransferKey::derive(&est.handshake_hash(), &secret).with_suite(est.suite());
         let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut sent: Vec<Option<blake3::Hash>> = vec![None; files.len()];
         let mut resumed = 0u64;
@@ -415,6 +439,7 @@ impl Sender {
                 bytes: total,
                 resumed,
                 seconds,
+                suite: est.suite(),
             },
             repeat: false,
         })
@@ -472,6 +497,7 @@ impl Sender {
             bytes: total,
             resumed: total,
             seconds: start.elapsed().as_secs_f64(),
+            suite: est.suite(),
         })
     }
 }

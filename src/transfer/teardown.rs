@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::audit::SessionAudit;
+use crate::crypto::handshake::HandshakeError;
 use crate::transfer::error::{CLOSE_CANCELLED, TransferError};
 
 /// Longest wait, after a receipt, for the sender to close the connection (which it does
@@ -52,10 +53,12 @@ pub(crate) async fn cancelled(conn: &quinn::Connection, rec: &SessionAudit) -> T
 }
 
 /// Closes a connection that ended with `e`, with `e`'s close code. Unless the peer
-/// timed out, it first lets the abort or refusal already queued reach the peer, for at
-/// most [`ABORT_DELIVERY_WAIT`].
+/// timed out or aborted itself (then it waits for this side to close), it first lets
+/// the abort or refusal already queued reach the peer, for at most
+/// [`ABORT_DELIVERY_WAIT`].
 pub(crate) async fn close_after_error(conn: &quinn::Connection, e: &TransferError) {
-    if !e.is_timeout() {
+    let peer_aborted = matches!(e.handshake_error(), Some(HandshakeError::PeerAborted(_)));
+    if !e.is_timeout() && !peer_aborted {
         let _ = tokio::time::timeout(ABORT_DELIVERY_WAIT, conn.closed()).await;
     }
     conn.close(e.close_code().into(), b"error");

@@ -1,5 +1,5 @@
-//! QUIC endpoints (quinn over rustls with the ring provider): direct transfers, and
-//! connections to and from a relay.
+//! QUIC endpoints (quinn over rustls with the aws-lc-rs provider, key exchange
+//! X25519MLKEM768 preferred): direct transfers, and connections to and from a relay.
 //!
 //! In direct mode the TLS certificate is ephemeral and not checked against any
 //! authority: who the peer is, is the end-to-end handshake's job, and it must not depend
@@ -119,8 +119,11 @@ pub fn transport_config_with(idle: Duration) -> quinn::TransportConfig {
     t
 }
 
+/// The TLS provider of every QUIC connection: aws-lc-rs, whose AES-GCM is the fastest
+/// measured per packet here (docs/BENCHMARKS.md, "AEAD backends") and whose default key
+/// exchange groups put the hybrid X25519MLKEM768 first (rustls `prefer-post-quantum`).
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A UDP socket bound to `addr` with large buffers (best effort: the kernel may cap them).
@@ -506,6 +509,22 @@ impl ServerCertVerifier for KeyVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quic_hop_prefers_the_hybrid_post_quantum_key_exchange() {
+        let p = provider();
+        // Both ends use this provider, so the client's first key share is the group
+        // every connection agrees on.
+        assert_eq!(
+            p.kx_groups.first().map(|g| g.name()),
+            Some(rustls::NamedGroup::X25519MLKEM768)
+        );
+        assert!(
+            p.kx_groups
+                .iter()
+                .any(|g| g.name() == rustls::NamedGroup::X25519)
+        );
+    }
 
     #[tokio::test]
     async fn direct_endpoints_connect_with_alpn_and_move_bytes() {

@@ -226,3 +226,81 @@ async fn a_stream_replayed_from_another_session_is_refused() {
     // ...and replays it into session 2 (same peers, same file), as an extra stream.
     must_fail(Arc::new(Inject(recorded))).await;
 }
+
+/// Rewrites the cipher suite offer (sender to receiver) or the choice (receiver to
+/// sender) in the handshake on the control stream. Both are at known places before the
+/// tag of an encrypted Noise payload, and the payload is malleable: XOR turns the code of
+/// AES-256-GCM (2) into that of ChaCha20-Poly1305 (1) and back. Only the tag stops it.
+struct RewriteSuite {
+    /// The sender's offer (`BToA`) or the receiver's choice (`AToB`).
+    dir: Direction,
+    /// Bytes before the end of the frame of the code to change.
+    from_end: usize,
+    done: Mutex<bool>,
+}
+
+impl Tap for RewriteSuite {
+    fn forward(&self, dir: Direction, stream: StreamId, chunk: Bytes) -> Vec<Bytes> {
+        let mut done = self.done.lock().unwrap();
+        if dir != self.dir || stream.dir() != Dir::Bi || *done {
+            return vec![chunk];
+        }
+        // The first frame this way: a 2-byte length, then the body.
+        let len = usize::from(u16::from_be_bytes([chunk[0], chunk[1]]));
+        assert!(chunk.len() >= 2 + len, "the handshake frame came in pieces");
+        let mut v = chunk.to_vec();
+        v[2 + len - self.from_end] ^= 0x02 ^ 0x01;
+        *done = true;
+        vec![Bytes::from(v)]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_strips_aes_from_the_offer_fails_authentication_on_both_sides() {
+    // The automatic offer is [2, first, second] before the 16-byte tag; AES is first
+    // with hardware AES, second without. Turning it into ChaCha leaves [ChaCha, ChaCha].
+    let from_end = if phi_conduit::crypto::suite::hardware_aes() {
+        16 + 2
+    } else {
+        16 + 1
+    };
+    let tap = RewriteSuite {
+        dir: Direction::BToA,
+        from_end,
+        done: Mutex::new(false),
+    };
+    both_fail_authentication(Arc::new(tap)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_rewrites_the_chosen_suite_fails_authentication_on_both_sides() {
+    // The receiver's reply: its ephemeral key, then the one-byte choice and the tag.
+    let tap = RewriteSuite {
+        dir: Direction::AToB,
+        from_end: 16 + 1,
+        done: Mutex::new(false),
+    };
+    both_fail_authentication(Arc::new(tap)).await;
+}
+
+async fn both_fail_authentication(tap: Arc<dyn Tap>) {
+    use phi_conduit::transfer::ErrorKind;
+    let c = clinics();
+    let src = payload(&c);
+    let r = relay(Some(tap)).await;
+    let out = c.dir.path().join("out");
+    let (sent, received) = relayed(&c, &r, &[src], &out).await;
+    r.stop().await;
+    let (sent, received) = (
+        sent.expect_err("the sender went on after a rewritten handshake"),
+        received.expect_err("the receiver went on after a rewritten handshake"),
+    );
+    for (side, e) in [("sender", &sent), ("receiver", &received)] {
+        assert_eq!(e.kind(), ErrorKind::Authentication, "{side}: {e}");
+        assert!(
+            e.to_string().contains("authentication failed"),
+            "{side}: {e}"
+        );
+    }
+    assert!(final_files(&out).is_empty());
+}

@@ -42,8 +42,43 @@ fn bench_cipher_json_has_every_documented_key() {
     assert_eq!(v["chunk_size"], 65536);
     assert!(matches!(
         v["aead_backend"].as_str(),
-        Some("ring" | "rustcrypto")
+        Some("aws-lc-rs" | "ring" | "rustcrypto")
     ));
+    // By default, the suite a transfer on this machine chooses.
+    let auto = phi_conduit::crypto::suite::SuitePolicy::Auto.local_choice();
+    assert_eq!(v["suite"].as_str(), Some(auto.name()));
+}
+
+#[test]
+fn bench_cipher_measures_each_suite_asked_for_one_json_line_each() {
+    let out = scratch()
+        .conduit()
+        .args([
+            "bench",
+            "cipher",
+            "--json",
+            "--size",
+            "1048576",
+            "--threads",
+            "1",
+        ])
+        .args(["--suite", "chacha20-poly1305", "--suite", "aes-256-gcm"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let suites: Vec<_> = lines.iter().map(|v| v["suite"].as_str().unwrap()).collect();
+    assert_eq!(suites, ["chacha20-poly1305", "aes-256-gcm"]);
+    for v in &lines {
+        assert!(v["stream_seal_1t_gbps"].as_f64().unwrap() > 0.0);
+    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! The AEAD backend against RFC 8439 section 2.8.2 and the Wycheproof vectors.
-//! Run with `--features rustcrypto-aead` to check the pure-Rust backend the same way.
+//! The AEAD backends against RFC 8439 section 2.8.2, NIST CAVP and the Wycheproof
+//! vectors. Run with `--features rustcrypto-aead` (ChaCha20-Poly1305) or `ring-aead`
+//! (both suites) to check the other backends the same way.
 
 use phi_conduit::crypto::aead::{AeadKey, NONCE_LEN, TAG_LEN};
+use phi_conduit::crypto::suite::Suite;
 use serde::Deserialize;
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -69,10 +71,61 @@ struct Case {
 
 #[test]
 fn wycheproof_chacha20_poly1305() {
-    let file: File = serde_json::from_str(include_str!(
-        "../data/wycheproof/chacha20_poly1305_test.json"
-    ))
-    .unwrap();
+    let (valid, invalid) = wycheproof(
+        include_str!("../data/wycheproof/chacha20_poly1305_test.json"),
+        Suite::ChaCha20Poly1305,
+    );
+    assert!(
+        valid > 200 && invalid > 50,
+        "valid {valid}, invalid {invalid}"
+    );
+}
+
+#[test]
+fn wycheproof_aes_256_gcm() {
+    let (valid, invalid) = wycheproof(
+        include_str!("../data/wycheproof/aes_gcm_256_96_test.json"),
+        Suite::Aes256Gcm,
+    );
+    assert_eq!((valid, invalid), (39, 27));
+}
+
+#[test]
+fn nist_cavp_gcm_encrypt_ext_iv256() {
+    let text = include_str!("../data/nist_gcm_encrypt_ext_iv256.txt");
+    let mut n = 0;
+    let records = text
+        .split("\n\n")
+        .filter(|r| r.lines().any(|l| l.starts_with("key = ")));
+    for record in records {
+        let key: [u8; 32] = unhex(field(record, "key")).try_into().unwrap();
+        let iv: [u8; NONCE_LEN] = unhex(field(record, "iv")).try_into().unwrap();
+        let aad = unhex(field(record, "aad"));
+        let pt = unhex(field(record, "pt"));
+        let ct = unhex(field(record, "ct"));
+        let tag: [u8; TAG_LEN] = unhex(field(record, "tag")).try_into().unwrap();
+        let k = AeadKey::with_suite(Suite::Aes256Gcm, &key);
+        let mut buf = pt.clone();
+        assert_eq!(k.seal_in_place(&iv, &aad, &mut buf), tag, "record {n}");
+        assert_eq!(buf, ct, "record {n}");
+        k.open_in_place(&iv, &aad, &mut buf, &tag).unwrap();
+        assert_eq!(buf, pt, "record {n}");
+        // A flipped tag bit does not open.
+        let mut bad = tag;
+        bad[0] ^= 1;
+        let mut buf = ct.clone();
+        assert!(
+            k.open_in_place(&iv, &aad, &mut buf, &bad).is_err(),
+            "record {n}"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 375);
+}
+
+/// Runs one Wycheproof AEAD file against `suite`; returns (valid, invalid) counts.
+fn wycheproof(json: &str, suite: Suite) -> (usize, usize) {
+    let file: File = serde_json::from_str(json).unwrap();
     let (mut valid, mut invalid, mut other_sizes) = (0, 0, 0);
     for group in &file.groups {
         for case in &group.tests {
@@ -89,7 +142,7 @@ fn wycheproof_chacha20_poly1305() {
             let msg = unhex(&case.msg);
             let ct = unhex(&case.ct);
             let tag: [u8; TAG_LEN] = unhex(&case.tag).try_into().unwrap();
-            let k = AeadKey::new(&key);
+            let k = AeadKey::with_suite(suite, &key);
             let mut buf = ct.clone();
             let opened = k.open_in_place(&nonce, &aad, &mut buf, &tag);
             match case.result.as_str() {
@@ -115,8 +168,5 @@ fn wycheproof_chacha20_poly1305() {
         }
     }
     assert_eq!(valid + invalid + other_sizes, file.number_of_tests);
-    assert!(
-        valid > 200 && invalid > 50,
-        "valid {valid}, invalid {invalid}"
-    );
+    (valid, invalid)
 }

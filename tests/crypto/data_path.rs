@@ -112,7 +112,9 @@ fn sealed_wire(size: u64) -> Vec<u8> {
         let start = fd.layout.offset(i) as usize;
         let mut buf = content[start..start + fd.layout.plaintext_len(i)].to_vec();
         buf.extend_from_slice(&[0; CHUNK_OVERHEAD]);
-        fd.key.seal_chunk(i, fd.layout.is_last(i), &mut buf);
+        fd.key
+            .seal_chunk(i, fd.layout.is_last(i), &mut buf)
+            .unwrap();
         wire.extend_from_slice(&buf);
     }
     wire

@@ -5,6 +5,7 @@ use phi_conduit::crypto::handshake::{
 };
 use phi_conduit::crypto::identity::{Identity, PublicKey};
 use phi_conduit::crypto::pake::Code;
+use phi_conduit::crypto::suite::{Suite, SuitePolicy, hardware_aes};
 
 const RV: [u8; 32] = [9; 32];
 const TID: [u8; 16] = [4; 16];
@@ -104,9 +105,15 @@ fn run(
                         }
                     }
                     Err(e) => {
+                        // The initiator tells the responder why, as the IO layer does.
+                        let abort = abort_frame(e.abort_reason());
+                        let re = resp
+                            .read(&abort, accept)
+                            .err()
+                            .unwrap_or(HandshakeError::Protocol("abort ignored"));
                         return Outcome {
                             init: Err(e),
-                            resp: Err(HandshakeError::Protocol("initiator failed")),
+                            resp: Err(re),
                         };
                     }
                 }
@@ -439,17 +446,18 @@ fn oversize_session_messages_are_refused_before_sending() {
     assert!(i.seal(&big[1..]).is_ok());
 }
 
-/// The code mode is XXpsk0 (protocol version 2): the PSK is mixed in before message 1, so
-/// message 1 carries a tag under it (32-byte ephemeral + 16-byte tag of the empty
-/// payload; XXpsk3's message 1 is the bare ephemeral), and a wrong code fails right
-/// there, before the responder writes message 2 with its static key.
+/// The code mode is XXpsk0 (since protocol version 2; version 3 adds the suite offer to
+/// the payload): the PSK is mixed in before message 1, so message 1 carries a tag under
+/// it (32-byte ephemeral + the suite offer + 16-byte tag; XXpsk3's message 1 is the
+/// ephemeral and the payload in clear), and a wrong code fails right there, before the
+/// responder writes message 2 with its static key.
 #[test]
 fn the_code_mode_is_xxpsk0_and_a_wrong_code_fails_at_message_1() {
     assert_eq!(
         phi_conduit::crypto::handshake::XXPSK0_PATTERN,
         "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"
     );
-    assert_eq!(phi_conduit::crypto::handshake::VERSION, 2);
+    assert_eq!(phi_conduit::crypto::handshake::VERSION, 3);
     let (alice, bob) = ids();
     let code = Code::parse("8-crystal-harbor-orbit").unwrap();
     let (mut i, hello) = Initiator::code(&alice, &code, &RV);
@@ -460,11 +468,14 @@ fn the_code_mode_is_xxpsk0_and_a_wrong_code_fails_at_message_1() {
     let Ok(Step::Send(m1)) = i.read(&pake_b) else {
         panic!("no message 1")
     };
+    let offer = phi_conduit::crypto::suite::encode_offer(&SuitePolicy::Auto.offer());
     assert_eq!(
         m1.len(),
-        1 + 32 + 16,
+        1 + 32 + offer.len() + 16,
         "message 1 is not sealed under the PSK"
     );
+    // The offer does not travel in clear.
+    assert!(!m1.windows(offer.len()).any(|w| w == offer.as_slice()));
     // A responder with another code refuses that very message 1.
     let (alice, bob) = ids();
     let (mut i, hello) =
@@ -484,4 +495,120 @@ fn the_code_mode_is_xxpsk0_and_a_wrong_code_fails_at_message_1() {
         r.read(&m1, &mut |_| true),
         Err(HandshakeError::CodeMismatch)
     ));
+}
+
+fn known_with(init: SuitePolicy, resp: SuitePolicy, tamper: Tamper<'_>) -> Outcome {
+    let (alice, bob) = ids();
+    let (i, f) = Initiator::known_peer_with(&alice, &bob.public(), &RV, &TID, init).unwrap();
+    let r = Responder::new(&bob, &RV, None).with_suites(resp);
+    run(i, f, r, &mut |_| true, tamper)
+}
+
+fn coded_with(init: SuitePolicy, resp: SuitePolicy, tamper: Tamper<'_>) -> Outcome {
+    let (alice, bob) = ids();
+    let code = Code::parse("8-crystal-harbor-orbit").unwrap();
+    let (i, f) = Initiator::code_with(&alice, &code, &RV, init);
+    let r = Responder::new(&bob, &RV, Some(code)).with_suites(resp);
+    run(i, f, r, &mut |_| true, tamper)
+}
+
+#[test]
+fn both_sides_agree_on_the_suite_in_both_modes() {
+    use Suite::{Aes256Gcm as Aes, ChaCha20Poly1305 as ChaCha};
+    use SuitePolicy::{Auto, Only};
+    let auto = if hardware_aes() { Aes } else { ChaCha };
+    let cases = [
+        (Auto, Auto, auto),
+        (Only(ChaCha), Auto, ChaCha),
+        (Auto, Only(ChaCha), ChaCha),
+        (Only(Aes), Auto, Aes),
+        (Auto, Only(Aes), Aes),
+        (Only(Aes), Only(Aes), Aes),
+        (Only(ChaCha), Only(ChaCha), ChaCha),
+    ];
+    for (init, resp, expected) in cases {
+        for (mode, o) in [
+            ("known", known_with(init, resp, None)),
+            ("code", coded_with(init, resp, None)),
+        ] {
+            let (i, r) = match (o.init, o.resp) {
+                (Ok(i), Ok(r)) => (i, r),
+                (i, r) => panic!("{mode} {init} / {resp}: {:?} / {:?}", i.err(), r.err()),
+            };
+            assert_eq!(i.suite(), expected, "{mode} {init} / {resp}");
+            assert_eq!(r.suite(), expected, "{mode} {init} / {resp}");
+            assert_eq!(i.handshake_hash(), r.handshake_hash());
+        }
+    }
+}
+
+#[test]
+fn forced_suites_that_differ_fail_on_both_sides() {
+    use Suite::{Aes256Gcm as Aes, ChaCha20Poly1305 as ChaCha};
+    for (init, resp) in [(Aes, ChaCha), (ChaCha, Aes)] {
+        for o in [
+            known_with(SuitePolicy::Only(init), SuitePolicy::Only(resp), None),
+            coded_with(SuitePolicy::Only(init), SuitePolicy::Only(resp), None),
+        ] {
+            let re = o.resp.err().unwrap();
+            assert!(
+                matches!(re, HandshakeError::NoCommonSuite { .. }),
+                "responder: {re:?}"
+            );
+            assert_eq!(
+                re.to_string(),
+                format!("no common cipher suite: the peer offers {init}, this side accepts {resp}")
+            );
+            assert!(matches!(
+                o.init.err(),
+                Some(HandshakeError::PeerAborted(AbortReason::NoCommonSuite))
+            ));
+        }
+    }
+}
+
+/// XORs `delta` into the byte `from_end` bytes before the end of a frame body (the
+/// Noise payload is encrypted but malleable: a path that knows the plaintext can flip
+/// exactly the bits it wants, and only the tag stops it).
+fn xor_from_end(from_end: usize, delta: u8) -> impl Fn(&mut Vec<u8>) {
+    move |f: &mut Vec<u8>| {
+        let at = f.len() - from_end;
+        f[at] ^= delta;
+    }
+}
+
+#[test]
+fn a_path_that_rewrites_the_offer_or_the_choice_fails_authentication_on_both_sides() {
+    use Suite::{Aes256Gcm as Aes, ChaCha20Poly1305 as ChaCha};
+    let offer = SuitePolicy::Only(Aes).offer();
+    // The offer [count, AES] ends message 1's payload, before the 16-byte tag: turning
+    // AES (2) into ChaCha (1) is an XOR with 3 on the last code byte.
+    let strip_aes = xor_from_end(16 + 1, Aes.code() ^ ChaCha.code());
+    assert_eq!(offer.len(), 1);
+    // The choice is the whole payload of the responder's reply, before its tag.
+    let force_chacha = xor_from_end(16 + 1, Aes.code() ^ ChaCha.code());
+    let (policy, auto) = (SuitePolicy::Only(Aes), SuitePolicy::Auto);
+    for (name, o) in [
+        (
+            "known: offer",
+            known_with(policy, auto, Some((0, &strip_aes))),
+        ),
+        (
+            "known: choice",
+            known_with(policy, auto, Some((1, &force_chacha))),
+        ),
+        // Code mode: frames 0 and 1 are the PAKE, 2 carries the offer, 3 the choice.
+        (
+            "code: offer",
+            coded_with(policy, auto, Some((2, &strip_aes))),
+        ),
+        (
+            "code: choice",
+            coded_with(policy, auto, Some((3, &force_chacha))),
+        ),
+    ] {
+        let (ie, re) = (o.init.err().unwrap(), o.resp.err().unwrap());
+        assert!(ie.is_auth(), "{name}: initiator {ie:?}");
+        assert!(re.is_auth(), "{name}: responder {re:?}");
+    }
 }

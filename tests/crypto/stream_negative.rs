@@ -163,7 +163,7 @@ fn last_flag_on_a_middle_chunk_fails() {
     // Re-seal chunk 1 with the last flag set, as an attacker ending the file early would.
     let mut forged = pt[CHUNK as usize..2 * CHUNK as usize].to_vec();
     forged.extend_from_slice(&[0; CHUNK_OVERHEAD]);
-    k.seal_chunk(1, true, &mut forged);
+    k.seal_chunk(1, true, &mut forged).unwrap();
     chunks[1] = forged;
     assert_eq!(
         open_all(&k, SIZE as u64, chunk_size(), &chunks),
@@ -176,7 +176,7 @@ fn final_chunk_without_last_flag_fails() {
     let (k, pt, mut chunks) = sample();
     let mut forged = pt[3 * CHUNK as usize..].to_vec();
     forged.extend_from_slice(&[0; CHUNK_OVERHEAD]);
-    k.seal_chunk(3, false, &mut forged);
+    k.seal_chunk(3, false, &mut forged).unwrap();
     chunks[3] = forged;
     assert_eq!(
         open_all(&k, SIZE as u64, chunk_size(), &chunks),
@@ -240,7 +240,7 @@ fn empty_last_chunk_of_non_empty_file_is_rejected() {
     let mut chunks = seal_all(&k, &pt, chunk_size());
     assert_eq!(chunks.len(), 1);
     let mut empty = vec![0u8; CHUNK_OVERHEAD];
-    k.seal_chunk(1, true, &mut empty);
+    k.seal_chunk(1, true, &mut empty).unwrap();
     chunks.push(empty);
     assert_eq!(
         open_all(&k, CHUNK, chunk_size(), &chunks),

@@ -11,5 +11,6 @@ mod offers;
 mod receiver_fs;
 mod signals;
 mod source_change;
+mod suites;
 mod transfer_direct;
 mod transfer_resume;
