@@ -17,6 +17,29 @@ fn cmd_cases() {
         .case("tests/cmd/*.trycmd");
 }
 
+/// Every transcript (`NAME.trycmd`) has its sandbox directory `NAME.out/` beside it:
+/// without one trycmd runs the transcript in the checkout, and what it writes there (an
+/// identity under `home/`) is left behind.
+#[test]
+fn every_transcript_runs_in_a_sandbox() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir("tests/cmd").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("trycmd") {
+            continue;
+        }
+        let sandbox = path.with_extension("out");
+        assert!(
+            sandbox.join(".keep").is_file(),
+            "{} has no {}/.keep: add it so that the transcript runs in a temporary copy",
+            path.display(),
+            sandbox.display()
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no transcript found");
+}
+
 /// No case file's expected output (stdout, stderr, transcripts) names a Rust type or enum
 /// variant (`UnknownPeer`, `Io(`, `early eof`, ...): what a command prints is for people.
 #[test]
