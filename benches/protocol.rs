@@ -61,6 +61,7 @@ fn codecs(c: &mut Criterion) {
         })
     });
     let hello = Hello {
+        switch: false,
         role: Role::Connect,
         single_use: false,
         rendezvous: [3; 32],

@@ -317,6 +317,7 @@ async fn join_once(
             other => connect_err(other.to_string()),
         })?;
     let hello = Hello {
+        switch: false,
         role,
         single_use,
         rendezvous,
@@ -478,6 +479,7 @@ mod tests {
             let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             let hello = Hello {
+                switch: false,
                 role: Role::Connect,
                 single_use: false,
                 rendezvous: [round; 32],

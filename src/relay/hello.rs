@@ -32,6 +32,9 @@ pub const MAX_HELLO: usize = 4 + 1 + 1 + 1 + 32 + 1 + MAX_TOKEN;
 pub const PAIRED: u8 = 0x50;
 /// Flag: the rendezvous id may be paired once only.
 pub const FLAG_SINGLE_USE: u8 = 0x01;
+/// Flag: the client asks for an allocation on the relay's datagram switch instead of a
+/// splice ([`Grant`]). Both clients of a pairing must ask alike.
+pub const FLAG_SWITCH: u8 = 0x02;
 
 /// Which side of a pairing a client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +62,8 @@ pub struct Hello {
     pub role: Role,
     /// Paired once only (code phrases).
     pub single_use: bool,
+    /// Wants an allocation on the datagram switch ([`FLAG_SWITCH`]), not a splice.
+    pub switch: bool,
     /// Which pairing this client wants.
     pub rendezvous: [u8; 32],
     /// Access token (empty: none).
@@ -70,6 +75,7 @@ impl std::fmt::Debug for Hello {
         f.debug_struct("Hello")
             .field("role", &self.role)
             .field("single_use", &self.single_use)
+            .field("switch", &self.switch)
             .field("token", &format_args!("<{} bytes>", self.token.len()))
             .finish_non_exhaustive()
     }
@@ -103,7 +109,14 @@ impl Hello {
             Role::Listen => 1,
             Role::Connect => 2,
         });
-        out.push(if self.single_use { FLAG_SINGLE_USE } else { 0 });
+        let mut flags = 0;
+        if self.single_use {
+            flags |= FLAG_SINGLE_USE;
+        }
+        if self.switch {
+            flags |= FLAG_SWITCH;
+        }
+        out.push(flags);
         out.extend_from_slice(&self.rendezvous);
         out.push(token_len);
         out.extend_from_slice(&self.token);
@@ -129,7 +142,7 @@ impl Hello {
             2 => Role::Connect,
             _ => return Err(HelloError::Malformed("unknown role")),
         };
-        if flags & !FLAG_SINGLE_USE != 0 {
+        if flags & !(FLAG_SINGLE_USE | FLAG_SWITCH) != 0 {
             return Err(HelloError::Malformed("unknown flags"));
         }
         let (rendezvous, rest) = rest
@@ -147,9 +160,97 @@ impl Hello {
         Ok(Hello {
             role,
             single_use: flags & FLAG_SINGLE_USE != 0,
+            switch: flags & FLAG_SWITCH != 0,
             rendezvous: *rendezvous,
             token: token.to_vec(),
         })
+    }
+}
+
+/// What the relay tells a client that asked for the switch ([`FLAG_SWITCH`]), right after
+/// [`PAIRED`] on the Hello stream:
+///
+/// ```text
+/// channel id u64 | family u8 (4 or 6) | reflexive IP [4 or 16] | port u16 | peer u8 (1)
+/// ```
+///
+/// The channel id is the client's own allocation: it wraps its packets for the peer with
+/// it ([`crate::wire::wrap`]) and receives the peer's with it. The reflexive address is
+/// the address the relay sees the client's control connection come from (its wrapped
+/// packets must come from there too). `peer` says the peer's allocation exists. When the
+/// client's address changes (its NAT rebinds and the control connection migrates), the
+/// relay rebinds the allocation and writes another grant with the new address on the same
+/// stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The client's channel id.
+    pub channel: u64,
+    /// The address the relay sees for the client.
+    pub reflexive: std::net::SocketAddr,
+    /// The peer's allocation exists.
+    pub peer: bool,
+}
+
+/// Longest encoded [`Grant`].
+pub const MAX_GRANT: usize = 8 + 1 + 16 + 2 + 1;
+
+impl Grant {
+    /// The encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_GRANT);
+        out.extend_from_slice(&self.channel.to_be_bytes());
+        match self.reflexive.ip() {
+            std::net::IpAddr::V4(ip) => {
+                out.push(4);
+                out.extend_from_slice(&ip.octets());
+            }
+            std::net::IpAddr::V6(ip) => {
+                out.push(6);
+                out.extend_from_slice(&ip.octets());
+            }
+        }
+        out.extend_from_slice(&self.reflexive.port().to_be_bytes());
+        out.push(u8::from(self.peer));
+        out
+    }
+
+    /// Decodes a grant from the front of `buf`: the grant and the bytes it took, `Ok(None)`
+    /// if `buf` holds only part of one.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Grant, usize)>, HelloError> {
+        let Some((channel, rest)) = buf.split_first_chunk::<8>() else {
+            return Ok(None);
+        };
+        let Some((&family, rest)) = rest.split_first() else {
+            return Ok(None);
+        };
+        let ip_len = match family {
+            4 => 4,
+            6 => 16,
+            _ => return Err(HelloError::Malformed("grant: unknown address family")),
+        };
+        let Some(tail) = rest.get(ip_len..ip_len + 3) else {
+            return Ok(None);
+        };
+        let ip = match rest.get(..ip_len) {
+            Some(&[a, b, c, d]) => std::net::IpAddr::from([a, b, c, d]),
+            Some(b) => match <[u8; 16]>::try_from(b) {
+                Ok(b) => std::net::IpAddr::from(b),
+                Err(_) => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        let [p0, p1, peer] = [tail[0], tail[1], tail[2]];
+        let peer = match peer {
+            0 => false,
+            1 => true,
+            _ => return Err(HelloError::Malformed("grant: bad peer flag")),
+        };
+        let grant = Grant {
+            channel: u64::from_be_bytes(*channel),
+            reflexive: (ip, u16::from_be_bytes([p0, p1])).into(),
+            peer,
+        };
+        Ok(Some((grant, 8 + 1 + ip_len + 3)))
     }
 }
 
@@ -271,8 +372,43 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_switch_flag_round_trips_and_grants_decode_in_pieces() {
+        let h = Hello {
+            switch: true,
+            ..hello()
+        };
+        let body = h.encode().unwrap();
+        assert_eq!(body[6] & FLAG_SWITCH, FLAG_SWITCH);
+        assert_eq!(Hello::decode(&body).unwrap(), h);
+        for reflexive in ["192.0.2.1:4000", "[2001:db8::7]:65535"] {
+            let g = Grant {
+                channel: 0xdead_beef_0000_0001,
+                reflexive: reflexive.parse().unwrap(),
+                peer: true,
+            };
+            let bytes = g.encode();
+            assert!(bytes.len() <= MAX_GRANT);
+            for cut in 0..bytes.len() {
+                assert_eq!(Grant::decode(&bytes[..cut]), Ok(None), "{cut}");
+            }
+            let mut more = bytes.clone();
+            more.push(0xff);
+            assert_eq!(Grant::decode(&more), Ok(Some((g, bytes.len()))));
+        }
+        let mut bad = Grant {
+            channel: 1,
+            reflexive: "192.0.2.1:1".parse().unwrap(),
+            peer: false,
+        }
+        .encode();
+        bad[8] = 5;
+        assert!(Grant::decode(&bad).is_err());
+    }
+
     fn hello() -> Hello {
         Hello {
+            switch: false,
             role: Role::Listen,
             single_use: true,
             rendezvous: [7; 32],
@@ -287,6 +423,7 @@ mod tests {
         assert!(body.len() <= MAX_HELLO);
         assert_eq!(Hello::decode(&body).unwrap(), h);
         let h = Hello {
+            switch: false,
             role: Role::Connect,
             single_use: false,
             token: vec![],
@@ -308,7 +445,8 @@ mod tests {
         b[5] = 3;
         assert!(matches!(Hello::decode(&b), Err(HelloError::Malformed(_))));
         let mut b = body.clone();
-        b[6] = 0x02;
+        // Bit 1 is the switch flag now; the next bit up is unknown.
+        b[6] = 0x04;
         assert!(matches!(Hello::decode(&b), Err(HelloError::Malformed(_))));
         let mut b = body.clone();
         b.push(0);
@@ -317,6 +455,7 @@ mod tests {
             assert!(Hello::decode(&body[..n]).is_err(), "prefix of {n} bytes");
         }
         let long = Hello {
+            switch: false,
             token: vec![1; MAX_TOKEN + 1],
             ..hello()
         };
@@ -344,7 +483,7 @@ mod tests {
         fn mutated_hellos_decode_to_valid_hellos_or_errors(
             pos in 0usize..MAX_HELLO, byte in any::<u8>(), token in proptest::collection::vec(any::<u8>(), 0..=MAX_TOKEN)
         ) {
-            let h = Hello { token, ..hello() };
+            let h = Hello { switch: false, token, ..hello() };
             let mut body = h.encode().unwrap();
             let pos = pos % body.len();
             body[pos] = byte;

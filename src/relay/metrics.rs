@@ -46,6 +46,8 @@ pub struct Metrics {
     rejections: [AtomicU64; 13],
     /// Set when draining (health turns 503).
     pub draining: AtomicBool,
+    /// The datagram switch, once the relay is bound (its counters are rendered too).
+    pub switch: std::sync::OnceLock<Arc<crate::relay::switch::SharedSwitch>>,
 }
 
 impl Metrics {
@@ -143,7 +145,65 @@ impl Metrics {
                 self.rejections(r)
             );
         }
+        if let Some(switch) = self.switch.get() {
+            render_switch(&mut s, switch);
+        }
         s
+    }
+}
+
+/// The datagram switch's counters in Prometheus text.
+fn render_switch(s: &mut String, switch: &crate::relay::switch::SharedSwitch) {
+    use crate::relay::switch::DropReason;
+    let (allocations, c) = switch.with(|w| (w.allocations(), w.counters().clone()));
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "conduit_relay_allocations",
+        "gauge",
+        "Allocations on the datagram switch.",
+        u64::try_from(allocations).unwrap_or(u64::MAX),
+    );
+    metric(
+        "conduit_relay_allocations_total",
+        "counter",
+        "Allocations granted since start.",
+        c.granted,
+    );
+    metric(
+        "conduit_relay_allocations_expired_total",
+        "counter",
+        "Allocations released for idleness.",
+        c.expired,
+    );
+    metric(
+        "conduit_relay_switch_packets_total",
+        "counter",
+        "Wrapped packets forwarded by the switch.",
+        c.packets,
+    );
+    metric(
+        "conduit_relay_switch_bytes_total",
+        "counter",
+        "Bytes of wrapped packets forwarded by the switch (headers included).",
+        c.bytes,
+    );
+    let _ = writeln!(
+        s,
+        "# HELP conduit_relay_switch_dropped_total Datagrams the switch did not forward, by reason.\n\
+         # TYPE conduit_relay_switch_dropped_total counter"
+    );
+    for r in DropReason::all() {
+        let _ = writeln!(
+            s,
+            "conduit_relay_switch_dropped_total{{reason=\"{}\"}} {}",
+            r.label(),
+            c.dropped(r)
+        );
     }
 }
 

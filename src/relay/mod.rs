@@ -8,12 +8,13 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`hello`] | the Hello a client sends and the relay's answer and close codes (sans-IO) |
+//! | [`hello`] | the Hello a client sends and the relay's answer, grant and close codes (sans-IO) |
 //! | [`proof`] | a listener's proof that it holds its rendezvous id's key (sans-IO) |
 //! | [`pairing`] | the rendezvous table: who waits, who pairs, single-use ids (sans-IO) |
 //! | [`ratelimit`] | strikes per source for guessing and spending nameplates (sans-IO) |
 //! | [`expiring`] | the bounded, O(1) expiring map under the burned and strike tables |
 //! | [`splice`] | copying streams, FIN, resets and closes between two connections |
+//! | [`switch`] | the datagram switch: allocations, the forwarding decision, its limits and drop counters (sans-IO) |
 //! | [`server`] | accept loop, Hello timeout, tokens, sessions, drain on shutdown |
 //! | [`config`] | limits with documented defaults, the TOML file, the memory bound |
 //! | [`tokens`] | access tokens, stored as hashes, checked in constant time |
@@ -34,4 +35,5 @@ pub mod ratelimit;
 pub mod server;
 pub mod splice;
 pub mod summary;
+pub mod switch;
 pub mod tokens;

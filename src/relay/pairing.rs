@@ -247,6 +247,7 @@ mod tests {
 
     fn hello(role: Role, id: u8, single_use: bool) -> Hello {
         Hello {
+            switch: false,
             role,
             single_use,
             rendezvous: [id; 32],

@@ -21,12 +21,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::relay::config::Limits;
 use crate::relay::expiring::saturating_add;
+use crate::relay::hello::Grant;
 use crate::relay::hello::{Hello, MAX_HELLO, PAIRED, Refusal, Role};
 use crate::relay::metrics::Metrics;
 use crate::relay::pairing::{Arrival, Table};
 use crate::relay::proof::{Challenge, PROOF_LEN};
 use crate::relay::ratelimit::{Strikes, source_of};
 use crate::relay::splice::{Tap, splice_with};
+use crate::relay::switch::{SharedSwitch, SwitchLimits};
 use crate::relay::tokens::Tokens;
 use crate::transport::{self, ServerTls, TransportError};
 
@@ -57,6 +59,8 @@ struct State {
     sessions: Arc<Semaphore>,
     log: Logger,
     tap: Option<Arc<dyn Tap>>,
+    /// The datagram switch on the relay's UDP port.
+    switch: Arc<SharedSwitch>,
 }
 
 /// A client waiting for its peer, as the table holds it.
@@ -66,6 +70,8 @@ struct Waiting {
     ip: std::net::IpAddr,
     /// It came on a single-use rendezvous id (a code's nameplate).
     single_use: bool,
+    /// It asked for an allocation on the switch instead of a splice.
+    switch: bool,
     hello_reply: SendStream,
     taken: Option<oneshot::Sender<()>>,
     since: Instant,
@@ -194,7 +200,16 @@ impl Relay {
         log: Logger,
     ) -> Result<Self, TransportError> {
         let cert = tls.pin();
-        let endpoint = transport::relay_server(addr, tls, limits.transport_config())?;
+        let switch = Arc::new(SharedSwitch::new(SwitchLimits {
+            max_allocations: limits.max_sessions.saturating_mul(2),
+            idle: limits.idle_timeout,
+            ..SwitchLimits::default()
+        }));
+        let divert: Arc<dyn transport::demux::Divert> = switch.clone();
+        let (endpoint, _socket) =
+            transport::relay_server_diverting(addr, tls, limits.transport_config(), divert)?;
+        let metrics = Arc::new(Metrics::default());
+        let _ = metrics.switch.set(Arc::clone(&switch));
         let state = Arc::new(State {
             table: Mutex::new(Table::new(
                 limits.max_waiting_per_ip,
@@ -209,13 +224,14 @@ impl Relay {
                 limits.strike_window,
                 crate::relay::ratelimit::MAX_SOURCES,
             )),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions)),
             limits,
             tokens,
             log,
             tap: None,
+            switch,
         });
         Ok(Relay { endpoint, state })
     }
@@ -245,9 +261,14 @@ impl Relay {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Relay { endpoint, state } = self;
         tokio::pin!(shutdown);
+        let mut sweep = tokio::time::interval(SWEEP);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = sweep.tick() => {
+                    let now = Instant::now();
+                    state.switch.with(|s| s.expire(now));
+                }
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let ip = incoming.remote_address().ip();
@@ -394,6 +415,7 @@ async fn client(
         conn: conn.clone(),
         ip,
         single_use: hello.single_use,
+        switch: hello.switch,
         hello_reply: reply,
         taken: Some(taken),
         since: Instant::now(),
@@ -554,6 +576,9 @@ async fn session(state: Arc<State>, mut first: Waiting, mut second: Waiting, _sl
         let _ = t.send(());
     }
     let id = session_id();
+    if first.switch || second.switch {
+        return switched(state, first, second, id, waited).await;
+    }
     let mut told = true;
     for w in [&mut first, &mut second] {
         told &= w.hello_reply.write_all(&[PAIRED]).await.is_ok() && w.hello_reply.finish().is_ok();
@@ -595,6 +620,132 @@ async fn session(state: Arc<State>, mut first: Waiting, mut second: Waiting, _sl
         "close_code": ended.code,
         "reason": ended.reason,
     }));
+}
+
+/// How often idle allocations are swept, and a switched session looks for a client whose
+/// control connection moved to a new address (its NAT rebound).
+const SWEEP: Duration = Duration::from_millis(500);
+
+/// A pairing on the datagram switch: grants each client an allocation bound to the address
+/// its control connection comes from, tells it (after [`PAIRED`]), follows either
+/// connection to a new address, and releases both allocations when either connection
+/// ends. Nothing of the clients' traffic passes through this task.
+async fn switched(
+    state: Arc<State>,
+    first: Waiting,
+    second: Waiting,
+    id: String,
+    waited: Duration,
+) {
+    let metrics = Arc::clone(&state.metrics);
+    if first.switch != second.switch {
+        // Clients of one build ask alike; a mix cannot be served either way.
+        for c in [&first.conn, &second.conn] {
+            refuse(&state, c, Refusal::PeerLost);
+        }
+        return;
+    }
+    let mut at = [first.conn.remote_address(), second.conn.remote_address()];
+    let pair = match state.switch.with(|s| s.grant(at[0], at[1], Instant::now())) {
+        Ok(p) => p,
+        Err(_) => {
+            for c in [&first.conn, &second.conn] {
+                refuse(&state, c, Refusal::Busy);
+            }
+            return;
+        }
+    };
+    let channels = [pair.first, pair.second];
+    let mut ends = [first, second];
+    let mut told = true;
+    for (i, w) in ends.iter_mut().enumerate() {
+        let grant = Grant {
+            channel: channels[i],
+            reflexive: at[i],
+            peer: true,
+        };
+        let mut answer = vec![PAIRED];
+        answer.extend_from_slice(&grant.encode());
+        told &= w.hello_reply.write_all(&answer).await.is_ok();
+    }
+    if !told {
+        state.switch.with(|s| channels.map(|c| s.release(c)));
+        for w in &ends {
+            refuse(&state, &w.conn, Refusal::PeerLost);
+        }
+        return;
+    }
+    metrics.sessions_total.fetch_add(1, Relaxed);
+    let _active = Gauge::up(&metrics, |m| &m.sessions_active);
+    (state.log)(json!({
+        "event": "session_open",
+        "session": id,
+        "pairing_wait_s": waited.as_secs_f64(),
+        "path": "switch",
+    }));
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(SWEEP);
+    let (code, reason) = loop {
+        tokio::select! {
+            e = ends[0].conn.closed() => break close_of(&e),
+            e = ends[1].conn.closed() => break close_of(&e),
+            _ = tick.tick() => {
+                for i in 0..2 {
+                    let now_at = ends[i].conn.remote_address();
+                    if now_at == at[i] {
+                        continue;
+                    }
+                    // The control connection migrated (quinn validated the new path):
+                    // the allocation follows it, and the client hears its new address.
+                    at[i] = now_at;
+                    if state.switch.with(|s| s.rebind(channels[i], now_at)) {
+                        let grant = Grant { channel: channels[i], reflexive: now_at, peer: true };
+                        let _ = ends[i].hello_reply.write_all(&grant.encode()).await;
+                        (state.log)(json!({"event": "rebound", "session": id}));
+                    }
+                }
+            }
+        }
+    };
+    let sent = state.switch.with(|s| {
+        let sent = channels.map(|c| s.sent(c));
+        for c in channels {
+            s.release(c);
+        }
+        sent
+    });
+    // The end's close reaches the other end from the relay (the switch carries no
+    // closes of the control connections).
+    for w in &ends {
+        w.conn.close(code.into(), reason.as_bytes());
+    }
+    metrics
+        .bytes_relayed
+        .fetch_add(sent[0].saturating_add(sent[1]), Relaxed);
+    (state.log)(json!({
+        "event": "session_closed",
+        "session": id,
+        "seconds": start.elapsed().as_secs_f64(),
+        "bytes_listener_to_connector": sent[0],
+        "bytes_connector_to_listener": sent[1],
+        "close_code": code,
+        "reason": reason,
+    }));
+}
+
+/// The code and reason a control connection ended with ([`Refusal::PeerLost`] when it
+/// was not an application close: a timeout, a reset).
+fn close_of(e: &quinn::ConnectionError) -> (u32, String) {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => (
+            u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        _ => (
+            Refusal::PeerLost.code(),
+            Refusal::PeerLost.label().to_string(),
+        ),
+    }
 }
 
 fn session_id() -> String {

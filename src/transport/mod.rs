@@ -25,6 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use thiserror::Error;
 
 pub mod addr;
+pub mod demux;
 
 /// ALPN of direct connections.
 pub const ALPN: &[u8] = crate::crypto::handshake::ALPN;
@@ -126,6 +127,16 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The endpoint configuration of every endpoint: quinn's, with QUIC-bit greasing off
+/// (RFC 9287), so that every QUIC packet it sends or accepts has its fixed bit set and a
+/// datagram with both top bits clear is a wrapped packet ([`crate::wire::wrap`]) on a
+/// socket shared with the relay's switch or a client's paths.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    c.grease_quic_bit(false);
+    c
+}
+
 /// A UDP socket bound to `addr` with large buffers (best effort: the kernel may cap them).
 fn socket(addr: SocketAddr) -> Result<UdpSocket, TransportError> {
     let err = |source| TransportError::Socket { addr, source };
@@ -218,6 +229,23 @@ fn server_endpoint(
     transport: quinn::TransportConfig,
     tune: impl FnOnce(&mut quinn::ServerConfig),
 ) -> Result<quinn::Endpoint, TransportError> {
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
+    let socket = runtime
+        .wrap_udp_socket(socket(addr)?)
+        .map_err(|source| TransportError::Socket { addr, source })?;
+    server_endpoint_on(addr, socket, tls, alpn, transport, tune)
+}
+
+/// [`server_endpoint`] on a socket made by the caller.
+fn server_endpoint_on(
+    addr: SocketAddr,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    tls: ServerTls,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
+    tune: impl FnOnce(&mut quinn::ServerConfig),
+) -> Result<quinn::Endpoint, TransportError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
@@ -231,13 +259,8 @@ fn server_endpoint(
     tune(&mut cfg);
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(cfg),
-        socket(addr)?,
-        runtime,
-    )
-    .map_err(|source| TransportError::Socket { addr, source })
+    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), Some(cfg), socket, runtime)
+        .map_err(|source| TransportError::Socket { addr, source })
 }
 
 /// A direct-mode server endpoint on `addr` with a fresh self-signed certificate.
@@ -275,11 +298,28 @@ pub fn relay_server(
     tls: ServerTls,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::Endpoint, TransportError> {
-    server_endpoint(addr, tls, RELAY_ALPN, transport, |cfg| {
-        cfg.max_incoming(RELAY_MAX_INCOMING)
-            .incoming_buffer_size(RELAY_INCOMING_BUFFER)
-            .incoming_buffer_size_total(RELAY_INCOMING_BUFFER_TOTAL);
-    })
+    server_endpoint(addr, tls, RELAY_ALPN, transport, relay_tune)
+}
+
+fn relay_tune(cfg: &mut quinn::ServerConfig) {
+    cfg.max_incoming(RELAY_MAX_INCOMING)
+        .incoming_buffer_size(RELAY_INCOMING_BUFFER)
+        .incoming_buffer_size_total(RELAY_INCOMING_BUFFER_TOTAL);
+}
+
+/// [`relay_server`] on one UDP port shared with `divert`: the datagrams that are not
+/// QUIC (wrapped packets for the relay's switch) go to it ([`demux::DemuxSocket`]).
+/// Returns the socket too, for sending outside quinn.
+pub fn relay_server_diverting(
+    addr: SocketAddr,
+    tls: ServerTls,
+    transport: quinn::TransportConfig,
+    divert: Arc<dyn demux::Divert>,
+) -> Result<(quinn::Endpoint, Arc<demux::DemuxSocket>), TransportError> {
+    let err = |source| TransportError::Socket { addr, source };
+    let sock = Arc::new(demux::DemuxSocket::new(socket(addr)?, divert).map_err(err)?);
+    let ep = server_endpoint_on(addr, sock.clone(), tls, RELAY_ALPN, transport, relay_tune)?;
+    Ok((ep, sock))
 }
 
 /// How a client verifies a relay's certificate.
@@ -365,16 +405,12 @@ fn client_endpoint(
     cfg.transport_config(Arc::new(transport_config_with(idle)));
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
-    let mut ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket(local)?,
-        runtime,
-    )
-    .map_err(|source| TransportError::Socket {
-        addr: local,
-        source,
-    })?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(), None, socket(local)?, runtime).map_err(
+        |source| TransportError::Socket {
+            addr: local,
+            source,
+        },
+    )?;
     ep.set_default_client_config(cfg);
     Ok(ep)
 }
@@ -420,6 +456,34 @@ pub fn relay_client_from(
     trust: &RelayTrust,
 ) -> Result<quinn::Endpoint, TransportError> {
     client_endpoint(local, trust.client_config()?, RELAY_ALPN, IDLE_TIMEOUT)
+}
+
+/// A client endpoint for relays on a [`demux::DemuxSocket`] bound to `local`: its control
+/// connection and the datagrams that are not QUIC (wrapped packets) share the socket, so
+/// the relay sees both come from one address. Returns the socket too, for sending
+/// wrapped packets outside quinn.
+pub fn relay_client_diverting(
+    local: SocketAddr,
+    trust: &RelayTrust,
+    divert: Arc<dyn demux::Divert>,
+) -> Result<(quinn::Endpoint, Arc<demux::DemuxSocket>), TransportError> {
+    let err = |source| TransportError::Socket {
+        addr: local,
+        source,
+    };
+    let sock = Arc::new(demux::DemuxSocket::new(socket(local)?, divert).map_err(err)?);
+    let mut tls = trust.client_config()?;
+    tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config()));
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
+    let mut ep =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config(), None, sock.clone(), runtime)
+            .map_err(err)?;
+    ep.set_default_client_config(cfg);
+    Ok((ep, sock))
 }
 
 /// SHA-256 of the leaf certificate the server of `conn` presented (a relay's, as

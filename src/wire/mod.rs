@@ -15,3 +15,4 @@
 
 pub mod frame;
 pub mod stream_header;
+pub mod wrap;

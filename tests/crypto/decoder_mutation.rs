@@ -134,7 +134,7 @@ proptest! {
 
     #[test]
     fn relay_hellos(token in proptest::collection::vec(any::<u8>(), 0..=128), ms in mutations()) {
-        let h = Hello { role: Role::Connect, single_use: false, rendezvous: [5; 32], token };
+        let h = Hello { switch: false, role: Role::Connect, single_use: false, rendezvous: [5; 32], token };
         let bytes = apply(h.encode().unwrap(), &ms);
         if let Ok(d) = Hello::decode(&bytes) {
             prop_assert_eq!(d.encode().unwrap(), bytes);

@@ -9,3 +9,4 @@ mod relay;
 mod relay_hostile;
 mod relay_log;
 mod relay_tap;
+mod switch;

@@ -1,0 +1,304 @@
+//! One UDP socket shared by a quinn endpoint and the datagrams that are not QUIC
+//! (wrapped packets, [`crate::wire::wrap`]): a quinn [`AsyncUdpSocket`] that reads in
+//! batches (recvmmsg, GRO where the kernel has it, through `quinn-udp`), hands each
+//! datagram that is not QUIC to a [`Divert`] and passes the rest to quinn untouched.
+//!
+//! A diverted datagram may be sent on at once from the same socket, rewritten in place
+//! ([`Verdict::Send`]): that is the relay's datagram switch. Runs of datagrams from one
+//! GRO batch that go to the same address with the same size leave as one GSO send. There
+//! is no queue: a send the socket cannot take now is dropped (and counted by the
+//! [`Divert`]); QUIC end to end retransmits.
+//!
+//! Telling QUIC apart needs every endpoint on the socket to keep its fixed bit:
+//! [`super::endpoint_config`] turns greasing off (RFC 9287).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::io::Interest;
+
+use crate::wire::wrap::{self, Kind};
+
+/// Receive batches a poll may read whose datagrams were all diverted before it yields
+/// to the runtime (fairness towards the other tasks of the endpoint's driver).
+const DIVERT_BUDGET: usize = 64;
+
+/// What to do with one diverted datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing more (dropped, or taken care of by the [`Divert`]).
+    Drop,
+    /// Send the datagram, as rewritten in place (same length), to this address from the
+    /// same socket.
+    Send(SocketAddr),
+}
+
+/// Receives the datagrams of a [`DemuxSocket`] that are not QUIC.
+pub trait Divert: Debug + Send + Sync + 'static {
+    /// One datagram (`kind` is [`Kind::Wrapped`] or [`Kind::Reserved`]) that came from
+    /// `from`; it may be rewritten in place.
+    fn datagram(&self, from: SocketAddr, kind: Kind, datagram: &mut [u8]) -> Verdict;
+
+    /// A datagram this divert chose to send could not be sent (the socket was full or
+    /// failed): it is dropped.
+    fn send_failed(&self) {}
+}
+
+/// A UDP socket under a quinn endpoint that diverts what is not QUIC.
+#[derive(Debug)]
+pub struct DemuxSocket {
+    io: tokio::net::UdpSocket,
+    state: UdpSocketState,
+    divert: Arc<dyn Divert>,
+}
+
+impl DemuxSocket {
+    /// Wraps a bound socket (call within a tokio runtime).
+    pub fn new(socket: std::net::UdpSocket, divert: Arc<dyn Divert>) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&socket).into())?;
+        Ok(DemuxSocket {
+            io: tokio::net::UdpSocket::from_std(socket)?,
+            state,
+            divert,
+        })
+    }
+
+    /// Sends one datagram now, outside quinn (a wrapped packet, a probe). `WouldBlock`
+    /// when the socket is full: the datagram is not queued.
+    pub fn send_to(&self, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents: datagram,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.io.try_io(Interest::WRITABLE, || {
+            self.state.send((&self.io).into(), &t)
+        })
+    }
+
+    /// Sends `run` (one or more datagrams of `stride` bytes, the last possibly shorter)
+    /// to `to`, as one GSO send when there are several; a failure is the divert's drop.
+    fn send_run(&self, to: SocketAddr, run: &[u8], stride: usize, meta: &RecvMeta) {
+        let segments = run.len().div_ceil(stride.max(1));
+        let t = Transmit {
+            destination: to,
+            ecn: meta.ecn,
+            contents: run,
+            segment_size: (segments > 1).then_some(stride),
+            src_ip: meta.dst_ip,
+        };
+        let sent = self.io.try_io(Interest::WRITABLE, || {
+            self.state.send((&self.io).into(), &t)
+        });
+        if sent.is_err() {
+            for _ in 0..segments {
+                self.divert.send_failed();
+            }
+        }
+    }
+
+    /// Diverts what is not QUIC in the first `n` received datagrams; moves what stays
+    /// to the front of `bufs` and `meta`. Returns how many stay for quinn.
+    fn sift(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
+        let mut kept = 0;
+        let max_run = self.state.max_gso_segments().max(1);
+        for i in 0..n.min(bufs.len()).min(meta.len()) {
+            let m = meta[i];
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let Some(data) = bufs[i].get_mut(..m.len) else {
+                continue;
+            };
+            if stride == 0 {
+                continue;
+            }
+            // Fast path: a datagram (or GRO batch) whose first segment is QUIC and
+            // whose segments all are.
+            let all_quic = data
+                .chunks(stride)
+                .all(|seg| wrap::classify(seg) == Kind::Quic);
+            let len = if all_quic {
+                m.len
+            } else {
+                self.sift_segments(data, stride, &m, max_run)
+            };
+            if len == 0 {
+                continue;
+            }
+            if kept != i {
+                let (lo, hi) = bufs.split_at_mut(i);
+                let (Some(dst), Some(src)) = (lo[kept].get_mut(..len), hi[0].get(..len)) else {
+                    continue;
+                };
+                dst.copy_from_slice(src);
+            }
+            let mut kept_meta = m;
+            kept_meta.len = len;
+            meta[kept] = kept_meta;
+            kept += 1;
+        }
+        kept
+    }
+
+    /// One datagram or GRO batch with something that is not QUIC in it: diverts those
+    /// segments (sending runs to one address as one GSO send), compacts the QUIC ones to
+    /// the front and returns their length.
+    fn sift_segments(&self, data: &mut [u8], stride: usize, m: &RecvMeta, max_run: usize) -> usize {
+        let total = data.len();
+        let mut keep_end = 0;
+        // The current run of segments to send: where it starts, its length, its address.
+        let mut run: Option<(usize, usize, SocketAddr)> = None;
+        let mut start = 0;
+        while start < total {
+            let end = (start + stride).min(total);
+            let kind = data.get(start..end).map_or(Kind::Quic, wrap::classify);
+            if kind == Kind::Quic {
+                if let Some((s, l, to)) = run.take() {
+                    self.flush(data, s, l, to, stride, m);
+                }
+                if keep_end != start {
+                    data.copy_within(start..end, keep_end);
+                }
+                keep_end += end - start;
+            } else {
+                let verdict = match data.get_mut(start..end) {
+                    Some(seg) => self.divert.datagram(m.addr, kind, seg),
+                    None => Verdict::Drop,
+                };
+                match (verdict, run) {
+                    (Verdict::Send(to), Some((s, l, at)))
+                        if at == to
+                            && l % stride == 0
+                            && l / stride < max_run
+                            && s + l == start =>
+                    {
+                        run = Some((s, l + end - start, at));
+                    }
+                    (Verdict::Send(to), _) => {
+                        if let Some((s, l, at)) = run.take() {
+                            self.flush(data, s, l, at, stride, m);
+                        }
+                        run = Some((start, end - start, to));
+                    }
+                    (Verdict::Drop, _) => {
+                        if let Some((s, l, at)) = run.take() {
+                            self.flush(data, s, l, at, stride, m);
+                        }
+                    }
+                }
+            }
+            start = end;
+        }
+        if let Some((s, l, to)) = run {
+            self.flush(data, s, l, to, stride, m);
+        }
+        keep_end
+    }
+
+    fn flush(&self, data: &[u8], s: usize, l: usize, to: SocketAddr, stride: usize, m: &RecvMeta) {
+        if let Some(run) = data.get(s..s + l) {
+            self.send_run(to, run, stride, m);
+        }
+    }
+}
+
+impl AsyncUdpSocket for DemuxSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(Writable {
+            socket: self,
+            waiting: Mutex::new(None),
+        })
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.io.try_io(Interest::WRITABLE, || {
+            self.state.send((&self.io).into(), transmit)
+        })
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let mut budget = DIVERT_BUDGET;
+        loop {
+            ready!(self.io.poll_recv_ready(cx))?;
+            let Ok(n) = self.io.try_io(Interest::READABLE, || {
+                self.state.recv((&self.io).into(), bufs, meta)
+            }) else {
+                // WouldBlock cleared the readiness; other errors (an ICMP error queued
+                // on the socket) are for this one read only, as quinn's own socket does.
+                continue;
+            };
+            let kept = self.sift(bufs, meta, n);
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+            budget -= 1;
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.state.may_fragment()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+}
+
+type WritableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+/// Waits for the socket to be writable, for one task of quinn's.
+struct Writable {
+    socket: Arc<DemuxSocket>,
+    /// The pending wait (behind a mutex only so that the poller is `Sync`; it is only
+    /// ever reached through `&mut`).
+    waiting: Mutex<Option<WritableFuture>>,
+}
+
+impl Debug for Writable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writable").finish_non_exhaustive()
+    }
+}
+
+impl UdpPoller for Writable {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let slot = this
+            .waiting
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let fut = slot.get_or_insert_with(|| {
+            let socket = Arc::clone(&this.socket);
+            Box::pin(async move { socket.io.writable().await })
+        });
+        let ready = ready!(fut.as_mut().poll(cx));
+        *slot = None;
+        Poll::Ready(ready)
+    }
+}

@@ -1,0 +1,326 @@
+//! The relay's datagram switch, against a real relay process: two clients that asked for
+//! the switch are granted allocations on their control connections, exchange wrapped
+//! packets through the relay's one UDP port, and nothing a third party sends (random
+//! channel ids, a valid id from another address, junk) is forwarded. A client whose
+//! address changes (its NAT rebinds) is followed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use phi_conduit::relay::hello::{Grant, Hello, PAIRED, Role};
+use phi_conduit::transport::demux::{DemuxSocket, Divert, Verdict};
+use phi_conduit::transport::{RelayTrust, relay_client_diverting};
+use phi_conduit::wire::wrap::{self, Kind};
+use quinn::AsyncUdpSocket;
+use tokio::sync::mpsc;
+
+use crate::common::*;
+
+/// Collects the wrapped packets a client's socket receives.
+#[derive(Debug)]
+struct Inbox(mpsc::Sender<(SocketAddr, Vec<u8>)>);
+
+impl Divert for Inbox {
+    fn datagram(&self, from: SocketAddr, kind: Kind, datagram: &mut [u8]) -> Verdict {
+        if kind == Kind::Wrapped {
+            let _ = self.0.try_send((from, datagram.to_vec()));
+        }
+        Verdict::Drop
+    }
+}
+
+struct Client {
+    endpoint: quinn::Endpoint,
+    socket: Arc<DemuxSocket>,
+    conn: quinn::Connection,
+    grant: Grant,
+    /// The Hello stream: later grants (a rebinding) arrive on it.
+    answers: quinn::RecvStream,
+    _hello: quinn::SendStream,
+    inbox: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+}
+
+/// Reads one grant from the Hello stream.
+async fn read_grant(recv: &mut quinn::RecvStream) -> Grant {
+    // An IPv4 grant: 8 + 1 + 4 + 2 + 1 bytes.
+    let mut buf = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(20), recv.read_exact(&mut buf))
+        .await
+        .expect("a grant in time")
+        .expect("a grant");
+    Grant::decode(&buf).unwrap().unwrap().0
+}
+
+async fn join(relay: (String, String), role: Role, rendezvous: [u8; 32]) -> Client {
+    let pin = phi_conduit::relay::tokens::parse_sha256(&relay.1).unwrap();
+    let (tx, inbox) = mpsc::channel(100_000);
+    let (endpoint, socket) = relay_client_diverting(
+        "127.0.0.1:0".parse().unwrap(),
+        &RelayTrust::Pin(pin),
+        Arc::new(Inbox(tx)),
+    )
+    .unwrap();
+    let to: SocketAddr = relay.0.parse().unwrap();
+    let conn = endpoint.connect(to, "localhost").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = Hello {
+        role,
+        single_use: true,
+        switch: true,
+        rendezvous,
+        token: vec![],
+    };
+    let frame = phi_conduit::wire::frame::to_frame(&hello.encode().unwrap()).unwrap();
+    send.write_all(&frame).await.unwrap();
+    let mut paired = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(20), recv.read_exact(&mut paired))
+        .await
+        .expect("paired in time")
+        .expect("paired");
+    assert_eq!(paired[0], PAIRED);
+    let grant = read_grant(&mut recv).await;
+    Client {
+        endpoint,
+        socket,
+        conn,
+        grant,
+        answers: recv,
+        _hello: send,
+        inbox,
+    }
+}
+
+/// A pair of clients on the switch.
+async fn pair(relay: &Relay, rendezvous: [u8; 32]) -> (Client, Client) {
+    let at = (relay.addr.clone(), relay.pin.clone());
+    let first = at.clone();
+    let listener = tokio::spawn(async move { join(first, Role::Listen, rendezvous).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connector = join(at, Role::Connect, rendezvous).await;
+    (listener.await.unwrap(), connector)
+}
+
+/// A wrapped packet on `channel` carrying `len` bytes of `fill`, numbered `n`.
+fn wrapped(channel: u64, n: u32, len: usize) -> Vec<u8> {
+    let mut p = wrap::header(channel).to_vec();
+    p.extend_from_slice(&n.to_be_bytes());
+    p.resize(len, 0xa5);
+    // The end-to-end packet's first byte as QUIC would have it.
+    p[wrap::HEADER_LEN] |= 0x40;
+    p
+}
+
+/// Sends `count` wrapped packets from `from` on its channel to the relay and collects
+/// what `to` receives; every packet must arrive with `to`'s channel, unchanged otherwise.
+async fn exchange(from: &Client, to: &mut Client, relay: SocketAddr, count: u32) {
+    for n in 0..count {
+        let p = wrapped(from.grant.channel, n, 1200);
+        // Paced lightly: the switch queues nothing, and neither do we.
+        while from.socket.send_to(relay, &p).is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if n % 32 == 31 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    for n in 0..count {
+        let (src, got) = tokio::time::timeout(Duration::from_secs(10), to.inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("packet {n} of {count} did not arrive"))
+            .unwrap();
+        assert_eq!(src, relay, "forwarded packets come from the relay");
+        let want = wrapped(to.grant.channel, n, 1200);
+        assert_eq!(got.len(), want.len(), "never larger, never smaller");
+        assert_eq!(got, want, "the peer's channel id, the payload untouched");
+    }
+}
+
+/// `name{labels} value` of the relay's metrics (0 when absent).
+fn metric(metrics: &str, name: &str) -> u64 {
+    let text = http_get(metrics, "/metrics");
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib << 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_clients_exchange_wrapped_packets_and_nothing_a_third_party_sends_is_forwarded() {
+    let relay = start_relay(&["--metrics", "127.0.0.1:0"]);
+    let metrics = relay.run.first["metrics"].as_str().unwrap().to_string();
+    let at: SocketAddr = relay.addr.parse().unwrap();
+    let (mut a, mut b) = pair(&relay, [0x51; 32]).await;
+    assert_ne!(a.grant.channel, b.grant.channel);
+    assert!(a.grant.peer && b.grant.peer);
+    // The reflexive address is where the client's socket is (no NAT on loopback).
+    assert_eq!(a.grant.reflexive, a.socket.local_addr().unwrap());
+    assert_eq!(b.grant.reflexive, b.socket.local_addr().unwrap());
+    assert_eq!(metric(&metrics, "conduit_relay_allocations"), 2);
+
+    exchange(&a, &mut b, at, 200).await;
+    exchange(&b, &mut a, at, 50).await;
+    assert_eq!(metric(&metrics, "conduit_relay_switch_packets_total"), 250);
+
+    // A third party: random ids, the pair's valid ids from its own address, datagrams
+    // that are neither QUIC nor wrapped.
+    let pid = relay.run.child.id();
+    let before = rss(pid);
+    let third = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut sent = 0u64;
+    let flood = Instant::now();
+    for i in 0..1_000_000u32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = match i % 10 {
+            0 => a.grant.channel,
+            1 => b.grant.channel,
+            _ => x,
+        };
+        let mut p = wrapped(id, i, 200);
+        if i % 97 == 0 {
+            p[0] = 0x11; // reserved first byte
+        }
+        if third.send_to(&p, at).await.is_ok() {
+            sent += 1;
+        }
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let flood = flood.elapsed();
+    // Let the relay read what is still in its socket.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss(pid);
+    assert_eq!(
+        metric(&metrics, "conduit_relay_switch_packets_total"),
+        250,
+        "nothing of the third party's was forwarded"
+    );
+    assert!(a.inbox.try_recv().is_err() && b.inbox.try_recv().is_err());
+    let unknown = metric(
+        &metrics,
+        "conduit_relay_switch_dropped_total{reason=\"unknown_id\"}",
+    );
+    let wrong = metric(
+        &metrics,
+        "conduit_relay_switch_dropped_total{reason=\"wrong_source\"}",
+    );
+    let junk = metric(
+        &metrics,
+        "conduit_relay_switch_dropped_total{reason=\"malformed\"}",
+    );
+    eprintln!(
+        "flood: {sent} datagrams in {flood:?}; dropped unknown_id {unknown}, wrong_source \
+         {wrong}, malformed {junk}; relay RSS {} -> {} KiB",
+        before >> 10,
+        after >> 10
+    );
+    assert!(unknown > 0 && wrong > 0 && junk > 0);
+    assert!(
+        after < before + (8 << 20),
+        "relay RSS grew from {before} to {after}"
+    );
+    // The pair still goes on.
+    exchange(&a, &mut b, at, 20).await;
+
+    // One end leaves: both allocations go, and the other end's control connection is
+    // closed by the relay.
+    a.conn.close(0u32.into(), b"done");
+    tokio::time::timeout(Duration::from_secs(10), b.conn.closed())
+        .await
+        .expect("the peer's control connection closed");
+    assert_eq!(metric(&metrics, "conduit_relay_allocations"), 0);
+    let p = wrapped(b.grant.channel, 0, 100);
+    let _ = b.socket.send_to(at, &p);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metric(&metrics, "conduit_relay_switch_packets_total"), 270);
+    drop((a.endpoint, b.endpoint));
+    let (status, log, _) = relay.stop();
+    assert!(status.success());
+    let closed = log
+        .iter()
+        .find(|e| e["event"] == "session_closed")
+        .expect("session_closed");
+    assert_eq!(closed["bytes_listener_to_connector"], 220 * 1200);
+    assert_eq!(closed["bytes_connector_to_listener"], 50 * 1200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_address_changes_is_followed_and_its_old_address_forwards_nothing() {
+    let relay = start_relay(&["--metrics", "127.0.0.1:0"]);
+    let metrics = relay.run.first["metrics"].as_str().unwrap().to_string();
+    let at: SocketAddr = relay.addr.parse().unwrap();
+    let (mut a, mut b) = pair(&relay, [0x52; 32]).await;
+    exchange(&a, &mut b, at, 10).await;
+
+    // A's "NAT rebinds": its endpoint moves to a new socket (new port); the control
+    // connection migrates, the relay rebinds A's allocation and tells A.
+    let (tx, inbox) = mpsc::channel(100_000);
+    let moved = Arc::new(
+        DemuxSocket::new(
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            Arc::new(Inbox(tx)),
+        )
+        .unwrap(),
+    );
+    let old = Arc::clone(&a.socket);
+    a.endpoint.rebind_abstract(moved.clone()).unwrap();
+    a.socket = moved;
+    a.inbox = inbox;
+    // The next packet on the control connection (a keep-alive at the latest) comes
+    // from the new address.
+    let grant = read_grant(&mut a.answers).await;
+    assert_eq!(grant.channel, a.grant.channel);
+    assert_eq!(grant.reflexive, a.socket.local_addr().unwrap());
+    a.grant = grant;
+
+    exchange(&a, &mut b, at, 20).await;
+    exchange(&b, &mut a, at, 20).await;
+    // The old address is no longer the allocation's.
+    let forwarded = metric(&metrics, "conduit_relay_switch_packets_total");
+    for n in 0..50 {
+        let _ = old.send_to(at, &wrapped(a.grant.channel, n, 300));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&metrics, "conduit_relay_switch_packets_total"),
+        forwarded
+    );
+    assert!(b.inbox.try_recv().is_err());
+    assert!(
+        metric(
+            &metrics,
+            "conduit_relay_switch_dropped_total{reason=\"wrong_source\"}"
+        ) >= 50
+    );
+    drop((a, b));
+    let (status, log, _) = relay.stop();
+    assert!(status.success());
+    assert!(log.iter().any(|e| e["event"] == "rebound"));
+}
