@@ -29,6 +29,7 @@ use thiserror::Error;
 
 pub mod proc;
 pub mod raw;
+pub mod relay;
 pub mod transfer;
 
 use crate::crypto::aead::{self, AeadKey, NONCE_LEN};

@@ -15,6 +15,9 @@ pub enum BenchCommand {
     /// Transfer throughput on loopback (direct and relayed) against raw QUIC, with CPU
     /// per party and the relay's memory.
     Transfer(TransferArgs),
+    /// The relay's datagram switch alone: wrapped datagrams through a relay process with
+    /// no endpoints (packets/s, GiB/s, the relay's CPU per GiB and per core).
+    Relay(RelayArgs),
     /// One side of the raw-QUIC baseline (run by `bench transfer`).
     #[command(hide = true, subcommand)]
     RawPeer(RawPeer),
@@ -41,6 +44,18 @@ pub struct TransferArgs {
     /// one a transfer on this machine chooses].
     #[arg(long, value_name = "SUITE")]
     suite: Option<SuitePolicy>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `bench relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Bytes of wrapped datagrams to push.
+    #[arg(long, default_value_t = crate::bench::relay::DEFAULT_RELAY_BYTES,
+          value_parser = crate::cli::at_least_one::<u64>)]
+    size: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -113,6 +128,7 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Cipher(args) => cipher(args),
         BenchCommand::Transfer(args) => transfer(args),
+        BenchCommand::Relay(args) => relay(args),
         BenchCommand::RawPeer(peer) => raw_peer(peer),
     }
 }
@@ -193,6 +209,35 @@ fn print_table(r: &CipherReport) {
     for (name, gbps, ratio) in rows {
         println!("{name:<28} {gbps:>8.2} {ratio:>10}");
     }
+}
+
+fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    let r = crate::bench::relay::relay(&std::env::current_exe()?, args.size)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!(
+        "bench relay: {} datagrams of {} bytes pushed through the switch on loopback",
+        r.sent_packets, r.datagram_bytes
+    );
+    println!(
+        "forwarded {} ({:.1} %) in {:.2} s: {:.0} packets/s, {:.2} GiB/s",
+        r.forwarded_packets,
+        100.0 * r.forwarded_packets as f64 / (r.sent_packets.max(1)) as f64,
+        r.seconds,
+        r.packets_per_s,
+        r.gib_per_s
+    );
+    println!(
+        "relay CPU {:.2} s: {:.2} s per GiB; per core {:.2} GiB/s, {:.0} packets/s; peak RSS {} MiB",
+        r.relay_cpu_s,
+        r.relay_cpu_s_per_gib,
+        r.gib_per_core_s,
+        r.packets_per_core_s,
+        r.relay_peak_rss_bytes >> 20
+    );
+    Ok(())
 }
 
 fn transfer(args: TransferArgs) -> anyhow::Result<()> {

@@ -86,6 +86,28 @@ impl DemuxSocket {
         })
     }
 
+    /// Sends `contents` as datagrams of `segment` bytes each (the last may be shorter) to
+    /// `to` in one call: one GSO send where the kernel has it (at most
+    /// [`AsyncUdpSocket::max_transmit_segments`] of them). `WouldBlock` when the socket
+    /// is full: nothing is queued.
+    pub fn send_segments(&self, to: SocketAddr, contents: &[u8], segment: usize) -> io::Result<()> {
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: (contents.len() > segment).then_some(segment),
+            src_ip: None,
+        };
+        self.io.try_io(Interest::WRITABLE, || {
+            self.state.send((&self.io).into(), &t)
+        })
+    }
+
+    /// Waits until the socket may take a send.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.io.writable().await
+    }
+
     /// Sends `run` (one or more datagrams of `stride` bytes, the last possibly shorter)
     /// to `to`, as one GSO send when there are several; a failure is the divert's drop.
     fn send_run(&self, to: SocketAddr, run: &[u8], stride: usize, meta: &RecvMeta) {
