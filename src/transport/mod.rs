@@ -26,6 +26,7 @@ use thiserror::Error;
 
 pub mod addr;
 pub mod demux;
+pub mod mtu;
 
 /// ALPN of direct connections.
 pub const ALPN: &[u8] = crate::crypto::handshake::ALPN;
@@ -120,21 +121,48 @@ pub fn transport_config_with(idle: Duration) -> quinn::TransportConfig {
     t
 }
 
+/// Lets path MTU discovery of `t` probe up to `ceiling` bytes of UDP payload ([`mtu`]);
+/// with quinn's defaults switched on ([`use_quinn_defaults`]), quinn's ceiling stays.
+fn set_ceiling(t: &mut quinn::TransportConfig, ceiling: u16) {
+    if !quinn_defaults() {
+        let mut discovery = quinn::MtuDiscoveryConfig::default();
+        discovery.upper_bound(ceiling);
+        t.mtu_discovery_config(Some(discovery));
+    }
+}
+
+/// Every endpoint's configuration: it accepts UDP payloads up to [`mtu::MAX_UDP_PAYLOAD`]
+/// (and says so to its peers), quinn's 1,472 with quinn's defaults; and QUIC-bit
+/// greasing is off (RFC 9287), so that every QUIC packet it sends or accepts has its
+/// fixed bit set and a datagram with both top bits clear is a wrapped packet
+/// ([`crate::wire::wrap`]) on a socket shared with the relay's switch or a client's
+/// paths.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut cfg = quinn::EndpointConfig::default();
+    cfg.grease_quic_bit(false);
+    if !quinn_defaults() {
+        // In quinn's range (1,200..=65,527) by construction; if not, its default stays.
+        let _ = cfg.max_udp_payload_size(mtu::MAX_UDP_PAYLOAD);
+    }
+    cfg
+}
+
+/// The ceiling for what an endpoint bound to `addr` sends when its peer is not known
+/// beforehand (a server): towards its own network when bound to one address (loopback
+/// included), the internet's when bound to all.
+fn bound_ceiling(addr: SocketAddr) -> u16 {
+    if addr.ip().is_unspecified() {
+        mtu::INTERNET_CEILING
+    } else {
+        mtu::ceiling_for(addr.ip())
+    }
+}
+
 /// The TLS provider of every QUIC connection: aws-lc-rs, whose AES-GCM is the fastest
 /// measured per packet here (docs/BENCHMARKS.md, "AEAD backends") and whose default key
 /// exchange groups put the hybrid X25519MLKEM768 first (rustls `prefer-post-quantum`).
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// The endpoint configuration of every endpoint: quinn's, with QUIC-bit greasing off
-/// (RFC 9287), so that every QUIC packet it sends or accepts has its fixed bit set and a
-/// datagram with both top bits clear is a wrapped packet ([`crate::wire::wrap`]) on a
-/// socket shared with the relay's switch or a client's paths.
-pub fn endpoint_config() -> quinn::EndpointConfig {
-    let mut c = quinn::EndpointConfig::default();
-    c.grease_quic_bit(false);
-    c
 }
 
 /// A UDP socket bound to `addr` with large buffers (best effort: the kernel may cap them).
@@ -226,7 +254,7 @@ fn server_endpoint(
     addr: SocketAddr,
     tls: ServerTls,
     alpn: &[u8],
-    transport: quinn::TransportConfig,
+    mut transport: quinn::TransportConfig,
     tune: impl FnOnce(&mut quinn::ServerConfig),
 ) -> Result<quinn::Endpoint, TransportError> {
     let runtime =
@@ -234,10 +262,11 @@ fn server_endpoint(
     let socket = runtime
         .wrap_udp_socket(socket(addr)?)
         .map_err(|source| TransportError::Socket { addr, source })?;
+    set_ceiling(&mut transport, bound_ceiling(addr));
     server_endpoint_on(addr, socket, tls, alpn, transport, tune)
 }
 
-/// [`server_endpoint`] on a socket made by the caller.
+/// [`server_endpoint`] on a socket made by the caller (its ceiling set by the caller).
 fn server_endpoint_on(
     addr: SocketAddr,
     socket: Arc<dyn quinn::AsyncUdpSocket>,
@@ -313,10 +342,11 @@ fn relay_tune(cfg: &mut quinn::ServerConfig) {
 pub fn relay_server_diverting(
     addr: SocketAddr,
     tls: ServerTls,
-    transport: quinn::TransportConfig,
+    mut transport: quinn::TransportConfig,
     divert: Arc<dyn demux::Divert>,
 ) -> Result<(quinn::Endpoint, Arc<demux::DemuxSocket>), TransportError> {
     let err = |source| TransportError::Socket { addr, source };
+    set_ceiling(&mut transport, bound_ceiling(addr));
     let sock = Arc::new(demux::DemuxSocket::new(socket(addr)?, divert).map_err(err)?);
     let ep = server_endpoint_on(addr, sock.clone(), tls, RELAY_ALPN, transport, relay_tune)?;
     Ok((ep, sock))
@@ -398,11 +428,14 @@ fn client_endpoint(
     mut tls: rustls::ClientConfig,
     alpn: &[u8],
     idle: Duration,
+    ceiling: u16,
 ) -> Result<quinn::Endpoint, TransportError> {
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config_with(idle)));
+    let mut transport = transport_config_with(idle);
+    set_ceiling(&mut transport, ceiling);
+    cfg.transport_config(Arc::new(transport));
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
     let mut ep = quinn::Endpoint::new(endpoint_config(), None, socket(local)?, runtime).map_err(
@@ -434,7 +467,13 @@ pub fn direct_client_with(
             p.signature_verification_algorithms,
         )))
         .with_no_client_auth();
-    client_endpoint(any_local(peer), tls, ALPN, idle)
+    client_endpoint(
+        any_local(peer),
+        tls,
+        ALPN,
+        idle,
+        mtu::ceiling_for(peer.ip()),
+    )
 }
 
 /// A client endpoint for connecting to the relay at `relay`, verifying it by `trust`.
@@ -447,6 +486,7 @@ pub fn relay_client(
         trust.client_config()?,
         RELAY_ALPN,
         IDLE_TIMEOUT,
+        mtu::ceiling_for(relay.ip()),
     )
 }
 
@@ -455,7 +495,15 @@ pub fn relay_client_from(
     local: SocketAddr,
     trust: &RelayTrust,
 ) -> Result<quinn::Endpoint, TransportError> {
-    client_endpoint(local, trust.client_config()?, RELAY_ALPN, IDLE_TIMEOUT)
+    // The relay's address is not known here: towards the local address's own network.
+    let ceiling = bound_ceiling(local);
+    client_endpoint(
+        local,
+        trust.client_config()?,
+        RELAY_ALPN,
+        IDLE_TIMEOUT,
+        ceiling,
+    )
 }
 
 /// A client endpoint for relays on a [`demux::DemuxSocket`] bound to `local`: its control
@@ -476,7 +524,9 @@ pub fn relay_client_diverting(
     tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config()));
+    let mut transport = transport_config();
+    set_ceiling(&mut transport, bound_ceiling(local));
+    cfg.transport_config(Arc::new(transport));
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
     let mut ep =
@@ -587,6 +637,42 @@ mod tests {
             p.kx_groups
                 .iter()
                 .any(|g| g.name() == rustls::NamedGroup::X25519)
+        );
+    }
+
+    #[tokio::test]
+    async fn on_loopback_both_directions_discover_the_local_ceiling() {
+        // Each side runs path MTU discovery for what it sends: the client towards its
+        // peer's address, the server towards its bound one; both reach the local
+        // ceiling on loopback, above quinn's internet default.
+        let server = direct_server("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = direct_client(addr).unwrap();
+        let accept = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let mut r = conn.accept_uni().await.unwrap();
+            r.read_to_end(64 << 20).await.unwrap();
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(&vec![7u8; 4 << 20]).await.unwrap();
+            s.finish().unwrap();
+            let _ = s.stopped().await;
+            (conn.stats().path.current_mtu, server)
+        });
+        let conn = client.connect(addr, "phi-conduit").unwrap().await.unwrap();
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&vec![5u8; 8 << 20]).await.unwrap();
+        s.finish().unwrap();
+        let mut r = conn.accept_uni().await.unwrap();
+        r.read_to_end(64 << 20).await.unwrap();
+        let client_mtu = conn.stats().path.current_mtu;
+        let (server_mtu, _server) = accept.await.unwrap();
+        assert!(
+            client_mtu > mtu::INTERNET_CEILING && client_mtu <= mtu::LOCAL_CEILING,
+            "client {client_mtu}"
+        );
+        assert!(
+            server_mtu > mtu::INTERNET_CEILING && server_mtu <= mtu::LOCAL_CEILING,
+            "server {server_mtu}"
         );
     }
 
