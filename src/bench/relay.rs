@@ -210,7 +210,11 @@ async fn run(exe: &Path, size: u64) -> Result<RelayReport, BenchError> {
     let _receiver = listener.await.map_err(|e| err(e.to_string()))??;
 
     use quinn::AsyncUdpSocket;
-    let segments = sender.socket.max_transmit_segments().clamp(1, 64);
+    // One GSO send carries at most 64 KiB of UDP payload.
+    let segments = sender
+        .socket
+        .max_transmit_segments()
+        .clamp(1, 65_000 / DATAGRAM);
     let mut one = wrap::header(sender.grant.channel).to_vec();
     one.resize(DATAGRAM, 0x5a);
     one[wrap::HEADER_LEN] = 0x40;

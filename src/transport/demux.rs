@@ -30,6 +30,9 @@ use crate::wire::wrap::{self, Kind};
 /// to the runtime (fairness towards the other tasks of the endpoint's driver).
 const DIVERT_BUDGET: usize = 64;
 
+/// Most UDP payload bytes one GSO send may carry (the kernel's limit is 64 KiB).
+const MAX_GSO_BYTES: usize = 65_000;
+
 /// What to do with one diverted datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
