@@ -204,6 +204,7 @@ impl DemuxSocket {
                         if at == to
                             && l % stride == 0
                             && l / stride < max_run
+                            && l + (end - start) <= MAX_GSO_BYTES
                             && s + l == start =>
                     {
                         run = Some((s, l + end - start, at));
