@@ -317,7 +317,7 @@ impl Sender {
                 return Err(Violation::UnknownResumePoint.into());
             }
         }
-        let keys = TransferKey::derive(&est.handshake_hash(), &secret).with_suite(est.suite());
+        let keys = TransferKey::derive(est.file_salt().as_slice(), &secret).with_suite(est.suite());
         let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut sent: Vec<Option<blake3::Hash>> = vec![None; files.len()];
         let mut resumed = 0u64;

@@ -9,6 +9,10 @@ use phi_conduit::crypto::suite::{Suite, SuitePolicy, hardware_aes};
 
 const RV: [u8; 32] = [9; 32];
 const TID: [u8; 16] = [4; 16];
+/// The post-quantum share of message 1: the code byte and the ML-KEM-768 encapsulation key.
+const SHARE_1: usize = 1 + phi_conduit::crypto::hybrid::ENCAPSULATION_KEY_LEN;
+/// The post-quantum share of message 2: the code byte and the ML-KEM-768 ciphertext.
+const SHARE_2: usize = 1 + phi_conduit::crypto::hybrid::CIPHERTEXT_LEN;
 
 /// Which frame (0-based, in order on the wire) to change, and how.
 type Tamper<'a> = Option<(usize, &'a dyn Fn(&mut Vec<u8>))>;
@@ -447,17 +451,18 @@ fn oversize_session_messages_are_refused_before_sending() {
 }
 
 /// The code mode is XXpsk0 (since protocol version 2; version 3 adds the suite offer to
-/// the payload): the PSK is mixed in before message 1, so message 1 carries a tag under
-/// it (32-byte ephemeral + the suite offer + 16-byte tag; XXpsk3's message 1 is the
-/// ephemeral and the payload in clear), and a wrong code fails right there, before the
-/// responder writes message 2 with its static key.
+/// the payload, version 4 the ML-KEM-768 share): the PSK is mixed in before message 1, so
+/// message 1 carries a tag under it (32-byte ephemeral + the suite offer + the share +
+/// 16-byte tag; XXpsk3's message 1 is the ephemeral and the payload in clear), and a
+/// wrong code fails right there, before the responder writes message 2 with its static
+/// key.
 #[test]
 fn the_code_mode_is_xxpsk0_and_a_wrong_code_fails_at_message_1() {
     assert_eq!(
         phi_conduit::crypto::handshake::XXPSK0_PATTERN,
         "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"
     );
-    assert_eq!(phi_conduit::crypto::handshake::VERSION, 3);
+    assert_eq!(phi_conduit::crypto::handshake::VERSION, 4);
     let (alice, bob) = ids();
     let code = Code::parse("8-crystal-harbor-orbit").unwrap();
     let (mut i, hello) = Initiator::code(&alice, &code, &RV);
@@ -471,7 +476,7 @@ fn the_code_mode_is_xxpsk0_and_a_wrong_code_fails_at_message_1() {
     let offer = phi_conduit::crypto::suite::encode_offer(&SuitePolicy::Auto.offer());
     assert_eq!(
         m1.len(),
-        1 + 32 + offer.len() + 16,
+        1 + 32 + offer.len() + SHARE_1 + 16,
         "message 1 is not sealed under the PSK"
     );
     // The offer does not travel in clear.
@@ -581,12 +586,13 @@ fn xor_from_end(from_end: usize, delta: u8) -> impl Fn(&mut Vec<u8>) {
 fn a_path_that_rewrites_the_offer_or_the_choice_fails_authentication_on_both_sides() {
     use Suite::{Aes256Gcm as Aes, ChaCha20Poly1305 as ChaCha};
     let offer = SuitePolicy::Only(Aes).offer();
-    // The offer [count, AES] ends message 1's payload, before the 16-byte tag: turning
-    // AES (2) into ChaCha (1) is an XOR with 3 on the last code byte.
-    let strip_aes = xor_from_end(16 + 1, Aes.code() ^ ChaCha.code());
+    // The offer [count, AES] comes just before the post-quantum share at the end of
+    // message 1's payload, before the 16-byte tag: turning AES (2) into ChaCha (1) is an
+    // XOR with 3 on the last code byte.
+    let strip_aes = xor_from_end(16 + SHARE_1 + 1, Aes.code() ^ ChaCha.code());
     assert_eq!(offer.len(), 1);
-    // The choice is the whole payload of the responder's reply, before its tag.
-    let force_chacha = xor_from_end(16 + 1, Aes.code() ^ ChaCha.code());
+    // The choice is the first byte of the responder's reply payload, before its share.
+    let force_chacha = xor_from_end(16 + SHARE_2 + 1, Aes.code() ^ ChaCha.code());
     let (policy, auto) = (SuitePolicy::Only(Aes), SuitePolicy::Auto);
     for (name, o) in [
         (
