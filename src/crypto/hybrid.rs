@@ -310,6 +310,19 @@ mod tests {
     }
 
     #[test]
+    fn every_run_is_fresh() {
+        let (a, b) = (
+            KemKeyPair::generate().unwrap(),
+            KemKeyPair::generate().unwrap(),
+        );
+        assert_ne!(a.encapsulation_key(), b.encapsulation_key());
+        // The same (replayed) key encapsulated twice: two ciphertexts, two secrets.
+        let (c1, s1) = encapsulate(a.encapsulation_key()).unwrap();
+        let (c2, s2) = encapsulate(a.encapsulation_key()).unwrap();
+        assert!(c1 != c2 && *s1 != *s2);
+    }
+
+    #[test]
     fn an_altered_ciphertext_gives_another_secret() {
         let pair = KemKeyPair::generate().unwrap();
         let (mut ct, ss) = encapsulate(pair.encapsulation_key()).unwrap();
