@@ -622,7 +622,7 @@ fn initiator_offer(policy: Policy) -> Result<(Vec<u8>, Option<KemKeyPair>), Hand
 fn respond_to_offer(
     tail: &[u8],
     policy: Policy,
-) -> Result<(Suite, Vec<u8>, Option<Zeroizing<[u8; 32]>>), HandshakeError> {
+) -> Result<(Suite, Vec<u8>, Option<KemSecret>), HandshakeError> {
     let (offer, share) = split_offer(tail)?;
     let chosen = choose_from(offer, policy.suites)?;
     let share = parse_share(share, ENCAPSULATION_KEY_LEN)?;
@@ -641,6 +641,9 @@ fn respond_to_offer(
     }
 }
 
+/// An ML-KEM-768 shared secret (zeroized on drop).
+type KemSecret = Zeroizing<[u8; hybrid::SHARED_SECRET_LEN]>;
+
 /// What the initiator keeps between its offer and the reply.
 struct Offered {
     suites: Vec<Suite>,
@@ -658,10 +661,7 @@ impl Offered {
     }
 
     /// Checks the reply payload (`choice || share`): the suite and the ML-KEM secret.
-    fn check_reply(
-        &self,
-        payload: &[u8],
-    ) -> Result<(Suite, Option<Zeroizing<[u8; 32]>>), HandshakeError> {
+    fn check_reply(&self, payload: &[u8]) -> Result<(Suite, Option<KemSecret>), HandshakeError> {
         let [code, share @ ..] = payload else {
             return Err(HandshakeError::Protocol("bad suite choice"));
         };
@@ -838,7 +838,7 @@ enum RespState {
     Start,
     IkAwaitFirst(Box<Established>),
     XxAwait1(snow::HandshakeState),
-    XxAwait3(snow::HandshakeState, Suite, Option<Zeroizing<[u8; 32]>>),
+    XxAwait3(snow::HandshakeState, Suite, Option<KemSecret>),
     Finished,
 }
 

@@ -227,6 +227,9 @@ async fn a_stream_replayed_from_another_session_is_refused() {
     must_fail(Arc::new(Inject(recorded))).await;
 }
 
+/// A change to a frame body.
+type Edit = dyn Fn(&mut Vec<u8>) + Send + Sync;
+
 /// Rewrites the first handshake frame one way on the control stream: the sender's
 /// message 1 (`BToA`) or the receiver's message 2 (`AToB`). It holds the stream's bytes
 /// back until the whole frame is in (message 1 with its ML-KEM-768 key is larger than a
@@ -234,7 +237,7 @@ async fn a_stream_replayed_from_another_session_is_refused() {
 /// edited frame with its length field fixed, then everything else unchanged.
 struct RewriteFrame {
     dir: Direction,
-    edit: Box<dyn Fn(&mut Vec<u8>) + Send + Sync>,
+    edit: Box<Edit>,
     /// Bytes held back so far, and whether the frame was already rewritten.
     state: Mutex<(Vec<u8>, bool)>,
 }
