@@ -5,7 +5,8 @@
 #
 # scp and rsync copy from /dev/shm to /dev/shm over ssh to 127.0.0.1 (their default
 # ciphers, then aes128-gcm for scp); conduit runs its own bench (direct, files in
-# /dev/shm, fsynced). Every figure is the fastest of RUNS runs, as `bench transfer`'s
+# /dev/shm, fsynced, with the STREAM suite a transfer on this machine chooses, which the
+# report names). Every figure is the fastest of RUNS runs, as `bench transfer`'s
 # are; the time an scp of an empty file takes (ssh's connection and authentication) is
 # taken off the scp and rsync times, as conduit's rate leaves out its own handshake.
 set -euo pipefail
@@ -76,6 +77,7 @@ cargo build --release --locked -q
 CONDUIT=$(./target/release/conduit bench transfer --json --size "$SIZE" --runs "$RUNS")
 DIRECT=$(python3 -c "import json,sys;print(f\"{json.loads(sys.argv[1])['direct_mbps']:.0f}\")" "$CONDUIT")
 RELAYED=$(python3 -c "import json,sys;print(f\"{json.loads(sys.argv[1])['relayed_mbps']:.0f}\")" "$CONDUIT")
+SUITE=$(python3 -c "import json,sys;print(json.loads(sys.argv[1])['suite'])" "$CONDUIT")
 
 printf '%-44s %8s\n' "transfer of $SIZE bytes on loopback, fastest of $RUNS" "MB/s"
 printf '%-44s %8s\n' "scp (default cipher)" "$(rate "$T_SCP")"
@@ -83,5 +85,7 @@ printf '%-44s %8s\n' "scp -c aes128-gcm" "$(rate "$T_SCP_GCM")"
 printf '%-44s %8s\n' "rsync over ssh (default cipher)" "$(rate "$T_RSYNC")"
 printf '%-44s %8s\n' "conduit, direct (E2E + QUIC, fsynced)" "$DIRECT"
 printf '%-44s %8s\n' "conduit, through a relay" "$RELAYED"
+printf '%-44s %8s\n' "(conduit's STREAM suite)" "$SUITE"
 printf '%-44s %8s\n' "(ssh setup taken off scp and rsync, seconds)" "$(python3 -c "print(f'{$T_SETUP:.3f}')")"
 python3 -c "print(f'conduit direct / scp default: {$DIRECT/($SIZE/$T_SCP/1e6):.2f}')"
+python3 -c "print(f'conduit direct / scp aes128-gcm: {$DIRECT/($SIZE/$T_SCP_GCM/1e6):.2f}')"

@@ -25,6 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use thiserror::Error;
 
 pub mod addr;
+pub mod mtu;
 
 /// ALPN of direct connections.
 pub const ALPN: &[u8] = crate::crypto::handshake::ALPN;
@@ -117,6 +118,38 @@ pub fn transport_config_with(idle: Duration) -> quinn::TransportConfig {
         .ok();
     t.max_idle_timeout(timeout);
     t
+}
+
+/// Lets path MTU discovery of `t` probe up to `ceiling` bytes of UDP payload ([`mtu`]);
+/// with quinn's defaults switched on ([`use_quinn_defaults`]), quinn's ceiling stays.
+fn set_ceiling(t: &mut quinn::TransportConfig, ceiling: u16) {
+    if !quinn_defaults() {
+        let mut discovery = quinn::MtuDiscoveryConfig::default();
+        discovery.upper_bound(ceiling);
+        t.mtu_discovery_config(Some(discovery));
+    }
+}
+
+/// Every endpoint's configuration: it accepts UDP payloads up to [`mtu::MAX_UDP_PAYLOAD`]
+/// (and says so to its peers), quinn's 1,472 with quinn's defaults.
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut cfg = quinn::EndpointConfig::default();
+    if !quinn_defaults() {
+        // In quinn's range (1,200..=65,527) by construction; if not, its default stays.
+        let _ = cfg.max_udp_payload_size(mtu::MAX_UDP_PAYLOAD);
+    }
+    cfg
+}
+
+/// The ceiling for what an endpoint bound to `addr` sends when its peer is not known
+/// beforehand (a server): towards its own network when bound to one address (loopback
+/// included), the internet's when bound to all.
+fn bound_ceiling(addr: SocketAddr) -> u16 {
+    if addr.ip().is_unspecified() {
+        mtu::INTERNET_CEILING
+    } else {
+        mtu::ceiling_for(addr.ip())
+    }
 }
 
 /// The TLS provider of every QUIC connection: aws-lc-rs, whose AES-GCM is the fastest
@@ -215,9 +248,10 @@ fn server_endpoint(
     addr: SocketAddr,
     tls: ServerTls,
     alpn: &[u8],
-    transport: quinn::TransportConfig,
+    mut transport: quinn::TransportConfig,
     tune: impl FnOnce(&mut quinn::ServerConfig),
 ) -> Result<quinn::Endpoint, TransportError> {
+    set_ceiling(&mut transport, bound_ceiling(addr));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
@@ -231,13 +265,8 @@ fn server_endpoint(
     tune(&mut cfg);
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(cfg),
-        socket(addr)?,
-        runtime,
-    )
-    .map_err(|source| TransportError::Socket { addr, source })
+    quinn::Endpoint::new(endpoint_config(), Some(cfg), socket(addr)?, runtime)
+        .map_err(|source| TransportError::Socket { addr, source })
 }
 
 /// A direct-mode server endpoint on `addr` with a fresh self-signed certificate.
@@ -358,23 +387,22 @@ fn client_endpoint(
     mut tls: rustls::ClientConfig,
     alpn: &[u8],
     idle: Duration,
+    ceiling: u16,
 ) -> Result<quinn::Endpoint, TransportError> {
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config_with(idle)));
+    let mut transport = transport_config_with(idle);
+    set_ceiling(&mut transport, ceiling);
+    cfg.transport_config(Arc::new(transport));
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
-    let mut ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket(local)?,
-        runtime,
-    )
-    .map_err(|source| TransportError::Socket {
-        addr: local,
-        source,
-    })?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(), None, socket(local)?, runtime).map_err(
+        |source| TransportError::Socket {
+            addr: local,
+            source,
+        },
+    )?;
     ep.set_default_client_config(cfg);
     Ok(ep)
 }
@@ -398,7 +426,13 @@ pub fn direct_client_with(
             p.signature_verification_algorithms,
         )))
         .with_no_client_auth();
-    client_endpoint(any_local(peer), tls, ALPN, idle)
+    client_endpoint(
+        any_local(peer),
+        tls,
+        ALPN,
+        idle,
+        mtu::ceiling_for(peer.ip()),
+    )
 }
 
 /// A client endpoint for connecting to the relay at `relay`, verifying it by `trust`.
@@ -411,6 +445,7 @@ pub fn relay_client(
         trust.client_config()?,
         RELAY_ALPN,
         IDLE_TIMEOUT,
+        mtu::ceiling_for(relay.ip()),
     )
 }
 
@@ -419,7 +454,15 @@ pub fn relay_client_from(
     local: SocketAddr,
     trust: &RelayTrust,
 ) -> Result<quinn::Endpoint, TransportError> {
-    client_endpoint(local, trust.client_config()?, RELAY_ALPN, IDLE_TIMEOUT)
+    // The relay's address is not known here: towards the local address's own network.
+    let ceiling = bound_ceiling(local);
+    client_endpoint(
+        local,
+        trust.client_config()?,
+        RELAY_ALPN,
+        IDLE_TIMEOUT,
+        ceiling,
+    )
 }
 
 /// SHA-256 of the leaf certificate the server of `conn` presented (a relay's, as
@@ -523,6 +566,42 @@ mod tests {
             p.kx_groups
                 .iter()
                 .any(|g| g.name() == rustls::NamedGroup::X25519)
+        );
+    }
+
+    #[tokio::test]
+    async fn on_loopback_both_directions_discover_the_local_ceiling() {
+        // Each side runs path MTU discovery for what it sends: the client towards its
+        // peer's address, the server towards its bound one; both reach the local
+        // ceiling on loopback, above quinn's internet default.
+        let server = direct_server("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = direct_client(addr).unwrap();
+        let accept = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let mut r = conn.accept_uni().await.unwrap();
+            r.read_to_end(64 << 20).await.unwrap();
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(&vec![7u8; 4 << 20]).await.unwrap();
+            s.finish().unwrap();
+            let _ = s.stopped().await;
+            (conn.stats().path.current_mtu, server)
+        });
+        let conn = client.connect(addr, "phi-conduit").unwrap().await.unwrap();
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&vec![5u8; 8 << 20]).await.unwrap();
+        s.finish().unwrap();
+        let mut r = conn.accept_uni().await.unwrap();
+        r.read_to_end(64 << 20).await.unwrap();
+        let client_mtu = conn.stats().path.current_mtu;
+        let (server_mtu, _server) = accept.await.unwrap();
+        assert!(
+            client_mtu > mtu::INTERNET_CEILING && client_mtu <= mtu::LOCAL_CEILING,
+            "client {client_mtu}"
+        );
+        assert!(
+            server_mtu > mtu::INTERNET_CEILING && server_mtu <= mtu::LOCAL_CEILING,
+            "server {server_mtu}"
         );
     }
 

@@ -10,10 +10,12 @@
 //!   [`start_relay_summarising`] (the default level) and [`direct_receiver`] wait for theirs.
 //! - [`Relay::cmd`], [`receiver_via`], [`send_via`]: the commands of a relayed transfer.
 //!
-//! The in-process harness (library API, no process) is [`inproc`].
+//! The in-process harness (library API, no process) is [`inproc`]; the NAT lab (network
+//! namespaces, NAT routers, nftables counters; root only) is [`natlab`].
 #![allow(dead_code)]
 
 pub mod inproc;
+pub mod natlab;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
