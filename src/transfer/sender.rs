@@ -376,11 +376,8 @@ impl Sender {
                     }
                 }
             };
-            // Streams are opened in file order, and sent in that order: each file's bytes
-            // go out before the next file's (see [`file_priority`]).
+            // Streams are opened in file order.
             let mut s = conn.open_uni().await?;
-            s.set_priority(file_priority(i))
-                .map_err(|e| TransferError::Io(std::io::Error::other(e)))?;
             let header = StreamHeader {
                 index: i as u64,
                 first,
@@ -551,21 +548,6 @@ pub fn flight_weight(size: u64) -> u32 {
     } else {
         FLIGHT_UNITS
     }
-}
-
-/// The QUIC send priority of file `index`'s stream: earlier files first (the control
-/// stream, at quinn's default 0, before all of them).
-///
-/// With equal priorities quinn sends the streams that have data round-robin, a few
-/// hundred bytes of each per packet: with [`TINY_FILES_IN_FLIGHT`] small files written
-/// at once, every file would arrive spread over the whole window and complete only at
-/// its end, each in many small reads at the receiver (one task wake-up each), while
-/// the receiver's file slots wait. In file order each small file arrives whole in a
-/// few consecutive packets and is done (and its slot free) as soon as it is there. The
-/// bytes, the frames' content and the stream of each file are unchanged.
-pub fn file_priority(index: usize) -> i32 {
-    // Files beyond i32's range share the lowest priority (still sent, round-robin).
-    i32::try_from(index).map_or(i32::MIN, |i| -1 - i.min(i32::MAX - 1))
 }
 
 /// What a sender's file task ends with: the file's index and its hash, or the index and
@@ -748,21 +730,4 @@ async fn read_receipt(
         hashes.extend(batch);
     }
     Ok((hashes, audit_head))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn files_are_sent_in_their_order_after_the_control_stream() {
-        // quinn sends the stream of highest priority first; the control stream is at 0.
-        assert!(file_priority(0) < 0);
-        for i in [0usize, 1, 31, 1000, 99_999, (i32::MAX - 2) as usize] {
-            assert!(file_priority(i) > file_priority(i + 1), "{i}");
-        }
-        // Beyond i32's range, the lowest priority, without overflow.
-        assert_eq!(file_priority(usize::MAX), i32::MIN);
-        assert!(file_priority(i32::MAX as usize) > i32::MIN);
-    }
 }
