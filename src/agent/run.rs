@@ -868,11 +868,9 @@ async fn connect_direct(
         .await
         .map_err(|e| e.to_string())?;
     let idle = shared.agent.timeouts.idle;
-    crate::transport::addr::connect_first(&addrs, "phi-conduit", CONNECT_TIMEOUT, |a| {
-        crate::transport::direct_client_with(a, idle)
-    })
-    .await
-    .map_err(|e| format!("connecting to {addr}: {e}"))
+    crate::transport::addr::connect_direct(&addrs, CONNECT_TIMEOUT, idle)
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))
 }
 
 async fn connect_relay(

@@ -623,14 +623,10 @@ async fn serve_direct(
                         per_ip.remove(&from.ip());
                     }
                 }
-                match result {
-                    Ok(got) if !daemon => break Ok(Some(got)),
-                    Ok((summary, names)) => report("received", &summary, ctx.output, &names),
-                    Err(Served::Interrupted) => {}
-                    Err(Served::Failed(e, names)) if !daemon && !e.before_authentication() => {
-                        break Err(Redacted::hide(&names, e.into()));
-                    }
-                    Err(Served::Failed(e, names)) => notice(ctx.json, Some(from), e, &names, !daemon),
+                match settle(from, result, daemon, false, &ctx) {
+                    Settled::Received(got) => break Ok(Some(got)),
+                    Settled::Fatal(e) => break Err(e),
+                    Settled::Reported => {}
                 }
             }
             () = &mut shutdown => {
@@ -643,11 +639,8 @@ async fn serve_direct(
                 let _ = tokio::time::timeout(Duration::from_secs(5), async {
                     while let Some(done) = tasks.join_next().await {
                         let Ok((from, result)) = done else { continue };
-                        match result {
-                            Ok(got) if !daemon => finished = Some(got),
-                            Ok((summary, names)) => report("received", &summary, ctx.output, &names),
-                            Err(Served::Interrupted) => {}
-                            Err(Served::Failed(e, names)) => notice(ctx.json, Some(from), e, &names, false),
+                        if let Settled::Received(got) = settle(from, result, daemon, true, &ctx) {
+                            finished = Some(got);
                         }
                     }
                 })
@@ -678,6 +671,44 @@ async fn serve_direct(
     endpoint.close(CLOSE_CANCELLED.into(), b"receiver done");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     result
+}
+
+/// What one finished connection means for a direct receiver's loop.
+enum Settled {
+    /// A one-shot receiver's transfer: it is done.
+    Received((Summary, Names)),
+    /// A one-shot receiver's transfer failed after the sender was authenticated: the
+    /// command fails with it.
+    Fatal(anyhow::Error),
+    /// Reported (a daemon's transfer, a failure shown as a notice) or nothing to say (an
+    /// interrupted one): serving goes on.
+    Reported,
+}
+
+/// Reports or returns the result of the connection from `from`. While `draining` after
+/// a signal, a failure is only a notice (the receiver is ending anyway).
+fn settle(
+    from: SocketAddr,
+    result: Result<(Summary, Names), Served>,
+    daemon: bool,
+    draining: bool,
+    ctx: &Receiving,
+) -> Settled {
+    match result {
+        Ok(got) if !daemon => Settled::Received(got),
+        Ok((summary, names)) => {
+            report("received", &summary, ctx.output, &names);
+            Settled::Reported
+        }
+        Err(Served::Interrupted) => Settled::Reported,
+        Err(Served::Failed(e, names)) if !daemon && !draining && !e.before_authentication() => {
+            Settled::Fatal(Redacted::hide(&names, e.into()))
+        }
+        Err(Served::Failed(e, names)) => {
+            notice(ctx.json, Some(from), e, &names, !daemon && !draining);
+            Settled::Reported
+        }
+    }
 }
 
 /// Tells the person at the receiver what to give the sender: the addresses (UDP) this

@@ -560,20 +560,16 @@ async fn connect(
         )
     };
     let Some(valid) = wait else {
-        return transport::addr::connect_first(addrs, "phi-conduit", CONNECT_TIMEOUT, |a| {
-            transport::direct_client_with(a, idle)
-        })
-        .await
-        .with_context(unanswered);
+        return transport::addr::connect_direct(addrs, CONNECT_TIMEOUT, idle)
+            .await
+            .with_context(unanswered);
     };
     let deadline = tokio::time::Instant::now() + valid;
     // Longer than the attempt's idle timeout: QUIC ends it first.
     let attempt_limit = ATTEMPT_IDLE + Duration::from_secs(5);
     loop {
-        let attempt = transport::addr::connect_first(addrs, "phi-conduit", attempt_limit, |a| {
-            transport::direct_client_with(a, idle.min(ATTEMPT_IDLE))
-        })
-        .await;
+        let attempt =
+            transport::addr::connect_direct(addrs, attempt_limit, idle.min(ATTEMPT_IDLE)).await;
         match attempt {
             Ok(connected) => return Ok(connected),
             Err(e) if tokio::time::Instant::now() >= deadline => {

@@ -150,6 +150,20 @@ pub fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
     out
 }
 
+/// A direct transfer's connection to the first of `addrs` that answers within `timeout`
+/// ([`connect_first`] with a [`super::direct_client_with`] endpoint of idle timeout `idle`
+/// for each attempt): what `conduit send --direct` and the agent's outboxes use.
+pub async fn connect_direct(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+    idle: Duration,
+) -> Result<(quinn::Endpoint, quinn::Connection), ConnectError> {
+    connect_first(addrs, "phi-conduit", timeout, |a| {
+        super::direct_client_with(a, idle)
+    })
+    .await
+}
+
 /// Connects to the first of `addrs` that answers within `timeout` (for each attempt),
 /// with an endpoint made by `endpoint_for` for each attempt (an endpoint is bound to one
 /// address family) and `server_name` as the TLS server name. The attempts start

@@ -240,19 +240,25 @@ fn spawn_relay(addr: &str, extra: &[&str]) -> Relay {
     let mut cmd = cwd.conduit();
     cmd.args(["relay", "--listen", addr, "--dev-self-signed", "--json"])
         .args(extra);
-    let run = Running::spawn(cmd);
-    assert_eq!(run.first["event"], "listening", "{}", run.first);
-    let addr = run.first["addr"].as_str().unwrap().to_string();
-    let pin = run.first["cert_sha256"].as_str().unwrap().to_string();
-    Relay {
-        run,
-        addr,
-        pin,
-        cwd,
-    }
+    Relay::spawned(cmd, cwd)
 }
 
 impl Relay {
+    /// Starts `cmd` (a `conduit relay ... --json` in `cwd`) and reads where it listens and
+    /// its certificate's pin from its first line.
+    pub fn spawned(cmd: std::process::Command, cwd: Scratch) -> Relay {
+        let run = Running::spawn(cmd);
+        assert_eq!(run.first["event"], "listening", "{}", run.first);
+        let addr = run.first["addr"].as_str().unwrap().to_string();
+        let pin = run.first["cert_sha256"].as_str().unwrap().to_string();
+        Relay {
+            run,
+            addr,
+            pin,
+            cwd,
+        }
+    }
+
     /// SIGTERM, then the exit status and the log lines.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
         self.run.signal(libc::SIGTERM);

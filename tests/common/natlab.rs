@@ -40,7 +40,7 @@ use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{Relay, Running, scratch};
+use super::{Relay, scratch};
 
 /// Every namespace of every lab starts with this.
 pub const PREFIX: &str = "cnl-";
@@ -145,9 +145,14 @@ impl Default for LabConfig {
 impl LabConfig {
     /// Both clinics behind the same kind of NAT.
     pub fn both(nat: Nat) -> Self {
+        Self::each(nat, nat)
+    }
+
+    /// Clinic A behind `nat_a`, clinic B behind `nat_b`.
+    pub fn each(nat_a: Nat, nat_b: Nat) -> Self {
         LabConfig {
-            nat_a: nat,
-            nat_b: nat,
+            nat_a,
+            nat_b,
             block_udp_between_clinics: false,
         }
     }
@@ -421,16 +426,7 @@ impl NatLab {
             .arg(format!("{}:0", self.relay_ip()))
             .args(["--dev-self-signed", "--json", "--verbose"])
             .args(extra);
-        let run = Running::spawn(cmd);
-        assert_eq!(run.first["event"], "listening", "{}", run.first);
-        let addr = run.first["addr"].as_str().unwrap().to_string();
-        let pin = run.first["cert_sha256"].as_str().unwrap().to_string();
-        Relay {
-            run,
-            addr,
-            pin,
-            cwd,
-        }
+        Relay::spawned(cmd, cwd)
     }
 
     /// `conduit --home HOME VERB --json --relay ADDR --relay-pin PIN` on a clinic's host.

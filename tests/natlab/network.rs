@@ -134,11 +134,7 @@ fn endpoint_independent_nats_keep_one_mapping_and_a_punched_hole_carries_packets
 
 #[test]
 fn a_random_port_nat_maps_per_destination_and_defeats_the_punch() {
-    let config = LabConfig {
-        nat_a: Nat::EndpointIndependent,
-        nat_b: Nat::RandomPort,
-        block_udp_between_clinics: false,
-    };
+    let config = LabConfig::each(Nat::EndpointIndependent, Nat::RandomPort);
     let Some(lab) = NatLab::start(config) else {
         return;
     };

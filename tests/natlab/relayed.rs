@@ -92,11 +92,7 @@ fn a_file_crosses_two_random_port_nats_through_the_relay() {
 
 #[test]
 fn a_large_file_crosses_mixed_nats_and_a_cut_between_the_clinics_mid_transfer() {
-    let config = LabConfig {
-        nat_a: Nat::EndpointIndependent,
-        nat_b: Nat::RandomPort,
-        block_udp_between_clinics: false,
-    };
+    let config = LabConfig::each(Nat::EndpointIndependent, Nat::RandomPort);
     let Some(lab) = NatLab::start(config) else {
         return;
     };
