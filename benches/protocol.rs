@@ -2,12 +2,16 @@
 //! control messages (offer entries) encoded and decoded, path validation, the relay
 //! Hello, and one file's data path over real QUIC on loopback (the pipeline with the
 //! network) beside the same pipeline with no network (`bench cipher` covers the latter
-//! over chunk sizes). `cargo bench --bench protocol`.
+//! over chunk sizes), and the end-to-end handshake in memory, with and without the
+//! ML-KEM-768 exchange. `cargo bench --bench protocol`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use phi_conduit::crypto::handshake::{Established, Initiator, Responder, Step};
+use phi_conduit::crypto::hybrid::PqPolicy;
+use phi_conduit::crypto::identity::Identity;
 use phi_conduit::crypto::pipeline::{CipherPool, PositionalFile};
 use phi_conduit::crypto::stream::{DEFAULT_CHUNK_SIZE, TransferKey};
 use phi_conduit::relay::hello::{Hello, Role};
@@ -139,5 +143,39 @@ fn data_path_over_quic(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codecs, data_path_over_quic);
+/// One whole known-peer handshake in memory (messages 1 and 2, and the first session
+/// message that completes it at the responder), as both sides run it.
+fn known_peer_handshake(a: &Identity, b: &Identity, pq: PqPolicy) -> (Established, Established) {
+    let rv = [7u8; 32];
+    let (mut i, m1) = Initiator::known_peer_with(a, &b.public(), &rv, &[1; 16], pq).unwrap();
+    let mut r = Responder::new(b, &rv, None).with_post_quantum(pq);
+    let Ok(Step::Send(m2)) = r.read(&m1, &mut |_| true) else {
+        panic!("no message 2")
+    };
+    let Ok(Step::Done(mut ie)) = i.read(&m2) else {
+        panic!("initiator not done")
+    };
+    let first = ie.seal(b"first").unwrap();
+    let Ok(Step::Done(re)) = r.read(&first, &mut |_| true) else {
+        panic!("responder not done")
+    };
+    (*ie, *re)
+}
+
+fn handshakes(c: &mut Criterion) {
+    let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let mut g = c.benchmark_group("handshake");
+    g.measurement_time(Duration::from_secs(3));
+    for (name, pq) in [
+        ("known_peer_ml_kem_768", PqPolicy::Required),
+        ("known_peer_x25519_only", PqPolicy::Off),
+    ] {
+        g.bench_function(name, |bench| {
+            bench.iter(|| known_peer_handshake(&a, &b, pq));
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, codecs, data_path_over_quic, handshakes);
 criterion_main!(benches);

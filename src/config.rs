@@ -101,6 +101,9 @@ pub struct TransferFile {
     pub keep_modes: Option<bool>,
     /// STREAM cipher suite: `auto`, `aes-256-gcm` or `chacha20-poly1305` (`--suite`).
     pub suite: Option<crate::crypto::suite::SuitePolicy>,
+    /// The post-quantum (ML-KEM-768) part of the handshake: `required`, `preferred` or
+    /// `off` (`--post-quantum`).
+    pub post_quantum: Option<crate::crypto::hybrid::PqPolicy>,
     /// Days after which the receiver removes a leftover partial file
     /// (`--part-max-age-days`; 0 keeps them).
     pub part_max_age_days: Option<u32>,
@@ -447,6 +450,8 @@ pub struct Resolved {
     pub keep_modes: Sourced<bool>,
     /// `transfer.suite`: the STREAM cipher suites this side accepts.
     pub suite: Sourced<crate::crypto::suite::SuitePolicy>,
+    /// `transfer.post_quantum`: whether a peer without ML-KEM-768 is accepted.
+    pub post_quantum: Sourced<crate::crypto::hybrid::PqPolicy>,
     /// `transfer.part_max_age_days`.
     pub part_max_age_days: Sourced<u32>,
     /// `transfer.max_entries`.
@@ -614,6 +619,7 @@ impl Resolved {
             max_sessions_per_ip: key!(max_sessions_per_ip, DEFAULT_MAX_PER_IP),
             keep_modes: key!(keep_modes, false),
             suite: key!(suite, crate::crypto::suite::SuitePolicy::Auto),
+            post_quantum: key!(post_quantum, crate::crypto::hybrid::PqPolicy::Required),
             part_max_age_days: key!(part_max_age_days, DEFAULT_PART_MAX_AGE_DAYS),
             max_entries: key!(max_entries, crate::transfer::protocol::DEFAULT_MAX_ENTRIES),
             audit_names: pick(fa.names, ea.names, ca.names, NameMode::default()),
@@ -731,6 +737,7 @@ impl Resolved {
             ),
             row("transfer.keep_modes", &self.keep_modes, None),
             row("transfer.suite", &self.suite, None),
+            row("transfer.post_quantum", &self.post_quantum, None),
             row("transfer.part_max_age_days", &self.part_max_age_days, None),
             row("transfer.max_entries", &self.max_entries, None),
             row("audit.names", &names, Some(env::AUDIT_NAMES)),

@@ -508,6 +508,12 @@ fn handshake_step(e: &crate::crypto::handshake::HandshakeError) -> Option<&'stat
         | HandshakeError::PeerAborted(AbortReason::NoCommonSuite) => {
             Some("set the same --suite (transfer.suite) on both sides, or auto on one of them")
         }
+        HandshakeError::PostQuantumRequired => Some(
+            "upgrade the peer's conduit, or accept a peer without ML-KEM-768 with --post-quantum preferred (transfer.post_quantum)",
+        ),
+        HandshakeError::PeerAborted(AbortReason::PostQuantumRequired) => Some(
+            "the peer requires the post-quantum key exchange: set --post-quantum required or preferred (transfer.post_quantum) on this side",
+        ),
         HandshakeError::Authentication => Some(
             "check that the peer's key in the address book is current (`conduit peers list`, `conduit id` there)",
         ),

@@ -83,6 +83,11 @@ pub struct ReceiveArgs {
     /// in conduit.toml [default: auto].
     #[arg(long, value_name = "SUITE")]
     suite: Option<crate::crypto::suite::SuitePolicy>,
+    /// The post-quantum key exchange (ML-KEM-768 beside X25519): required (refuse a peer
+    /// without it), preferred (accept one) or off (never offer it); `[transfer]
+    /// post_quantum` in conduit.toml [default: required].
+    #[arg(long, value_name = "MODE")]
+    post_quantum: Option<crate::crypto::hybrid::PqPolicy>,
     /// Remove this user's leftover partial files older than this many days from the
     /// destination at start (and once a day with --daemon), each with an audit record; 0
     /// keeps them [default: 7].
@@ -144,6 +149,7 @@ impl ReceiveArgs {
         t.overwrite = self.overwrite.then_some(true);
         t.keep_modes = self.keep_modes.then_some(true);
         t.suite = self.suite;
+        t.post_quantum = self.post_quantum;
         t.part_max_age_days = self.part_max_age_days;
         t.max_entries = self.max_entries;
         t.max_sessions = self.concurrent;
@@ -216,6 +222,7 @@ fn receive_with(
         timeouts,
         sessions: None,
         suites: config.suite.value,
+        post_quantum: config.post_quantum.value,
     };
     let max_age_days = config.part_max_age_days.value;
     remove_stale_parts(&dest, &audit, max_age_days);

@@ -68,6 +68,11 @@ pub struct SendArgs {
     /// in conduit.toml [default: auto].
     #[arg(long, value_name = "SUITE")]
     suite: Option<crate::crypto::suite::SuitePolicy>,
+    /// The post-quantum key exchange (ML-KEM-768 beside X25519): required (refuse a peer
+    /// without it), preferred (accept one) or off (never offer it); `[transfer]
+    /// post_quantum` in conduit.toml [default: required].
+    #[arg(long, value_name = "MODE")]
+    post_quantum: Option<crate::crypto::hybrid::PqPolicy>,
     /// Print events and the summary as JSON lines.
     #[arg(long)]
     json: bool,
@@ -171,6 +176,7 @@ impl SendArgs {
         self.relay.layer(&mut layer.transfer);
         self.timeouts.layer(&mut layer.transfer);
         layer.transfer.suite = self.suite;
+        layer.transfer.post_quantum = self.post_quantum;
         layer.transfer.code_wait_secs = self.code_wait;
         layer.audit.names = self.audit_names.map(NameMode::from);
         layer
@@ -461,6 +467,7 @@ fn send_with(
         let sender = Sender::new(identity, CipherPool::with_all_cores()?)
             .chunk_size(chunk)
             .suites(config.suite.value)
+            .post_quantum(config.post_quantum.value)
             .timeouts(timeouts)
             .audit(audit)
             .events(events(Output::of(args.json, args.quiet), book));

@@ -33,12 +33,13 @@ const BOOL_KEYS: [&str; 4] = [
 ];
 
 /// The keys whose value is a string.
-const TEXT_KEYS: [&str; 6] = [
+const TEXT_KEYS: [&str; 7] = [
     "transfer.relay",
     "transfer.relay_pin",
     "transfer.relay_ca",
     "transfer.out",
     "transfer.suite",
+    "transfer.post_quantum",
     "audit.names",
 ];
 
@@ -272,6 +273,10 @@ const TEMPLATE: &str = r#"# conduit.toml: this endpoint's settings.
 # STREAM cipher suite: auto (AES-256-GCM when both sides have hardware AES, else
 # ChaCha20-Poly1305), aes-256-gcm or chacha20-poly1305 (`--suite`).
 # suite = "auto"
+# The hybrid post-quantum key exchange (ML-KEM-768 beside X25519) of the end-to-end
+# session: required (refuse a peer without it), preferred (accept one, X25519 only) or
+# off (never offer it; for tests) (`--post-quantum`).
+# post_quantum = "required"
 # Remove leftover partial files older than this many days (0 keeps them).
 # part_max_age_days = 7
 # Most entries (files and empty directories) accepted in one offer.
@@ -315,6 +320,7 @@ mod tests {
                 Kind::Text if key == "transfer.relay_pin" => continue,
                 Kind::Text if key == "audit.names" => "hash",
                 Kind::Text if key == "transfer.suite" => "aes-256-gcm",
+                Kind::Text if key == "transfer.post_quantum" => "preferred",
                 Kind::Text => "/srv/x",
             };
             text = set(&text, &key, value).unwrap_or_else(|e| panic!("{key}: {e}"));
@@ -327,6 +333,10 @@ mod tests {
             Some(crate::crypto::suite::SuitePolicy::Only(
                 crate::crypto::suite::Suite::Aes256Gcm
             ))
+        );
+        assert_eq!(
+            file.transfer.post_quantum,
+            Some(crate::crypto::hybrid::PqPolicy::Preferred)
         );
         assert!(text.contains("# Where `conduit receive` puts what it receives."));
     }

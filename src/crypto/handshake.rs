@@ -19,6 +19,14 @@
 //! handshake fails if either is altered on the way, and the handshake hash (the salt of
 //! the STREAM key schedule) commits to them.
 //!
+//! Post-quantum (see [`crate::crypto::hybrid`]): the initiator's first Noise payload
+//! also carries a fresh ML-KEM-768 encapsulation key, the responder's reply the
+//! ciphertext, and the session keys (and the salt of the file keys) are derived from the
+//! Noise result *and* the ML-KEM shared secret, not taken from Noise's `Split()` alone.
+//! A path that strips or rewrites either share breaks the transcript (authentication
+//! error on both sides); a peer that does not take part is refused under
+//! [`PqPolicy::Required`], the default.
+//!
 //! The prologue binds the protocol version, the ALPN, the mode, the pattern name, the
 //! rendezvous id and, in code mode, both PAKE messages. The first frame carries the
 //! version and mode in clear so that a peer of another version gets a clear error.
@@ -29,14 +37,19 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::crypto::hybrid::{
+    self, CIPHERTEXT_LEN, ENCAPSULATION_KEY_LEN, KEM_ML_KEM_768, KEM_NONE, KemError, KemKeyPair,
+    PqPolicy,
+};
 use crate::crypto::identity::{Fingerprint, Identity, IdentityError, PublicKey};
 use crate::crypto::pake::{Code, Pake, PakeError};
 use crate::crypto::suite::{self, Suite, SuitePolicy};
 use crate::wire::frame::MAX_FRAME;
 
 /// Protocol version spoken here (2: the code mode moved from XXpsk3 to XXpsk0; 3: the
-/// cipher suite is negotiated in the handshake payloads).
-pub const VERSION: u8 = 3;
+/// cipher suite is negotiated in the handshake payloads; 4: the hybrid ML-KEM-768
+/// exchange and the session key schedule of [`crate::crypto::hybrid`]).
+pub const VERSION: u8 = 4;
 /// ALPN of the direct QUIC connection, bound into the prologue.
 pub const ALPN: &[u8] = b"phi-conduit/1";
 /// Noise pattern of the known-recipient mode.
@@ -84,6 +97,8 @@ pub enum AbortReason {
     Authentication = 5,
     /// The two sides accept no common cipher suite.
     NoCommonSuite = 6,
+    /// One side requires the post-quantum exchange and the other did not take part.
+    PostQuantumRequired = 7,
 }
 
 impl std::fmt::Display for AbortReason {
@@ -95,6 +110,7 @@ impl std::fmt::Display for AbortReason {
             Self::Protocol => "protocol error",
             Self::Authentication => "authentication failed",
             Self::NoCommonSuite => "no common cipher suite",
+            Self::PostQuantumRequired => "post-quantum key exchange required",
         })
     }
 }
@@ -107,6 +123,7 @@ impl AbortReason {
             3 => Self::UnsupportedVersion,
             5 => Self::Authentication,
             6 => Self::NoCommonSuite,
+            7 => Self::PostQuantumRequired,
             _ => Self::Protocol,
         }
     }
@@ -149,6 +166,17 @@ pub enum HandshakeError {
         /// This side's policy.
         accepted: SuitePolicy,
     },
+    /// The peer did not take part in the ML-KEM-768 exchange and this side requires it.
+    #[error(
+        "post-quantum key exchange required: the peer did not take part in ML-KEM-768, and this side's post_quantum setting is \"required\""
+    )]
+    PostQuantumRequired,
+    /// An ML-KEM-768 share that does not fit (wrong length, refused by the KEM).
+    #[error(transparent)]
+    Kem(#[from] KemError),
+    /// The session's message counter is used up (2^64 - 1 messages).
+    #[error("session message counter exhausted")]
+    NonceExhausted,
     /// A session message larger than a frame allows.
     #[error("session message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
     TooLarge(usize),
@@ -190,6 +218,7 @@ impl HandshakeError {
             Self::UnsupportedVersion(_) => AbortReason::UnsupportedVersion,
             Self::Authentication => AbortReason::Authentication,
             Self::NoCommonSuite { .. } => AbortReason::NoCommonSuite,
+            Self::PostQuantumRequired => AbortReason::PostQuantumRequired,
             _ => AbortReason::Protocol,
         }
     }
@@ -242,10 +271,122 @@ pub enum Step {
     SendThenDone(Vec<u8>, Box<Established>),
 }
 
+/// What each side offers and insists on in the handshake: the STREAM suites and the
+/// post-quantum exchange. `From<SuitePolicy>` keeps the default post-quantum policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// The STREAM cipher suites accepted (`[transfer] suite`).
+    pub suites: SuitePolicy,
+    /// The post-quantum exchange (`[transfer] post_quantum`).
+    pub post_quantum: PqPolicy,
+}
+
+impl From<SuitePolicy> for Policy {
+    fn from(suites: SuitePolicy) -> Self {
+        Self {
+            suites,
+            post_quantum: PqPolicy::default(),
+        }
+    }
+}
+
+impl From<PqPolicy> for Policy {
+    fn from(post_quantum: PqPolicy) -> Self {
+        Self {
+            suites: SuitePolicy::default(),
+            post_quantum,
+        }
+    }
+}
+
+/// One direction of the session: ChaCha20-Poly1305 under a key of the session key
+/// schedule, with Noise's nonce layout (4 zero bytes, then the message counter as a
+/// 64-bit little-endian integer) and empty associated data.
+struct Direction {
+    key: aws_lc_rs::aead::LessSafeKey,
+    counter: u64,
+}
+
+impl Direction {
+    fn new(key: &[u8; hybrid::KEY_LEN]) -> Result<Self, HandshakeError> {
+        use aws_lc_rs::aead::{CHACHA20_POLY1305, LessSafeKey, UnboundKey};
+        let key = UnboundKey::new(&CHACHA20_POLY1305, key)
+            .map_err(|_| HandshakeError::Protocol("session key rejected"))?;
+        Ok(Self {
+            key: LessSafeKey::new(key),
+            counter: 0,
+        })
+    }
+
+    fn nonce(&self) -> Result<aws_lc_rs::aead::Nonce, HandshakeError> {
+        // Noise reserves 2^64 - 1; a session never gets near either.
+        if self.counter == u64::MAX {
+            return Err(HandshakeError::NonceExhausted);
+        }
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&self.counter.to_le_bytes());
+        Ok(aws_lc_rs::aead::Nonce::assume_unique_for_key(n))
+    }
+
+    /// Seals `buf` in place and appends the tag.
+    fn seal(&mut self, buf: &mut Vec<u8>) -> Result<(), HandshakeError> {
+        let nonce = self.nonce()?;
+        self.key
+            .seal_in_place_append_tag(nonce, aws_lc_rs::aead::Aad::empty(), buf)
+            .map_err(|_| HandshakeError::Protocol("seal failed"))?;
+        self.counter += 1;
+        Ok(())
+    }
+
+    /// Opens `ct` (ciphertext and tag); the counter advances only on success.
+    fn open(&mut self, ct: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+        let nonce = self.nonce()?;
+        let mut buf = ct.to_vec();
+        let n = self
+            .key
+            .open_in_place(nonce, aws_lc_rs::aead::Aad::empty(), &mut buf)
+            .map_err(|_| HandshakeError::Authentication)?
+            .len();
+        buf.truncate(n);
+        self.counter += 1;
+        Ok(buf)
+    }
+}
+
+/// The two directions of an established session.
+struct Transport {
+    send: Direction,
+    recv: Direction,
+}
+
+impl Transport {
+    fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+        let mut body = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        body.extend_from_slice(plaintext);
+        self.send.seal(&mut body)?;
+        let mut out = Vec::with_capacity(1 + body.len());
+        out.push(KIND_TRANSPORT);
+        out.append(&mut body);
+        Ok(out)
+    }
+
+    fn open(&mut self, body: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+        match body {
+            [KIND_TRANSPORT, ct @ ..] if ct.len() >= TAG_LEN => self.recv.open(ct),
+            [KIND_ABORT, reason, ..] => {
+                Err(HandshakeError::PeerAborted(AbortReason::from_byte(*reason)))
+            }
+            _ => Err(HandshakeError::Protocol("expected a transport message")),
+        }
+    }
+}
+
 /// An authenticated session.
 pub struct Established {
-    transport: snow::TransportState,
+    transport: Transport,
     handshake_hash: [u8; 32],
+    file_salt: Zeroizing<[u8; 32]>,
+    post_quantum: bool,
     remote: PublicKey,
     first_message: Option<Vec<u8>>,
     transfer_id: Option<[u8; TRANSFER_ID_LEN]>,
@@ -253,11 +394,17 @@ pub struct Established {
 }
 
 impl Established {
+    /// The session of a finished handshake: the key schedule of
+    /// [`hybrid::derive_session_keys`] over Noise's handshake hash and split keys and
+    /// the ML-KEM-768 shared secret, if the two sides ran the exchange.
     fn new(
-        hs: snow::HandshakeState,
-        first_message: Option<Vec<u8>>,
+        mut hs: snow::HandshakeState,
+        kem_secret: Option<&[u8; hybrid::SHARED_SECRET_LEN]>,
         suite: Suite,
     ) -> Result<Self, HandshakeError> {
+        if !hs.is_handshake_finished() {
+            return Err(HandshakeError::Protocol("handshake not finished"));
+        }
         let mut handshake_hash = [0u8; 32];
         let h = hs.get_handshake_hash();
         if h.len() != 32 {
@@ -269,12 +416,31 @@ impl Established {
             .and_then(|r| r.try_into().ok())
             .ok_or(HandshakeError::Protocol("no remote static key"))?;
         let remote = PublicKey::from_bytes(remote_bytes)?;
-        let transport = hs.into_transport_mode().map_err(noise)?;
+        let (k1, k2) = hs.dangerously_get_raw_split();
+        let (k1, k2) = (Zeroizing::new(k1), Zeroizing::new(k2));
+        let keys = hybrid::derive_session_keys(&handshake_hash, (&k1, &k2), kem_secret);
+        let (i2r, r2i) = (
+            Direction::new(&keys.initiator_to_responder)?,
+            Direction::new(&keys.responder_to_initiator)?,
+        );
+        let transport = if hs.is_initiator() {
+            Transport {
+                send: i2r,
+                recv: r2i,
+            }
+        } else {
+            Transport {
+                send: r2i,
+                recv: i2r,
+            }
+        };
         Ok(Self {
             transport,
             handshake_hash,
+            file_salt: keys.file_salt.clone(),
+            post_quantum: kem_secret.is_some(),
             remote,
-            first_message,
+            first_message: None,
             transfer_id: None,
             suite,
         })
@@ -285,9 +451,21 @@ impl Established {
         self.suite
     }
 
-    /// The Noise handshake hash (salt of the STREAM key schedule).
+    /// The Noise handshake hash `h` (an input of the session key schedule; not secret).
     pub fn handshake_hash(&self) -> [u8; 32] {
         self.handshake_hash
+    }
+
+    /// The salt of the STREAM file keys (see [`crate::crypto::stream::TransferKey`]),
+    /// from the session key schedule: it depends on the Noise result and, when
+    /// [`Established::post_quantum`], on the ML-KEM-768 secret.
+    pub fn file_salt(&self) -> Zeroizing<[u8; 32]> {
+        self.file_salt.clone()
+    }
+
+    /// True when the session keys include an ML-KEM-768 shared secret.
+    pub fn post_quantum(&self) -> bool {
+        self.post_quantum
     }
 
     /// The peer's static public key.
@@ -310,19 +488,12 @@ impl Established {
         if plaintext.len() > MAX_MESSAGE {
             return Err(HandshakeError::TooLarge(plaintext.len()));
         }
-        let mut out = vec![0u8; 1 + plaintext.len() + TAG_LEN];
-        out[0] = KIND_TRANSPORT;
-        let n = self
-            .transport
-            .write_message(plaintext, &mut out[1..])
-            .map_err(noise)?;
-        out.truncate(1 + n);
-        Ok(out)
+        self.transport.seal(plaintext)
     }
 
     /// Decrypts a frame body; an abort frame becomes [`HandshakeError::PeerAborted`].
     pub fn open(&mut self, body: &[u8]) -> Result<Vec<u8>, HandshakeError> {
-        open_transport(&mut self.transport, body)
+        self.transport.open(body)
     }
 
     /// Encodes and encrypts a typed message (postcard).
@@ -345,22 +516,8 @@ impl std::fmt::Debug for Established {
         f.debug_struct("Established")
             .field("remote", &self.remote)
             .field("suite", &self.suite)
+            .field("post_quantum", &self.post_quantum)
             .finish_non_exhaustive()
-    }
-}
-
-fn open_transport(t: &mut snow::TransportState, body: &[u8]) -> Result<Vec<u8>, HandshakeError> {
-    match body {
-        [KIND_TRANSPORT, ct @ ..] if ct.len() >= TAG_LEN => {
-            let mut out = vec![0u8; ct.len()];
-            let n = t.read_message(ct, &mut out).map_err(noise)?;
-            out.truncate(n);
-            Ok(out)
-        }
-        [KIND_ABORT, reason, ..] => {
-            Err(HandshakeError::PeerAborted(AbortReason::from_byte(*reason)))
-        }
-        _ => Err(HandshakeError::Protocol("expected a transport message")),
     }
 }
 
@@ -388,7 +545,7 @@ fn read_hs(hs: &mut snow::HandshakeState, msg: &[u8]) -> Result<Vec<u8>, Handsha
     Ok(out)
 }
 
-/// The responder's choice from the initiator's offer (a payload tail).
+/// The responder's choice from the initiator's offer.
 fn choose_from(offer: &[u8], policy: SuitePolicy) -> Result<Suite, HandshakeError> {
     let offered = suite::decode_offer(offer).ok_or(HandshakeError::Protocol("bad suite offer"))?;
     suite::choose(&offered, policy).ok_or_else(|| HandshakeError::NoCommonSuite {
@@ -405,15 +562,120 @@ fn choose_from(offer: &[u8], policy: SuitePolicy) -> Result<Suite, HandshakeErro
     })
 }
 
-/// Checks the responder's choice (the payload of its reply) against the offer.
-fn check_choice(payload: &[u8], offered: &[Suite]) -> Result<Suite, HandshakeError> {
-    match payload {
-        [code] => Suite::from_code(*code)
-            .filter(|s| offered.contains(s))
-            .ok_or(HandshakeError::Protocol(
-                "the peer chose a suite that was not offered",
+/// Checks the responder's choice code against the offer.
+fn check_choice(code: u8, offered: &[Suite]) -> Result<Suite, HandshakeError> {
+    Suite::from_code(code)
+        .filter(|s| offered.contains(s))
+        .ok_or(HandshakeError::Protocol(
+            "the peer chose a suite that was not offered",
+        ))
+}
+
+/// Splits `offer || rest` at the end of the suite offer (`count || codes`).
+fn split_offer(bytes: &[u8]) -> Result<(&[u8], &[u8]), HandshakeError> {
+    match bytes.first() {
+        Some(&n) if bytes.len() > usize::from(n) => Ok(bytes.split_at(1 + usize::from(n))),
+        _ => Err(HandshakeError::Protocol("bad suite offer")),
+    }
+}
+
+/// Appends a post-quantum share: [`KEM_NONE`], or [`KEM_ML_KEM_768`] and `share`.
+fn push_share(out: &mut Vec<u8>, share: Option<&[u8]>) {
+    match share {
+        Some(s) => {
+            out.push(KEM_ML_KEM_768);
+            out.extend_from_slice(s);
+        }
+        None => out.push(KEM_NONE),
+    }
+}
+
+/// Parses a post-quantum share that must fill `bytes` exactly, `len` bytes after the
+/// code. A share of the wrong length is refused here, before the KEM sees it.
+fn parse_share(bytes: &[u8], len: usize) -> Result<Option<&[u8]>, HandshakeError> {
+    match bytes {
+        [KEM_NONE] => Ok(None),
+        [KEM_ML_KEM_768, share @ ..] if share.len() == len => Ok(Some(share)),
+        [KEM_ML_KEM_768, share @ ..] if len == ENCAPSULATION_KEY_LEN => {
+            Err(KemError::EncapsulationKeyLength(share.len()).into())
+        }
+        [KEM_ML_KEM_768, share @ ..] => Err(KemError::CiphertextLength(share.len()).into()),
+        _ => Err(HandshakeError::Protocol(
+            "bad post-quantum share in the handshake payload",
+        )),
+    }
+}
+
+/// The initiator's first payload tail: `offer || share`, and the key pair it keeps.
+fn initiator_offer(policy: Policy) -> Result<(Vec<u8>, Option<KemKeyPair>), HandshakeError> {
+    let pair = match policy.post_quantum.takes_part() {
+        true => Some(KemKeyPair::generate()?),
+        false => None,
+    };
+    let mut out = suite::encode_offer(&policy.suites.offer());
+    push_share(&mut out, pair.as_ref().map(|p| p.encapsulation_key()));
+    Ok((out, pair))
+}
+
+/// The responder's side of an offer tail (`offer || share`): the suite it chooses,
+/// its reply payload (`choice || share`) and the ML-KEM secret, if any.
+fn respond_to_offer(
+    tail: &[u8],
+    policy: Policy,
+) -> Result<(Suite, Vec<u8>, Option<KemSecret>), HandshakeError> {
+    let (offer, share) = split_offer(tail)?;
+    let chosen = choose_from(offer, policy.suites)?;
+    let share = parse_share(share, ENCAPSULATION_KEY_LEN)?;
+    let mut reply = vec![chosen.code()];
+    match (share, policy.post_quantum) {
+        (Some(ek), p) if p.takes_part() => {
+            let (ct, ss) = hybrid::encapsulate(ek)?;
+            push_share(&mut reply, Some(&ct));
+            Ok((chosen, reply, Some(ss)))
+        }
+        (_, PqPolicy::Required) => Err(HandshakeError::PostQuantumRequired),
+        _ => {
+            push_share(&mut reply, None);
+            Ok((chosen, reply, None))
+        }
+    }
+}
+
+/// An ML-KEM-768 shared secret (zeroized on drop).
+type KemSecret = Zeroizing<[u8; hybrid::SHARED_SECRET_LEN]>;
+
+/// What the initiator keeps between its offer and the reply.
+struct Offered {
+    suites: Vec<Suite>,
+    kem: Option<KemKeyPair>,
+    post_quantum: PqPolicy,
+}
+
+impl Offered {
+    fn new(policy: Policy, kem: Option<KemKeyPair>) -> Self {
+        Self {
+            suites: policy.suites.offer(),
+            kem,
+            post_quantum: policy.post_quantum,
+        }
+    }
+
+    /// Checks the reply payload (`choice || share`): the suite and the ML-KEM secret.
+    fn check_reply(&self, payload: &[u8]) -> Result<(Suite, Option<KemSecret>), HandshakeError> {
+        let [code, share @ ..] = payload else {
+            return Err(HandshakeError::Protocol("bad suite choice"));
+        };
+        let chosen = check_choice(*code, &self.suites)?;
+        match (parse_share(share, CIPHERTEXT_LEN)?, &self.kem) {
+            (Some(ct), Some(pair)) => Ok((chosen, Some(pair.decapsulate(ct)?))),
+            (Some(_), None) => Err(HandshakeError::Protocol(
+                "the peer answered a post-quantum share that was not offered",
             )),
-        _ => Err(HandshakeError::Protocol("bad suite choice")),
+            (None, _) if self.post_quantum == PqPolicy::Required => {
+                Err(HandshakeError::PostQuantumRequired)
+            }
+            (None, _) => Ok((chosen, None)),
+        }
     }
 }
 
@@ -429,15 +691,15 @@ fn expect(kind: u8, body: &[u8]) -> Result<&[u8], HandshakeError> {
 }
 
 enum InitState {
-    IkSent(snow::HandshakeState, [u8; TRANSFER_ID_LEN], Vec<Suite>),
+    IkSent(snow::HandshakeState, [u8; TRANSFER_ID_LEN], Offered),
     PakeSent {
         pake: Pake,
         hello: Vec<u8>,
         rendezvous: [u8; 32],
         secret: Zeroizing<[u8; 32]>,
-        offer: Vec<Suite>,
+        policy: Policy,
     },
-    XxSent1(snow::HandshakeState, Vec<Suite>),
+    XxSent1(snow::HandshakeState, Offered),
     Finished,
 }
 
@@ -447,26 +709,28 @@ pub struct Initiator {
 }
 
 impl Initiator {
-    /// Starts a known-recipient handshake offering the automatic suite list; returns
-    /// the first frame body to send.
+    /// Starts a known-recipient handshake offering the automatic suite list and the
+    /// post-quantum exchange; returns the first frame body to send.
     pub fn known_peer(
         local: &Identity,
         remote: &PublicKey,
         rendezvous: &[u8; 32],
         transfer_id: &[u8; TRANSFER_ID_LEN],
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        Self::known_peer_with(local, remote, rendezvous, transfer_id, SuitePolicy::Auto)
+        Self::known_peer_with(local, remote, rendezvous, transfer_id, Policy::default())
     }
 
-    /// [`Initiator::known_peer`] offering the suites of `suites`.
+    /// [`Initiator::known_peer`] under `policy` (a [`Policy`], or just a
+    /// [`SuitePolicy`] with the default post-quantum policy).
     pub fn known_peer_with(
         local: &Identity,
         remote: &PublicKey,
         rendezvous: &[u8; 32],
         transfer_id: &[u8; TRANSFER_ID_LEN],
-        suites: SuitePolicy,
+        policy: impl Into<Policy>,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let offer = suites.offer();
+        let policy = policy.into();
+        let (tail, kem) = initiator_offer(policy)?;
         let secret = local.secret_bytes();
         let mut hs = builder(IK_PATTERN)?
             .local_private_key(secret.as_slice())
@@ -476,30 +740,30 @@ impl Initiator {
             .map_err(noise)?;
         let mut payload = vec![VERSION];
         payload.extend_from_slice(transfer_id);
-        payload.extend_from_slice(&suite::encode_offer(&offer));
+        payload.extend_from_slice(&tail);
         let msg = write_hs(&mut hs, &payload, KIND_HELLO)?;
         let mut frame = vec![KIND_HELLO, VERSION, AuthMethod::PinnedKey as u8];
         frame.extend_from_slice(&msg[1..]);
         Ok((
             Self {
-                state: InitState::IkSent(hs, *transfer_id, offer),
+                state: InitState::IkSent(hs, *transfer_id, Offered::new(policy, kem)),
             },
             frame,
         ))
     }
 
-    /// Starts a code-phrase handshake offering the automatic suite list; returns the
-    /// first frame body to send.
+    /// Starts a code-phrase handshake offering the automatic suite list and the
+    /// post-quantum exchange; returns the first frame body to send.
     pub fn code(local: &Identity, code: &Code, rendezvous: &[u8; 32]) -> (Self, Vec<u8>) {
-        Self::code_with(local, code, rendezvous, SuitePolicy::Auto)
+        Self::code_with(local, code, rendezvous, Policy::default())
     }
 
-    /// [`Initiator::code`] offering the suites of `suites`.
+    /// [`Initiator::code`] under `policy` (a [`Policy`], or just a [`SuitePolicy`]).
     pub fn code_with(
         local: &Identity,
         code: &Code,
         rendezvous: &[u8; 32],
-        suites: SuitePolicy,
+        policy: impl Into<Policy>,
     ) -> (Self, Vec<u8>) {
         let (pake, msg) = Pake::start(code, *rendezvous);
         let mut frame = vec![KIND_HELLO, VERSION, AuthMethod::CodePhrase as u8];
@@ -509,7 +773,7 @@ impl Initiator {
             hello: msg,
             rendezvous: *rendezvous,
             secret: local.secret_bytes(),
-            offer: suites.offer(),
+            policy: policy.into(),
         };
         (Self { state }, frame)
     }
@@ -517,11 +781,11 @@ impl Initiator {
     /// Takes the responder's next frame body.
     pub fn read(&mut self, body: &[u8]) -> Result<Step, HandshakeError> {
         match std::mem::replace(&mut self.state, InitState::Finished) {
-            InitState::IkSent(mut hs, transfer_id, offer) => {
+            InitState::IkSent(mut hs, transfer_id, offered) => {
                 let msg = expect(KIND_HANDSHAKE, body)?;
                 let payload = read_hs(&mut hs, msg)?;
-                let chosen = check_choice(&payload, &offer)?;
-                let mut est = Established::new(hs, None, chosen)?;
+                let (chosen, ss) = offered.check_reply(&payload)?;
+                let mut est = Established::new(hs, ss.as_deref(), chosen)?;
                 est.transfer_id = Some(transfer_id);
                 Ok(Step::Done(Box::new(est)))
             }
@@ -530,7 +794,7 @@ impl Initiator {
                 hello,
                 rendezvous,
                 secret,
-                offer,
+                policy,
             } => {
                 let their = expect(KIND_HANDSHAKE, body)?;
                 let psk = pake.finish(their)?;
@@ -544,18 +808,19 @@ impl Initiator {
                     ))
                     .build_initiator()
                     .map_err(noise)?;
-                let m1 = write_hs(&mut hs, &suite::encode_offer(&offer), KIND_HANDSHAKE)?;
-                self.state = InitState::XxSent1(hs, offer);
+                let (tail, kem) = initiator_offer(policy)?;
+                let m1 = write_hs(&mut hs, &tail, KIND_HANDSHAKE)?;
+                self.state = InitState::XxSent1(hs, Offered::new(policy, kem));
                 Ok(Step::Send(m1))
             }
-            InitState::XxSent1(mut hs, offer) => {
+            InitState::XxSent1(mut hs, offered) => {
                 let msg = expect(KIND_HANDSHAKE, body)?;
                 let payload = read_hs(&mut hs, msg)?;
-                let chosen = check_choice(&payload, &offer)?;
+                let (chosen, ss) = offered.check_reply(&payload)?;
                 let m3 = write_hs(&mut hs, &[], KIND_HANDSHAKE)?;
                 Ok(Step::SendThenDone(
                     m3,
-                    Box::new(Established::new(hs, None, chosen)?),
+                    Box::new(Established::new(hs, ss.as_deref(), chosen)?),
                 ))
             }
             InitState::Finished => Err(HandshakeError::Protocol("handshake already finished")),
@@ -571,9 +836,9 @@ impl std::fmt::Debug for Initiator {
 
 enum RespState {
     Start,
-    IkAwaitFirst(snow::TransportState, [u8; 32], PublicKey, Suite),
+    IkAwaitFirst(Box<Established>),
     XxAwait1(snow::HandshakeState),
-    XxAwait3(snow::HandshakeState, Suite),
+    XxAwait3(snow::HandshakeState, Suite, Option<KemSecret>),
     Finished,
 }
 
@@ -584,7 +849,7 @@ pub struct Responder {
     rendezvous: [u8; 32],
     code: Option<Code>,
     transfer_id: Option<[u8; TRANSFER_ID_LEN]>,
-    suites: SuitePolicy,
+    policy: Policy,
 }
 
 impl Responder {
@@ -597,13 +862,20 @@ impl Responder {
             rendezvous: *rendezvous,
             code,
             transfer_id: None,
-            suites: SuitePolicy::Auto,
+            policy: Policy::default(),
         }
     }
 
     /// Chooses the cipher suite under `suites` (default: [`SuitePolicy::Auto`]).
     pub fn with_suites(mut self, suites: SuitePolicy) -> Self {
-        self.suites = suites;
+        self.policy.suites = suites;
+        self
+    }
+
+    /// Answers the post-quantum exchange under `post_quantum` (default:
+    /// [`PqPolicy::Required`]).
+    pub fn with_post_quantum(mut self, post_quantum: PqPolicy) -> Self {
+        self.policy.post_quantum = post_quantum;
         self
     }
 
@@ -621,36 +893,35 @@ impl Responder {
     ) -> Result<Step, HandshakeError> {
         match std::mem::replace(&mut self.state, RespState::Finished) {
             RespState::Start => self.hello(body, accept),
-            RespState::IkAwaitFirst(mut t, hash, remote, suite) => {
-                let first = open_transport(&mut t, body)?;
-                Ok(Step::Done(Box::new(Established {
-                    transport: t,
-                    handshake_hash: hash,
-                    remote,
-                    first_message: Some(first),
-                    transfer_id: self.transfer_id,
-                    suite,
-                })))
+            RespState::IkAwaitFirst(mut est) => {
+                let first = est.open(body)?;
+                est.first_message = Some(first);
+                est.transfer_id = self.transfer_id;
+                Ok(Step::Done(est))
             }
             RespState::XxAwait1(mut hs) => {
                 // Message 1 is sealed under the PSK: if it does not open, the codes differ
                 // (or it was altered), and nothing of ours has been sent yet but the PAKE.
-                let offer = match read_hs(&mut hs, expect(KIND_HANDSHAKE, body)?) {
+                let tail = match read_hs(&mut hs, expect(KIND_HANDSHAKE, body)?) {
                     Ok(payload) => payload,
                     Err(HandshakeError::Authentication) => {
                         return Err(HandshakeError::CodeMismatch);
                     }
                     Err(e) => return Err(e),
                 };
-                let chosen = choose_from(&offer, self.suites)?;
-                let m2 = write_hs(&mut hs, &[chosen.code()], KIND_HANDSHAKE)?;
-                self.state = RespState::XxAwait3(hs, chosen);
+                let (chosen, reply, ss) = respond_to_offer(&tail, self.policy)?;
+                let m2 = write_hs(&mut hs, &reply, KIND_HANDSHAKE)?;
+                self.state = RespState::XxAwait3(hs, chosen, ss);
                 Ok(Step::Send(m2))
             }
-            RespState::XxAwait3(mut hs, chosen) => {
+            RespState::XxAwait3(mut hs, chosen, ss) => {
                 // The code was confirmed by message 1: a failure here is tampering.
                 read_hs(&mut hs, expect(KIND_HANDSHAKE, body)?)?;
-                Ok(Step::Done(Box::new(Established::new(hs, None, chosen)?)))
+                Ok(Step::Done(Box::new(Established::new(
+                    hs,
+                    ss.as_deref(),
+                    chosen,
+                )?)))
             }
             RespState::Finished => Err(HandshakeError::Protocol("handshake already finished")),
         }
@@ -675,13 +946,13 @@ impl Responder {
                     .build_responder()
                     .map_err(noise)?;
                 let payload = read_hs(&mut hs, rest)?;
-                let offer = match payload.as_slice() {
+                let tail = match payload.as_slice() {
                     [v, rest @ ..] if *v == VERSION && rest.len() > TRANSFER_ID_LEN => {
-                        let (id, offer) = rest.split_at(TRANSFER_ID_LEN);
+                        let (id, tail) = rest.split_at(TRANSFER_ID_LEN);
                         let mut t = [0u8; TRANSFER_ID_LEN];
                         t.copy_from_slice(id);
                         self.transfer_id = Some(t);
-                        offer
+                        tail
                     }
                     [v, ..] if *v != VERSION => return Err(HandshakeError::UnsupportedVersion(*v)),
                     _ => return Err(HandshakeError::Protocol("bad message 1 payload")),
@@ -694,13 +965,12 @@ impl Responder {
                 if !accept(&remote) {
                     return Err(HandshakeError::UnknownPeer(remote.fingerprint()));
                 }
-                // The key is checked first: an unknown sender learns nothing of our suites.
-                let chosen = choose_from(offer, self.suites)?;
-                let m2 = write_hs(&mut hs, &[chosen.code()], KIND_HANDSHAKE)?;
-                let mut hash = [0u8; 32];
-                hash.copy_from_slice(hs.get_handshake_hash());
-                let t = hs.into_transport_mode().map_err(noise)?;
-                self.state = RespState::IkAwaitFirst(t, hash, remote, chosen);
+                // The key is checked first: an unknown sender learns nothing of our
+                // suites, and gets no encapsulation.
+                let (chosen, reply, ss) = respond_to_offer(tail, self.policy)?;
+                let m2 = write_hs(&mut hs, &reply, KIND_HANDSHAKE)?;
+                let est = Established::new(hs, ss.as_deref(), chosen)?;
+                self.state = RespState::IkAwaitFirst(Box::new(est));
                 Ok(Step::Send(m2))
             }
             (m, Some(code)) if m == AuthMethod::CodePhrase as u8 => {

@@ -1,6 +1,8 @@
 //! Cryptographic core.
 //!
 //! - [`aead`]: ChaCha20-Poly1305 and AES-256-GCM behind one small interface.
+//! - [`handshake`]: the end-to-end handshake (Noise IK or SPAKE2 + XXpsk0), sans-IO.
+//! - [`hybrid`]: its post-quantum part (ML-KEM-768) and the session key schedule.
 //! - [`suite`]: the STREAM cipher suites, their negotiation and per-key usage limits.
 //! - [`stream`]: the STREAM construction (per-file keys, chunk nonces, in-place seal and
 //!   open as sans-IO state machines).
@@ -12,6 +14,7 @@ pub mod aead;
 pub mod chunk_hash;
 mod cipher_pool;
 pub mod handshake;
+pub mod hybrid;
 pub mod identity;
 pub mod pake;
 pub mod pipeline;

@@ -92,8 +92,11 @@ fn handshake_kind(e: &HandshakeError) -> ErrorKind {
         e,
         HandshakeError::NoCommonSuite { .. }
             | HandshakeError::PeerAborted(AbortReason::NoCommonSuite)
+            | HandshakeError::PostQuantumRequired
+            | HandshakeError::PeerAborted(AbortReason::PostQuantumRequired)
     ) {
-        // The two sides' `[transfer] suite` settings exclude each other.
+        // The two sides' `[transfer] suite` (or `post_quantum`) settings exclude each
+        // other.
         ErrorKind::Refused
     } else {
         ErrorKind::Other

@@ -88,7 +88,7 @@ pub(crate) async fn receive(
     let mut held = plan.held;
     let mut superseded = plan.superseded;
 
-    let keys = TransferKey::derive(&ses.est.handshake_hash(), &offer.session_secret)
+    let keys = TransferKey::derive(ses.est.file_salt().as_slice(), &offer.session_secret)
         .with_suite(ses.est.suite());
     // In known-recipient mode the transfer id also travelled in message 1: they must agree.
     let transfer_id = offer.transfer_id;

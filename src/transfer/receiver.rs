@@ -59,6 +59,9 @@ pub struct ReceivePolicy {
     pub offers: Policy,
     /// The STREAM cipher suites accepted (`[transfer] suite`).
     pub suites: crate::crypto::suite::SuitePolicy,
+    /// Whether a sender without the post-quantum exchange is accepted (`[transfer]
+    /// post_quantum`).
+    pub post_quantum: crate::crypto::hybrid::PqPolicy,
 }
 
 /// The receiving side, configured once: this endpoint's identity and address book, its
@@ -237,7 +240,8 @@ impl Receiver {
         let policy = &self.policy;
         let timeouts = &policy.timeouts;
         let machine = Responder::new(&self.identity, &self.rendezvous(), policy.code.clone())
-            .with_suites(policy.suites);
+            .with_suites(policy.suites)
+            .with_post_quantum(policy.post_quantum);
         let accept_unknown = policy.accept_unknown;
         let book = &self.book;
         let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();

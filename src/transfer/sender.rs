@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use crate::audit::{Audit, AuthMethod, SessionAudit, Side};
 use crate::crypto::chunk_hash::TreeHash;
+use crate::crypto::handshake::Policy as HandshakePolicy;
 use crate::crypto::handshake::{HandshakeError, Initiator, TRANSFER_ID_LEN};
+use crate::crypto::hybrid::PqPolicy;
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::crypto::pake::Code;
 use crate::crypto::pipeline::CipherPool;
@@ -82,6 +84,7 @@ pub struct Sender {
     pool: Arc<CipherPool>,
     chunk: ChunkSize,
     suites: SuitePolicy,
+    post_quantum: PqPolicy,
     timeouts: Timeouts,
     audit: Audit,
     events: Events,
@@ -93,6 +96,7 @@ impl std::fmt::Debug for Sender {
             .field("key", &self.identity.public())
             .field("chunk", &self.chunk)
             .field("suites", &self.suites)
+            .field("post_quantum", &self.post_quantum)
             .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
     }
@@ -107,6 +111,7 @@ impl Sender {
             pool,
             chunk: DEFAULT_CHUNK_SIZE,
             suites: SuitePolicy::Auto,
+            post_quantum: PqPolicy::default(),
             timeouts: Timeouts::default(),
             audit: Audit::off(),
             events: crate::transfer::events::quiet(),
@@ -122,6 +127,13 @@ impl Sender {
     /// The STREAM cipher suites offered (default: [`SuitePolicy::Auto`]).
     pub fn suites(mut self, suites: SuitePolicy) -> Self {
         self.suites = suites;
+        self
+    }
+
+    /// Whether the post-quantum (ML-KEM-768) exchange is offered and required (default:
+    /// [`PqPolicy::Required`]).
+    pub fn post_quantum(mut self, post_quantum: PqPolicy) -> Self {
+        self.post_quantum = post_quantum;
         self
     }
 
@@ -246,17 +258,17 @@ impl Sender {
         let (tx, rx) = conn.open_bi().await?;
         let mut ctl = tokio::io::join(rx, tx);
         let transfer_id: [u8; TRANSFER_ID_LEN] = random()?;
+        let policy = HandshakePolicy {
+            suites: self.suites,
+            post_quantum: self.post_quantum,
+        };
         let (machine, first) = match recipient {
-            Recipient::Known(key) => Initiator::known_peer_with(
-                local,
-                key,
-                &rendezvous_for(key),
-                &transfer_id,
-                self.suites,
-            )
-            .map_err(SessionError::from)?,
+            Recipient::Known(key) => {
+                Initiator::known_peer_with(local, key, &rendezvous_for(key), &transfer_id, policy)
+                    .map_err(SessionError::from)?
+            }
             Recipient::Code(code) => {
-                Initiator::code_with(local, code, &rendezvous_for_code(code), self.suites)
+                Initiator::code_with(local, code, &rendezvous_for_code(code), policy)
             }
         };
         let mut est = timeouts
@@ -317,7 +329,7 @@ impl Sender {
                 return Err(Violation::UnknownResumePoint.into());
             }
         }
-        let keys = TransferKey::derive(&est.handshake_hash(), &secret).with_suite(est.suite());
+        let keys = TransferKey::derive(est.file_salt().as_slice(), &secret).with_suite(est.suite());
         let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut sent: Vec<Option<blake3::Hash>> = vec![None; files.len()];
         let mut resumed = 0u64;

@@ -7,4 +7,5 @@ mod common;
 mod faults;
 mod hostile_peer;
 mod malicious_peer;
+mod quic_kx;
 mod tamper;

@@ -101,7 +101,8 @@ async fn offer_with(
             return None;
         };
         if let (Reply::Accept { .. }, Some(d)) = (&reply, data) {
-            let keys = TransferKey::derive(&est.handshake_hash(), &secret).with_suite(est.suite());
+            let keys =
+                TransferKey::derive(est.file_salt().as_slice(), &secret).with_suite(est.suite());
             let chunk = ChunkSize::new(u64::from(start.chunk_size)).unwrap();
             let path = c.dir.path().join("actual.bin");
             std::fs::write(&path, vec![0x41; d.actual as usize]).unwrap();

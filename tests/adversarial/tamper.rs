@@ -227,60 +227,138 @@ async fn a_stream_replayed_from_another_session_is_refused() {
     must_fail(Arc::new(Inject(recorded))).await;
 }
 
-/// Rewrites the cipher suite offer (sender to receiver) or the choice (receiver to
-/// sender) in the handshake on the control stream. Both are at known places before the
-/// tag of an encrypted Noise payload, and the payload is malleable: XOR turns the code of
-/// AES-256-GCM (2) into that of ChaCha20-Poly1305 (1) and back. Only the tag stops it.
-struct RewriteSuite {
-    /// The sender's offer (`BToA`) or the receiver's choice (`AToB`).
+/// A change to a frame body.
+type Edit = dyn Fn(&mut Vec<u8>) + Send + Sync;
+
+/// Rewrites the first handshake frame one way on the control stream: the sender's
+/// message 1 (`BToA`) or the receiver's message 2 (`AToB`). It holds the stream's bytes
+/// back until the whole frame is in (message 1 with its ML-KEM-768 key is larger than a
+/// QUIC packet, so it may come in pieces), hands the body to `edit`, and forwards the
+/// edited frame with its length field fixed, then everything else unchanged.
+struct RewriteFrame {
     dir: Direction,
-    /// Bytes before the end of the frame of the code to change.
-    from_end: usize,
-    done: Mutex<bool>,
+    edit: Box<Edit>,
+    /// Bytes held back so far, and whether the frame was already rewritten.
+    state: Mutex<(Vec<u8>, bool)>,
 }
 
-impl Tap for RewriteSuite {
-    fn forward(&self, dir: Direction, stream: StreamId, chunk: Bytes) -> Vec<Bytes> {
-        let mut done = self.done.lock().unwrap();
-        if dir != self.dir || stream.dir() != Dir::Bi || *done {
-            return vec![chunk];
-        }
-        // The first frame this way: a 2-byte length, then the body.
-        let len = usize::from(u16::from_be_bytes([chunk[0], chunk[1]]));
-        assert!(chunk.len() >= 2 + len, "the handshake frame came in pieces");
-        let mut v = chunk.to_vec();
-        v[2 + len - self.from_end] ^= 0x02 ^ 0x01;
-        *done = true;
-        vec![Bytes::from(v)]
+impl RewriteFrame {
+    fn new(dir: Direction, edit: impl Fn(&mut Vec<u8>) + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(RewriteFrame {
+            dir,
+            edit: Box::new(edit),
+            state: Mutex::default(),
+        })
     }
 }
 
+impl Tap for RewriteFrame {
+    fn forward(&self, dir: Direction, stream: StreamId, chunk: Bytes) -> Vec<Bytes> {
+        let mut st = self.state.lock().unwrap();
+        let (held, done) = &mut *st;
+        if dir != self.dir || stream.dir() != Dir::Bi || *done {
+            return vec![chunk];
+        }
+        held.extend_from_slice(&chunk);
+        if held.len() < 2 {
+            return vec![];
+        }
+        // A 2-byte length, then the body.
+        let len = usize::from(u16::from_be_bytes([held[0], held[1]]));
+        if held.len() < 2 + len {
+            return vec![];
+        }
+        let mut body = held[2..2 + len].to_vec();
+        (self.edit)(&mut body);
+        let mut out = u16::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&held[2 + len..]);
+        *done = true;
+        held.clear();
+        vec![Bytes::from(out)]
+    }
+}
+
+/// XORs `delta` into the byte `from_end` bytes before the end of a frame body (the Noise
+/// payload is encrypted but malleable: a path that knows the layout flips exactly the
+/// bits it wants, and only the tag stops it).
+fn xor_from_end(from_end: usize, delta: u8) -> impl Fn(&mut Vec<u8>) + Send + Sync + 'static {
+    move |body: &mut Vec<u8>| {
+        let at = body.len() - from_end;
+        body[at] ^= delta;
+    }
+}
+
+/// Removes the post-quantum share that ends a handshake payload (`share_len` bytes after
+/// its code byte, before the 16-byte tag) and turns the code into "none" (1 to 0), as a
+/// path that wants a classical-only session would.
+fn strip_share(share_len: usize) -> impl Fn(&mut Vec<u8>) + Send + Sync + 'static {
+    move |body: &mut Vec<u8>| {
+        let end = body.len() - TAG;
+        body.drain(end - share_len..end);
+        body[end - share_len - 1] ^= 0x01;
+    }
+}
+
+/// The Noise tag after every encrypted payload.
+const TAG: usize = 16;
+/// The post-quantum share of message 1 (code byte, ML-KEM-768 encapsulation key).
+const SHARE_1: usize = 1 + phi_conduit::crypto::hybrid::ENCAPSULATION_KEY_LEN;
+/// The post-quantum share of message 2 (code byte, ML-KEM-768 ciphertext).
+const SHARE_2: usize = 1 + phi_conduit::crypto::hybrid::CIPHERTEXT_LEN;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_strips_aes_from_the_offer_fails_authentication_on_both_sides() {
-    // The automatic offer is [2, first, second] before the 16-byte tag; AES is first
-    // with hardware AES, second without. Turning it into ChaCha leaves [ChaCha, ChaCha].
+    // The automatic offer is [2, first, second], then the post-quantum share and the
+    // tag; AES is first with hardware AES, second without. Turning it into ChaCha leaves
+    // [ChaCha, ChaCha].
     let from_end = if phi_conduit::crypto::suite::hardware_aes() {
-        16 + 2
+        TAG + SHARE_1 + 2
     } else {
-        16 + 1
+        TAG + SHARE_1 + 1
     };
-    let tap = RewriteSuite {
-        dir: Direction::BToA,
-        from_end,
-        done: Mutex::new(false),
-    };
-    both_fail_authentication(Arc::new(tap)).await;
+    let tap = RewriteFrame::new(Direction::BToA, xor_from_end(from_end, 0x02 ^ 0x01));
+    both_fail_authentication(tap).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_rewrites_the_chosen_suite_fails_authentication_on_both_sides() {
-    // The receiver's reply: its ephemeral key, then the one-byte choice and the tag.
-    let tap = RewriteSuite {
-        dir: Direction::AToB,
-        from_end: 16 + 1,
-        done: Mutex::new(false),
-    };
-    both_fail_authentication(Arc::new(tap)).await;
+    // The receiver's reply: its ephemeral key, then the one-byte choice, the
+    // post-quantum share and the tag.
+    let tap = RewriteFrame::new(
+        Direction::AToB,
+        xor_from_end(TAG + SHARE_2 + 1, 0x02 ^ 0x01),
+    );
+    both_fail_authentication(tap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_removes_the_ml_kem_key_from_message_1_fails_authentication_on_both_sides() {
+    both_fail_authentication(RewriteFrame::new(Direction::BToA, strip_share(SHARE_1 - 1))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_rewrites_the_ml_kem_key_fails_authentication_on_both_sides() {
+    // A bit in the middle of the encapsulation key.
+    both_fail_authentication(RewriteFrame::new(
+        Direction::BToA,
+        xor_from_end(TAG + SHARE_1 / 2, 0x10),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_removes_the_ml_kem_ciphertext_fails_authentication_on_both_sides() {
+    both_fail_authentication(RewriteFrame::new(Direction::AToB, strip_share(SHARE_2 - 1))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_rewrites_the_ml_kem_ciphertext_fails_authentication_on_both_sides() {
+    both_fail_authentication(RewriteFrame::new(
+        Direction::AToB,
+        xor_from_end(TAG + SHARE_2 / 2, 0x10),
+    ))
+    .await;
 }
 
 async fn both_fail_authentication(tap: Arc<dyn Tap>) {

@@ -1,14 +1,20 @@
 //! The handshake state machines, in memory, both modes, honest and hostile.
 
 use phi_conduit::crypto::handshake::{
-    AbortReason, Established, HandshakeError, Initiator, Responder, Step, abort_frame,
+    AbortReason, AuthMethod, Established, HandshakeError, IK_PATTERN, Initiator, Policy, Responder,
+    Step, VERSION, abort_frame, prologue,
 };
+use phi_conduit::crypto::hybrid::{KemError, PqPolicy};
 use phi_conduit::crypto::identity::{Identity, PublicKey};
 use phi_conduit::crypto::pake::Code;
 use phi_conduit::crypto::suite::{Suite, SuitePolicy, hardware_aes};
 
 const RV: [u8; 32] = [9; 32];
 const TID: [u8; 16] = [4; 16];
+/// The post-quantum share of message 1: the code byte and the ML-KEM-768 encapsulation key.
+const SHARE_1: usize = 1 + phi_conduit::crypto::hybrid::ENCAPSULATION_KEY_LEN;
+/// The post-quantum share of message 2: the code byte and the ML-KEM-768 ciphertext.
+const SHARE_2: usize = 1 + phi_conduit::crypto::hybrid::CIPHERTEXT_LEN;
 
 /// Which frame (0-based, in order on the wire) to change, and how.
 type Tamper<'a> = Option<(usize, &'a dyn Fn(&mut Vec<u8>))>;
@@ -447,17 +453,18 @@ fn oversize_session_messages_are_refused_before_sending() {
 }
 
 /// The code mode is XXpsk0 (since protocol version 2; version 3 adds the suite offer to
-/// the payload): the PSK is mixed in before message 1, so message 1 carries a tag under
-/// it (32-byte ephemeral + the suite offer + 16-byte tag; XXpsk3's message 1 is the
-/// ephemeral and the payload in clear), and a wrong code fails right there, before the
-/// responder writes message 2 with its static key.
+/// the payload, version 4 the ML-KEM-768 share): the PSK is mixed in before message 1, so
+/// message 1 carries a tag under it (32-byte ephemeral + the suite offer + the share +
+/// 16-byte tag; XXpsk3's message 1 is the ephemeral and the payload in clear), and a
+/// wrong code fails right there, before the responder writes message 2 with its static
+/// key.
 #[test]
 fn the_code_mode_is_xxpsk0_and_a_wrong_code_fails_at_message_1() {
     assert_eq!(
         phi_conduit::crypto::handshake::XXPSK0_PATTERN,
         "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"
     );
-    assert_eq!(phi_conduit::crypto::handshake::VERSION, 3);
+    assert_eq!(phi_conduit::crypto::handshake::VERSION, 4);
     let (alice, bob) = ids();
     let code = Code::parse("8-crystal-harbor-orbit").unwrap();
     let (mut i, hello) = Initiator::code(&alice, &code, &RV);
@@ -471,7 +478,7 @@ fn the_code_mode_is_xxpsk0_and_a_wrong_code_fails_at_message_1() {
     let offer = phi_conduit::crypto::suite::encode_offer(&SuitePolicy::Auto.offer());
     assert_eq!(
         m1.len(),
-        1 + 32 + offer.len() + 16,
+        1 + 32 + offer.len() + SHARE_1 + 16,
         "message 1 is not sealed under the PSK"
     );
     // The offer does not travel in clear.
@@ -581,12 +588,13 @@ fn xor_from_end(from_end: usize, delta: u8) -> impl Fn(&mut Vec<u8>) {
 fn a_path_that_rewrites_the_offer_or_the_choice_fails_authentication_on_both_sides() {
     use Suite::{Aes256Gcm as Aes, ChaCha20Poly1305 as ChaCha};
     let offer = SuitePolicy::Only(Aes).offer();
-    // The offer [count, AES] ends message 1's payload, before the 16-byte tag: turning
-    // AES (2) into ChaCha (1) is an XOR with 3 on the last code byte.
-    let strip_aes = xor_from_end(16 + 1, Aes.code() ^ ChaCha.code());
+    // The offer [count, AES] comes just before the post-quantum share at the end of
+    // message 1's payload, before the 16-byte tag: turning AES (2) into ChaCha (1) is an
+    // XOR with 3 on the last code byte.
+    let strip_aes = xor_from_end(16 + SHARE_1 + 1, Aes.code() ^ ChaCha.code());
     assert_eq!(offer.len(), 1);
-    // The choice is the whole payload of the responder's reply, before its tag.
-    let force_chacha = xor_from_end(16 + 1, Aes.code() ^ ChaCha.code());
+    // The choice is the first byte of the responder's reply payload, before its share.
+    let force_chacha = xor_from_end(16 + SHARE_2 + 1, Aes.code() ^ ChaCha.code());
     let (policy, auto) = (SuitePolicy::Only(Aes), SuitePolicy::Auto);
     for (name, o) in [
         (
@@ -611,4 +619,278 @@ fn a_path_that_rewrites_the_offer_or_the_choice_fails_authentication_on_both_sid
         assert!(ie.is_auth(), "{name}: initiator {ie:?}");
         assert!(re.is_auth(), "{name}: responder {re:?}");
     }
+}
+
+fn pq_run(init: PqPolicy, resp: PqPolicy, code: bool, tamper: Tamper<'_>) -> Outcome {
+    let (alice, bob) = ids();
+    if code {
+        let c = Code::parse("6-crystal-harbor-orbit").unwrap();
+        let (i, f) = Initiator::code_with(&alice, &c, &RV, init);
+        let r = Responder::new(&bob, &RV, Some(c)).with_post_quantum(resp);
+        run(i, f, r, &mut |_| true, tamper)
+    } else {
+        let (i, f) = Initiator::known_peer_with(&alice, &bob.public(), &RV, &TID, init).unwrap();
+        let r = Responder::new(&bob, &RV, None).with_post_quantum(resp);
+        run(i, f, r, &mut |_| true, tamper)
+    }
+}
+
+#[test]
+fn the_post_quantum_exchange_is_on_by_default_in_both_modes() {
+    let (alice, bob) = ids();
+    for o in [
+        known(&alice, &bob, &bob.public(), &mut |_| true, None),
+        coded(
+            &alice,
+            &bob,
+            "2-crystal-harbor-orbit",
+            "2-crystal-harbor-orbit",
+            None,
+        ),
+    ] {
+        let (mut i, mut r) = (o.init.unwrap(), o.resp.unwrap());
+        assert!(i.post_quantum() && r.post_quantum());
+        assert_eq!(*i.file_salt(), *r.file_salt());
+        // The file salt is derived, not the handshake hash itself.
+        assert_ne!(*i.file_salt(), i.handshake_hash());
+        let f = r.seal_message(&7u32).unwrap();
+        assert_eq!(i.open_message::<u32>(&f).unwrap(), 7);
+    }
+}
+
+#[test]
+fn post_quantum_policies_in_both_modes() {
+    use PqPolicy::{Off, Preferred, Required};
+    // (initiator, responder) -> Some(post-quantum session?) or None (refused).
+    let cases = [
+        (Required, Required, Some(true)),
+        (Required, Preferred, Some(true)),
+        (Preferred, Required, Some(true)),
+        (Preferred, Preferred, Some(true)),
+        (Preferred, Off, Some(false)),
+        (Off, Preferred, Some(false)),
+        (Off, Off, Some(false)),
+        (Required, Off, None),
+        (Off, Required, None),
+    ];
+    for (init, resp, expected) in cases {
+        for code in [false, true] {
+            let o = pq_run(init, resp, code, None);
+            let what = format!("{init} / {resp}, code mode {code}");
+            match expected {
+                Some(pq) => {
+                    let (i, r) = match (o.init, o.resp) {
+                        (Ok(i), Ok(r)) => (i, r),
+                        (i, r) => panic!("{what}: {:?} / {:?}", i.err(), r.err()),
+                    };
+                    assert_eq!((i.post_quantum(), r.post_quantum()), (pq, pq), "{what}");
+                    assert_eq!(*i.file_salt(), *r.file_salt(), "{what}");
+                }
+                None => {
+                    // The side that requires it refuses; the other hears why.
+                    let (ie, re) = (o.init.unwrap_err(), o.resp.unwrap_err());
+                    let (refuser, told) = if init == Required {
+                        (&ie, &re)
+                    } else {
+                        (&re, &ie)
+                    };
+                    assert!(
+                        matches!(refuser, HandshakeError::PostQuantumRequired),
+                        "{what}: {refuser:?}"
+                    );
+                    assert!(
+                        matches!(
+                            told,
+                            HandshakeError::PeerAborted(AbortReason::PostQuantumRequired)
+                        ),
+                        "{what}: {told:?}"
+                    );
+                    assert!(!refuser.is_auth() && !told.is_auth());
+                    assert!(
+                        refuser
+                            .to_string()
+                            .contains("post-quantum key exchange required")
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Removes the post-quantum share that ends a handshake payload (before the tag) and
+/// turns its code into "none", as a path that wants a classical session would.
+fn strip_share(share_len: usize) -> impl Fn(&mut Vec<u8>) {
+    move |f: &mut Vec<u8>| {
+        let end = f.len() - 16;
+        f.drain(end - share_len..end);
+        f[end - share_len - 1] ^= 0x01;
+    }
+}
+
+#[test]
+fn a_path_that_strips_or_rewrites_a_post_quantum_share_fails_authentication_on_both_sides() {
+    let strip_key = strip_share(SHARE_1 - 1);
+    let strip_ct = strip_share(SHARE_2 - 1);
+    let bend_key = xor_from_end(16 + SHARE_1 / 2, 0x10);
+    let bend_ct = xor_from_end(16 + SHARE_2 / 2, 0x10);
+    // Known mode: frame 0 is message 1, 1 is message 2. Code mode: 2 and 3. Even a
+    // responder that would accept a classical peer fails: the transcript changed.
+    for resp in [PqPolicy::Required, PqPolicy::Preferred] {
+        for (name, code, frame, t) in [
+            (
+                "known: strip key",
+                false,
+                0,
+                &strip_key as &dyn Fn(&mut Vec<u8>),
+            ),
+            ("known: rewrite key", false, 0, &bend_key),
+            ("known: strip ciphertext", false, 1, &strip_ct),
+            ("known: rewrite ciphertext", false, 1, &bend_ct),
+            ("code: strip key", true, 2, &strip_key),
+            ("code: rewrite key", true, 2, &bend_key),
+            ("code: strip ciphertext", true, 3, &strip_ct),
+            ("code: rewrite ciphertext", true, 3, &bend_ct),
+        ] {
+            let o = pq_run(PqPolicy::Preferred, resp, code, Some((frame, t)));
+            let (ie, re) = (o.init.err().unwrap(), o.resp.err().unwrap());
+            assert!(ie.is_auth(), "{name}: initiator {ie:?}");
+            assert!(re.is_auth(), "{name}: responder {re:?}");
+        }
+    }
+}
+
+#[test]
+fn message_sizes_carry_the_ml_kem_shares() {
+    let (alice, bob) = ids();
+    let offer = phi_conduit::crypto::suite::encode_offer(&SuitePolicy::Auto.offer());
+    let (mut i, m1) = Initiator::known_peer(&alice, &bob.public(), &RV, &TID).unwrap();
+    // hello header, ephemeral, encrypted static, payload (version, transfer id, offer,
+    // share), tag.
+    assert_eq!(m1.len(), 3 + 32 + 48 + 1 + 16 + offer.len() + SHARE_1 + 16);
+    let mut r = Responder::new(&bob, &RV, None);
+    let Ok(Step::Send(m2)) = r.read(&m1, &mut |_| true) else {
+        panic!("no message 2")
+    };
+    assert_eq!(m2.len(), 1 + 32 + 1 + SHARE_2 + 16);
+    assert!(matches!(i.read(&m2), Ok(Step::Done(_))));
+    // Without the exchange both shares are one byte.
+    let (_, m1) =
+        Initiator::known_peer_with(&alice, &bob.public(), &RV, &TID, PqPolicy::Off).unwrap();
+    assert_eq!(m1.len(), 3 + 32 + 48 + 1 + 16 + offer.len() + 1 + 16);
+}
+
+/// A known-peer message 1 made with Noise directly, with any payload tail after the
+/// version and the transfer id: what a hostile but authenticated sender can send.
+fn crafted_message_1(alice: &Identity, bob: &Identity, tail: &[u8]) -> Vec<u8> {
+    let secret = alice.secret_bytes();
+    let mut hs = snow::Builder::new(IK_PATTERN.parse().unwrap())
+        .local_private_key(secret.as_slice())
+        .remote_public_key(bob.public().as_bytes())
+        .prologue(&prologue(AuthMethod::PinnedKey, &RV, None))
+        .build_initiator()
+        .unwrap();
+    let mut payload = vec![VERSION];
+    payload.extend_from_slice(&TID);
+    payload.extend_from_slice(tail);
+    let mut out = vec![0u8; 65535];
+    let n = hs.write_message(&payload, &mut out).unwrap();
+    let mut frame = vec![0x01, VERSION, AuthMethod::PinnedKey as u8];
+    frame.extend_from_slice(&out[..n]);
+    frame
+}
+
+#[test]
+fn a_malformed_encapsulation_key_is_a_protocol_error_not_a_panic() {
+    let (alice, bob) = ids();
+    let offer = phi_conduit::crypto::suite::encode_offer(&SuitePolicy::Auto.offer());
+    let ek_len = phi_conduit::crypto::hybrid::ENCAPSULATION_KEY_LEN;
+    for n in [0, 1, 32, ek_len - 1, ek_len + 1, 4000] {
+        let mut tail = offer.clone();
+        tail.push(1);
+        tail.extend(std::iter::repeat_n(0x5a, n));
+        let m1 = crafted_message_1(&alice, &bob, &tail);
+        let err = Responder::new(&bob, &RV, None)
+            .read(&m1, &mut |_| true)
+            .unwrap_err();
+        assert!(
+            matches!(err, HandshakeError::Kem(KemError::EncapsulationKeyLength(k)) if k == n),
+            "{n}: {err:?}"
+        );
+        assert_eq!(err.abort_reason(), AbortReason::Protocol);
+    }
+    // An unknown key-exchange code, and no share at all (a version 3 payload).
+    for share in [&[9u8][..], &[]] {
+        let mut tail = offer.clone();
+        tail.extend_from_slice(share);
+        let m1 = crafted_message_1(&alice, &bob, &tail);
+        let err = Responder::new(&bob, &RV, None)
+            .read(&m1, &mut |_| true)
+            .unwrap_err();
+        assert!(matches!(err, HandshakeError::Protocol(_)), "{err:?}");
+    }
+    // A well-formed "none" share is a classical peer: refused by default.
+    let mut tail = offer.clone();
+    tail.push(0);
+    let m1 = crafted_message_1(&alice, &bob, &tail);
+    assert!(matches!(
+        Responder::new(&bob, &RV, None).read(&m1, &mut |_| true),
+        Err(HandshakeError::PostQuantumRequired)
+    ));
+}
+
+#[test]
+fn a_malformed_ciphertext_is_a_protocol_error_not_a_panic() {
+    let ct_len = phi_conduit::crypto::hybrid::CIPHERTEXT_LEN;
+    let chacha = Policy {
+        suites: SuitePolicy::Only(Suite::ChaCha20Poly1305),
+        post_quantum: PqPolicy::Required,
+    };
+    for n in [0, 1, ct_len - 1, ct_len + 1] {
+        let (alice, bob) = ids();
+        let (mut i, m1) =
+            Initiator::known_peer_with(&alice, &bob.public(), &RV, &TID, chacha).unwrap();
+        // A responder made with Noise directly answers with a short ciphertext.
+        let secret = bob.secret_bytes();
+        let mut hs = snow::Builder::new(IK_PATTERN.parse().unwrap())
+            .local_private_key(secret.as_slice())
+            .prologue(&prologue(AuthMethod::PinnedKey, &RV, None))
+            .build_responder()
+            .unwrap();
+        let mut buf = vec![0u8; 65535];
+        hs.read_message(&m1[3..], &mut buf).unwrap();
+        let mut payload = vec![Suite::ChaCha20Poly1305.code(), 1];
+        payload.extend(std::iter::repeat_n(0xa5, n));
+        let k = hs.write_message(&payload, &mut buf).unwrap();
+        let mut m2 = vec![0x02];
+        m2.extend_from_slice(&buf[..k]);
+        let err = i.read(&m2).unwrap_err();
+        assert!(
+            matches!(err, HandshakeError::Kem(KemError::CiphertextLength(c)) if c == n),
+            "{n}: {err:?}"
+        );
+        assert_eq!(err.abort_reason(), AbortReason::Protocol);
+    }
+}
+
+#[test]
+fn a_replayed_message_1_gets_a_fresh_encapsulation_each_time() {
+    // Two responders answer the same replayed message 1: each encapsulates with fresh
+    // randomness, so the two replies (and their secrets) differ, and neither completes
+    // without the initiator's decapsulation key of that run.
+    let (alice, bob) = ids();
+    let (_i, m1) = Initiator::known_peer(&alice, &bob.public(), &RV, &TID).unwrap();
+    let replies: Vec<Vec<u8>> = (0..2)
+        .map(
+            |_| match Responder::new(&bob, &RV, None).read(&m1, &mut |_| true) {
+                Ok(Step::Send(m2)) => m2,
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    let ct = |m: &Vec<u8>| m[m.len() - 16 - SHARE_2 + 1..m.len() - 16].to_vec();
+    assert_ne!(ct(&replies[0]), ct(&replies[1]));
+    // Two runs of the initiator send different messages 1 (fresh ML-KEM key pairs too:
+    // tests of crypto::hybrid).
+    let (_j, m1b) = Initiator::known_peer(&alice, &bob.public(), &RV, &TID).unwrap();
+    assert_ne!(m1, m1b);
 }

@@ -8,6 +8,7 @@ mod addresses;
 mod code_wait;
 mod human_output;
 mod offers;
+mod post_quantum;
 mod receiver_fs;
 mod signals;
 mod source_change;
