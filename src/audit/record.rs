@@ -265,13 +265,16 @@ pub fn parse(line: &str) -> Result<Parsed, LineError> {
     })
 }
 
-/// Lower-case hex.
+/// Lower-case hex (one allocation, no formatting machinery: every record of the log,
+/// and every file a receiver creates, needs some).
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// 64 lower-case hex digits to 32 bytes.
@@ -312,6 +315,15 @@ pub fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_the_lower_case_hex_of_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), expected);
+        assert_eq!(hex(&[]), "");
+        assert_eq!(unhex(&hex(&[0xa5; 32])), Some([0xa5; 32]));
+    }
 
     fn sample() -> Record {
         Record {

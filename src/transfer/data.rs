@@ -549,17 +549,22 @@ async fn receive_single(
     if tree.pushed() != index {
         return Err(PipelineError::HashShape.into());
     }
-    let mut buf = BytesMut::zeroed(layout.sealed_len(index));
-    recv.read_exact(&mut buf)
-        .await
-        .map_err(read_error)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => PipelineError::Stream(StreamError::Truncated {
+    // The sealed chunk, gathered from the stream's pieces as quinn hands them over (no
+    // zero-filled buffer to read into: one allocation, one copy of each byte).
+    let sealed = layout.sealed_len(index);
+    let mut buf = BytesMut::with_capacity(sealed);
+    while buf.len() < sealed {
+        let piece = recv
+            .read_chunk(sealed - buf.len(), true)
+            .await
+            .map_err(|e| read_error(quinn::ReadExactError::ReadError(e)))
+            .map_err(|source| PipelineError::Io { index, source })?
+            .ok_or(PipelineError::Stream(StreamError::Truncated {
                 received: index,
                 expected: layout.count(),
-            }),
-            _ => PipelineError::Io { index, source: e },
-        })?;
+            }))?;
+        buf.extend_from_slice(&piece.bytes);
+    }
     file.key
         .open_chunk(index, true, &mut buf)
         .map_err(PipelineError::from)?;

@@ -155,8 +155,12 @@ pub(crate) async fn receive(
                 }
                 let writer = part.writer()?;
                 let mut reservation = part.take_reservation();
-                let mut checkpoint =
-                    part.checkpoint(Sidecar::new(&peer, rel, e, chunk, part.part_name()), first);
+                // A file whose rest is one chunk is complete with that chunk's write: a
+                // checkpoint could record nothing before its end (see
+                // `Checkpoint::wrote`), so none is made (every small file).
+                let mut checkpoint = (layout.count().saturating_sub(first) > 1).then(|| {
+                    part.checkpoint(Sidecar::new(&peer, rel, e, chunk, part.part_name()), first)
+                });
                 let fd = FileData::new(
                     &keys,
                     &ctx,
@@ -170,7 +174,10 @@ pub(crate) async fn receive(
                         r.ahead_of(off)?;
                     }
                     std::os::unix::fs::FileExt::write_all_at(&*writer, buf, off)?;
-                    checkpoint.wrote(off / chunk_bytes, buf.len() as u64)
+                    match &mut checkpoint {
+                        Some(c) => c.wrote(off / chunk_bytes, buf.len() as u64),
+                        None => Ok(()),
+                    }
                 });
                 let progress = ses.emit.progress(offer.total_size, &moved);
                 let keep_exec = policy.keep_modes && e.mode & 0o100 != 0;

@@ -98,10 +98,7 @@ impl Sidecar {
         h.update(sender.as_bytes());
         h.update(&(rel.as_str().len() as u64).to_be_bytes());
         h.update(rel.as_str().as_bytes());
-        let hex: String = h.finalize().as_bytes()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::transfer::dest::hex(&h.finalize().as_bytes()[..16]);
         format!("{TEMP_PREFIX}{hex}{SIDECAR_SUFFIX}")
     }
 

@@ -162,3 +162,40 @@ async fn the_honest_wire_image_is_accepted() {
     let hash = receive_raw(size, sealed_wire(size)).await.unwrap();
     assert_eq!(hash, blake3::hash(&pattern(size as usize)));
 }
+
+/// A file of one chunk (every small file) is opened on the receiving task itself, not in
+/// the pipeline: the same verdicts as the pipeline's, cut short, extended, tampered with
+/// or honest, whether the bytes arrive in one piece or many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_chunk_file_has_the_pipelines_verdicts() {
+    let size = 27_000;
+    let honest = sealed_wire(size);
+    assert_eq!(file_data(size, 0).layout.count(), 1);
+    let hash = receive_raw(size, honest.clone()).await.unwrap();
+    assert_eq!(hash, blake3::hash(&pattern(size as usize)));
+
+    for cut in [0, 1, honest.len() / 2, honest.len() - 1] {
+        let err = receive_raw(size, honest[..cut].to_vec()).await.unwrap_err();
+        assert_eq!(
+            err.stream_error(),
+            Some(&StreamError::Truncated {
+                received: 0,
+                expected: 1
+            }),
+            "cut at {cut}"
+        );
+    }
+
+    let mut longer = honest.clone();
+    longer.push(0);
+    let err = receive_raw(size, longer).await.unwrap_err();
+    assert_eq!(err.stream_error(), Some(&StreamError::DataAfterLast));
+
+    let mut flipped = honest;
+    flipped[20_000] ^= 0x01;
+    let err = receive_raw(size, flipped).await.unwrap_err();
+    assert_eq!(
+        err.stream_error(),
+        Some(&StreamError::Tampered { index: 0 })
+    );
+}

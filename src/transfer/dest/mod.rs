@@ -216,8 +216,9 @@ pub(crate) fn temp_name(suffix: &str) -> io::Result<String> {
     Ok(format!("{TEMP_PREFIX}{}{suffix}", hex(&b)))
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// Lowercase hex of `b`.
+pub(crate) fn hex(b: &[u8]) -> String {
+    crate::audit::record::hex(b)
 }
 
 /// Whether `name` is a partial-file name this receiver makes.
