@@ -202,6 +202,10 @@ fn two_clinics_one_offline_each_get_every_file_once_and_sent_waits_for_both() {
         files_in(&inbox(&b))
     );
     assert!(files_in(&outbox).is_empty());
+    // A receiving agent records a delivery (and answers with its receipt) before it
+    // gives the staged file its name in the inbox (docs/AGENT.md, "Exactly once"): the
+    // sender's sent/ may be complete a moment before clinic-b's inbox is.
+    wait_until(30, || files_in(&inbox(&b)).len() >= files_in(&keep).len());
     exactly(&inbox(&a), &keep);
     exactly(&inbox(&b), &keep);
     let s = status(&lab);
@@ -358,14 +362,21 @@ fn a_repeated_item_gets_the_original_receipt_and_one_copy() {
     }
     let sender = start_agent(&lab);
     assert!(wait_until(30, || files_in(&outbox.join("sent")) == ["result.pdf"]));
-    // The metrics endpoint counts it: one delivery, a repeat, no data sent.
-    let metrics = get(sender.first["metrics"].as_str().unwrap(), "/metrics");
-    for line in [
+    // The metrics endpoint counts it: one delivery, a repeat, no data sent. The file
+    // reaches sent/ just before the item's record is closed: wait for the counts.
+    let lines = [
         "conduit_agent_deliveries_total 1",
         "conduit_agent_repeats_total 1",
         "conduit_agent_bytes_sent_total 0",
         "conduit_agent_queue_depth 0",
-    ] {
+    ];
+    let metrics_addr = sender.first["metrics"].as_str().unwrap().to_string();
+    wait_until(30, || {
+        let m = get(&metrics_addr, "/metrics");
+        lines.iter().all(|l| m.contains(l))
+    });
+    let metrics = get(&metrics_addr, "/metrics");
+    for line in lines {
         assert!(metrics.contains(line), "{line}: {metrics}");
     }
     assert!(get(sender.first["metrics"].as_str().unwrap(), "/healthz").starts_with("HTTP/1.1 200"));
