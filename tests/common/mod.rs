@@ -432,6 +432,7 @@ pub fn direct_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Running, String
         .arg(out)
         .args(extra);
     let r = Running::spawn(cmd);
+    assert_eq!(r.first["event"], "listening", "{}", r.first);
     let addr = r.first["addr"].as_str().unwrap().to_string();
     (r, addr)
 }

@@ -8,19 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use common::{Pair, Running, conduit, pair_knowing, text};
-
-/// Starts a `--json` receiver; returns it and the address it listens on.
-fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Running, String) {
-    let mut cmd = conduit(&p.receiver);
-    cmd.args(["receive", "--listen", "127.0.0.1:0", "--json", "--out"])
-        .arg(out)
-        .args(extra);
-    let r = Running::spawn(cmd);
-    assert_eq!(r.first["event"], "listening");
-    let addr = r.first["addr"].as_str().unwrap().to_string();
-    (r, addr)
-}
+use common::{Pair, conduit, direct_receiver, pair_knowing, text};
 
 fn send(p: &Pair, addr: &str, paths: &[&Path], extra: &[&str]) -> Output {
     conduit(&p.sender)
@@ -128,7 +116,7 @@ fn many_files_arrive(n: usize) -> u64 {
     std::fs::create_dir_all(src.join("empty/inner")).unwrap();
     std::fs::create_dir_all(src.join("also-empty")).unwrap();
     let inbox = p.root.join("inbox");
-    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, &[]);
     let pid = rx.child.id();
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let watcher = std::thread::spawn(move || {
@@ -200,7 +188,7 @@ fn an_offer_of_100000_tiny_files_arrives_with_the_receivers_memory_bounded() {
 /// receiver's destination holds only `before`.
 fn refused(p: &Pair, inbox: &Path, receiver_flags: &[&str], paths: &[&Path]) -> (String, String) {
     let before = files_under(inbox).len();
-    let (mut rx, addr) = start_receiver(p, inbox, receiver_flags);
+    let (mut rx, addr) = direct_receiver(p, inbox, receiver_flags);
     let out = send(p, &addr, paths, &[]);
     // A sender refused at the handshake never authenticated: a one-shot receiver keeps
     // waiting for its real sender (tests/adversarial/hostile_peer.rs), so it is stopped here.

@@ -7,18 +7,7 @@ use crate::common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{Pair, Running, conduit, pair_knowing, text};
-
-fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Running, String) {
-    let mut cmd = conduit(&p.receiver);
-    cmd.args(["receive", "--listen", "127.0.0.1:0", "--json", "--out"])
-        .arg(out)
-        .args(extra);
-    let r = Running::spawn(cmd);
-    assert_eq!(r.first["event"], "listening");
-    let addr = r.first["addr"].as_str().unwrap().to_string();
-    (r, addr)
-}
+use common::{Pair, conduit, direct_receiver, pair_knowing, text};
 
 fn send(p: &Pair, addr: &str, file: &Path, extra: &[&str]) -> Output {
     conduit(&p.sender)
@@ -36,7 +25,7 @@ fn a_sender_without_ml_kem_is_refused_by_a_default_receiver_on_both_sides() {
     let f = p.root.join("x.txt");
     std::fs::write(&f, b"secret").unwrap();
     let inbox = p.root.join("inbox");
-    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &f, &["--post-quantum", "off"]);
     let err = text(&out.stderr);
     // The sender is refused (exit 5) and told why, with the next step.
@@ -79,7 +68,7 @@ fn a_receiver_set_to_preferred_accepts_a_sender_without_ml_kem() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&f, &data).unwrap();
     let inbox = p.root.join("inbox");
-    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &f, &["--post-quantum", "off"]);
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
     let (status, _, rerr) = rx.finish();

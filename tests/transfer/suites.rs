@@ -7,19 +7,8 @@ use crate::common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{Pair, Running, conduit, pair_knowing, text};
+use common::{Pair, conduit, direct_receiver, pair_knowing, text};
 use phi_conduit::crypto::suite::hardware_aes;
-
-fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Running, String) {
-    let mut cmd = conduit(&p.receiver);
-    cmd.args(["receive", "--listen", "127.0.0.1:0", "--json", "--out"])
-        .arg(out)
-        .args(extra);
-    let r = Running::spawn(cmd);
-    assert_eq!(r.first["event"], "listening");
-    let addr = r.first["addr"].as_str().unwrap().to_string();
-    (r, addr)
-}
 
 fn send(p: &Pair, addr: &str, file: &Path, extra: &[&str]) -> Output {
     conduit(&p.sender)
@@ -51,7 +40,7 @@ fn transfer(tx_flags: &[&str], rx_flags: &[&str], rx_config: Option<&str>) -> (S
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&f, &data).unwrap();
     let inbox = p.root.join("inbox");
-    let (mut rx, addr) = start_receiver(&p, &inbox, rx_flags);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, rx_flags);
     let out = send(&p, &addr, &f, tx_flags);
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
     let (status, rout, rerr) = rx.finish();
@@ -100,7 +89,7 @@ fn forced_suites_that_differ_are_refused_on_both_sides() {
     let f = p.root.join("x.txt");
     std::fs::write(&f, b"secret").unwrap();
     let inbox = p.root.join("inbox");
-    let (mut rx, addr) = start_receiver(&p, &inbox, &["--suite", "chacha20-poly1305"]);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, &["--suite", "chacha20-poly1305"]);
     let out = send(&p, &addr, &f, &["--suite", "aes-256-gcm"]);
     let err = text(&out.stderr);
     // The sender is refused (exit 5) and told why.

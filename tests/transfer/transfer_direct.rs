@@ -6,24 +6,12 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use common::{Pair, Running, conduit, key_of, pair_knowing, text};
+use common::{Pair, conduit, direct_receiver, key_of, pair_knowing, text};
 
 /// Two endpoints; the sender knows the receiver as "lab"; the receiver knows the sender
 /// as "clinic" when `mutual`.
 fn pair(mutual: bool) -> Pair {
     pair_knowing(true, mutual)
-}
-
-/// Starts a receiver and returns it with the address it listens on.
-fn start_receiver(p: &Pair, out: &Path, extra: &[&str]) -> (Running, String) {
-    let mut cmd = conduit(&p.receiver);
-    cmd.args(["receive", "--listen", "127.0.0.1:0", "--json", "--out"])
-        .arg(out)
-        .args(extra);
-    let r = Running::spawn(cmd);
-    assert_eq!(r.first["event"], "listening");
-    let addr = r.first["addr"].as_str().unwrap().to_string();
-    (r, addr)
 }
 
 fn send(p: &Pair, addr: &str, paths: &[&Path]) -> Output {
@@ -80,7 +68,7 @@ fn a_tree_with_an_empty_file_and_unicode_names_arrives_identical() {
     let src = p.root.join("records");
     write_tree(&src);
     let inbox = p.root.join("inbox");
-    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&src]);
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
     let (status, rout, rerr) = rx.finish();
@@ -136,7 +124,7 @@ fn an_unknown_sender_is_refused_the_receiver_failing_authentication() {
     let f = p.root.join("x.txt");
     std::fs::write(&f, b"secret").unwrap();
     let inbox = p.root.join("inbox");
-    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&f]);
     // The sender was refused (5, with the next step).
     assert_eq!(out.status.code(), Some(5), "sender: {}", text(&out.stderr));
@@ -182,7 +170,7 @@ fn an_existing_file_is_refused_without_overwrite() {
     let inbox = p.root.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::write(inbox.join("report.pdf"), b"old content").unwrap();
-    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&f]);
     assert_eq!(out.status.code(), Some(5), "sender: {}", text(&out.stderr));
     assert!(
@@ -200,7 +188,7 @@ fn an_existing_file_is_refused_without_overwrite() {
         b"old content"
     );
     // With --overwrite it is replaced.
-    let (mut rx, addr) = start_receiver(&p, &inbox, &["--overwrite"]);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, &["--overwrite"]);
     assert!(send(&p, &addr, &[&f]).status.success());
     assert!(rx.finish().0.success());
     assert_eq!(
@@ -218,7 +206,7 @@ fn a_thousand_small_files_arrive() {
         std::fs::write(src.join(format!("f{i:04}.txt")), format!("file {i}\n")).unwrap();
     }
     let inbox = p.root.join("inbox");
-    let (mut rx, addr) = start_receiver(&p, &inbox, &[]);
+    let (mut rx, addr) = direct_receiver(&p, &inbox, &[]);
     let out = send(&p, &addr, &[&src]);
     assert!(out.status.success(), "sender: {}", text(&out.stderr));
     assert!(rx.finish().0.success());
