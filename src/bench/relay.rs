@@ -107,7 +107,11 @@ fn start_relay(exe: &Path) -> Result<(RelayChild, SocketAddr, [u8; 32]), BenchEr
     let out = child.stdout.take().ok_or_else(|| err("no stdout"))?;
     let child = RelayChild(child);
     let mut line = String::new();
-    std::io::BufReader::new(out).read_line(&mut line)?;
+    let mut reader = std::io::BufReader::new(out);
+    reader.read_line(&mut line)?;
+    // The relay logs on (a line per session): keep reading its stdout until it exits, or
+    // its next line would meet a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| err(e.to_string()))?;
     let addr = v["addr"]
         .as_str()

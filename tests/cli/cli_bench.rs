@@ -234,3 +234,33 @@ fn the_raw_file_baseline_moves_the_files_bytes_exactly() {
         "the received file differs"
     );
 }
+
+#[test]
+fn bench_relay_pushes_datagrams_through_a_relay_that_stays_up() {
+    // The relay logs a line per session after its first: the bench must keep reading
+    // its output, or the relay dies on a closed pipe and the run fails (whether the relay
+    // writes before the run ends is a race: three runs).
+    let sc = scratch();
+    for _ in 0..3 {
+        let out = sc
+            .conduit()
+            .args(["bench", "relay", "--json", "--size", "4194304"])
+            .output()
+            .unwrap();
+        check_relay_run(&out);
+    }
+}
+
+fn check_relay_run(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["sent_packets"].as_u64().unwrap() > 0, "{v}");
+    let forwarded = v["forwarded_packets"].as_u64().unwrap();
+    assert!(forwarded > 0, "nothing forwarded: {v}");
+    assert!(forwarded <= v["sent_packets"].as_u64().unwrap(), "{v}");
+    assert!(v["relay_peak_rss_bytes"].as_u64().unwrap() > 0, "{v}");
+}
