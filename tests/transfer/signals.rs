@@ -428,6 +428,14 @@ fn both_sides_show_a_progress_bar_with_rate_and_eta_and_the_answer_yes_receives(
         .unwrap();
     rx_tty.wait_for("[y/N]");
     rx_tty.type_in("y\n");
+    // On a quiet host 256 MiB moves in less than the half second before a rate is shown
+    // (a CI run saw neither rate nor ETA): once the receiver's bar is up, the receiver is
+    // stopped for 1.5 s, which stalls the sender too (flow control), so both bars draw
+    // again with a rate after it.
+    rx_tty.wait_for("/256.0 MiB");
+    signal(&rx, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&rx, libc::SIGCONT);
     assert!(tx.wait().unwrap().success());
     assert!(rx.wait().unwrap().success());
     for (who, tty) in [("sender", &tx_tty), ("receiver", &rx_tty)] {
