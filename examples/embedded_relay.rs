@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         trust: RelayTrust::Pin(pin),
         token: Vec::new(),
         wait: Duration::from_secs(10),
+        switch: true,
     };
     let src = dir.path().join("scan.bin");
     std::fs::write(&src, vec![1u8; 4 << 20])?;

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         trust: RelayTrust::Pin(pin),
         token: Vec::new(),
         wait: Duration::from_secs(10),
+        switch: true,
     };
     let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
     let relay_task = tokio::spawn(relay.run(async {

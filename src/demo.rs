@@ -114,6 +114,7 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
         trust: RelayTrust::Pin(pin),
         token: Vec::new(),
         wait: std::time::Duration::from_secs(10),
+        switch: true,
     };
 
     let pool = CipherPool::with_all_cores()?;

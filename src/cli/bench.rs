@@ -344,6 +344,7 @@ fn raw_peer(peer: RawPeer) -> anyhow::Result<()> {
                     ),
                     token: vec![],
                     wait: std::time::Duration::from_secs(30),
+                    switch: true,
                 },
                 crate::relay::tokens::parse_sha256(rv)
                     .ok_or_else(|| anyhow::anyhow!("bad rendezvous"))?,

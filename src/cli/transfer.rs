@@ -277,6 +277,7 @@ impl RelayFlags {
             trust,
             token,
             wait: Duration::from_secs(r.relay_wait_secs.value),
+            switch: true,
         }))
     }
 }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::crypto::identity::Identity;
 use crate::relay::fleet;
-use crate::relay::hello::{Hello, PAIRED, Refusal, Role};
+use crate::relay::hello::{Grant, Hello, MAX_GRANT, PAIRED, Refusal, Role};
 use crate::relay::proof::{self, CHALLENGE_LEN};
 use crate::transport::{self, RelayTrust, TransportError};
 
@@ -103,6 +103,10 @@ pub struct RelayOptions {
     pub token: Vec<u8>,
     /// How long a connector keeps trying while no listener waits for it.
     pub wait: Duration,
+    /// Carry the end-to-end connection through the relay's datagram switch (what the
+    /// CLI does): the relay forwards its packets without terminating it. `false` asks
+    /// the relay to splice two QUIC connections instead (both sides must ask alike).
+    pub switch: bool,
 }
 
 impl RelayOptions {
@@ -141,7 +145,9 @@ fn split_host(relay: &str) -> Result<(&str, u16), JoinError> {
 pub struct Joined {
     /// The client endpoint (keep it until the connection is done).
     pub endpoint: quinn::Endpoint,
-    /// The connection, spliced to the peer's.
+    /// The connection that carries the end-to-end session: through the switch, the
+    /// end-to-end QUIC connection with the peer (its control connection to the relay
+    /// lives until this one is closed); through a splice, the connection to the relay.
     pub connection: quinn::Connection,
     /// The relay used, as written.
     pub relay: String,
@@ -300,9 +306,24 @@ async fn join_once(
         relay: relay.clone(),
         message,
     };
+    // With the switch, each attempt's socket has its path through the relay.
+    let paths = std::sync::Mutex::new(Vec::new());
     let (endpoint, connection) =
         transport::addr::connect_first(&addrs, host, CONNECT_TIMEOUT, |addr| {
-            transport::relay_client(addr, &opts.trust)
+            if !opts.switch {
+                return transport::relay_client(addr, &opts.trust);
+            }
+            let (endpoint, path) = transport::relay_client_switching(
+                addr,
+                &opts.trust,
+                role == Role::Listen,
+                transport::IDLE_TIMEOUT,
+            )?;
+            paths
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(path);
+            Ok(endpoint)
         })
         .await
         .map_err(|e| match e {
@@ -316,8 +337,13 @@ async fn join_once(
             transport::addr::ConnectError::Failed { message, .. } => connect_err(message),
             other => connect_err(other.to_string()),
         })?;
+    let path = paths
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .into_iter()
+        .find(|p| p.relay() == connection.remote_address());
     let hello = Hello {
-        switch: false,
+        switch: opts.switch,
         role,
         single_use,
         rendezvous,
@@ -365,11 +391,91 @@ async fn join_once(
     }
     // A stream "flush" is not needed: the relay read the whole Hello before answering.
     let _ = send.shutdown().await;
+    if !opts.switch {
+        return Ok(Joined {
+            endpoint,
+            connection,
+            relay,
+        });
+    }
+    let path = path.ok_or_else(|| JoinError::Protocol(relay.clone()))?;
+    let grant = read_grant(&connection, &mut recv, &lost, &relay).await?;
+    path.grant(grant.channel);
+    let e2e = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        if role == Role::Connect {
+            let cfg = transport::switched_client_config(path.relay(), transport::IDLE_TIMEOUT)?;
+            let connecting = endpoint
+                .connect_with(cfg, path.mapped(), "phi-conduit")
+                .map_err(|e| connect_err(e.to_string()))?;
+            connecting.await.map_err(|e| connect_err(e.to_string()))
+        } else {
+            // Only the peer's connection, through the relay, is taken.
+            loop {
+                let incoming = endpoint
+                    .accept()
+                    .await
+                    .ok_or_else(|| JoinError::Protocol(relay.clone()))?;
+                if incoming.remote_address() != path.mapped() {
+                    incoming.ignore();
+                    continue;
+                }
+                break incoming.await.map_err(|e| connect_err(e.to_string()));
+            }
+        }
+    })
+    .await
+    .map_err(|_| JoinError::Connect {
+        relay: relay.clone(),
+        message: "the peer's end-to-end connection through the relay did not complete".into(),
+    })??;
+    keep_control(connection, recv, e2e.clone());
     Ok(Joined {
         endpoint,
-        connection,
+        connection: e2e,
         relay,
     })
+}
+
+/// Reads the relay's [`Grant`] that follows [`PAIRED`] on a switched pairing.
+async fn read_grant(
+    connection: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    lost: &impl Fn(ConnectionError) -> JoinError,
+    relay: &str,
+) -> Result<Grant, JoinError> {
+    // Channel id and family first; the family says how long the address is.
+    let mut buf = [0u8; MAX_GRANT];
+    read_answer(connection, recv, &mut buf[..9], lost, relay).await?;
+    let len = match buf[8] {
+        4 => 9 + 4 + 3,
+        6 => 9 + 16 + 3,
+        _ => return Err(JoinError::Protocol(relay.to_string())),
+    };
+    let (head, _) = buf.split_at_mut(len);
+    read_answer(connection, recv, &mut head[9..], lost, relay).await?;
+    match Grant::decode(head) {
+        Ok(Some((grant, n))) if n == len => Ok(grant),
+        _ => Err(JoinError::Protocol(relay.to_string())),
+    }
+}
+
+/// Keeps the control connection to the relay (and its Hello stream, on which the relay
+/// writes a new grant when it follows our address: nothing to do, the wrapped packets
+/// leave from the same socket) until the end-to-end connection is closed, then closes
+/// it: the relay then releases the allocations and tells the peer's control connection.
+fn keep_control(control: quinn::Connection, mut recv: quinn::RecvStream, e2e: quinn::Connection) {
+    tokio::spawn(async move {
+        let grants = async {
+            let mut sink = [0u8; MAX_GRANT];
+            while let Ok(Some(_)) = recv.read(&mut sink).await {}
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = e2e.closed() => {}
+            _ = grants => {}
+        }
+        control.close(0u32.into(), b"done");
+    });
 }
 
 /// Reads exactly `buf` from the relay's answer stream. A refusal is a close with a code;
@@ -437,6 +543,7 @@ mod tests {
             trust: RelayTrust::Pin(pin),
             token: vec![],
             wait: Duration::ZERO,
+            switch: true,
         };
         let got = join_once(&opts, Role::Connect, false, [7; 32], None, &|_| {}).await;
         assert!(
@@ -528,6 +635,7 @@ mod tests {
             trust: RelayTrust::Pin(pin),
             token: vec![],
             wait,
+            switch: true,
         };
         // Not reached: a wrong pin.
         let told = AtomicUsize::new(0);

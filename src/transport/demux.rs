@@ -41,6 +41,9 @@ pub enum Verdict {
     /// Send the datagram, as rewritten in place (same length), to this address from the
     /// same socket.
     Send(SocketAddr),
+    /// A wrapped packet for this endpoint: hand what follows the header to quinn, as if it
+    /// had come from this address (a client's path through the relay, [`super::path`]).
+    Deliver(SocketAddr),
 }
 
 /// Receives the datagrams of a [`DemuxSocket`] that are not QUIC.
@@ -52,6 +55,14 @@ pub trait Divert: Debug + Send + Sync + 'static {
     /// A datagram this divert chose to send could not be sent (the socket was full or
     /// failed): it is dropped.
     fn send_failed(&self) {}
+
+    /// Where quinn's datagrams to `to` really go: `Some((address, channel))` sends each of
+    /// them wrapped for that channel ([`wrap::header`]) to that address; `None` (the
+    /// default) sends them as they are.
+    fn route(&self, to: SocketAddr) -> Option<(SocketAddr, u64)> {
+        let _ = to;
+        None
+    }
 }
 
 /// A UDP socket under a quinn endpoint that diverts what is not QUIC.
@@ -106,6 +117,54 @@ impl DemuxSocket {
         })
     }
 
+    /// Sends quinn's `transmit` (one datagram, or several of its segment size) to `to`
+    /// with each datagram wrapped for `channel`: the header goes in front of every
+    /// segment, so the segments grow by [`wrap::HEADER_LEN`] and still leave as GSO
+    /// sends (split where one would pass the kernel's limits). The datagrams are copied
+    /// once, behind their headers, into a buffer this thread keeps. A send the socket
+    /// cannot take is not queued: `WouldBlock` if nothing left (quinn tries again), and
+    /// what did not leave after a part did is lost, as on the network (QUIC retransmits).
+    fn send_wrapped(&self, transmit: &Transmit, to: SocketAddr, channel: u64) -> io::Result<()> {
+        thread_local! {
+            static WRAPPED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let header = wrap::header(channel);
+        let contents = transmit.contents;
+        let segment = transmit.segment_size.unwrap_or(contents.len()).max(1);
+        let wrapped = segment + wrap::HEADER_LEN;
+        let per_send = (MAX_GSO_BYTES / wrapped)
+            .min(self.state.max_gso_segments())
+            .max(1);
+        WRAPPED.with_borrow_mut(|buf| {
+            let mut sent_any = false;
+            for group in contents.chunks(segment * per_send) {
+                buf.clear();
+                for seg in group.chunks(segment) {
+                    buf.extend_from_slice(&header);
+                    buf.extend_from_slice(seg);
+                }
+                let t = Transmit {
+                    destination: to,
+                    ecn: transmit.ecn,
+                    contents: buf,
+                    segment_size: (group.len() > segment).then_some(wrapped),
+                    src_ip: transmit.src_ip,
+                };
+                match self.io.try_io(Interest::WRITABLE, || {
+                    self.state.send((&self.io).into(), &t)
+                }) {
+                    Ok(()) => sent_any = true,
+                    Err(e) if !sent_any => return Err(e),
+                    Err(_) => {
+                        self.divert.send_failed();
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Waits until the socket may take a send.
     pub async fn writable(&self) -> io::Result<()> {
         self.io.writable().await
@@ -151,8 +210,8 @@ impl DemuxSocket {
             let all_quic = data
                 .chunks(stride)
                 .all(|seg| wrap::classify(seg) == Kind::Quic);
-            let len = if all_quic {
-                m.len
+            let (len, delivered) = if all_quic {
+                (m.len, None)
             } else {
                 self.sift_segments(data, stride, &m, max_run)
             };
@@ -168,6 +227,10 @@ impl DemuxSocket {
             }
             let mut kept_meta = m;
             kept_meta.len = len;
+            if let Some((from, stride)) = delivered {
+                kept_meta.addr = from;
+                kept_meta.stride = stride;
+            }
             meta[kept] = kept_meta;
             kept += 1;
         }
@@ -175,11 +238,25 @@ impl DemuxSocket {
     }
 
     /// One datagram or GRO batch with something that is not QUIC in it: diverts those
-    /// segments (sending runs to one address as one GSO send), compacts the QUIC ones to
-    /// the front and returns their length.
-    fn sift_segments(&self, data: &mut [u8], stride: usize, m: &RecvMeta, max_run: usize) -> usize {
+    /// segments (sending runs to one address as one GSO send), compacts what stays for
+    /// quinn to the front and returns its length. What stays is either the QUIC segments
+    /// (from the batch's address) or the wrapped packets delivered to this endpoint,
+    /// without their headers, with the address and the stride they now have: a batch
+    /// holds one source's datagrams of one size, so a mix of the two is rare (a packet of
+    /// a relay's control connection among its wrapped ones), and the kind that came
+    /// second is dropped (QUIC retransmits).
+    fn sift_segments(
+        &self,
+        data: &mut [u8],
+        stride: usize,
+        m: &RecvMeta,
+        max_run: usize,
+    ) -> (usize, Option<(SocketAddr, usize)>) {
         let total = data.len();
         let mut keep_end = 0;
+        // Where the delivered packets come from, once one was; whether QUIC stays.
+        let mut delivered: Option<SocketAddr> = None;
+        let mut quic_kept = false;
         // The current run of segments to send: where it starts, its length, its address.
         let mut run: Option<(usize, usize, SocketAddr)> = None;
         let mut start = 0;
@@ -190,10 +267,13 @@ impl DemuxSocket {
                 if let Some((s, l, to)) = run.take() {
                     self.flush(data, s, l, to, stride, m);
                 }
-                if keep_end != start {
-                    data.copy_within(start..end, keep_end);
+                if delivered.is_none() {
+                    if keep_end != start {
+                        data.copy_within(start..end, keep_end);
+                    }
+                    keep_end += end - start;
+                    quic_kept = true;
                 }
-                keep_end += end - start;
             } else {
                 let verdict = match data.get_mut(start..end) {
                     Some(seg) => self.divert.datagram(m.addr, kind, seg),
@@ -220,6 +300,18 @@ impl DemuxSocket {
                             self.flush(data, s, l, at, stride, m);
                         }
                     }
+                    (Verdict::Deliver(from), _) => {
+                        if let Some((s, l, at)) = run.take() {
+                            self.flush(data, s, l, at, stride, m);
+                        }
+                        let inner = start + wrap::HEADER_LEN..end;
+                        if !quic_kept && delivered.is_none_or(|d| d == from) && !inner.is_empty() {
+                            delivered = Some(from);
+                            let n = inner.len();
+                            data.copy_within(inner, keep_end);
+                            keep_end += n;
+                        }
+                    }
                 }
             }
             start = end;
@@ -227,7 +319,8 @@ impl DemuxSocket {
         if let Some((s, l, to)) = run {
             self.flush(data, s, l, to, stride, m);
         }
-        keep_end
+        let stride = stride.saturating_sub(wrap::HEADER_LEN).max(1);
+        (keep_end, delivered.map(|from| (from, stride)))
     }
 
     fn flush(&self, data: &[u8], s: usize, l: usize, to: SocketAddr, stride: usize, m: &RecvMeta) {
@@ -246,9 +339,12 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.io.try_io(Interest::WRITABLE, || {
-            self.state.send((&self.io).into(), transmit)
-        })
+        match self.divert.route(transmit.destination) {
+            None => self.io.try_io(Interest::WRITABLE, || {
+                self.state.send((&self.io).into(), transmit)
+            }),
+            Some((to, channel)) => self.send_wrapped(transmit, to, channel),
+        }
     }
 
     fn poll_recv(

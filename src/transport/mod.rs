@@ -27,6 +27,7 @@ use thiserror::Error;
 pub mod addr;
 pub mod demux;
 pub mod mtu;
+pub mod path;
 
 /// ALPN of direct connections.
 pub const ALPN: &[u8] = crate::crypto::handshake::ALPN;
@@ -275,6 +276,20 @@ fn server_endpoint_on(
     transport: quinn::TransportConfig,
     tune: impl FnOnce(&mut quinn::ServerConfig),
 ) -> Result<quinn::Endpoint, TransportError> {
+    let cfg = server_config(tls, alpn, transport, tune)?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
+    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), Some(cfg), socket, runtime)
+        .map_err(|source| TransportError::Socket { addr, source })
+}
+
+/// A server configuration: TLS 1.3 with `tls`'s certificate, ALPN `alpn`, `transport`.
+fn server_config(
+    tls: ServerTls,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
+    tune: impl FnOnce(&mut quinn::ServerConfig),
+) -> Result<quinn::ServerConfig, TransportError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
@@ -286,10 +301,7 @@ fn server_endpoint_on(
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(transport));
     tune(&mut cfg);
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
-    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), Some(cfg), socket, runtime)
-        .map_err(|source| TransportError::Socket { addr, source })
+    Ok(cfg)
 }
 
 /// A direct-mode server endpoint on `addr` with a fresh self-signed certificate.
@@ -458,22 +470,99 @@ pub fn direct_client_with(
     peer: SocketAddr,
     idle: Duration,
 ) -> Result<quinn::Endpoint, TransportError> {
+    client_endpoint(
+        any_local(peer),
+        e2e_client_tls()?,
+        ALPN,
+        idle,
+        mtu::ceiling_for(peer.ip()),
+    )
+}
+
+/// The end-to-end connection's client TLS: any certificate, whose key must sign the
+/// handshake (see the module's documentation).
+fn e2e_client_tls() -> Result<rustls::ClientConfig, TransportError> {
     let p = provider();
-    let tls = rustls::ClientConfig::builder_with_provider(p.clone())
+    Ok(rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(KeyVerifier::any(
             p.signature_verification_algorithms,
         )))
-        .with_no_client_auth();
-    client_endpoint(
-        any_local(peer),
-        tls,
-        ALPN,
-        idle,
-        mtu::ceiling_for(peer.ip()),
-    )
+        .with_no_client_auth())
+}
+
+/// The ceiling of an end-to-end connection through the relay at `relay`: the path's,
+/// less the wrapped-packet header the socket adds to each datagram.
+fn switched_ceiling(relay: SocketAddr) -> u16 {
+    mtu::ceiling_for(relay.ip()).saturating_sub(crate::wire::wrap::HEADER_LEN as u16)
+}
+
+/// A client endpoint for the relay at `relay` whose socket also carries the end-to-end
+/// connection through the relay's datagram switch ([`path::RelayPath`]): its default
+/// client configuration is the relay's (verified by `trust`). A `listener` (the side the
+/// peer's end-to-end connection comes to) also serves that connection: a fresh
+/// self-signed certificate, ALPN `phi-conduit/1`, idle timeout `idle`. Returns the path,
+/// which the relay's grant completes.
+pub fn relay_client_switching(
+    relay: SocketAddr,
+    trust: &RelayTrust,
+    listener: bool,
+    idle: Duration,
+) -> Result<(quinn::Endpoint, Arc<path::RelayPath>), TransportError> {
+    let local = any_local(relay);
+    let err = |source| TransportError::Socket {
+        addr: local,
+        source,
+    };
+    let udp = socket(local)?;
+    let bound = udp.local_addr().map_err(err)?;
+    let route = Arc::new(path::RelayPath::new(relay, bound));
+    let divert: Arc<dyn demux::Divert> = route.clone();
+    let sock = Arc::new(demux::DemuxSocket::new(udp, divert).map_err(err)?);
+    let mut tls = trust.client_config()?;
+    tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = transport_config();
+    set_ceiling(&mut transport, mtu::ceiling_for(relay.ip()));
+    cfg.transport_config(Arc::new(transport));
+    let server = if listener {
+        let mut transport = transport_config_with(idle);
+        set_ceiling(&mut transport, switched_ceiling(relay));
+        Some(server_config(
+            ServerTls::self_signed(&["phi-conduit"])?,
+            ALPN,
+            transport,
+            |_| {},
+        )?)
+    } else {
+        None
+    };
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
+    let mut ep =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, sock, runtime)
+            .map_err(err)?;
+    ep.set_default_client_config(cfg);
+    Ok((ep, route))
+}
+
+/// The client configuration of an end-to-end connection through the relay at `relay`
+/// (on an endpoint of [`relay_client_switching`]), with idle timeout `idle`.
+pub fn switched_client_config(
+    relay: SocketAddr,
+    idle: Duration,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let mut tls = e2e_client_tls()?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = transport_config_with(idle);
+    set_ceiling(&mut transport, switched_ceiling(relay));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
 }
 
 /// A client endpoint for connecting to the relay at `relay`, verifying it by `trust`.

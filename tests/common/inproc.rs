@@ -60,6 +60,7 @@ pub async fn relay(tap: Option<Arc<dyn Tap>>) -> InprocRelay {
         Arc::new(|_| {}),
     )
     .unwrap();
+    let tap_set = tap.clone();
     if let Some(t) = tap {
         relay = relay.with_tap(t);
     }
@@ -74,6 +75,9 @@ pub async fn relay(tap: Option<Arc<dyn Tap>>) -> InprocRelay {
             trust: RelayTrust::Pin(pin),
             token: vec![],
             wait: std::time::Duration::from_secs(10),
+            // A tap reads the streams of the relay's splice; the datagram switch forwards
+            // packets it cannot read, and is what the clients use otherwise.
+            switch: tap_set.is_none(),
         },
         stop: Some(stop),
         task: Some(task),

@@ -83,6 +83,7 @@ fn the_code_sender_started_20_s_after_the_receiver_succeeds_relayed() {
         trust: RelayTrust::Pin(phi_conduit::relay::tokens::parse_sha256(&relay.pin).unwrap()),
         token: vec![],
         wait: Duration::ZERO,
+        switch: true,
     };
     let sent = tokio::runtime::Runtime::new()
         .unwrap()

@@ -324,3 +324,34 @@ async fn a_client_whose_address_changes_is_followed_and_its_old_address_forwards
     assert!(status.success());
     assert!(log.iter().any(|e| e["event"] == "rebound"));
 }
+
+/// What `send --relay` and `receive --relay` do: one end-to-end QUIC connection between
+/// the two endpoints, which the relay's switch forwards packet by packet (the session's
+/// log says so, and the file's ciphertext is in the switch's counters), never a splice.
+#[test]
+fn a_relayed_transfer_is_one_end_to_end_connection_through_the_switch() {
+    let relay = start_relay(&["--metrics", "127.0.0.1:0"]);
+    let metrics = relay.run.first["metrics"].as_str().unwrap().to_string();
+    let p = pair_knowing(true, true);
+    let src = p.root.join("scan.bin");
+    write_data(&src, 5_000_000);
+    let out = p.root.join("out");
+    let mut rx = receiver_via(&p, &relay, &out, &[]);
+    let sent = send_via(&p, &relay, &[&src], &["--to", "lab"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let (status, _, rx_err) = rx.finish();
+    assert!(status.success(), "{rx_err}");
+    assert!(same_file(&src, &out.join("scan.bin")));
+    let bytes = metric(&metrics, "conduit_relay_switch_bytes_total");
+    let packets = metric(&metrics, "conduit_relay_switch_packets_total");
+    assert!(bytes > 5_000_000, "the switch forwarded {bytes} bytes");
+    assert!(packets > 5_000_000 / 4_000, "{packets} packets");
+    let (status, log, err) = relay.stop();
+    assert!(status.success(), "{err}");
+    let open: Vec<_> = log
+        .iter()
+        .filter(|e| e["event"] == "session_open")
+        .collect();
+    assert_eq!(open.len(), 1, "{log:?}");
+    assert_eq!(open[0]["path"], "switch", "{log:?}");
+}
