@@ -1,6 +1,6 @@
 //! The raw-QUIC baselines of `bench transfer`: plain bytes on one unidirectional stream,
 //! with the product's transport configuration and no end-to-end layer, directly or
-//! through a relay's splice. Each side runs as its own process (`conduit bench
+//! through a relay's datagram switch. Each side runs as its own process (`conduit bench
 //! raw-peer`), so its CPU time is its own.
 //!
 //! The bytes come from memory (one shared buffer: the transport's ceiling), or from files

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -79,49 +78,13 @@ impl Divert for Counter {
     }
 }
 
-/// The relay child process, killed when dropped.
-struct RelayChild(Child);
-
-impl Drop for RelayChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `exe relay` on loopback: the child, its address and its pin.
-fn start_relay(exe: &Path) -> Result<(RelayChild, SocketAddr, [u8; 32]), BenchError> {
-    use std::io::BufRead;
-    let mut child = Command::new(exe)
-        .args([
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--dev-self-signed",
-            "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = child.stdout.take().ok_or_else(|| err("no stdout"))?;
-    let child = RelayChild(child);
-    let mut line = String::new();
-    let mut reader = std::io::BufReader::new(out);
-    reader.read_line(&mut line)?;
-    // The relay logs on (a line per session): keep reading its stdout until it exits, or
-    // its next line would meet a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| err(e.to_string()))?;
-    let addr = v["addr"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| err("no address"))?;
-    let pin = v["cert_sha256"]
-        .as_str()
-        .and_then(crate::relay::tokens::parse_sha256)
-        .ok_or_else(|| err("no pin"))?;
-    Ok((child, addr, pin))
+/// Starts `exe relay` on loopback (as `bench transfer` does, its output read on to the
+/// end): the relay, its address and its pin.
+fn start_relay(exe: &Path) -> Result<(super::transfer::Party, SocketAddr, [u8; 32]), BenchError> {
+    let (relay, addr, pin) = super::transfer::start_relay(exe)?;
+    let addr = addr.parse().map_err(|_| err("no address"))?;
+    let pin = crate::relay::tokens::parse_sha256(&pin).ok_or_else(|| err("no pin"))?;
+    Ok((relay, addr, pin))
 }
 
 /// One client granted an allocation (what stays alive for the run).
@@ -191,7 +154,7 @@ pub fn relay(exe: &Path, size: u64) -> Result<RelayReport, BenchError> {
 
 async fn run(exe: &Path, size: u64) -> Result<RelayReport, BenchError> {
     let (child, relay, pin) = start_relay(exe)?;
-    let pid = child.0.id();
+    let pid = child.pid();
     let mut rendezvous = [0u8; 32];
     getrandom::getrandom(&mut rendezvous).map_err(|e| err(e.to_string()))?;
     let counter = Arc::new(Counter::default());

@@ -7,7 +7,7 @@
 //! - (b) direct: `conduit send` to `conduit receive --listen`, source in the page cache,
 //!   files written and fsynced at the destination;
 //! - (c) relayed: the same through `conduit relay`;
-//! - (d) raw QUIC through the relay's splice: the relay's own ceiling;
+//! - (d) raw QUIC through the relay's datagram switch (one end-to-end connection): the relay's own ceiling;
 //! - (e) raw QUIC moving the files: (a) reading the source files and writing and
 //!   fsyncing the received bytes as the product does, still without the E2E layer;
 //! - with `--files N` (N > 1), also (b) with the same bytes in one file, so that the
@@ -128,8 +128,8 @@ fn err(msg: impl Into<String>) -> BenchError {
     BenchError::Transfer(msg.into())
 }
 
-/// A party: a child process whose JSON lines are collected.
-struct Party {
+/// A party: a child process whose JSON lines are collected (killed when dropped).
+pub(crate) struct Party {
     child: Child,
     lines: std::sync::mpsc::Receiver<Value>,
     what: &'static str,
@@ -187,7 +187,7 @@ impl Party {
         v
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -546,7 +546,7 @@ fn finish(tx: Party, rx: Party) -> Result<Run, BenchError> {
     })
 }
 
-fn start_relay(exe: &Path) -> Result<(Party, String, String), BenchError> {
+pub(crate) fn start_relay(exe: &Path) -> Result<(Party, String, String), BenchError> {
     let relay = Party::spawn(
         exe,
         "relay",

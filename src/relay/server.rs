@@ -245,6 +245,13 @@ impl Relay {
         self
     }
 
+    /// Installs a [`SwitchTap`](crate::relay::switch::SwitchTap) on the datagram switch
+    /// (tests and diagnostics built on the library; `conduit relay` never does).
+    pub fn with_switch_tap(self, tap: Arc<dyn crate::relay::switch::SwitchTap>) -> Self {
+        self.state.switch.set_tap(tap);
+        self
+    }
+
     /// The address the relay listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -410,9 +411,23 @@ fn refill(a: &mut Allocation, limits: &SwitchLimits, now: Instant) {
 
 /// The switch as the relay's socket and control plane share it: a [`Switch`] behind a
 /// mutex, the [`Divert`](crate::transport::demux::Divert) of the relay's UDP port.
-#[derive(Debug)]
 pub struct SharedSwitch {
     inner: std::sync::Mutex<Switch>,
+    tap: std::sync::OnceLock<Arc<dyn SwitchTap>>,
+}
+
+/// Sees each datagram the switch forwards, as it leaves (tests and diagnostics built on
+/// the library: a tap asserting that only ciphertext crosses the relay). `conduit relay`
+/// never installs one.
+pub trait SwitchTap: Send + Sync + 'static {
+    /// `datagram` (the wrapped packet, its channel id already the peer's) is forwarded.
+    fn forwarded(&self, datagram: &[u8]);
+}
+
+impl std::fmt::Debug for SharedSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSwitch").finish_non_exhaustive()
+    }
 }
 
 impl SharedSwitch {
@@ -420,7 +435,13 @@ impl SharedSwitch {
     pub fn new(limits: SwitchLimits) -> Self {
         SharedSwitch {
             inner: std::sync::Mutex::new(Switch::new(limits)),
+            tap: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs `tap` (once; a second call changes nothing).
+    pub fn set_tap(&self, tap: Arc<dyn SwitchTap>) {
+        let _ = self.tap.set(tap);
     }
 
     /// Runs `f` on the switch (under its lock: keep it short).
@@ -441,14 +462,18 @@ impl crate::transport::demux::Divert for SharedSwitch {
     ) -> crate::transport::demux::Verdict {
         use crate::transport::demux::Verdict;
         let now = Instant::now();
-        self.with(|s| {
+        let verdict = self.with(|s| {
             if kind != wrap::Kind::Wrapped {
                 s.count_drop(DropReason::Malformed);
                 return Verdict::Drop;
             }
             s.forward(from, datagram, now)
                 .map_or(Verdict::Drop, Verdict::Send)
-        })
+        });
+        if let (Verdict::Send(_), Some(tap)) = (verdict, self.tap.get()) {
+            tap.forwarded(datagram);
+        }
+        verdict
     }
 
     fn send_failed(&self) {

@@ -41,20 +41,26 @@ pub struct Attached {
 /// The networks this host is attached to, with their interfaces' MTUs (read from
 /// `/sys/class/net/NAME/mtu` on Linux; unknown elsewhere).
 pub fn attached() -> Vec<Attached> {
+    attached_where(|_, _| true)
+}
+
+/// The attached networks whose address and prefix pass `keep`; only their interfaces'
+/// MTUs are read.
+fn attached_where(keep: impl Fn(IpAddr, u8) -> bool) -> Vec<Attached> {
     let Ok(list) = if_addrs::get_if_addrs() else {
         return Vec::new();
     };
     list.into_iter()
-        .map(|i| {
+        .filter_map(|i| {
             let (ip, prefix) = match &i.addr {
                 if_addrs::IfAddr::V4(a) => (IpAddr::V4(a.ip), a.prefixlen),
                 if_addrs::IfAddr::V6(a) => (IpAddr::V6(a.ip), a.prefixlen),
             };
-            Attached {
+            keep(ip, prefix).then(|| Attached {
                 ip,
                 prefix,
                 mtu: interface_mtu(&i.name),
-            }
+            })
         })
         .collect()
 }
@@ -77,9 +83,16 @@ fn interface_mtu(_name: &str) -> Option<u32> {
     None
 }
 
-/// The path MTU ceiling towards `peer` on this host ([`ceiling_among`] over [`attached`]).
+/// The path MTU ceiling towards `peer` on this host ([`ceiling_among`] over the attached
+/// networks). It runs for every connection attempt: loopback is answered without
+/// listing the interfaces, and only the MTUs of the networks that hold `peer` are read.
 pub fn ceiling_for(peer: IpAddr) -> u16 {
-    ceiling_among(peer, &attached())
+    let canonical = peer.to_canonical();
+    if canonical.is_loopback() {
+        return LOCAL_CEILING;
+    }
+    let networks = attached_where(|ip, prefix| same_network(canonical, ip.to_canonical(), prefix));
+    ceiling_among(peer, &networks)
 }
 
 /// The path MTU ceiling towards `peer` given the networks this host is attached to:

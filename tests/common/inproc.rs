@@ -50,6 +50,21 @@ pub struct InprocRelay {
 }
 
 pub async fn relay(tap: Option<Arc<dyn Tap>>) -> InprocRelay {
+    relay_tapped(tap, None).await
+}
+
+/// A relay running in this process whose datagram switch has `tap` (the clients use the
+/// switch).
+pub async fn relay_switch_tapped(
+    tap: Arc<dyn phi_conduit::relay::switch::SwitchTap>,
+) -> InprocRelay {
+    relay_tapped(None, Some(tap)).await
+}
+
+async fn relay_tapped(
+    tap: Option<Arc<dyn Tap>>,
+    switch_tap: Option<Arc<dyn phi_conduit::relay::switch::SwitchTap>>,
+) -> InprocRelay {
     let tls = ServerTls::self_signed(&["localhost"]).unwrap();
     let pin = tls.pin();
     let mut relay = Relay::bind(
@@ -63,6 +78,9 @@ pub async fn relay(tap: Option<Arc<dyn Tap>>) -> InprocRelay {
     let tap_set = tap.clone();
     if let Some(t) = tap {
         relay = relay.with_tap(t);
+    }
+    if let Some(t) = switch_tap {
+        relay = relay.with_switch_tap(t);
     }
     let addr = relay.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

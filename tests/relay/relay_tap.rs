@@ -1,15 +1,16 @@
-//! The relay never sees plaintext: an in-process relay (the real server and splice) with
-//! a test-only tap records every byte it forwards while a file full of a marker pattern,
-//! under a marker name, goes through it; neither the marker, nor the name, nor either
-//! endpoint's secret key appears in what the relay handled.
+//! The relay never sees plaintext: an in-process relay (the real server, with its datagram
+//! switch or its splice) with a test-only tap records every byte it forwards while a file
+//! full of a marker pattern, under a marker name, goes through it; neither the marker,
+//! nor the name, nor either endpoint's secret key appears in what the relay handled.
 
 use crate::common;
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::inproc::{clinics, relay, relayed};
+use common::inproc::{Clinics, clinics, relay, relay_switch_tapped, relayed};
 use phi_conduit::relay::splice::{Direction, Tap};
+use phi_conduit::relay::switch::SwitchTap;
 
 /// Keeps everything forwarded, per direction.
 #[derive(Default)]
@@ -27,13 +28,54 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Keeps every datagram the switch forwards.
+#[derive(Default)]
+struct Datagrams(Mutex<Vec<u8>>);
+
+impl SwitchTap for Datagrams {
+    fn forwarded(&self, datagram: &[u8]) {
+        self.0.lock().unwrap().extend_from_slice(datagram);
+    }
+}
+
+const MARKER: &[u8] = b"PHI-MARKER-7f3a";
+const NAME: &str = "PHI-MARKER-NAME-Doe-John.txt";
+
+/// Writes the marker file into `c`'s directory.
+fn marker_file(c: &Clinics) -> std::path::PathBuf {
+    let src = c.dir.path().join(NAME);
+    std::fs::write(&src, MARKER.repeat(200_000)).unwrap();
+    src
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_ciphertext_crosses_the_relay() {
+async fn only_ciphertext_crosses_the_switch() {
     let c = clinics();
-    let marker = b"PHI-MARKER-7f3a";
-    let name = "PHI-MARKER-NAME-Doe-John.txt";
-    let src = c.dir.path().join(name);
-    std::fs::write(&src, marker.repeat(200_000)).unwrap();
+    let src = marker_file(&c);
+    let recorder = Arc::new(Datagrams::default());
+    let r = relay_switch_tapped(recorder.clone()).await;
+    assert!(r.opts.switch);
+    let out = c.dir.path().join("out");
+    let (sent, received) = relayed(&c, &r, std::slice::from_ref(&src), &out).await;
+    r.stop().await;
+    assert_eq!(sent.unwrap().files[0].2, received.unwrap().files[0].2);
+    assert_eq!(
+        std::fs::read(out.join(NAME)).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    let seen = recorder.0.lock().unwrap();
+    assert!(
+        seen.len() > 3_000_000,
+        "the tap saw the file's packets go by ({} bytes)",
+        seen.len()
+    );
+    assert_no_secrets(&c, std::slice::from_ref(&*seen));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_ciphertext_crosses_the_splice() {
+    let c = clinics();
+    let src = marker_file(&c);
     let recorder = Arc::new(Recorder::default());
     let r = relay(Some(recorder.clone())).await;
     let out = c.dir.path().join("out");
@@ -41,7 +83,7 @@ async fn only_ciphertext_crosses_the_relay() {
     r.stop().await;
     assert_eq!(sent.unwrap().files[0].2, received.unwrap().files[0].2);
     assert_eq!(
-        std::fs::read(out.join(name)).unwrap(),
+        std::fs::read(out.join(NAME)).unwrap(),
         std::fs::read(&src).unwrap()
     );
 
@@ -51,6 +93,12 @@ async fn only_ciphertext_crosses_the_relay() {
         "the tap saw the file's ciphertext go by ({} bytes)",
         seen[1].len()
     );
+    assert_no_secrets(&c, &seen[..]);
+}
+
+/// Neither the marker, the name nor either secret key is in any of `seen`.
+fn assert_no_secrets(c: &Clinics, seen: &[Vec<u8>]) {
+    let (marker, name) = (MARKER, NAME);
     let (a_secret, b_secret) = (c.a.secret_bytes(), c.b.secret_bytes());
     for s in seen.iter() {
         assert!(!contains(s, marker), "plaintext crossed the relay");
