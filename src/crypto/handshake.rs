@@ -49,7 +49,7 @@ use crate::wire::frame::MAX_FRAME;
 /// Protocol version spoken here (2: the code mode moved from XXpsk3 to XXpsk0; 3: the
 /// cipher suite is negotiated in the handshake payloads; 4: the hybrid ML-KEM-768
 /// exchange and the session key schedule of [`crate::crypto::hybrid`]).
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// ALPN of the direct QUIC connection, bound into the prologue.
 pub const ALPN: &[u8] = b"phi-conduit/1";
 /// Noise pattern of the known-recipient mode.
@@ -237,7 +237,12 @@ pub fn abort_frame(reason: AbortReason) -> Vec<u8> {
 }
 
 /// The prologue both sides feed to Noise.
-pub fn prologue(mode: AuthMethod, rendezvous: &[u8; 32], pake: Option<(&[u8], &[u8])>) -> Vec<u8> {
+pub fn prologue(
+    mode: AuthMethod,
+    rendezvous: &[u8; 32],
+    pake: Option<(&[u8], &[u8])>,
+    channel: Option<&[u8; 32]>,
+) -> Vec<u8> {
     let pattern = match mode {
         AuthMethod::PinnedKey => IK_PATTERN,
         AuthMethod::CodePhrase => XXPSK0_PATTERN,
@@ -256,6 +261,13 @@ pub fn prologue(mode: AuthMethod, rendezvous: &[u8; 32], pake: Option<(&[u8], &[
             p.extend_from_slice(&(m.len() as u16).to_be_bytes());
             p.extend_from_slice(m);
         }
+    }
+    match channel {
+        Some(c) => {
+            p.push(1);
+            p.extend_from_slice(c);
+        }
+        None => p.push(0),
     }
     p
 }
@@ -279,13 +291,19 @@ pub struct Policy {
     pub suites: SuitePolicy,
     /// The post-quantum exchange (`[transfer] post_quantum`).
     pub post_quantum: PqPolicy,
+    /// The channel binding: a value of the QUIC connection the handshake runs on (its
+    /// TLS exporter, [`channel_binding`]), bound into the prologue, so that the session
+    /// only completes when both sides are on the one end-to-end connection (a relay
+    /// that terminates QUIC on each side cannot sit between them). `None` only where a
+    /// relay splices two connections by design (both sides must agree).
+    pub channel: Option<[u8; 32]>,
 }
 
 impl From<SuitePolicy> for Policy {
     fn from(suites: SuitePolicy) -> Self {
         Self {
             suites,
-            post_quantum: PqPolicy::default(),
+            ..Self::default()
         }
     }
 }
@@ -293,10 +311,23 @@ impl From<SuitePolicy> for Policy {
 impl From<PqPolicy> for Policy {
     fn from(post_quantum: PqPolicy) -> Self {
         Self {
-            suites: SuitePolicy::default(),
             post_quantum,
+            ..Self::default()
         }
     }
+}
+
+/// The TLS exporter label of the channel binding (RFC 8446 section 7.5).
+pub const CHANNEL_BINDING_LABEL: &[u8] = b"EXPORTER-phi-conduit end-to-end connection";
+
+/// The channel binding of `conn` ([`Policy::channel`]): 32 bytes of its TLS exporter
+/// under [`CHANNEL_BINDING_LABEL`], empty context. `None` if the connection cannot
+/// export (its handshake is not complete).
+pub fn channel_binding(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, CHANNEL_BINDING_LABEL, b"")
+        .ok()?;
+    Some(out)
 }
 
 /// One direction of the session: ChaCha20-Poly1305 under a key of the session key
@@ -735,7 +766,12 @@ impl Initiator {
         let mut hs = builder(IK_PATTERN)?
             .local_private_key(secret.as_slice())
             .remote_public_key(remote.as_bytes())
-            .prologue(&prologue(AuthMethod::PinnedKey, rendezvous, None))
+            .prologue(&prologue(
+                AuthMethod::PinnedKey,
+                rendezvous,
+                None,
+                policy.channel.as_ref(),
+            ))
             .build_initiator()
             .map_err(noise)?;
         let mut payload = vec![VERSION];
@@ -805,6 +841,7 @@ impl Initiator {
                         AuthMethod::CodePhrase,
                         &rendezvous,
                         Some((&hello, their)),
+                        policy.channel.as_ref(),
                     ))
                     .build_initiator()
                     .map_err(noise)?;
@@ -879,6 +916,13 @@ impl Responder {
         self
     }
 
+    /// Binds the handshake to the connection it runs on ([`Policy::channel`]; default:
+    /// none).
+    pub fn with_channel(mut self, channel: Option<[u8; 32]>) -> Self {
+        self.policy.channel = channel;
+        self
+    }
+
     /// The transfer id from message 1 (known-recipient mode).
     pub fn transfer_id(&self) -> Option<[u8; TRANSFER_ID_LEN]> {
         self.transfer_id
@@ -942,7 +986,12 @@ impl Responder {
             (m, None) if m == AuthMethod::PinnedKey as u8 => {
                 let mut hs = builder(IK_PATTERN)?
                     .local_private_key(self.secret.as_slice())
-                    .prologue(&prologue(AuthMethod::PinnedKey, &self.rendezvous, None))
+                    .prologue(&prologue(
+                        AuthMethod::PinnedKey,
+                        &self.rendezvous,
+                        None,
+                        self.policy.channel.as_ref(),
+                    ))
                     .build_responder()
                     .map_err(noise)?;
                 let payload = read_hs(&mut hs, rest)?;
@@ -983,6 +1032,7 @@ impl Responder {
                         AuthMethod::CodePhrase,
                         &self.rendezvous,
                         Some((rest, &mine)),
+                        self.policy.channel.as_ref(),
                     ))
                     .build_responder()
                     .map_err(noise)?;

@@ -74,6 +74,7 @@ pub struct Receiver {
     pool: Arc<CipherPool>,
     audit: Audit,
     events: Events,
+    bind_channel: bool,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -99,7 +100,16 @@ impl Receiver {
             pool,
             audit: Audit::off(),
             events: crate::transfer::events::quiet(),
+            bind_channel: true,
         }
+    }
+
+    /// Binds the handshake to the QUIC connection it runs on: see
+    /// [`Sender::channel_binding`](crate::transfer::Sender::channel_binding); the sender
+    /// must be set alike.
+    pub fn channel_binding(mut self, on: bool) -> Self {
+        self.bind_channel = on;
+        self
     }
 
     /// What this receiver lets in.
@@ -241,7 +251,11 @@ impl Receiver {
         let timeouts = &policy.timeouts;
         let machine = Responder::new(&self.identity, &self.rendezvous(), policy.code.clone())
             .with_suites(policy.suites)
-            .with_post_quantum(policy.post_quantum);
+            .with_post_quantum(policy.post_quantum)
+            .with_channel(crate::transfer::sender::channel_of(
+                conn,
+                self.bind_channel,
+            )?);
         let accept_unknown = policy.accept_unknown;
         let book = &self.book;
         let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();

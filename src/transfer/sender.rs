@@ -85,6 +85,7 @@ pub struct Sender {
     chunk: ChunkSize,
     suites: SuitePolicy,
     post_quantum: PqPolicy,
+    bind_channel: bool,
     timeouts: Timeouts,
     audit: Audit,
     events: Events,
@@ -112,10 +113,20 @@ impl Sender {
             chunk: DEFAULT_CHUNK_SIZE,
             suites: SuitePolicy::Auto,
             post_quantum: PqPolicy::default(),
+            bind_channel: true,
             timeouts: Timeouts::default(),
             audit: Audit::off(),
             events: crate::transfer::events::quiet(),
         }
+    }
+
+    /// Binds the handshake to the QUIC connection it runs on (on by default: a direct
+    /// connection, or one through the relay's datagram switch, is end to end). Off only
+    /// on a relay's splice, where each side has its own connection to the relay; the
+    /// receiver must be set alike (docs/PROTOCOL.md, "Channel binding").
+    pub fn channel_binding(mut self, on: bool) -> Self {
+        self.bind_channel = on;
+        self
     }
 
     /// The STREAM chunk size of every file.
@@ -261,6 +272,7 @@ impl Sender {
         let policy = HandshakePolicy {
             suites: self.suites,
             post_quantum: self.post_quantum,
+            channel: channel_of(conn, self.bind_channel)?,
         };
         let (machine, first) = match recipient {
             Recipient::Known(key) => {
@@ -613,6 +625,23 @@ fn pack(lens: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
         out.push(from..end);
     }
     out
+}
+
+/// The channel binding of `conn` when `bind` ([`HandshakePolicy::channel`]).
+pub(crate) fn channel_of(
+    conn: &quinn::Connection,
+    bind: bool,
+) -> Result<Option<[u8; 32]>, TransferError> {
+    if !bind {
+        return Ok(None);
+    }
+    crate::crypto::handshake::channel_binding(conn)
+        .map(Some)
+        .ok_or_else(|| {
+            TransferError::Io(std::io::Error::other(
+                "the QUIC connection gave no channel binding (its handshake is not complete)",
+            ))
+        })
 }
 
 /// The entry of a file to send.

@@ -64,8 +64,15 @@ async fn offer_with(
         let mut ctl = tokio::io::join(rx, tx);
         let tid = [9u8; 16];
         let b = c.b.public();
+        // A well-behaved handshake (bound to this connection, as every peer's is); the
+        // malice comes after it.
+        let policy = phi_conduit::crypto::handshake::Policy {
+            channel: phi_conduit::crypto::handshake::channel_binding(&conn),
+            ..Default::default()
+        };
         let (machine, first) =
-            Initiator::known_peer(&c.a, &b, &transfer::rendezvous_for(&b), &tid).unwrap();
+            Initiator::known_peer_with(&c.a, &b, &transfer::rendezvous_for(&b), &tid, policy)
+                .unwrap();
         let mut est = session::initiate(&mut ctl, machine, first).await.unwrap();
         let secret = [7u8; 32];
         let mut start = OfferStart {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::inproc::{Clinics, clinics, final_files, relay, relayed};
+use common::inproc::{Clinics, clinics, final_files, relay, relayed, relayed_binding};
 use phi_conduit::relay::splice::{Direction, Tap};
 use quinn::{Connection, Dir, StreamId};
 
@@ -140,6 +140,26 @@ async fn an_untouched_relay_delivers() {
 
 struct Passthrough;
 impl Tap for Passthrough {}
+
+/// The session is bound to its QUIC connection (a TLS exporter value in the Noise
+/// prologue): a relay that terminates QUIC on each side, here the splice with a tap that
+/// changes nothing, cannot carry a bound session between the two, although it forwards
+/// every byte faithfully. Both sides fail the handshake's authentication; nothing lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_terminates_quic_cannot_carry_a_bound_session() {
+    let c = clinics();
+    let src = payload(&c);
+    let r = relay(Some(Arc::new(Passthrough))).await;
+    let out = c.dir.path().join("out");
+    let (sent, received) = relayed_binding(&c, &r, &[src], &out, true).await;
+    r.stop().await;
+    use phi_conduit::transfer::ErrorKind;
+    for (side, result) in [("sender", sent), ("receiver", received)] {
+        let e = result.expect_err("a session bound to another connection completed");
+        assert_eq!(e.kind(), ErrorKind::Authentication, "{side}: {e}");
+    }
+    assert!(final_files(&out).is_empty(), "{:?}", final_files(&out));
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_bit_in_file_data_is_detected() {

@@ -124,11 +124,28 @@ pub async fn relayed(
     Result<Summary, TransferError>,
     Result<Summary, TransferError>,
 ) {
+    // Bound to the connection on the switch (end to end); not on a splice, whose two
+    // sides have a connection each.
+    relayed_binding(c, relay, files, out, relay.opts.switch).await
+}
+
+/// [`relayed`] with the channel binding set to `bind` on both sides.
+pub async fn relayed_binding(
+    c: &Clinics,
+    relay: &InprocRelay,
+    files: &[PathBuf],
+    out: &Path,
+    bind: bool,
+) -> (
+    Result<Summary, TransferError>,
+    Result<Summary, TransferError>,
+) {
     let dest = Destination::open(out).unwrap();
     let sources = source::collect_with_dirs(files).unwrap();
     let to = Recipient::Known(c.b.public());
     let receiver = async {
-        let receiver = Receiver::new(c.b.clone(), c.book_b.clone(), Arc::clone(&c.pool));
+        let receiver =
+            Receiver::new(c.b.clone(), c.book_b.clone(), Arc::clone(&c.pool)).channel_binding(bind);
         let j = client::listen(&relay.opts, receiver.identity())
             .await
             .unwrap();
@@ -147,7 +164,7 @@ pub async fn relayed(
         let j = client::join(&relay.opts, Role::Connect, false, to.rendezvous())
             .await
             .unwrap();
-        let sender = Sender::new(c.a.clone(), Arc::clone(&c.pool));
+        let sender = Sender::new(c.a.clone(), Arc::clone(&c.pool)).channel_binding(bind);
         let r = sender
             .send(&j.connection, &to, &sources, std::future::pending())
             .await;
