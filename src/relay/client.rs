@@ -459,10 +459,21 @@ async fn read_grant(
     }
 }
 
+/// How long a client that closed its end-to-end connection keeps its allocation for the
+/// peer to receive that close (it leaves at once when the peer has).
+pub const PEER_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Keeps the control connection to the relay (and its Hello stream, on which the relay
 /// writes a new grant when it follows our address: nothing to do, the wrapped packets
 /// leave from the same socket) until the end-to-end connection is closed, then closes
-/// it: the relay then releases the allocations and tells the peer's control connection.
+/// it: the relay then releases the allocations and closes the peer's control connection.
+///
+/// The end-to-end close travels through the switch, and quinn may send the control
+/// connection's close first: had this side closed the end-to-end connection, its close
+/// could reach a released allocation and be dropped (the peer would wait for it). So the
+/// side that closed first waits until the peer has gone (the relay closes this control
+/// connection then), at most [`PEER_CLOSE_GRACE`]; the side the peer closed leaves at
+/// once.
 fn keep_control(control: quinn::Connection, mut recv: quinn::RecvStream, e2e: quinn::Connection) {
     tokio::spawn(async move {
         let grants = async {
@@ -470,9 +481,12 @@ fn keep_control(control: quinn::Connection, mut recv: quinn::RecvStream, e2e: qu
             while let Ok(Some(_)) = recv.read(&mut sink).await {}
             std::future::pending::<()>().await;
         };
-        tokio::select! {
-            _ = e2e.closed() => {}
-            _ = grants => {}
+        let ours = tokio::select! {
+            e = e2e.closed() => matches!(e, ConnectionError::LocallyClosed),
+            _ = grants => false,
+        };
+        if ours {
+            let _ = tokio::time::timeout(PEER_CLOSE_GRACE, control.closed()).await;
         }
         control.close(0u32.into(), b"done");
     });

@@ -339,6 +339,12 @@ fn a_relayed_transfer_is_one_end_to_end_connection_through_the_switch() {
     let mut rx = receiver_via(&p, &relay, &out, &[]);
     let sent = send_via(&p, &relay, &[&src], &["--to", "lab"]);
     assert!(sent.status.success(), "{}", text(&sent.stderr));
+    // The sender's close reaches the receiver through the switch (had it been dropped at
+    // a released allocation, the receiver would wait SENDER_CLOSE_WAIT, 10 s, for it).
+    assert!(
+        rx.wait_timeout(5).is_some(),
+        "the receiver did not learn of the sender's close"
+    );
     let (status, _, rx_err) = rx.finish();
     assert!(status.success(), "{rx_err}");
     assert!(same_file(&src, &out.join("scan.bin")));
@@ -354,4 +360,78 @@ fn a_relayed_transfer_is_one_end_to_end_connection_through_the_switch() {
         .collect();
     assert_eq!(open.len(), 1, "{log:?}");
     assert_eq!(open[0]["path"], "switch", "{log:?}");
+}
+
+/// A transfer through the switch completes while a third party floods the relay's port
+/// with 1,000,000 wrapped packets of random channel ids (and junk first bytes): none is
+/// forwarded (the switch's drop counters take them all), the file arrives identical, and
+/// the relay's memory does not grow by 8 MiB.
+#[test]
+fn a_transfer_through_the_switch_completes_under_a_flood_of_random_ids() {
+    let relay = start_relay(&["--metrics", "127.0.0.1:0"]);
+    let metrics = relay.run.first["metrics"].as_str().unwrap().to_string();
+    let at: SocketAddr = relay.addr.parse().unwrap();
+    let before = rss(relay.run.child.id());
+    let p = pair_knowing(true, true);
+    let src = p.root.join("study.bin");
+    write_data(&src, 64 << 20);
+    let out = p.root.join("out");
+    let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let flood = {
+        let started = std::sync::Arc::clone(&started);
+        std::thread::spawn(move || {
+            let third = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let mut sent = 0u64;
+            for i in 0..1_000_000u32 {
+                if i == 100_000 {
+                    started.wait();
+                }
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut p = wrapped(x, i, 200);
+                if i % 97 == 0 {
+                    p[0] = 0x11; // reserved first byte
+                }
+                if third.send_to(&p, at).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    };
+    started.wait();
+    let mut rx = receiver_via(&p, &relay, &out, &[]);
+    let sent = send_via(&p, &relay, &[&src], &["--to", "lab"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let (status, _, rx_err) = rx.finish();
+    assert!(status.success(), "{rx_err}");
+    assert!(same_file(&src, &out.join("study.bin")));
+    let flooded = flood.join().unwrap();
+    assert!(flooded > 900_000, "the flood sent {flooded} datagrams");
+    std::thread::sleep(Duration::from_millis(500));
+    let unknown = metric(
+        &metrics,
+        "conduit_relay_switch_dropped_total{reason=\"unknown_id\"}",
+    );
+    let forwarded = metric(&metrics, "conduit_relay_switch_packets_total");
+    let after = rss(relay.run.child.id());
+    eprintln!(
+        "flood of {flooded}: unknown_id {unknown}, forwarded {forwarded}; relay RSS {} -> {} KiB",
+        before >> 10,
+        after >> 10
+    );
+    assert!(unknown > 0, "the switch saw none of the flood");
+    // Only the transfer's packets were forwarded: about 64 MiB in packets of at most
+    // 4,000 bytes (and its acknowledgements), far fewer than the flood's.
+    assert!(
+        forwarded < flooded / 4,
+        "{forwarded} forwarded during a flood of {flooded}"
+    );
+    assert!(
+        after < before + (8 << 20),
+        "relay RSS grew from {before} to {after}"
+    );
+    assert!(relay.stop().0.success());
 }
