@@ -422,7 +422,11 @@ fn a_transfer_through_the_switch_completes_under_a_flood_of_random_ids() {
         before >> 10,
         after >> 10
     );
-    assert!(unknown > 0, "the switch saw none of the flood");
+    // The socket may drop some of the flood before the switch sees it; most reach it.
+    assert!(
+        unknown > flooded / 2,
+        "the switch saw {unknown} of the flood's {flooded}"
+    );
     // Only the transfer's packets were forwarded: about 64 MiB in packets of at most
     // 4,000 bytes (and its acknowledgements), far fewer than the flood's.
     assert!(
