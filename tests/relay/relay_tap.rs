@@ -55,14 +55,7 @@ async fn only_ciphertext_crosses_the_switch() {
     let recorder = Arc::new(Datagrams::default());
     let r = relay_switch_tapped(recorder.clone()).await;
     assert!(r.opts.switch);
-    let out = c.dir.path().join("out");
-    let (sent, received) = relayed(&c, &r, std::slice::from_ref(&src), &out).await;
-    r.stop().await;
-    assert_eq!(sent.unwrap().files[0].2, received.unwrap().files[0].2);
-    assert_eq!(
-        std::fs::read(out.join(NAME)).unwrap(),
-        std::fs::read(&src).unwrap()
-    );
+    deliver_through(&c, r, &src).await;
     let seen = recorder.0.lock().unwrap();
     assert!(
         seen.len() > 3_000_000,
@@ -78,15 +71,7 @@ async fn only_ciphertext_crosses_the_splice() {
     let src = marker_file(&c);
     let recorder = Arc::new(Recorder::default());
     let r = relay(Some(recorder.clone())).await;
-    let out = c.dir.path().join("out");
-    let (sent, received) = relayed(&c, &r, std::slice::from_ref(&src), &out).await;
-    r.stop().await;
-    assert_eq!(sent.unwrap().files[0].2, received.unwrap().files[0].2);
-    assert_eq!(
-        std::fs::read(out.join(NAME)).unwrap(),
-        std::fs::read(&src).unwrap()
-    );
-
+    deliver_through(&c, r, &src).await;
     let seen = recorder.0.lock().unwrap();
     assert!(
         seen[1].len() > 3_000_000,
@@ -94,6 +79,18 @@ async fn only_ciphertext_crosses_the_splice() {
         seen[1].len()
     );
     assert_no_secrets(&c, &seen[..]);
+}
+
+/// Sends `src` through `r` (stopped afterwards); it must arrive identical.
+async fn deliver_through(c: &Clinics, r: common::inproc::InprocRelay, src: &std::path::Path) {
+    let out = c.dir.path().join("out");
+    let (sent, received) = relayed(c, &r, &[src.to_path_buf()], &out).await;
+    r.stop().await;
+    assert_eq!(sent.unwrap().files[0].2, received.unwrap().files[0].2);
+    assert_eq!(
+        std::fs::read(out.join(NAME)).unwrap(),
+        std::fs::read(src).unwrap()
+    );
 }
 
 /// Neither the marker, the name nor either secret key is in any of `seen`.
