@@ -124,14 +124,13 @@ impl RelayArgs {
 }
 
 /// Prints one log event: a JSON line, or `event key=value ...` for people (an object's
-/// entries as `key.inner=value`).
+/// entries as `key.inner=value`). A log that can no longer be written (its reader went
+/// away: a closed pipe) loses the line; the relay goes on serving.
 fn logger(json: bool) -> Logger {
     Arc::new(move |v: Value| {
-        if json {
-            println!("{v}");
-            return;
-        }
-        println!("{}", human(&v));
+        use std::io::Write;
+        let line = if json { v.to_string() } else { human(&v) };
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
     })
 }
 

@@ -673,3 +673,43 @@ fn a_duration_limit_past_a_day_is_refused_at_start() {
         assert!(!text(&out.stdout).contains("listening"), "{flag}");
     }
 }
+
+/// A relay whose log reader goes away (its stdout a pipe that is closed after the first
+/// line, as when whatever read the log died) keeps serving: the log lines are lost, the
+/// transfer through it completes, and it stops cleanly on SIGTERM. (It used to die at its
+/// next log line.)
+#[test]
+fn the_relay_outlives_the_reader_of_its_log() {
+    let cwd = scratch();
+    let mut cmd = std::process::Command::new("bash");
+    // The relay itself is the child (exec), its stdout a pipe to `head -n 1`, which
+    // passes the first line on and exits.
+    cmd.current_dir(cwd.path())
+        .env("HOME", cwd.path())
+        .env_remove("CONDUIT_HOME")
+        .arg("-c")
+        .arg(format!(
+            "exec {} relay --listen 127.0.0.1:0 --dev-self-signed --json --verbose > >(head -n 1)",
+            env!("CARGO_BIN_EXE_conduit")
+        ));
+    let relay = Relay::spawned(cmd, cwd);
+    // `head` is gone once our reader sees the end of its output.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let p = pair_knowing(true, true);
+    let src = p.root.join("a.bin");
+    write_data(&src, 1_000_000);
+    let out = p.root.join("out");
+    let mut rx = receiver_via(&p, &relay, &out, &[]);
+    let sent = send_via(&p, &relay, &[&src], &["--to", "lab"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(rx.finish().0.success());
+    assert!(same_file(&src, &out.join("a.bin")));
+    // A second transfer: the relay is still there after logging into the closed pipe.
+    let mut rx = receiver_via(&p, &relay, &p.root.join("out2"), &[]);
+    let sent = send_via(&p, &relay, &[&src], &["--to", "lab"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(rx.finish().0.success());
+    let (status, log, err) = relay.stop();
+    assert!(status.success(), "{status:?} {err}");
+    assert!(log.is_empty(), "{log:?}");
+}
