@@ -313,7 +313,7 @@ pub(crate) fn report(what: &str, s: &Summary, out: Output, names: &Names) {
     if out == Output::Json {
         // Written file by file: a summary of 100,000 files as one JSON value would take
         // more memory than the whole transfer.
-        let head = json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "suite": s.suite.name(), "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "names": names_mode(names)});
+        let head = json!({"event": "done", "bytes": s.bytes, "resumed_bytes": s.resumed, "seconds": s.seconds, "suite": s.suite.name(), "path": s.path.name(), "mbps": mbps, "cpu_s": crate::bench::proc::cpu_seconds(None), "peer": s.peer.fingerprint().to_string(), "names": names_mode(names)});
         let head = head.to_string();
         let mut w = std::io::BufWriter::new(std::io::stdout().lock());
         let written = (|| -> std::io::Result<()> {
@@ -338,11 +338,12 @@ pub(crate) fn report(what: &str, s: &Summary, out: Output, names: &Names) {
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
         println!(
-            "{what} {}, {} in {:.2} s{shown_rate}, peer {}",
+            "{what} {}, {} in {:.2} s{shown_rate}, peer {}, {}",
             count(s.files.len() as u64, "file", "files"),
             size(s.bytes),
             s.seconds,
-            s.peer.fingerprint()
+            s.peer.fingerprint(),
+            s.path.name()
         );
         if s.resumed > 0 {
             println!(

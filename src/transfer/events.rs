@@ -30,6 +30,8 @@ pub struct Summary {
     pub seconds: f64,
     /// The STREAM cipher suite the handshake agreed on.
     pub suite: crate::crypto::suite::Suite,
+    /// The path the connection took.
+    pub path: crate::transport::path::PathKind,
 }
 
 /// What a transfer reports while it runs.

@@ -258,6 +258,7 @@ pub(crate) async fn receive(
         resumed,
         seconds: began.elapsed().as_secs_f64(),
         suite: ses.est.suite(),
+        path: crate::transport::path::path_of(&ses.conn),
     })
 }
 

@@ -579,6 +579,7 @@ impl<'a> IncomingOffer<'a> {
                     resumed: offer.start.total_size,
                     seconds: started.elapsed().as_secs_f64(),
                     suite,
+                    path: crate::transport::path::path_of(&conn),
                 })
             }
             Err(e) => Err(fail(&conn, &rec, e).await),

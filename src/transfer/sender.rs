@@ -315,7 +315,7 @@ impl Sender {
             Answer::Delivered => {
                 rec.offer(&transfer_id, offer.count, total, None).await?;
                 let summary = self
-                    .repeat(&mut rx, &mut est, files, total, start, rec)
+                    .repeat(&mut rx, &mut est, files, (total, start), conn, rec)
                     .await?;
                 conn.close(CLOSE_DONE.into(), b"done");
                 return Ok(ItemSent {
@@ -464,6 +464,7 @@ impl Sender {
                 resumed,
                 seconds,
                 suite: est.suite(),
+                path: crate::transport::path::path_of(conn),
             },
             repeat: false,
         })
@@ -476,8 +477,8 @@ impl Sender {
         rx: &mut quinn::RecvStream,
         est: &mut crate::crypto::handshake::Established,
         files: &[SourceFile],
-        total: u64,
-        start: Instant,
+        (total, start): (u64, Instant),
+        conn: &quinn::Connection,
         rec: &SessionAudit,
     ) -> Result<Summary, TransferError> {
         let (hashes, receiver_head) = self
@@ -522,6 +523,7 @@ impl Sender {
             resumed: total,
             seconds: start.elapsed().as_secs_f64(),
             suite: est.suite(),
+            path: crate::transport::path::path_of(conn),
         })
     }
 }

@@ -26,6 +26,42 @@ pub fn mapped_for(local: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 1)
 }
 
+/// Which path a connection takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Straight to the peer's address.
+    Direct,
+    /// Through a relay (its datagram switch, or a splice).
+    Relayed,
+}
+
+impl PathKind {
+    /// `direct` or `relayed`, as events and summaries say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Relayed => "relayed",
+        }
+    }
+}
+
+/// The path `conn` takes: relayed when quinn sees its peer at the address mapped to the
+/// relay path ([`mapped_for`]) or when it is a connection to a relay itself (the relay's
+/// ALPN: a splice), direct otherwise.
+pub fn path_of(conn: &quinn::Connection) -> PathKind {
+    let remote = conn.remote_address();
+    let to_relay = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|alpn| alpn == super::RELAY_ALPN);
+    if to_relay || remote == mapped_for(remote) {
+        PathKind::Relayed
+    } else {
+        PathKind::Direct
+    }
+}
+
 /// Channel value before the relay granted one (a granted id is random and never 0 in
 /// practice; the grant sets [`RelayPath::granted`] anyway).
 const UNGRANTED: u64 = 0;

@@ -345,9 +345,17 @@ fn a_relayed_transfer_is_one_end_to_end_connection_through_the_switch() {
         rx.wait_timeout(5).is_some(),
         "the receiver did not learn of the sender's close"
     );
-    let (status, _, rx_err) = rx.finish();
+    let (status, rx_out, rx_err) = rx.finish();
     assert!(status.success(), "{rx_err}");
     assert!(same_file(&src, &out.join("scan.bin")));
+    // Both sides say which path the connection took.
+    for (side, out) in [("sender", text(&sent.stdout)), ("receiver", rx_out)] {
+        let done = events(&out)
+            .into_iter()
+            .find(|e| e["event"] == "done")
+            .unwrap_or_else(|| panic!("{side}: no done event"));
+        assert_eq!(done["path"], "relayed", "{side}: {done}");
+    }
     let bytes = metric(&metrics, "conduit_relay_switch_bytes_total");
     let packets = metric(&metrics, "conduit_relay_switch_packets_total");
     assert!(bytes > 5_000_000, "the switch forwarded {bytes} bytes");
