@@ -428,6 +428,8 @@ async fn join_once(
         relay: relay.clone(),
         message: "the peer's end-to-end connection through the relay did not complete".into(),
     })??;
+    // The one end-to-end connection is made: the listener accepts no other.
+    endpoint.set_server_config(None);
     keep_control(connection, recv, e2e.clone());
     Ok(Joined {
         endpoint,
