@@ -142,7 +142,7 @@ impl Audit {
     /// let (me, peer) = (Identity::generate()?, Identity::generate()?);
     /// let log = Audit::open(&home, &me, &AddressBook::load(&home)?, audit::Options::default());
     /// let session = log.session(Side::Receive);
-    /// session.opened(&peer.public(), AuthMethod::PinnedKey).await?;
+    /// session.opened(&peer.public(), AuthMethod::PinnedKey, None).await?;
     /// session.file_completed("referral.pdf", 5, &blake3::hash(b"hello")).await?;
     ///
     /// let valid = audit::verify::verify(&audit::dir(&home), &audit::chain_key(&me))?;
@@ -465,13 +465,19 @@ impl SessionAudit {
         }
     }
 
-    /// The peer authenticated.
-    pub async fn opened(&self, peer: &PublicKey, auth: AuthMethod) -> Result<(), AuditError> {
+    /// The peer authenticated (`auth`), on a connection that took `path` (when known).
+    pub async fn opened(
+        &self,
+        peer: &PublicKey,
+        auth: AuthMethod,
+        path: Option<crate::transport::path::PathKind>,
+    ) -> Result<(), AuditError> {
         *self
             .peer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*peer);
         self.write(event::SESSION_OPENED, |r| {
+            r.network_path = path.map(|p| p.name().to_string());
             r.auth = Some(
                 match auth {
                     AuthMethod::PinnedKey => "known_key",
@@ -669,7 +675,7 @@ mod tests {
         // An authenticated session is not limited.
         let known = Identity::generate().unwrap().public();
         let s = audit.session(Side::Receive);
-        s.opened(&known, AuthMethod::PinnedKey).await.unwrap();
+        s.opened(&known, AuthMethod::PinnedKey, None).await.unwrap();
         s.failed("connection lost").await.unwrap();
         audit.flush_suppressed().await.unwrap();
         let records = verify::show(&super::dir(&home), &verify::Filter::default()).unwrap();
@@ -742,7 +748,7 @@ mod tests {
         let peer = Identity::generate().unwrap().public();
         audit
             .session(Side::Receive)
-            .opened(&peer, AuthMethod::PinnedKey)
+            .opened(&peer, AuthMethod::PinnedKey, None)
             .await
             .unwrap();
         let group = || audit.0.as_ref().unwrap().group.groups();

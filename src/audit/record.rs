@@ -110,6 +110,9 @@ pub struct Record {
     /// How the peer authenticated: `known_key` or `code`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+    /// The path the connection took: `direct` or `relayed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_path: Option<String>,
     /// The transfer id (hex), shared by both endpoints' records of one transfer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<String>,

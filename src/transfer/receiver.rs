@@ -295,7 +295,9 @@ impl Receiver {
             None => AuthMethod::PinnedKey,
         };
         // Without a record nothing is accepted; the sender hears why at the offer.
-        let opened = rec.opened(&peer, method).await;
+        let opened = rec
+            .opened(&peer, method, Some(crate::transport::path::path_of(conn)))
+            .await;
         // A sender that proved the code the user typed here is expected.
         let known = book.find_by_key(&peer).is_some() || policy.code.is_some();
         // Known-recipient mode: the offer was the first transport message, which completed

@@ -291,7 +291,12 @@ impl Sender {
             .await
             .map_err(TransferError::Unauthenticated)?;
         let (mut rx, mut tx) = ctl.into_inner();
-        rec.opened(&est.remote_static(), recipient.method()).await?;
+        rec.opened(
+            &est.remote_static(),
+            recipient.method(),
+            Some(crate::transport::path::path_of(conn)),
+        )
+        .await?;
         let secret: [u8; 32] = random()?;
         let start = Instant::now();
         let total: u64 = files.iter().map(|f| f.size).sum();

@@ -356,6 +356,10 @@ fn a_relayed_transfer_is_one_end_to_end_connection_through_the_switch() {
             .unwrap_or_else(|| panic!("{side}: no done event"));
         assert_eq!(done["path"], "relayed", "{side}: {done}");
     }
+    // And so do their audit records.
+    for home in [&p.sender, &p.receiver] {
+        wait_for_audit(home, "\"network_path\":\"relayed\"");
+    }
     let bytes = metric(&metrics, "conduit_relay_switch_bytes_total");
     let packets = metric(&metrics, "conduit_relay_switch_packets_total");
     assert!(bytes > 5_000_000, "the switch forwarded {bytes} bytes");

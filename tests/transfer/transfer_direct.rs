@@ -101,6 +101,9 @@ fn a_tree_with_an_empty_file_and_unicode_names_arrives_identical() {
         serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(done["event"], "done");
     assert_eq!(done["path"], "direct");
+    for home in [&p.sender, &p.receiver] {
+        common::wait_for_audit(home, "\"network_path\":\"direct\"");
+    }
     assert!(done["mbps"].as_f64().unwrap() > 0.0);
     assert_eq!(done["files"].as_array().unwrap().len(), 4);
     let big = std::fs::read(src.join("sub/deeper/big.bin")).unwrap();
