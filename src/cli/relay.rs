@@ -56,10 +56,10 @@ pub struct RelayArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60, hide = true,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     log_summary_secs: u64,
-    /// Sessions spliced at once [default: 256].
+    /// Sessions (paired clients, switched or spliced) at once [default: 256].
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
-    /// Connections at once, waiting or spliced [default: 2048].
+    /// Connections at once, waiting or in a session [default: 2048].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// Clients waiting for a peer per source address [default: 32].

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-/// Default: sessions spliced at once.
+/// Default: sessions (paired clients) at once.
 pub const MAX_SESSIONS: usize = 256;
 /// Default: connections at once (waiting, handshaking and spliced).
 pub const MAX_CONNECTIONS: usize = 2048;
