@@ -437,17 +437,12 @@ fn any_local(peer: SocketAddr) -> SocketAddr {
 /// A client endpoint bound to `local` with `tls`.
 fn client_endpoint(
     local: SocketAddr,
-    mut tls: rustls::ClientConfig,
+    tls: rustls::ClientConfig,
     alpn: &[u8],
     idle: Duration,
     ceiling: u16,
 ) -> Result<quinn::Endpoint, TransportError> {
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = transport_config_with(idle);
-    set_ceiling(&mut transport, ceiling);
-    cfg.transport_config(Arc::new(transport));
+    let cfg = client_config(tls, alpn, idle, ceiling)?;
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
     let mut ep = quinn::Endpoint::new(endpoint_config(), None, socket(local)?, runtime).map_err(
@@ -458,6 +453,23 @@ fn client_endpoint(
     )?;
     ep.set_default_client_config(cfg);
     Ok(ep)
+}
+
+/// A client configuration: `tls` with ALPN `alpn`, the transport configuration with idle
+/// timeout `idle` and path MTU ceiling `ceiling`.
+fn client_config(
+    mut tls: rustls::ClientConfig,
+    alpn: &[u8],
+    idle: Duration,
+    ceiling: u16,
+) -> Result<quinn::ClientConfig, TransportError> {
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = transport_config_with(idle);
+    set_ceiling(&mut transport, ceiling);
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
 }
 
 /// A direct-mode client endpoint for connecting to `peer`.
@@ -512,40 +524,18 @@ pub fn relay_client_switching(
     idle: Duration,
 ) -> Result<(quinn::Endpoint, Arc<path::RelayPath>), TransportError> {
     let local = any_local(relay);
-    let err = |source| TransportError::Socket {
-        addr: local,
-        source,
-    };
-    let udp = socket(local)?;
-    let bound = udp.local_addr().map_err(err)?;
-    let route = Arc::new(path::RelayPath::new(relay, bound));
-    let divert: Arc<dyn demux::Divert> = route.clone();
-    let sock = Arc::new(demux::DemuxSocket::new(udp, divert).map_err(err)?);
-    let mut tls = trust.client_config()?;
-    tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = transport_config();
-    set_ceiling(&mut transport, mtu::ceiling_for(relay.ip()));
-    cfg.transport_config(Arc::new(transport));
-    let server = if listener {
+    let route = Arc::new(path::RelayPath::new(relay, local));
+    let (ep, _) = relay_client_on(local, trust, route.clone(), mtu::ceiling_for(relay.ip()))?;
+    if listener {
         let mut transport = transport_config_with(idle);
         set_ceiling(&mut transport, switched_ceiling(relay));
-        Some(server_config(
+        ep.set_server_config(Some(server_config(
             ServerTls::self_signed(&["phi-conduit"])?,
             ALPN,
             transport,
             |_| {},
-        )?)
-    } else {
-        None
-    };
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
-    let mut ep =
-        quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, sock, runtime)
-            .map_err(err)?;
-    ep.set_default_client_config(cfg);
+        )?));
+    }
     Ok((ep, route))
 }
 
@@ -555,14 +545,7 @@ pub fn switched_client_config(
     relay: SocketAddr,
     idle: Duration,
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let mut tls = e2e_client_tls()?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = transport_config_with(idle);
-    set_ceiling(&mut transport, switched_ceiling(relay));
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
+    client_config(e2e_client_tls()?, ALPN, idle, switched_ceiling(relay))
 }
 
 /// A client endpoint for connecting to the relay at `relay`, verifying it by `trust`.
@@ -604,18 +587,22 @@ pub fn relay_client_diverting(
     trust: &RelayTrust,
     divert: Arc<dyn demux::Divert>,
 ) -> Result<(quinn::Endpoint, Arc<demux::DemuxSocket>), TransportError> {
+    relay_client_on(local, trust, divert, bound_ceiling(local))
+}
+
+/// [`relay_client_diverting`] with the path MTU ceiling `ceiling` towards the relay.
+fn relay_client_on(
+    local: SocketAddr,
+    trust: &RelayTrust,
+    divert: Arc<dyn demux::Divert>,
+    ceiling: u16,
+) -> Result<(quinn::Endpoint, Arc<demux::DemuxSocket>), TransportError> {
     let err = |source| TransportError::Socket {
         addr: local,
         source,
     };
     let sock = Arc::new(demux::DemuxSocket::new(socket(local)?, divert).map_err(err)?);
-    let mut tls = trust.client_config()?;
-    tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = transport_config();
-    set_ceiling(&mut transport, bound_ceiling(local));
-    cfg.transport_config(Arc::new(transport));
+    let cfg = client_config(trust.client_config()?, RELAY_ALPN, IDLE_TIMEOUT, ceiling)?;
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
     let mut ep =
