@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         token: Vec::new(),
         wait: Duration::from_secs(10),
         switch: true,
+        punch: true,
     };
     let src = dir.path().join("scan.bin");
     std::fs::write(&src, vec![1u8; 4 << 20])?;

@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         token: Vec::new(),
         wait: Duration::from_secs(10),
         switch: true,
+        punch: true,
     };
     let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
     let relay_task = tokio::spawn(relay.run(async {

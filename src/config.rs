@@ -104,6 +104,8 @@ pub struct TransferFile {
     /// The post-quantum (ML-KEM-768) part of the handshake: `required`, `preferred` or
     /// `off` (`--post-quantum`).
     pub post_quantum: Option<crate::crypto::hybrid::PqPolicy>,
+    /// Which paths transfers take: `auto`, `relay` or `direct` (`--path`).
+    pub path: Option<crate::transport::path::PathPolicy>,
     /// Days after which the receiver removes a leftover partial file
     /// (`--part-max-age-days`; 0 keeps them).
     pub part_max_age_days: Option<u32>,
@@ -450,6 +452,8 @@ pub struct Resolved {
     pub keep_modes: Sourced<bool>,
     /// `transfer.suite`: the STREAM cipher suites this side accepts.
     pub suite: Sourced<crate::crypto::suite::SuitePolicy>,
+    /// `transfer.path`: which paths transfers take.
+    pub path: Sourced<crate::transport::path::PathPolicy>,
     /// `transfer.post_quantum`: whether a peer without ML-KEM-768 is accepted.
     pub post_quantum: Sourced<crate::crypto::hybrid::PqPolicy>,
     /// `transfer.part_max_age_days`.
@@ -619,6 +623,7 @@ impl Resolved {
             max_sessions_per_ip: key!(max_sessions_per_ip, DEFAULT_MAX_PER_IP),
             keep_modes: key!(keep_modes, false),
             suite: key!(suite, crate::crypto::suite::SuitePolicy::Auto),
+            path: key!(path, crate::transport::path::PathPolicy::Auto),
             post_quantum: key!(post_quantum, crate::crypto::hybrid::PqPolicy::Required),
             part_max_age_days: key!(part_max_age_days, DEFAULT_PART_MAX_AGE_DAYS),
             max_entries: key!(max_entries, crate::transfer::protocol::DEFAULT_MAX_ENTRIES),
@@ -738,6 +743,7 @@ impl Resolved {
             row("transfer.keep_modes", &self.keep_modes, None),
             row("transfer.suite", &self.suite, None),
             row("transfer.post_quantum", &self.post_quantum, None),
+            row("transfer.path", &self.path, None),
             row("transfer.part_max_age_days", &self.part_max_age_days, None),
             row("transfer.max_entries", &self.max_entries, None),
             row("audit.names", &names, Some(env::AUDIT_NAMES)),

@@ -115,6 +115,8 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
         token: Vec::new(),
         wait: std::time::Duration::from_secs(10),
         switch: true,
+        // The demo shows the relay: its leg stays on it (no direct path on one host).
+        punch: false,
     };
 
     let pool = CipherPool::with_all_cores()?;

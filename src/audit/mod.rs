@@ -548,13 +548,15 @@ impl SessionAudit {
     }
 
     /// The receipt (sent by the receiver; checked by the sender) over `hashes`, with the
-    /// peer's audit chain head from the exchange (`peer_head`). Returns this log's head
-    /// after the record (`None` when the audit is off).
+    /// peer's audit chain head from the exchange (`peer_head`) and the path the
+    /// connection took at the end (`path`: it may have moved since the session opened).
+    /// Returns this log's head after the record (`None` when the audit is off).
     pub async fn receipt(
         &self,
         hashes: &[blake3::Hash],
         bytes: u64,
         peer_head: Option<&[u8; 32]>,
+        path: Option<crate::transport::path::PathKind>,
     ) -> Result<Option<[u8; 32]>, AuditError> {
         let mut h = blake3::Hasher::new();
         for x in hashes {
@@ -566,6 +568,7 @@ impl SessionAudit {
             r.bytes = Some(bytes);
             r.receipt = Some(digest.to_hex().to_string());
             r.peer_head = peer_head.map(|h| record::hex(h));
+            r.network_path = path.map(|p| p.name().to_string());
         })
         .await
     }
@@ -605,7 +608,7 @@ mod tests {
         let reason = "\u{1b}[31m\"\\".repeat(30_000);
         s.offer(&[1u8; 16], 1, 1, Some(&reason)).await.unwrap();
         s.failed(&reason).await.unwrap();
-        s.receipt(&[], 0, None).await.unwrap();
+        s.receipt(&[], 0, None, None).await.unwrap();
         let valid = verify::verify(&super::dir(&home), &chain_key(&me))
             .unwrap()
             .unwrap();

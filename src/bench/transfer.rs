@@ -474,7 +474,16 @@ fn relayed_run(
     let measured = through_relay(exe, |relay_addr, pin| {
         let via = |home: &Path, cmd: &[&str]| {
             let mut a = home_args(home, cmd);
-            a.extend(args(&["--relay", relay_addr, "--relay-pin", pin]));
+            // Every packet through the relay: this run measures it (on one host the
+            // endpoints would otherwise find their direct path).
+            a.extend(args(&[
+                "--relay",
+                relay_addr,
+                "--relay-pin",
+                pin,
+                "--path",
+                "relay",
+            ]));
             a
         };
         let rx = Party::spawn(exe, "relayed receiver", &{

@@ -345,6 +345,8 @@ fn raw_peer(peer: RawPeer) -> anyhow::Result<()> {
                     token: vec![],
                     wait: std::time::Duration::from_secs(30),
                     switch: true,
+                    // Raw QUIC through the relay measures the relay.
+                    punch: false,
                 },
                 crate::relay::tokens::parse_sha256(rv)
                     .ok_or_else(|| anyhow::anyhow!("bad rendezvous"))?,

@@ -122,6 +122,24 @@ pub(crate) fn events(out: Output, book: &AddressBook) -> Events {
                 None => eprintln!("warning: {message}"),
             }
         }
+        (Output::Json, Event::Path { path, via, at }) => {
+            println!(
+                "{}",
+                json!({"event": "path", "path": path.name(), "address": via.to_string(), "at": rfc3339(at)})
+            );
+        }
+        (Output::Human, Event::Path { path, via, .. }) => {
+            let line = match path {
+                crate::transport::path::PathKind::Direct => format!("path: direct to {via}"),
+                crate::transport::path::PathKind::Relayed => {
+                    format!("path: through the relay {via}")
+                }
+            };
+            match bar.get() {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
         (Output::Human, Event::FileDone { path, .. }) => {
             if let Some(b) = bar.get() {
                 b.set_message(shown.tag(&path));
@@ -129,6 +147,13 @@ pub(crate) fn events(out: Output, book: &AddressBook) -> Events {
         }
         _ => {}
     })
+}
+
+/// `at` as an RFC 3339 UTC timestamp (as the audit records write them).
+fn rfc3339(at: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// A [`SourceError`](source::SourceError) for the user. In names mode hash only the

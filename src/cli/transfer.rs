@@ -29,6 +29,7 @@ use crate::session::Timeouts;
 use crate::transfer::protocol::{Refusal, RefusalCode};
 use crate::transfer::source;
 use crate::transfer::{Recipient, Sender, Summary, TransferError};
+use crate::transport::path::PathPolicy;
 use crate::transport::{self, RelayTrust};
 
 /// Options of `send`.
@@ -212,6 +213,12 @@ pub(crate) struct RelayFlags {
     /// Seconds to keep trying while the peer is not (yet) waiting at the relay [default: 10].
     #[arg(long, value_name = "SECS", env = "CONDUIT_RELAY_WAIT")]
     relay_wait: Option<u64>,
+    /// Which paths the transfer may take: auto (through the relay, moving to a direct
+    /// path between the two endpoints when their NATs allow one), relay (every packet
+    /// through the relay) or direct (never through a relay); `[transfer] path` in
+    /// conduit.toml [default: auto].
+    #[arg(long, value_name = "POLICY")]
+    path: Option<crate::transport::path::PathPolicy>,
 }
 
 impl RelayFlags {
@@ -238,6 +245,7 @@ impl RelayFlags {
         t.relay_ca = self.relay_ca.clone();
         t.relay_pin = self.relay_pin.clone();
         t.relay_wait_secs = self.relay_wait;
+        t.path = self.path;
     }
 
     /// No relay flag, only an access token (`conduit agent`, which takes the relay from
@@ -255,6 +263,16 @@ impl RelayFlags {
         let Some(list) = r.relay.value.as_ref() else {
             return Ok(None);
         };
+        if r.path.value == PathPolicy::Direct {
+            return Err(Usage(format!(
+                "the path policy is direct ({}): this endpoint never sends through a relay; use --direct HOST:PORT to send, --listen to receive, or --path auto",
+                match r.path.source {
+                    crate::config::Source::File => "transfer.path in conduit.toml",
+                    _ => "--path",
+                }
+            ))
+            .into());
+        }
         let relays = RelayOptions::parse_list(list)?;
         // The pin and the CA come as a pair from one layer (see `Resolved::relay_pin`).
         let (pin, ca) = (r.relay_pin.value.as_ref(), r.relay_ca.value.as_ref());
@@ -278,6 +296,7 @@ impl RelayFlags {
             token,
             wait: Duration::from_secs(r.relay_wait_secs.value),
             switch: true,
+            punch: r.path.value == PathPolicy::Auto,
         }))
     }
 }

@@ -33,13 +33,14 @@ const BOOL_KEYS: [&str; 4] = [
 ];
 
 /// The keys whose value is a string.
-const TEXT_KEYS: [&str; 7] = [
+const TEXT_KEYS: [&str; 8] = [
     "transfer.relay",
     "transfer.relay_pin",
     "transfer.relay_ca",
     "transfer.out",
     "transfer.suite",
     "transfer.post_quantum",
+    "transfer.path",
     "audit.names",
 ];
 
@@ -277,6 +278,10 @@ const TEMPLATE: &str = r#"# conduit.toml: this endpoint's settings.
 # session: required (refuse a peer without it), preferred (accept one, X25519 only) or
 # off (never offer it; for tests) (`--post-quantum`).
 # post_quantum = "required"
+# Which paths transfers take: auto (through the relay, moving to a direct path between
+# the endpoints when their NATs allow one), relay (every packet through the relay) or
+# direct (never through a relay: --direct and --listen only) (`--path`).
+# path = "auto"
 # Remove leftover partial files older than this many days (0 keeps them).
 # part_max_age_days = 7
 # Most entries (files and empty directories) accepted in one offer.
@@ -321,6 +326,7 @@ mod tests {
                 Kind::Text if key == "audit.names" => "hash",
                 Kind::Text if key == "transfer.suite" => "aes-256-gcm",
                 Kind::Text if key == "transfer.post_quantum" => "preferred",
+                Kind::Text if key == "transfer.path" => "relay",
                 Kind::Text => "/srv/x",
             };
             text = set(&text, &key, value).unwrap_or_else(|e| panic!("{key}: {e}"));
@@ -337,6 +343,10 @@ mod tests {
         assert_eq!(
             file.transfer.post_quantum,
             Some(crate::crypto::hybrid::PqPolicy::Preferred)
+        );
+        assert_eq!(
+            file.transfer.path,
+            Some(crate::transport::path::PathPolicy::Relay)
         );
         assert!(text.contains("# Where `conduit receive` puts what it receives."));
     }

@@ -14,6 +14,7 @@ use crate::relay::fleet;
 use crate::relay::hello::{Grant, Hello, MAX_GRANT, PAIRED, Refusal, Role};
 use crate::relay::proof::{self, CHALLENGE_LEN};
 use crate::transport::{self, RelayTrust, TransportError};
+use crate::wire::probe::Role as ProbeRole;
 
 /// Time to reach the relay and finish the QUIC handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,6 +108,10 @@ pub struct RelayOptions {
     /// CLI does): the relay forwards its packets without terminating it. `false` asks
     /// the relay to splice two QUIC connections instead (both sides must ask alike).
     pub switch: bool,
+    /// Through the switch, look for a direct path under the same connection once the
+    /// session is authenticated (candidates and probes, [`transport::punch`]): the
+    /// `auto` path policy. `false` keeps every packet on the relay (`relay`).
+    pub punch: bool,
 }
 
 impl RelayOptions {
@@ -313,7 +318,7 @@ async fn join_once(
             if !opts.switch {
                 return transport::relay_client(addr, &opts.trust);
             }
-            let (endpoint, path) = transport::relay_client_switching(
+            let (endpoint, path, socket) = transport::relay_client_switching(
                 addr,
                 &opts.trust,
                 role == Role::Listen,
@@ -322,7 +327,7 @@ async fn join_once(
             paths
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(path);
+                .push((path, socket));
             Ok(endpoint)
         })
         .await
@@ -341,7 +346,7 @@ async fn join_once(
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .into_iter()
-        .find(|p| p.relay() == connection.remote_address());
+        .find(|(p, _)| p.relay() == connection.remote_address());
     let hello = Hello {
         switch: opts.switch,
         role,
@@ -398,7 +403,7 @@ async fn join_once(
             relay,
         });
     }
-    let path = path.ok_or_else(|| JoinError::Protocol(relay.clone()))?;
+    let (path, socket) = path.ok_or_else(|| JoinError::Protocol(relay.clone()))?;
     let grant = read_grant(&connection, &mut recv, &lost, &relay).await?;
     path.grant(grant.channel);
     let e2e = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -430,6 +435,15 @@ async fn join_once(
     })??;
     // The one end-to-end connection is made: the listener accepts no other.
     endpoint.set_server_config(None);
+    transport::path::attach(&e2e, &path);
+    if opts.punch {
+        let ours = if role == Role::Connect {
+            ProbeRole::Client
+        } else {
+            ProbeRole::Server
+        };
+        transport::punch::spawn(e2e.clone(), path, socket, grant.reflexive, ours);
+    }
     keep_control(connection, recv, e2e.clone());
     Ok(Joined {
         endpoint,
@@ -560,6 +574,7 @@ mod tests {
             token: vec![],
             wait: Duration::ZERO,
             switch: true,
+            punch: false,
         };
         let got = join_once(&opts, Role::Connect, false, [7; 32], None, &|_| {}).await;
         assert!(
@@ -652,6 +667,7 @@ mod tests {
             token: vec![],
             wait,
             switch: true,
+            punch: false,
         };
         // Not reached: a wrong pin.
         let told = AtomicUsize::new(0);

@@ -77,6 +77,25 @@ pub enum Event {
         /// Its BLAKE3.
         blake3: blake3::Hash,
     },
+    /// The connection's packets changed path (through the relay's switch, under the
+    /// same connection): they go direct, or through the relay again.
+    Path {
+        /// Where they go now.
+        path: crate::transport::path::PathKind,
+        /// The peer's direct address, or the relay's.
+        via: std::net::SocketAddr,
+        /// When.
+        at: std::time::SystemTime,
+    },
+}
+
+/// Follows a connection's path and emits [`Event::Path`] on every change, until dropped.
+pub(crate) struct PathFollower(tokio::task::JoinHandle<()>);
+
+impl Drop for PathFollower {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Receives the [`Event`]s of a transfer, with how that transfer shows file names
@@ -98,6 +117,29 @@ pub(crate) struct Emit {
 impl Emit {
     pub(crate) fn emit(&self, e: Event) {
         (self.sink)(&self.names, e);
+    }
+
+    /// Emits [`Event::Path`] whenever `conn`'s path changes (a connection through the
+    /// relay's switch that finds, or loses, a direct path), until the guard is dropped;
+    /// `None` for a path that cannot change. Also tells the path that the session on
+    /// `conn` is authenticated ([`crate::transport::path::session_up`]): call it once
+    /// the handshake is done.
+    pub(crate) fn follow_path(&self, conn: &quinn::Connection) -> Option<PathFollower> {
+        // Following first: the path may change a moment after it is told.
+        let changes = crate::transport::path::follow(conn);
+        crate::transport::path::session_up(conn);
+        let mut changes = changes?;
+        let emit = self.clone();
+        Some(PathFollower(tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let now = *changes.borrow_and_update();
+                emit.emit(Event::Path {
+                    path: now.kind,
+                    via: now.via,
+                    at: std::time::SystemTime::now(),
+                });
+            }
+        })))
     }
 
     /// Turns per-chunk byte counts into [`Event::Progress`] events, at most every

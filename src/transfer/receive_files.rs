@@ -240,7 +240,12 @@ pub(crate) async fn receive(
     }
     let head = ses
         .rec
-        .receipt(&hashes, offer.total_size, offer.audit_head.as_ref())
+        .receipt(
+            &hashes,
+            offer.total_size,
+            offer.audit_head.as_ref(),
+            Some(crate::transport::path::path_of(&ses.conn)),
+        )
         .await?;
     send_receipt(&mut ses.tx, &mut ses.est, &hashes, head).await?;
     created.keep();

@@ -329,6 +329,9 @@ impl Receiver {
             opened,
             known,
             peer,
+            // A sender we know (or that proved the code) may learn our addresses: the
+            // connection looks for a direct path while the offer is read and answered.
+            path: if known { emit.follow_path(conn) } else { None },
             _permit: permit,
         };
         // Refusals that need no manifest come before it is read: an offer too large is
@@ -411,6 +414,8 @@ pub(crate) struct Session {
     /// Whether the sender is in the address book, or proved the code.
     pub(crate) known: bool,
     pub(crate) peer: PublicKey,
+    /// Follows the connection's path once the sender may learn our addresses.
+    path: Option<crate::transfer::events::PathFollower>,
     /// A place among the transfers at once, held for the whole transfer.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -549,6 +554,7 @@ impl<'a> IncomingOffer<'a> {
                     hashes,
                     offer.start.total_size,
                     offer.start.audit_head.as_ref(),
+                    Some(crate::transport::path::path_of(&session.conn)),
                 )
                 .await?;
             crate::transfer::receive_files::send_receipt(
@@ -633,6 +639,10 @@ impl<'a> IncomingOffer<'a> {
             ..
         } = self;
         let (conn, rec) = (session.conn.clone(), Arc::clone(&session.rec));
+        // Accepted: an unknown sender let in may now learn our addresses too.
+        if session.path.is_none() {
+            session.path = session.emit.follow_path(&conn);
+        }
         let mut cancel: Cancel<'a> = cancel.unwrap_or_else(|| Box::pin(std::future::pending()));
         let result = {
             let receiving = crate::transfer::receive_files::receive(

@@ -290,6 +290,9 @@ impl Sender {
             )
             .await
             .map_err(TransferError::Unauthenticated)?;
+        // Authenticated: candidates may be told and probes sent (a connection through
+        // the relay's switch), and each change of path is an event.
+        let _path = events.follow_path(conn);
         let (mut rx, mut tx) = ctl.into_inner();
         rec.opened(
             &est.remote_static(),
@@ -335,6 +338,9 @@ impl Sender {
                 return Err(TransferError::Refused(refusal));
             }
         };
+        // Accepted: give a direct path a moment to be found before the data moves, so
+        // that a transfer that can go direct hardly touches the relay.
+        crate::transport::path::settle(conn, crate::transport::punch::SETTLE).await;
         rec.offer(&transfer_id, offer.count, total, None).await?;
         let mut resume_at = std::collections::HashMap::new();
         for p in points {
@@ -450,7 +456,13 @@ impl Sender {
             }
         }
         let ours: Vec<blake3::Hash> = sent.iter().map(|(_, _, h)| *h).collect();
-        rec.receipt(&ours, total, receiver_head.as_ref()).await?;
+        rec.receipt(
+            &ours,
+            total,
+            receiver_head.as_ref(),
+            Some(crate::transport::path::path_of(conn)),
+        )
+        .await?;
         // Only now, confirmed by the receipt, is each file done.
         for (rel, size, hash) in &sent {
             events.emit(Event::FileDone {
@@ -516,7 +528,13 @@ impl Sender {
             }
             ours.push(hash);
         }
-        rec.receipt(&ours, total, receiver_head.as_ref()).await?;
+        rec.receipt(
+            &ours,
+            total,
+            receiver_head.as_ref(),
+            Some(crate::transport::path::path_of(conn)),
+        )
+        .await?;
         Ok(Summary {
             peer: est.remote_static(),
             files: files

@@ -56,13 +56,28 @@ pub trait Divert: Debug + Send + Sync + 'static {
     /// failed): it is dropped.
     fn send_failed(&self) {}
 
-    /// Where quinn's datagrams to `to` really go: `Some((address, channel))` sends each of
-    /// them wrapped for that channel ([`wrap::header`]) to that address; `None` (the
-    /// default) sends them as they are.
-    fn route(&self, to: SocketAddr) -> Option<(SocketAddr, u64)> {
+    /// Where quinn's datagrams to `to` really go ([`Route::AsIs`] by default).
+    fn route(&self, to: SocketAddr) -> Route {
         let _ = to;
-        None
+        Route::AsIs
     }
+
+    /// The address quinn is told a QUIC datagram from `from` came from (`from` by
+    /// default; a peer's direct address becomes the address quinn knows it by).
+    fn quic_source(&self, from: SocketAddr) -> SocketAddr {
+        from
+    }
+}
+
+/// Where quinn's datagrams to one address go ([`Divert::route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To that address, as they are.
+    AsIs,
+    /// As they are, to this address instead (a peer's direct path).
+    To(SocketAddr),
+    /// Each wrapped for this channel ([`wrap::header`]), to this address (the relay).
+    Wrapped(SocketAddr, u64),
 }
 
 /// A UDP socket under a quinn endpoint that diverts what is not QUIC.
@@ -227,9 +242,12 @@ impl DemuxSocket {
             }
             let mut kept_meta = m;
             kept_meta.len = len;
-            if let Some((from, stride)) = delivered {
-                kept_meta.addr = from;
-                kept_meta.stride = stride;
+            match delivered {
+                Some((from, stride)) => {
+                    kept_meta.addr = from;
+                    kept_meta.stride = stride;
+                }
+                None => kept_meta.addr = self.divert.quic_source(m.addr),
             }
             meta[kept] = kept_meta;
             kept += 1;
@@ -340,10 +358,19 @@ impl AsyncUdpSocket for DemuxSocket {
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         match self.divert.route(transmit.destination) {
-            None => self.io.try_io(Interest::WRITABLE, || {
+            Route::AsIs => self.io.try_io(Interest::WRITABLE, || {
                 self.state.send((&self.io).into(), transmit)
             }),
-            Some((to, channel)) => self.send_wrapped(transmit, to, channel),
+            Route::To(to) => {
+                let t = Transmit {
+                    destination: to,
+                    ..*transmit
+                };
+                self.io.try_io(Interest::WRITABLE, || {
+                    self.state.send((&self.io).into(), &t)
+                })
+            }
+            Route::Wrapped(to, channel) => self.send_wrapped(transmit, to, channel),
         }
     }
 

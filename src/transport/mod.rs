@@ -28,6 +28,7 @@ pub mod addr;
 pub mod demux;
 pub mod mtu;
 pub mod path;
+pub mod punch;
 
 /// ALPN of direct connections.
 pub const ALPN: &[u8] = crate::crypto::handshake::ALPN;
@@ -516,16 +517,23 @@ fn switched_ceiling(relay: SocketAddr) -> u16 {
 /// client configuration is the relay's (verified by `trust`). A `listener` (the side the
 /// peer's end-to-end connection comes to) also serves that connection: a fresh
 /// self-signed certificate, ALPN `phi-conduit/1`, idle timeout `idle`. Returns the path,
-/// which the relay's grant completes.
+/// which the relay's grant completes, and the socket (for probes).
 pub fn relay_client_switching(
     relay: SocketAddr,
     trust: &RelayTrust,
     listener: bool,
     idle: Duration,
-) -> Result<(quinn::Endpoint, Arc<path::RelayPath>), TransportError> {
+) -> Result<
+    (
+        quinn::Endpoint,
+        Arc<path::RelayPath>,
+        Arc<demux::DemuxSocket>,
+    ),
+    TransportError,
+> {
     let local = any_local(relay);
     let route = Arc::new(path::RelayPath::new(relay, local));
-    let (ep, _) = relay_client_on(local, trust, route.clone(), mtu::ceiling_for(relay.ip()))?;
+    let (ep, sock) = relay_client_on(local, trust, route.clone(), mtu::ceiling_for(relay.ip()))?;
     if listener {
         let mut transport = transport_config_with(idle);
         set_ceiling(&mut transport, switched_ceiling(relay));
@@ -536,7 +544,7 @@ pub fn relay_client_switching(
             |_| {},
         )?));
     }
-    Ok((ep, route))
+    Ok((ep, route, sock))
 }
 
 /// The client configuration of an end-to-end connection through the relay at `relay`

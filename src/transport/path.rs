@@ -7,11 +7,23 @@
 //! wrapped for the client's channel, and hands the wrapped packets that come from the
 //! relay to quinn as coming from that address, without their headers. The relay's own
 //! QUIC (the control connection) passes by untouched.
+//!
+//! Once a probe's round trip to one of the peer's addresses succeeded
+//! ([`crate::wire::probe`], driven by [`super::punch`]), what quinn sends to the mapped
+//! address goes there instead, as it is, and QUIC from the addresses that proved the
+//! session's probe key reaches quinn as from the mapped address: quinn keeps one peer
+//! address and one connection whichever path carries it. [`RelayPath::fall_back`]
+//! returns to the relay.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Instant;
 
-use super::demux::{Divert, Verdict};
+use super::demux::{Divert, Route, Verdict};
+use crate::wire::probe::{self, Role};
 use crate::wire::wrap::{self, Kind};
 
 /// The address quinn sees the peer at through the relay, for a socket of `local`'s
@@ -45,10 +57,14 @@ impl PathKind {
     }
 }
 
-/// The path `conn` takes: relayed when quinn sees its peer at the address mapped to the
+/// The path `conn` takes: for a connection on a switching path ([`attach`]) the path
+/// it takes now; otherwise relayed when quinn sees its peer at the address mapped to the
 /// relay path ([`mapped_for`]) or when it is a connection to a relay itself (the relay's
 /// ALPN: a splice), direct otherwise.
 pub fn path_of(conn: &quinn::Connection) -> PathKind {
+    if let Some(p) = attached(conn) {
+        return p.state().kind;
+    }
     let remote = conn.remote_address();
     let to_relay = conn
         .handshake_data()
@@ -62,21 +78,134 @@ pub fn path_of(conn: &quinn::Connection) -> PathKind {
     }
 }
 
+/// Which paths an endpoint lets its transfers take: `[transfer] path` and `--path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathPolicy {
+    /// Through the relay, moving to a direct path under the same connection when the
+    /// probes find one (and back when it fails).
+    #[default]
+    Auto,
+    /// Every packet through the relay: no candidates told, no probes sent.
+    Relay,
+    /// Never through a relay: only `--direct` / `--listen` transfers.
+    Direct,
+}
+
+impl PathPolicy {
+    /// `auto`, `relay` or `direct`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathPolicy::Auto => "auto",
+            PathPolicy::Relay => "relay",
+            PathPolicy::Direct => "direct",
+        }
+    }
+}
+
+impl std::fmt::Display for PathPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A path policy that is not `auto`, `relay` or `direct`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a path policy (auto, relay or direct)")]
+pub struct UnknownPathPolicy(String);
+
+impl std::str::FromStr for PathPolicy {
+    type Err = UnknownPathPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(PathPolicy::Auto),
+            "relay" => Ok(PathPolicy::Relay),
+            "direct" => Ok(PathPolicy::Direct),
+            other => Err(UnknownPathPolicy(other.to_string())),
+        }
+    }
+}
+
+impl serde::Serialize for PathPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PathPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Channel value before the relay granted one (a granted id is random and never 0 in
 /// practice; the grant sets [`RelayPath::granted`] anyway).
 const UNGRANTED: u64 = 0;
 
-/// The relay path of one client socket.
+/// Most addresses remembered as the peer's (QUIC from them is the peer's), and most
+/// addresses learned from the peer's probes.
+const MAX_HEARD: usize = 8;
+/// Most probes awaiting their reply (the oldest is forgotten first).
+const MAX_OUTSTANDING: usize = 64;
+
+/// Where the end-to-end connection's packets go now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathState {
+    /// Direct or through the relay.
+    pub kind: PathKind,
+    /// The peer's direct address, or the relay's.
+    pub via: SocketAddr,
+}
+
+/// What the probes have established so far.
+#[derive(Debug)]
+struct Probing {
+    /// The session's probe key ([`probe::PROBE_KEY_LABEL`]); nothing is probed or
+    /// answered before it is armed.
+    key: Option<zeroize::Zeroizing<[u8; 32]>>,
+    /// Our end of the end-to-end connection.
+    role: Role,
+    /// Probes sent and not answered: txid and the address each went to.
+    outstanding: std::collections::VecDeque<(u64, SocketAddr)>,
+    /// Addresses whose probes reached us (the peer behind its NAT: probed back).
+    learned: Vec<SocketAddr>,
+    /// When the direct address last answered a probe.
+    last_reply: Option<Instant>,
+    /// Replies through the relay (its path answers).
+    relay_replies: u64,
+}
+
+/// The paths of one client socket: through the relay, and direct once a probe's round
+/// trip to the peer succeeded.
 #[derive(Debug)]
 pub struct RelayPath {
     relay: SocketAddr,
     mapped: SocketAddr,
     channel: AtomicU64,
-    granted: std::sync::atomic::AtomicBool,
+    granted: AtomicBool,
     /// Wrapped packets handed to quinn, and datagrams dropped (not ours, or a send that
     /// could not be made).
     delivered: AtomicU64,
     dropped: AtomicU64,
+    probing: Mutex<Probing>,
+    /// The peer's direct address quinn's packets go to now, if any (`direct_on` is the
+    /// cheap check of the send path).
+    direct: RwLock<Option<SocketAddr>>,
+    direct_on: AtomicBool,
+    /// Addresses that proved the probe key: QUIC from them is the peer's.
+    heard: RwLock<Vec<SocketAddr>>,
+    heard_any: AtomicBool,
+    changes: tokio::sync::watch::Sender<PathState>,
+    authenticated: tokio::sync::Notify,
+    /// A probe came from an address not probed yet (the agent probes it back at once).
+    learned_new: tokio::sync::Notify,
+    /// Whether an agent looks for a direct path ([`super::punch::spawn`]).
+    punching: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl RelayPath {
@@ -86,9 +215,28 @@ impl RelayPath {
             relay,
             mapped: mapped_for(local),
             channel: AtomicU64::new(UNGRANTED),
-            granted: std::sync::atomic::AtomicBool::new(false),
+            granted: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            probing: Mutex::new(Probing {
+                key: None,
+                role: Role::Client,
+                outstanding: std::collections::VecDeque::new(),
+                learned: Vec::new(),
+                last_reply: None,
+                relay_replies: 0,
+            }),
+            direct: RwLock::new(None),
+            direct_on: AtomicBool::new(false),
+            heard: RwLock::new(Vec::new()),
+            heard_any: AtomicBool::new(false),
+            changes: tokio::sync::watch::Sender::new(PathState {
+                kind: PathKind::Relayed,
+                via: relay,
+            }),
+            authenticated: tokio::sync::Notify::new(),
+            learned_new: tokio::sync::Notify::new(),
+            punching: AtomicBool::new(false),
         }
     }
 
@@ -107,8 +255,7 @@ impl RelayPath {
     /// delivered.
     pub fn grant(&self, channel: u64) {
         self.channel.store(channel, Relaxed);
-        self.granted
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.granted.store(true, Release);
     }
 
     /// Wrapped packets delivered to quinn so far.
@@ -120,37 +267,280 @@ impl RelayPath {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Relaxed)
     }
+
+    /// Arms the probes with the session's probe key, `role` being our end of the
+    /// end-to-end connection: from now on probes are made and answered.
+    pub fn arm(&self, key: [u8; 32], role: Role) {
+        let mut p = lock(&self.probing);
+        p.key = Some(zeroize::Zeroizing::new(key));
+        p.role = role;
+    }
+
+    /// A probe for `to`, remembered until its reply (`None` before [`Self::arm`] or
+    /// without randomness).
+    pub fn probe_for(&self, to: SocketAddr) -> Option<[u8; probe::LEN]> {
+        let mut id = [0u8; 8];
+        getrandom::getrandom(&mut id).ok()?;
+        let txid = u64::from_be_bytes(id);
+        let mut p = lock(&self.probing);
+        let packet = probe::encode(p.key.as_deref()?, probe::PROBE, p.role, txid);
+        if p.outstanding.len() >= MAX_OUTSTANDING {
+            p.outstanding.pop_front();
+        }
+        p.outstanding.push_back((txid, to));
+        Some(packet)
+    }
+
+    /// A probe wrapped for our channel, to send to the relay (it keeps the allocations
+    /// alive while the packets go direct; the peer answers through the relay).
+    pub fn relay_probe(&self) -> Option<Vec<u8>> {
+        let p = lock(&self.probing);
+        let inner = probe::encode(p.key.as_deref()?, probe::PROBE, p.role, 0);
+        let mut out = wrap::header(self.channel.load(Relaxed)).to_vec();
+        out.extend_from_slice(&inner);
+        Some(out)
+    }
+
+    /// Addresses the peer's probes came from (its mapping towards us).
+    pub fn learned(&self) -> Vec<SocketAddr> {
+        lock(&self.probing).learned.clone()
+    }
+
+    /// Says an agent looks for a direct path on this path.
+    pub fn start_punching(&self) {
+        self.punching.store(true, Release);
+    }
+
+    /// Whether an agent looks for a direct path.
+    pub fn punching(&self) -> bool {
+        self.punching.load(Acquire)
+    }
+
+    /// Waits until a probe comes from an address not learned before.
+    pub async fn wait_learned(&self) {
+        self.learned_new.notified().await;
+    }
+
+    /// Replies that came back through the relay.
+    pub fn relay_replies(&self) -> u64 {
+        lock(&self.probing).relay_replies
+    }
+
+    /// The direct address packets go to now, if any.
+    pub fn direct(&self) -> Option<SocketAddr> {
+        *self.direct.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// When the direct address last answered a probe.
+    pub fn last_reply(&self) -> Option<Instant> {
+        lock(&self.probing).last_reply
+    }
+
+    /// Sends through the relay again (the direct path stopped answering).
+    pub fn fall_back(&self) {
+        self.set_direct(None);
+    }
+
+    fn set_direct(&self, to: Option<SocketAddr>) {
+        *self.direct.write().unwrap_or_else(PoisonError::into_inner) = to;
+        self.direct_on.store(to.is_some(), Release);
+        let state = match to {
+            Some(via) => PathState {
+                kind: PathKind::Direct,
+                via,
+            },
+            None => PathState {
+                kind: PathKind::Relayed,
+                via: self.relay,
+            },
+        };
+        self.changes.send_replace(state);
+    }
+
+    /// The path now.
+    pub fn state(&self) -> PathState {
+        *self.changes.borrow()
+    }
+
+    /// Follows the path's changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<PathState> {
+        self.changes.subscribe()
+    }
+
+    /// Says the end-to-end session on this path is authenticated (its Noise handshake,
+    /// bound to the connection, completed): candidates may be told now.
+    pub fn authenticated(&self) {
+        self.authenticated.notify_one();
+    }
+
+    /// Waits for [`Self::authenticated`].
+    pub async fn wait_authenticated(&self) {
+        self.authenticated.notified().await;
+    }
+
+    fn hear(&self, from: SocketAddr) {
+        let mut heard = self.heard.write().unwrap_or_else(PoisonError::into_inner);
+        if !heard.contains(&from) && heard.len() < MAX_HEARD {
+            heard.push(from);
+            self.heard_any.store(true, Release);
+        }
+    }
+
+    /// A probe or reply that came from `from` (through the relay when `relayed`):
+    /// answers a probe in place, takes a reply. Anything that does not verify is
+    /// dropped.
+    fn on_probe(&self, from: SocketAddr, relayed: bool, packet: &mut [u8]) -> Verdict {
+        let mut p = lock(&self.probing);
+        let Some(key) = p.key.as_deref() else {
+            return Verdict::Drop;
+        };
+        let Some(got) = probe::verify(key, packet) else {
+            return Verdict::Drop;
+        };
+        if got.role != p.role.peer() {
+            return Verdict::Drop;
+        }
+        if got.kind == probe::PROBE {
+            let reply = probe::encode(key, probe::REPLY, p.role, got.txid);
+            packet.copy_from_slice(&reply);
+            if !relayed {
+                if !p.learned.contains(&from) && p.learned.len() < MAX_HEARD {
+                    p.learned.push(from);
+                    self.learned_new.notify_one();
+                }
+                drop(p);
+                self.hear(from);
+            }
+            return Verdict::Send(from);
+        }
+        if relayed {
+            p.relay_replies += 1;
+            return Verdict::Drop;
+        }
+        let Some(at) = p
+            .outstanding
+            .iter()
+            .position(|&(txid, to)| txid == got.txid && to == from)
+        else {
+            return Verdict::Drop;
+        };
+        p.outstanding.remove(at);
+        p.last_reply = Some(Instant::now());
+        drop(p);
+        self.hear(from);
+        if self.direct().is_none() {
+            self.set_direct(Some(from));
+        }
+        Verdict::Drop
+    }
 }
 
 impl Divert for RelayPath {
     fn datagram(&self, from: SocketAddr, kind: Kind, datagram: &mut [u8]) -> Verdict {
+        if kind == Kind::Reserved && from != self.relay && probe::is_probe(datagram) {
+            return self.on_probe(from, false, datagram);
+        }
         // Before the grant is read, the peer's first packets may already arrive (the
         // relay tells both sides at once): the relay forwards to this address only what
         // came from the peer it paired us with, so they are ours whatever their id.
         let ours = match wrap::parse(datagram) {
             Some((id, _)) if kind == Kind::Wrapped && from == self.relay => {
-                !self.granted.load(std::sync::atomic::Ordering::Acquire)
-                    || id == self.channel.load(Relaxed)
+                !self.granted.load(Acquire) || id == self.channel.load(Relaxed)
             }
             _ => false,
         };
-        if ours {
-            self.delivered.fetch_add(1, Relaxed);
-            Verdict::Deliver(self.mapped)
-        } else {
+        if !ours {
             self.dropped.fetch_add(1, Relaxed);
-            Verdict::Drop
+            return Verdict::Drop;
         }
+        if let Some(inner) = datagram.get_mut(wrap::HEADER_LEN..)
+            && probe::is_probe(inner)
+        {
+            // The peer's probe through the relay: answered the same way (the header
+            // already carries our channel, as the switch rewrote it).
+            return self.on_probe(from, true, inner);
+        }
+        self.delivered.fetch_add(1, Relaxed);
+        Verdict::Deliver(self.mapped)
     }
 
     fn send_failed(&self) {
         self.dropped.fetch_add(1, Relaxed);
     }
 
-    fn route(&self, to: SocketAddr) -> Option<(SocketAddr, u64)> {
-        (to == self.mapped && self.granted.load(std::sync::atomic::Ordering::Acquire))
-            .then(|| (self.relay, self.channel.load(Relaxed)))
+    fn route(&self, to: SocketAddr) -> Route {
+        if to != self.mapped {
+            return Route::AsIs;
+        }
+        if self.direct_on.load(Acquire)
+            && let Some(direct) = self.direct()
+        {
+            return Route::To(direct);
+        }
+        if self.granted.load(Acquire) {
+            Route::Wrapped(self.relay, self.channel.load(Relaxed))
+        } else {
+            Route::AsIs
+        }
     }
+
+    fn quic_source(&self, from: SocketAddr) -> SocketAddr {
+        if self.heard_any.load(Acquire)
+            && self
+                .heard
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&from)
+        {
+            self.mapped
+        } else {
+            from
+        }
+    }
+}
+
+/// The switching paths of live end-to-end connections, by [`quinn::Connection::stable_id`].
+static ATTACHED: Mutex<Vec<(usize, Weak<RelayPath>)>> = Mutex::new(Vec::new());
+
+/// Records that `conn` runs over `path` (for [`path_of`], [`session_up`] and
+/// [`follow`]).
+pub fn attach(conn: &quinn::Connection, path: &Arc<RelayPath>) {
+    let mut all = lock(&ATTACHED);
+    all.retain(|(_, p)| p.strong_count() > 0);
+    all.push((conn.stable_id(), Arc::downgrade(path)));
+}
+
+fn attached(conn: &quinn::Connection) -> Option<Arc<RelayPath>> {
+    let id = conn.stable_id();
+    lock(&ATTACHED)
+        .iter()
+        .find(|(i, _)| *i == id)
+        .and_then(|(_, p)| p.upgrade())
+}
+
+/// Tells `conn`'s path (if it switches) that the end-to-end session on it is
+/// authenticated: the endpoints may now exchange candidates and probe. The transfer
+/// calls this once its Noise handshake, bound to `conn`, has completed.
+pub fn session_up(conn: &quinn::Connection) {
+    if let Some(p) = attached(conn) {
+        p.authenticated();
+    }
+}
+
+/// Waits until `conn`'s packets go direct, at most `grace`; at once when its path does
+/// not look for a direct one (a direct connection, `path = relay`).
+pub async fn settle(conn: &quinn::Connection, grace: std::time::Duration) {
+    let Some(p) = attached(conn).filter(|p| p.punching()) else {
+        return;
+    };
+    let mut changes = p.subscribe();
+    let _ = tokio::time::timeout(grace, changes.wait_for(|s| s.kind == PathKind::Direct)).await;
+}
+
+/// Follows the path of `conn` if it can change (a connection through the relay's
+/// switch); `None` for a path that stays as it is.
+pub fn follow(conn: &quinn::Connection) -> Option<tokio::sync::watch::Receiver<PathState>> {
+    attached(conn).map(|p| p.subscribe())
 }
 
 #[cfg(test)]
@@ -169,7 +559,11 @@ mod tests {
             p.datagram(relay, Kind::Wrapped, &mut ours.clone()),
             Verdict::Deliver(p.mapped())
         );
-        assert_eq!(p.route(p.mapped()), None, "nothing leaves before the grant");
+        assert_eq!(
+            p.route(p.mapped()),
+            Route::AsIs,
+            "nothing is wrapped before the grant"
+        );
         p.grant(42);
         assert_eq!(
             p.datagram(relay, Kind::Wrapped, &mut ours.clone()),
@@ -187,8 +581,8 @@ mod tests {
             p.datagram(relay, Kind::Reserved, &mut [0x11, 1]),
             Verdict::Drop
         );
-        assert_eq!(p.route(p.mapped()), Some((relay, 42)));
-        assert_eq!(p.route(relay), None);
+        assert_eq!(p.route(p.mapped()), Route::Wrapped(relay, 42));
+        assert_eq!(p.route(relay), Route::AsIs);
         assert_eq!((p.delivered(), p.dropped()), (2, 3));
     }
 
@@ -252,6 +646,122 @@ mod tests {
         assert_eq!(meta[0].addr, path.mapped());
         assert_eq!(&bufs[0][..meta[0].len], b"\x40end-to-end");
         assert_eq!((path.delivered(), path.dropped()), (1, 1));
+    }
+
+    /// The probe rules: nothing before the key; a probe is answered in place to where it
+    /// came from; only a reply from the address its probe went to, with the peer's role,
+    /// moves the packets there; QUIC from an address that proved the key is the peer's;
+    /// falling back wraps for the relay again.
+    #[test]
+    fn probes_move_the_connection_only_on_a_reply_from_the_probed_address() {
+        let relay: SocketAddr = "192.0.2.7:7471".parse().unwrap();
+        let peer: SocketAddr = "198.18.1.6:40000".parse().unwrap();
+        let other: SocketAddr = "198.18.1.9:40000".parse().unwrap();
+        let key = [5u8; 32];
+        let p = RelayPath::new(relay, "0.0.0.0:0".parse().unwrap());
+        p.grant(42);
+        let mut from_peer = probe::encode(&key, probe::PROBE, Role::Server, 7);
+        assert_eq!(
+            p.datagram(peer, Kind::Reserved, &mut from_peer.clone()),
+            Verdict::Drop,
+            "not armed yet"
+        );
+        assert_eq!(p.probe_for(peer), None);
+        p.arm(key, Role::Client);
+
+        // The peer's probe: answered in place, its address learned and heard.
+        assert_eq!(
+            p.datagram(peer, Kind::Reserved, &mut from_peer),
+            Verdict::Send(peer)
+        );
+        assert_eq!(
+            probe::verify(&key, &from_peer),
+            Some(probe::Probe {
+                kind: probe::REPLY,
+                role: Role::Client,
+                txid: 7
+            })
+        );
+        assert_eq!(p.learned(), vec![peer]);
+        assert_eq!(p.quic_source(peer), p.mapped());
+        assert_eq!(p.quic_source(other), other);
+        // Our own probe reflected back (our role) is not answered.
+        let mut ours = probe::encode(&key, probe::PROBE, Role::Client, 8);
+        assert_eq!(p.datagram(other, Kind::Reserved, &mut ours), Verdict::Drop);
+        assert_eq!(p.route(p.mapped()), Route::Wrapped(relay, 42));
+
+        // Our probe to the peer; its reply from another address, or for another txid,
+        // or under another key, moves nothing.
+        let sent = p.probe_for(peer).unwrap();
+        let txid = probe::verify(&key, &sent).unwrap().txid;
+        let reply = probe::encode(&key, probe::REPLY, Role::Server, txid);
+        assert_eq!(
+            p.datagram(other, Kind::Reserved, &mut reply.clone()),
+            Verdict::Drop
+        );
+        let wrong_txid = probe::encode(&key, probe::REPLY, Role::Server, txid ^ 1);
+        assert_eq!(
+            p.datagram(peer, Kind::Reserved, &mut wrong_txid.clone()),
+            Verdict::Drop
+        );
+        let wrong_key = probe::encode(&[6u8; 32], probe::REPLY, Role::Server, txid);
+        assert_eq!(
+            p.datagram(peer, Kind::Reserved, &mut wrong_key.clone()),
+            Verdict::Drop
+        );
+        assert_eq!(p.direct(), None);
+        assert_eq!(p.state().kind, PathKind::Relayed);
+
+        // The right reply: the packets go to the peer as they are.
+        assert_eq!(
+            p.datagram(peer, Kind::Reserved, &mut reply.clone()),
+            Verdict::Drop
+        );
+        assert_eq!(p.direct(), Some(peer));
+        assert_eq!(p.route(p.mapped()), Route::To(peer));
+        assert_eq!(p.route(relay), Route::AsIs);
+        assert_eq!(
+            p.state(),
+            PathState {
+                kind: PathKind::Direct,
+                via: peer
+            }
+        );
+        // A replayed reply is not taken twice (its probe is answered).
+        assert!(p.last_reply().is_some());
+
+        p.fall_back();
+        assert_eq!(p.route(p.mapped()), Route::Wrapped(relay, 42));
+        assert_eq!(p.state().kind, PathKind::Relayed);
+    }
+
+    /// The peer's probe through the relay is answered through the relay, its header kept.
+    #[test]
+    fn a_probe_through_the_relay_is_answered_through_the_relay() {
+        let relay: SocketAddr = "192.0.2.7:7471".parse().unwrap();
+        let key = [5u8; 32];
+        let p = RelayPath::new(relay, "0.0.0.0:0".parse().unwrap());
+        p.grant(42);
+        p.arm(key, Role::Server);
+        let mut wrapped = wrap::header(42).to_vec();
+        wrapped.extend_from_slice(&probe::encode(&key, probe::PROBE, Role::Client, 0));
+        assert_eq!(
+            p.datagram(relay, Kind::Wrapped, &mut wrapped),
+            Verdict::Send(relay)
+        );
+        assert_eq!(wrap::parse(&wrapped).map(|(id, _)| id), Some(42));
+        let inner = &wrapped[wrap::HEADER_LEN..];
+        assert_eq!(
+            probe::verify(&key, inner).map(|r| r.kind),
+            Some(probe::REPLY)
+        );
+        assert_eq!(p.delivered(), 0, "not handed to quinn");
+        // Our own relay probe, answered by the peer, comes back and is counted.
+        let mut back = wrap::header(42).to_vec();
+        back.extend_from_slice(&probe::encode(&key, probe::REPLY, Role::Client, 0));
+        assert_eq!(p.datagram(relay, Kind::Wrapped, &mut back), Verdict::Drop);
+        assert_eq!(p.relay_replies(), 1);
+        assert_eq!(p.direct(), None);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! - [`frame`]: the length-prefixed frames of the control stream and of the relay Hello,
 //!   read through one decoder ([`frame::FrameDecoder`]) with a per-format limit;
-//! - [`stream_header`]: the fixed 16-byte header of a file stream.
+//! - [`stream_header`]: the fixed 16-byte header of a file stream;
+//! - [`wrap`]: the header of a wrapped packet through the relay's datagram switch;
+//! - [`probe`]: path probes between the endpoints and their candidate lists.
 //!
 //! The other formats a peer or a file controls have their codecs next to their types:
 //! the relay Hello ([`crate::relay::hello`]) and the listener proof
@@ -14,5 +16,6 @@
 //! and fuzz targets.
 
 pub mod frame;
+pub mod probe;
 pub mod stream_header;
 pub mod wrap;

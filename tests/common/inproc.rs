@@ -96,6 +96,7 @@ async fn relay_tapped(
             // A tap reads the streams of the relay's splice; the datagram switch forwards
             // packets it cannot read, and is what the clients use otherwise.
             switch: tap_set.is_none(),
+            punch: false,
         },
         stop: Some(stop),
         task: Some(task),

@@ -277,7 +277,9 @@ impl Relay {
 }
 
 impl Relay {
-    /// `conduit --home HOME VERB --json --relay ADDR --relay-pin PIN`, more to add.
+    /// `conduit --home HOME VERB --json --relay ADDR --relay-pin PIN --path relay`, more
+    /// to add: every packet through this relay (on one host the endpoints would otherwise
+    /// find their direct path; the NAT lab tests that).
     pub fn cmd(&self, home: &Path, verb: &str) -> Command {
         let mut c = conduit(home);
         c.args([
@@ -287,6 +289,8 @@ impl Relay {
             &self.addr,
             "--relay-pin",
             &self.pin,
+            "--path",
+            "relay",
         ]);
         c
     }
@@ -305,6 +309,7 @@ pub fn send_via(p: &Pair, relay: &Relay, paths: &[&Path], extra: &[&str]) -> Out
         .arg("send")
         .args(paths)
         .args(["--json", "--relay", &relay.addr, "--relay-pin", &relay.pin])
+        .args(["--path", "relay"])
         .args(extra)
         .output()
         .unwrap();

@@ -84,6 +84,7 @@ fn the_code_sender_started_20_s_after_the_receiver_succeeds_relayed() {
         token: vec![],
         wait: Duration::ZERO,
         switch: true,
+        punch: false,
     };
     let sent = tokio::runtime::Runtime::new()
         .unwrap()

@@ -164,6 +164,8 @@ fn the_relay_checks_access_tokens() {
         &relay.addr,
         "--relay-pin",
         &relay.pin,
+        "--path",
+        "relay",
         "--out",
     ])
     .arg(&out)
@@ -280,6 +282,8 @@ fn the_daemon_receives_several_transfers_at_once_and_stops_on_sigterm() {
         &relay.addr,
         "--relay-pin",
         &relay.pin,
+        "--path",
+        "relay",
         "--out",
     ])
     .arg(&out);
@@ -388,6 +392,8 @@ fn fifty_concurrent_transfers_stay_within_the_documented_memory_bound() {
         &relay.addr,
         "--relay-pin",
         &relay.pin,
+        "--path",
+        "relay",
         "--out",
     ])
     .arg(&out);
@@ -491,6 +497,8 @@ fn the_relay_killed_mid_transfer_fails_both_ends_and_a_rerun_resumes() {
         &relay.addr,
         "--relay-pin",
         &relay.pin,
+        "--path",
+        "relay",
     ]);
     let mut tx = Running::spawn(cmd);
     wait_for_durable(&out, "big.bin", 16 << 20);
@@ -595,6 +603,8 @@ fn the_daemon_reconnects_when_the_relay_comes_back() {
         &addr,
         "--relay-pin",
         &pin,
+        "--path",
+        "relay",
         "--out",
     ])
     .arg(&out);
@@ -617,6 +627,8 @@ fn the_daemon_reconnects_when_the_relay_comes_back() {
             &addr,
             "--relay-pin",
             &pin,
+            "--path",
+            "relay",
             "--relay-wait",
             "60",
         ])

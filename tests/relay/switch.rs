@@ -374,6 +374,92 @@ fn a_relayed_transfer_is_one_end_to_end_connection_through_the_switch() {
     assert_eq!(open[0]["path"], "switch", "{log:?}");
 }
 
+/// With the path policy `auto` (the default) two endpoints on one host meet through the
+/// relay and move their one connection to the direct path: a `path` event on each side,
+/// `done` says `direct`, one session at the relay, which forwards little of the file.
+#[test]
+fn on_one_host_the_connection_moves_to_the_direct_path() {
+    let relay = start_relay(&["--metrics", "127.0.0.1:0"]);
+    let metrics = relay.run.first["metrics"].as_str().unwrap().to_string();
+    let p = pair_knowing(true, true);
+    let src = p.root.join("scan.bin");
+    write_data(&src, 20_000_000);
+    let out = p.root.join("out");
+    let via = ["--json", "--relay", &relay.addr, "--relay-pin", &relay.pin];
+    let mut rx_cmd = conduit(&p.receiver);
+    rx_cmd.arg("receive").args(via).arg("--out").arg(&out);
+    let mut rx = Running::spawn(rx_cmd);
+    assert_eq!(rx.first["event"], "joining", "{}", rx.first);
+    let sent = conduit(&p.sender)
+        .arg("send")
+        .arg(&src)
+        .args(via)
+        .args(["--to", "lab", "--path", "auto"])
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let (status, rx_out, rx_err) = rx.finish();
+    assert!(status.success(), "{rx_err}");
+    assert!(same_file(&src, &out.join("scan.bin")));
+    for (side, out) in [("sender", text(&sent.stdout)), ("receiver", rx_out)] {
+        let ev = events(&out);
+        let paths: Vec<_> = ev.iter().filter(|e| e["event"] == "path").collect();
+        assert_eq!(paths.len(), 1, "{side}: {paths:?}");
+        assert_eq!(paths[0]["path"], "direct", "{side}: {paths:?}");
+        let done = ev.iter().find(|e| e["event"] == "done").unwrap();
+        assert_eq!(done["path"], "direct", "{side}: {done}");
+    }
+    let bytes = metric(&metrics, "conduit_relay_switch_bytes_total");
+    assert!(bytes < 1 << 20, "the switch forwarded {bytes} bytes");
+    let (status, log, err) = relay.stop();
+    assert!(status.success(), "{err}");
+    let open = log.iter().filter(|e| e["event"] == "session_open").count();
+    assert_eq!(open, 1, "{log:?}");
+}
+
+/// `--path direct` forbids relays: a send or receive that would meet its peer at one is
+/// a usage error that says what to do, and nothing reaches the relay.
+#[test]
+fn the_path_policy_direct_refuses_to_use_a_relay() {
+    let relay = start_relay(&[]);
+    let p = pair_knowing(true, true);
+    let src = p.root.join("scan.bin");
+    write_data(&src, 1000);
+    let via = [
+        "--relay",
+        relay.addr.as_str(),
+        "--relay-pin",
+        relay.pin.as_str(),
+    ];
+    let sent = conduit(&p.sender)
+        .arg("send")
+        .arg(&src)
+        .args(via)
+        .args(["--to", "lab", "--path", "direct"])
+        .output()
+        .unwrap();
+    assert_eq!(sent.status.code(), Some(2), "{}", text(&sent.stderr));
+    let err = text(&sent.stderr);
+    assert!(err.contains("the path policy is direct (--path)"), "{err}");
+    assert!(err.contains("--direct HOST:PORT"), "{err}");
+    let received = conduit(&p.receiver)
+        .arg("receive")
+        .args(via)
+        .args(["--path", "direct", "--out"])
+        .arg(p.root.join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        received.status.code(),
+        Some(2),
+        "{}",
+        text(&received.stderr)
+    );
+    let (status, log, err) = relay.stop();
+    assert!(status.success(), "{err}");
+    assert!(!log.iter().any(|e| e["event"] == "session_open"), "{log:?}");
+}
+
 /// A transfer through the switch completes while a third party floods the relay's port
 /// with 1,000,000 wrapped packets of random channel ids (and junk first bytes): none is
 /// forwarded (the switch's drop counters take them all), the file arrives identical, and
