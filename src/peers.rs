@@ -20,6 +20,7 @@ use thiserror::Error;
 use crate::crypto::identity::{IdentityError, PublicKey};
 use crate::fsutil;
 use crate::home::Home;
+use crate::transport::path::PathPolicy;
 
 /// Longest peer name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
@@ -80,6 +81,9 @@ pub struct Peer {
     pub name: String,
     /// Its pinned public key.
     pub key: PublicKey,
+    /// The paths transfers with this peer may take, when it differs from the endpoint's
+    /// (`[transfer] path`); `None`: the endpoint's.
+    pub path: Option<PathPolicy>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -94,6 +98,8 @@ struct File {
 struct Entry {
     name: String,
     key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<PathPolicy>,
 }
 
 /// The address book of one home.
@@ -146,6 +152,7 @@ impl AddressBook {
                 source,
             })?;
             book.add(&e.name, key)?;
+            book.set_path(&e.name, e.path)?;
         }
         Ok(book)
     }
@@ -177,7 +184,19 @@ impl AddressBook {
         self.peers.push(Peer {
             name: name.into(),
             key,
+            path: None,
         });
+        Ok(())
+    }
+
+    /// Sets the path policy of the peer named `name` (`None`: the endpoint's).
+    pub fn set_path(&mut self, name: &str, path: Option<PathPolicy>) -> Result<(), PeersError> {
+        let p = self
+            .peers
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| PeersError::NotFound(name.into()))?;
+        p.path = path;
         Ok(())
     }
 
@@ -200,6 +219,7 @@ impl AddressBook {
                 .map(|p| Entry {
                     name: p.name.clone(),
                     key: p.key.to_string(),
+                    path: p.path,
                 })
                 .collect(),
         };
@@ -256,9 +276,18 @@ mod tests {
             book.add("bad name", a),
             Err(PeersError::BadName(_))
         ));
+        book.set_path("clinic-2", Some(PathPolicy::Relay)).unwrap();
+        assert!(matches!(
+            book.set_path("nobody", None),
+            Err(PeersError::NotFound(_))
+        ));
         book.save().unwrap();
+        let text = std::fs::read_to_string(AddressBook::path_in(&home)).unwrap();
+        assert_eq!(text.matches("path = ").count(), 1, "{text}");
         let mut again = AddressBook::load(&home).unwrap();
         assert_eq!(again.find_by_key(&b).unwrap().name, "clinic-2");
+        assert_eq!(again.find_by_key(&b).unwrap().path, Some(PathPolicy::Relay));
+        assert_eq!(again.find_by_key(&a).unwrap().path, None);
         again.remove("lab").unwrap();
         again.save().unwrap();
         assert!(

@@ -882,6 +882,17 @@ async fn connect_relay(
     };
     let mut opts = opts.clone();
     opts.wait = opts.wait.min(RELAY_WAIT);
+    // The recipient's own path policy in the address book.
+    match shared.agent.book.find_by_key(key).and_then(|p| p.path) {
+        Some(crate::transport::path::PathPolicy::Direct) => {
+            return Err(
+                "the address book says this recipient takes transfers only directly (path = direct), and its outbox has no address".into(),
+            );
+        }
+        Some(crate::transport::path::PathPolicy::Relay) => opts.punch = false,
+        Some(crate::transport::path::PathPolicy::Auto) => opts.punch = true,
+        None => {}
+    }
     let rendezvous = crate::transfer::rendezvous_for(key);
     match relay_client::join(&opts, Role::Connect, false, rendezvous).await {
         Ok(j) => Ok((j.endpoint, j.connection)),

@@ -1,4 +1,4 @@
-//! `conduit peers add | list | remove`.
+//! `conduit peers add | path | list | remove`.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::crypto::identity::PublicKey;
 use crate::home::Home;
 use crate::peers::AddressBook;
+use crate::transport::path::PathPolicy;
 
 /// Address book commands.
 #[derive(Debug, Subcommand)]
@@ -16,10 +17,23 @@ pub enum PeersCommand {
         name: String,
         /// The peer's public key, as `conduit id` prints it (cpk1...).
         key: String,
+        /// The paths transfers with this peer may take, if not the endpoint's `[transfer]
+        /// path`: auto, relay or direct (`conduit peers path` changes it later).
+        #[arg(long, value_name = "POLICY")]
+        path: Option<PathPolicy>,
+    },
+    /// Set the paths transfers with a peer may take: auto, relay (every packet through
+    /// the relay), direct (never through a relay: its transfers through one are refused),
+    /// or default (the endpoint's `[transfer] path`).
+    Path {
+        /// The peer's local name.
+        name: String,
+        /// auto, relay, direct or default.
+        policy: String,
     },
     /// List known peers.
     List {
-        /// Print a JSON array of {name, public_key, fingerprint}.
+        /// Print a JSON array of {name, public_key, fingerprint, path}.
         #[arg(long)]
         json: bool,
     },
@@ -33,23 +47,48 @@ pub enum PeersCommand {
 pub(crate) fn run(home: &Home, cmd: PeersCommand) -> anyhow::Result<()> {
     let mut book = AddressBook::load(home)?;
     match cmd {
-        PeersCommand::Add { name, key } => {
+        PeersCommand::Add { name, key, path } => {
             let key = PublicKey::parse(&key)?;
             book.add(&name, key)?;
+            book.set_path(&name, path)?;
             book.save()?;
             println!("added {} ({})", name, key.fingerprint());
+        }
+        PeersCommand::Path { name, policy } => {
+            let path = match policy.as_str() {
+                "default" => None,
+                other => Some(
+                    other
+                        .parse::<PathPolicy>()
+                        .map_err(|e| crate::cli::Usage(format!("{e}, or default")))?,
+                ),
+            };
+            book.set_path(&name, path)?;
+            book.save()?;
+            match path {
+                Some(p) => println!("{name}: path {p}"),
+                None => println!("{name}: path as [transfer] path says"),
+            }
         }
         PeersCommand::List { json } => {
             if json {
                 let list: Vec<_> = book
                     .peers()
                     .iter()
-                    .map(|p| json!({"name": p.name, "public_key": p.key.to_string(), "fingerprint": p.key.fingerprint().to_string()}))
+                    .map(|p| json!({"name": p.name, "public_key": p.key.to_string(), "fingerprint": p.key.fingerprint().to_string(), "path": p.path.map(|x| x.name())}))
                     .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 for p in book.peers() {
-                    println!("{:<20} {}  {}", p.name, p.key.fingerprint(), p.key);
+                    match p.path {
+                        Some(path) => println!(
+                            "{:<20} {}  {}  path={path}",
+                            p.name,
+                            p.key.fingerprint(),
+                            p.key
+                        ),
+                        None => println!("{:<20} {}  {}", p.name, p.key.fingerprint(), p.key),
+                    }
                 }
             }
         }

@@ -400,14 +400,30 @@ fn send_with(
 ) -> anyhow::Result<Summary> {
     // Everything is checked before a code is made and shown: the recipient, the files,
     // the settings.
-    let known = match &args.to {
+    let peer = match &args.to {
         Some(name) => Some(
             book.find_by_name(name)
                 .ok_or_else(|| crate::peers::PeersError::NotFound(name.clone()))
-                .context("the recipient (--to) is not in the address book")?
-                .key,
+                .context("the recipient (--to) is not in the address book")?,
         ),
         None => None,
+    };
+    let known = peer.map(|p| p.key);
+    // The recipient's own path policy in the address book, unless --path says otherwise.
+    let config = &match peer.and_then(|p| p.path.map(|path| (p, path))) {
+        Some((p, path)) if config.path.source != crate::config::Source::Flag => {
+            if path == PathPolicy::Direct && args.direct.is_none() {
+                return Err(Usage(format!(
+                    "the address book says {} takes transfers only directly (path = direct): use --direct HOST:PORT, or `conduit peers path {} auto`",
+                    p.name, p.name
+                ))
+                .into());
+            }
+            let mut c = config.clone();
+            c.path.value = path;
+            c
+        }
+        _ => config.clone(),
     };
     let chunk = ChunkSize::new(args.chunk_size)?;
     let collected =

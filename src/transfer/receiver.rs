@@ -28,6 +28,7 @@ use crate::transfer::manifest::{ManifestReader, Next, OfferError, Policy, ValidO
 use crate::transfer::protocol::{OfferStart, Refusal, RefusalCode, Reply, decode_offer_start};
 use crate::transfer::sender::{rendezvous_for, rendezvous_for_code};
 use crate::transfer::teardown;
+use crate::transport::path::{PathKind, PathPolicy};
 
 /// Most partial files one offer continues (each is held open from the offer to its
 /// stream); further ones are received from the start.
@@ -303,6 +304,9 @@ impl Receiver {
         // Known-recipient mode: the offer was the first transport message, which completed
         // the handshake. Code mode: it is the next message.
         let offer_deadline = tokio::time::Instant::now() + timeouts.offer;
+        // This peer's own path policy in our address book, and the path it came by.
+        let peer_path = book.find_by_key(&peer).and_then(|p| p.path);
+        let relayed = crate::transport::path::path_of(conn) == PathKind::Relayed;
         let first = match est.take_first_message() {
             Some(first) => first,
             None => {
@@ -330,13 +334,23 @@ impl Receiver {
             known,
             peer,
             // A sender we know (or that proved the code) may learn our addresses: the
-            // connection looks for a direct path while the offer is read and answered.
-            path: if known { emit.follow_path(conn) } else { None },
+            // connection looks for a direct path while the offer is read and answered
+            // (unless our address book keeps this peer on the relay).
+            path: if known && peer_path != Some(PathPolicy::Relay) {
+                emit.follow_path(conn)
+            } else {
+                None
+            },
+            keep_relayed: peer_path == Some(PathPolicy::Relay),
             _permit: permit,
         };
         // Refusals that need no manifest come before it is read: an offer too large is
         // never held in memory, and an unknown sender's paths are not looked at.
         let early = match ManifestReader::new(start.clone(), &policy.offers) {
+            Ok(_) if peer_path == Some(PathPolicy::Direct) && relayed => Err(Refusal::new(
+                RefusalCode::Policy,
+                "this receiver takes transfers from you only directly, not through a relay (its address book says path = direct)",
+            )),
             Ok(reader) if known || policy.unknown_sender_offers => Ok(reader),
             Ok(_) => Err(Refusal::new(
                 RefusalCode::UnknownSender,
@@ -416,6 +430,8 @@ pub(crate) struct Session {
     pub(crate) peer: PublicKey,
     /// Follows the connection's path once the sender may learn our addresses.
     path: Option<crate::transfer::events::PathFollower>,
+    /// Our address book keeps this peer on the relay (its `path = relay`).
+    keep_relayed: bool,
     /// A place among the transfers at once, held for the whole transfer.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -640,7 +656,7 @@ impl<'a> IncomingOffer<'a> {
         } = self;
         let (conn, rec) = (session.conn.clone(), Arc::clone(&session.rec));
         // Accepted: an unknown sender let in may now learn our addresses too.
-        if session.path.is_none() {
+        if session.path.is_none() && !session.keep_relayed {
             session.path = session.emit.follow_path(&conn);
         }
         let mut cancel: Cancel<'a> = cancel.unwrap_or_else(|| Box::pin(std::future::pending()));

@@ -460,6 +460,92 @@ fn the_path_policy_direct_refuses_to_use_a_relay() {
     assert!(!log.iter().any(|e| e["event"] == "session_open"), "{log:?}");
 }
 
+/// The address book's path policy per peer: a sender whose book keeps the receiver on
+/// the relay stays relayed on one host (no `path` event); a receiver whose book says its
+/// sender comes only directly refuses that sender's offer through a relay (exit 5, the
+/// reason told), and a sender whose book says so refuses to use the relay (exit 2).
+#[test]
+fn the_address_book_sets_the_path_per_peer() {
+    let relay = start_relay(&[]);
+    let p = pair_knowing(true, true);
+    let src = p.root.join("scan.bin");
+    write_data(&src, 2_000_000);
+    let via = ["--json", "--relay", &relay.addr, "--relay-pin", &relay.pin];
+    let set = |home: &std::path::Path, name: &str, policy: &str| {
+        let out = conduit(home)
+            .args(["peers", "path", name, policy])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let receive = |out: &std::path::Path| {
+        let mut c = conduit(&p.receiver);
+        c.arg("receive").args(via).arg("--out").arg(out);
+        Running::spawn(c)
+    };
+    let send = || {
+        conduit(&p.sender)
+            .arg("send")
+            .arg(&src)
+            .args(via)
+            .args(["--to", "lab"])
+            .output()
+            .unwrap()
+    };
+
+    // The sender keeps "lab" on the relay.
+    set(&p.sender, "lab", "relay");
+    let listed = conduit(&p.sender)
+        .args(["peers", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(text(&listed.stdout).contains("\"path\":\"relay\""));
+    let out = p.root.join("out1");
+    let mut rx = receive(&out);
+    let sent = send();
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let (status, rx_out, rx_err) = rx.finish();
+    assert!(status.success(), "{rx_err}");
+    for (side, out) in [("sender", text(&sent.stdout)), ("receiver", rx_out)] {
+        let ev = events(&out);
+        assert!(!ev.iter().any(|e| e["event"] == "path"), "{side}: {out}");
+        let done = ev.iter().find(|e| e["event"] == "done").unwrap();
+        assert_eq!(done["path"], "relayed", "{side}: {done}");
+    }
+
+    // The receiver takes "clinic" only directly.
+    set(&p.sender, "lab", "default");
+    set(&p.receiver, "clinic", "direct");
+    let out = p.root.join("out2");
+    let mut rx = receive(&out);
+    let sent = send();
+    assert_eq!(sent.status.code(), Some(5), "{}", text(&sent.stderr));
+    assert!(
+        text(&sent.stderr).contains("only directly, not through a relay"),
+        "{}",
+        text(&sent.stderr)
+    );
+    let _ = rx.finish();
+    assert!(!out.join("scan.bin").exists());
+
+    // The sender takes "lab" only directly.
+    set(&p.sender, "lab", "direct");
+    let sent = send();
+    assert_eq!(sent.status.code(), Some(2), "{}", text(&sent.stderr));
+    assert!(
+        text(&sent.stderr).contains("conduit peers path lab auto"),
+        "{}",
+        text(&sent.stderr)
+    );
+    let bad = conduit(&p.sender)
+        .args(["peers", "path", "lab", "sometimes"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    let (status, _, err) = relay.stop();
+    assert!(status.success(), "{err}");
+}
+
 /// A transfer through the switch completes while a third party floods the relay's port
 /// with 1,000,000 wrapped packets of random channel ids (and junk first bytes): none is
 /// forwarded (the switch's drop counters take them all), the file arrives identical, and
