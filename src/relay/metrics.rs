@@ -181,6 +181,12 @@ fn render_switch(s: &mut String, switch: &crate::relay::switch::SharedSwitch) {
         c.expired,
     );
     metric(
+        "conduit_relay_allocations_direct_total",
+        "counter",
+        "Allocations whose endpoints moved their connection to a direct path.",
+        c.went_direct,
+    );
+    metric(
         "conduit_relay_switch_packets_total",
         "counter",
         "Wrapped packets forwarded by the switch.",

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::wire::wrap;
+use crate::wire::{probe, wrap};
 
 /// Allocations the switch holds at most (two per relayed pair).
 pub const MAX_ALLOCATIONS: usize = 2 * crate::relay::config::MAX_SESSIONS;
@@ -151,6 +151,10 @@ struct Allocation {
     refilled: Instant,
     /// Last packet forwarded from or to this allocation (or its grant).
     seen: Instant,
+    /// It forwarded a path probe: its endpoints went direct (they probe through the
+    /// relay only while their packets go direct, docs/PROTOCOL.md "Candidates and
+    /// probes").
+    direct: bool,
 }
 
 /// Totals of the switch, for metrics.
@@ -164,6 +168,8 @@ pub struct Counters {
     pub granted: u64,
     /// Allocations released for idleness.
     pub expired: u64,
+    /// Allocations whose endpoints went direct (the first path probe each forwarded).
+    pub went_direct: u64,
     /// Datagrams dropped, by [`DropReason`] in [`DropReason::all`] order.
     pub dropped: [u64; 8],
 }
@@ -258,6 +264,7 @@ impl Switch {
             tokens: self.limits.burst,
             refilled: now,
             seen: now,
+            direct: false,
         };
         let (x, y) = (alloc(first, b), alloc(second, a));
         self.table.insert(a, x);
@@ -360,7 +367,10 @@ impl Switch {
         if datagram.len() > MAX_PACKET {
             return Err(DropReason::TooLarge);
         }
-        let (id, _) = wrap::parse(datagram).ok_or(DropReason::Malformed)?;
+        let (id, inner) = wrap::parse(datagram).ok_or(DropReason::Malformed)?;
+        // A path probe, as the endpoints send through the relay while direct (its first
+        // byte is never QUIC; its content is not looked at).
+        let probe = inner.len() == probe::LEN && probe::is_probe(inner);
         let len = u64::try_from(datagram.len()).unwrap_or(u64::MAX);
         let limits = &self.limits;
         let me = self.table.get_mut(&id).ok_or(DropReason::UnknownId)?;
@@ -386,6 +396,10 @@ impl Switch {
             me.tokens -= len;
             me.sent = me.sent.saturating_add(len);
             me.seen = now;
+            if probe && !me.direct {
+                me.direct = true;
+                self.counters.went_direct = self.counters.went_direct.saturating_add(1);
+            }
         }
         if !wrap::rewrite(datagram, peer) {
             return Err(DropReason::Malformed);
@@ -530,6 +544,40 @@ mod tests {
         assert_eq!(wrap::parse(&back).map(|x| x.0), Some(pair.first));
         assert_eq!(s.counters().packets, 2);
         assert_eq!(s.counters().bytes, 1300);
+    }
+
+    /// A pair whose endpoints send a path probe through the switch (they do only while
+    /// their connection goes direct) counts once per allocation as gone direct; QUIC
+    /// that merely starts like a probe but is longer does not.
+    #[test]
+    fn allocations_that_forward_a_probe_are_counted_as_gone_direct() {
+        let now = Instant::now();
+        let mut s = Switch::new(SwitchLimits::default());
+        let pair = s.grant(addr(A), addr(B), now).unwrap();
+        let mut quic = packet(pair.first, wrap::HEADER_LEN + 1200);
+        quic[wrap::HEADER_LEN] = probe::PROBE;
+        assert_eq!(s.forward(addr(A), &mut quic, now), Ok(addr(B)));
+        assert_eq!(s.counters().went_direct, 0);
+        let mut p = wrap::header(pair.first).to_vec();
+        p.extend_from_slice(&probe::encode(
+            &[1; 32],
+            probe::PROBE,
+            probe::Role::Client,
+            0,
+        ));
+        for _ in 0..3 {
+            assert_eq!(s.forward(addr(A), &mut p.clone(), now), Ok(addr(B)));
+        }
+        assert_eq!(s.counters().went_direct, 1);
+        let mut r = wrap::header(pair.second).to_vec();
+        r.extend_from_slice(&probe::encode(
+            &[1; 32],
+            probe::REPLY,
+            probe::Role::Server,
+            0,
+        ));
+        assert_eq!(s.forward(addr(B), &mut r, now), Ok(addr(A)));
+        assert_eq!(s.counters().went_direct, 2);
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub const KEEPALIVE: Duration = Duration::from_millis(500);
 /// A direct path with no reply for this long is given up: the packets go through the
 /// relay again, in the same connection.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often a probe goes through the relay while the packets go direct, so that the
-/// relay keeps both allocations (its idle limit is 30 s by default).
+/// How often a probe goes through the relay while the packets go direct (the first as the
+/// connection goes direct), so that the relay keeps both allocations (its idle limit is
+/// 30 s by default) and counts the pair as gone direct.
 pub const RELAY_KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long a sender whose offer was accepted waits for a direct path before the data
 /// moves ([`super::path::settle`]): long enough for the probes of two endpoints whose
@@ -84,7 +85,8 @@ async fn run(
     let mut sent_lists = 0u32;
     let mut last_list: Option<Instant> = None;
     let mut last_round: Option<Instant> = None;
-    let mut last_relay = Instant::now();
+    let mut last_relay: Option<Instant> = None;
+    let mut changes = path.subscribe();
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -99,6 +101,8 @@ async fn run(
                 last_round = None;
                 None
             }
+            // The path changed: going direct, tell the relay at once (below).
+            _ = changes.changed() => None,
         };
         if let Some(d) = datagram {
             let mut new = false;
@@ -165,8 +169,8 @@ async fn run(
                         let _ = socket.send_to(direct, &p);
                     }
                 }
-                if now.duration_since(last_relay) >= RELAY_KEEPALIVE {
-                    last_relay = now;
+                if last_relay.is_none_or(|t| now.duration_since(t) >= RELAY_KEEPALIVE) {
+                    last_relay = Some(now);
                     if let Some(p) = path.relay_probe() {
                         let _ = socket.send_to(path.relay(), &p);
                     }

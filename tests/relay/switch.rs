@@ -411,6 +411,15 @@ fn on_one_host_the_connection_moves_to_the_direct_path() {
     }
     let bytes = metric(&metrics, "conduit_relay_switch_bytes_total");
     assert!(bytes < 1 << 20, "the switch forwarded {bytes} bytes");
+    // The first probe through the relay as a side went direct counts its allocation.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&metrics, "conduit_relay_allocations_direct_total") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no allocation counted as gone direct"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (status, log, err) = relay.stop();
     assert!(status.success(), "{err}");
     let open = log.iter().filter(|e| e["event"] == "session_open").count();
