@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         wait: Duration::from_secs(10),
         switch: true,
         punch: true,
+        idle: phi_conduit::transport::IDLE_TIMEOUT,
     };
     let src = dir.path().join("scan.bin");
     std::fs::write(&src, vec![1u8; 4 << 20])?;

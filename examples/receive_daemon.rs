@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         wait: Duration::from_secs(10),
         switch: true,
         punch: true,
+        idle: phi_conduit::transport::IDLE_TIMEOUT,
     };
     let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
     let relay_task = tokio::spawn(relay.run(async {

@@ -117,6 +117,7 @@ pub async fn run(dir: &Path, size: u64, events: Events) -> anyhow::Result<Report
         switch: true,
         // The demo shows the relay: its leg stays on it (no direct path on one host).
         punch: false,
+        idle: crate::transport::IDLE_TIMEOUT,
     };
 
     let pool = CipherPool::with_all_cores()?;

@@ -347,6 +347,7 @@ fn raw_peer(peer: RawPeer) -> anyhow::Result<()> {
                     switch: true,
                     // Raw QUIC through the relay measures the relay.
                     punch: false,
+                    idle: crate::transport::IDLE_TIMEOUT,
                 },
                 crate::relay::tokens::parse_sha256(rv)
                     .ok_or_else(|| anyhow::anyhow!("bad rendezvous"))?,

@@ -297,6 +297,7 @@ impl RelayFlags {
             wait: Duration::from_secs(r.relay_wait_secs.value),
             switch: true,
             punch: r.path.value == PathPolicy::Auto,
+            idle: timeouts(r)?.idle,
         }))
     }
 }

@@ -112,6 +112,10 @@ pub struct RelayOptions {
     /// session is authenticated (candidates and probes, [`transport::punch`]): the
     /// `auto` path policy. `false` keeps every packet on the relay (`relay`).
     pub punch: bool,
+    /// The end-to-end connection's idle timeout through the switch (`--idle-timeout`;
+    /// [`transport::IDLE_TIMEOUT`] by default). The control connection keeps the
+    /// transport's own.
+    pub idle: Duration,
 }
 
 impl RelayOptions {
@@ -322,7 +326,7 @@ async fn join_once(
                 addr,
                 &opts.trust,
                 role == Role::Listen,
-                transport::IDLE_TIMEOUT,
+                opts.idle,
             )?;
             paths
                 .lock()
@@ -408,7 +412,7 @@ async fn join_once(
     path.grant(grant.channel);
     let e2e = tokio::time::timeout(CONNECT_TIMEOUT, async {
         if role == Role::Connect {
-            let cfg = transport::switched_client_config(path.relay(), transport::IDLE_TIMEOUT)?;
+            let cfg = transport::switched_client_config(path.relay(), opts.idle)?;
             let connecting = endpoint
                 .connect_with(cfg, path.mapped(), "phi-conduit")
                 .map_err(|e| connect_err(e.to_string()))?;
@@ -575,6 +579,7 @@ mod tests {
             wait: Duration::ZERO,
             switch: true,
             punch: false,
+            idle: transport::IDLE_TIMEOUT,
         };
         let got = join_once(&opts, Role::Connect, false, [7; 32], None, &|_| {}).await;
         assert!(
@@ -668,6 +673,7 @@ mod tests {
             wait,
             switch: true,
             punch: false,
+            idle: transport::IDLE_TIMEOUT,
         };
         // Not reached: a wrong pin.
         let told = AtomicUsize::new(0);

@@ -97,6 +97,7 @@ async fn relay_tapped(
             // packets it cannot read, and is what the clients use otherwise.
             switch: tap_set.is_none(),
             punch: false,
+            idle: phi_conduit::transport::IDLE_TIMEOUT,
         },
         stop: Some(stop),
         task: Some(task),

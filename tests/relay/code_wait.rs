@@ -85,6 +85,7 @@ fn the_code_sender_started_20_s_after_the_receiver_succeeds_relayed() {
         wait: Duration::ZERO,
         switch: true,
         punch: false,
+        idle: phi_conduit::transport::IDLE_TIMEOUT,
     };
     let sent = tokio::runtime::Runtime::new()
         .unwrap()

@@ -555,6 +555,35 @@ fn the_address_book_sets_the_path_per_peer() {
     assert!(status.success(), "{err}");
 }
 
+/// A sender that dies mid-transfer through the switch is noticed by the receiver's own
+/// `--idle-timeout` (the end-to-end connection's, not a fixed one): with 2 s it gives up
+/// within seconds, keeps the partial file for a resume and exits non-zero.
+#[test]
+fn a_dead_sender_is_noticed_by_the_receiver_s_idle_timeout_through_the_switch() {
+    let relay = start_relay(&[]);
+    let p = pair_knowing(true, true);
+    let src = p.root.join("scan.bin");
+    write_large(&src, 1 << 30);
+    let out = p.root.join("out");
+    let mut rx = receiver_via(&p, &relay, &out, &["--idle-timeout", "2"]);
+    let mut cmd = relay.cmd(&p.sender, "send");
+    cmd.arg(&src).args(["--to", "lab", "--idle-timeout", "2"]);
+    let tx = Running::spawn(cmd);
+    wait_for_durable(&out, "scan.bin", 8 << 20);
+    tx.signal(libc::SIGKILL);
+    // With the fixed 10 s of before, this wait ran out.
+    let status = rx
+        .wait_timeout(8)
+        .expect("the receiver did not notice its sender was gone within 8 s");
+    assert!(!status.success());
+    assert!(!out.join("scan.bin").exists());
+    assert!(
+        !parts(&out).is_empty(),
+        "the partial file is kept for a resume"
+    );
+    let _ = relay.stop();
+}
+
 /// A transfer through the switch completes while a third party floods the relay's port
 /// with 1,000,000 wrapped packets of random channel ids (and junk first bytes): none is
 /// forwarded (the switch's drop counters take them all), the file arrives identical, and
