@@ -622,7 +622,7 @@ mod tests {
             let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             let hello = Hello {
-                switch: false,
+                switch: true,
                 role: Role::Connect,
                 single_use: false,
                 rendezvous: [round; 32],

@@ -298,10 +298,19 @@ pub enum Refusal {
     /// id was at its limit of waiting listeners).
     #[error("replaced by a newer listener for the same key")]
     Replaced,
+    /// The client asked for a splice (an older relay protocol): this relay only forwards
+    /// end-to-end connections on its datagram switch.
+    #[error(
+        "the relay only forwards end-to-end connections on its switch and this client speaks an older relay protocol (update conduit)"
+    )]
+    OldProtocol,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 13] = [
+    /// How many refusals there are.
+    pub const COUNT: usize = 14;
+
+    const ALL: [Refusal; Self::COUNT] = [
         Refusal::BadHello,
         Refusal::HelloTimeout,
         Refusal::Token,
@@ -315,6 +324,7 @@ impl Refusal {
         Refusal::RateLimited,
         Refusal::BadProof,
         Refusal::Replaced,
+        Refusal::OldProtocol,
     ];
 
     /// The QUIC application close code.
@@ -334,6 +344,7 @@ impl Refusal {
                 Refusal::RateLimited => 11,
                 Refusal::BadProof => 12,
                 Refusal::Replaced => 13,
+                Refusal::OldProtocol => 14,
             }
     }
 
@@ -358,6 +369,7 @@ impl Refusal {
             Refusal::RateLimited => "rate_limited",
             Refusal::BadProof => "bad_proof",
             Refusal::Replaced => "replaced",
+            Refusal::OldProtocol => "old_protocol",
         }
     }
 

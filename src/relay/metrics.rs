@@ -43,7 +43,7 @@ pub struct Metrics {
     /// table's cap).
     pub strike_sources: AtomicU64,
     /// Refusals, by [`Refusal`] in code order.
-    rejections: [AtomicU64; 13],
+    rejections: [AtomicU64; Refusal::COUNT],
     /// Set when draining (health turns 503).
     pub draining: AtomicBool,
     /// The datagram switch, once the relay is bound (its counters are rendered too).

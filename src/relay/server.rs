@@ -236,8 +236,10 @@ impl Relay {
         Ok(Relay { endpoint, state })
     }
 
-    /// Installs a [`Tap`] on every session (tests and diagnostics built on the library;
-    /// `conduit relay` never does). Call before [`run`](Relay::run).
+    /// Installs a [`Tap`] on every spliced session, and with it serves clients that ask
+    /// for the splice (the session layer's adversarial tests, built on the library;
+    /// `conduit relay` never does: without a tap such a client is refused
+    /// [`Refusal::OldProtocol`]). Call before [`run`](Relay::run).
     pub fn with_tap(mut self, tap: Arc<dyn Tap>) -> Self {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.tap = Some(tap);
@@ -519,6 +521,11 @@ async fn client(
 /// it holds the key. The answer stream is handed back for [`PAIRED`].
 async fn admit(state: &State, conn: &Connection) -> Result<(SendStream, Hello), Refusal> {
     let (mut send, mut recv, hello) = read_hello(conn).await.map_err(|()| Refusal::BadHello)?;
+    // The relay forwards end-to-end connections on its switch; it terminates QUIC for a
+    // splice only when built for the session layer's adversarial tests (a tap).
+    if !hello.switch && state.tap.is_none() {
+        return Err(Refusal::OldProtocol);
+    }
     if let Some(tokens) = &state.tokens {
         if !tokens.accepts(&hello.token) {
             return Err(Refusal::Token);

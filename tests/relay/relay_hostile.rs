@@ -176,7 +176,7 @@ async fn thirty_two_squatters_who_know_the_key_cannot_keep_the_receiver_from_rec
             let own = Identity::generate().unwrap();
             let key = (!single_use).then_some(&own);
             let hello = Hello {
-                switch: false,
+                switch: true,
                 role: Role::Listen,
                 single_use,
                 rendezvous: rv,
@@ -322,14 +322,14 @@ async fn one_client_hammering_code_rendezvous_cannot_keep_a_code_transfer_from_p
                 let code = Code::parse(&format!("{n}-abandon-ability-able")).unwrap();
                 let rendezvous = rendezvous_for_code(&code);
                 let listen = Hello {
-                    switch: false,
+                    switch: true,
                     role: Role::Listen,
                     single_use: true,
                     rendezvous,
                     token: vec![],
                 };
                 let connect = Hello {
-                    switch: false,
+                    switch: true,
                     role: Role::Connect,
                     ..listen.clone()
                 };
@@ -616,7 +616,7 @@ async fn self_sessions(
 ) -> (Vec<Outcome>, Vec<Outcome>, usize) {
     let keys: Vec<Identity> = (0..n).map(|_| Identity::generate().unwrap()).collect();
     let hello = |role, own: &Identity| Hello {
-        switch: false,
+        switch: true,
         role,
         single_use: false,
         rendezvous: rendezvous_for(&own.public()),

@@ -584,6 +584,39 @@ fn a_dead_sender_is_noticed_by_the_receiver_s_idle_timeout_through_the_switch() 
     let _ = relay.stop();
 }
 
+/// `conduit relay` only switches: a client that asks for a splice (the older relay
+/// protocol) is refused `old_protocol`, with a message that says to update, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_asking_for_a_splice_is_refused_as_an_older_protocol() {
+    use phi_conduit::relay::client::{JoinError, RelayOptions, join};
+    use phi_conduit::relay::hello::Refusal;
+    let relay = start_relay(&["--metrics", "127.0.0.1:0"]);
+    let metrics = relay.run.first["metrics"].as_str().unwrap().to_string();
+    let opts = RelayOptions {
+        relays: vec![relay.addr.clone()],
+        trust: RelayTrust::Pin(phi_conduit::relay::tokens::parse_sha256(&relay.pin).unwrap()),
+        token: vec![],
+        wait: Duration::ZERO,
+        switch: false,
+        punch: false,
+        idle: phi_conduit::transport::IDLE_TIMEOUT,
+    };
+    let err = join(&opts, Role::Listen, true, [9; 32]).await.unwrap_err();
+    match &err {
+        JoinError::Refused { refusal, .. } => assert_eq!(*refusal, Refusal::OldProtocol),
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("update conduit"), "{err}");
+    let m = tokio::task::spawn_blocking(move || http_get(&metrics, "/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        m.contains("conduit_relay_rejections_total{reason=\"old_protocol\"} 1"),
+        "{m}"
+    );
+    let _ = relay.stop();
+}
+
 /// A transfer through the switch completes while a third party floods the relay's port
 /// with 1,000,000 wrapped packets of random channel ids (and junk first bytes): none is
 /// forwarded (the switch's drop counters take them all), the file arrives identical, and
