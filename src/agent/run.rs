@@ -255,6 +255,12 @@ impl Agent {
             timeouts: self.timeouts,
             sessions: Some(Arc::new(tokio::sync::Semaphore::new(self.config.receiving))),
             offers: crate::transfer::Policy { max_entries: 16 },
+            // The endpoint's policy as the relay options carry it (a per-peer entry
+            // replaces it; a per-peer `auto` cannot when the endpoint keeps to the relay).
+            path: match &self.relay {
+                Some(o) if !o.punch => crate::transport::path::PathPolicy::Relay,
+                _ => crate::transport::path::PathPolicy::Auto,
+            },
             ..ReceivePolicy::default()
         };
         let receiver = Receiver::new(self.identity.clone(), self.book.clone(), pool)
@@ -776,6 +782,20 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
             };
         }
     };
+    // A recipient that takes transfers only directly cannot be reached without an
+    // address: no retry will change that.
+    if outbox.direct.is_none()
+        && shared
+            .agent
+            .book
+            .find_by_key(&recipient.1)
+            .and_then(|p| p.path)
+            == Some(crate::transport::path::PathPolicy::Direct)
+    {
+        return Outcome::Failed(
+            "the address book says this recipient takes transfers only directly (path = direct), and its outbox has no address".into(),
+        );
+    }
     let connected = match &outbox.direct {
         Some(addr) => connect_direct(shared, addr).await,
         None => connect_relay(shared, &recipient.1).await,
@@ -883,15 +903,11 @@ async fn connect_relay(
     let mut opts = opts.clone();
     opts.wait = opts.wait.min(RELAY_WAIT);
     // The recipient's own path policy in the address book.
+    // The recipient's own path policy in the address book (`direct` never gets here).
     match shared.agent.book.find_by_key(key).and_then(|p| p.path) {
-        Some(crate::transport::path::PathPolicy::Direct) => {
-            return Err(
-                "the address book says this recipient takes transfers only directly (path = direct), and its outbox has no address".into(),
-            );
-        }
         Some(crate::transport::path::PathPolicy::Relay) => opts.punch = false,
         Some(crate::transport::path::PathPolicy::Auto) => opts.punch = true,
-        None => {}
+        _ => {}
     }
     let rendezvous = crate::transfer::rendezvous_for(key);
     match relay_client::join(&opts, Role::Connect, false, rendezvous).await {

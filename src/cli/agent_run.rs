@@ -16,7 +16,13 @@ pub(crate) fn run(home: &Home, json: bool, token: Option<String>) -> anyhow::Res
     let identity = Identity::load(home)?;
     let (_file, book, config) = crate::cli::agent::checked(home)?;
     let resolved = crate::cli::resolve(home, &FileConfig::default())?;
-    let relay = if config.relay {
+    let direct_only = resolved.path.value == crate::transport::path::PathPolicy::Direct;
+    if config.relay && direct_only {
+        eprintln!(
+            "warning: transfer.path is direct: the agent uses no relay (only outboxes with an address send, and it receives only on its listen address)"
+        );
+    }
+    let relay = if config.relay && !direct_only {
         RelayFlags::token_only(token).options(&resolved)?
     } else {
         None

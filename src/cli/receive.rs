@@ -183,13 +183,20 @@ fn receive_with(
     dest.check_writable()?;
     let timeouts = timeouts(config)?;
     // The settings are checked before the code is asked for.
-    let relay = relay_unless_direct(
+    let mut relay = relay_unless_direct(
         "receive",
         "--listen",
         args.listen.as_deref(),
         &args.relay,
         config,
     )?;
+    // Which sender it is is known only once its session is up: the connection is ready
+    // to look for a direct path unless `--path relay` said no for every peer, and the
+    // receiver decides per sender (its entry in the address book).
+    if let Some(opts) = relay.as_mut() {
+        opts.punch = !(config.path.source == crate::config::Source::Flag
+            && config.path.value == crate::transport::path::PathPolicy::Relay);
+    }
     let code_wait = code_wait(config)?;
     let code = match &args.code {
         None => None,
@@ -223,6 +230,8 @@ fn receive_with(
         sessions: None,
         suites: config.suite.value,
         post_quantum: config.post_quantum.value,
+        path: config.path.value,
+        path_from_flag: config.path.source == crate::config::Source::Flag,
     };
     let max_age_days = config.part_max_age_days.value;
     remove_stale_parts(&dest, &audit, max_age_days);

@@ -168,7 +168,8 @@ pub struct Counters {
     pub granted: u64,
     /// Allocations released for idleness.
     pub expired: u64,
-    /// Allocations whose endpoints went direct (the first path probe each forwarded).
+    /// Allocations whose endpoint went direct (the first probe each sent through the
+    /// relay).
     pub went_direct: u64,
     /// Datagrams dropped, by [`DropReason`] in [`DropReason::all`] order.
     pub dropped: [u64; 8],
@@ -368,9 +369,9 @@ impl Switch {
             return Err(DropReason::TooLarge);
         }
         let (id, inner) = wrap::parse(datagram).ok_or(DropReason::Malformed)?;
-        // A path probe, as the endpoints send through the relay while direct (its first
-        // byte is never QUIC; its content is not looked at).
-        let probe = inner.len() == probe::LEN && probe::is_probe(inner);
+        // A path probe through the relay, as an endpoint sends only while its connection
+        // goes direct (its first byte is never QUIC; nothing else of it is looked at).
+        let probe = inner.len() == probe::LEN && inner.first() == Some(&probe::RELAY_PROBE);
         let len = u64::try_from(datagram.len()).unwrap_or(u64::MAX);
         let limits = &self.limits;
         let me = self.table.get_mut(&id).ok_or(DropReason::UnknownId)?;
@@ -546,22 +547,22 @@ mod tests {
         assert_eq!(s.counters().bytes, 1300);
     }
 
-    /// A pair whose endpoints send a path probe through the switch (they do only while
-    /// their connection goes direct) counts once per allocation as gone direct; QUIC
-    /// that merely starts like a probe but is longer does not.
+    /// An allocation that sends a probe through the switch (an endpoint does only while
+    /// its connection goes direct) counts once as gone direct; its peer's replies, and
+    /// QUIC that merely starts like a probe but is longer, do not.
     #[test]
     fn allocations_that_forward_a_probe_are_counted_as_gone_direct() {
         let now = Instant::now();
         let mut s = Switch::new(SwitchLimits::default());
         let pair = s.grant(addr(A), addr(B), now).unwrap();
         let mut quic = packet(pair.first, wrap::HEADER_LEN + 1200);
-        quic[wrap::HEADER_LEN] = probe::PROBE;
+        quic[wrap::HEADER_LEN] = probe::RELAY_PROBE;
         assert_eq!(s.forward(addr(A), &mut quic, now), Ok(addr(B)));
         assert_eq!(s.counters().went_direct, 0);
         let mut p = wrap::header(pair.first).to_vec();
         p.extend_from_slice(&probe::encode(
             &[1; 32],
-            probe::PROBE,
+            probe::RELAY_PROBE,
             probe::Role::Client,
             0,
         ));
@@ -572,11 +573,20 @@ mod tests {
         let mut r = wrap::header(pair.second).to_vec();
         r.extend_from_slice(&probe::encode(
             &[1; 32],
-            probe::REPLY,
+            probe::RELAY_REPLY,
             probe::Role::Server,
             0,
         ));
         assert_eq!(s.forward(addr(B), &mut r, now), Ok(addr(A)));
+        assert_eq!(s.counters().went_direct, 1, "a reply does not count");
+        let mut theirs = wrap::header(pair.second).to_vec();
+        theirs.extend_from_slice(&probe::encode(
+            &[1; 32],
+            probe::RELAY_PROBE,
+            probe::Role::Server,
+            5,
+        ));
+        assert_eq!(s.forward(addr(B), &mut theirs, now), Ok(addr(A)));
         assert_eq!(s.counters().went_direct, 2);
     }
 

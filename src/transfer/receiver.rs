@@ -63,6 +63,11 @@ pub struct ReceivePolicy {
     /// Whether a sender without the post-quantum exchange is accepted (`[transfer]
     /// post_quantum`).
     pub post_quantum: crate::crypto::hybrid::PqPolicy,
+    /// Which paths this endpoint's transfers take (`[transfer] path`): a sender's own
+    /// entry in the address book replaces it, unless `path_from_flag`.
+    pub path: PathPolicy,
+    /// `path` was given on the command line: it wins over the address book's entries.
+    pub path_from_flag: bool,
 }
 
 /// The receiving side, configured once: this endpoint's identity and address book, its
@@ -304,8 +309,12 @@ impl Receiver {
         // Known-recipient mode: the offer was the first transport message, which completed
         // the handshake. Code mode: it is the next message.
         let offer_deadline = tokio::time::Instant::now() + timeouts.offer;
-        // This peer's own path policy in our address book, and the path it came by.
-        let peer_path = book.find_by_key(&peer).and_then(|p| p.path);
+        // The path policy for this peer (its own entry in our address book, unless the
+        // command line said otherwise), and the path it came by.
+        let peer_path = match book.find_by_key(&peer).and_then(|p| p.path) {
+            Some(own) if !policy.path_from_flag => own,
+            _ => policy.path,
+        };
         let relayed = crate::transport::path::path_of(conn) == PathKind::Relayed;
         let first = match est.take_first_message() {
             Some(first) => first,
@@ -336,18 +345,18 @@ impl Receiver {
             // A sender we know (or that proved the code) may learn our addresses: the
             // connection looks for a direct path while the offer is read and answered
             // (unless our address book keeps this peer on the relay).
-            path: if known && peer_path != Some(PathPolicy::Relay) {
+            path: if known && peer_path == PathPolicy::Auto {
                 emit.follow_path(conn)
             } else {
                 None
             },
-            keep_relayed: peer_path == Some(PathPolicy::Relay),
+            keep_relayed: peer_path != PathPolicy::Auto,
             _permit: permit,
         };
         // Refusals that need no manifest come before it is read: an offer too large is
         // never held in memory, and an unknown sender's paths are not looked at.
         let early = match ManifestReader::new(start.clone(), &policy.offers) {
-            Ok(_) if peer_path == Some(PathPolicy::Direct) && relayed => Err(Refusal::new(
+            Ok(_) if peer_path == PathPolicy::Direct && relayed => Err(Refusal::new(
                 RefusalCode::Policy,
                 "this receiver takes transfers from you only directly, not through a relay (its address book says path = direct)",
             )),
@@ -430,7 +439,7 @@ pub(crate) struct Session {
     pub(crate) peer: PublicKey,
     /// Follows the connection's path once the sender may learn our addresses.
     path: Option<crate::transfer::events::PathFollower>,
-    /// Our address book keeps this peer on the relay (its `path = relay`).
+    /// This peer's transfers stay on the relay (its path policy is not `auto`).
     keep_relayed: bool,
     /// A place among the transfers at once, held for the whole transfer.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,

@@ -362,8 +362,12 @@ impl AsyncUdpSocket for DemuxSocket {
                 self.state.send((&self.io).into(), transmit)
             }),
             Route::To(to) => {
+                // From whatever address the kernel picks towards the peer, as the probes
+                // that opened this path went: quinn's pinned source is the one the relay's
+                // packets arrived on.
                 let t = Transmit {
                     destination: to,
+                    src_ip: None,
                     ..*transmit
                 };
                 self.io.try_io(Interest::WRITABLE, || {

@@ -541,7 +541,12 @@ pub fn relay_client_switching(
             ServerTls::self_signed(&["phi-conduit"])?,
             ALPN,
             transport,
-            |_| {},
+            // The peer's address stays the mapped one whichever path carries it (the
+            // socket moves the packets): a packet from anywhere else must not move
+            // quinn's idea of the peer, as it never does on the client side.
+            |s| {
+                s.migration(false);
+            },
         )?));
     }
     Ok((ep, route, sock))

@@ -143,11 +143,14 @@ impl<'de> serde::Deserialize<'de> for PathPolicy {
 /// practice; the grant sets [`RelayPath::granted`] anyway).
 const UNGRANTED: u64 = 0;
 
-/// Most addresses remembered as the peer's (QUIC from them is the peer's), and most
-/// addresses learned from the peer's probes.
+/// Most addresses remembered as the peer's (they answered one of our probes: QUIC from
+/// them is the peer's), and most addresses learned from the peer's probes; the least
+/// recently confirmed is forgotten first.
 const MAX_HEARD: usize = 8;
 /// Most probes awaiting their reply (the oldest is forgotten first).
-const MAX_OUTSTANDING: usize = 64;
+const MAX_OUTSTANDING: usize = 256;
+/// How long a probe waits for its reply; a later one is not taken.
+pub const PROBE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Where the end-to-end connection's packets go now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,10 +169,11 @@ struct Probing {
     key: Option<zeroize::Zeroizing<[u8; 32]>>,
     /// Our end of the end-to-end connection.
     role: Role,
-    /// Probes sent and not answered: txid and the address each went to.
-    outstanding: std::collections::VecDeque<(u64, SocketAddr)>,
-    /// Addresses whose probes reached us (the peer behind its NAT: probed back).
-    learned: Vec<SocketAddr>,
+    /// Probes sent and not answered: txid, the address each went to, when.
+    outstanding: std::collections::VecDeque<(u64, SocketAddr, Instant)>,
+    /// Addresses whose probes reached us (the peer behind its NAT: probed back), least
+    /// recently seen first.
+    learned: std::collections::VecDeque<SocketAddr>,
     /// When the direct address last answered a probe.
     last_reply: Option<Instant>,
     /// Replies through the relay (its path answers).
@@ -193,9 +197,13 @@ pub struct RelayPath {
     /// cheap check of the send path).
     direct: RwLock<Option<SocketAddr>>,
     direct_on: AtomicBool,
-    /// Addresses that proved the probe key: QUIC from them is the peer's.
-    heard: RwLock<Vec<SocketAddr>>,
+    /// Addresses that answered one of our probes: QUIC from them is the peer's (least
+    /// recently confirmed first).
+    heard: RwLock<std::collections::VecDeque<SocketAddr>>,
     heard_any: AtomicBool,
+    /// QUIC datagrams (or GRO batches) from the direct address handed to quinn: the
+    /// direct path carries the connection, not only the probes.
+    direct_quic: AtomicU64,
     changes: tokio::sync::watch::Sender<PathState>,
     authenticated: tokio::sync::Notify,
     /// A probe came from an address not probed yet (the agent probes it back at once).
@@ -222,14 +230,15 @@ impl RelayPath {
                 key: None,
                 role: Role::Client,
                 outstanding: std::collections::VecDeque::new(),
-                learned: Vec::new(),
+                learned: std::collections::VecDeque::new(),
                 last_reply: None,
                 relay_replies: 0,
             }),
             direct: RwLock::new(None),
             direct_on: AtomicBool::new(false),
-            heard: RwLock::new(Vec::new()),
+            heard: RwLock::new(std::collections::VecDeque::new()),
             heard_any: AtomicBool::new(false),
+            direct_quic: AtomicU64::new(0),
             changes: tokio::sync::watch::Sender::new(PathState {
                 kind: PathKind::Relayed,
                 via: relay,
@@ -284,18 +293,31 @@ impl RelayPath {
         let txid = u64::from_be_bytes(id);
         let mut p = lock(&self.probing);
         let packet = probe::encode(p.key.as_deref()?, probe::PROBE, p.role, txid);
-        if p.outstanding.len() >= MAX_OUTSTANDING {
+        let now = Instant::now();
+        while p
+            .outstanding
+            .front()
+            .is_some_and(|&(_, _, at)| now.duration_since(at) > PROBE_TTL)
+            || p.outstanding.len() >= MAX_OUTSTANDING
+        {
             p.outstanding.pop_front();
         }
-        p.outstanding.push_back((txid, to));
+        p.outstanding.push_back((txid, to, now));
         Some(packet)
     }
 
     /// A probe wrapped for our channel, to send to the relay (it keeps the allocations
     /// alive while the packets go direct; the peer answers through the relay).
     pub fn relay_probe(&self) -> Option<Vec<u8>> {
+        let mut id = [0u8; 8];
+        getrandom::getrandom(&mut id).ok()?;
         let p = lock(&self.probing);
-        let inner = probe::encode(p.key.as_deref()?, probe::PROBE, p.role, 0);
+        let inner = probe::encode(
+            p.key.as_deref()?,
+            probe::RELAY_PROBE,
+            p.role,
+            u64::from_be_bytes(id),
+        );
         let mut out = wrap::header(self.channel.load(Relaxed)).to_vec();
         out.extend_from_slice(&inner);
         Some(out)
@@ -303,7 +325,7 @@ impl RelayPath {
 
     /// Addresses the peer's probes came from (its mapping towards us).
     pub fn learned(&self) -> Vec<SocketAddr> {
-        lock(&self.probing).learned.clone()
+        lock(&self.probing).learned.iter().copied().collect()
     }
 
     /// Says an agent looks for a direct path on this path.
@@ -336,9 +358,27 @@ impl RelayPath {
         lock(&self.probing).last_reply
     }
 
-    /// Sends through the relay again (the direct path stopped answering).
+    /// Sends through the relay again (the direct path stopped carrying the connection).
     pub fn fall_back(&self) {
+        let _p = lock(&self.probing);
         self.set_direct(None);
+    }
+
+    /// Falls back to the relay if the direct path's last reply is older than `silence`
+    /// (checked and cleared under the probes' lock, so a reply that arrives meanwhile is
+    /// not lost); `true` if it did.
+    pub fn fall_back_if_silent(&self, silence: std::time::Duration) -> bool {
+        let p = lock(&self.probing);
+        if self.direct().is_none() || p.last_reply.is_some_and(|t| t.elapsed() <= silence) {
+            return false;
+        }
+        self.set_direct(None);
+        true
+    }
+
+    /// QUIC datagrams from the direct address handed to quinn so far.
+    pub fn direct_quic(&self) -> u64 {
+        self.direct_quic.load(Relaxed)
     }
 
     fn set_direct(&self, to: Option<SocketAddr>) {
@@ -378,17 +418,20 @@ impl RelayPath {
         self.authenticated.notified().await;
     }
 
+    /// Remembers `from` as the peer's: it answered one of our probes.
     fn hear(&self, from: SocketAddr) {
         let mut heard = self.heard.write().unwrap_or_else(PoisonError::into_inner);
-        if !heard.contains(&from) && heard.len() < MAX_HEARD {
-            heard.push(from);
-            self.heard_any.store(true, Release);
+        heard.retain(|a| *a != from);
+        if heard.len() >= MAX_HEARD {
+            heard.pop_front();
         }
+        heard.push_back(from);
+        self.heard_any.store(true, Release);
     }
 
     /// A probe or reply that came from `from` (through the relay when `relayed`):
-    /// answers a probe in place, takes a reply. Anything that does not verify is
-    /// dropped.
+    /// answers a probe in place, takes a reply. Anything that does not verify, or is of
+    /// the other path's type, is dropped.
     fn on_probe(&self, from: SocketAddr, relayed: bool, packet: &mut [u8]) -> Verdict {
         let mut p = lock(&self.probing);
         let Some(key) = p.key.as_deref() else {
@@ -397,19 +440,25 @@ impl RelayPath {
         let Some(got) = probe::verify(key, packet) else {
             return Verdict::Drop;
         };
-        if got.role != p.role.peer() {
+        let through_relay = matches!(got.kind, probe::RELAY_PROBE | probe::RELAY_REPLY);
+        if got.role != p.role.peer() || through_relay != relayed {
             return Verdict::Drop;
         }
-        if got.kind == probe::PROBE {
-            let reply = probe::encode(key, probe::REPLY, p.role, got.txid);
+        if let Some(kind) = probe::reply_to(got.kind) {
+            let reply = probe::encode(key, kind, p.role, got.txid);
             packet.copy_from_slice(&reply);
             if !relayed {
-                if !p.learned.contains(&from) && p.learned.len() < MAX_HEARD {
-                    p.learned.push(from);
+                // Probed back (its address may be the peer's NAT mapping towards us); only
+                // a reply to our own probe makes it the peer's for QUIC.
+                let new = !p.learned.contains(&from);
+                p.learned.retain(|a| *a != from);
+                if p.learned.len() >= MAX_HEARD {
+                    p.learned.pop_front();
+                }
+                p.learned.push_back(from);
+                if new {
                     self.learned_new.notify_one();
                 }
-                drop(p);
-                self.hear(from);
             }
             return Verdict::Send(from);
         }
@@ -417,19 +466,21 @@ impl RelayPath {
             p.relay_replies += 1;
             return Verdict::Drop;
         }
-        let Some(at) = p
-            .outstanding
-            .iter()
-            .position(|&(txid, to)| txid == got.txid && to == from)
-        else {
+        let now = Instant::now();
+        let Some(at) = p.outstanding.iter().position(|&(txid, to, sent)| {
+            txid == got.txid && to == from && now.duration_since(sent) <= PROBE_TTL
+        }) else {
             return Verdict::Drop;
         };
         p.outstanding.remove(at);
-        p.last_reply = Some(Instant::now());
-        drop(p);
         self.hear(from);
-        if self.direct().is_none() {
-            self.set_direct(Some(from));
+        match self.direct() {
+            None => {
+                p.last_reply = Some(now);
+                self.set_direct(Some(from));
+            }
+            Some(d) if d == from => p.last_reply = Some(now),
+            Some(_) => {}
         }
         Verdict::Drop
     }
@@ -485,6 +536,10 @@ impl Divert for RelayPath {
     }
 
     fn quic_source(&self, from: SocketAddr) -> SocketAddr {
+        if self.direct_on.load(Acquire) && self.direct() == Some(from) {
+            self.direct_quic.fetch_add(1, Relaxed);
+            return self.mapped;
+        }
         if self.heard_any.load(Acquire)
             && self
                 .heard
@@ -505,17 +560,26 @@ static ATTACHED: Mutex<Vec<(usize, Weak<RelayPath>)>> = Mutex::new(Vec::new());
 /// Records that `conn` runs over `path` (for [`path_of`], [`session_up`] and
 /// [`follow`]).
 pub fn attach(conn: &quinn::Connection, path: &Arc<RelayPath>) {
+    let id = conn.stable_id();
     let mut all = lock(&ATTACHED);
-    all.retain(|(_, p)| p.strong_count() > 0);
-    all.push((conn.stable_id(), Arc::downgrade(path)));
+    // A connection's id is its memory's address, which a later one may reuse: an entry
+    // with this id belongs to an older connection.
+    all.retain(|(i, p)| p.strong_count() > 0 && *i != id);
+    all.push((id, Arc::downgrade(path)));
 }
 
+/// The path `conn` was attached to. The id alone could be an older connection's (reused
+/// memory): the peer must also be at that path's mapped address, where only a
+/// connection through the switch ever sees it.
 fn attached(conn: &quinn::Connection) -> Option<Arc<RelayPath>> {
     let id = conn.stable_id();
+    let remote = conn.remote_address();
     lock(&ATTACHED)
         .iter()
-        .find(|(i, _)| *i == id)
-        .and_then(|(_, p)| p.upgrade())
+        .rev()
+        .filter(|(i, _)| *i == id)
+        .find_map(|(_, p)| p.upgrade())
+        .filter(|p| p.mapped() == remote)
 }
 
 /// Tells `conn`'s path (if it switches) that the end-to-end session on it is
@@ -682,9 +746,17 @@ mod tests {
                 txid: 7
             })
         );
+        // Learned (to probe back), not yet the peer's for QUIC: a probe can be replayed
+        // from anywhere.
         assert_eq!(p.learned(), vec![peer]);
-        assert_eq!(p.quic_source(peer), p.mapped());
+        assert_eq!(p.quic_source(peer), peer);
         assert_eq!(p.quic_source(other), other);
+        // A probe of the relay's type sent directly is not answered.
+        let mut relay_type = probe::encode(&key, probe::RELAY_PROBE, Role::Server, 9);
+        assert_eq!(
+            p.datagram(peer, Kind::Reserved, &mut relay_type),
+            Verdict::Drop
+        );
         // Our own probe reflected back (our role) is not answered.
         let mut ours = probe::encode(&key, probe::PROBE, Role::Client, 8);
         assert_eq!(p.datagram(other, Kind::Reserved, &mut ours), Verdict::Drop);
@@ -712,12 +784,15 @@ mod tests {
         assert_eq!(p.direct(), None);
         assert_eq!(p.state().kind, PathKind::Relayed);
 
-        // The right reply: the packets go to the peer as they are.
+        // The right reply: the packets go to the peer as they are, and its QUIC is the
+        // peer's.
         assert_eq!(
             p.datagram(peer, Kind::Reserved, &mut reply.clone()),
             Verdict::Drop
         );
         assert_eq!(p.direct(), Some(peer));
+        assert_eq!(p.quic_source(peer), p.mapped());
+        assert_eq!(p.direct_quic(), 1);
         assert_eq!(p.route(p.mapped()), Route::To(peer));
         assert_eq!(p.route(relay), Route::AsIs);
         assert_eq!(
@@ -727,8 +802,21 @@ mod tests {
                 via: peer
             }
         );
-        // A replayed reply is not taken twice (its probe is answered).
         assert!(p.last_reply().is_some());
+        assert!(!p.fall_back_if_silent(std::time::Duration::from_secs(60)));
+        assert!(p.fall_back_if_silent(std::time::Duration::ZERO));
+        assert_eq!(p.route(p.mapped()), Route::Wrapped(relay, 42));
+        // A replayed reply is not taken twice (its probe was answered).
+        assert_eq!(
+            p.datagram(peer, Kind::Reserved, &mut reply.clone()),
+            Verdict::Drop
+        );
+        assert_eq!(p.direct(), None);
+        let again = p.probe_for(peer).unwrap();
+        let txid = probe::verify(&key, &again).unwrap().txid;
+        let mut reply = probe::encode(&key, probe::REPLY, Role::Server, txid);
+        assert_eq!(p.datagram(peer, Kind::Reserved, &mut reply), Verdict::Drop);
+        assert_eq!(p.direct(), Some(peer));
 
         p.fall_back();
         assert_eq!(p.route(p.mapped()), Route::Wrapped(relay, 42));
@@ -743,8 +831,15 @@ mod tests {
         let p = RelayPath::new(relay, "0.0.0.0:0".parse().unwrap());
         p.grant(42);
         p.arm(key, Role::Server);
+        // A direct probe's type inside a wrapped packet is not answered.
+        let mut direct_type = wrap::header(42).to_vec();
+        direct_type.extend_from_slice(&probe::encode(&key, probe::PROBE, Role::Client, 0));
+        assert_eq!(
+            p.datagram(relay, Kind::Wrapped, &mut direct_type),
+            Verdict::Drop
+        );
         let mut wrapped = wrap::header(42).to_vec();
-        wrapped.extend_from_slice(&probe::encode(&key, probe::PROBE, Role::Client, 0));
+        wrapped.extend_from_slice(&probe::encode(&key, probe::RELAY_PROBE, Role::Client, 0));
         assert_eq!(
             p.datagram(relay, Kind::Wrapped, &mut wrapped),
             Verdict::Send(relay)
@@ -753,12 +848,12 @@ mod tests {
         let inner = &wrapped[wrap::HEADER_LEN..];
         assert_eq!(
             probe::verify(&key, inner).map(|r| r.kind),
-            Some(probe::REPLY)
+            Some(probe::RELAY_REPLY)
         );
         assert_eq!(p.delivered(), 0, "not handed to quinn");
         // Our own relay probe, answered by the peer, comes back and is counted.
         let mut back = wrap::header(42).to_vec();
-        back.extend_from_slice(&probe::encode(&key, probe::REPLY, Role::Client, 0));
+        back.extend_from_slice(&probe::encode(&key, probe::RELAY_REPLY, Role::Client, 0));
         assert_eq!(p.datagram(relay, Kind::Wrapped, &mut back), Verdict::Drop);
         assert_eq!(p.relay_replies(), 1);
         assert_eq!(p.direct(), None);

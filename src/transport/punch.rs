@@ -26,10 +26,17 @@ pub const KEEPALIVE: Duration = Duration::from_millis(500);
 /// A direct path with no reply for this long is given up: the packets go through the
 /// relay again, in the same connection.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A direct path that answers probes but over which no QUIC came for this long (a path
+/// that passes small datagrams and not the connection's) is given up too. Longer than
+/// QUIC's keep-alive, so that an idle connection keeps its path.
+pub const QUIC_SILENCE: Duration = Duration::from_secs(7);
 /// How often a probe goes through the relay while the packets go direct (the first as the
 /// connection goes direct), so that the relay keeps both allocations (its idle limit is
-/// 30 s by default) and counts the pair as gone direct.
-pub const RELAY_KEEPALIVE: Duration = Duration::from_secs(10);
+/// 30 s by default; a few seconds at least) and counts the allocation as gone direct.
+pub const RELAY_KEEPALIVE: Duration = super::KEEP_ALIVE;
+/// Most probes sent to one address that never answered: after them the address is left
+/// alone (a peer cannot make us probe a third party for the whole session).
+pub const MAX_UNANSWERED: u32 = 100;
 /// How long a sender whose offer was accepted waits for a direct path before the data
 /// moves ([`super::path::settle`]): long enough for the probes of two endpoints whose
 /// NATs let them through (a few round trips), short beside a transfer that stays on the
@@ -87,6 +94,11 @@ async fn run(
     let mut last_round: Option<Instant> = None;
     let mut last_relay: Option<Instant> = None;
     let mut changes = path.subscribe();
+    // Probes sent to each address since it last carried the connection.
+    let mut unanswered: std::collections::HashMap<SocketAddr, u32> =
+        std::collections::HashMap::new();
+    // The last count of QUIC from the direct address, and when it last grew.
+    let mut quic_seen = (path.direct_quic(), Instant::now());
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -101,8 +113,12 @@ async fn run(
                 last_round = None;
                 None
             }
-            // The path changed: going direct, tell the relay at once (below).
-            _ = changes.changed() => None,
+            // The path changed: going direct, tell the relay at once (below), and give
+            // the QUIC on it its full time.
+            _ = changes.changed() => {
+                quic_seen = (path.direct_quic(), Instant::now());
+                None
+            }
         };
         if let Some(d) = datagram {
             let mut new = false;
@@ -142,23 +158,33 @@ async fn run(
                 last_round = Some(now);
                 let mut targets = theirs.clone();
                 for l in path.learned() {
-                    if !targets.contains(&l) {
+                    if usable(l, local, path.relay()) && !targets.contains(&l) {
                         targets.push(l);
                     }
                 }
                 for to in targets {
+                    let sent = unanswered.entry(to).or_insert(0);
+                    if *sent >= MAX_UNANSWERED {
+                        continue;
+                    }
                     if let Some(p) = path.probe_for(to) {
+                        *sent += 1;
                         // A full socket drops the probe; the next round sends another.
                         let _ = socket.send_to(to, &p);
                     }
                 }
             }
             Some(direct) => {
-                if path
-                    .last_reply()
-                    .is_none_or(|t| now.duration_since(t) > DIRECT_TIMEOUT)
-                {
+                unanswered.remove(&direct);
+                let quic = path.direct_quic();
+                if quic != quic_seen.0 {
+                    quic_seen = (quic, now);
+                }
+                let quic_silent = now.duration_since(quic_seen.1) > QUIC_SILENCE;
+                if quic_silent {
                     path.fall_back();
+                }
+                if quic_silent || path.fall_back_if_silent(DIRECT_TIMEOUT) {
                     // Back to the slow pace: the direct path may come back.
                     last_round = Some(now);
                     continue;
@@ -181,13 +207,21 @@ async fn run(
 }
 
 /// Whether the peer's candidate `c` is worth a probe from our socket bound to `local`:
-/// the same family, a real unicast address and port, not the relay.
+/// the same family, a unicast address of the internet or a LAN and a port, not the relay;
+/// loopback only when the relay is on loopback too (both ends on one host), never
+/// link-local, broadcast or an IPv4-mapped IPv6 address.
 fn usable(c: SocketAddr, local: SocketAddr, relay: SocketAddr) -> bool {
+    let odd = match c.ip() {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some(),
+    };
     c.is_ipv4() == local.is_ipv4()
         && c.port() != 0
         && c != relay
         && !c.ip().is_unspecified()
         && !c.ip().is_multicast()
+        && !odd
+        && (!c.ip().is_loopback() || relay.ip().is_loopback())
 }
 
 /// Our candidates: the relay's view of us (`reflexive`), then each address of this
@@ -252,5 +286,26 @@ mod tests {
         assert!(!usable("0.0.0.0:4000".parse().unwrap(), local, relay));
         assert!(!usable("224.0.0.1:4000".parse().unwrap(), local, relay));
         assert!(!usable("192.0.2.9:0".parse().unwrap(), local, relay));
+        assert!(!usable("127.0.0.1:4000".parse().unwrap(), local, relay));
+        assert!(usable(
+            "127.0.0.1:4000".parse().unwrap(),
+            local,
+            "127.0.0.1:7471".parse().unwrap()
+        ));
+        assert!(!usable("169.254.1.1:4000".parse().unwrap(), local, relay));
+        assert!(!usable(
+            "255.255.255.255:4000".parse().unwrap(),
+            local,
+            relay
+        ));
+        let v6: SocketAddr = "[::]:1".parse().unwrap();
+        let relay6: SocketAddr = "[2001:db8::1]:7471".parse().unwrap();
+        assert!(usable("[2001:db8::9]:4000".parse().unwrap(), v6, relay6));
+        assert!(!usable("[fe80::1]:4000".parse().unwrap(), v6, relay6));
+        assert!(!usable(
+            "[::ffff:192.0.2.9]:4000".parse().unwrap(),
+            v6,
+            relay6
+        ));
     }
 }

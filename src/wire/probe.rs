@@ -6,7 +6,8 @@
 //! [`crate::wire::wrap`] (never QUIC from us, never a wrapped packet):
 //!
 //! ```text
-//! type u8 (0x11 probe, 0x12 reply) | role u8 (0 QUIC client, 1 server) | txid u64 | mac [32]
+//! type u8 (0x11 probe, 0x12 reply; 0x13, 0x14 the same through the relay)
+//!   | role u8 (0 QUIC client, 1 server) | txid u64 | mac [32]
 //! mac = BLAKE3 keyed by the connection's probe key over type | role | txid
 //! ```
 //!
@@ -29,6 +30,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const PROBE: u8 = 0x11;
 /// First byte of a probe's reply.
 pub const REPLY: u8 = 0x12;
+/// First byte of a probe through the relay (inside a wrapped packet: it keeps the
+/// allocations alive while the connection goes direct). Its own type, so that one seen
+/// on the relay's leg cannot be replayed as a direct probe.
+pub const RELAY_PROBE: u8 = 0x13;
+/// First byte of the reply to a [`RELAY_PROBE`].
+pub const RELAY_REPLY: u8 = 0x14;
 /// Bytes of a probe or a reply.
 pub const LEN: usize = 1 + 1 + 8 + 32;
 /// The TLS exporter label of the probe key.
@@ -90,7 +97,7 @@ pub fn encode(key: &[u8; 32], kind: u8, role: Role, txid: u64) -> [u8; LEN] {
 pub fn verify(key: &[u8; 32], datagram: &[u8]) -> Option<Probe> {
     let bytes: &[u8; LEN] = datagram.try_into().ok()?;
     let kind = bytes[0];
-    if kind != PROBE && kind != REPLY {
+    if !matches!(kind, PROBE | REPLY | RELAY_PROBE | RELAY_REPLY) {
         return None;
     }
     let role = match bytes[1] {
@@ -111,9 +118,22 @@ pub fn verify(key: &[u8; 32], datagram: &[u8]) -> Option<Probe> {
     })
 }
 
-/// Whether `datagram` looks like a probe or reply (its first byte), before any check.
+/// Whether `datagram` looks like a probe or reply, direct or through the relay (its
+/// first byte), before any check.
 pub fn is_probe(datagram: &[u8]) -> bool {
-    matches!(datagram.first(), Some(&PROBE | &REPLY))
+    matches!(
+        datagram.first(),
+        Some(&PROBE | &REPLY | &RELAY_PROBE | &RELAY_REPLY)
+    )
+}
+
+/// The reply type to a probe type (`None` for a reply).
+pub fn reply_to(kind: u8) -> Option<u8> {
+    match kind {
+        PROBE => Some(REPLY),
+        RELAY_PROBE => Some(RELAY_REPLY),
+        _ => None,
+    }
 }
 
 /// A candidate list of at most [`MAX_CANDIDATES`] addresses (the rest are left out).
@@ -194,6 +214,15 @@ mod tests {
             Some((REPLY, Role::Server))
         );
         assert!(is_probe(&p) && is_probe(&r) && !is_probe(&[0x10]));
+        // A probe through the relay is another type: its MAC does not pass as a direct
+        // probe's.
+        let mut relayed = encode(&key, RELAY_PROBE, Role::Client, 0x0102_0304_0506_0708);
+        assert_eq!(verify(&key, &relayed).map(|p| p.kind), Some(RELAY_PROBE));
+        relayed[0] = PROBE;
+        assert_eq!(verify(&key, &relayed), None);
+        assert_eq!(reply_to(PROBE), Some(REPLY));
+        assert_eq!(reply_to(RELAY_PROBE), Some(RELAY_REPLY));
+        assert_eq!(reply_to(REPLY), None);
     }
 
     #[test]

@@ -284,6 +284,13 @@ fn a_direct_path_cut_mid_transfer_finishes_on_the_relay_in_the_same_connection()
         "one session, one connection: {:?}",
         o.relay_log
     );
+    // One handshake on each side: one session opened in each audit log, one done event.
+    for log in &o.audit {
+        assert_eq!(log.matches("\"session_opened\"").count(), 1, "{log}");
+    }
+    for ev in [&o.tx, &o.rx] {
+        assert_eq!(ev.iter().filter(|e| e["event"] == "done").count(), 1);
+    }
     // What was still to send at the cut (durable bytes lag what crossed) went through
     // the relay: more than a transfer that stays direct leaves there.
     assert!(

@@ -536,6 +536,19 @@ fn the_address_book_sets_the_path_per_peer() {
     );
     let _ = rx.finish();
     assert!(!out.join("scan.bin").exists());
+    // A --path on the receiver's command line wins over its address book.
+    let out = p.root.join("out3");
+    let mut c = conduit(&p.receiver);
+    c.arg("receive")
+        .args(via)
+        .args(["--path", "auto", "--out"])
+        .arg(&out);
+    let mut rx = Running::spawn(c);
+    let sent = send();
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let (status, _, rx_err) = rx.finish();
+    assert!(status.success(), "{rx_err}");
+    assert!(out.join("scan.bin").exists());
 
     // The sender takes "lab" only directly.
     set(&p.sender, "lab", "direct");
