@@ -56,7 +56,9 @@ async fn main() -> anyhow::Result<()> {
         token: Vec::new(),
         wait: Duration::from_secs(10),
         switch: true,
-        punch: true,
+        // Every packet through this relay, which the example shows carrying the file (on
+        // one host the two endpoints would otherwise find their direct path).
+        punch: false,
         idle: phi_conduit::transport::IDLE_TIMEOUT,
     };
     let src = dir.path().join("scan.bin");
