@@ -23,6 +23,12 @@ mod cli;
 mod demo;
 
 fn main() -> ExitCode {
+    // A FIPS build runs nothing unless its module is in FIPS mode and passes its
+    // self-tests (docs/FIPS.md); a default build has nothing to check.
+    if let Err(e) = crypto::fips::check() {
+        eprintln!("conduit: {e}");
+        return ExitCode::from(cli::code::FIPS);
+    }
     from_environment();
     cli::main()
 }

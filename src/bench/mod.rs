@@ -32,9 +32,9 @@ pub mod raw;
 pub mod relay;
 pub mod transfer;
 
-use crate::crypto::aead::{self, AeadKey, NONCE_LEN};
+use crate::crypto::aead::{self, AeadKey, NONCE_LEN, RandomIvKey, TAG_LEN};
 use crate::crypto::pipeline::{CipherPool, OpenPipeline, PipelineError, SealPipeline};
-use crate::crypto::stream::{CHUNK_OVERHEAD, ChunkLayout, ChunkSize, FileKey, chunk_nonce};
+use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKey, chunk_nonce};
 use crate::crypto::suite::Suite;
 
 /// Runs per measurement; the fastest counts.
@@ -116,9 +116,9 @@ pub fn cipher(cfg: CipherBenchConfig) -> Result<CipherReport, BenchError> {
     let chunk = cfg.chunk_size;
     let size = cfg.size.max(u64::from(chunk.get()));
     let len = usize::try_from(size).map_err(|_| BenchError::TooLarge(size))?;
-    let layout = ChunkLayout::new(size, chunk);
+    let layout = ChunkLayout::for_suite(size, chunk, cfg.suite);
     let key = Arc::new(FileKey::with_suite(cfg.suite, &[0x42; 32], chunk));
-    let raw = AeadKey::with_suite(cfg.suite, &[0x42; 32]);
+    let raw = Bare::new(cfg.suite, &[0x42; 32]);
     let pool1 = CipherPool::new(1)?;
     let pool_n = CipherPool::new(cfg.threads.max(1))?;
 
@@ -196,14 +196,45 @@ fn stamp(index: u64, buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn bare_seal(key: &AeadKey, layout: ChunkLayout) -> Result<(), BenchError> {
+/// The bare AEAD call of a suite: with the position as nonce, or with a module IV (the
+/// position then being the associated data).
+enum Bare {
+    Position(AeadKey),
+    RandomIv(RandomIvKey),
+}
+
+impl Bare {
+    fn new(suite: Suite, key: &[u8; 32]) -> Self {
+        match suite {
+            Suite::Aes256GcmRandomIv => Bare::RandomIv(RandomIvKey::new(key)),
+            Suite::ChaCha20Poly1305 | Suite::Aes256Gcm => {
+                Bare::Position(AeadKey::with_suite(suite, key))
+            }
+        }
+    }
+}
+
+fn bare_seal(key: &Bare, layout: ChunkLayout) -> Result<(), BenchError> {
     let c = layout.chunk_size().bytes();
     let mut region = vec![0u8; BENCH_BUFFERS * c];
     for i in 0..layout.count() {
         let slot = (i as usize % BENCH_BUFFERS) * c;
         let buf = &mut region[slot..slot + layout.plaintext_len(i)];
-        let nonce: [u8; NONCE_LEN] = chunk_nonce(i, layout.is_last(i));
-        std::hint::black_box(key.seal_in_place(&nonce, &[], buf));
+        let position: [u8; NONCE_LEN] = chunk_nonce(i, layout.is_last(i));
+        match key {
+            Bare::Position(k) => {
+                std::hint::black_box(k.seal_in_place(&position, &[], buf));
+            }
+            Bare::RandomIv(k) => {
+                let sealed = k.seal_in_place(&position, buf).map_err(|source| {
+                    PipelineError::Stream(crate::crypto::stream::StreamError::Iv {
+                        index: i,
+                        source,
+                    })
+                })?;
+                std::hint::black_box(sealed);
+            }
+        }
     }
     std::hint::black_box(&region);
     Ok(())
@@ -232,8 +263,8 @@ fn stream_seal(
     Ok(())
 }
 
-fn bare_open(key: &AeadKey, layout: ChunkLayout, image: &[u8]) -> Result<(), BenchError> {
-    let c = layout.chunk_size().bytes() + CHUNK_OVERHEAD;
+fn bare_open(key: &Bare, layout: ChunkLayout, image: &[u8]) -> Result<(), BenchError> {
+    let c = layout.sealed_chunk_len();
     let mut region = vec![0u8; BENCH_BUFFERS * c];
     let mut at = 0usize;
     for i in 0..layout.count() {
@@ -242,13 +273,24 @@ fn bare_open(key: &AeadKey, layout: ChunkLayout, image: &[u8]) -> Result<(), Ben
         let buf = &mut region[slot..slot + n];
         buf.copy_from_slice(&image[at..at + n]);
         at += n;
-        let (body, tag) = buf.split_at_mut(n - CHUNK_OVERHEAD);
-        let mut t = [0u8; CHUNK_OVERHEAD];
-        t.copy_from_slice(tag);
-        key.open_in_place(&chunk_nonce(i, layout.is_last(i)), &[], body, &t)
-            .map_err(|_| {
-                PipelineError::Stream(crate::crypto::stream::StreamError::Tampered { index: i })
-            })?;
+        let position = chunk_nonce(i, layout.is_last(i));
+        let opened = match key {
+            Bare::Position(k) => {
+                let (body, tag) = buf.split_at_mut(n - TAG_LEN);
+                let mut t = [0u8; TAG_LEN];
+                t.copy_from_slice(tag);
+                k.open_in_place(&position, &[], body, &t)
+            }
+            Bare::RandomIv(k) => {
+                let (sealed, iv) = buf.split_at_mut(n - NONCE_LEN);
+                let mut v = [0u8; NONCE_LEN];
+                v.copy_from_slice(iv);
+                k.open_in_place(&v, &position, sealed)
+            }
+        };
+        opened.map_err(|_| {
+            PipelineError::Stream(crate::crypto::stream::StreamError::Tampered { index: i })
+        })?;
     }
     std::hint::black_box(&region);
     Ok(())
@@ -261,7 +303,7 @@ fn stream_open(
     image: &Arc<Vec<u8>>,
 ) -> Result<(), BenchError> {
     let image = Arc::clone(image);
-    let sealed_chunk = (layout.chunk_size().bytes() + CHUNK_OVERHEAD) as u64;
+    let sealed_chunk = layout.sealed_chunk_len() as u64;
     let source = Arc::new(move |index: u64, buf: &mut [u8]| {
         let at = (index * sealed_chunk) as usize;
         buf.copy_from_slice(&image[at..at + buf.len()]);

@@ -38,26 +38,36 @@ pub(crate) fn keygen(home: &Home, args: KeygenArgs) -> anyhow::Result<()> {
     }
     let id = Identity::generate()?;
     id.save(home, args.force)?;
-    print_id(&id, args.json, "created a new identity");
+    print_id(&id, args.json, "created a new identity", false);
     Ok(())
 }
 
 pub(crate) fn id(home: &Home, args: IdArgs) -> anyhow::Result<()> {
     let id = Identity::load(home)?;
-    print_id(&id, args.json, "this endpoint");
+    print_id(&id, args.json, "this endpoint", true);
     Ok(())
 }
 
-fn print_id(id: &Identity, json: bool, what: &str) {
+/// Prints the identity; `with_fips`: also whether the binary is in FIPS mode, and its
+/// module (`conduit id`).
+fn print_id(id: &Identity, json: bool, what: &str, with_fips: bool) {
     let key = id.public();
+    let fips = with_fips.then(crate::crypto::fips::status);
     if json {
-        println!(
-            "{}",
-            json!({ "public_key": key.to_string(), "fingerprint": key.fingerprint().to_string() })
-        );
+        let mut v = json!({
+            "public_key": key.to_string(),
+            "fingerprint": key.fingerprint().to_string(),
+        });
+        if let Some(f) = &fips {
+            v["fips"] = json!(f);
+        }
+        println!("{v}");
     } else {
         println!("{what}");
         println!("public key:  {key}");
         println!("fingerprint: {}", key.fingerprint());
+        if let Some(f) = &fips {
+            println!("{}", crate::crypto::fips::describe(f));
+        }
     }
 }

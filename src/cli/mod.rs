@@ -42,13 +42,17 @@ pub mod code {
     /// `audit verify --expect-head/--expect-records`: the chain is valid but does not
     /// reach the expected record (records were cut off its end).
     pub const AUDIT_CUT: u8 = 6;
+    /// FIPS mode refused: the FIPS module failed its start-up checks, or something not
+    /// approved in FIPS mode was asked for (a code phrase, ChaCha20-Poly1305, a peer
+    /// that does not speak the FIPS session).
+    pub const FIPS: u8 = 7;
     /// Interrupted by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: u8 = 130;
 }
 
 /// phi-conduit: end-to-end encrypted transfer of ePHI over QUIC.
 #[derive(Debug, Parser)]
-#[command(name = "conduit", version, about, long_about = None)]
+#[command(name = "conduit", version = version(), about, long_about = None)]
 pub struct Cli {
     /// The endpoint's home directory (identity, address book, audit log, conduit.toml)
     /// for the commands that use one (init, keygen, id, peers, send, receive, relay,
@@ -60,6 +64,19 @@ pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `conduit --version`: the package version, then whether the binary is in FIPS mode and
+/// on which cryptographic module (docs/FIPS.md).
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            crate::crypto::fips::describe(&crate::crypto::fips::status())
+        )
+    })
 }
 
 /// `--home DIR` of a command that uses the endpoint's home (and of its subcommands).
@@ -609,6 +626,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<transfer::RefusedBy>() {
             return code::REFUSED;
         }
+        if cause.is::<crate::crypto::fips::FipsError>()
+            || cause.is::<crate::crypto::fips::NotApproved>()
+        {
+            return code::FIPS;
+        }
         if let Some(code) = crate::transfer::ErrorKind::of(cause).and_then(code_of) {
             return code;
         }
@@ -626,6 +648,7 @@ pub fn code_of(kind: crate::transfer::ErrorKind) -> Option<u8> {
         ErrorKind::Refused => Some(code::REFUSED),
         ErrorKind::AuditCutShort => Some(code::AUDIT_CUT),
         ErrorKind::Cancelled => Some(code::INTERRUPTED),
+        ErrorKind::NotApproved => Some(code::FIPS),
         ErrorKind::Timeout | ErrorKind::Busy | ErrorKind::Protocol | ErrorKind::Other => None,
     }
 }

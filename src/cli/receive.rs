@@ -198,6 +198,8 @@ fn receive_with(
             && config.path.value == crate::transport::path::PathPolicy::Relay);
     }
     let code_wait = code_wait(config)?;
+    // A FIPS build refuses a code phrase (SPAKE2) before asking for one.
+    crate::crypto::fips::refuse_session(args.code.is_some())?;
     let code = match &args.code {
         None => None,
         Some(Some(text)) if !text.is_empty() => Some(crate::cli::prompt::code_from(text)?),

@@ -400,7 +400,8 @@ fn send_with(
     names: &Names,
 ) -> anyhow::Result<Summary> {
     // Everything is checked before a code is made and shown: the recipient, the files,
-    // the settings.
+    // the settings. A FIPS build refuses a code phrase (SPAKE2) before anything.
+    crate::crypto::fips::refuse_session(args.code)?;
     let peer = match &args.to {
         Some(name) => Some(
             book.find_by_name(name)

@@ -1,6 +1,8 @@
 //! The AEADs of the STREAM suites behind one small interface: ChaCha20-Poly1305
 //! (RFC 8439) and AES-256-GCM (NIST SP 800-38D), both with 32-byte keys, 12-byte nonces
-//! and 16-byte tags.
+//! and 16-byte tags ([`AeadKey`]); and AES-256-GCM whose IV the module generates for each
+//! seal ([`RandomIvKey`], the suite [`Suite::Aes256GcmRandomIv`], always on aws-lc-rs:
+//! in a FIPS build, the module's approved AES-GCM encryption service).
 //!
 //! Backends (each computes the same function, the same bytes on the wire):
 //!
@@ -44,6 +46,68 @@ pub fn backend_name(suite: Suite) -> &'static str {
     match suite {
         Suite::ChaCha20Poly1305 => chacha::NAME,
         Suite::Aes256Gcm => aes::NAME,
+        Suite::Aes256GcmRandomIv => RANDOM_IV_BACKEND,
+    }
+}
+
+/// Name of the backend of [`RandomIvKey`] (always aws-lc-rs).
+pub const RANDOM_IV_BACKEND: &str = "aws-lc-rs";
+
+/// The module could not generate an IV (its random generator failed): nothing was sealed.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[error("the cryptographic module could not generate an IV")]
+pub struct IvError;
+
+/// AES-256-GCM whose 96-bit IV the module generates at random for every seal (NIST SP
+/// 800-38D section 8.2.2; aws-lc-rs's `RandomizedNonceKey`), returned with the tag for
+/// the caller to send. Opening takes the IV that came with the ciphertext.
+pub struct RandomIvKey(aws_lc_rs::aead::RandomizedNonceKey);
+
+impl RandomIvKey {
+    /// A key from 32 bytes. The caller keeps (and zeroizes) its own copy.
+    pub fn new(key: &[u8; KEY_LEN]) -> Self {
+        match aws_lc_rs::aead::RandomizedNonceKey::new(&aws_lc_rs::aead::AES_256_GCM, key) {
+            Ok(k) => Self(k),
+            Err(_) => unreachable!("the key is 32 bytes"),
+        }
+    }
+
+    /// Encrypts `buf` in place under a fresh IV; returns the IV and the tag.
+    #[inline]
+    pub fn seal_in_place(
+        &self,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<([u8; NONCE_LEN], [u8; TAG_LEN]), IvError> {
+        let (nonce, tag) = self
+            .0
+            .seal_in_place_separate_tag(aws_lc_rs::aead::Aad::from(aad), buf)
+            .map_err(|_| IvError)?;
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag.as_ref());
+        Ok((*nonce.as_ref(), t))
+    }
+
+    /// Checks the tag at the end of `ct_and_tag` and decrypts the rest in place under
+    /// `iv`. On failure the buffer holds unspecified bytes that must not be used.
+    #[inline]
+    pub fn open_in_place(
+        &self,
+        iv: &[u8; NONCE_LEN],
+        aad: &[u8],
+        ct_and_tag: &mut [u8],
+    ) -> Result<(), AuthError> {
+        let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(*iv);
+        self.0
+            .open_in_place(nonce, aws_lc_rs::aead::Aad::from(aad), ct_and_tag)
+            .map(|_| ())
+            .map_err(|_| AuthError)
+    }
+}
+
+impl std::fmt::Debug for RandomIvKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RandomIvKey(..)")
     }
 }
 
@@ -64,15 +128,18 @@ impl AeadKey {
         Self::with_suite(Suite::ChaCha20Poly1305, key)
     }
 
-    /// A key of `suite` from 32 bytes. The caller keeps (and zeroizes) its own copy.
+    /// A key of `suite` from 32 bytes, for caller-chosen nonces. The caller keeps (and
+    /// zeroizes) its own copy. [`Suite::Aes256GcmRandomIv`] gives plain AES-256-GCM
+    /// (the same function with the IV chosen by the caller: known-answer tests and
+    /// opening); its chunks are sealed through [`RandomIvKey`].
     pub fn with_suite(suite: Suite, key: &[u8; KEY_LEN]) -> Self {
         Self(match suite {
             Suite::ChaCha20Poly1305 => Inner::ChaCha(chacha::Key::new(key)),
-            Suite::Aes256Gcm => Inner::Aes(aes::Key::new(key)),
+            Suite::Aes256Gcm | Suite::Aes256GcmRandomIv => Inner::Aes(aes::Key::new(key)),
         })
     }
 
-    /// The key's suite.
+    /// The key's AEAD as a suite with caller-chosen nonces.
     pub fn suite(&self) -> Suite {
         match self.0 {
             Inner::ChaCha(_) => Suite::ChaCha20Poly1305,

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 
 use crate::crypto::chunk_hash::{ChunkDigest, chunk_digest};
 use crate::crypto::pipeline::{ChunkSource, PipelineError};
-use crate::crypto::stream::{CHUNK_OVERHEAD, ChunkLayout, FileKey};
+use crate::crypto::stream::{ChunkLayout, FileKey};
 
 /// Initial capacity of the shared job queue (it grows if more jobs are in flight).
 const JOB_QUEUE: usize = 256;
@@ -203,7 +203,7 @@ pub(crate) fn run(mut job: Job) {
         let mut digest = None;
         let result = match &job.op {
             Op::Seal { key, source } => {
-                let pt_len = job.buf.len() - CHUNK_OVERHEAD;
+                let pt_len = job.buf.len() - job.layout.overhead();
                 match source.read_chunk(index, &mut job.buf[..pt_len]) {
                     Ok(()) => {
                         if job.hash {
@@ -229,7 +229,7 @@ pub(crate) fn run(mut job: Job) {
                     })
                     .map(|()| {
                         if job.hash {
-                            let pt_len = job.buf.len() - CHUNK_OVERHEAD;
+                            let pt_len = job.buf.len() - job.layout.overhead();
                             digest = Some(chunk_digest(&job.layout, index, &job.buf[..pt_len]));
                         }
                     })

@@ -9,10 +9,12 @@
 //! - [`pipeline`]: the same seal and open on N worker threads, in order, over a fixed pool
 //!   of reused buffers handed out as `bytes::Bytes`.
 //! - [`chunk_hash`]: the whole-file BLAKE3, computed per chunk on the workers.
+//! - [`fips`]: FIPS mode (cargo feature `fips`): the module's status and start-up checks.
 
 pub mod aead;
 pub mod chunk_hash;
 mod cipher_pool;
+pub mod fips;
 pub mod handshake;
 pub mod hybrid;
 pub mod identity;

@@ -34,7 +34,7 @@ use thiserror::Error;
 use crate::crypto::chunk_hash::TreeHash;
 pub use crate::crypto::cipher_pool::CipherPool;
 use crate::crypto::cipher_pool::{Done, Job, Op, run};
-use crate::crypto::stream::{CHUNK_OVERHEAD, ChunkLayout, FileKey, StreamError};
+use crate::crypto::stream::{ChunkLayout, FileKey, StreamError};
 
 /// Default number of pool buffers per pipeline: enough to keep every worker busy while
 /// the consumer holds a few chunks.
@@ -162,7 +162,7 @@ impl Engine {
         let cap = if remaining == 1 {
             layout.sealed_len(first)
         } else {
-            layout.chunk_size().bytes() + CHUNK_OVERHEAD
+            layout.sealed_chunk_len()
         };
         let (reply_tx, reply_rx) = sync_channel(buffers);
         Self {
@@ -411,7 +411,7 @@ impl Drop for Engine {
         // Buffers still in a job are gone with it; the rest, if of a whole chunk (a
         // one-chunk file's is only as large as its chunk), go to the next pipelines.
         let cap = self.cap;
-        if cap == self.layout.chunk_size().bytes() + CHUNK_OVERHEAD {
+        if cap == self.layout.sealed_chunk_len() {
             self.pool
                 .keep_spare(self.slots.drain(..).flatten().map(|b| (cap, b)));
         }
@@ -452,7 +452,7 @@ impl SealPipeline {
         source: Arc<dyn ChunkSource>,
     ) -> Self {
         Self {
-            engine: Engine::new(pool, layout, first, buffers),
+            engine: Engine::new(pool, layout.sealed_with(key.suite()), first, buffers),
             key,
             source,
         }
@@ -545,7 +545,7 @@ impl OpenPipeline<NoSequentialSource> {
         source: Arc<dyn ChunkSource>,
     ) -> Self {
         Self {
-            engine: Engine::new(pool, layout, first, buffers),
+            engine: Engine::new(pool, layout.sealed_with(key.suite()), first, buffers),
             key,
             source: no_sequential_source,
             positional: Some(source),
@@ -567,7 +567,7 @@ where
         source: S,
     ) -> Self {
         Self {
-            engine: Engine::new(pool, layout, first, buffers),
+            engine: Engine::new(pool, layout.sealed_with(key.suite()), first, buffers),
             key,
             source,
             positional: None,
@@ -628,7 +628,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::stream::{ChunkSize, Opener, Sealer};
+    use crate::crypto::stream::{CHUNK_OVERHEAD, ChunkSize, Opener, Sealer};
 
     fn pattern(len: u64) -> Vec<u8> {
         (0..len)
@@ -735,6 +735,51 @@ mod tests {
         drop(held);
         assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
         assert_eq!(t.join().unwrap(), 20 - 5);
+    }
+
+    #[test]
+    fn the_random_iv_suite_seals_28_bytes_more_per_chunk_and_opens_back() {
+        use crate::crypto::suite::Suite;
+        let chunk = ChunkSize::new(16 << 10).unwrap();
+        let key = Arc::new(FileKey::with_suite(
+            Suite::Aes256GcmRandomIv,
+            &[9u8; 32],
+            chunk,
+        ));
+        let pool = CipherPool::new(2).unwrap();
+        let size = 5 * (16 << 10) + 123;
+        let data = Arc::new(pattern(size));
+        // A layout made without the suite: the pipelines take the key's overhead.
+        let layout = ChunkLayout::new(size, chunk);
+        let sealed: Vec<Vec<u8>> = SealPipeline::new(
+            pool.clone(),
+            key.clone(),
+            layout,
+            0,
+            3,
+            source_of(data.clone(), chunk.bytes()),
+        )
+        .map(|c| c.map(|b| b.to_vec()))
+        .collect::<Result<_, _>>()
+        .unwrap();
+        let wire_layout = ChunkLayout::for_suite(size, chunk, Suite::Aes256GcmRandomIv);
+        for (i, c) in sealed.iter().enumerate() {
+            assert_eq!(c.len(), layout.plaintext_len(i as u64) + 28, "chunk {i}");
+            assert_eq!(c.len(), wire_layout.sealed_len(i as u64));
+        }
+        let wire: Vec<u8> = sealed.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(wire.len() as u64, wire_layout.sealed_total());
+        let mut at = 0usize;
+        let opened: Vec<u8> = OpenPipeline::new(pool, key, layout, 0, 3, |_, buf: &mut [u8]| {
+            buf.copy_from_slice(&wire[at..at + buf.len()]);
+            at += buf.len();
+            Ok(())
+        })
+        .map(|c| c.map(|b| b.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+        .concat();
+        assert_eq!(opened, *data);
     }
 
     #[test]

@@ -6,7 +6,13 @@
 //! `counter(i) || last_flag`: an 11-byte big-endian chunk counter followed by one byte,
 //! `0x01` for the last chunk and `0x00` otherwise (the nonce layout of age's STREAM). A
 //! sealed chunk is the ciphertext followed by its 16-byte tag; there is no length field
-//! on the wire, because both sides know every chunk's length from the file size.
+//! on the wire, because both sides know every chunk's length from the file size. (The
+//! suite is that of the session: ChaCha20-Poly1305 or AES-256-GCM.)
+//!
+//! The suite [`Suite::Aes256GcmRandomIv`] differs in one place: the module generates a
+//! random 96-bit IV for every chunk, the sealed chunk is `ciphertext || tag || IV`
+//! (28 bytes of overhead), and the 12 bytes `counter(i) || last_flag` are the
+//! associated data instead of the nonce, so the position binding is the same.
 //!
 //! Chunk `i` only opens at position `i`, and the last chunk only opens as the last one,
 //! so reordering, dropping, truncating, extending and splicing chunks across files or
@@ -58,7 +64,7 @@ use sha2::Sha256;
 use thiserror::Error;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::crypto::aead::{AeadKey, NONCE_LEN, TAG_LEN};
+use crate::crypto::aead::{AeadKey, NONCE_LEN, RandomIvKey, TAG_LEN};
 use crate::crypto::suite::{Suite, UsageLimits};
 
 /// Length of the session secret the sender chooses for each session.
@@ -67,8 +73,12 @@ pub const SESSION_SECRET_LEN: usize = 32;
 pub const TRANSFER_ID_LEN: usize = 16;
 /// Length of a resume prefix hash (BLAKE3).
 pub const PREFIX_HASH_LEN: usize = 32;
-/// Bytes a sealed chunk adds to its plaintext (the Poly1305 tag).
+/// Bytes a sealed chunk adds to its plaintext in the suites with position nonces (the
+/// tag); see [`Suite::chunk_overhead`] for each suite's.
 pub const CHUNK_OVERHEAD: usize = TAG_LEN;
+/// The most bytes any suite adds to a chunk (tag and IV of
+/// [`Suite::Aes256GcmRandomIv`]).
+pub const MAX_CHUNK_OVERHEAD: usize = TAG_LEN + NONCE_LEN;
 /// Length of the chunk counter in the nonce.
 pub const COUNTER_LEN: usize = NONCE_LEN - 1;
 /// HKDF info label of per-file keys.
@@ -88,7 +98,7 @@ pub const ALLOWED_CHUNK_SIZES: [u32; 9] = [
 /// The default chunk size, chosen with `benches/cipher.rs` (see `docs/BENCHMARKS.md`).
 pub const DEFAULT_CHUNK_SIZE: ChunkSize = ChunkSize(256 << 10);
 /// The largest sealed chunk a receiver ever has to buffer.
-pub const MAX_SEALED_CHUNK: usize = (4 << 20) + CHUNK_OVERHEAD;
+pub const MAX_SEALED_CHUNK: usize = (4 << 20) + MAX_CHUNK_OVERHEAD;
 
 const LAST_FLAG: u8 = 0x01;
 const NOT_LAST_FLAG: u8 = 0x00;
@@ -151,6 +161,14 @@ pub enum StreamError {
         /// The suite's chunk limit per key.
         max_chunks: u64,
     },
+    /// The cryptographic module could not generate a chunk's IV; nothing was sealed.
+    #[error("chunk {index}: {source}")]
+    Iv {
+        /// Position of the chunk.
+        index: u64,
+        /// What failed.
+        source: crate::crypto::aead::IvError,
+    },
 }
 
 impl StreamError {
@@ -198,22 +216,55 @@ impl Default for ChunkSize {
     }
 }
 
-/// How a file of known size is cut into chunks.
+/// How a file of known size is cut into chunks, and how long each is sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLayout {
     size: u64,
     chunk: ChunkSize,
     count: u64,
+    overhead: usize,
 }
 
 impl ChunkLayout {
-    /// The layout of a file of `size` bytes.
+    /// The layout of a file of `size` bytes, sealed with a suite whose chunks carry
+    /// [`CHUNK_OVERHEAD`] bytes (ChaCha20-Poly1305, AES-256-GCM).
     pub fn new(size: u64, chunk: ChunkSize) -> Self {
         let c = u64::from(chunk.get());
         // size / c + (remainder != 0) cannot overflow; chunk sizes are >= 16 KiB, so
         // count < 2^50 and every index fits the 88-bit counter.
         let count = (size / c + u64::from(size % c != 0)).max(1);
-        Self { size, chunk, count }
+        Self {
+            size,
+            chunk,
+            count,
+            overhead: CHUNK_OVERHEAD,
+        }
+    }
+
+    /// The layout of a file of `size` bytes sealed with `suite`.
+    pub fn for_suite(size: u64, chunk: ChunkSize, suite: Suite) -> Self {
+        Self {
+            overhead: suite.chunk_overhead(),
+            ..Self::new(size, chunk)
+        }
+    }
+
+    /// The same layout, sealed with `suite`.
+    pub fn sealed_with(self, suite: Suite) -> Self {
+        Self {
+            overhead: suite.chunk_overhead(),
+            ..self
+        }
+    }
+
+    /// Bytes each sealed chunk adds to its plaintext.
+    pub fn overhead(&self) -> usize {
+        self.overhead
+    }
+
+    /// Sealed length of a whole (not last) chunk: the size of a pipeline buffer.
+    pub fn sealed_chunk_len(&self) -> usize {
+        self.chunk.bytes() + self.overhead
     }
 
     /// File size in bytes.
@@ -253,7 +304,7 @@ impl ChunkLayout {
 
     /// Sealed (wire) length of chunk `index`.
     pub fn sealed_len(&self, index: u64) -> usize {
-        self.plaintext_len(index) + CHUNK_OVERHEAD
+        self.plaintext_len(index) + self.overhead
     }
 
     /// Byte offset of chunk `index` in the plaintext file.
@@ -263,7 +314,7 @@ impl ChunkLayout {
 
     /// Total bytes on the wire for the whole file.
     pub fn sealed_total(&self) -> u64 {
-        self.size + self.count * CHUNK_OVERHEAD as u64
+        self.size + self.count * self.overhead as u64
     }
 }
 
@@ -372,7 +423,8 @@ impl FileKeyContext {
 /// The key of one file. Zeroized on drop (the project's copy; see [`crate::crypto::aead`]).
 pub struct FileKey {
     bytes: Zeroizing<[u8; 32]>,
-    aead: AeadKey,
+    suite: Suite,
+    aead: ChunkCipher,
     /// Chunk positions this key may seal or open (`None`: no limit below the counter).
     positions: Option<u64>,
     limits: UsageLimits,
@@ -399,9 +451,16 @@ impl FileKey {
         limits: UsageLimits,
     ) -> Self {
         let unlimited = limits.max_bytes == u64::MAX && limits.max_chunks == u64::MAX;
+        let aead = match suite {
+            Suite::Aes256GcmRandomIv => ChunkCipher::RandomIv(RandomIvKey::new(bytes)),
+            Suite::ChaCha20Poly1305 | Suite::Aes256Gcm => {
+                ChunkCipher::Position(AeadKey::with_suite(suite, bytes))
+            }
+        };
         Self {
             bytes: Zeroizing::new(*bytes),
-            aead: AeadKey::with_suite(suite, bytes),
+            suite,
+            aead,
             positions: (!unlimited).then(|| limits.chunk_positions(u64::from(chunk_size.get()))),
             limits,
         }
@@ -409,7 +468,12 @@ impl FileKey {
 
     /// The key's suite.
     pub fn suite(&self) -> Suite {
-        self.aead.suite()
+        self.suite
+    }
+
+    /// Bytes each sealed chunk of this key's suite adds to its plaintext.
+    pub fn overhead(&self) -> usize {
+        self.suite.chunk_overhead()
     }
 
     /// Refuses chunk positions beyond the key's usage limits.
@@ -432,36 +496,67 @@ impl FileKey {
     }
 
     /// Seals chunk `index` in place: `chunk` holds the plaintext followed by
-    /// [`CHUNK_OVERHEAD`] bytes of room for the tag. The caller guarantees the position;
-    /// [`Sealer`] and the pipeline are the safe ways to call this. A position beyond the
-    /// key's usage limits is refused before anything is sealed.
+    /// [`FileKey::overhead`] bytes of room (the tag, and the IV for
+    /// [`Suite::Aes256GcmRandomIv`]). The caller guarantees the position; [`Sealer`] and
+    /// the pipeline are the safe ways to call this. A position beyond the key's usage
+    /// limits is refused before anything is sealed.
     #[inline]
     pub fn seal_chunk(&self, index: u64, last: bool, chunk: &mut [u8]) -> Result<(), StreamError> {
         self.check_usage(index)?;
-        let split = chunk.len().saturating_sub(TAG_LEN);
-        let (body, tag_room) = chunk.split_at_mut(split);
-        let tag = self
-            .aead
-            .seal_in_place(&chunk_nonce(index, last), &[], body);
-        tag_room.copy_from_slice(&tag);
+        let position = chunk_nonce(index, last);
+        match &self.aead {
+            ChunkCipher::Position(aead) => {
+                let split = chunk.len().saturating_sub(TAG_LEN);
+                let (body, tag_room) = chunk.split_at_mut(split);
+                let tag = aead.seal_in_place(&position, &[], body);
+                tag_room.copy_from_slice(&tag[..tag_room.len()]);
+            }
+            ChunkCipher::RandomIv(aead) => {
+                let split = chunk.len().saturating_sub(TAG_LEN + NONCE_LEN);
+                let (body, room) = chunk.split_at_mut(split);
+                let (iv, tag) = aead
+                    .seal_in_place(&position, body)
+                    .map_err(|source| StreamError::Iv { index, source })?;
+                let (tag_room, iv_room) = room.split_at_mut(room.len().min(TAG_LEN));
+                tag_room.copy_from_slice(&tag[..tag_room.len()]);
+                iv_room.copy_from_slice(&iv[..iv_room.len()]);
+            }
+        }
         Ok(())
     }
 
-    /// Opens chunk `index` in place; on success the first `chunk.len() - 16` bytes hold
-    /// the plaintext.
+    /// Opens chunk `index` in place; on success the first `chunk.len() -`
+    /// [`FileKey::overhead`] bytes hold the plaintext.
     #[inline]
     pub fn open_chunk(&self, index: u64, last: bool, chunk: &mut [u8]) -> Result<(), StreamError> {
         self.check_usage(index)?;
-        if chunk.len() < TAG_LEN {
+        if chunk.len() < self.overhead() {
             return Err(StreamError::Tampered { index });
         }
-        let (body, tag) = chunk.split_at_mut(chunk.len() - TAG_LEN);
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(tag);
-        self.aead
-            .open_in_place(&chunk_nonce(index, last), &[], body, &t)
-            .map_err(|_| StreamError::Tampered { index })
+        let position = chunk_nonce(index, last);
+        match &self.aead {
+            ChunkCipher::Position(aead) => {
+                let (body, tag) = chunk.split_at_mut(chunk.len() - TAG_LEN);
+                let mut t = [0u8; TAG_LEN];
+                t.copy_from_slice(tag);
+                aead.open_in_place(&position, &[], body, &t)
+            }
+            ChunkCipher::RandomIv(aead) => {
+                let (sealed, iv) = chunk.split_at_mut(chunk.len() - NONCE_LEN);
+                let mut v = [0u8; NONCE_LEN];
+                v.copy_from_slice(iv);
+                aead.open_in_place(&v, &position, sealed)
+            }
+        }
+        .map_err(|_| StreamError::Tampered { index })
     }
+}
+
+/// How a [`FileKey`] seals: under the chunk's position as nonce, or under a module IV
+/// with the position as associated data.
+enum ChunkCipher {
+    Position(AeadKey),
+    RandomIv(RandomIvKey),
 }
 
 impl std::fmt::Debug for FileKey {
@@ -489,7 +584,7 @@ impl<'k> Sealer<'k> {
     pub fn starting_at(key: &'k FileKey, layout: ChunkLayout, first: u64) -> Self {
         Self {
             key,
-            layout,
+            layout: layout.sealed_with(key.suite()),
             next: first,
         }
     }
@@ -499,8 +594,8 @@ impl<'k> Sealer<'k> {
         self.next
     }
 
-    /// Seals the next, non-last chunk in place. `chunk` must be exactly
-    /// `chunk_size + 16` bytes, the plaintext first.
+    /// Seals the next, non-last chunk in place. `chunk` must be exactly `chunk_size`
+    /// plus the suite's overhead bytes, the plaintext first.
     pub fn seal_next(&mut self, chunk: &mut [u8]) -> Result<(), StreamError> {
         if self.next >= self.layout.last_index() {
             return Err(if self.next == self.layout.last_index() {
@@ -552,7 +647,7 @@ impl<'k> Opener<'k> {
     pub fn starting_at(key: &'k FileKey, layout: ChunkLayout, first: u64) -> Self {
         Self {
             key,
-            layout,
+            layout: layout.sealed_with(key.suite()),
             next: first,
             done: false,
         }
@@ -582,7 +677,7 @@ impl<'k> Opener<'k> {
         } else {
             self.next = advance(index)?;
         }
-        let n = chunk.len() - TAG_LEN;
+        let n = chunk.len() - self.layout.overhead();
         Ok(&mut chunk[..n])
     }
 

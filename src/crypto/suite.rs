@@ -1,13 +1,20 @@
 //! STREAM cipher suites: which AEAD seals the file chunks, how the two sides agree on
 //! it, and how much one key may seal.
 //!
-//! Two suites share the STREAM construction of [`crate::crypto::stream`] (nonce layout,
-//! last-chunk flag, per-file keys); only the AEAD differs:
+//! Three suites share the STREAM construction of [`crate::crypto::stream`] (per-file
+//! keys, every chunk bound to its position and to being last or not); the AEAD, and for
+//! one of them where the position goes, differ:
 //!
 //! - [`Suite::Aes256Gcm`]: AES-256-GCM (NIST SP 800-38D), the default when both sides
 //!   have hardware AES (x86: AES-NI and PCLMULQDQ; aarch64: the AES and PMULL
 //!   instructions), where it is several times faster per core.
 //! - [`Suite::ChaCha20Poly1305`]: ChaCha20-Poly1305 (RFC 8439), the default otherwise.
+//! - [`Suite::Aes256GcmRandomIv`]: AES-256-GCM with a 96-bit IV the cryptographic module
+//!   generates for every chunk (SP 800-38D section 8.2.2), sent after the tag; the
+//!   position and the last flag go in the associated data instead of the nonce. A
+//!   caller-chosen nonce is not an approved AES-GCM encryption service under FIPS 140-3
+//!   (its implementation guidance on GCM IVs); a module-generated IV is. The only suite of
+//!   a FIPS build ([`crate::crypto::fips`]); a default build offers it only when asked.
 //!
 //! Negotiation (normative text in `docs/PROTOCOL.md`, "Cipher suites"): the initiator
 //! lists the suites it accepts, most preferred first, in the payload of its first Noise
@@ -39,10 +46,17 @@ pub enum Suite {
     /// AES-256-GCM with 96-bit nonces (NIST SP 800-38D).
     #[serde(rename = "aes-256-gcm")]
     Aes256Gcm = 2,
+    /// AES-256-GCM with a module-generated random 96-bit IV per chunk, sent with it.
+    #[serde(rename = "aes-256-gcm-random-iv")]
+    Aes256GcmRandomIv = 3,
 }
 
 /// Every suite this build implements, in code order.
-pub const ALL: [Suite; 2] = [Suite::ChaCha20Poly1305, Suite::Aes256Gcm];
+pub const ALL: [Suite; 3] = [
+    Suite::ChaCha20Poly1305,
+    Suite::Aes256Gcm,
+    Suite::Aes256GcmRandomIv,
+];
 
 /// Most suites a peer may list (longer lists are a protocol error).
 pub const MAX_OFFERED: usize = 8;
@@ -63,7 +77,25 @@ impl Suite {
         match self {
             Self::ChaCha20Poly1305 => "chacha20-poly1305",
             Self::Aes256Gcm => "aes-256-gcm",
+            Self::Aes256GcmRandomIv => "aes-256-gcm-random-iv",
         }
+    }
+
+    /// Bytes a sealed chunk adds to its plaintext: the 16-byte tag, and for
+    /// [`Suite::Aes256GcmRandomIv`] the 12-byte IV after it.
+    pub const fn chunk_overhead(self) -> usize {
+        match self {
+            Self::ChaCha20Poly1305 | Self::Aes256Gcm => crate::crypto::aead::TAG_LEN,
+            Self::Aes256GcmRandomIv => {
+                crate::crypto::aead::TAG_LEN + crate::crypto::aead::NONCE_LEN
+            }
+        }
+    }
+
+    /// True when FIPS mode allows this suite: only AES-256-GCM with module-generated
+    /// IVs ([`crate::crypto::fips`]).
+    pub const fn approved_in_fips_mode(self) -> bool {
+        matches!(self, Self::Aes256GcmRandomIv)
     }
 
     /// The per-key usage limits of this suite (see [`UsageLimits`]).
@@ -75,6 +107,13 @@ impl Suite {
             // bound is below 2^-58. The integrity limit does not bind: a receiver drops
             // the key at its first failed chunk (one forgery attempt per key).
             Self::Aes256Gcm => UsageLimits {
+                max_bytes: 1 << 39,
+                max_chunks: 1 << 32,
+            },
+            // The same confidentiality bound, and SP 800-38D section 8.3: with random
+            // 96-bit IVs a key may be used for at most 2^32 encryptions (IV collision
+            // probability below 2^-32). One file key seals one file's chunks.
+            Self::Aes256GcmRandomIv => UsageLimits {
                 max_bytes: 1 << 39,
                 max_chunks: 1 << 32,
             },
@@ -93,7 +132,7 @@ impl Suite {
     pub fn is_fast_here(self) -> bool {
         match self {
             Self::ChaCha20Poly1305 => true,
-            Self::Aes256Gcm => hardware_aes(),
+            Self::Aes256Gcm | Self::Aes256GcmRandomIv => hardware_aes(),
         }
     }
 }
@@ -116,7 +155,10 @@ impl std::str::FromStr for Suite {
 
 /// A suite name that is not one of [`ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown cipher suite {0:?} (expected auto, aes-256-gcm or chacha20-poly1305)")]
+#[error(
+    "unknown cipher suite {0:?} (expected auto, aes-256-gcm, chacha20-poly1305 or \
+     aes-256-gcm-random-iv)"
+)]
 pub struct UnknownSuite(pub String);
 
 /// How much one key may seal before the STREAM layer refuses to go on.
@@ -144,7 +186,8 @@ impl UsageLimits {
 /// Which suites a side accepts: `[transfer] suite` and `--suite`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SuitePolicy {
-    /// AES-256-GCM when both sides have hardware AES, ChaCha20-Poly1305 otherwise.
+    /// AES-256-GCM when both sides have hardware AES, ChaCha20-Poly1305 otherwise; in
+    /// a FIPS build, only AES-256-GCM with module-generated IVs.
     #[default]
     Auto,
     /// Only this suite; a peer that cannot use it is refused.
@@ -156,6 +199,7 @@ impl SuitePolicy {
     pub fn offer(self) -> Vec<Suite> {
         match self {
             Self::Only(s) => vec![s],
+            Self::Auto if crate::crypto::fips::ENABLED => vec![Suite::Aes256GcmRandomIv],
             Self::Auto if Suite::Aes256Gcm.is_fast_here() => {
                 vec![Suite::Aes256Gcm, Suite::ChaCha20Poly1305]
             }
@@ -168,6 +212,7 @@ impl SuitePolicy {
     pub fn local_choice(self) -> Suite {
         match self {
             Self::Only(s) => s,
+            Self::Auto if crate::crypto::fips::ENABLED => Suite::Aes256GcmRandomIv,
             Self::Auto if Suite::Aes256Gcm.is_fast_here() => Suite::Aes256Gcm,
             Self::Auto => Suite::ChaCha20Poly1305,
         }
@@ -214,10 +259,14 @@ impl<'de> Deserialize<'de> for SuitePolicy {
 /// - Policy `Only(s)`: `s` if the initiator offers it.
 /// - Policy `Auto`: AES-256-GCM when the initiator prefers it (lists it first, which an
 ///   automatic initiator does only with hardware AES) and this machine has hardware AES;
-///   otherwise ChaCha20-Poly1305 if offered; otherwise the initiator's first suite.
+///   otherwise ChaCha20-Poly1305 if offered; otherwise the initiator's first suite. In a
+///   FIPS build, `Auto` takes only [`Suite::Aes256GcmRandomIv`].
 pub fn choose(offer: &[Suite], policy: SuitePolicy) -> Option<Suite> {
     match policy {
         SuitePolicy::Only(s) => offer.contains(&s).then_some(s),
+        SuitePolicy::Auto if crate::crypto::fips::ENABLED => offer
+            .contains(&Suite::Aes256GcmRandomIv)
+            .then_some(Suite::Aes256GcmRandomIv),
         SuitePolicy::Auto => {
             let first = *offer.first()?;
             if first == Suite::Aes256Gcm && Suite::Aes256Gcm.is_fast_here() {
@@ -292,6 +341,14 @@ mod tests {
     #[test]
     fn choice_rules() {
         use Suite::*;
+        if crate::crypto::fips::ENABLED {
+            // FIPS mode's automatic choice is its own (the test below).
+            assert_eq!(
+                choose(&[ChaCha20Poly1305, Aes256Gcm], SuitePolicy::Only(Aes256Gcm)),
+                Some(Aes256Gcm)
+            );
+            return;
+        }
         assert_eq!(
             choose(&[ChaCha20Poly1305], SuitePolicy::Auto),
             Some(ChaCha20Poly1305)
@@ -332,6 +389,34 @@ mod tests {
             Some(vec![Suite::ChaCha20Poly1305])
         );
         assert_eq!(decode_offer(&[9; 10]), None);
+    }
+
+    #[test]
+    fn the_random_iv_suite_carries_its_iv_and_is_the_only_one_fips_mode_allows() {
+        assert_eq!(Suite::ChaCha20Poly1305.chunk_overhead(), 16);
+        assert_eq!(Suite::Aes256Gcm.chunk_overhead(), 16);
+        assert_eq!(Suite::Aes256GcmRandomIv.chunk_overhead(), 28);
+        let approved: Vec<_> = ALL
+            .into_iter()
+            .filter(|s| s.approved_in_fips_mode())
+            .collect();
+        assert_eq!(approved, [Suite::Aes256GcmRandomIv]);
+        // A default build never offers it unasked, and takes it when it is all a peer offers.
+        if !crate::crypto::fips::ENABLED {
+            assert!(
+                !SuitePolicy::Auto
+                    .offer()
+                    .contains(&Suite::Aes256GcmRandomIv)
+            );
+        }
+        assert_eq!(
+            choose(&[Suite::Aes256GcmRandomIv], SuitePolicy::Auto),
+            Some(Suite::Aes256GcmRandomIv)
+        );
+        if crate::crypto::fips::ENABLED {
+            assert_eq!(SuitePolicy::Auto.offer(), [Suite::Aes256GcmRandomIv]);
+            assert_eq!(choose(&[Suite::Aes256Gcm], SuitePolicy::Auto), None);
+        }
     }
 
     #[test]

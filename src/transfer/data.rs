@@ -140,7 +140,7 @@ impl FileData {
         tree: TreeHash,
         sizing: (u64, usize),
     ) -> Self {
-        let layout = ChunkLayout::new(size, ctx.chunk_size);
+        let layout = ChunkLayout::for_suite(size, ctx.chunk_size, keys.suite());
         Self {
             key: Arc::new(keys.file_key(ctx)),
             layout,

@@ -48,6 +48,8 @@ pub enum ErrorKind {
     Busy,
     /// The peer broke the protocol (a malformed or inconsistent message or stream).
     Protocol,
+    /// FIPS mode does not allow what was asked (a code phrase, a suite, a session).
+    NotApproved,
     /// Anything else: IO, the connection, the audit log not writable.
     Other,
 }
@@ -218,6 +220,9 @@ pub enum TransferError {
     /// The audit record could not be written: nothing moves without its record.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// FIPS mode does not allow this transfer ([`crate::crypto::fips`]).
+    #[error(transparent)]
+    NotApproved(#[from] crate::crypto::fips::NotApproved),
 }
 
 impl From<OfferError> for TransferError {
@@ -246,6 +251,7 @@ impl TransferError {
             }
             TransferError::ReceiptMismatch(_) => ErrorKind::Integrity,
             TransferError::Cancelled => ErrorKind::Cancelled,
+            TransferError::NotApproved(_) => ErrorKind::NotApproved,
             TransferError::Audit(e) => audit_kind(e),
             TransferError::Dest(_) | TransferError::Connection(_) | TransferError::Io(_) => {
                 ErrorKind::Other
@@ -321,6 +327,7 @@ impl TransferError {
             | TransferError::Connection(_)
             | TransferError::Offer(_)
             | TransferError::Cancelled
+            | TransferError::NotApproved(_)
             | TransferError::Protocol(_) => {
                 return self.to_string();
             }

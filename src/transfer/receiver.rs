@@ -226,6 +226,13 @@ impl Receiver {
         conn: &quinn::Connection,
         cancel: impl Future<Output = ()> + Send + 'a,
     ) -> Result<IncomingOffer<'a>, TransferError> {
+        if let Err(e) = crate::crypto::fips::refuse_session(self.policy.code.is_some()) {
+            conn.close(
+                super::error::CLOSE_ERROR.into(),
+                b"not allowed in FIPS mode",
+            );
+            return Err(e.into());
+        }
         let rec = Arc::new(self.audit.session(Side::Receive));
         let emit = Emit {
             sink: Arc::clone(&self.events),

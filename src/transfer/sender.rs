@@ -216,6 +216,13 @@ impl Sender {
         item: Option<[u8; 16]>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<ItemSent, TransferError> {
+        if let Err(e) = crate::crypto::fips::refuse_session(matches!(to, Recipient::Code(_))) {
+            conn.close(
+                super::error::CLOSE_ERROR.into(),
+                b"not allowed in FIPS mode",
+            );
+            return Err(e.into());
+        }
         let rec = Arc::new(self.audit.session(Side::Send));
         rec.names().learn(
             files

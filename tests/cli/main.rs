@@ -8,6 +8,7 @@ mod cli_bench;
 mod cli_code;
 mod cli_config;
 mod cli_demo;
+mod cli_fips;
 mod cli_first_run;
 mod cli_identity;
 mod cli_ops;

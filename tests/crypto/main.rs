@@ -7,6 +7,8 @@
 mod aead_vectors;
 mod data_path;
 mod decoder_mutation;
+#[cfg(feature = "fips")]
+mod fips_indicator;
 mod handshake;
 mod noise_vectors;
 mod session_kdf;

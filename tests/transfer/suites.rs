@@ -129,3 +129,24 @@ fn an_unknown_suite_name_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("unknown cipher suite"));
 }
+
+#[test]
+fn the_random_iv_suite_moves_a_multi_chunk_file_when_both_sides_ask_for_it() {
+    // 300 kB in 256 KiB chunks: a full chunk and a last one, each 28 bytes longer on the
+    // wire (tag and module IV).
+    let (tx, rx) = transfer(
+        &["--suite", "aes-256-gcm-random-iv"],
+        &["--suite", "aes-256-gcm-random-iv"],
+        None,
+    );
+    assert_eq!(
+        (tx.as_str(), rx.as_str()),
+        ("aes-256-gcm-random-iv", "aes-256-gcm-random-iv")
+    );
+    // An automatic receiver takes it too when it is all the sender offers.
+    let (tx, rx) = transfer(&["--suite", "aes-256-gcm-random-iv"], &[], None);
+    assert_eq!(
+        (tx.as_str(), rx.as_str()),
+        ("aes-256-gcm-random-iv", "aes-256-gcm-random-iv")
+    );
+}
