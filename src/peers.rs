@@ -6,6 +6,7 @@
 //! [[peer]]
 //! name = "lab"
 //! key = "cpk1..."
+//! fips = "cfp1..."   # optional: its FIPS pin (docs/FIPS.md)
 //! ```
 //!
 //! Every edit rewrites the file atomically (temporary file, fsync, rename).
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::crypto::fips_identity::FipsPin;
 use crate::crypto::identity::{IdentityError, PublicKey};
 use crate::fsutil;
 use crate::home::Home;
@@ -84,6 +86,9 @@ pub struct Peer {
     /// The paths transfers with this peer may take, when it differs from the endpoint's
     /// (`[transfer] path`); `None`: the endpoint's.
     pub path: Option<PathPolicy>,
+    /// The pin of its FIPS identity (its P-256 key), for the FIPS session; `None`: not
+    /// known, and a FIPS build will not transfer with it.
+    pub fips: Option<FipsPin>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -100,6 +105,8 @@ struct Entry {
     key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     path: Option<PathPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fips: Option<String>,
 }
 
 /// The address book of one home.
@@ -153,6 +160,13 @@ impl AddressBook {
             })?;
             book.add(&e.name, key)?;
             book.set_path(&e.name, e.path)?;
+            if let Some(text) = &e.fips {
+                let pin = FipsPin::parse(text).map_err(|source| PeersError::BadKey {
+                    name: e.name.clone(),
+                    source,
+                })?;
+                book.set_fips(&e.name, Some(pin))?;
+            }
         }
         Ok(book)
     }
@@ -165,6 +179,13 @@ impl AddressBook {
     /// The peer with `key`.
     pub fn find_by_key(&self, key: &PublicKey) -> Option<&Peer> {
         self.peers.iter().find(|p| p.key == *key)
+    }
+
+    /// The peer whose FIPS pin is `pin` (constant-time comparison of each).
+    pub fn find_by_fips(&self, pin: &FipsPin) -> Option<&Peer> {
+        self.peers
+            .iter()
+            .find(|p| p.fips.as_ref().is_some_and(|f| f.matches(pin)))
     }
 
     /// The peer named `name`.
@@ -185,7 +206,25 @@ impl AddressBook {
             name: name.into(),
             key,
             path: None,
+            fips: None,
         });
+        Ok(())
+    }
+
+    /// Sets the FIPS pin of the peer named `name` (`None`: forget it). A pin is one
+    /// peer's: one already given to another peer is refused.
+    pub fn set_fips(&mut self, name: &str, pin: Option<FipsPin>) -> Result<(), PeersError> {
+        if let Some(pin) = &pin
+            && let Some(other) = self.find_by_fips(pin).filter(|p| p.name != name)
+        {
+            return Err(PeersError::DuplicateKey(other.name.clone()));
+        }
+        let p = self
+            .peers
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| PeersError::NotFound(name.into()))?;
+        p.fips = pin;
         Ok(())
     }
 
@@ -220,6 +259,7 @@ impl AddressBook {
                     name: p.name.clone(),
                     key: p.key.to_string(),
                     path: p.path,
+                    fips: p.fips.map(|f| f.to_string()),
                 })
                 .collect(),
         };

@@ -16,10 +16,13 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::crypto::fips_identity::FipsPin;
+use crate::crypto::fips_session;
 use crate::crypto::handshake::{
-    Established, HandshakeError, Initiator, Responder, Step, abort_frame,
+    Established, HandshakeError, Initiator, Responder, Step, TRANSFER_ID_LEN, abort_frame,
 };
 use crate::crypto::identity::PublicKey;
+use crate::crypto::suite::SuitePolicy;
 use crate::wire::frame::{self, FrameDecoder, FrameError, LEN_PREFIX};
 
 /// Errors of the session over IO.
@@ -232,6 +235,86 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 let _ = write_frame(io, &abort_frame(e.abort_reason())).await;
                 return Err(e.into());
             }
+        }
+    }
+}
+
+/// FIPS mode, the sender's side (docs/FIPS.md, "The FIPS session"): the receiver's TLS
+/// key (`peer`, from the finished end-to-end connection) must be the one `pin` names;
+/// then the hello goes out and the answer names the suite. `keys` come from the
+/// connection's exporter; `recipient` is the address book's name for the receiver.
+pub async fn initiate_fips<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    peer: Option<FipsPin>,
+    pin: &FipsPin,
+    keys: &fips_session::TlsKeys,
+    (recipient, transfer_id, suites): (PublicKey, &[u8; TRANSFER_ID_LEN], SuitePolicy),
+) -> Result<Established, SessionError> {
+    let checked = match peer {
+        Some(got) if got.matches(pin) => Ok(()),
+        got => Err(HandshakeError::FipsPinMismatch {
+            got: got.map_or_else(|| "(none)".to_string(), |g| g.to_string()),
+            expected: pin.to_string(),
+        }),
+    };
+    let result = async {
+        checked?;
+        write_frame(io, &fips_session::hello(transfer_id, suites)).await?;
+        let body = read_frame(io).await?;
+        Ok::<_, SessionError>(fips_session::read_answer(&body, suites)?)
+    }
+    .await;
+    match result {
+        Ok(suite) => Ok(Established::over_tls(
+            keys,
+            recipient,
+            suite,
+            Some(*transfer_id),
+        )),
+        Err(e) => {
+            if let SessionError::Handshake(h) = &e
+                && !matches!(h, HandshakeError::PeerAborted(_))
+            {
+                let _ = write_frame(io, &abort_frame(h.abort_reason())).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// FIPS mode, the receiver's side: the sender's TLS key (`peer`) must be a pin of the
+/// address book (`lookup` gives the peer's name key), then its hello is answered with
+/// the suite chosen under `suites`.
+pub async fn respond_fips<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    peer: Option<FipsPin>,
+    lookup: &(dyn Fn(&FipsPin) -> Option<PublicKey> + Send + Sync),
+    keys: &fips_session::TlsKeys,
+    suites: SuitePolicy,
+) -> Result<Established, SessionError> {
+    let body = read_frame(io).await?;
+    let result = match peer {
+        None => Err(HandshakeError::Protocol("the sender presented no FIPS key")),
+        Some(pin) => match lookup(&pin) {
+            None => Err(HandshakeError::UnknownFipsPeer(pin.to_string())),
+            Some(remote) => fips_session::read_hello(&body, suites).map(|h| (remote, h)),
+        },
+    };
+    match result {
+        Ok((remote, (transfer_id, suite))) => {
+            write_frame(io, &fips_session::answer(suite)).await?;
+            Ok(Established::over_tls(
+                keys,
+                remote,
+                suite,
+                Some(transfer_id),
+            ))
+        }
+        Err(e) => {
+            if !matches!(e, HandshakeError::PeerAborted(_)) {
+                let _ = write_frame(io, &abort_frame(e.abort_reason())).await;
+            }
+            Err(e.into())
         }
     }
 }

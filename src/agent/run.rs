@@ -796,6 +796,15 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
             "the address book says this recipient takes transfers only directly (path = direct), and its outbox has no address".into(),
         );
     }
+    // In a FIPS build the recipient must be pinned by its FIPS key too: without one no
+    // attempt can succeed.
+    let to = match shared.agent.book.find_by_key(&recipient.1) {
+        Some(peer) => match Recipient::for_peer(peer) {
+            Ok(to) => to,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        },
+        None => Recipient::Known(recipient.1),
+    };
     let connected = match &outbox.direct {
         Some(addr) => connect_direct(shared, addr).await,
         None => connect_relay(shared, &recipient.1).await,
@@ -810,7 +819,6 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
             };
         }
     };
-    let to = Recipient::Known(recipient.1);
     let result = shared.sender.send_item(&conn, &to, &files, id, stop).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     match result {

@@ -12,9 +12,7 @@
 //! `prev` (the previous record's MAC), so the MAC covers the record and its place in the
 //! chain; it is computed over the exact bytes written, never over a re-serialization.
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// The schema version written in every record (`v`).
@@ -158,49 +156,50 @@ pub struct Record {
 pub struct ChainKey(Zeroizing<[u8; 32]>);
 
 impl ChainKey {
-    /// Derives the chain key (HKDF-SHA256 of the identity secret, own label).
+    /// Derives the chain key (HKDF-SHA256 of the identity secret, own label; in the
+    /// cryptographic module, as the MAC is).
     pub fn derive(identity_secret: &[u8; 32], label: &[u8]) -> Self {
+        use aws_lc_rs::hkdf;
+        struct Len32;
+        impl hkdf::KeyType for Len32 {
+            fn len(&self) -> usize {
+                32
+            }
+        }
         let mut key = Zeroizing::new([0u8; 32]);
-        let hk = hkdf::Hkdf::<Sha256>::new(None, identity_secret);
+        // No salt: RFC 5869's default, a hash-length string of zeros (HMAC pads an empty
+        // key the same way).
+        let filled = hkdf::Salt::new(hkdf::HKDF_SHA256, &[])
+            .extract(identity_secret)
+            .expand(&[label], Len32)
+            .and_then(|okm| okm.fill(key.as_mut()));
         // 32 bytes is always a valid HKDF-SHA256 output length.
-        if hk.expand(label, key.as_mut()).is_err() {
+        if filled.is_err() {
             key.fill(0);
         }
         Self(key)
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
-        // HMAC takes a key of any length; this cannot fail.
-        match <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_ref()) {
-            Ok(m) => m,
-            Err(_) => unreachable_hmac(),
-        }
+    fn mac(&self) -> aws_lc_rs::hmac::Key {
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, self.0.as_ref())
     }
 
     /// HMAC-SHA256 of `body`.
     pub fn tag(&self, body: &[u8]) -> [u8; 32] {
-        let mut m = self.mac();
-        m.update(body);
-        m.finalize().into_bytes().into()
+        let mut out = [0u8; 32];
+        out.copy_from_slice(aws_lc_rs::hmac::sign(&self.mac(), body).as_ref());
+        out
     }
 
     /// Checks `tag` over `body` in constant time.
     pub fn check(&self, body: &[u8], tag: &[u8; 32]) -> bool {
-        let mut m = self.mac();
-        m.update(body);
-        m.verify_slice(tag).is_ok()
+        aws_lc_rs::hmac::verify(&self.mac(), body, tag).is_ok()
     }
 
     /// A keyed hash of a file name, for `--audit-names hash`.
     pub fn name_hash(&self, name: &str) -> String {
         hex(&self.tag(name.as_bytes()))
     }
-}
-
-#[allow(clippy::panic)]
-fn unreachable_hmac() -> ! {
-    // `Hmac::new_from_slice` accepts every key length.
-    panic!("HMAC refused a key")
 }
 
 impl std::fmt::Debug for ChainKey {

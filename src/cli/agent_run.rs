@@ -14,6 +14,7 @@ use crate::home::Home;
 
 pub(crate) fn run(home: &Home, json: bool, token: Option<String>) -> anyhow::Result<()> {
     let identity = Identity::load(home)?;
+    crate::cli::init::install_fips_identity(home)?;
     let (_file, book, config) = crate::cli::agent::checked(home)?;
     let resolved = crate::cli::resolve(home, &FileConfig::default())?;
     let direct_only = resolved.path.value == crate::transport::path::PathPolicy::Direct;

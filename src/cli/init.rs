@@ -207,6 +207,7 @@ fn host_name() -> String {
 /// The identity of `home` for `send` and `receive`: made on first use, which is said on
 /// stderr in one line with the fingerprint.
 pub(crate) fn identity_for_use(home: &Home) -> anyhow::Result<Identity> {
+    install_fips_identity(home)?;
     match Identity::load(home) {
         Err(IdentityError::Missing(_)) => {
             let id = Identity::generate()?;
@@ -220,4 +221,15 @@ pub(crate) fn identity_for_use(home: &Home) -> anyhow::Result<Identity> {
         }
         other => Ok(other?),
     }
+}
+
+/// In a FIPS build, the P-256 identity this process presents on its end-to-end
+/// connections (made on first use; `conduit id` prints its pin); nothing in a default
+/// build.
+pub(crate) fn install_fips_identity(home: &Home) -> anyhow::Result<()> {
+    if crate::crypto::fips::ENABLED {
+        let id = crate::crypto::fips_identity::FipsIdentity::load_or_create(home)?;
+        crate::transport::fips_tls::install(std::sync::Arc::new(id))?;
+    }
+    Ok(())
 }

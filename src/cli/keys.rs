@@ -38,19 +38,32 @@ pub(crate) fn keygen(home: &Home, args: KeygenArgs) -> anyhow::Result<()> {
     }
     let id = Identity::generate()?;
     id.save(home, args.force)?;
-    print_id(&id, args.json, "created a new identity", false);
+    print_id(&id, args.json, "created a new identity", false, None);
     Ok(())
 }
 
 pub(crate) fn id(home: &Home, args: IdArgs) -> anyhow::Result<()> {
     let id = Identity::load(home)?;
-    print_id(&id, args.json, "this endpoint", true);
+    // A FIPS build's P-256 identity, made on first use: its pin is what peers add with
+    // `conduit peers add --fips` (docs/FIPS.md).
+    let pin = if crate::crypto::fips::ENABLED {
+        Some(crate::crypto::fips_identity::FipsIdentity::load_or_create(home)?.pin())
+    } else {
+        None
+    };
+    print_id(&id, args.json, "this endpoint", true, pin);
     Ok(())
 }
 
 /// Prints the identity; `with_fips`: also whether the binary is in FIPS mode, and its
 /// module (`conduit id`).
-fn print_id(id: &Identity, json: bool, what: &str, with_fips: bool) {
+fn print_id(
+    id: &Identity,
+    json: bool,
+    what: &str,
+    with_fips: bool,
+    pin: Option<crate::crypto::fips_identity::FipsPin>,
+) {
     let key = id.public();
     let fips = with_fips.then(crate::crypto::fips::status);
     if json {
@@ -61,11 +74,17 @@ fn print_id(id: &Identity, json: bool, what: &str, with_fips: bool) {
         if let Some(f) = &fips {
             v["fips"] = json!(f);
         }
+        if let Some(p) = pin {
+            v["fips_pin"] = json!(p.to_string());
+        }
         println!("{v}");
     } else {
         println!("{what}");
         println!("public key:  {key}");
         println!("fingerprint: {}", key.fingerprint());
+        if let Some(p) = pin {
+            println!("fips pin:    {p}");
+        }
         if let Some(f) = &fips {
             println!("{}", crate::crypto::fips::describe(f));
         }

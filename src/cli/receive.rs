@@ -199,7 +199,8 @@ fn receive_with(
     }
     let code_wait = code_wait(config)?;
     // A FIPS build refuses a code phrase (SPAKE2) before asking for one.
-    crate::crypto::fips::refuse_session(args.code.is_some())?;
+    crate::crypto::fips::refuse_code(args.code.is_some())?;
+    crate::crypto::fips::refuse_suite(config.suite.value)?;
     let code = match &args.code {
         None => None,
         Some(Some(text)) if !text.is_empty() => Some(crate::cli::prompt::code_from(text)?),

@@ -401,7 +401,7 @@ fn send_with(
 ) -> anyhow::Result<Summary> {
     // Everything is checked before a code is made and shown: the recipient, the files,
     // the settings. A FIPS build refuses a code phrase (SPAKE2) before anything.
-    crate::crypto::fips::refuse_session(args.code)?;
+    crate::crypto::fips::refuse_code(args.code)?;
     let peer = match &args.to {
         Some(name) => Some(
             book.find_by_name(name)
@@ -410,7 +410,8 @@ fn send_with(
         ),
         None => None,
     };
-    let known = peer.map(|p| p.key);
+    // In a FIPS build the recipient is pinned by its FIPS key too (refused without one).
+    let known = peer.map(Recipient::for_peer).transpose()?;
     // The recipient's own path policy in the address book, unless --path says otherwise.
     let config = &match peer.and_then(|p| p.path.map(|path| (p, path))) {
         Some((p, path)) if config.path.source != crate::config::Source::Flag => {
@@ -454,8 +455,9 @@ fn send_with(
         config,
     )?;
     let valid = code_wait(config)?;
+    crate::crypto::fips::refuse_suite(config.suite.value)?;
     let recipient = match known {
-        Some(key) => Recipient::Known(key),
+        Some(r) => r,
         None => Recipient::Code(Code::generate()?),
     };
     let rt = runtime()?;
@@ -468,7 +470,7 @@ fn send_with(
             .race(async {
                 Ok(match (&relay, args.direct.as_deref(), &recipient) {
                     // Known recipient: the receiver waits at the relay and we join it.
-                    (Some(opts), _, Recipient::Known(_)) => {
+                    (Some(opts), _, Recipient::Known(_) | Recipient::Fips { .. }) => {
                         let j =
                             relay_client::join(opts, Role::Connect, false, recipient.rendezvous())
                                 .await?;
@@ -494,7 +496,7 @@ fn send_with(
                                 show_code(code, &receive_hint_direct(&addrs), valid, args.json);
                                 Some(valid)
                             }
-                            Recipient::Known(_) => None,
+                            Recipient::Known(_) | Recipient::Fips { .. } => None,
                         };
                         connect(&addrs, addr, wait, timeouts.idle).await?
                     }

@@ -58,25 +58,61 @@ impl NotApproved {
     }
 }
 
-/// Refuses, in a FIPS build, a transfer over this version's end-to-end session: a code
-/// phrase (`code`: SPAKE2 is not approved), or the Noise session (X25519, BLAKE3 and
-/// AES-GCM under caller-chosen nonces are not approved services). FIPS mode's own
-/// session, TLS 1.3 between pinned P-256 identities (docs/FIPS.md, "The FIPS session"),
-/// is not in this version: a FIPS build refuses every transfer until it is, rather than
-/// run one on algorithms it does not vouch for. `Ok` in a default build.
-pub fn refuse_session(code: bool) -> Result<(), NotApproved> {
-    NotApproved::refuse_in_fips(|| {
-        if code {
-            "a code phrase (SPAKE2 is not an approved algorithm): pin the peer's key with \
-             `conduit peers add` instead"
-                .into()
-        } else {
-            "this version's end-to-end session (Noise: X25519 and BLAKE3 are not approved); \
-             the FIPS session, TLS 1.3 between pinned P-256 identities, is not in this \
-             version yet"
-                .into()
+/// Refuses, in a FIPS build, a send that would not run FIPS mode's session: to a code
+/// phrase (SPAKE2 is not approved), to a recipient without a FIPS pin, or under a suite
+/// policy naming a suite FIPS mode does not allow. In a default build, refuses only a
+/// [`Recipient::Fips`](crate::transfer::Recipient::Fips) (the FIPS session needs a
+/// FIPS build).
+pub fn refuse_session(
+    to: &crate::transfer::Recipient,
+    suites: crate::crypto::suite::SuitePolicy,
+) -> Result<(), NotApproved> {
+    use crate::transfer::Recipient;
+    match to {
+        Recipient::Code(_) => refuse_code(true)?,
+        Recipient::Known(_) if ENABLED => {
+            return Err(NotApproved(
+                "the recipient has no FIPS pin: FIPS mode authenticates peers by their \
+                 P-256 keys (`conduit peers fips NAME PIN`)"
+                    .into(),
+            ));
         }
-    })
+        Recipient::Fips { .. } if !ENABLED => {
+            return Err(NotApproved(
+                "the FIPS session needs a FIPS build (cargo feature `fips`)".into(),
+            ));
+        }
+        _ => {}
+    }
+    refuse_suite(suites)
+}
+
+/// Refuses a code phrase in a FIPS build (SPAKE2 is not an approved algorithm).
+pub fn refuse_code(code: bool) -> Result<(), NotApproved> {
+    if code {
+        NotApproved::refuse_in_fips(|| {
+            "a code phrase (SPAKE2 is not an approved algorithm): pin the peer's keys with \
+             `conduit peers add NAME KEY --fips PIN` instead"
+                .into()
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses, in a FIPS build, a suite policy that names a suite FIPS mode does not allow.
+pub fn refuse_suite(suites: crate::crypto::suite::SuitePolicy) -> Result<(), NotApproved> {
+    match suites {
+        crate::crypto::suite::SuitePolicy::Only(s) if !s.approved_in_fips_mode() => {
+            NotApproved::refuse_in_fips(|| {
+                format!(
+                    "the cipher suite {s} (FIPS mode seals with aes-256-gcm-random-iv: \
+                     module-generated IVs)"
+                )
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What this build and its cryptographic module are, for `conduit --version`, `conduit

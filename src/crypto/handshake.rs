@@ -116,7 +116,7 @@ impl std::fmt::Display for AbortReason {
 }
 
 impl AbortReason {
-    fn from_byte(b: u8) -> Self {
+    pub(crate) fn from_byte(b: u8) -> Self {
         match b {
             1 => Self::UnknownPeer,
             2 => Self::CodeMismatch,
@@ -141,6 +141,21 @@ pub enum HandshakeError {
     /// The initiator's key is not in the address book and was not accepted.
     #[error("unknown sender {0}: not in the address book")]
     UnknownPeer(Fingerprint),
+    /// FIPS mode: the peer's TLS key is not a FIPS pin of the address book.
+    #[error(
+        "unknown sender: its FIPS key {0} is not in the address book (add it with `conduit peers fips NAME PIN`)"
+    )]
+    UnknownFipsPeer(String),
+    /// FIPS mode: the receiver's TLS key is not the pin the address book has for it.
+    #[error(
+        "authentication failed: the receiver's FIPS key {got} is not the one the address book pins for it ({expected})"
+    )]
+    FipsPinMismatch {
+        /// The pin of the key the receiver presented.
+        got: String,
+        /// The pin in the address book.
+        expected: String,
+    },
     /// The code phrases differ (detected by the responder).
     #[error(
         "code mismatch: the code phrases differ (check the code word by word with the sender; it is used up now, so the sender starts again for a new one)"
@@ -200,6 +215,8 @@ impl HandshakeError {
         matches!(
             self,
             Self::UnknownPeer(_)
+                | Self::UnknownFipsPeer(_)
+                | Self::FipsPinMismatch { .. }
                 | Self::CodeMismatch
                 | Self::Authentication
                 | Self::PeerAborted(
@@ -213,7 +230,8 @@ impl HandshakeError {
     /// The abort reason to send to the peer for this error.
     pub fn abort_reason(&self) -> AbortReason {
         match self {
-            Self::UnknownPeer(_) => AbortReason::UnknownPeer,
+            Self::UnknownPeer(_) | Self::UnknownFipsPeer(_) => AbortReason::UnknownPeer,
+            Self::FipsPinMismatch { .. } => AbortReason::Authentication,
             Self::CodeMismatch => AbortReason::CodeMismatch,
             Self::UnsupportedVersion(_) => AbortReason::UnsupportedVersion,
             Self::Authentication => AbortReason::Authentication,
@@ -384,17 +402,26 @@ impl Direction {
     }
 }
 
-/// The two directions of an established session.
-struct Transport {
-    send: Direction,
-    recv: Direction,
+/// How the messages of an established session are protected.
+enum Transport {
+    /// Noise's two directions, each its own key and counter.
+    Noise { send: Direction, recv: Direction },
+    /// FIPS mode: the end-to-end connection's TLS 1.3 protects them; a message is its
+    /// kind byte and its bytes.
+    Tls,
 }
 
 impl Transport {
+    fn noise(send: Direction, recv: Direction) -> Self {
+        Transport::Noise { send, recv }
+    }
+
     fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, HandshakeError> {
         let mut body = Vec::with_capacity(plaintext.len() + TAG_LEN);
         body.extend_from_slice(plaintext);
-        self.send.seal(&mut body)?;
+        if let Transport::Noise { send, .. } = self {
+            send.seal(&mut body)?;
+        }
         let mut out = Vec::with_capacity(1 + body.len());
         out.push(KIND_TRANSPORT);
         out.append(&mut body);
@@ -402,9 +429,12 @@ impl Transport {
     }
 
     fn open(&mut self, body: &[u8]) -> Result<Vec<u8>, HandshakeError> {
-        match body {
-            [KIND_TRANSPORT, ct @ ..] if ct.len() >= TAG_LEN => self.recv.open(ct),
-            [KIND_ABORT, reason, ..] => {
+        match (self, body) {
+            (Transport::Noise { recv, .. }, [KIND_TRANSPORT, ct @ ..]) if ct.len() >= TAG_LEN => {
+                recv.open(ct)
+            }
+            (Transport::Tls, [KIND_TRANSPORT, pt @ ..]) => Ok(pt.to_vec()),
+            (_, [KIND_ABORT, reason, ..]) => {
                 Err(HandshakeError::PeerAborted(AbortReason::from_byte(*reason)))
             }
             _ => Err(HandshakeError::Protocol("expected a transport message")),
@@ -455,15 +485,9 @@ impl Established {
             Direction::new(&keys.responder_to_initiator)?,
         );
         let transport = if hs.is_initiator() {
-            Transport {
-                send: i2r,
-                recv: r2i,
-            }
+            Transport::noise(i2r, r2i)
         } else {
-            Transport {
-                send: r2i,
-                recv: i2r,
-            }
+            Transport::noise(r2i, i2r)
         };
         Ok(Self {
             transport,
@@ -475,6 +499,29 @@ impl Established {
             transfer_id: None,
             suite,
         })
+    }
+
+    /// FIPS mode's session over a finished TLS 1.3 end-to-end connection
+    /// ([`crate::crypto::fips_session`]): messages ride the connection's TLS, the file
+    /// salt and the session id come from its exporter, the peer is the address book's
+    /// entry for the key that signed the TLS handshake. Always post-quantum (the
+    /// connection's only key exchange is X25519MLKEM768).
+    pub fn over_tls(
+        keys: &crate::crypto::fips_session::TlsKeys,
+        remote: PublicKey,
+        suite: Suite,
+        transfer_id: Option<[u8; TRANSFER_ID_LEN]>,
+    ) -> Self {
+        Self {
+            transport: Transport::Tls,
+            handshake_hash: keys.session_id,
+            file_salt: keys.file_salt.clone(),
+            post_quantum: true,
+            remote,
+            first_message: None,
+            transfer_id,
+            suite,
+        }
     }
 
     /// The STREAM cipher suite both sides agreed on in the handshake.

@@ -296,7 +296,7 @@ fn checksum(key: &[u8; 32]) -> [u8; CHECKSUM_LEN] {
 }
 
 /// RFC 4648 base32, lowercase, no padding.
-fn base32_encode(data: &[u8]) -> String {
+pub(crate) fn base32_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(5) * 8);
     let (mut acc, mut bits) = (0u32, 0u32);
     for &b in data {
@@ -315,7 +315,7 @@ fn base32_encode(data: &[u8]) -> String {
 
 /// Inverse of [`base32_encode`]; `None` on a character outside the alphabet or non-zero
 /// padding bits.
-fn base32_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn base32_decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8);
     let (mut acc, mut bits) = (0u32, 0u32);
     for c in text.bytes() {

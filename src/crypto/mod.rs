@@ -10,11 +10,15 @@
 //!   of reused buffers handed out as `bytes::Bytes`.
 //! - [`chunk_hash`]: the whole-file BLAKE3, computed per chunk on the workers.
 //! - [`fips`]: FIPS mode (cargo feature `fips`): the module's status and start-up checks.
+//! - [`fips_identity`]: FIPS mode's P-256 identity, its certificate and its pin.
+//! - [`fips_session`]: FIPS mode's session over the connection's TLS 1.3, sans IO.
 
 pub mod aead;
 pub mod chunk_hash;
 mod cipher_pool;
 pub mod fips;
+pub mod fips_identity;
+pub mod fips_session;
 pub mod handshake;
 pub mod hybrid;
 pub mod identity;

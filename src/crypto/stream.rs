@@ -59,10 +59,9 @@
 //! # Ok::<(), StreamError>(())
 //! ```
 
-use hkdf::Hkdf;
-use sha2::Sha256;
+use aws_lc_rs::hkdf;
 use thiserror::Error;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::crypto::aead::{AeadKey, NONCE_LEN, RandomIvKey, TAG_LEN};
 use crate::crypto::suite::{Suite, UsageLimits};
@@ -326,23 +325,30 @@ pub fn chunk_nonce(index: u64, last: bool) -> [u8; NONCE_LEN] {
     nonce
 }
 
-/// The pseudo-random key of one session, from which every file key is expanded.
+/// The pseudo-random key of one session, from which every file key is expanded. HKDF
+/// runs in the cryptographic module (aws-lc-rs; the FIPS module in a FIPS build), which
+/// keeps the PRK and cleanses it when dropped.
 pub struct TransferKey {
-    prk: Zeroizing<[u8; 32]>,
+    prk: hkdf::Prk,
     suite: Suite,
+}
+
+/// 32 bytes of HKDF output.
+struct Len32;
+
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        32
+    }
 }
 
 impl TransferKey {
     /// `prk = HKDF-Extract(salt = handshake_hash, ikm = session_secret)`, for file keys
     /// of the ChaCha20-Poly1305 suite (see [`TransferKey::with_suite`]).
     pub fn derive(handshake_hash: &[u8], session_secret: &[u8; SESSION_SECRET_LEN]) -> Self {
-        let (prk, _) = Hkdf::<Sha256>::extract(Some(handshake_hash), session_secret);
-        let mut out = Zeroizing::new([0u8; 32]);
-        out.copy_from_slice(&prk);
-        let mut prk = prk;
-        prk.as_mut_slice().zeroize();
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, handshake_hash).extract(session_secret);
         Self {
-            prk: out,
+            prk,
             suite: Suite::ChaCha20Poly1305,
         }
     }
@@ -362,10 +368,6 @@ impl TransferKey {
 
     /// Expands the key of one file (see the module docs for the exact info string).
     pub fn file_key(&self, ctx: &FileKeyContext) -> FileKey {
-        let hk = match Hkdf::<Sha256>::from_prk(self.prk.as_slice()) {
-            Ok(hk) => hk,
-            Err(_) => unreachable!("a 32-byte PRK is valid for HKDF-SHA256"),
-        };
         let mut key = Zeroizing::new([0u8; 32]);
         let info: [&[u8]; 6] = [
             FILE_KEY_LABEL,
@@ -375,7 +377,11 @@ impl TransferKey {
             &ctx.resume_from.to_be_bytes(),
             &ctx.resume_prefix_hash,
         ];
-        if hk.expand_multi_info(&info, key.as_mut_slice()).is_err() {
+        let filled = self
+            .prk
+            .expand(&info, Len32)
+            .and_then(|okm| okm.fill(key.as_mut_slice()));
+        if filled.is_err() {
             unreachable!("32 bytes is a valid HKDF-SHA256 output length");
         }
         FileKey::with_suite(self.suite, &key, ctx.chunk_size)

@@ -226,7 +226,9 @@ impl Receiver {
         conn: &quinn::Connection,
         cancel: impl Future<Output = ()> + Send + 'a,
     ) -> Result<IncomingOffer<'a>, TransferError> {
-        if let Err(e) = crate::crypto::fips::refuse_session(self.policy.code.is_some()) {
+        let refused = crate::crypto::fips::refuse_code(self.policy.code.is_some())
+            .and_then(|()| crate::crypto::fips::refuse_suite(self.policy.suites));
+        if let Err(e) = refused {
             conn.close(
                 super::error::CLOSE_ERROR.into(),
                 b"not allowed in FIPS mode",
@@ -272,6 +274,10 @@ impl Receiver {
         let accept_unknown = policy.accept_unknown;
         let book = &self.book;
         let mut accept = |k: &PublicKey| accept_unknown || book.find_by_key(k).is_some();
+        // FIPS mode: the sender is the address book's peer whose FIPS pin signed the
+        // connection's TLS handshake (no unknown senders, no code phrases).
+        let by_pin =
+            |pin: &crate::crypto::fips_identity::FipsPin| book.find_by_fips(pin).map(|p| p.key);
         // A peer that connects and says nothing is dropped after the handshake timeout.
         let handshake = async {
             let (tx, rx) = conn
@@ -279,7 +285,13 @@ impl Receiver {
                 .await
                 .map_err(|e| SessionError::Io(e.into()))?;
             let mut ctl = tokio::io::join(rx, tx);
-            let est = session::respond(&mut ctl, machine, &mut accept).await?;
+            let est = if crate::crypto::fips::ENABLED {
+                let keys = crate::crypto::fips_session::TlsKeys::of(conn)?;
+                let peer = crate::transport::fips_tls::peer_pin(conn);
+                session::respond_fips(&mut ctl, peer, &by_pin, &keys, policy.suites).await?
+            } else {
+                session::respond(&mut ctl, machine, &mut accept).await?
+            };
             Ok::<_, SessionError>((ctl, est))
         };
         let (ctl, mut est) = timeouts

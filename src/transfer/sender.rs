@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use crate::audit::{Audit, AuthMethod, SessionAudit, Side};
 use crate::crypto::chunk_hash::TreeHash;
+use crate::crypto::fips::NotApproved;
+use crate::crypto::fips_identity::FipsPin;
 use crate::crypto::handshake::Policy as HandshakePolicy;
 use crate::crypto::handshake::{HandshakeError, Initiator, TRANSFER_ID_LEN};
 use crate::crypto::hybrid::PqPolicy;
@@ -37,13 +39,22 @@ pub enum Recipient {
     Known(PublicKey),
     /// A one-time code phrase shared out of band (SPAKE2 + Noise XXpsk0).
     Code(Code),
+    /// FIPS mode (a FIPS build only): the receiver's P-256 key pinned in the address book
+    /// (`pin`), checked on the end-to-end connection's TLS 1.3; `key` names it (and meets
+    /// it at a relay) as [`Recipient::Known`] does.
+    Fips {
+        /// The receiver's key in the address book.
+        key: PublicKey,
+        /// Its FIPS pin.
+        pin: FipsPin,
+    },
 }
 
 impl Recipient {
     /// How the peer is authenticated.
     pub fn method(&self) -> AuthMethod {
         match self {
-            Recipient::Known(_) => AuthMethod::PinnedKey,
+            Recipient::Known(_) | Recipient::Fips { .. } => AuthMethod::PinnedKey,
             Recipient::Code(_) => AuthMethod::CodePhrase,
         }
     }
@@ -51,8 +62,31 @@ impl Recipient {
     /// The rendezvous id the two sides meet at (a relay pairs them by it).
     pub fn rendezvous(&self) -> [u8; 32] {
         match self {
-            Recipient::Known(key) => rendezvous_for(key),
+            Recipient::Known(key) | Recipient::Fips { key, .. } => rendezvous_for(key),
             Recipient::Code(code) => rendezvous_for_code(code),
+        }
+    }
+
+    /// The recipient for the address book's `peer`: [`Recipient::Known`], or in a FIPS
+    /// build [`Recipient::Fips`], refused when the book has no FIPS pin for it.
+    pub fn for_peer(peer: &crate::peers::Peer) -> Result<Self, NotApproved> {
+        if !crate::crypto::fips::ENABLED {
+            return Ok(Recipient::Known(peer.key));
+        }
+        match peer.fips {
+            Some(pin) => Ok(Recipient::Fips { key: peer.key, pin }),
+            None => Err(NotApproved(format!(
+                "the address book has no FIPS pin for {}: add the one its `conduit id` prints with `conduit peers fips {} PIN`",
+                peer.name, peer.name
+            ))),
+        }
+    }
+
+    /// The receiver's key, when it is known.
+    pub fn key(&self) -> Option<PublicKey> {
+        match self {
+            Recipient::Known(key) | Recipient::Fips { key, .. } => Some(*key),
+            Recipient::Code(_) => None,
         }
     }
 }
@@ -216,7 +250,7 @@ impl Sender {
         item: Option<[u8; 16]>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<ItemSent, TransferError> {
-        if let Err(e) = crate::crypto::fips::refuse_session(matches!(to, Recipient::Code(_))) {
+        if let Err(e) = crate::crypto::fips::refuse_session(to, self.suites) {
             conn.close(
                 super::error::CLOSE_ERROR.into(),
                 b"not allowed in FIPS mode",
@@ -281,22 +315,47 @@ impl Sender {
             post_quantum: self.post_quantum,
             channel: channel_of(conn, self.bind_channel)?,
         };
-        let (machine, first) = match recipient {
+        let mut est = match recipient {
+            Recipient::Fips { key, pin } => {
+                let keys = crate::crypto::fips_session::TlsKeys::of(conn)
+                    .map_err(|e| TransferError::Unauthenticated(e.into()))?;
+                let peer = crate::transport::fips_tls::peer_pin(conn);
+                let hello = (*key, &transfer_id, self.suites);
+                timeouts
+                    .within(
+                        Stage::Handshake,
+                        session::initiate_fips(&mut ctl, peer, pin, &keys, hello),
+                    )
+                    .await
+            }
             Recipient::Known(key) => {
-                Initiator::known_peer_with(local, key, &rendezvous_for(key), &transfer_id, policy)
-                    .map_err(SessionError::from)?
+                let (machine, first) = Initiator::known_peer_with(
+                    local,
+                    key,
+                    &rendezvous_for(key),
+                    &transfer_id,
+                    policy,
+                )
+                .map_err(|e| TransferError::Unauthenticated(e.into()))?;
+                timeouts
+                    .within(
+                        Stage::Handshake,
+                        session::initiate(&mut ctl, machine, first),
+                    )
+                    .await
             }
             Recipient::Code(code) => {
-                Initiator::code_with(local, code, &rendezvous_for_code(code), policy)
+                let (machine, first) =
+                    Initiator::code_with(local, code, &rendezvous_for_code(code), policy);
+                timeouts
+                    .within(
+                        Stage::Handshake,
+                        session::initiate(&mut ctl, machine, first),
+                    )
+                    .await
             }
-        };
-        let mut est = timeouts
-            .within(
-                Stage::Handshake,
-                session::initiate(&mut ctl, machine, first),
-            )
-            .await
-            .map_err(TransferError::Unauthenticated)?;
+        }
+        .map_err(TransferError::Unauthenticated)?;
         // Authenticated: candidates may be told and probes sent (a connection through
         // the relay's switch), and each change of path is an event.
         let _path = events.follow_path(conn);

@@ -69,6 +69,41 @@ pub enum ConnectError {
     /// No address to try.
     #[error("no address to connect to")]
     NoAddress,
+    /// The peer refused this build's end-to-end protocol in the TLS handshake (alert
+    /// `no_application_protocol`): one side is a FIPS build and the other is not.
+    #[error("connecting to {addr}: {source}")]
+    OtherMode {
+        /// The address that refused.
+        addr: SocketAddr,
+        /// Which side is in FIPS mode, and what to do.
+        #[source]
+        source: crate::crypto::fips::NotApproved,
+    },
+}
+
+/// True when `e` is the peer's TLS alert `no_application_protocol` (QUIC crypto error
+/// 0x178): it serves another ALPN, which for an end-to-end connection means the other
+/// mode (a FIPS build against a default build).
+pub fn is_alpn_refusal(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        quinn::ConnectionError::TransportError(t) => t.code,
+        _ => return false,
+    };
+    code == quinn::TransportErrorCode::crypto(120)
+}
+
+/// The refusal of a peer in the other mode, said from this build's side.
+pub fn other_mode() -> crate::crypto::fips::NotApproved {
+    crate::crypto::fips::NotApproved(if crate::crypto::fips::ENABLED {
+        "the peer does not speak FIPS mode's session (it refused the FIPS ALPN): it runs a \
+         default build, which a FIPS endpoint does not transfer with"
+            .into()
+    } else {
+        "the peer runs in FIPS mode, which takes transfers only from FIPS builds \
+         (docs/FIPS.md)"
+            .into()
+    })
 }
 
 /// Splits `HOST:PORT` (or `[IPv6]:PORT`) into the host (without brackets) and the port.
@@ -192,6 +227,7 @@ pub async fn connect_first(
             running.spawn(async move {
                 let result = match tokio::time::timeout(timeout, connecting).await {
                     Ok(Ok(conn)) => Ok(conn),
+                    Ok(Err(e)) if is_alpn_refusal(&e) => Err((String::new(), false)),
                     Ok(Err(e @ quinn::ConnectionError::TimedOut)) => Err((e.to_string(), true)),
                     Ok(Err(e)) => Err((e.to_string(), false)),
                     Err(_) => Err(("no answer (timed out)".to_string(), true)),
@@ -214,6 +250,10 @@ pub async fn connect_first(
             done = running.join_next() => {
                 match done {
                     Some(Ok((_, endpoint, Ok(conn)))) => return Ok((endpoint, conn)),
+                    // The other mode: no other address will change that.
+                    Some(Ok((addr, _, Err((message, _))))) if message.is_empty() => {
+                        return Err(ConnectError::OtherMode { addr, source: other_mode() });
+                    }
                     Some(Ok((addr, _, Err((message, unanswered))))) => {
                         last = Some(ConnectError::Failed { addr, message, unanswered });
                     }

@@ -26,12 +26,26 @@ use thiserror::Error;
 
 pub mod addr;
 pub mod demux;
+pub mod fips_tls;
 pub mod mtu;
 pub mod path;
 pub mod punch;
 
 /// ALPN of direct connections.
 pub const ALPN: &[u8] = crate::crypto::handshake::ALPN;
+/// ALPN of end-to-end connections in FIPS mode (TLS 1.3 between P-256 identities, no
+/// Noise): a default build and a FIPS build never agree on one, and the TLS handshake
+/// says so (`no_application_protocol`).
+pub const FIPS_ALPN: &[u8] = b"phi-conduit-fips/1";
+
+/// The ALPN of this build's end-to-end connections.
+pub fn e2e_alpn() -> &'static [u8] {
+    if crate::crypto::fips::ENABLED {
+        FIPS_ALPN
+    } else {
+        ALPN
+    }
+}
 /// Per-stream receive window: one file stream can keep this much in flight.
 pub const STREAM_WINDOW: u32 = 16 << 20;
 /// Connection receive window, across all streams.
@@ -278,6 +292,15 @@ fn server_endpoint_on(
     tune: impl FnOnce(&mut quinn::ServerConfig),
 ) -> Result<quinn::Endpoint, TransportError> {
     let cfg = server_config(tls, alpn, transport, tune)?;
+    endpoint_with_server(addr, socket, cfg)
+}
+
+/// An endpoint on `socket` serving `cfg`.
+fn endpoint_with_server(
+    addr: SocketAddr,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    cfg: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, TransportError> {
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
     quinn::Endpoint::new_with_abstract_socket(endpoint_config(), Some(cfg), socket, runtime)
@@ -291,12 +314,41 @@ fn server_config(
     transport: quinn::TransportConfig,
     tune: impl FnOnce(&mut quinn::ServerConfig),
 ) -> Result<quinn::ServerConfig, TransportError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(tls.chain, tls.key)
         .map_err(|e| TransportError::Tls(e.to_string()))?;
+    quic_server_config(cfg, alpn, transport, tune)
+}
+
+/// The server configuration of the end-to-end connection: a fresh self-signed
+/// certificate and no client certificate, or in FIPS mode both sides' P-256 identities
+/// ([`fips_tls`]).
+fn e2e_server_config(
+    transport: quinn::TransportConfig,
+    tune: impl FnOnce(&mut quinn::ServerConfig),
+) -> Result<quinn::ServerConfig, TransportError> {
+    if crate::crypto::fips::ENABLED {
+        quic_server_config(fips_tls::server(&provider())?, FIPS_ALPN, transport, tune)
+    } else {
+        server_config(
+            ServerTls::self_signed(&["phi-conduit"])?,
+            ALPN,
+            transport,
+            tune,
+        )
+    }
+}
+
+/// `cfg` with ALPN `alpn` as a QUIC server configuration with `transport`.
+fn quic_server_config(
+    mut cfg: rustls::ServerConfig,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
+    tune: impl FnOnce(&mut quinn::ServerConfig),
+) -> Result<quinn::ServerConfig, TransportError> {
     cfg.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicServerConfig::try_from(cfg).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -315,13 +367,14 @@ pub fn direct_server_with(
     addr: SocketAddr,
     idle: Duration,
 ) -> Result<quinn::Endpoint, TransportError> {
-    server_endpoint(
-        addr,
-        ServerTls::self_signed(&["phi-conduit"])?,
-        ALPN,
-        transport_config_with(idle),
-        |_| {},
-    )
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
+    let socket = runtime
+        .wrap_udp_socket(socket(addr)?)
+        .map_err(|source| TransportError::Socket { addr, source })?;
+    let mut transport = transport_config_with(idle);
+    set_ceiling(&mut transport, bound_ceiling(addr));
+    endpoint_with_server(addr, socket, e2e_server_config(transport, |_| {})?)
 }
 
 /// Connection attempts a relay holds before it has decided on them (it decides at once:
@@ -486,16 +539,21 @@ pub fn direct_client_with(
     client_endpoint(
         any_local(peer),
         e2e_client_tls()?,
-        ALPN,
+        e2e_alpn(),
         idle,
         mtu::ceiling_for(peer.ip()),
     )
 }
 
 /// The end-to-end connection's client TLS: any certificate, whose key must sign the
-/// handshake (see the module's documentation).
+/// handshake (see the module's documentation); in FIPS mode this endpoint presents its
+/// P-256 identity too ([`fips_tls`]).
 fn e2e_client_tls() -> Result<rustls::ClientConfig, TransportError> {
     let p = provider();
+    if crate::crypto::fips::ENABLED {
+        let verifier = Arc::new(KeyVerifier::any(p.signature_verification_algorithms));
+        return fips_tls::client(&p, verifier);
+    }
     Ok(rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
@@ -537,9 +595,7 @@ pub fn relay_client_switching(
     if listener {
         let mut transport = transport_config_with(idle);
         set_ceiling(&mut transport, switched_ceiling(relay));
-        ep.set_server_config(Some(server_config(
-            ServerTls::self_signed(&["phi-conduit"])?,
-            ALPN,
+        ep.set_server_config(Some(e2e_server_config(
             transport,
             // The peer's address stays the mapped one whichever path carries it (the
             // socket moves the packets): a packet from anywhere else must not move
@@ -558,7 +614,7 @@ pub fn switched_client_config(
     relay: SocketAddr,
     idle: Duration,
 ) -> Result<quinn::ClientConfig, TransportError> {
-    client_config(e2e_client_tls()?, ALPN, idle, switched_ceiling(relay))
+    client_config(e2e_client_tls()?, e2e_alpn(), idle, switched_ceiling(relay))
 }
 
 /// A client endpoint for connecting to the relay at `relay`, verifying it by `trust`.

@@ -48,12 +48,13 @@ fn version_and_id_say_whether_the_binary_is_in_fips_mode_and_on_which_module() {
     );
 }
 
-/// A FIPS build moves nothing over a session it does not vouch for: a code phrase
-/// (SPAKE2) at either end, and (until the FIPS session is built) the Noise session: each
-/// refused at start with exit code 7 and a message saying why, before any connection.
+/// A FIPS build moves nothing over what FIPS mode does not allow: a code phrase
+/// (SPAKE2) at either end, a recipient without a FIPS pin, a suite other than the one
+/// with module-generated IVs; each refused at start with exit code 7 and a message
+/// saying why, before any connection.
 #[cfg(feature = "fips")]
 #[test]
-fn a_fips_build_refuses_code_phrases_and_sessions_on_unapproved_algorithms() {
+fn a_fips_build_refuses_code_phrases_unpinned_peers_and_unapproved_suites() {
     let p = common::pair_knowing(true, true);
     let out_dir = p.root.join("in");
     let file = p.root.join("note.txt");
@@ -72,20 +73,16 @@ fn a_fips_build_refuses_code_phrases_and_sessions_on_unapproved_algorithms() {
     refused(&["send", f, "--code", "--direct", "127.0.0.1:9"], "SPAKE2");
     refused(
         &["send", f, "--to", "lab", "--direct", "127.0.0.1:9"],
-        "Noise",
+        "no FIPS pin",
     );
+    let listen = ["receive", "--listen", "127.0.0.1:0", "--out", o];
     refused(
-        &[
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            o,
-            "--code",
-            "7-purple-orbit-window",
-        ],
+        &[&listen[..], &["--code", "7-purple-orbit-window"]].concat(),
         "SPAKE2",
     );
-    refused(&["receive", "--listen", "127.0.0.1:0", "--out", o], "Noise");
+    refused(
+        &[&listen[..], &["--suite", "chacha20-poly1305"]].concat(),
+        "chacha20-poly1305",
+    );
     assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().next().is_none());
 }

@@ -6,6 +6,8 @@ mod common;
 
 mod addresses;
 mod code_wait;
+#[cfg(feature = "fips")]
+mod fips;
 mod human_output;
 mod offers;
 mod post_quantum;
