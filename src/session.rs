@@ -292,13 +292,17 @@ pub async fn respond_fips<S: AsyncRead + AsyncWrite + Unpin>(
     keys: &fips_session::TlsKeys,
     suites: SuitePolicy,
 ) -> Result<Established, SessionError> {
-    let body = read_frame(io).await?;
-    let result = match peer {
+    // The key first: a sender the address book does not pin is not read at all.
+    let known = match peer {
         None => Err(HandshakeError::Protocol("the sender presented no FIPS key")),
-        Some(pin) => match lookup(&pin) {
-            None => Err(HandshakeError::UnknownFipsPeer(pin.to_string())),
-            Some(remote) => fips_session::read_hello(&body, suites).map(|h| (remote, h)),
-        },
+        Some(pin) => lookup(&pin).ok_or_else(|| HandshakeError::UnknownFipsPeer(pin.to_string())),
+    };
+    let result = match known {
+        Ok(remote) => {
+            let body = read_frame(io).await?;
+            fips_session::read_hello(&body, suites).map(|h| (remote, h))
+        }
+        Err(e) => Err(e),
     };
     match result {
         Ok((remote, (transfer_id, suite))) => {

@@ -482,6 +482,7 @@ impl SessionAudit {
                 match auth {
                     AuthMethod::PinnedKey => "known_key",
                     AuthMethod::CodePhrase => "code",
+                    AuthMethod::FipsKey => "fips_key",
                 }
                 .into(),
             );

@@ -105,7 +105,7 @@ pub struct Record {
     /// The peer's name in the address book.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_name: Option<String>,
-    /// How the peer authenticated: `known_key` or `code`.
+    /// How the peer authenticated: `known_key`, `code` or (FIPS mode) `fips_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
     /// The path the connection took: `direct` or `relayed`.

@@ -158,13 +158,17 @@ impl FipsIdentity {
         })
     }
 
-    /// The identity of `home`, made (and saved, 0600) on first use.
+    /// The identity of `home`, made (and saved, 0600) on first use. Two processes that
+    /// make one at once both end up with the one saved first.
     pub fn load_or_create(home: &Home) -> Result<Self, IdentityError> {
         match Self::load(home) {
             Err(IdentityError::Missing(_)) => {
                 let id = Self::generate()?;
-                id.save(home)?;
-                Ok(id)
+                match id.save(home) {
+                    Ok(()) => Ok(id),
+                    Err(IdentityError::Exists(_)) => Self::load(home),
+                    Err(e) => Err(e),
+                }
             }
             other => other,
         }
@@ -206,12 +210,13 @@ impl FipsIdentity {
     }
 
     /// Saves the key into `home` (0600, in the 0700 identity directory), never replacing
-    /// one: a pinned key that changed would lock this endpoint out of its peers.
+    /// one, even one another process saves at the same moment (the file is written aside
+    /// and hard-linked into place, which fails if the name exists): a pinned key that
+    /// changed would lock this endpoint out of its peers.
     pub fn save(&self, home: &Home) -> Result<(), IdentityError> {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
         let path = Self::key_path(home);
-        if fs::symlink_metadata(&path).is_ok() {
-            return Err(IdentityError::Exists(home.path().into()));
-        }
         let io_err = |p: &std::path::Path| {
             let p = p.to_path_buf();
             move |source| IdentityError::Io { path: p, source }
@@ -224,7 +229,23 @@ impl FipsIdentity {
         let mut text = Zeroizing::new(String::from(KEY_HEADER));
         text.push_str(&base32_encode(&self.pkcs8));
         text.push('\n');
-        fsutil::write_atomic(&path, text.as_bytes(), 0o600).map_err(io_err(&path))
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".fips.key.")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(io_err(dir))?;
+        tmp.write_all(text.as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(io_err(tmp.path()))?;
+        match fs::hard_link(tmp.path(), &path) {
+            Ok(()) => fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(IdentityError::Exists(home.path().into()))
+            }
+            Err(source) => Err(IdentityError::Io { path, source }),
+        }
     }
 
     /// The pin peers write in their address books.
@@ -287,5 +308,21 @@ mod tests {
             made.pin()
         );
         assert!(matches!(made.save(&home), Err(IdentityError::Exists(_))));
+    }
+
+    #[test]
+    fn processes_making_the_key_at_once_all_get_the_one_saved_first() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let home = Home::at(dir.path());
+            let pins: Vec<FipsPin> = std::thread::scope(|s| {
+                let threads: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| FipsIdentity::load_or_create(&home).unwrap().pin()))
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let saved = FipsIdentity::load(&home).unwrap().pin();
+            assert!(pins.iter().all(|p| *p == saved), "{pins:?} / {saved:?}");
+        }
     }
 }

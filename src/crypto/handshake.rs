@@ -79,6 +79,8 @@ pub enum AuthMethod {
     PinnedKey = 1,
     /// Both share a one-time code phrase (SPAKE2 + Noise XXpsk0).
     CodePhrase = 2,
+    /// FIPS mode: each pinned the other's P-256 key (the connection's TLS 1.3).
+    FipsKey = 3,
 }
 
 /// Why a side aborted the handshake or session (sent in an abort frame).
@@ -262,7 +264,9 @@ pub fn prologue(
     channel: Option<&[u8; 32]>,
 ) -> Vec<u8> {
     let pattern = match mode {
-        AuthMethod::PinnedKey => IK_PATTERN,
+        // FipsKey is never a Noise mode (FIPS mode runs no Noise); it names IK's pattern
+        // only to keep this total.
+        AuthMethod::PinnedKey | AuthMethod::FipsKey => IK_PATTERN,
         AuthMethod::CodePhrase => XXPSK0_PATTERN,
     };
     let mut p = Vec::with_capacity(128);

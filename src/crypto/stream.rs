@@ -509,6 +509,13 @@ impl FileKey {
     #[inline]
     pub fn seal_chunk(&self, index: u64, last: bool, chunk: &mut [u8]) -> Result<(), StreamError> {
         self.check_usage(index)?;
+        if chunk.len() < self.overhead() {
+            return Err(StreamError::ChunkLength {
+                index,
+                expected: self.overhead(),
+                actual: chunk.len(),
+            });
+        }
         let position = chunk_nonce(index, last);
         match &self.aead {
             ChunkCipher::Position(aead) => {

@@ -317,6 +317,7 @@ impl Receiver {
         let peer = est.remote_static();
         let method = match policy.code {
             Some(_) => AuthMethod::CodePhrase,
+            None if crate::crypto::fips::ENABLED => AuthMethod::FipsKey,
             None => AuthMethod::PinnedKey,
         };
         // Without a record nothing is accepted; the sender hears why at the offer.

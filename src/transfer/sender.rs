@@ -54,7 +54,8 @@ impl Recipient {
     /// How the peer is authenticated.
     pub fn method(&self) -> AuthMethod {
         match self {
-            Recipient::Known(_) | Recipient::Fips { .. } => AuthMethod::PinnedKey,
+            Recipient::Known(_) => AuthMethod::PinnedKey,
+            Recipient::Fips { .. } => AuthMethod::FipsKey,
             Recipient::Code(_) => AuthMethod::CodePhrase,
         }
     }
@@ -104,9 +105,15 @@ pub fn rendezvous_for_code(code: &Code) -> [u8; 32] {
     )
 }
 
+/// `N` random bytes from the cryptographic module's generator (the FIPS module's DRBG
+/// in a FIPS build): session secrets and transfer ids.
 pub(crate) fn random<const N: usize>() -> Result<[u8; N], TransferError> {
     let mut b = [0u8; N];
-    getrandom::getrandom(&mut b).map_err(|e| TransferError::Io(std::io::Error::other(e)))?;
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| {
+        TransferError::Io(std::io::Error::other(
+            "the cryptographic module's random generator failed",
+        ))
+    })?;
     Ok(b)
 }
 

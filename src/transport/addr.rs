@@ -96,12 +96,13 @@ pub fn is_alpn_refusal(e: &quinn::ConnectionError) -> bool {
 /// The refusal of a peer in the other mode, said from this build's side.
 pub fn other_mode() -> crate::crypto::fips::NotApproved {
     crate::crypto::fips::NotApproved(if crate::crypto::fips::ENABLED {
-        "the peer does not speak FIPS mode's session (it refused the FIPS ALPN): it runs a \
-         default build, which a FIPS endpoint does not transfer with"
+        "the peer does not speak FIPS mode's session (phi-conduit-fips/1): a default build \
+         of conduit, which a FIPS endpoint does not transfer with, or not a conduit \
+         receiver"
             .into()
     } else {
-        "the peer runs in FIPS mode, which takes transfers only from FIPS builds \
-         (docs/FIPS.md)"
+        "the peer does not speak phi-conduit/1: a FIPS build of conduit, which takes \
+         transfers only from FIPS builds (docs/FIPS.md), or not a conduit receiver"
             .into()
     })
 }
@@ -193,7 +194,7 @@ pub async fn connect_direct(
     timeout: Duration,
     idle: Duration,
 ) -> Result<(quinn::Endpoint, quinn::Connection), ConnectError> {
-    connect_first(addrs, "phi-conduit", timeout, |a| {
+    connect_any(addrs, "phi-conduit", timeout, true, |a| {
         super::direct_client_with(a, idle)
     })
     .await
@@ -208,6 +209,19 @@ pub async fn connect_first(
     addrs: &[SocketAddr],
     server_name: &str,
     timeout: Duration,
+    endpoint_for: impl Fn(SocketAddr) -> Result<quinn::Endpoint, TransportError>,
+) -> Result<(quinn::Endpoint, quinn::Connection), ConnectError> {
+    connect_any(addrs, server_name, timeout, false, endpoint_for).await
+}
+
+/// [`connect_first`]; `end_to_end`: the connections are end-to-end ones, whose refusal
+/// of this build's ALPN means the peer is in the other mode ([`ConnectError::OtherMode`],
+/// when it is the last failure).
+async fn connect_any(
+    addrs: &[SocketAddr],
+    server_name: &str,
+    timeout: Duration,
+    end_to_end: bool,
     endpoint_for: impl Fn(SocketAddr) -> Result<quinn::Endpoint, TransportError>,
 ) -> Result<(quinn::Endpoint, quinn::Connection), ConnectError> {
     let order = interleave(addrs);
@@ -227,7 +241,7 @@ pub async fn connect_first(
             running.spawn(async move {
                 let result = match tokio::time::timeout(timeout, connecting).await {
                     Ok(Ok(conn)) => Ok(conn),
-                    Ok(Err(e)) if is_alpn_refusal(&e) => Err((String::new(), false)),
+                    Ok(Err(e)) if end_to_end && is_alpn_refusal(&e) => Err((String::new(), false)),
                     Ok(Err(e @ quinn::ConnectionError::TimedOut)) => Err((e.to_string(), true)),
                     Ok(Err(e)) => Err((e.to_string(), false)),
                     Err(_) => Err(("no answer (timed out)".to_string(), true)),
@@ -250,9 +264,9 @@ pub async fn connect_first(
             done = running.join_next() => {
                 match done {
                     Some(Ok((_, endpoint, Ok(conn)))) => return Ok((endpoint, conn)),
-                    // The other mode: no other address will change that.
+                    // The other mode (or not a conduit receiver at all), if nothing else answers.
                     Some(Ok((addr, _, Err((message, _))))) if message.is_empty() => {
-                        return Err(ConnectError::OtherMode { addr, source: other_mode() });
+                        last = Some(ConnectError::OtherMode { addr, source: other_mode() });
                     }
                     Some(Ok((addr, _, Err((message, unanswered))))) => {
                         last = Some(ConnectError::Failed { addr, message, unanswered });

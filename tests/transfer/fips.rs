@@ -96,7 +96,16 @@ fn two_fips_endpoints_move_64_mib_directly_and_through_a_relay() {
     assert!(common::same_file(&src, &relayed_in.join("scan.bin")));
     assert_eq!(done_of(&text(&out.stdout))["path"], "relayed");
 
-    // Both ends recorded both receipts, the same at each end.
+    // Both ends recorded FIPS sessions, and both receipts, the same at each end.
+    for home in [&p.sender, &p.receiver] {
+        let opened: Vec<_> = common::audit_text(home)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["event"] == "session_opened")
+            .map(|r| r["auth"].clone())
+            .collect();
+        assert_eq!(opened, ["fips_key", "fips_key"], "{}", home.display());
+    }
     let (s, r) = (receipts(&p.sender), receipts(&p.receiver));
     assert_eq!((s.len(), r.len()), (2, 2), "{s:?} {r:?}");
     for (a, b) in s.iter().zip(&r) {
@@ -272,7 +281,7 @@ fn a_fips_endpoint_and_a_default_build_refuse_each_other_with_exit_code_7() {
         Some(7),
         "default sender to a FIPS receiver: {err}"
     );
-    assert!(err.contains("runs in FIPS mode"), "{err}");
+    assert!(err.contains("a FIPS build of conduit"), "{err}");
     rx.signal(libc::SIGTERM);
     let _ = rx.finish();
     assert!(!inbox.join("note.txt").exists() && !fips_in.join("note.txt").exists());
