@@ -12,14 +12,13 @@
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::crypto::identity::{IdentityError, base32_decode, base32_encode};
+use crate::crypto::identity::{IdentityError, base32_decode, base32_encode, read_key_file};
 use crate::fsutil;
 use crate::home::Home;
 
@@ -178,30 +177,7 @@ impl FipsIdentity {
     /// written; [`IdentityError::Missing`] when there is none.
     pub fn load(home: &Home) -> Result<Self, IdentityError> {
         let path = Self::key_path(home);
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(IdentityError::Missing(home.path().into()));
-            }
-            Err(source) => return Err(IdentityError::Io { path, source }),
-        };
-        if !meta.is_file() || meta.len() > 64 << 10 {
-            return Err(IdentityError::Corrupt(path));
-        }
-        if meta.mode() & 0o077 != 0 {
-            return Err(IdentityError::Permissions {
-                path,
-                mode: meta.mode() & 0o777,
-            });
-        }
-        crate::home::check_ours(&path, Some(home.check_top()))?;
-        let text =
-            Zeroizing::new(
-                fs::read_to_string(&path).map_err(|source| IdentityError::Io {
-                    path: path.clone(),
-                    source,
-                })?,
-            );
+        let text = read_key_file(home, &path)?;
         let body = text
             .strip_prefix(KEY_HEADER)
             .ok_or_else(|| IdentityError::Corrupt(path.clone()))?;
@@ -301,6 +277,7 @@ mod tests {
             Err(IdentityError::Missing(_))
         ));
         let made = FipsIdentity::load_or_create(&home).unwrap();
+        use std::os::unix::fs::MetadataExt;
         let mode = fs::metadata(FipsIdentity::key_path(&home)).unwrap().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(

@@ -220,30 +220,7 @@ impl Identity {
     /// others could have written ([`crate::home::check_ours`]).
     pub fn load(home: &Home) -> Result<Self, IdentityError> {
         let path = Self::key_path(home);
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(IdentityError::Missing(home.path().into()));
-            }
-            Err(source) => return Err(IdentityError::Io { path, source }),
-        };
-        if !meta.is_file() {
-            return Err(IdentityError::Corrupt(path));
-        }
-        if meta.mode() & 0o077 != 0 {
-            return Err(IdentityError::Permissions {
-                path,
-                mode: meta.mode() & 0o777,
-            });
-        }
-        crate::home::check_ours(&path, Some(home.check_top()))?;
-        let text =
-            Zeroizing::new(
-                fs::read_to_string(&path).map_err(|source| IdentityError::Io {
-                    path: path.clone(),
-                    source,
-                })?,
-            );
+        let text = read_key_file(home, &path)?;
         let body = text
             .strip_prefix(SECRET_HEADER)
             .ok_or_else(|| IdentityError::Corrupt(path.clone()))?;
@@ -278,6 +255,44 @@ impl Identity {
         text.push('\n');
         fsutil::write_atomic(&path, text.as_bytes(), 0o600).map_err(io_err(&path))
     }
+}
+
+/// Largest key file read.
+const MAX_KEY_FILE: u64 = 64 << 10;
+
+/// The text of a secret key file of `home`: [`IdentityError::Missing`] when there is
+/// none; refused unless it is a regular file of at most 64 KiB that neither group nor
+/// others can read or change, and that no one else could have written
+/// ([`crate::home::check_ours`]).
+pub(crate) fn read_key_file(home: &Home, path: &Path) -> Result<Zeroizing<String>, IdentityError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(IdentityError::Missing(home.path().into()));
+        }
+        Err(source) => {
+            return Err(IdentityError::Io {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    if !meta.is_file() || meta.len() > MAX_KEY_FILE {
+        return Err(IdentityError::Corrupt(path.into()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(IdentityError::Permissions {
+            path: path.into(),
+            mode: meta.mode() & 0o777,
+        });
+    }
+    crate::home::check_ours(path, Some(home.check_top()))?;
+    fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|source| IdentityError::Io {
+            path: path.into(),
+            source,
+        })
 }
 
 impl fmt::Debug for Identity {
