@@ -5,4 +5,6 @@
 mod common;
 
 mod agent_cli;
+#[cfg(feature = "fips")]
+mod agent_fips;
 mod agent_flow;
