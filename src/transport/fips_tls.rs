@@ -10,11 +10,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::crypto::CryptoProvider;
 
 use super::TransportError;
 use crate::crypto::fips_identity::{FipsIdentity, FipsPin};
@@ -61,18 +57,20 @@ pub(super) fn server(base: &CryptoProvider) -> Result<rustls::ServerConfig, Tran
     rustls::ServerConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(AnyClientKey(p.signature_verification_algorithms)))
+        .with_client_cert_verifier(Arc::new(super::KeyVerifier::any(
+            p.signature_verification_algorithms,
+        )))
         .with_single_cert(vec![cert], key)
         .map_err(|e| TransportError::Tls(e.to_string()))
 }
 
 /// The client side: any server certificate whose key signs the handshake (the session
 /// layer checks the pin), this identity's certificate presented.
-pub(super) fn client(
-    base: &CryptoProvider,
-    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
-) -> Result<rustls::ClientConfig, TransportError> {
+pub(super) fn client(base: &CryptoProvider) -> Result<rustls::ClientConfig, TransportError> {
     let id = identity()?;
+    let verifier = Arc::new(super::KeyVerifier::any(
+        base.signature_verification_algorithms,
+    ));
     let (cert, key) = id.tls();
     rustls::ClientConfig::builder_with_provider(provider(base))
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -86,62 +84,5 @@ pub(super) fn client(
 /// The pin of the key the peer of `conn` signed its TLS handshake with; `None` if it
 /// presented no certificate (not a FIPS peer).
 pub fn peer_pin(conn: &quinn::Connection) -> Option<FipsPin> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    FipsPin::of_certificate(certs.first()?)
-}
-
-/// Requires a client certificate and checks that its key signed the handshake; which key
-/// it is, the session layer decides (the address book's pins).
-#[derive(Debug)]
-struct AnyClientKey(WebPkiSupportedAlgorithms);
-
-impl ClientCertVerifier for AnyClientKey {
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        match FipsPin::of_certificate(end_entity) {
-            Some(_) => Ok(ClientCertVerified::assertion()),
-            None => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::BadEncoding,
-            )),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_schemes()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
+    FipsPin::of_certificate(&super::peer_leaf(conn)?)
 }

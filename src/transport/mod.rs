@@ -265,13 +265,12 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
-/// A server endpoint on `addr` presenting `tls`, speaking `alpn`.
+/// A server endpoint on `addr` serving the configuration `config` makes of `transport`
+/// (its path MTU ceiling set for `addr`'s network).
 fn server_endpoint(
     addr: SocketAddr,
-    tls: ServerTls,
-    alpn: &[u8],
     mut transport: quinn::TransportConfig,
-    tune: impl FnOnce(&mut quinn::ServerConfig),
+    config: impl FnOnce(quinn::TransportConfig) -> Result<quinn::ServerConfig, TransportError>,
 ) -> Result<quinn::Endpoint, TransportError> {
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
@@ -279,20 +278,7 @@ fn server_endpoint(
         .wrap_udp_socket(socket(addr)?)
         .map_err(|source| TransportError::Socket { addr, source })?;
     set_ceiling(&mut transport, bound_ceiling(addr));
-    server_endpoint_on(addr, socket, tls, alpn, transport, tune)
-}
-
-/// [`server_endpoint`] on a socket made by the caller (its ceiling set by the caller).
-fn server_endpoint_on(
-    addr: SocketAddr,
-    socket: Arc<dyn quinn::AsyncUdpSocket>,
-    tls: ServerTls,
-    alpn: &[u8],
-    transport: quinn::TransportConfig,
-    tune: impl FnOnce(&mut quinn::ServerConfig),
-) -> Result<quinn::Endpoint, TransportError> {
-    let cfg = server_config(tls, alpn, transport, tune)?;
-    endpoint_with_server(addr, socket, cfg)
+    endpoint_with_server(addr, socket, config(transport)?)
 }
 
 /// An endpoint on `socket` serving `cfg`.
@@ -367,14 +353,9 @@ pub fn direct_server_with(
     addr: SocketAddr,
     idle: Duration,
 ) -> Result<quinn::Endpoint, TransportError> {
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
-    let socket = runtime
-        .wrap_udp_socket(socket(addr)?)
-        .map_err(|source| TransportError::Socket { addr, source })?;
-    let mut transport = transport_config_with(idle);
-    set_ceiling(&mut transport, bound_ceiling(addr));
-    endpoint_with_server(addr, socket, e2e_server_config(transport, |_| {})?)
+    server_endpoint(addr, transport_config_with(idle), |t| {
+        e2e_server_config(t, |_| {})
+    })
 }
 
 /// Connection attempts a relay holds before it has decided on them (it decides at once:
@@ -393,7 +374,9 @@ pub fn relay_server(
     tls: ServerTls,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::Endpoint, TransportError> {
-    server_endpoint(addr, tls, RELAY_ALPN, transport, relay_tune)
+    server_endpoint(addr, transport, |t| {
+        server_config(tls, RELAY_ALPN, t, relay_tune)
+    })
 }
 
 fn relay_tune(cfg: &mut quinn::ServerConfig) {
@@ -414,7 +397,8 @@ pub fn relay_server_diverting(
     let err = |source| TransportError::Socket { addr, source };
     set_ceiling(&mut transport, bound_ceiling(addr));
     let sock = Arc::new(demux::DemuxSocket::new(socket(addr)?, divert).map_err(err)?);
-    let ep = server_endpoint_on(addr, sock.clone(), tls, RELAY_ALPN, transport, relay_tune)?;
+    let cfg = server_config(tls, RELAY_ALPN, transport, relay_tune)?;
+    let ep = endpoint_with_server(addr, sock.clone(), cfg)?;
     Ok((ep, sock))
 }
 
@@ -551,8 +535,7 @@ pub fn direct_client_with(
 fn e2e_client_tls() -> Result<rustls::ClientConfig, TransportError> {
     let p = provider();
     if crate::crypto::fips::ENABLED {
-        let verifier = Arc::new(KeyVerifier::any(p.signature_verification_algorithms));
-        return fips_tls::client(&p, verifier);
+        return fips_tls::client(&p);
     }
     Ok(rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -684,17 +667,24 @@ fn relay_client_on(
 /// SHA-256 of the leaf certificate the server of `conn` presented (a relay's, as
 /// [`ServerTls::pin`] computes it); `None` if it presented none.
 pub fn peer_cert_sha256(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    peer_leaf(conn).map(|c| sha256(c.as_ref()))
+}
+
+/// The leaf certificate the peer of `conn` presented, if any.
+fn peer_leaf(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
-    certs.first().map(|c| sha256(c.as_ref()))
+    certs.first().cloned()
 }
 
-/// Checks a server's certificate by its key alone: with a pin, exactly the certificate
+/// Checks a peer's certificate by its key alone: with a pin, exactly the certificate
 /// whose SHA-256 is pinned (constant-time comparison, `--relay-pin`); without, any
-/// certificate (direct mode: the end-to-end handshake authenticates the peer). Either way
-/// the TLS 1.3 handshake must be signed by the certificate's key.
+/// certificate (direct mode: the end-to-end handshake authenticates the peer; FIPS mode:
+/// the session layer compares the key with the address book's pin, [`fips_tls`]). Either
+/// way the TLS 1.3 handshake must be signed by the certificate's key. As a client
+/// verifier it requires a certificate that parses.
 #[derive(Debug)]
 struct KeyVerifier {
     pin: Option<[u8; 32]>,
@@ -715,6 +705,17 @@ impl KeyVerifier {
             algorithms,
         }
     }
+
+    /// The pin, if any, against the leaf certificate `end_entity`.
+    fn check_pin(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        use subtle::ConstantTimeEq;
+        match self.pin {
+            Some(pin) if !bool::from(sha256(end_entity.as_ref()).ct_eq(&pin)) => {
+                Err(rustls::Error::General(PIN_MISMATCH.into()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Why a relay's certificate was refused when its SHA-256 is pinned and differs: the
@@ -730,13 +731,8 @@ impl ServerCertVerifier for KeyVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        use subtle::ConstantTimeEq;
-        match self.pin {
-            Some(pin) if !bool::from(sha256(end_entity.as_ref()).ct_eq(&pin)) => {
-                Err(rustls::Error::General(PIN_MISMATCH.into()))
-            }
-            _ => Ok(ServerCertVerified::assertion()),
-        }
+        self.check_pin(end_entity)
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -762,6 +758,51 @@ impl ServerCertVerifier for KeyVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for KeyVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        self.check_pin(end_entity)
+            .map(|()| rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls12_signature(self, message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls13_signature(self, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        ServerCertVerifier::supported_verify_schemes(self)
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
     }
 }
 
