@@ -242,10 +242,7 @@ impl ChunkLayout {
 
     /// The layout of a file of `size` bytes sealed with `suite`.
     pub fn for_suite(size: u64, chunk: ChunkSize, suite: Suite) -> Self {
-        Self {
-            overhead: suite.chunk_overhead(),
-            ..Self::new(size, chunk)
-        }
+        Self::new(size, chunk).sealed_with(suite)
     }
 
     /// The same layout, sealed with `suite`.
@@ -518,21 +515,19 @@ impl FileKey {
         }
         let position = chunk_nonce(index, last);
         match &self.aead {
+            // The length was checked: the room is exactly the overhead.
             ChunkCipher::Position(aead) => {
-                let split = chunk.len().saturating_sub(TAG_LEN);
-                let (body, tag_room) = chunk.split_at_mut(split);
-                let tag = aead.seal_in_place(&position, &[], body);
-                tag_room.copy_from_slice(&tag[..tag_room.len()]);
+                let (body, tag_room) = chunk.split_at_mut(chunk.len() - TAG_LEN);
+                tag_room.copy_from_slice(&aead.seal_in_place(&position, &[], body));
             }
             ChunkCipher::RandomIv(aead) => {
-                let split = chunk.len().saturating_sub(TAG_LEN + NONCE_LEN);
-                let (body, room) = chunk.split_at_mut(split);
+                let (body, room) = chunk.split_at_mut(chunk.len() - TAG_LEN - NONCE_LEN);
                 let (iv, tag) = aead
                     .seal_in_place(&position, body)
                     .map_err(|source| StreamError::Iv { index, source })?;
-                let (tag_room, iv_room) = room.split_at_mut(room.len().min(TAG_LEN));
-                tag_room.copy_from_slice(&tag[..tag_room.len()]);
-                iv_room.copy_from_slice(&iv[..iv_room.len()]);
+                let (tag_room, iv_room) = room.split_at_mut(TAG_LEN);
+                tag_room.copy_from_slice(&tag);
+                iv_room.copy_from_slice(&iv);
             }
         }
         Ok(())

@@ -82,14 +82,6 @@ impl Recipient {
             ))),
         }
     }
-
-    /// The receiver's key, when it is known.
-    pub fn key(&self) -> Option<PublicKey> {
-        match self {
-            Recipient::Known(key) | Recipient::Fips { key, .. } => Some(*key),
-            Recipient::Code(_) => None,
-        }
-    }
 }
 
 /// The rendezvous id of a known recipient in direct mode.

@@ -239,14 +239,27 @@ async fn connect_any(
                         message: e.to_string(),
                     })?;
             running.spawn(async move {
+                let failed = |message: String, unanswered| ConnectError::Failed {
+                    addr,
+                    message,
+                    unanswered,
+                };
                 let result = match tokio::time::timeout(timeout, connecting).await {
                     Ok(Ok(conn)) => Ok(conn),
-                    Ok(Err(e)) if end_to_end && is_alpn_refusal(&e) => Err((String::new(), false)),
-                    Ok(Err(e @ quinn::ConnectionError::TimedOut)) => Err((e.to_string(), true)),
-                    Ok(Err(e)) => Err((e.to_string(), false)),
-                    Err(_) => Err(("no answer (timed out)".to_string(), true)),
+                    // The other mode (or not a conduit receiver at all).
+                    Ok(Err(e)) if end_to_end && is_alpn_refusal(&e) => {
+                        Err(ConnectError::OtherMode {
+                            addr,
+                            source: other_mode(),
+                        })
+                    }
+                    Ok(Err(e @ quinn::ConnectionError::TimedOut)) => {
+                        Err(failed(e.to_string(), true))
+                    }
+                    Ok(Err(e)) => Err(failed(e.to_string(), false)),
+                    Err(_) => Err(failed("no answer (timed out)".to_string(), true)),
                 };
-                (addr, endpoint, result)
+                (endpoint, result)
             });
         } else if running.is_empty() {
             return Err(last.unwrap_or(ConnectError::NoAddress));
@@ -263,14 +276,9 @@ async fn connect_any(
         tokio::select! {
             done = running.join_next() => {
                 match done {
-                    Some(Ok((_, endpoint, Ok(conn)))) => return Ok((endpoint, conn)),
-                    // The other mode (or not a conduit receiver at all), if nothing else answers.
-                    Some(Ok((addr, _, Err((message, _))))) if message.is_empty() => {
-                        last = Some(ConnectError::OtherMode { addr, source: other_mode() });
-                    }
-                    Some(Ok((addr, _, Err((message, unanswered))))) => {
-                        last = Some(ConnectError::Failed { addr, message, unanswered });
-                    }
+                    Some(Ok((endpoint, Ok(conn)))) => return Ok((endpoint, conn)),
+                    // Reported if nothing else answers.
+                    Some(Ok((_, Err(e)))) => last = Some(e),
                     // A task does not panic; an aborted one is not ours to report.
                     Some(Err(_)) | None => {}
                 }
