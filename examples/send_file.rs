@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     // Progress: a line per event the sender reports.
     let progress: Events = Arc::new(|_, e| match e {
         Event::Progress { bytes, total } => eprintln!("sent {bytes} of {total} bytes"),
-        Event::FileDone { path, blake3, .. } => eprintln!("done {path} {}", blake3.to_hex()),
+        Event::FileDone { path, hash, .. } => eprintln!("done {path} {hash}"),
         _ => {}
     });
     let sender = Sender::new(clinic, Arc::clone(&pool)).events(progress);

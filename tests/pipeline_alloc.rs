@@ -12,7 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use phi_conduit::crypto::chunk_hash::TreeHash;
+use phi_conduit::crypto::file_hash::{FileHasher, HashAlg};
 use phi_conduit::crypto::pipeline::{CipherPool, OpenPipeline, SealPipeline};
 use phi_conduit::crypto::stream::{ChunkLayout, ChunkSize, FileKey};
 
@@ -72,7 +72,7 @@ fn seal_allocates_nothing_per_chunk_in_steady_state() {
         }),
     )
     // With the whole-file BLAKE3 computed on the workers, as the sender does.
-    .with_file_hash(TreeHash::new(&layout));
+    .with_file_hash(FileHasher::new(HashAlg::Blake3, &layout));
     let mut sink = 0u64;
     for _ in 0..WARM_UP {
         sink ^= u64::from(seal.next().unwrap().unwrap()[0]);

@@ -27,13 +27,18 @@ pub fn staging_dir(inbox: &Path, sender_key: &str, item: &str) -> PathBuf {
 /// The BLAKE3 of a complete staged copy of `name` (`size` bytes), if there is one: a
 /// regular file under its final name (the receiver renames a file to it only once it
 /// is complete and verified).
-pub fn staged_copy(staging: &Path, name: &str, size: u64) -> Option<blake3::Hash> {
+pub fn staged_copy(
+    staging: &Path,
+    name: &str,
+    size: u64,
+    alg: crate::crypto::file_hash::HashAlg,
+) -> Option<crate::crypto::file_hash::FileHash> {
     let path = staging.join(name);
     let meta = std::fs::symlink_metadata(&path).ok()?;
     if !meta.file_type().is_file() || meta.len() != size {
         return None;
     }
-    let mut h = blake3::Hasher::new();
+    let mut h = crate::crypto::file_hash::Hasher::new(alg);
     h.update_reader(std::fs::File::open(&path).ok()?).ok()?;
     Some(h.finalize())
 }
@@ -124,7 +129,8 @@ pub fn place(from: &Path, dir: &Path, name: &str, rule: OnConflict) -> io::Resul
 
 /// Runs `argv` (an absolute program path, then arguments) with the received file's path
 /// as the last argument and its metadata in the environment (`CONDUIT_FILE`,
-/// `CONDUIT_SENDER`, `CONDUIT_SENDER_KEY`, `CONDUIT_BLAKE3`, `CONDUIT_SIZE`), never
+/// `CONDUIT_SENDER`, `CONDUIT_SENDER_KEY`, `CONDUIT_SIZE`, and `CONDUIT_BLAKE3` or, for
+/// a file from a FIPS session, `CONDUIT_SHA256`), never
 /// through a shell, with an empty environment otherwise; killed after `timeout`. The
 /// program must be a regular file owned by this user and writable by no one else.
 /// Returns how it ended (`exit 0`, `killed after the timeout`...) and how long it ran.
@@ -133,7 +139,7 @@ pub fn run_hook(
     file: &Path,
     sender: &str,
     sender_key: &str,
-    blake3: &blake3::Hash,
+    hash: &crate::crypto::file_hash::FileHash,
     size: u64,
     timeout: Duration,
 ) -> io::Result<(String, Duration)> {
@@ -157,7 +163,10 @@ pub fn run_hook(
         .env("CONDUIT_FILE", file)
         .env("CONDUIT_SENDER", sender)
         .env("CONDUIT_SENDER_KEY", sender_key)
-        .env("CONDUIT_BLAKE3", blake3.to_hex().as_str())
+        .env(
+            format!("CONDUIT_{}", hash.alg().name().to_ascii_uppercase()),
+            hash.to_hex(),
+        )
         .env("CONDUIT_SIZE", size.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -186,6 +195,7 @@ pub fn run_hook(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::file_hash::{FileHash, HashAlg};
 
     #[test]
     fn a_taken_name_is_numbered_and_never_replaced() {
@@ -214,11 +224,13 @@ mod tests {
         std::fs::create_dir_all(&staging).unwrap();
         std::fs::write(staging.join("a.pdf"), "abc").unwrap();
         std::fs::write(staging.join(".conduit-1.part"), "ab").unwrap();
-        assert_eq!(
-            staged_copy(&staging, "a.pdf", 3),
-            Some(blake3::hash(b"abc"))
-        );
-        assert_eq!(staged_copy(&staging, "a.pdf", 4), None);
+        for alg in [HashAlg::Blake3, HashAlg::Sha256] {
+            assert_eq!(
+                staged_copy(&staging, "a.pdf", 3, alg),
+                Some(FileHash::of(alg, b"abc"))
+            );
+            assert_eq!(staged_copy(&staging, "a.pdf", 4, alg), None);
+        }
         let all = staged(dir.path()).unwrap();
         assert_eq!(
             all,
@@ -232,7 +244,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("got; rm -rf x.pdf");
         std::fs::write(&file, "x").unwrap();
-        let h = blake3::hash(b"x");
+        let h = FileHash::blake3(b"x");
         let script = |name: &str, body: &str| {
             let p = dir.path().join(name);
             std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();

@@ -54,7 +54,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE received (
         sender TEXT NOT NULL,
         item TEXT NOT NULL,
-        blake3 TEXT NOT NULL,
+        blake3 TEXT NOT NULL, -- the file hash, FileHash::to_tagged (the column is named for its first algorithm)
         size INTEGER NOT NULL,
         inbox TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -246,8 +246,9 @@ pub struct Finished {
 /// What was received under one (sender, item id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
-    /// The BLAKE3 of the file (hex).
-    pub blake3: String,
+    /// The file's hash, as [`crate::crypto::file_hash::FileHash::to_tagged`] writes it
+    /// (hex of BLAKE3, or `sha256:` and hex).
+    pub hash: String,
     /// Its size.
     pub size: u64,
     /// The inbox.
@@ -471,12 +472,13 @@ impl Queue {
         Ok(claimed)
     }
 
-    /// The receipt is in: the item is delivered, with the file's BLAKE3.
-    pub fn delivered(&mut self, id: &str, blake3: &str) -> Result<(), QueueError> {
+    /// The receipt is in: the item is delivered, with the file's hash (as
+    /// [`crate::crypto::file_hash::FileHash::to_tagged`] writes it).
+    pub fn delivered(&mut self, id: &str, hash: &str) -> Result<(), QueueError> {
         self.db.execute(
             "UPDATE items SET state = 'delivered', receipt = ?2, reason = NULL, attempts = attempts + 1, updated_ms = ?3
              WHERE id = ?1",
-            params![id, blake3, now_ms()],
+            params![id, hash, now_ms()],
         )?;
         Ok(())
     }
@@ -695,7 +697,7 @@ impl Queue {
                 params![sender, item],
                 |r| {
                     Ok(Received {
-                        blake3: r.get(0)?,
+                        hash: r.get(0)?,
                         size: r.get::<_, i64>(1)? as u64,
                         inbox: r.get(2)?,
                         name: r.get(3)?,
@@ -719,7 +721,7 @@ impl Queue {
             params![
                 sender,
                 item,
-                r.blake3,
+                r.hash,
                 r.size as i64,
                 r.inbox,
                 r.name,
@@ -941,7 +943,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         let r = Received {
-            blake3: "ab".into(),
+            hash: "ab".into(),
             size: 3,
             inbox: "/in".into(),
             name: "a.pdf".into(),

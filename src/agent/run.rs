@@ -19,6 +19,7 @@ use crate::agent::metrics::AgentMetrics;
 use crate::agent::queue::{self, Item, NewFile, Queue, QueueError, Received, State, id_text};
 use crate::audit::Audit;
 use crate::audit::names::Names;
+use crate::crypto::file_hash::{FileHash, HashAlg};
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::crypto::pipeline::CipherPool;
 use crate::peers::AddressBook;
@@ -93,8 +94,9 @@ pub enum AgentEvent {
         name: String,
         /// The recipient.
         to: String,
-        /// The file's BLAKE3.
-        blake3: String,
+        /// The file's hash (`blake3`, or `sha256` from a FIPS session).
+        #[serde(flatten)]
+        hash: FileHash,
         /// The recipient had it already and answered with its original receipt.
         repeat: bool,
     },
@@ -135,8 +137,9 @@ pub enum AgentEvent {
         name: String,
         /// The item id.
         item: String,
-        /// Its BLAKE3.
-        blake3: String,
+        /// Its hash (`blake3`, or `sha256` from a FIPS session).
+        #[serde(flatten)]
+        hash: FileHash,
         /// A repeat of an item delivered before: answered with the original receipt.
         repeat: bool,
     },
@@ -549,7 +552,7 @@ fn scan(
 /// How one delivery attempt ended.
 enum Outcome {
     /// The receipt is in.
-    Delivered { blake3: String, repeat: bool },
+    Delivered { hash: FileHash, repeat: bool },
     /// Try again later: `whole` when the recipient itself is unreachable.
     Retry {
         reason: String,
@@ -628,8 +631,9 @@ fn record(shared: &Shared, q: &mut Queue, item: &Item, outcome: Outcome) -> Resu
         None => item.name.clone(),
     };
     match outcome {
-        Outcome::Delivered { blake3, repeat } => {
-            q.delivered(&item.id, &blake3)?;
+        Outcome::Delivered { hash, repeat } => {
+            let tagged = hash.to_tagged();
+            q.delivered(&item.id, &tagged)?;
             let m = &shared.metrics;
             m.deliveries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -645,13 +649,13 @@ fn record(shared: &Shared, q: &mut Queue, item: &Item, outcome: Outcome) -> Resu
                 item.size,
                 key.as_ref(),
                 &item.id,
-                Some(&blake3),
+                Some(&tagged),
             );
             shared.emit(AgentEvent::Delivered {
                 item: item.id.clone(),
                 name: item.name.clone(),
                 to: item.recipient.clone(),
-                blake3,
+                hash,
                 repeat,
             });
         }
@@ -824,7 +828,7 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
     match result {
         Ok(sent) => match sent.summary.files.first() {
             Some((_, _, h)) => Outcome::Delivered {
-                blake3: h.to_hex().to_string(),
+                hash: *h,
                 repeat: sent.repeat,
             },
             None => Outcome::Failed("the receipt names no file".into()),
@@ -1151,14 +1155,14 @@ async fn receive_one(
     };
     // A repeat: the original receipt, no second copy.
     let before = q.received(&sender_key, &item_text).ok().flatten();
-    if let Some(r) = before.and_then(|r| blake3::Hash::from_hex(&r.blake3).ok().map(|h| (h, r))) {
+    if let Some(r) = before.and_then(|r| FileHash::parse_tagged(&r.hash).map(|h| (h, r))) {
         let (hash, r) = r;
         if offer.already_delivered(&[hash]).await.is_ok() {
             shared.emit(AgentEvent::Received {
                 from,
                 name: r.name,
                 item: item_text,
-                blake3: hash.to_hex().to_string(),
+                hash,
                 repeat: true,
             });
         }
@@ -1166,7 +1170,7 @@ async fn receive_one(
     }
     let staging = inbox::staging_dir(&inbox.path, &sender_key, &item_text);
     // A copy that a crash left complete in staging (received, not yet recorded).
-    if let Some(hash) = inbox::staged_copy(&staging, &name, entry.size) {
+    if let Some(hash) = inbox::staged_copy(&staging, &name, entry.size, offer.file_hash()) {
         if let Err(e) = settle(
             shared,
             &mut q,
@@ -1242,7 +1246,7 @@ fn settle(
     staging: &Path,
     name: &str,
     size: u64,
-    hash: blake3::Hash,
+    hash: FileHash,
     sender_key: &str,
     item: &str,
     from: &str,
@@ -1253,7 +1257,7 @@ fn settle(
         sender_key,
         item,
         &Received {
-            blake3: hash.to_hex().to_string(),
+            hash: hash.to_tagged(),
             size,
             inbox: key_of(&inbox_rule.path),
             name: stored.clone(),
@@ -1286,7 +1290,7 @@ fn settle(
         from: from.to_string(),
         name: shared.stored(&placed_name),
         item: item.to_string(),
-        blake3: hash.to_hex().to_string(),
+        hash,
         repeat: recovered,
     });
     if let Some(argv) = &inbox_rule.on_receive {
@@ -1317,7 +1321,9 @@ fn settle(
 fn recover_staged(shared: &Shared, b: &Inbox, q: &mut Queue) -> Result<(), AgentError> {
     for (sender_key, item, name, size) in inbox::staged(&b.path)? {
         let staging = inbox::staging_dir(&b.path, &sender_key, &item);
-        let Some(hash) = inbox::staged_copy(&staging, &name, size) else {
+        // Hashed as this build's sessions hash: a FIPS build talks only FIPS sessions,
+        // a default build none (docs/FIPS.md), so the sender's retry checks this hash.
+        let Some(hash) = inbox::staged_copy(&staging, &name, size, HashAlg::of_this_build()) else {
             continue;
         };
         let from = PublicKey::parse(&sender_key)

@@ -132,6 +132,7 @@ impl Audit {
     ///
     /// ```
     /// use phi_conduit::audit::{self, Audit, AuthMethod, Side};
+    /// use phi_conduit::crypto::file_hash::FileHash;
     /// use phi_conduit::crypto::identity::Identity;
     /// use phi_conduit::home::Home;
     /// use phi_conduit::peers::AddressBook;
@@ -143,7 +144,7 @@ impl Audit {
     /// let log = Audit::open(&home, &me, &AddressBook::load(&home)?, audit::Options::default());
     /// let session = log.session(Side::Receive);
     /// session.opened(&peer.public(), AuthMethod::PinnedKey, None).await?;
-    /// session.file_completed("referral.pdf", 5, &blake3::hash(b"hello")).await?;
+    /// session.file_completed("referral.pdf", 5, &FileHash::blake3(b"hello")).await?;
     ///
     /// let valid = audit::verify::verify(&audit::dir(&home), &audit::chain_key(&me))?;
     /// assert_eq!(valid.map(|v| v.records).ok(), Some(3));
@@ -238,7 +239,8 @@ impl Audit {
 
     /// Records an agent's item event (`event`: one of [`record::event`]'s `ITEM_*`)
     /// about file `path`, outside any session: the item id and `detail` (a reason) in
-    /// `reason`, a BLAKE3 for a delivery. `path` is the file's name, or (names mode
+    /// `reason`, the receipt's file hash for a delivery (as the queue stores it,
+    /// [`crate::crypto::file_hash::FileHash::to_tagged`]). `path` is the file's name, or (names mode
     /// hash) already its keyed hash when it starts with `#` (as the queue stores it).
     /// Blocking (a short append).
     pub fn agent_item(
@@ -262,13 +264,18 @@ impl Audit {
             role: Some("send".into()),
             peer: peer.map(|p| p.fingerprint().to_string()),
             size: Some(size),
-            blake3: detail.filter(|_| delivered).map(str::to_string),
             reason: Some(record::bounded(&match detail.filter(|_| !delivered) {
                 Some(d) => format!("item {item}: {d}"),
                 None => format!("item {item}"),
             })),
             ..Record::default()
         };
+        if let Some(h) = detail.filter(|_| delivered) {
+            match crate::crypto::file_hash::FileHash::parse_tagged(h) {
+                Some(h) => r.set_file_hash(&h),
+                None => r.blake3 = Some(h.to_string()),
+            }
+        }
         match (inner.names, path.strip_prefix('#')) {
             (NameMode::Plain, _) => r.path = Some(path.to_string()),
             (NameMode::Hash, Some(hashed)) => r.path_hash = Some(hashed.to_string()),
@@ -538,12 +545,12 @@ impl SessionAudit {
         &self,
         path: &str,
         size: u64,
-        blake3: &blake3::Hash,
+        hash: &crate::crypto::file_hash::FileHash,
     ) -> Result<(), AuditError> {
         self.write(event::FILE_COMPLETED, |r| {
             self.name(path, r);
             r.size = Some(size);
-            r.blake3 = Some(blake3.to_hex().to_string());
+            r.set_file_hash(hash);
         })
         .await
     }
@@ -554,12 +561,13 @@ impl SessionAudit {
     /// Returns this log's head after the record (`None` when the audit is off).
     pub async fn receipt(
         &self,
-        hashes: &[blake3::Hash],
+        hashes: &[crate::crypto::file_hash::FileHash],
+        alg: crate::crypto::file_hash::HashAlg,
         bytes: u64,
         peer_head: Option<&[u8; 32]>,
         path: Option<crate::transport::path::PathKind>,
     ) -> Result<Option<[u8; 32]>, AuditError> {
-        let mut h = blake3::Hasher::new();
+        let mut h = crate::crypto::file_hash::Hasher::new(alg);
         for x in hashes {
             h.update(x.as_bytes());
         }
@@ -567,7 +575,7 @@ impl SessionAudit {
         self.write_head(event::RECEIPT, |r| {
             r.files = Some(hashes.len() as u64);
             r.bytes = Some(bytes);
-            r.receipt = Some(digest.to_hex().to_string());
+            r.receipt = Some(digest.to_tagged());
             r.peer_head = peer_head.map(|h| record::hex(h));
             r.network_path = path.map(|p| p.name().to_string());
         })
@@ -609,7 +617,15 @@ mod tests {
         let reason = "\u{1b}[31m\"\\".repeat(30_000);
         s.offer(&[1u8; 16], 1, 1, Some(&reason)).await.unwrap();
         s.failed(&reason).await.unwrap();
-        s.receipt(&[], 0, None, None).await.unwrap();
+        s.receipt(
+            &[],
+            crate::crypto::file_hash::HashAlg::Blake3,
+            0,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
         let valid = verify::verify(&super::dir(&home), &chain_key(&me))
             .unwrap()
             .unwrap();
@@ -720,9 +736,13 @@ mod tests {
             tasks.spawn(async move {
                 let s = audit.session(Side::Receive);
                 for i in 0..25u64 {
-                    s.file_completed(&format!("f{i}"), i, &blake3::hash(b"x"))
-                        .await
-                        .unwrap();
+                    s.file_completed(
+                        &format!("f{i}"),
+                        i,
+                        &crate::crypto::file_hash::FileHash::blake3(b"x"),
+                    )
+                    .await
+                    .unwrap();
                 }
             });
         }
@@ -769,9 +789,13 @@ mod tests {
         for i in 0..50u64 {
             let (s, done) = (Arc::clone(&s), Arc::clone(&done));
             tasks.spawn(async move {
-                s.file_completed(&format!("f{i}"), i, &blake3::hash(b"x"))
-                    .await
-                    .unwrap();
+                s.file_completed(
+                    &format!("f{i}"),
+                    i,
+                    &crate::crypto::file_hash::FileHash::blake3(b"x"),
+                )
+                .await
+                .unwrap();
                 done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }

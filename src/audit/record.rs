@@ -126,6 +126,9 @@ pub struct Record {
     /// The file's BLAKE3 (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// The file's SHA-256 (hex), in place of `blake3` for a FIPS session's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Number of files of the offer or receipt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<u64>,
@@ -135,7 +138,8 @@ pub struct Record {
     /// Resume: the byte the file continues from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_byte: Option<u64>,
-    /// BLAKE3 over the receipt's file hashes, in order (hex).
+    /// The hash over the receipt's file hashes, in order, with their algorithm: hex of
+    /// BLAKE3, or `sha256:` and hex of SHA-256 (a FIPS session's receipt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<String>,
     /// Receipt: the peer's audit chain head (hex) exchanged with the receipt (the
@@ -265,6 +269,16 @@ pub fn parse(line: &str) -> Result<Parsed, LineError> {
         mac,
         prev,
     })
+}
+
+impl Record {
+    /// Sets the file's hash: `blake3` or `sha256`, by its algorithm.
+    pub fn set_file_hash(&mut self, h: &crate::crypto::file_hash::FileHash) {
+        match h.alg() {
+            crate::crypto::file_hash::HashAlg::Blake3 => self.blake3 = Some(h.to_hex()),
+            crate::crypto::file_hash::HashAlg::Sha256 => self.sha256 = Some(h.to_hex()),
+        }
+    }
 }
 
 /// Lower-case hex (one allocation, no formatting machinery: every record of the log,

@@ -139,7 +139,7 @@ mod tests {
             item: "00".into(),
             name: "ab".repeat(32),
             to: "clinic-a".into(),
-            blake3: "cd".repeat(32),
+            hash: phi_conduit::crypto::file_hash::FileHash::blake3(b"cd"),
             repeat: true,
         };
         assert_eq!(

@@ -207,6 +207,9 @@ fn describe(r: &audit::record::Record) -> String {
     if let Some(h) = &r.blake3 {
         parts.push(format!("blake3 {h}"));
     }
+    if let Some(h) = &r.sha256 {
+        parts.push(format!("sha256 {h}"));
+    }
     if let Some(why) = &r.reason {
         parts.push(format!("reason: {why}"));
     }

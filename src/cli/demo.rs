@@ -83,7 +83,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         for ((path, size, h), (_, _, theirs)) in r.sent.files.iter().zip(&r.received.files) {
             let same = if h == theirs { "match" } else { "MISMATCH" };
-            println!("  {path}  {size} bytes  blake3 {}  {same}", h.to_hex());
+            println!("  {path}  {size} bytes  {h}  {same}");
         }
         println!(
             "  the relay forwarded {} bytes of ciphertext, held no key, and wrote {} to disk",

@@ -99,10 +99,10 @@ pub(crate) fn events(out: Output, book: &AddressBook) -> Events {
                 b.finish_and_clear();
             }
         }
-        (Output::Json, Event::FileDone { path, size, blake3 }) => {
+        (Output::Json, Event::FileDone { path, size, hash }) => {
             println!(
                 "{}",
-                json!({"event": "file_done", "path": shown.show(&path), "size": size, "blake3": blake3.to_hex().to_string()})
+                json!({"event": "file_done", "path": shown.show(&path), "size": size, hash.alg().name(): hash.to_hex()})
             );
         }
         (Output::Json, Event::Warning { path, message }) => {
@@ -349,7 +349,7 @@ pub(crate) fn report(what: &str, s: &Summary, out: Output, names: &Names) {
                 if i > 0 {
                     w.write_all(b",")?;
                 }
-                let one = json!({"path": names.show(&p.to_string()), "size": size, "blake3": h.to_hex().to_string()});
+                let one = json!({"path": names.show(&p.to_string()), "size": size, h.alg().name(): h.to_hex()});
                 serde_json::to_writer(&mut w, &one)?;
             }
             w.write_all(b"]}\n")?;
@@ -383,12 +383,7 @@ pub(crate) fn report(what: &str, s: &Summary, out: Output, names: &Names) {
             );
         }
         for (p, bytes, h) in &s.files {
-            println!(
-                "  {}  {}  blake3 {}",
-                names.tag(&p.to_string()),
-                size(*bytes),
-                h.to_hex()
-            );
+            println!("  {}  {}  {h}", names.tag(&p.to_string()), size(*bytes));
         }
     }
 }

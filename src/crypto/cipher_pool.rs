@@ -147,9 +147,10 @@ impl Drop for CipherPool {
 }
 
 pub(crate) enum Op {
+    /// Seal; `source` reads the plaintext first, unless the buffer already holds it.
     Seal {
         key: Arc<FileKey>,
-        source: Arc<dyn ChunkSource>,
+        source: Option<Arc<dyn ChunkSource>>,
     },
     Open {
         key: Arc<FileKey>,
@@ -204,7 +205,11 @@ pub(crate) fn run(mut job: Job) {
         let result = match &job.op {
             Op::Seal { key, source } => {
                 let pt_len = job.buf.len() - job.layout.overhead();
-                match source.read_chunk(index, &mut job.buf[..pt_len]) {
+                let read = match source {
+                    Some(source) => source.read_chunk(index, &mut job.buf[..pt_len]),
+                    None => Ok(()),
+                };
+                match read {
                     Ok(()) => {
                         if job.hash {
                             digest = Some(chunk_digest(&job.layout, index, &job.buf[..pt_len]));

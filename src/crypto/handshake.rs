@@ -533,6 +533,15 @@ impl Established {
         self.suite
     }
 
+    /// The hash of the session's files: SHA-256 in the FIPS session (its TLS), BLAKE3
+    /// otherwise.
+    pub fn file_hash(&self) -> crate::crypto::file_hash::HashAlg {
+        match self.transport {
+            Transport::Tls => crate::crypto::file_hash::HashAlg::Sha256,
+            Transport::Noise { .. } => crate::crypto::file_hash::HashAlg::Blake3,
+        }
+    }
+
     /// The Noise handshake hash `h` (an input of the session key schedule; not secret).
     pub fn handshake_hash(&self) -> [u8; 32] {
         self.handshake_hash

@@ -9,6 +9,7 @@
 //! - [`pipeline`]: the same seal and open on N worker threads, in order, over a fixed pool
 //!   of reused buffers handed out as `bytes::Bytes`.
 //! - [`chunk_hash`]: the whole-file BLAKE3, computed per chunk on the workers.
+//! - [`file_hash`]: the whole-file hash of a session (BLAKE3, or SHA-256 in FIPS mode).
 //! - [`fips`]: FIPS mode (cargo feature `fips`): the module's status and start-up checks.
 //! - [`fips_identity`]: FIPS mode's P-256 identity, its certificate and its pin.
 //! - [`fips_session`]: FIPS mode's session over the connection's TLS 1.3, sans IO.
@@ -16,6 +17,7 @@
 pub mod aead;
 pub mod chunk_hash;
 mod cipher_pool;
+pub mod file_hash;
 pub mod fips;
 pub mod fips_identity;
 pub mod fips_session;

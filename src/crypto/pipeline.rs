@@ -31,9 +31,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::crypto::chunk_hash::TreeHash;
 pub use crate::crypto::cipher_pool::CipherPool;
 use crate::crypto::cipher_pool::{Done, Job, Op, run};
+use crate::crypto::file_hash::{FileHash, FileHasher};
 use crate::crypto::stream::{ChunkLayout, FileKey, StreamError};
 
 /// Default number of pool buffers per pipeline: enough to keep every worker busy while
@@ -118,6 +118,15 @@ impl ChunkSource for PositionalFile {
     }
 }
 
+/// Where a sequential file hash takes each chunk's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SequentialAt {
+    /// Right after the dispatch read it (sealing).
+    Read,
+    /// When the opened chunk is delivered in order (opening).
+    Delivery,
+}
+
 /// The shared engine of both pipelines: buffer pool, dispatch and in-order delivery.
 struct Engine {
     pool: Arc<CipherPool>,
@@ -146,7 +155,10 @@ struct Engine {
     end: u64,
     failed: bool,
     /// The whole-file hash being assembled, when hashing was asked for.
-    tree: Option<TreeHash>,
+    tree: Option<FileHasher>,
+    /// Where a sequential hash ([`FileHasher::parallel`] false) is fed the plaintext in
+    /// order: as it is read, for a seal; as it is delivered, for an open.
+    sequential_at: SequentialAt,
     /// `set_tree` got a tree that does not start where the pipeline starts.
     shape_error: bool,
 }
@@ -183,11 +195,12 @@ impl Engine {
             end: layout.count(),
             failed: false,
             tree: None,
+            sequential_at: SequentialAt::Delivery,
             shape_error: false,
         }
     }
 
-    fn set_tree(&mut self, tree: TreeHash) {
+    fn set_tree(&mut self, tree: FileHasher) {
         if tree.pushed() != self.next_deliver {
             self.failed = true;
             self.tree = None;
@@ -278,10 +291,21 @@ impl Engine {
                         return Some(Err(e));
                     }
                 };
+                if self.sequential_at == SequentialAt::Read {
+                    if let Some(tree) = self.tree.as_mut().filter(|t| !t.parallel()) {
+                        // The dispatch read the plaintext into the buffer, in order.
+                        let plain = &buf[..len - self.layout.overhead()];
+                        if tree.push_chunk(&self.layout, index, plain).is_err() {
+                            self.slots[slot] = Some(buf);
+                            self.failed = true;
+                            return Some(Err(PipelineError::HashShape));
+                        }
+                    }
+                }
                 let job = Job {
                     index,
                     layout: self.layout,
-                    hash: self.tree.is_some(),
+                    hash: self.tree.as_ref().is_some_and(FileHasher::parallel),
                     slot,
                     buf,
                     op,
@@ -307,8 +331,18 @@ impl Engine {
                 self.next_deliver += 1;
                 if done.result.is_err() {
                     self.failed = true;
-                } else if let (Some(tree), Some(digest)) = (self.tree.as_mut(), done.digest) {
-                    if tree.push(digest).is_err() {
+                } else if let Some(tree) = self.tree.as_mut() {
+                    let pushed = match done.digest {
+                        Some(digest) => tree.push_digest(digest),
+                        None if !tree.parallel()
+                            && self.sequential_at == SequentialAt::Delivery =>
+                        {
+                            let plain = self.layout.plaintext_len(done.index);
+                            tree.push_chunk(&self.layout, done.index, &done.buf[..plain])
+                        }
+                        None => Ok(()),
+                    };
+                    if pushed.is_err() {
                         self.failed = true;
                         return Some(Err(PipelineError::HashShape));
                     }
@@ -460,17 +494,19 @@ impl SealPipeline {
 }
 
 impl SealPipeline {
-    /// Also computes the whole file's BLAKE3 on the workers, from the plaintext each
-    /// reads. `tree` must already hold the digests of the chunks before `first` (a new
-    /// [`TreeHash`] for a transfer from the start).
-    pub fn with_file_hash(mut self, tree: TreeHash) -> Self {
+    /// Also computes the whole file's hash: BLAKE3 on the workers, from the plaintext
+    /// each reads; SHA-256 on the calling thread, which then reads the plaintext itself,
+    /// in order, before handing the chunk to a worker to seal. `tree` must already hold
+    /// the chunks before `first` (a new [`FileHasher`] for a transfer from the start).
+    pub fn with_file_hash(mut self, tree: FileHasher) -> Self {
+        self.engine.sequential_at = SequentialAt::Read;
         self.engine.set_tree(tree);
         self
     }
 
-    /// The file's BLAKE3 hash, once every chunk has been delivered (with hashing on).
-    pub fn file_hash(&self) -> Option<blake3::Hash> {
-        self.engine.tree.as_ref().and_then(TreeHash::finalize)
+    /// The file's hash, once every chunk has been delivered (with hashing on).
+    pub fn file_hash(&self) -> Option<FileHash> {
+        self.engine.tree.as_ref().and_then(FileHasher::finalize)
     }
 
     /// Lets at most `limit` buffers be busy at once (being sealed, or held downstream
@@ -494,10 +530,24 @@ impl Iterator for SealPipeline {
 
     fn next(&mut self) -> Option<Self::Item> {
         let (key, source) = (&self.key, &self.source);
-        let mut dispatch = |_: u64, _: &mut BytesMut| {
+        // A sequential file hash is fed as the plaintext is read, in order: then the
+        // reading happens here, not on the worker.
+        let read_here = self.engine.tree.as_ref().is_some_and(|t| !t.parallel());
+        let overhead = self.engine.layout.overhead();
+        let mut dispatch = |index: u64, buf: &mut BytesMut| {
+            if !read_here {
+                return Ok(Op::Seal {
+                    key: Arc::clone(key),
+                    source: Some(Arc::clone(source)),
+                });
+            }
+            let plain = buf.len() - overhead;
+            source
+                .read_chunk(index, &mut buf[..plain])
+                .map_err(|source| PipelineError::Io { index, source })?;
             Ok(Op::Seal {
                 key: Arc::clone(key),
-                source: Arc::clone(source),
+                source: None,
             })
         };
         let done = match self.engine.next_done(&mut dispatch)? {
@@ -576,16 +626,18 @@ where
 }
 
 impl<S> OpenPipeline<S> {
-    /// Also computes the whole file's BLAKE3 on the workers, from each opened chunk.
-    /// `tree` must already hold the digests of the chunks before `first`.
-    pub fn with_file_hash(mut self, tree: TreeHash) -> Self {
+    /// Also computes the whole file's hash: BLAKE3 on the workers, from each opened
+    /// chunk; SHA-256 on the calling thread as each chunk is delivered in order. `tree`
+    /// must already hold the chunks before `first`.
+    pub fn with_file_hash(mut self, tree: FileHasher) -> Self {
+        self.engine.sequential_at = SequentialAt::Delivery;
         self.engine.set_tree(tree);
         self
     }
 
-    /// The file's BLAKE3 hash, once every chunk has been delivered (with hashing on).
-    pub fn file_hash(&self) -> Option<blake3::Hash> {
-        self.engine.tree.as_ref().and_then(TreeHash::finalize)
+    /// The file's hash, once every chunk has been delivered (with hashing on).
+    pub fn file_hash(&self) -> Option<FileHash> {
+        self.engine.tree.as_ref().and_then(FileHasher::finalize)
     }
 }
 
@@ -909,13 +961,17 @@ mod tests {
     }
 
     #[test]
-    fn file_hash_on_the_workers_equals_blake3_of_the_file() {
-        use crate::crypto::chunk_hash::{TreeHash, chunk_digest};
+    fn file_hash_equals_the_hash_of_the_file_in_both_algorithms() {
+        use crate::crypto::file_hash::{FileHash, FileHasher, HashAlg};
         let chunk = ChunkSize::new(16 << 10).unwrap();
         let key = Arc::new(FileKey::from_bytes(&[6u8; 32]));
         let pool = CipherPool::new(2).unwrap();
-        for size in [0u64, 7, 16 << 10, 100_000, 300_001] {
+        for (size, alg) in [0u64, 7, 16 << 10, 100_000, 300_001]
+            .into_iter()
+            .flat_map(|s| [(s, HashAlg::Blake3), (s, HashAlg::Sha256)])
+        {
             let data = Arc::new(pattern(size));
+            let want = Some(FileHash::of(alg, &data));
             let layout = ChunkLayout::new(size, chunk);
             let mut seal = SealPipeline::new(
                 pool.clone(),
@@ -925,25 +981,17 @@ mod tests {
                 4,
                 source_of(data.clone(), chunk.bytes()),
             )
-            .with_file_hash(TreeHash::new(&layout));
+            .with_file_hash(FileHasher::new(alg, &layout));
             let wire: Vec<u8> = seal.by_ref().flat_map(|c| c.unwrap().to_vec()).collect();
-            assert_eq!(
-                seal.file_hash(),
-                Some(blake3::hash(&data)),
-                "seal, size {size}"
-            );
+            assert_eq!(seal.file_hash(), want, "seal, {alg:?} size {size}");
 
             // Open from chunk 1 on, with the prefix hashed as a resuming receiver would.
             let first = u64::from(layout.count() > 1);
-            let mut tree = TreeHash::new(&layout);
+            let mut tree = FileHasher::new(alg, &layout);
             for i in 0..first {
                 let start = layout.offset(i) as usize;
-                tree.push(chunk_digest(
-                    &layout,
-                    i,
-                    &data[start..start + layout.plaintext_len(i)],
-                ))
-                .unwrap();
+                tree.push_chunk(&layout, i, &data[start..start + layout.plaintext_len(i)])
+                    .unwrap();
             }
             let mut at = (0..first).map(|i| layout.sealed_len(i)).sum::<usize>();
             let mut open = OpenPipeline::new(
@@ -962,17 +1010,13 @@ mod tests {
             for c in open.by_ref() {
                 c.unwrap();
             }
-            assert_eq!(
-                open.file_hash(),
-                Some(blake3::hash(&data)),
-                "open, size {size}"
-            );
+            assert_eq!(open.file_hash(), want, "open, {alg:?} size {size}");
         }
     }
 
     #[test]
     fn a_tree_hash_that_does_not_match_the_start_is_an_error() {
-        use crate::crypto::chunk_hash::TreeHash;
+        use crate::crypto::file_hash::{FileHasher, HashAlg};
         let chunk = ChunkSize::new(16 << 10).unwrap();
         let layout = ChunkLayout::new(100_000, chunk);
         let key = Arc::new(FileKey::from_bytes(&[6u8; 32]));
@@ -984,7 +1028,7 @@ mod tests {
             4,
             Arc::new(|_: u64, _: &mut [u8]| Ok(())),
         )
-        .with_file_hash(TreeHash::new(&layout));
+        .with_file_hash(FileHasher::new(HashAlg::Blake3, &layout));
         assert!(matches!(p.next(), Some(Err(PipelineError::HashShape))));
         assert!(p.next().is_none());
     }

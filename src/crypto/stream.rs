@@ -328,6 +328,7 @@ pub fn chunk_nonce(index: u64, last: bool) -> [u8; NONCE_LEN] {
 pub struct TransferKey {
     prk: hkdf::Prk,
     suite: Suite,
+    file_hash: crate::crypto::file_hash::HashAlg,
 }
 
 /// 32 bytes of HKDF output.
@@ -347,6 +348,7 @@ impl TransferKey {
         Self {
             prk,
             suite: Suite::ChaCha20Poly1305,
+            file_hash: crate::crypto::file_hash::HashAlg::Blake3,
         }
     }
 
@@ -361,6 +363,18 @@ impl TransferKey {
     /// The suite of the file keys this expands.
     pub fn suite(&self) -> Suite {
         self.suite
+    }
+
+    /// The same keys, for a session whose files are hashed with `alg` (BLAKE3 unless
+    /// set; SHA-256 in the FIPS session).
+    pub fn with_file_hash(mut self, alg: crate::crypto::file_hash::HashAlg) -> Self {
+        self.file_hash = alg;
+        self
+    }
+
+    /// The hash of the session's files (receipts, resume prefixes).
+    pub fn file_hash(&self) -> crate::crypto::file_hash::HashAlg {
+        self.file_hash
     }
 
     /// Expands the key of one file (see the module docs for the exact info string).

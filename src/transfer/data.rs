@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::crypto::chunk_hash::{TreeHash, chunk_digest};
+use crate::crypto::file_hash::{FileHash, FileHasher};
 use crate::crypto::pipeline::{ChunkSource, CipherPool, OpenPipeline, PipelineError, SealPipeline};
 use crate::crypto::stream::{
     ChunkLayout, ChunkSize, FileKey, FileKeyContext, StreamError, TRANSFER_ID_LEN, TransferKey,
@@ -95,8 +95,8 @@ pub struct FileData {
     pub layout: ChunkLayout,
     /// The first chunk sent (the resume point).
     pub first: u64,
-    /// The hash state holding the digests of chunks `0..first`.
-    pub tree: TreeHash,
+    /// The file-hash state holding chunks `0..first`.
+    pub tree: FileHasher,
     /// Pool buffers for the pipeline (see [`buffers_for_window`]).
     pub buffers: usize,
 }
@@ -125,7 +125,7 @@ impl FileData {
             keys,
             &FileKeyContext::fresh(transfer_id, index, chunk),
             size,
-            TreeHash::new(&layout),
+            FileHasher::new(keys.file_hash(), &layout),
             (window, workers),
         )
     }
@@ -137,7 +137,7 @@ impl FileData {
         keys: &TransferKey,
         ctx: &FileKeyContext,
         size: u64,
-        tree: TreeHash,
+        tree: FileHasher,
         sizing: (u64, usize),
     ) -> Self {
         let layout = ChunkLayout::for_suite(size, ctx.chunk_size, keys.suite());
@@ -265,7 +265,7 @@ pub async fn send_file(
     file: FileData,
     source: Arc<dyn ChunkSource>,
     progress: Progress,
-) -> Result<blake3::Hash, DataError> {
+) -> Result<FileHash, DataError> {
     match send_chunks(conn, send, pool, file, source, progress).await {
         Ok(hash) => {
             send.finish()?;
@@ -317,7 +317,7 @@ async fn send_chunks(
     file: FileData,
     source: Arc<dyn ChunkSource>,
     progress: Progress,
-) -> Result<blake3::Hash, DataError> {
+) -> Result<FileHash, DataError> {
     if file.rest_is_one_chunk() {
         return send_single(send, file, source.as_ref(), progress).await;
     }
@@ -401,7 +401,7 @@ async fn send_single(
     file: FileData,
     source: &dyn ChunkSource,
     progress: Progress,
-) -> Result<blake3::Hash, DataError> {
+) -> Result<FileHash, DataError> {
     let (layout, index) = (file.layout, file.first);
     let io = |source: io::Error| DataError::from_pipeline(PipelineError::Io { index, source });
     let mut tree = file.tree;
@@ -411,7 +411,7 @@ async fn send_single(
     let plain = layout.plaintext_len(index);
     let mut buf = BytesMut::zeroed(layout.sealed_len(index));
     source.read_chunk(index, &mut buf[..plain]).map_err(io)?;
-    tree.push(chunk_digest(&layout, index, &buf[..plain]))
+    tree.push_chunk(&layout, index, &buf[..plain])
         .map_err(|_| PipelineError::HashShape)?;
     file.key
         .seal_chunk(index, true, &mut buf)
@@ -481,14 +481,14 @@ impl Drop for CancelOnDrop {
 
 /// Receives one file's chunks `first..` from `recv`, opens them and writes the plaintext
 /// through `sink`; fails if anything follows the last chunk. Returns the whole file's
-/// BLAKE3 hash (including the chunks before `first` that `file.tree` holds).
+/// hash (including the chunks before `first` that `file.tree` holds).
 pub async fn receive_file(
     recv: quinn::RecvStream,
     pool: &Arc<CipherPool>,
     file: FileData,
     mut sink: Sink,
     progress: Progress,
-) -> Result<blake3::Hash, DataError> {
+) -> Result<FileHash, DataError> {
     if file.rest_is_one_chunk() {
         return receive_single(recv, file, sink, progress).await;
     }
@@ -543,7 +543,7 @@ async fn receive_single(
     file: FileData,
     mut sink: Sink,
     progress: Progress,
-) -> Result<blake3::Hash, DataError> {
+) -> Result<FileHash, DataError> {
     let (layout, index) = (file.layout, file.first);
     let mut tree = file.tree;
     if tree.pushed() != index {
@@ -569,7 +569,7 @@ async fn receive_single(
         .open_chunk(index, true, &mut buf)
         .map_err(PipelineError::from)?;
     let plain = &buf[..layout.plaintext_len(index)];
-    tree.push(chunk_digest(&layout, index, plain))
+    tree.push_chunk(&layout, index, plain)
         .map_err(|_| PipelineError::HashShape)?;
     sink(layout.offset(index), plain).map_err(DataError::Sink)?;
     progress(plain.len() as u64);

@@ -20,8 +20,8 @@ pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_mil
 pub struct Summary {
     /// The peer.
     pub peer: PublicKey,
-    /// Files and their BLAKE3.
-    pub files: Vec<(RelPath, u64, blake3::Hash)>,
+    /// Files and their hashes (BLAKE3, or SHA-256 in the FIPS session).
+    pub files: Vec<(RelPath, u64, crate::crypto::file_hash::FileHash)>,
     /// Plaintext bytes of the files (including resumed ones).
     pub bytes: u64,
     /// Bytes not sent again because the receiver held them from an interrupted transfer.
@@ -74,8 +74,8 @@ pub enum Event {
         path: String,
         /// Its size.
         size: u64,
-        /// Its BLAKE3.
-        blake3: blake3::Hash,
+        /// Its hash (BLAKE3, or SHA-256 in the FIPS session).
+        hash: crate::crypto::file_hash::FileHash,
     },
     /// The connection's packets changed path (through the relay's switch, under the
     /// same connection): they go direct, or through the relay again.

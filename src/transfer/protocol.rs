@@ -246,8 +246,9 @@ pub struct ResumePoint {
     /// Chunks the receiver holds (the first chunk to send), at least 1 and below the
     /// file's chunk count.
     pub from_chunk: u64,
-    /// BLAKE3 of those chunks' plaintext, as one byte string.
-    pub prefix_blake3: [u8; 32],
+    /// The hash of those chunks' plaintext as one byte string, with the session's file
+    /// hash (BLAKE3, or SHA-256 in the FIPS session).
+    pub prefix_hash: [u8; 32],
 }
 
 /// The start of the receipt: what the receiver got.
@@ -285,7 +286,7 @@ mod tests {
             ResumePoint {
                 file: u64::MAX,
                 from_chunk: u64::MAX,
-                prefix_blake3: [0xff; 32],
+                prefix_hash: [0xff; 32],
             };
             POINTS_PER_MESSAGE
         ]);

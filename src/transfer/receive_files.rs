@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::crypto::chunk_hash::TreeHash;
+use crate::crypto::file_hash::{FileHash, FileHasher, HashAlg};
 use crate::crypto::identity::PublicKey;
 use crate::crypto::pipeline::CipherPool;
 use crate::crypto::stream::{ChunkLayout, ChunkSize, FileKeyContext, StreamError, TransferKey};
@@ -68,7 +68,15 @@ pub(crate) async fn receive(
         });
     let (plan, refusal) = match refusal {
         Some(r) => (ResumePlan::default(), Some(r)),
-        None => plan_resume(&checks, &peer, &entries, chunk, offer.total_size, &ses.emit)?,
+        None => plan_resume(
+            &checks,
+            &peer,
+            &entries,
+            chunk,
+            offer.total_size,
+            &ses.emit,
+            ses.est.file_hash(),
+        )?,
     };
     // Nothing of the offer exists yet: what it creates and leaves empty goes if it fails.
     let created = CreatedDirs::note(dest.root(), entries.iter().map(|(r, _)| r), &dirs);
@@ -89,14 +97,15 @@ pub(crate) async fn receive(
     let mut superseded = plan.superseded;
 
     let keys = TransferKey::derive(ses.est.file_salt().as_slice(), &offer.session_secret)
-        .with_suite(ses.est.suite());
+        .with_suite(ses.est.suite())
+        .with_file_hash(ses.est.file_hash());
     // In known-recipient mode the transfer id also travelled in message 1: they must agree.
     let transfer_id = offer.transfer_id;
     if ses.est.transfer_id().is_some_and(|t| t != transfer_id) {
         return Err(Violation::TransferIdMismatch.into());
     }
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut got: Vec<Option<blake3::Hash>> = vec![None; entries.len()];
+    let mut got: Vec<Option<FileHash>> = vec![None; entries.len()];
     let mut resumed = 0u64;
     // Files at once (each on its own stream) while they weigh less than FLIGHT_UNITS.
     let mut started = vec![false; entries.len()];
@@ -124,7 +133,7 @@ pub(crate) async fn receive(
                 weight += flight_weight(e.size);
                 let layout = ChunkLayout::new(e.size, chunk);
                 let mut ctx = FileKeyContext::fresh(transfer_id, index, chunk);
-                let mut tree = TreeHash::new(&layout);
+                let mut tree = FileHasher::new(keys.file_hash(), &layout);
                 // Continued in the partial file the plan checked, or started in a new one
                 // (the old one, if the sender started over, is removed once it exists).
                 let held_here = held.remove(&slot);
@@ -226,12 +235,12 @@ pub(crate) async fn receive(
                 ses.emit.emit(Event::FileDone {
                     path: rel.to_string(),
                     size: e.size,
-                    blake3: hash,
+                    hash,
                 });
             }
         }
     }
-    let hashes: Vec<blake3::Hash> = got
+    let hashes: Vec<FileHash> = got
         .into_iter()
         .map(|h| h.ok_or(Violation::MissingFile))
         .collect::<Result<_, _>>()?;
@@ -242,6 +251,7 @@ pub(crate) async fn receive(
         .rec
         .receipt(
             &hashes,
+            ses.est.file_hash(),
             offer.total_size,
             offer.audit_head.as_ref(),
             Some(crate::transport::path::path_of(&ses.conn)),
@@ -275,7 +285,7 @@ struct ResumePlan {
     /// Per file slot: the chunk to continue from, the prefix hash and tree state, the
     /// sidecar, and the partial file itself (open and locked; the prefix was hashed
     /// through it and the rest is written through it).
-    held: std::collections::HashMap<usize, (u64, [u8; 32], TreeHash, Sidecar, std::fs::File)>,
+    held: std::collections::HashMap<usize, (u64, [u8; 32], FileHasher, Sidecar, std::fs::File)>,
     /// Per file slot, the partial file of an older offer of the same file from the same
     /// sender (another size or mtime, or nothing durable): removed once the new one
     /// exists.
@@ -292,6 +302,7 @@ fn plan_resume(
     chunk: ChunkSize,
     total: u64,
     events: &Emit,
+    alg: HashAlg,
 ) -> Result<(ResumePlan, Option<Refusal>), TransferError> {
     let mut plan = ResumePlan::default();
     let mut have = 0u64;
@@ -325,11 +336,11 @@ fn plan_resume(
             plan.superseded.insert(i, sidecar.part);
             continue;
         }
-        let (prefix, tree) = resume::hash_prefix(&file, &layout, from)?;
+        let (prefix, tree) = resume::hash_prefix(&file, &layout, from, alg)?;
         plan.points.push(ResumePoint {
             file: i as u64,
             from_chunk: from,
-            prefix_blake3: prefix,
+            prefix_hash: prefix,
         });
         plan.held.insert(i, (from, prefix, tree, sidecar, file));
         have += layout.offset(from);
@@ -366,7 +377,7 @@ fn plan_resume(
 pub(crate) async fn send_receipt(
     tx: &mut quinn::SendStream,
     est: &mut crate::crypto::handshake::Established,
-    hashes: &[blake3::Hash],
+    hashes: &[FileHash],
     head: Option<[u8; 32]>,
 ) -> Result<(), TransferError> {
     let start = ReceiptStart {

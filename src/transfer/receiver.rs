@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::audit::names::Names;
 use crate::audit::{Audit, AuditError, AuthMethod, SessionAudit, Side};
+use crate::crypto::file_hash::FileHash;
 use crate::crypto::handshake::{Established, Responder};
 use crate::crypto::identity::{Identity, PublicKey};
 use crate::crypto::pake::Code;
@@ -563,15 +564,19 @@ impl<'a> IncomingOffer<'a> {
         self.item
     }
 
+    /// The hash algorithm of this session's files, the one a receipt given to
+    /// [`already_delivered`](Self::already_delivered) must use: SHA-256 in the FIPS
+    /// session, BLAKE3 otherwise.
+    pub fn file_hash(&self) -> crate::crypto::file_hash::HashAlg {
+        self.session.est.file_hash()
+    }
+
     /// Answers an offer whose [`item`](Self::item) this receiver delivered before: the
     /// original receipt (`hashes`, one per offered file, in offer order) instead of a
     /// second copy. The sender checks the hashes against its files. On record as an
     /// accepted offer and its receipt. Refused when the offer carries no item, or the
     /// hashes do not match its files in number.
-    pub async fn already_delivered(
-        self,
-        hashes: &[blake3::Hash],
-    ) -> Result<Summary, TransferError> {
+    pub async fn already_delivered(self, hashes: &[FileHash]) -> Result<Summary, TransferError> {
         let IncomingOffer {
             mut session,
             offer,
@@ -581,8 +586,18 @@ impl<'a> IncomingOffer<'a> {
             ..
         } = self;
         let (conn, rec) = (session.conn.clone(), Arc::clone(&session.rec));
-        if item.is_none() || hashes.len() as u64 != offer.start.count {
-            let refusal = Refusal::new(RefusalCode::Policy, "not a repeated delivery item");
+        let alg = session.est.file_hash();
+        let why = if item.is_none() || hashes.len() as u64 != offer.start.count {
+            Some("not a repeated delivery item")
+        } else if hashes.iter().any(|h| h.alg() != alg) {
+            // Delivered in the other kind of session (FIPS or not): its receipt's hashes
+            // are not the ones this session can check.
+            Some("this item was delivered before under another file hash algorithm")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let refusal = Refusal::new(RefusalCode::Policy, why);
             let e = match session.decide(&offer.start, Some(refusal)).await {
                 Ok(()) => TransferError::Io(std::io::Error::other("a refusal was not sent")),
                 Err(e) => e,
@@ -597,6 +612,7 @@ impl<'a> IncomingOffer<'a> {
                 .rec
                 .receipt(
                     hashes,
+                    alg,
                     offer.start.total_size,
                     offer.start.audit_head.as_ref(),
                     Some(crate::transport::path::path_of(&session.conn)),

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, OFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::chunk_hash::{TreeHash, chunk_digest};
+use crate::crypto::file_hash::{FileHasher, HashAlg, Hasher};
 use crate::crypto::identity::PublicKey;
 use crate::crypto::stream::{ChunkLayout, ChunkSize};
 use crate::fsutil::open_beneath;
@@ -191,23 +191,23 @@ impl Sidecar {
     }
 }
 
-/// BLAKE3 of the first `chunks` chunks of `file` as one byte string, and the file-hash
-/// state holding those chunks' digests (to continue the whole-file hash after them).
+/// The hash (`alg`) of the first `chunks` chunks of `file` as one byte string, and the
+/// file-hash state holding those chunks (to continue the whole-file hash after them).
 pub fn hash_prefix(
     file: &File,
     layout: &ChunkLayout,
     chunks: u64,
-) -> io::Result<([u8; 32], TreeHash)> {
-    let mut flat = blake3::Hasher::new();
-    let mut tree = TreeHash::new(layout);
+    alg: HashAlg,
+) -> io::Result<([u8; 32], FileHasher)> {
+    let mut flat = Hasher::new(alg);
+    let mut tree = FileHasher::new(alg, layout);
     let chunk = u64::from(layout.chunk_size().get());
     let mut buf = vec![0u8; usize::try_from(chunk).map_err(io::Error::other)?];
     for i in 0..chunks {
         let b = &mut buf[..layout.plaintext_len(i)];
         file.read_exact_at(b, layout.offset(i))?;
         flat.update(b);
-        tree.push(chunk_digest(layout, i, b))
-            .map_err(io::Error::other)?;
+        tree.push_chunk(layout, i, b).map_err(io::Error::other)?;
     }
     Ok((*flat.finalize().as_bytes(), tree))
 }
@@ -435,14 +435,17 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         let layout = ChunkLayout::new(data.len() as u64, ChunkSize::new(16384).unwrap());
         let f = File::open(&p).unwrap();
-        let (flat, mut tree) = hash_prefix(&f, &layout, 3).unwrap();
-        assert_eq!(&flat, blake3::hash(&data[..3 * 16384]).as_bytes());
-        for i in 3..layout.count() {
-            let start = layout.offset(i) as usize;
-            let end = start + layout.plaintext_len(i);
-            tree.push(chunk_digest(&layout, i, &data[start..end]))
-                .unwrap();
+        for alg in [HashAlg::Blake3, HashAlg::Sha256] {
+            let (flat, mut tree) = hash_prefix(&f, &layout, 3, alg).unwrap();
+            let prefix = crate::crypto::file_hash::FileHash::of(alg, &data[..3 * 16384]);
+            assert_eq!(&flat, prefix.as_bytes());
+            for i in 3..layout.count() {
+                let start = layout.offset(i) as usize;
+                let end = start + layout.plaintext_len(i);
+                tree.push_chunk(&layout, i, &data[start..end]).unwrap();
+            }
+            let whole = crate::crypto::file_hash::FileHash::of(alg, &data);
+            assert_eq!(tree.finalize().unwrap(), whole);
         }
-        assert_eq!(tree.finalize().unwrap(), blake3::hash(&data));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::audit::{Audit, AuthMethod, SessionAudit, Side};
-use crate::crypto::chunk_hash::TreeHash;
+use crate::crypto::file_hash::{FileHash, FileHasher, Hasher};
 use crate::crypto::fips::NotApproved;
 use crate::crypto::fips_identity::FipsPin;
 use crate::crypto::handshake::Policy as HandshakePolicy;
@@ -411,15 +411,17 @@ impl Sender {
         for p in points {
             let ok = usize::try_from(p.file).is_ok_and(|i| i < files.len())
                 && resume_at
-                    .insert(p.file, (p.from_chunk, p.prefix_blake3))
+                    .insert(p.file, (p.from_chunk, p.prefix_hash))
                     .is_none();
             if !ok {
                 return Err(Violation::UnknownResumePoint.into());
             }
         }
-        let keys = TransferKey::derive(est.file_salt().as_slice(), &secret).with_suite(est.suite());
+        let keys = TransferKey::derive(est.file_salt().as_slice(), &secret)
+            .with_suite(est.suite())
+            .with_file_hash(est.file_hash());
         let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut sent: Vec<Option<blake3::Hash>> = vec![None; files.len()];
+        let mut sent: Vec<Option<FileHash>> = vec![None; files.len()];
         let mut resumed = 0u64;
         // Small files go several at a time (each on its own stream); a large one alone.
         let in_flight = Arc::new(tokio::sync::Semaphore::new(FLIGHT_UNITS as usize));
@@ -438,13 +440,14 @@ impl Sender {
             })?;
             let layout = ChunkLayout::new(f.size, chunk);
             let mut ctx = FileKeyContext::fresh(transfer_id, i as u64, chunk);
-            let mut tree = TreeHash::new(&layout);
+            let mut tree = FileHasher::new(keys.file_hash(), &layout);
             if let Some(&(from, theirs)) = resume_at.get(&(i as u64)) {
                 if from == 0 || from >= layout.count() {
                     return Err(Violation::ResumeOutsideFile.into());
                 }
                 // Continue only over the very same bytes; otherwise send the file again.
-                let (ours, prefix_tree) = resume::hash_prefix(source.file(), &layout, from)?;
+                let (ours, prefix_tree) =
+                    resume::hash_prefix(source.file(), &layout, from, keys.file_hash())?;
                 if ours == theirs {
                     rec.resumed(f.rel.as_str(), f.size, layout.offset(from))
                         .await?;
@@ -506,7 +509,7 @@ impl Sender {
         while let Some(done) = tasks.join_next().await {
             sent_one(done, files, &mut sent)?;
         }
-        let sent: Vec<(RelPath, u64, blake3::Hash)> = files
+        let sent: Vec<(RelPath, u64, FileHash)> = files
             .iter()
             .zip(sent)
             .map(|(f, h)| h.map(|h| (f.rel.clone(), f.size, h)))
@@ -520,9 +523,10 @@ impl Sender {
                 return Err(TransferError::ReceiptMismatch(rel.to_string()));
             }
         }
-        let ours: Vec<blake3::Hash> = sent.iter().map(|(_, _, h)| *h).collect();
+        let ours: Vec<FileHash> = sent.iter().map(|(_, _, h)| *h).collect();
         rec.receipt(
             &ours,
+            est.file_hash(),
             total,
             receiver_head.as_ref(),
             Some(crate::transport::path::path_of(conn)),
@@ -533,7 +537,7 @@ impl Sender {
             events.emit(Event::FileDone {
                 path: rel.to_string(),
                 size: *size,
-                blake3: *hash,
+                hash: *hash,
             });
         }
         let seconds = start.elapsed().as_secs_f64();
@@ -577,8 +581,9 @@ impl Sender {
                 OpenError::Io(e) => TransferError::Io(e),
             })?;
             let fd = source.file().try_clone()?;
+            let alg = est.file_hash();
             let hash = tokio::task::spawn_blocking(move || {
-                let mut h = blake3::Hasher::new();
+                let mut h = Hasher::new(alg);
                 h.update_reader(&fd)?;
                 Ok::<_, std::io::Error>(h.finalize())
             })
@@ -595,6 +600,7 @@ impl Sender {
         }
         rec.receipt(
             &ours,
+            est.file_hash(),
             total,
             receiver_head.as_ref(),
             Some(crate::transport::path::path_of(conn)),
@@ -666,7 +672,7 @@ pub fn flight_weight(size: u64) -> u32 {
 
 /// What a sender's file task ends with: the file's index and its hash, or the index and
 /// what failed.
-type FileOutcome = Result<(usize, blake3::Hash), (usize, FileFailure)>;
+type FileOutcome = Result<(usize, FileHash), (usize, FileFailure)>;
 
 /// Why a file's task failed.
 enum FileFailure {
@@ -680,7 +686,7 @@ enum FileFailure {
 fn sent_one(
     done: Result<FileOutcome, tokio::task::JoinError>,
     files: &[SourceFile],
-    sent: &mut [Option<blake3::Hash>],
+    sent: &mut [Option<FileHash>],
 ) -> Result<(), TransferError> {
     let (i, hash) = match done {
         Ok(Ok(x)) => x,

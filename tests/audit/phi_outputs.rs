@@ -209,9 +209,13 @@ fn write_records(home: &Path, n: usize) {
     rt.block_on(async {
         let s = Audit::open(&home, &me, &book, Options::default()).session(Side::Receive);
         for i in 0..n {
-            s.file_completed(&format!("f{i}"), i as u64, &blake3::hash(b"x"))
-                .await
-                .unwrap();
+            s.file_completed(
+                &format!("f{i}"),
+                i as u64,
+                &phi_conduit::crypto::file_hash::FileHash::blake3(b"x"),
+            )
+            .await
+            .unwrap();
         }
     });
 }

@@ -3,7 +3,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use phi_conduit::crypto::chunk_hash::TreeHash;
+use phi_conduit::crypto::file_hash::{FileHash, FileHasher, HashAlg};
 use phi_conduit::crypto::pipeline::{CipherPool, PositionalFile};
 use phi_conduit::crypto::stream::{
     CHUNK_OVERHEAD, ChunkLayout, ChunkSize, FileKeyContext, StreamError, TransferKey,
@@ -32,7 +32,7 @@ fn file_data(size: u64, first: u64) -> FileData {
         key: Arc::new(key),
         layout,
         first,
-        tree: TreeHash::new(&layout),
+        tree: FileHasher::new(HashAlg::Blake3, &layout),
         buffers: 16,
     }
 }
@@ -77,13 +77,13 @@ async fn a_file_crosses_quic_intact_with_matching_hashes() {
         .await
         .unwrap();
     let sent = sender.await.unwrap();
-    assert_eq!(sent, blake3::hash(&content));
+    assert_eq!(sent, FileHash::blake3(&content));
     assert_eq!(got, sent);
     assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), content);
 }
 
 /// Sends raw bytes as "file data" and returns what the receiver says.
-async fn receive_raw(size: u64, wire: Vec<u8>) -> Result<blake3::Hash, DataError> {
+async fn receive_raw(size: u64, wire: Vec<u8>) -> Result<FileHash, DataError> {
     let (_ep, client, server) = pair().await;
     let pool = CipherPool::new(2).unwrap();
     tokio::spawn(async move {
@@ -160,7 +160,7 @@ async fn bytes_after_the_last_chunk_are_rejected() {
 async fn the_honest_wire_image_is_accepted() {
     let size = 300_000;
     let hash = receive_raw(size, sealed_wire(size)).await.unwrap();
-    assert_eq!(hash, blake3::hash(&pattern(size as usize)));
+    assert_eq!(hash, FileHash::blake3(&pattern(size as usize)));
 }
 
 /// A file of one chunk (every small file) is opened on the receiving task itself, not in
@@ -172,7 +172,7 @@ async fn a_one_chunk_file_has_the_pipelines_verdicts() {
     let honest = sealed_wire(size);
     assert_eq!(file_data(size, 0).layout.count(), 1);
     let hash = receive_raw(size, honest.clone()).await.unwrap();
-    assert_eq!(hash, blake3::hash(&pattern(size as usize)));
+    assert_eq!(hash, FileHash::blake3(&pattern(size as usize)));
 
     for cut in [0, 1, honest.len() / 2, honest.len() - 1] {
         let err = receive_raw(size, honest[..cut].to_vec()).await.unwrap_err();

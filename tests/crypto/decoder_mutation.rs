@@ -91,7 +91,7 @@ fn offer_messages() -> Vec<Vec<u8>> {
         postcard::to_allocvec(&ResumePoints(vec![ResumePoint {
             file: 1,
             from_chunk: 2,
-            prefix_blake3: [6; 32],
+            prefix_hash: [6; 32],
         }]))
         .unwrap(),
         postcard::to_allocvec(&ReceiptStart {

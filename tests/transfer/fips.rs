@@ -6,6 +6,7 @@
 //! FIPS one: `.ci/run` keeps a copy and names it in `CONDUIT_DEFAULT_BIN`. Without it
 //! that test says so and passes, unless `CI` is set, where it fails.
 
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -84,6 +85,13 @@ fn two_fips_endpoints_move_64_mib_directly_and_through_a_relay() {
     let (sent, got) = (done_of(&text(&out.stdout)), done_of(&rout));
     assert_eq!(sent["suite"], "aes-256-gcm-random-iv", "{sent}");
     assert_eq!(got["suite"], "aes-256-gcm-random-iv", "{got}");
+    // The receipt is SHA-256, the one `sha256sum` computes, at both ends.
+    let want = sha256sum(&src);
+    for done in [&sent, &got] {
+        let file = &done["files"][0];
+        assert_eq!(file["sha256"], want.as_str(), "{done}");
+        assert!(file.get("blake3").is_none(), "{done}");
+    }
 
     // Through a relay (every packet through it).
     let relay = common::start_relay(&[]);
@@ -108,9 +116,41 @@ fn two_fips_endpoints_move_64_mib_directly_and_through_a_relay() {
     }
     let (s, r) = (receipts(&p.sender), receipts(&p.receiver));
     assert_eq!((s.len(), r.len()), (2, 2), "{s:?} {r:?}");
+    // The receipt record: SHA-256 over the files' SHA-256 hashes (one file here).
+    let file_hash = hex::decode(&want).unwrap();
+    let over = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&file_hash)));
     for (a, b) in s.iter().zip(&r) {
         assert_eq!(a["receipt"], b["receipt"]);
+        assert_eq!(a["receipt"], over.as_str(), "{a}");
     }
+    // Each file's record carries its SHA-256, no BLAKE3.
+    for home in [&p.sender, &p.receiver] {
+        let files: Vec<_> = common::audit_text(home)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["event"] == "file_completed")
+            .collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        for f in &files {
+            assert_eq!(f["sha256"], want.as_str(), "{f}");
+            assert!(f.get("blake3").is_none(), "{f}");
+        }
+    }
+}
+
+/// The file's SHA-256 as coreutils' `sha256sum` prints it: an implementation apart from
+/// the module's.
+fn sha256sum(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
