@@ -2,6 +2,7 @@
 //! build): the outbox delivers to a peer pinned by its FIPS key, over FIPS mode's session,
 //! and an outbox whose recipient has no FIPS pin fails its items with the reason.
 
+use sha2::Digest;
 use std::path::Path;
 
 use crate::agent_flow::{configure, endpoint, files_in, start_agent, stop_agent, wait_until};
@@ -92,6 +93,24 @@ fn fips_agents_deliver_to_a_pinned_peer_and_fail_items_for_an_unpinned_one() {
         "{}",
         failed()
     );
-    stop_agent(sender);
-    stop_agent(receiver);
+    // Each receipt at both ends is the file's SHA-256 (a FIPS session's hash).
+    let sha = |i: u8| hex::encode(sha2::Sha256::digest(vec![b'a' + i; 40_000]));
+    let want: Vec<String> = (0..3).map(sha).collect();
+    for (events, kind) in [
+        (stop_agent(sender), "delivered"),
+        (stop_agent(receiver), "received"),
+    ] {
+        let mut got: Vec<String> = events
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .map(|e| {
+                assert!(e.get("blake3").is_none(), "{e}");
+                e["sha256"].as_str().unwrap_or_default().to_string()
+            })
+            .collect();
+        got.sort();
+        let mut want = want.clone();
+        want.sort();
+        assert_eq!(got, want, "{kind}");
+    }
 }

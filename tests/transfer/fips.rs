@@ -138,6 +138,57 @@ fn two_fips_endpoints_move_64_mib_directly_and_through_a_relay() {
     }
 }
 
+/// An interrupted FIPS transfer resumes over the SHA-256 of the prefix both ends hold (a
+/// prefix hash in the wrong algorithm would not match and the file would start over), and
+/// the whole file's SHA-256 is still checked.
+#[test]
+fn an_interrupted_fips_transfer_resumes_and_its_receipt_is_the_whole_files_sha256() {
+    const SIZE: u64 = 192 << 20;
+    let p = fips_pair();
+    let src = p.root.join("big.bin");
+    common::write_large(&src, SIZE);
+    let out = p.root.join("out");
+    let (mut rx, addr) = direct_receiver(&p, &out, &[]);
+    let mut cmd = conduit(&p.sender);
+    cmd.arg("send")
+        .arg(&src)
+        .args(["--json", "--to", "lab", "--direct", &addr]);
+    let mut tx = common::Running::spawn(cmd);
+    common::wait_for_durable(&out, "big.bin", 24 << 20);
+    rx.signal(libc::SIGKILL);
+    tx.signal(libc::SIGKILL);
+    let _ = (rx.finish(), tx.finish());
+    assert!(!out.join("big.bin").exists());
+    assert_eq!(
+        common::parts(&out).len(),
+        1,
+        "the partial file was not kept"
+    );
+
+    let (mut rx, addr) = direct_receiver(&p, &out, &[]);
+    let sent = conduit(&p.sender)
+        .arg("send")
+        .arg(&src)
+        .args(["--json", "--to", "lab", "--direct", &addr])
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let (status, rout, rerr) = rx.finish();
+    assert!(status.success(), "{rerr}");
+    let done = done_of(&rout);
+    let resumed = done["resumed_bytes"].as_u64().unwrap();
+    assert!(
+        (24 << 20..SIZE).contains(&resumed),
+        "resumed {resumed} bytes"
+    );
+    assert!(common::same_file(&src, &out.join("big.bin")));
+    assert_eq!(
+        done["files"][0]["sha256"],
+        sha256sum(&src).as_str(),
+        "{done}"
+    );
+}
+
 /// The file's SHA-256 as coreutils' `sha256sum` prints it: an implementation apart from
 /// the module's.
 fn sha256sum(path: &Path) -> String {
