@@ -177,6 +177,9 @@ pub struct FileConfig {
     /// `[[inbox]]`: where `conduit agent` puts what each sender sends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inbox: Vec<crate::agent::config::InboxFile>,
+    /// `[console]`: the agent's local web console (docs/CONSOLE.md).
+    #[serde(default, skip_serializing_if = "crate::console::ConsoleFile::is_empty")]
+    pub console: crate::console::ConsoleFile,
 }
 
 /// The configuration file of a home (empty when there is none).

@@ -86,6 +86,7 @@
 pub mod agent;
 pub mod audit;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod fsutil;
 pub mod home;

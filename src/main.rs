@@ -15,7 +15,7 @@ use std::process::ExitCode;
 // The library's modules, at this crate's root, so the binary's modules reach them as
 // `crate::audit`, `crate::transfer`, ... as they did when they were part of the library.
 use phi_conduit::{
-    agent, audit, config, crypto, fsutil, home, peers, relay, session, transfer, transport,
+    agent, audit, config, console, crypto, fsutil, home, peers, relay, session, transfer, transport,
 };
 
 mod bench;

@@ -279,6 +279,8 @@ pub struct AgentConfig {
     pub receiving: usize,
     /// The metrics address, if any.
     pub metrics: Option<SocketAddr>,
+    /// The web console's address (`[console] listen`, loopback only), if any.
+    pub console: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -441,6 +443,11 @@ impl AgentConfig {
                 ));
             }
         };
+        let console =
+            crate::console::check(&file.console).map_err(|message| AgentConfigError::Rule {
+                rule: "[console]".into(),
+                message,
+            })?;
         Ok(AgentConfig {
             outboxes,
             inboxes,
@@ -452,6 +459,7 @@ impl AgentConfig {
             sending: usize::from(sending),
             receiving: usize::from(receiving),
             metrics: agent.metrics,
+            console,
         })
     }
 

@@ -185,7 +185,7 @@ pub struct Item {
     pub next_attempt_ms: i64,
     /// When it was queued (ms since the epoch).
     pub created_ms: i64,
-    /// The BLAKE3 of the receipt (hex), once delivered.
+    /// The receipt's file hash once delivered (hex of BLAKE3, or `sha256:` and hex).
     pub receipt: Option<String>,
     /// Why it failed or is being retried.
     pub reason: Option<String>,
@@ -255,6 +255,19 @@ pub struct Received {
     pub inbox: String,
     /// The stored name it got there.
     pub name: String,
+}
+
+/// One row of [`Queue::received_page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedItem {
+    /// The sender's key text.
+    pub sender: String,
+    /// The item id.
+    pub item: String,
+    /// When it was recorded (ms since the epoch).
+    pub at_ms: i64,
+    /// What arrived.
+    pub received: Received,
 }
 
 /// Counts for `agent status` and the metrics.
@@ -581,6 +594,42 @@ impl Queue {
             "{SELECT_ITEM} ORDER BY i.created_ms DESC, i.id LIMIT ?1"
         ))?;
         let rows = stmt.query_map(params![limit as i64], item_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A page of items, newest first: `limit` of them after the first `offset`.
+    pub fn list_page(&self, offset: usize, limit: usize) -> Result<Vec<Item>, QueueError> {
+        let mut stmt = self.db.prepare(&format!(
+            "{SELECT_ITEM} ORDER BY i.created_ms DESC, i.id LIMIT ?1 OFFSET ?2"
+        ))?;
+        let rows = stmt.query_map(params![limit as i64, offset as i64], item_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A page of what the inboxes received, newest first: `limit` after the first
+    /// `offset`.
+    pub fn received_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ReceivedItem>, QueueError> {
+        let mut stmt = self.db.prepare(
+            "SELECT sender, item, blake3, size, inbox, name, at_ms FROM received
+             ORDER BY at_ms DESC, item LIMIT ?1 OFFSET ?2",
+        )?;
+        let rows = stmt.query_map(params![limit as i64, offset as i64], |r| {
+            Ok(ReceivedItem {
+                sender: r.get(0)?,
+                item: r.get(1)?,
+                at_ms: r.get(6)?,
+                received: Received {
+                    hash: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                    inbox: r.get(4)?,
+                    name: r.get(5)?,
+                },
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -76,6 +76,8 @@ pub enum AgentEvent {
         listen: Option<String>,
         /// The metrics endpoint's address.
         metrics: Option<String>,
+        /// The web console's address.
+        console: Option<String>,
     },
     /// A stable file was queued for a recipient.
     Queued {
@@ -230,6 +232,15 @@ impl Shared {
     }
 }
 
+/// Aborts a task when dropped (the console's server when the agent stops).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The path's text as the queue keys outboxes by.
 fn key_of(path: &Path) -> String {
     path.to_string_lossy().into_owned()
@@ -280,6 +291,41 @@ impl Agent {
             }
             None => None,
         };
+        let console = match self.config.console {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                let local = listener.local_addr()?;
+                let mut folders: Vec<(String, PathBuf)> = Vec::new();
+                let mut name_dirs = Vec::new();
+                for o in &self.config.outboxes {
+                    folders.push(("outbox".into(), o.path.clone()));
+                    name_dirs.extend([o.path.clone(), o.sent_dir(), o.failed_dir()]);
+                }
+                for b in &self.config.inboxes {
+                    folders.push(("inbox".into(), b.path.clone()));
+                    name_dirs.push(b.path.clone());
+                }
+                let console = crate::console::server::Console {
+                    home: self
+                        .queue_path
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default(),
+                    listen: local,
+                    queue_path: self.queue_path.clone(),
+                    book: self.book.clone(),
+                    identity: self.identity.clone(),
+                    audit: self.audit.clone(),
+                    folders,
+                    relay: self.relay.as_ref().map(|r| r.relays.join(", ")),
+                    sessions: crate::console::login::Sessions::default(),
+                    names: (self.audit.names(), name_dirs),
+                };
+                let task = tokio::spawn(crate::console::server::serve(listener, Arc::new(console)));
+                Some((local.to_string(), AbortOnDrop(task)))
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             agent: self,
             names,
@@ -323,6 +369,7 @@ impl Agent {
             inboxes: shared.agent.config.inboxes.len(),
             listen,
             metrics: metrics_at,
+            console: console.as_ref().map(|(at, _)| at.clone()),
         });
         if !shared.agent.config.outboxes.is_empty() {
             tasks.spawn(scanner(Arc::clone(&shared), stopping.clone()));

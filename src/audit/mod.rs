@@ -308,6 +308,24 @@ impl Audit {
         inner.group.log().append(r).map(|_| ())
     }
 
+    /// Something done in the web console: a login, a refused login, a logout, an
+    /// action on a queue item (`what`, in `reason`). Blocking (a short append).
+    pub fn console(&self, what: &str) -> Result<(), AuditError> {
+        let Some(inner) = &self.0 else {
+            return Ok(());
+        };
+        let r = Record {
+            v: record::SCHEMA_VERSION,
+            ts: record::now(),
+            event: event::CONSOLE.into(),
+            local: inner.local.clone(),
+            role: Some("console".into()),
+            reason: Some(record::bounded(what)),
+            ..Record::default()
+        };
+        inner.group.log().append(r).map(|_| ())
+    }
+
     /// The records of one transfer, under a new random session id.
     pub fn session(&self, side: Side) -> SessionAudit {
         let mut id = [0u8; 8];

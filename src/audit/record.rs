@@ -77,6 +77,8 @@ pub mod event {
     /// The agent ran an inbox's `on_receive` program (`reason`: how it ended and how long
     /// it ran).
     pub const HOOK_RAN: &str = "hook_ran";
+    /// The web console: a login, a refused login, a logout, an action (`reason`).
+    pub const CONSOLE: &str = "console";
 }
 
 /// The fields of a record. `None` fields are left out of the line.

@@ -74,6 +74,7 @@ fn human(e: &AgentEvent, hashed: bool) -> String {
             inboxes,
             listen,
             metrics,
+            console,
         } => {
             let mut at = listen
                 .as_ref()
@@ -81,6 +82,11 @@ fn human(e: &AgentEvent, hashed: bool) -> String {
                 .unwrap_or_default();
             if let Some(m) = metrics {
                 at.push_str(&format!("; metrics on http://{m}/metrics"));
+            }
+            if let Some(c) = console {
+                at.push_str(&format!(
+                    "; console on http://{c} (`conduit console url` to log in)"
+                ));
             }
             format!(
                 "agent running: {outboxes} outbox(es), {inboxes} inbox(es){at}; SIGTERM or Ctrl-C to stop"

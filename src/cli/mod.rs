@@ -14,6 +14,7 @@ mod audit;
 mod bench;
 mod certs;
 mod config;
+mod console;
 mod demo;
 mod init;
 mod keys;
@@ -144,6 +145,9 @@ pub enum Command {
     /// The agent's durable queue: list, retry or cancel delivery items.
     #[command(subcommand, arg = home_arg())]
     Queue(agent::QueueCommand),
+    /// The agent's local web console: print a login link (docs/CONSOLE.md).
+    #[command(subcommand, arg = home_arg())]
+    Console(console::ConsoleCommand),
     /// Measure throughput against raw baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -180,6 +184,7 @@ impl Command {
             Command::Audit(_) => "audit",
             Command::Agent(_) => "agent",
             Command::Queue(_) => "queue",
+            Command::Console(_) => "console",
             Command::Bench(_) => "bench",
         }
     }
@@ -582,6 +587,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(&home()?, cmd),
         Command::Agent(args) => agent::run(&home()?, args),
         Command::Queue(cmd) => agent::queue(&home()?, cmd),
+        Command::Console(cmd) => console::run(&home()?, cmd),
         Command::Config(cmd) => config::run(&home()?, cmd),
     }
 }

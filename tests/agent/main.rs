@@ -8,3 +8,4 @@ mod agent_cli;
 #[cfg(feature = "fips")]
 mod agent_fips;
 mod agent_flow;
+mod console;

@@ -1,0 +1,272 @@
+//! The console's pages, rendered on the server: plain HTML forms and tables that read
+//! correctly without JavaScript. Every name from a peer or a folder is shown through
+//! [`crate::transfer::paths::escape`] (control, bidi and invisible characters visible)
+//! and HTML-escaped by the template.
+
+use maud::{DOCTYPE, Markup, html};
+
+use crate::agent::queue::{Counts, Item, ReceivedItem, State};
+
+/// Items or received files per page.
+pub(super) const PAGE: usize = 100;
+
+/// The pages of the navigation bar.
+const NAV: &[(&str, &str)] = &[
+    ("/outbox", "Outbox"),
+    ("/inbox", "Inbox"),
+    ("/peers", "Peers"),
+    ("/audit", "Audit"),
+    ("/health", "Health"),
+];
+
+/// A name as the console shows it.
+pub(super) fn shown(name: &str) -> String {
+    crate::transfer::paths::escape(name)
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC).
+pub(super) fn when(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.replace_nanosecond(0)
+                .ok()?
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A byte count for people.
+pub(super) fn bytes(n: u64) -> String {
+    crate::transfer::sentences::size(n)
+}
+
+/// The frame of every page: title, navigation, logout form, content.
+pub(super) fn layout(title: &str, active: &str, csrf: Option<&str>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · phi-conduit" }
+                link rel="stylesheet" href="/static/console.css";
+            }
+            body {
+                header {
+                    span.brand { "phi-conduit" }
+                    @if csrf.is_some() {
+                        nav {
+                            @for (href, label) in NAV {
+                                a href=(href) class=[(*href == active).then_some("active")] { (label) }
+                            }
+                        }
+                    }
+                    @if let Some(csrf) = csrf {
+                        form.logout method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// A page that says why nothing is shown (not logged in, a refused link, an error).
+pub(super) fn message(title: &str, text: &str) -> Markup {
+    layout(
+        title,
+        "",
+        None,
+        html! {
+            p { (text) }
+            p { "To log in, run " code { "conduit console url" } " on this machine and open the link it prints." }
+        },
+    )
+}
+
+fn pager(base: &str, page: usize, more: bool) -> Markup {
+    html! {
+        nav.pager {
+            @if page > 0 {
+                a href={ (base) "?page=" (page - 1) } { "← newer" }
+            }
+            " page " (page + 1) " "
+            @if more {
+                a href={ (base) "?page=" (page + 1) } { "older →" }
+            }
+        }
+    }
+}
+
+fn state_class(s: State) -> &'static str {
+    match s {
+        State::Queued => "queued",
+        State::Sending => "sending",
+        State::Delivered => "ok",
+        State::Failed => "bad",
+        State::Cancelled => "off",
+    }
+}
+
+/// The outbox: every item, newest first, a page at a time.
+pub(super) fn outbox(
+    items: &[Item],
+    counts: &Counts,
+    page: usize,
+    more: bool,
+    csrf: &str,
+) -> Markup {
+    let body = html! {
+        p.counts {
+            (counts.queued) " queued · " (counts.sending) " sending · "
+            (counts.delivered) " delivered · " (counts.failed) " failed · "
+            (counts.cancelled) " cancelled"
+            @if let Some(s) = counts.oldest_pending_secs { " · oldest waiting " (s) " s" }
+        }
+        @if items.is_empty() && page == 0 {
+            p { "Nothing was queued yet: files dropped into an outbox folder appear here." }
+        } @else {
+            table {
+                thead { tr { th { "File" } th { "To" } th { "State" } th { "Attempts" } th { "Queued" } th { "Receipt or reason" } th {} } }
+                tbody {
+                    @for i in items {
+                        tr id={ "item-" (i.id) } {
+                            td.name { (shown(&i.name)) br; small { (bytes(i.size)) } }
+                            td { (shown(&i.recipient)) }
+                            td { span class={ "state " (state_class(i.state)) } { (i.state.as_str()) } }
+                            td { (i.attempts) }
+                            td { (when(i.created_ms)) }
+                            td.detail {
+                                @if let Some(r) = &i.receipt { code title=(r) { (r) } }
+                                @if let Some(why) = &i.reason { span.reason { (why) } }
+                            }
+                            td.actions {
+                                @if matches!(i.state, State::Queued | State::Failed) {
+                                    form method="post" action={ "/outbox/" (i.id) "/retry" } {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        button type="submit" { "Retry now" }
+                                    }
+                                }
+                                @if !i.state.is_final() {
+                                    form method="post" action={ "/outbox/" (i.id) "/cancel" } {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        button type="submit" { "Cancel" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            (pager("/outbox", page, more))
+        }
+    };
+    layout("Outbox", "/outbox", Some(csrf), body)
+}
+
+/// One received file as the inbox page shows it.
+pub(super) struct Arrived<'a> {
+    /// The row.
+    pub(super) row: &'a ReceivedItem,
+    /// The sender's name in the address book, if it is there.
+    pub(super) from: Option<&'a str>,
+    /// The sender's fingerprint, if its key parses.
+    pub(super) fingerprint: Option<String>,
+}
+
+/// The inbox: what arrived, newest first. Names and places only: no file is opened.
+pub(super) fn inbox(rows: &[Arrived<'_>], page: usize, more: bool, csrf: &str) -> Markup {
+    let body = html! {
+        @if rows.is_empty() && page == 0 {
+            p { "Nothing has arrived yet." }
+        } @else {
+            table {
+                thead { tr { th { "File" } th { "From" } th { "Arrived" } th { "Size" } th { "Verified receipt" } th { "Where" } } }
+                tbody {
+                    @for a in rows {
+                        tr {
+                            td.name { (shown(&a.row.received.name)) }
+                            td {
+                                (a.from.map_or_else(|| "unknown sender".to_string(), shown))
+                                @if let Some(f) = &a.fingerprint { br; small { code { (f) } } }
+                            }
+                            td { (when(a.row.at_ms)) }
+                            td { (bytes(a.row.received.size)) }
+                            td.detail { code title=(a.row.received.hash) { (a.row.received.hash) } }
+                            td.detail { (shown(&a.row.received.inbox)) }
+                        }
+                    }
+                }
+            }
+            (pager("/inbox", page, more))
+        }
+    };
+    layout("Inbox", "/inbox", Some(csrf), body)
+}
+
+/// One address-book entry as the peers page shows it.
+pub(super) struct PeerRow {
+    /// Its name.
+    pub(super) name: String,
+    /// Its fingerprint.
+    pub(super) fingerprint: String,
+    /// Whether a FIPS pin is known.
+    pub(super) fips: bool,
+}
+
+/// The address book.
+pub(super) fn peers(rows: &[PeerRow], csrf: &str) -> Markup {
+    let body = html! {
+        p { "Before trusting a peer, compare its fingerprint with the one its own machine shows (" code { "conduit id" } "), by telephone or in person. Peers are added with " code { "conduit peers add" } "." }
+        table {
+            thead { tr { th { "Name" } th { "Fingerprint" } th { "FIPS pin" } } }
+            tbody {
+                @for p in rows {
+                    tr { td { (shown(&p.name)) } td { code { (p.fingerprint) } } td { @if p.fips { "known" } @else { "none" } } }
+                }
+            }
+        }
+    };
+    layout("Peers", "/peers", Some(csrf), body)
+}
+
+/// The audit trail's state.
+pub(super) fn audit(status: &str, ok: bool, csrf: &str) -> Markup {
+    let body = html! {
+        p { span class={ "state " (if ok { "ok" } else { "bad" }) } { (if ok { "chain valid" } else { "chain NOT valid" }) } " " (status) }
+        p { "The full records and an export: " code { "conduit audit show" } ", " code { "conduit audit export" } " (docs/HIPAA.md)." }
+    };
+    layout("Audit", "/audit", Some(csrf), body)
+}
+
+/// One line of the health page.
+pub(super) struct Check {
+    /// What.
+    pub(super) what: String,
+    /// Its value.
+    pub(super) value: String,
+    /// Whether it is fine.
+    pub(super) ok: bool,
+}
+
+/// The agent's health: queue depth and age, disk space, the relay.
+pub(super) fn health(checks: &[Check], csrf: &str) -> Markup {
+    let body = html! {
+        table {
+            tbody {
+                @for c in checks {
+                    tr { th { (c.what) } td { span class={ "state " (if c.ok { "ok" } else { "bad" }) } { (if c.ok { "ok" } else { "check" }) } " " (c.value) } }
+                }
+            }
+        }
+    };
+    layout("Health", "/health", Some(csrf), body)
+}

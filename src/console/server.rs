@@ -1,0 +1,512 @@
+//! The console's HTTP server (axum, HTTP/1.1, loopback only).
+//!
+//! Every request passes [`guard`]: its `Host` must be the console's own address (a page
+//! of another site that rebinds a name to 127.0.0.1 is refused, 421), and a request that
+//! changes anything must come from the console's own origin (`Origin`, 403) and carry the
+//! session's CSRF token (403). Pages need the session cookie (`HttpOnly`,
+//! `SameSite=Strict`), which only a one-time login link sets; without it a page says how
+//! to log in and shows no data (401). Every response carries a Content-Security-Policy
+//! that allows only the console's own stylesheet (no script, no other origin, no frame)
+//! and `Cache-Control: no-store`. Logins, refused logins, logouts and every action go to
+//! the audit trail (event `console`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use crate::agent::queue::Queue;
+use crate::audit::Audit;
+use crate::console::login::{self, Sessions};
+use crate::console::pages;
+use crate::crypto::identity::{Identity, PublicKey};
+use crate::peers::AddressBook;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "conduit_console";
+
+/// The Content-Security-Policy of every response.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+const CSS: &str = include_str!("console.css");
+
+/// The pages a login link may lead to (`next`).
+const PAGES: &[&str] = &["/outbox", "/inbox", "/peers", "/audit", "/health"];
+
+/// What the console serves from.
+pub struct Console {
+    /// The endpoint's home (login tokens).
+    pub home: PathBuf,
+    /// The address it listens on.
+    pub listen: SocketAddr,
+    /// The agent's queue.
+    pub queue_path: PathBuf,
+    /// The address book.
+    pub book: AddressBook,
+    /// The identity (for the audit chain's key).
+    pub identity: Identity,
+    /// The audit trail.
+    pub audit: Audit,
+    /// Outbox and inbox folders (for disk space).
+    pub folders: Vec<(String, PathBuf)>,
+    /// The relay, if one is configured.
+    pub relay: Option<String>,
+    /// The open sessions.
+    pub sessions: Sessions,
+    /// How the queue stores file names (as they are, or keyed hashes in names mode
+    /// hash), and the folders whose entries give a hash its name back.
+    pub names: (crate::audit::names::Names, Vec<PathBuf>),
+}
+
+impl Console {
+    /// Whether `host` (a Host header) names this console.
+    fn is_own_host(&self, host: &str) -> bool {
+        let port = self.listen.port();
+        host == self.listen.to_string()
+            || (self.listen.ip().is_loopback() && host == format!("localhost:{port}"))
+    }
+
+    /// Whether `origin` (an Origin header) is this console's.
+    fn is_own_origin(&self, origin: &str) -> bool {
+        origin
+            .strip_prefix("http://")
+            .is_some_and(|h| self.is_own_host(h))
+    }
+
+    /// The session of a request: its cookie and CSRF token.
+    fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))?
+            .to_string();
+        let csrf = self.sessions.check(&cookie)?;
+        Some((cookie, csrf))
+    }
+
+    /// The name a person reads for a stored name: itself, or in names mode hash the name
+    /// of the entry of an outbox, its `sent/` or `failed/`, or an inbox whose keyed hash
+    /// it is (entries are listed, never opened); a hash whose file is gone stays hidden.
+    fn resolver(&self) -> impl Fn(&str) -> String + use<> {
+        let (names, dirs) = &self.names;
+        let mut known = HashMap::new();
+        if names.hides() {
+            for dir in dirs {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                for e in entries.flatten().take(100_000) {
+                    if let Ok(name) = e.file_name().into_string() {
+                        if let Some(h) = names.hash(&name) {
+                            known.insert(h, name);
+                        }
+                    }
+                }
+            }
+        }
+        let hides = names.hides();
+        move |stored: &str| match known.get(stored) {
+            Some(real) => real.clone(),
+            None if hides => format!("(name hidden, #{})", stored.get(..12).unwrap_or(stored)),
+            None => stored.to_string(),
+        }
+    }
+
+    fn note(&self, what: &str) {
+        let _ = self.audit.console(what);
+    }
+}
+
+/// Serves the console on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, console: Arc<Console>) {
+    let app = Router::new()
+        .route("/", get(|| async { Redirect::to("/outbox") }))
+        .route("/login", get(login_page))
+        .route("/logout", post(logout))
+        .route("/outbox", get(outbox))
+        .route("/outbox/{id}/{action}", post(item_action))
+        .route("/inbox", get(inbox))
+        .route("/peers", get(peers))
+        .route("/audit", get(audit))
+        .route("/health", get(health))
+        .route("/static/console.css", get(css))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn_with_state(Arc::clone(&console), guard))
+        .with_state(console);
+    let _ = axum::serve(listener, app).await;
+}
+
+/// The checks of every request, and the headers of every response.
+async fn guard(State(c): State<Arc<Console>>, req: Request, next: Next) -> Response {
+    // Decided before the request moves on (a borrow of it may not live across an await).
+    let (own_host, own_origin, reads) = {
+        let header_of = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        (
+            header_of(header::HOST).is_some_and(|h| c.is_own_host(h)),
+            header_of(header::ORIGIN).is_some_and(|o| c.is_own_origin(o)),
+            matches!(*req.method(), Method::GET | Method::HEAD),
+        )
+    };
+    let mut res = if !own_host {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            "unexpected Host header: open the console through the link `conduit console url` prints",
+        )
+            .into_response()
+    } else if !reads && !own_origin {
+        (
+            StatusCode::FORBIDDEN,
+            "a change must come from the console's own pages",
+        )
+            .into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = res.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    res
+}
+
+fn page(status: StatusCode, markup: maud::Markup) -> Response {
+    (status, Html(markup.into_string())).into_response()
+}
+
+fn not_logged_in() -> Response {
+    page(
+        StatusCode::UNAUTHORIZED,
+        pages::message("Not logged in", "This page needs a console session."),
+    )
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> Response {
+    page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        pages::message("Error", &format!("{what}: {e}")),
+    )
+}
+
+async fn css() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
+}
+
+async fn login_page(
+    State(c): State<Arc<Console>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let token = q.get("token").map(String::as_str).unwrap_or_default();
+    if let Err(why) = login::redeem_token(&c.home, token) {
+        c.note(&format!("login refused: {why}"));
+        return page(
+            StatusCode::FORBIDDEN,
+            pages::message("Login refused", &why.to_string()),
+        );
+    }
+    let (cookie, _) = match c.sessions.open() {
+        Ok(s) => s,
+        Err(e) => return failed("no session", e),
+    };
+    c.note("login");
+    // Where to go once logged in: one of the console's pages, nothing else.
+    let next = q
+        .get("next")
+        .map(String::as_str)
+        .filter(|n| PAGES.contains(n))
+        .unwrap_or("/outbox");
+    let set = format!(
+        "{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        login::SESSION_MAX.as_secs()
+    );
+    let mut res = Redirect::to(next).into_response();
+    *res.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(&set) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// Why a change was not made.
+enum Refused {
+    /// No live session.
+    NotLoggedIn,
+    /// The form lacks the session's CSRF token.
+    Csrf,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::NotLoggedIn => not_logged_in(),
+            Refused::Csrf => (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response(),
+        }
+    }
+}
+
+/// The session of a change, if its form carries the session's CSRF token.
+fn changing(
+    c: &Console,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<String, Refused> {
+    let Some((cookie, csrf)) = c.session(headers) else {
+        return Err(Refused::NotLoggedIn);
+    };
+    let given = form.get("csrf").map(String::as_str).unwrap_or_default();
+    if !login::same_secret(given, &csrf) {
+        return Err(Refused::Csrf);
+    }
+    Ok(cookie)
+}
+
+async fn logout(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let cookie = match changing(&c, &headers, &form) {
+        Ok(cookie) => cookie,
+        Err(refused) => return refused.into_response(),
+    };
+    c.sessions.close(&cookie);
+    c.note("logout");
+    let mut res = page(
+        StatusCode::OK,
+        pages::message("Logged out", "The session is closed."),
+    );
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("conduit_console=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    res
+}
+
+fn page_number(q: &HashMap<String, String>) -> usize {
+    q.get("page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1_000_000)
+}
+
+async fn outbox(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some((_, csrf)) = c.session(&headers) else {
+        return not_logged_in();
+    };
+    let n = page_number(&q);
+    let read = || -> Result<_, crate::agent::queue::QueueError> {
+        let queue = Queue::open(&c.queue_path)?;
+        let mut items = queue.list_page(n * pages::PAGE, pages::PAGE + 1)?;
+        let more = items.len() > pages::PAGE;
+        items.truncate(pages::PAGE);
+        Ok((items, queue.counts()?, more))
+    };
+    let real = c.resolver();
+    match read().map(|(mut items, counts, more)| {
+        for i in &mut items {
+            i.name = real(&i.name);
+        }
+        (items, counts, more)
+    }) {
+        Ok((items, counts, more)) => page(
+            StatusCode::OK,
+            pages::outbox(&items, &counts, n, more, &csrf),
+        ),
+        Err(e) => failed("the queue", e),
+    }
+}
+
+async fn item_action(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(refused) = changing(&c, &headers, &form) {
+        return refused.into_response();
+    }
+    let done = Queue::open(&c.queue_path).and_then(|mut q| match action.as_str() {
+        "retry" => q.retry_now(&id),
+        "cancel" => q.cancel(&id),
+        _ => Err(crate::agent::queue::QueueError::NoItem(id.clone())),
+    });
+    match done {
+        Ok(item) => {
+            c.note(&format!("{action} item {}", item.id));
+            let mut res = Redirect::to("/outbox").into_response();
+            *res.status_mut() = StatusCode::SEE_OTHER;
+            res
+        }
+        Err(e) => page(
+            StatusCode::BAD_REQUEST,
+            pages::message("Not done", &format!("{action} {id}: {e}")),
+        ),
+    }
+}
+
+async fn inbox(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some((_, csrf)) = c.session(&headers) else {
+        return not_logged_in();
+    };
+    let n = page_number(&q);
+    let rows = Queue::open(&c.queue_path)
+        .and_then(|queue| queue.received_page(n * pages::PAGE, pages::PAGE + 1));
+    let mut rows = match rows {
+        Ok(r) => r,
+        Err(e) => return failed("the queue", e),
+    };
+    let more = rows.len() > pages::PAGE;
+    rows.truncate(pages::PAGE);
+    let real = c.resolver();
+    for r in &mut rows {
+        r.received.name = real(&r.received.name);
+    }
+    let arrived: Vec<pages::Arrived<'_>> = rows
+        .iter()
+        .map(|row| {
+            let key = PublicKey::parse(&row.sender).ok();
+            pages::Arrived {
+                row,
+                from: key
+                    .as_ref()
+                    .and_then(|k| c.book.find_by_key(k))
+                    .map(|p| p.name.as_str()),
+                fingerprint: key.map(|k| k.fingerprint().to_string()),
+            }
+        })
+        .collect();
+    page(StatusCode::OK, pages::inbox(&arrived, n, more, &csrf))
+}
+
+async fn peers(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = c.session(&headers) else {
+        return not_logged_in();
+    };
+    let rows: Vec<pages::PeerRow> = c
+        .book
+        .peers()
+        .iter()
+        .map(|p| pages::PeerRow {
+            name: p.name.clone(),
+            fingerprint: p.key.fingerprint().to_string(),
+            fips: p.fips.is_some(),
+        })
+        .collect();
+    page(StatusCode::OK, pages::peers(&rows, &csrf))
+}
+
+async fn audit(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = c.session(&headers) else {
+        return not_logged_in();
+    };
+    let home = crate::home::Home::at(&c.home);
+    let key = crate::audit::chain_key(&c.identity);
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::audit::verify::verify(&crate::audit::dir(&home), &key)
+    })
+    .await;
+    let (text, ok) = match checked {
+        Ok(Ok(Ok(v))) => (
+            format!(
+                "{} records, last at {}",
+                v.records,
+                v.last_ts.unwrap_or_else(|| "-".into())
+            ),
+            true,
+        ),
+        Ok(Ok(Err(b))) => (
+            format!(
+                "record {} ({} line {}): {}",
+                b.record, b.file, b.line, b.reason
+            ),
+            false,
+        ),
+        Ok(Err(e)) => (format!("cannot be read: {e}"), false),
+        Err(e) => (format!("not checked: {e}"), false),
+    };
+    page(StatusCode::OK, pages::audit(&text, ok, &csrf))
+}
+
+async fn health(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = c.session(&headers) else {
+        return not_logged_in();
+    };
+    let mut checks = Vec::new();
+    match Queue::open(&c.queue_path).and_then(|q| q.counts()) {
+        Ok(n) => {
+            checks.push(pages::Check {
+                what: "queue".into(),
+                value: format!(
+                    "{} waiting, {} sending, {} failed",
+                    n.queued, n.sending, n.failed
+                ),
+                ok: n.failed == 0,
+            });
+            checks.push(pages::Check {
+                what: "oldest waiting item".into(),
+                value: n
+                    .oldest_pending_secs
+                    .map_or_else(|| "none".into(), |s| format!("{s} s")),
+                ok: n.oldest_pending_secs.is_none_or(|s| s < 3600),
+            });
+        }
+        Err(e) => checks.push(pages::Check {
+            what: "queue".into(),
+            value: e.to_string(),
+            ok: false,
+        }),
+    }
+    checks.push(pages::Check {
+        what: "relay".into(),
+        value: c.relay.clone().unwrap_or_else(|| "none configured".into()),
+        ok: true,
+    });
+    for (what, dir) in &c.folders {
+        let (value, ok) = match rustix::fs::statvfs(dir) {
+            Ok(s) => {
+                let free = s.f_bavail.saturating_mul(s.f_frsize);
+                (
+                    format!(
+                        "{} free ({})",
+                        pages::bytes(free),
+                        pages::shown(&dir.to_string_lossy())
+                    ),
+                    free >= 1 << 30,
+                )
+            }
+            Err(e) => (
+                format!("{}: {e}", pages::shown(&dir.to_string_lossy())),
+                false,
+            ),
+        };
+        checks.push(pages::Check {
+            what: format!("disk space, {what}"),
+            value,
+            ok,
+        });
+    }
+    page(StatusCode::OK, pages::health(&checks, &csrf))
+}

@@ -1,0 +1,401 @@
+//! The agent's web console (docs/CONSOLE.md) with real processes: an agent serving it on
+//! loopback, `conduit console url` for the login link, raw HTTP/1.1 requests for the
+//! security checks, and headless Chromium for what a person sees.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+use crate::agent_flow::{configure, endpoint, know, start_agent, stop_agent, wait_until};
+use crate::common::{self, conduit, text};
+
+/// A loopback TCP port free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `conduit console url` in `home`: the login link.
+fn login_url(home: &Path) -> String {
+    let out = conduit(home).args(["console", "url"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+/// A response: status, headers (lowercase names), body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request to `port` (the connection closes after it).
+fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// The path and query of a login link.
+fn path_of(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").unwrap();
+    &rest[rest.find('/').unwrap()..]
+}
+
+/// An agent with one inbox (listening directly) and the console on `port`.
+fn agent_with_console(root: &Path, port: u16) -> std::path::PathBuf {
+    let home = endpoint(root, "clinic");
+    let lab = endpoint(root, "lab");
+    know(&home, "lab", &lab);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    configure(
+        &home,
+        &format!(
+            "[agent]\nlisten = \"{udp}\"\n\n[[inbox]]\nfrom = [\"lab\"]\npath = \"{}\"\n\n[console]\nlisten = \"127.0.0.1:{port}\"\n",
+            root.join("inbox").display()
+        ),
+    );
+    home
+}
+
+#[test]
+fn a_console_on_a_non_loopback_address_is_refused_by_agent_check_and_console_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = agent_with_console(dir.path(), 7480);
+    let toml = std::fs::read_to_string(home.join("conduit.toml"))
+        .unwrap()
+        .replace("127.0.0.1:7480", "0.0.0.0:7480");
+    configure(&home, &toml);
+    for args in [&["agent", "check"][..], &["console", "url"]] {
+        let out = conduit(&home).args(args).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("[console]")
+                && err.contains("not a loopback address")
+                && err.contains("docs/CONSOLE.md"),
+            "{args:?}: {err}"
+        );
+        assert!(text(&out.stdout).is_empty(), "no link may be printed");
+    }
+}
+
+#[test]
+fn the_console_checks_host_cookie_origin_and_csrf_and_a_login_link_works_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let home = agent_with_console(dir.path(), port);
+    let agent = start_agent(&home);
+    assert_eq!(
+        agent.first["console"],
+        format!("127.0.0.1:{port}").as_str(),
+        "{}",
+        agent.first
+    );
+    let host = format!("127.0.0.1:{port}");
+    let origin = format!("http://{host}");
+    let h = |extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        let mut v = vec![("Host", host.clone())];
+        v.extend(extra.iter().map(|(n, x)| (*n, x.to_string())));
+        v
+    };
+    let get = |path: &str, headers: &[(&'static str, String)]| {
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        request(port, "GET", path, &hs, "")
+    };
+    let post = |path: &str, headers: &[(&'static str, String)], body: &str| {
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        request(port, "POST", path, &hs, body)
+    };
+
+    // No cookie: no data, and how to log in; the security headers on every response.
+    let r = get("/outbox", &h(&[]));
+    assert_eq!(r.status, 401);
+    assert!(
+        r.body.contains("conduit console url") && !r.body.contains("queued ·"),
+        "{}",
+        r.body
+    );
+    let csp = r.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // A foreign Host (DNS rebinding).
+    let r = get("/outbox", &[("Host", "evil.example".to_string())]);
+    assert_eq!(r.status, 421, "{}", r.body);
+    assert!(r.header("content-security-policy").is_some());
+
+    // The login link: a cookie HttpOnly and SameSite=Strict, then the outbox.
+    let url = login_url(&home);
+    let r = get(path_of(&url), &h(&[]));
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/outbox"));
+    let set = r.header("set-cookie").unwrap_or_default().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    // Used once: the same link is refused.
+    let again = get(path_of(&url), &h(&[]));
+    assert_eq!(again.status, 403, "{}", again.body);
+    assert!(again.header("set-cookie").is_none());
+
+    let page = get("/outbox", &h(&[("Cookie", &cookie)]));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<h1>Outbox</h1>"), "{}", page.body);
+    for path in [
+        "/outbox",
+        "/inbox",
+        "/peers",
+        "/audit",
+        "/health",
+        "/static/console.css",
+    ] {
+        let r = get(path, &h(&[("Cookie", &cookie)]));
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        // Nothing from another origin: no absolute URL at all.
+        assert!(
+            !r.body.contains("http://")
+                && !r.body.contains("https://")
+                && !r.body.contains("//cdn"),
+            "{path}"
+        );
+    }
+    let peers = get("/peers", &h(&[("Cookie", &cookie)]));
+    assert!(peers.body.contains("lab"), "{}", peers.body);
+    let audit = get("/audit", &h(&[("Cookie", &cookie)]));
+    assert!(audit.body.contains("chain valid"), "{}", audit.body);
+
+    // The CSRF token of this session, from its logout form.
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    // A change without the token, with a wrong one, from a foreign origin, or without
+    // an origin: refused, and the session lives on.
+    let with = |o: &str| h(&[("Cookie", &cookie), ("Origin", o)]);
+    assert_eq!(post("/logout", &with(&origin), "").status, 403);
+    assert_eq!(
+        post(
+            "/logout",
+            &with(&origin),
+            &format!("csrf={}", "0".repeat(64))
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        post(
+            "/logout",
+            &with("http://evil.example"),
+            &format!("csrf={csrf}")
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        post(
+            "/logout",
+            &h(&[("Cookie", &cookie)]),
+            &format!("csrf={csrf}")
+        )
+        .status,
+        403
+    );
+    assert_eq!(get("/outbox", &h(&[("Cookie", &cookie)])).status, 200);
+    // The real logout ends the session.
+    let out = post("/logout", &with(&origin), &format!("csrf={csrf}"));
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(get("/outbox", &h(&[("Cookie", &cookie)])).status, 401);
+
+    stop_agent(agent);
+    // Logins, the refused reuse and the logout are in the audit trail.
+    let log = common::audit_text(&home);
+    let console: Vec<_> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["event"] == "console")
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(console.len(), 3, "{console:?}");
+    assert_eq!(console[0], "login");
+    assert!(console[1].starts_with("login refused"), "{console:?}");
+    assert_eq!(console[2], "logout");
+}
+
+/// Headless Chromium, when installed (CI installs Debian's `chromium`); `None` with the
+/// reason printed outside CI, a failure in CI.
+fn chromium() -> Option<std::path::PathBuf> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .map(|n| Path::new("/usr/bin").join(n))
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium installed (.ci/run installs it)"
+        );
+        eprintln!("SKIP: no chromium on this machine (apt-get install chromium)");
+    }
+    found
+}
+
+/// Chromium, headless, with its profile in `profile` (so a login's cookie stays for the
+/// next call): `--dump-dom` of `url`, or a screenshot of it into `shot`.
+fn browse(chrome: &Path, profile: &Path, url: &str, shot: Option<&Path>) -> String {
+    let mut cmd = std::process::Command::new(chrome);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg("--window-size=1200,700");
+    match shot {
+        Some(file) => cmd.arg(format!("--screenshot={}", file.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd.arg(url).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The bar: two agents and a relay; the sender's console, opened in a real browser from
+/// the printed link, lists the delivered file, and the receiver's inbox page lists it.
+/// Screenshots of each page go to target/tmp/console-screenshots (not committed).
+#[test]
+fn a_browser_sees_a_delivered_file_on_the_senders_outbox_and_the_receivers_inbox() {
+    let Some(chrome) = chromium() else { return };
+    let relay = common::start_relay(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (lab, clinic) = (endpoint(root, "lab"), endpoint(root, "clinic"));
+    know(&lab, "clinic", &clinic);
+    know(&clinic, "lab", &lab);
+    let transfer = format!(
+        "[transfer]\nrelay = \"{}\"\nrelay_pin = \"{}\"\n\n[agent]\nrescan_secs = 1\nretry_max_secs = 2\n",
+        relay.addr, relay.pin
+    );
+    let (lab_port, clinic_port) = (free_port(), free_port());
+    let outbox = root.join("outbox");
+    configure(
+        &lab,
+        &format!(
+            "{transfer}\n[[outbox]]\npath = \"{}\"\nto = [\"clinic\"]\nstable_for_secs = 1\n\n[console]\nlisten = \"127.0.0.1:{lab_port}\"\n",
+            outbox.display()
+        ),
+    );
+    let inbox = root.join("inbox");
+    configure(
+        &clinic,
+        &format!(
+            "{transfer}\n[[inbox]]\nfrom = [\"lab\"]\npath = \"{}\"\n\n[console]\nlisten = \"127.0.0.1:{clinic_port}\"\n",
+            inbox.display()
+        ),
+    );
+    let (sender, receiver) = (start_agent(&lab), start_agent(&clinic));
+    std::fs::create_dir_all(&outbox).unwrap();
+    common::write_data(&root.join("scan-0042.dcm"), 10 << 20);
+    std::fs::rename(root.join("scan-0042.dcm"), outbox.join("scan-0042.dcm")).unwrap();
+    assert!(wait_until(60, || inbox.join("scan-0042.dcm").exists()));
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let profile = root.join("chromium-lab");
+    // The sender's outbox: the file, delivered, with its receipt.
+    let delivered = || browse(&chrome, &profile, &login_url(&lab), None).contains("scan-0042.dcm");
+    assert!(
+        wait_until(30, delivered),
+        "not listed on the outbox: {}",
+        browse(&chrome, &profile, &login_url(&lab), None)
+    );
+    let dom = browse(
+        &chrome,
+        &profile,
+        &format!("http://127.0.0.1:{lab_port}/outbox"),
+        None,
+    );
+    assert!(
+        dom.contains("<h1>Outbox</h1>") && dom.contains(">delivered<"),
+        "{dom}"
+    );
+    for page in ["outbox", "peers", "audit", "health"] {
+        let url = format!("http://127.0.0.1:{lab_port}/{page}");
+        browse(
+            &chrome,
+            &profile,
+            &url,
+            Some(&shots.join(format!("{page}.png"))),
+        );
+        assert!(shots.join(format!("{page}.png")).metadata().unwrap().len() > 1000);
+    }
+    // The receiver's inbox: the file, from "lab", with its place.
+    let profile = root.join("chromium-clinic");
+    let url = format!("{}&next=/inbox", login_url(&clinic));
+    let dom = browse(&chrome, &profile, &url, None);
+    assert!(
+        dom.contains("<h1>Inbox</h1>") && dom.contains("scan-0042.dcm") && dom.contains("lab"),
+        "{dom}"
+    );
+    let inbox_url = format!("http://127.0.0.1:{clinic_port}/inbox");
+    browse(
+        &chrome,
+        &profile,
+        &inbox_url,
+        Some(&shots.join("inbox.png")),
+    );
+    stop_agent(sender);
+    stop_agent(receiver);
+}
