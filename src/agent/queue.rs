@@ -189,6 +189,9 @@ pub struct Item {
     pub receipt: Option<String>,
     /// Why it failed or is being retried.
     pub reason: Option<String>,
+    /// When its state last changed (ms since the epoch): the delivery's time once
+    /// delivered.
+    pub updated_ms: i64,
 }
 
 impl Item {
@@ -783,7 +786,7 @@ impl Queue {
 
 const SELECT_ITEM: &str =
     "SELECT i.id, i.file, f.outbox, f.name, f.size, f.mtime_ns, i.recipient, i.peer_key,
-        i.state, i.attempts, i.next_attempt_ms, i.created_ms, i.receipt, i.reason
+        i.state, i.attempts, i.next_attempt_ms, i.created_ms, i.receipt, i.reason, i.updated_ms
      FROM items i JOIN files f ON f.id = i.file";
 
 fn item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
@@ -802,6 +805,7 @@ fn item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         created_ms: r.get(11)?,
         receipt: r.get(12)?,
         reason: r.get(13)?,
+        updated_ms: r.get(14)?,
     })
 }
 

@@ -1005,6 +1005,7 @@ fn finish_files(shared: &Shared, q: &mut Queue) -> Result<(), QueueError> {
             created_ms: 0,
             receipt: None,
             reason: None,
+            updated_ms: 0,
         };
         let real = real_name(shared, &probe);
         let outcome = match (&f.failure, real) {

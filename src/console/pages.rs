@@ -145,6 +145,7 @@ pub(super) fn outbox(
                             td { (i.attempts) }
                             td { (when(i.created_ms)) }
                             td.detail {
+                                @if i.state == State::Delivered { "delivered " (when(i.updated_ms)) br; }
                                 @if let Some(r) = &i.receipt { code title=(r) { (r) } }
                                 @if let Some(why) = &i.reason { span.reason { (why) } }
                             }
@@ -238,11 +239,38 @@ pub(super) fn peers(rows: &[PeerRow], csrf: &str) -> Markup {
     layout("Peers", "/peers", Some(csrf), body)
 }
 
-/// The audit trail's state.
-pub(super) fn audit(status: &str, ok: bool, csrf: &str) -> Markup {
+/// The audit trail's state and its latest records, newest first.
+pub(super) fn audit(
+    status: &str,
+    ok: bool,
+    latest: &[crate::audit::record::Record],
+    csrf: &str,
+) -> Markup {
     let body = html! {
         p { span class={ "state " (if ok { "ok" } else { "bad" }) } { (if ok { "chain valid" } else { "chain NOT valid" }) } " " (status) }
-        p { "The full records and an export: " code { "conduit audit show" } ", " code { "conduit audit export" } " (docs/HIPAA.md)." }
+        p { a href="/audit/export" { "Export every record (JSON lines)" } " · the same as " code { "conduit audit show --json" } " (docs/HIPAA.md)" }
+        table {
+            thead { tr { th { "#" } th { "Time" } th { "Event" } th { "Peer" } th { "File" } th { "Detail" } } }
+            tbody {
+                @for r in latest {
+                    tr {
+                        td { (r.seq) }
+                        td { (r.ts) }
+                        td { (r.event) @if let Some(role) = &r.role { br; small { (role) } } }
+                        td { (r.peer_name.as_deref().or(r.peer.as_deref()).map(shown).unwrap_or_default()) }
+                        td.name {
+                            @if let Some(p) = &r.path { (shown(p)) }
+                            @if let Some(h) = &r.path_hash { small { "name hash " (h.get(..16).unwrap_or(h)) } }
+                        }
+                        td.detail {
+                            @if let Some(n) = r.size.or(r.bytes) { (bytes(n)) " " }
+                            @if let Some(h) = r.blake3.as_ref().or(r.sha256.as_ref()) { code { (h) } " " }
+                            @if let Some(why) = &r.reason { (shown(why)) }
+                        }
+                    }
+                }
+            }
+        }
     };
     layout("Audit", "/audit", Some(csrf), body)
 }

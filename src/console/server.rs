@@ -38,6 +38,9 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
 
 const CSS: &str = include_str!("console.css");
 
+/// Audit records the audit page shows.
+const LATEST_RECORDS: usize = 50;
+
 /// The pages a login link may lead to (`next`).
 const PAGES: &[&str] = &["/outbox", "/inbox", "/peers", "/audit", "/health"];
 
@@ -138,6 +141,7 @@ pub async fn serve(listener: tokio::net::TcpListener, console: Arc<Console>) {
         .route("/inbox", get(inbox))
         .route("/peers", get(peers))
         .route("/audit", get(audit))
+        .route("/audit/export", get(audit_export))
         .route("/health", get(health))
         .route("/static/console.css", get(css))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
@@ -425,9 +429,21 @@ async fn audit(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let home = crate::home::Home::at(&c.home);
     let key = crate::audit::chain_key(&c.identity);
     let checked = tokio::task::spawn_blocking(move || {
-        crate::audit::verify::verify(&crate::audit::dir(&home), &key)
+        let dir = crate::audit::dir(&home);
+        let verified = crate::audit::verify::verify(&dir, &key)?;
+        let mut all = crate::audit::verify::show(&dir, &crate::audit::verify::Filter::default())?;
+        let latest = all.split_off(all.len().saturating_sub(LATEST_RECORDS));
+        Ok::<_, crate::audit::AuditError>((verified, latest))
     })
     .await;
+    let mut latest = Vec::new();
+    let checked = checked.map(|r| {
+        r.map(|(verified, mut l)| {
+            l.reverse();
+            latest = l;
+            verified
+        })
+    });
     let (text, ok) = match checked {
         Ok(Ok(Ok(v))) => (
             format!(
@@ -447,7 +463,46 @@ async fn audit(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
         Ok(Err(e)) => (format!("cannot be read: {e}"), false),
         Err(e) => (format!("not checked: {e}"), false),
     };
-    page(StatusCode::OK, pages::audit(&text, ok, &csrf))
+    page(StatusCode::OK, pages::audit(&text, ok, &latest, &csrf))
+}
+
+/// Every record of the audit log, as `conduit audit show --json` prints them.
+async fn audit_export(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if c.session(&headers).is_none() {
+        return not_logged_in();
+    }
+    let home = crate::home::Home::at(&c.home);
+    let read = tokio::task::spawn_blocking(move || {
+        crate::audit::verify::show(
+            &crate::audit::dir(&home),
+            &crate::audit::verify::Filter::default(),
+        )
+    })
+    .await;
+    let records = match read {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return failed("the audit log", e),
+        Err(e) => return failed("the audit log", e),
+    };
+    let mut body = String::new();
+    for r in &records {
+        if let Ok(line) = serde_json::to_string(r) {
+            body.push_str(&line);
+            body.push('\n');
+        }
+    }
+    c.note("audit export");
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"conduit-audit.jsonl\"",
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn health(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {

@@ -213,6 +213,35 @@ fn the_console_checks_host_cookie_origin_and_csrf_and_a_login_link_works_once() 
     assert!(peers.body.contains("lab"), "{}", peers.body);
     let audit = get("/audit", &h(&[("Cookie", &cookie)]));
     assert!(audit.body.contains("chain valid"), "{}", audit.body);
+    // The latest records, newest first: this session's login is there.
+    assert!(
+        audit
+            .body
+            .contains("<td>console<br><small>console</small></td>"),
+        "{}",
+        audit.body
+    );
+    let export = get("/audit/export", &h(&[("Cookie", &cookie)]));
+    assert_eq!(export.status, 200);
+    assert!(
+        export
+            .header("content-disposition")
+            .unwrap_or_default()
+            .starts_with("attachment")
+    );
+    let records: Vec<serde_json::Value> = export
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "console" && r["reason"] == "login"),
+        "{}",
+        export.body
+    );
+    assert_eq!(get("/audit/export", &h(&[])).status, 401);
 
     // The CSRF token of this session, from its logout form.
     let csrf = page
@@ -268,10 +297,11 @@ fn the_console_checks_host_cookie_origin_and_csrf_and_a_login_link_works_once() 
         .filter(|r| r["event"] == "console")
         .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(console.len(), 3, "{console:?}");
+    assert_eq!(console.len(), 4, "{console:?}");
     assert_eq!(console[0], "login");
     assert!(console[1].starts_with("login refused"), "{console:?}");
-    assert_eq!(console[2], "logout");
+    assert_eq!(console[2], "audit export");
+    assert_eq!(console[3], "logout");
 }
 
 /// Headless Chromium, when installed (CI installs Debian's `chromium`); `None` with the
@@ -369,6 +399,11 @@ fn a_browser_sees_a_delivered_file_on_the_senders_outbox_and_the_receivers_inbox
     );
     assert!(
         dom.contains("<h1>Outbox</h1>") && dom.contains(">delivered<"),
+        "{dom}"
+    );
+    // When it was delivered, and the receipt's hash.
+    assert!(
+        dom.contains("delivered 20") && dom.contains("<code title="),
         "{dom}"
     );
     for page in ["outbox", "peers", "audit", "health"] {
