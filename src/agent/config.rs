@@ -187,6 +187,10 @@ pub struct Outbox {
     pub globs: (Vec<String>, Vec<String>),
     /// A direct address (`HOST:PORT`, checked), or `None` for the relay.
     pub direct: Option<String>,
+    /// Whether the scanner queues what it finds in the folder: false only for the web
+    /// console's send folder, whose files the console queues itself, each for the
+    /// recipients chosen on its Send page.
+    pub scanned: bool,
 }
 
 impl Outbox {
@@ -370,6 +374,7 @@ impl AgentConfig {
                 exclude,
                 globs: (include_text, exclude_text),
                 direct: o.direct.clone(),
+                scanned: true,
             });
         }
         let mut inboxes = Vec::new();

@@ -249,9 +249,16 @@ fn key_of(path: &Path) -> String {
 impl Agent {
     /// Runs every rule until `shutdown` resolves; then deliveries in flight are stopped
     /// (their items stay queued, resumable) and it returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         // One agent per home: a second one would scan and send the same outboxes.
         let _lock = lock(&self.queue_path)?;
+        // The console's Send page has an outbox of its own, never scanned.
+        if self.config.console.is_some() {
+            if let Some(home) = self.queue_path.parent() {
+                let send = crate::console::send::outbox(home, &self.book);
+                self.config.outboxes.push(send);
+            }
+        }
         let mut q = Queue::open(&self.queue_path)?;
         q.recover()?;
         for o in &self.config.outboxes {
@@ -365,7 +372,13 @@ impl Agent {
             None => None,
         };
         shared.emit(AgentEvent::Started {
-            outboxes: shared.agent.config.outboxes.len(),
+            outboxes: shared
+                .agent
+                .config
+                .outboxes
+                .iter()
+                .filter(|o| o.scanned)
+                .count(),
             inboxes: shared.agent.config.inboxes.len(),
             listen,
             metrics: metrics_at,
@@ -484,6 +497,9 @@ async fn scanner(shared: Arc<Shared>, stopping: watch::Receiver<bool>) {
     tokio::pin!(stop);
     loop {
         for (i, o) in shared.agent.config.outboxes.iter().enumerate() {
+            if !o.scanned {
+                continue;
+            }
             if let Err(e) = scan(&shared, &mut q, i, o, &mut seen) {
                 shared.warn(format!("outbox {}: {e}", o.path.display()));
             }

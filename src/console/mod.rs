@@ -14,6 +14,7 @@
 
 pub mod login;
 mod pages;
+pub mod send;
 pub mod server;
 
 use std::net::SocketAddr;

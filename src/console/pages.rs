@@ -13,6 +13,7 @@ pub(super) const PAGE: usize = 100;
 /// The pages of the navigation bar.
 const NAV: &[(&str, &str)] = &[
     ("/outbox", "Outbox"),
+    ("/send", "Send"),
     ("/inbox", "Inbox"),
     ("/peers", "Peers"),
     ("/audit", "Audit"),
@@ -297,4 +298,33 @@ pub(super) fn health(checks: &[Check], csrf: &str) -> Markup {
         }
     };
     layout("Health", "/health", Some(csrf), body)
+}
+
+/// The Send page: recipients from the address book and files, in one form that works
+/// without JavaScript (a multipart POST); `error` says why the last one was refused.
+pub(super) fn send(peers: &[String], error: Option<&str>, csrf: &str) -> Markup {
+    let body = html! {
+        @if let Some(e) = error { p.reason { (e) } }
+        @if peers.is_empty() {
+            p { "The address book is empty: add the clinics first (" code { "conduit peers add" } ")." }
+        } @else {
+            form method="post" action="/send" enctype="multipart/form-data" {
+                // First: the server checks the token before it reads anything else.
+                input type="hidden" name="csrf" value=(csrf);
+                fieldset {
+                    legend { "To" }
+                    @for p in peers {
+                        label.peer { input type="checkbox" name="to" value=(p); " " (shown(p)) }
+                    }
+                }
+                fieldset {
+                    legend { "Files" }
+                    input type="file" name="file" multiple;
+                }
+                p { button type="submit" { "Send" } }
+                p.counts { "Each file is queued for every recipient chosen and delivered end to end through the relay, like a file dropped into an outbox folder; the Outbox page shows it." }
+            }
+        }
+    };
+    layout("Send", "/send", Some(csrf), body)
 }

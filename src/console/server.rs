@@ -38,11 +38,14 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
 
 const CSS: &str = include_str!("console.css");
 
+/// Largest form of the Send page (all its files).
+const MAX_UPLOAD: usize = 64 << 30;
+
 /// Audit records the audit page shows.
 const LATEST_RECORDS: usize = 50;
 
 /// The pages a login link may lead to (`next`).
-const PAGES: &[&str] = &["/outbox", "/inbox", "/peers", "/audit", "/health"];
+const PAGES: &[&str] = &["/outbox", "/send", "/inbox", "/peers", "/audit", "/health"];
 
 /// What the console serves from.
 pub struct Console {
@@ -138,6 +141,14 @@ pub async fn serve(listener: tokio::net::TcpListener, console: Arc<Console>) {
         .route("/logout", post(logout))
         .route("/outbox", get(outbox))
         .route("/outbox/{id}/{action}", post(item_action))
+        // Only the Send form may be large (its files stream to disk); every other form
+        // keeps axum's 2 MB default.
+        .route(
+            "/send",
+            get(send_page)
+                .post(send_files)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
         .route("/inbox", get(inbox))
         .route("/peers", get(peers))
         .route("/audit", get(audit))
@@ -182,7 +193,7 @@ async fn guard(State(c): State<Arc<Console>>, req: Request, next: Next) -> Respo
         (header::CACHE_CONTROL, "no-store"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
     }
@@ -564,4 +575,159 @@ async fn health(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
         });
     }
     page(StatusCode::OK, pages::health(&checks, &csrf))
+}
+
+async fn send_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = c.session(&headers) else {
+        return not_logged_in();
+    };
+    let peers: Vec<String> = c.book.peers().iter().map(|p| p.name.clone()).collect();
+    page(StatusCode::OK, pages::send(&peers, None, &csrf))
+}
+
+/// The Send page's form: the CSRF token first (the page puts it there), the recipients,
+/// then the files, each written to the send folder as it streams in and queued only once
+/// the whole form was read and checked.
+async fn send_files(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let Some((_, csrf)) = c.session(&headers) else {
+        return not_logged_in();
+    };
+    let refuse = |status: StatusCode, why: String| {
+        let peers: Vec<String> = c.book.peers().iter().map(|p| p.name.clone()).collect();
+        page(status, pages::send(&peers, Some(&why), &csrf))
+    };
+    let mut token_ok = false;
+    let mut to: Vec<(String, String)> = Vec::new();
+    let mut uploads: Vec<(String, crate::console::send::Upload)> = Vec::new();
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("the form did not arrive whole: {e}"),
+                );
+            }
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        if !token_ok {
+            // Nothing is read or written before the token checks out.
+            let given = if name == "csrf" {
+                field.text().await.unwrap_or_default()
+            } else {
+                String::new()
+            };
+            if !login::same_secret(&given, &csrf) {
+                return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
+            }
+            token_ok = true;
+            continue;
+        }
+        match name.as_str() {
+            "to" => {
+                let peer = field.text().await.unwrap_or_default();
+                match c.book.find_by_name(&peer) {
+                    Some(p) if !to.iter().any(|(n, _)| *n == p.name) => {
+                        to.push((p.name.clone(), p.key.to_string()));
+                    }
+                    Some(_) => {}
+                    None => {
+                        return refuse(
+                            StatusCode::BAD_REQUEST,
+                            format!("{} is not in the address book", pages::shown(&peer)),
+                        );
+                    }
+                }
+            }
+            "file" => {
+                let file_name = field.file_name().unwrap_or_default().to_string();
+                if file_name.is_empty() {
+                    continue; // the browser sends an empty part when no file was chosen
+                }
+                if let Err(e) = crate::console::send::check_name(&file_name) {
+                    return refuse(StatusCode::BAD_REQUEST, pages::shown(&e.to_string()));
+                }
+                let mut up = match crate::console::send::Upload::start(&c.home) {
+                    Ok(u) => u,
+                    Err(e) => return failed("the send folder", e),
+                };
+                let mut field = field;
+                loop {
+                    match field.chunk().await {
+                        Ok(Some(bytes)) => {
+                            if let Err(e) = up.write(&bytes) {
+                                return failed("the send folder", e);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            return refuse(
+                                StatusCode::BAD_REQUEST,
+                                format!("the file did not arrive whole: {e}"),
+                            );
+                        }
+                    }
+                }
+                uploads.push((file_name, up));
+            }
+            _ => {}
+        }
+    }
+    if !token_ok {
+        return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
+    }
+    if to.is_empty() || uploads.is_empty() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "choose at least one recipient and one file".into(),
+        );
+    }
+    let mut queued = 0usize;
+    for (name, up) in uploads {
+        let stored = c.names.0.hash(&name).unwrap_or_else(|| name.clone());
+        let done = up.finish(&name).and_then(|at| {
+            crate::console::send::queue(&c.queue_path, &c.home, &stored, at, &to)
+                .map(|ids| (ids, at.0))
+        });
+        match done {
+            Ok((ids, size)) => {
+                queued += 1;
+                let audit_name = match c.names.0.hash(&name) {
+                    Some(h) => format!("#{h}"),
+                    None => name.clone(),
+                };
+                for (id, (_, key)) in ids.iter().zip(&to) {
+                    let key = PublicKey::parse(key).ok();
+                    let _ = c.audit.agent_item(
+                        crate::audit::record::event::ITEM_QUEUED,
+                        &audit_name,
+                        size,
+                        key.as_ref(),
+                        id,
+                        None,
+                    );
+                }
+            }
+            Err(e) => {
+                let why = format!(
+                    "{queued} file(s) queued; then: {}",
+                    pages::shown(&e.to_string())
+                );
+                return refuse(StatusCode::CONFLICT, why);
+            }
+        }
+    }
+    let names: Vec<&str> = to.iter().map(|(n, _)| n.as_str()).collect();
+    c.note(&format!(
+        "send: {queued} file(s) queued for {}",
+        names.join(", ")
+    ));
+    let mut res = Redirect::to("/outbox").into_response();
+    *res.status_mut() = StatusCode::SEE_OTHER;
+    res
 }

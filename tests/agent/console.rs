@@ -41,24 +41,39 @@ impl Reply {
     }
 }
 
-/// One HTTP/1.1 request to `port` (the connection closes after it).
+/// One HTTP/1.1 request to `port` (the connection closes after it); a POST body is a
+/// form, urlencoded.
 fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let kind = (method == "POST").then_some("application/x-www-form-urlencoded");
+    raw_request(port, method, path, headers, kind, body.as_bytes())
+}
+
+/// One HTTP/1.1 request with a body of `content_type`.
+fn raw_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Reply {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
-    if method == "POST" {
+    if let Some(kind) = content_type {
         req.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            "Content-Type: {kind}\r\nContent-Length: {}\r\n",
             body.len()
         ));
     }
     req.push_str("\r\n");
-    req.push_str(body);
     s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (and close) before it read a refused body.
+    let _ = s.write_all(body);
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    let _ = s.read_to_end(&mut raw);
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let mut lines = head.lines();
@@ -76,6 +91,36 @@ fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: 
         headers,
         body: body.to_string(),
     }
+}
+
+/// A multipart form: `(name, file name, bytes)` parts in order.
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "conduit-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// The CSRF token of a page's forms.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string()
 }
 
 /// The path and query of a login link.
@@ -244,13 +289,7 @@ fn the_console_checks_host_cookie_origin_and_csrf_and_a_login_link_works_once() 
     assert_eq!(get("/audit/export", &h(&[])).status, 401);
 
     // The CSRF token of this session, from its logout form.
-    let csrf = page
-        .body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_string();
+    let csrf = csrf_of(&page.body);
     // A change without the token, with a wrong one, from a foreign origin, or without
     // an origin: refused, and the session lives on.
     let with = |o: &str| h(&[("Cookie", &cookie), ("Origin", o)]);
@@ -283,6 +322,72 @@ fn the_console_checks_host_cookie_origin_and_csrf_and_a_login_link_works_once() 
         403
     );
     assert_eq!(get("/outbox", &h(&[("Cookie", &cookie)])).status, 200);
+    // The Send form: the token must come first, or nothing is written.
+    let send_dir = home.join("console-outbox");
+    let (kind, body) = multipart(&[
+        ("to", None, b"lab"),
+        ("csrf", None, csrf.as_bytes()),
+        ("file", Some("a.txt"), b"x"),
+    ]);
+    let hs: Vec<(&str, &str)> = vec![("Host", &host), ("Cookie", &cookie), ("Origin", &origin)];
+    assert_eq!(
+        raw_request(port, "POST", "/send", &hs, Some(&kind), &body).status,
+        403
+    );
+    let (kind, body) = multipart(&[
+        ("csrf", None, csrf.as_bytes()),
+        ("to", None, b"nobody"),
+        ("file", Some("a.txt"), b"x"),
+    ]);
+    assert_eq!(
+        raw_request(port, "POST", "/send", &hs, Some(&kind), &body).status,
+        400
+    );
+    let (kind, body) = multipart(&[
+        ("csrf", None, csrf.as_bytes()),
+        ("to", None, b"lab"),
+        ("file", Some(".hidden"), b"x"),
+    ]);
+    assert_eq!(
+        raw_request(port, "POST", "/send", &hs, Some(&kind), &body).status,
+        400
+    );
+    let waiting = || std::fs::read_dir(&send_dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(waiting(), 0, "a refused form left a file");
+    // A good one: queued for "lab", listed on the outbox.
+    let (kind, body) = multipart(&[
+        ("csrf", None, csrf.as_bytes()),
+        ("to", None, b"lab"),
+        ("file", Some("results 7.csv"), b"a,b\n1,2\n"),
+    ]);
+    let sent = raw_request(port, "POST", "/send", &hs, Some(&kind), &body);
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    assert_eq!(
+        std::fs::read(send_dir.join("results 7.csv")).unwrap(),
+        b"a,b\n1,2\n"
+    );
+    let listed = get("/outbox", &h(&[("Cookie", &cookie)]));
+    assert!(
+        listed.body.contains("results 7.csv") && listed.body.contains("<td>lab</td>"),
+        "{}",
+        listed.body
+    );
+    // The same name again, while the first waits: refused, the first kept.
+    let (kind, body) = multipart(&[
+        ("csrf", None, csrf.as_bytes()),
+        ("to", None, b"lab"),
+        ("file", Some("results 7.csv"), b"other"),
+    ]);
+    assert_eq!(
+        raw_request(port, "POST", "/send", &hs, Some(&kind), &body).status,
+        409
+    );
+    assert_eq!(
+        std::fs::read(send_dir.join("results 7.csv")).unwrap(),
+        b"a,b\n1,2\n"
+    );
+    assert_eq!(waiting(), 1);
+
     // The real logout ends the session.
     let out = post("/logout", &with(&origin), &format!("csrf={csrf}"));
     assert_eq!(out.status, 200, "{}", out.body);
@@ -297,28 +402,32 @@ fn the_console_checks_host_cookie_origin_and_csrf_and_a_login_link_works_once() 
         .filter(|r| r["event"] == "console")
         .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(console.len(), 4, "{console:?}");
+    assert_eq!(console.len(), 5, "{console:?}");
     assert_eq!(console[0], "login");
     assert!(console[1].starts_with("login refused"), "{console:?}");
     assert_eq!(console[2], "audit export");
-    assert_eq!(console[3], "logout");
+    assert_eq!(console[3], "send: 1 file(s) queued for lab");
+    assert_eq!(console[4], "logout");
 }
 
-/// Headless Chromium, when installed (CI installs Debian's `chromium`); `None` with the
-/// reason printed outside CI, a failure in CI.
+/// Headless Chromium with its WebDriver and Python's selenium, when installed (CI
+/// installs Debian's `chromium`, `chromium-driver` and `python3-selenium`); `None` with
+/// the reason printed outside CI, a failure in CI.
 fn chromium() -> Option<std::path::PathBuf> {
-    let found = ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .map(|n| Path::new("/usr/bin").join(n))
-        .find(|p| p.exists());
-    if found.is_none() {
+    let selenium = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import selenium"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let chrome = Path::new("/usr/bin/chromium");
+    if !(chrome.exists() && Path::new("/usr/bin/chromedriver").exists() && selenium) {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must have chromium installed (.ci/run installs it)"
+            "CI must have chromium, chromium-driver and python3-selenium (.ci/run installs them)"
         );
-        eprintln!("SKIP: no chromium on this machine (apt-get install chromium)");
+        eprintln!("SKIP: apt-get install chromium chromium-driver python3-selenium");
+        return None;
     }
-    found
+    Some(chrome.to_path_buf())
 }
 
 /// Chromium, headless, with its profile in `profile` (so a login's cookie stays for the
@@ -342,11 +451,12 @@ fn browse(chrome: &Path, profile: &Path, url: &str, shot: Option<&Path>) -> Stri
     text(&out.stdout)
 }
 
-/// The bar: two agents and a relay; the sender's console, opened in a real browser from
-/// the printed link, lists the delivered file, and the receiver's inbox page lists it.
+/// The bar: two agents and a relay; a person logs in through the printed link, sends a
+/// 10 MiB file from the Send page, sees it delivered on the sender's outbox, and the
+/// receiver's inbox page lists it.
 /// Screenshots of each page go to target/tmp/console-screenshots (not committed).
 #[test]
-fn a_browser_sees_a_delivered_file_on_the_senders_outbox_and_the_receivers_inbox() {
+fn a_file_sent_from_the_send_page_is_delivered_and_listed_on_both_consoles() {
     let Some(chrome) = chromium() else { return };
     let relay = common::start_relay(&[]);
     let dir = tempfile::tempdir().unwrap();
@@ -376,13 +486,28 @@ fn a_browser_sees_a_delivered_file_on_the_senders_outbox_and_the_receivers_inbox
         ),
     );
     let (sender, receiver) = (start_agent(&lab), start_agent(&clinic));
-    std::fs::create_dir_all(&outbox).unwrap();
-    common::write_data(&root.join("scan-0042.dcm"), 10 << 20);
-    std::fs::rename(root.join("scan-0042.dcm"), outbox.join("scan-0042.dcm")).unwrap();
-    assert!(wait_until(60, || inbox.join("scan-0042.dcm").exists()));
-
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
+    // The Send page, driven through WebDriver: log in, tick "clinic", add the file, send.
+    let src = root.join("scan-0042.dcm");
+    common::write_data(&src, 10 << 20);
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/console_send.py"))
+        .arg(login_url(&lab))
+        .arg("clinic")
+        .arg(&src)
+        .arg(shots.join("send-filled.png"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("scan-0042.dcm"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(wait_until(60, || inbox.join("scan-0042.dcm").exists()));
+    assert!(common::same_file(&src, &inbox.join("scan-0042.dcm")));
+
     let profile = root.join("chromium-lab");
     // The sender's outbox: the file, delivered, with its receipt.
     let delivered = || browse(&chrome, &profile, &login_url(&lab), None).contains("scan-0042.dcm");
@@ -406,7 +531,7 @@ fn a_browser_sees_a_delivered_file_on_the_senders_outbox_and_the_receivers_inbox
         dom.contains("delivered 20") && dom.contains("<code title="),
         "{dom}"
     );
-    for page in ["outbox", "peers", "audit", "health"] {
+    for page in ["outbox", "send", "peers", "audit", "health"] {
         let url = format!("http://127.0.0.1:{lab_port}/{page}");
         browse(
             &chrome,
