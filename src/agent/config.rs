@@ -164,7 +164,7 @@ pub enum AgentConfigError {
         message: String,
     },
     /// No rule at all.
-    #[error("no [[outbox]] and no [[inbox]] rule: nothing for the agent to do")]
+    #[error("no [[outbox]], no [[inbox]] rule and no [console]: nothing for the agent to do")]
     Empty,
 }
 
@@ -291,7 +291,8 @@ impl AgentConfig {
     /// Checks the agent's part of `file` against `book`: every rule names existing peers,
     /// absolute and distinct folders, valid globs, a way to reach its peers.
     pub fn check(file: &FileConfig, book: &AddressBook) -> Result<Self, AgentConfigError> {
-        if file.outbox.is_empty() && file.inbox.is_empty() {
+        // The console's Send page is an outbox of its own: a console is enough.
+        if file.outbox.is_empty() && file.inbox.is_empty() && file.console.listen.is_none() {
             return Err(AgentConfigError::Empty);
         }
         let relay = file

@@ -8,12 +8,15 @@
 //!   retries and backoff, inbox receivers with exactly-once delivery.
 //! - [`inbox`]: staging folders, conflict-free placing, the `on_receive` program.
 //! - [`metrics`]: the optional Prometheus endpoint (`[agent] metrics`).
+//! - [`live`]: what is in flight right now (bytes of each delivery, a signal on every
+//!   queue change), for the console's live updates.
 //!
 //! Store-and-forward happens here, at the endpoints, never at the relay: a sender's queue
 //! waits and retries with backoff while a receiver is offline.
 
 pub mod config;
 pub mod inbox;
+pub mod live;
 pub mod metrics;
 pub mod queue;
 pub mod run;

@@ -61,6 +61,13 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL,
         PRIMARY KEY (sender, item)
     );",
+    // 2: each peer's last completed transfer (the console's Peers page).
+    "CREATE TABLE peers_seen (
+        peer_key TEXT PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        direction TEXT NOT NULL, -- sent or received
+        path TEXT NOT NULL       -- direct or relayed, at the end of the transfer
+    );",
 ];
 
 /// The schema version this code writes.
@@ -781,6 +788,48 @@ impl Queue {
             ],
         )?;
         Ok(())
+    }
+}
+
+/// A peer's last completed transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Seen {
+    /// When it ended (milliseconds since the epoch).
+    pub at_ms: i64,
+    /// `sent` or `received`.
+    pub direction: String,
+    /// `direct` or `relayed`: the path at its end.
+    pub path: String,
+}
+
+impl Queue {
+    /// Remembers that a transfer with `peer_key` (key text) ended now: `direction` is
+    /// `sent` or `received`, `path` where its packets went at the end.
+    pub fn seen(&mut self, peer_key: &str, direction: &str, path: &str) -> Result<(), QueueError> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO peers_seen (peer_key, at_ms, direction, path)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![peer_key, now_ms(), direction, path],
+        )?;
+        Ok(())
+    }
+
+    /// Every peer's last completed transfer, by key text.
+    pub fn peers_seen(&self) -> Result<std::collections::HashMap<String, Seen>, QueueError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT peer_key, at_ms, direction, path FROM peers_seen")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Seen {
+                    at_ms: r.get(1)?,
+                    direction: r.get(2)?,
+                    path: r.get(3)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

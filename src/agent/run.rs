@@ -15,6 +15,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::agent::config::{After, AgentConfig, Inbox, OnConflict, Outbox, Reach};
 use crate::agent::inbox;
+use crate::agent::live::Live;
 use crate::agent::metrics::AgentMetrics;
 use crate::agent::queue::{self, Item, NewFile, Queue, QueueError, Received, State, id_text};
 use crate::audit::Audit;
@@ -27,8 +28,10 @@ use crate::relay::client::{self as relay_client, RelayOptions};
 use crate::relay::hello::Role;
 use crate::session::Timeouts;
 use crate::transfer::dest::Destination;
+use crate::transfer::events::Event;
 use crate::transfer::protocol::{Refusal, RefusalCode};
 use crate::transfer::{ReceivePolicy, Receiver, Recipient, Sender, TransferError, source};
+use crate::transport::path::PathKind;
 
 /// How often the dispatcher looks for items that became due.
 const DISPATCH_TICK: Duration = Duration::from_millis(500);
@@ -207,11 +210,30 @@ struct Shared {
     /// Outbox file names by (outbox, stored name): the stored name is a keyed hash in
     /// names mode hash.
     real_names: std::sync::Mutex<HashMap<(String, String), String>>,
+    /// Deliveries in flight and queue changes, for the console.
+    live: Arc<Live>,
 }
 
 impl Shared {
     fn emit(&self, e: AgentEvent) {
+        let changes = !matches!(
+            e,
+            AgentEvent::Warning { .. }
+                | AgentEvent::Hook { .. }
+                | AgentEvent::Started { .. }
+                | AgentEvent::Stopped
+        );
         (self.agent.events)(e);
+        if changes {
+            self.live.changed();
+        }
+    }
+
+    /// Remembers a peer's completed transfer (the console's Peers page).
+    fn seen(&self, q: &mut Queue, key: &str, direction: &str, path: PathKind) {
+        if let Err(e) = q.seen(key, direction, path.name()) {
+            self.warn(format!("queue: {e}"));
+        }
     }
 
     fn stored(&self, name: &str) -> String {
@@ -298,6 +320,7 @@ impl Agent {
             }
             None => None,
         };
+        let live = Arc::new(Live::default());
         let console = match self.config.console {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -327,6 +350,10 @@ impl Agent {
                     relay: self.relay.as_ref().map(|r| r.relays.join(", ")),
                     sessions: crate::console::login::Sessions::default(),
                     names: (self.audit.names(), name_dirs),
+                    live: Arc::clone(&live),
+                    streams: Arc::new(tokio::sync::Semaphore::new(
+                        crate::console::server::MAX_STREAMS,
+                    )),
                 };
                 let task = tokio::spawn(crate::console::server::serve(listener, Arc::new(console)));
                 Some((local.to_string(), AbortOnDrop(task)))
@@ -341,6 +368,7 @@ impl Agent {
             wake: Notify::new(),
             metrics,
             real_names: std::sync::Mutex::new(HashMap::new()),
+            live,
         });
         // What a crash left complete in the inboxes' staging folders is placed first.
         for b in &shared.agent.config.inboxes {
@@ -615,7 +643,11 @@ fn scan(
 /// How one delivery attempt ended.
 enum Outcome {
     /// The receipt is in.
-    Delivered { hash: FileHash, repeat: bool },
+    Delivered {
+        hash: FileHash,
+        repeat: bool,
+        path: PathKind,
+    },
     /// Try again later: `whole` when the recipient itself is unreachable.
     Retry {
         reason: String,
@@ -646,10 +678,14 @@ async fn dispatcher(shared: Arc<Shared>, stopping: watch::Receiver<bool>) {
         if free > 0 {
             match q.claim_due(free) {
                 Ok(items) => {
+                    if !items.is_empty() {
+                        shared.live.changed();
+                    }
                     for item in items {
                         let (shared, stopping) = (Arc::clone(&shared), stopping.clone());
                         flying.spawn(async move {
                             let outcome = deliver(&shared, &item, stopped(stopping)).await;
+                            shared.live.ended(&item.id);
                             (item, outcome)
                         });
                     }
@@ -694,9 +730,10 @@ fn record(shared: &Shared, q: &mut Queue, item: &Item, outcome: Outcome) -> Resu
         None => item.name.clone(),
     };
     match outcome {
-        Outcome::Delivered { hash, repeat } => {
+        Outcome::Delivered { hash, repeat, path } => {
             let tagged = hash.to_tagged();
             q.delivered(&item.id, &tagged)?;
+            shared.seen(q, &item.peer_key, "sent", path);
             let m = &shared.metrics;
             m.deliveries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -886,13 +923,21 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
             };
         }
     };
-    let result = shared.sender.send_item(&conn, &to, &files, id, stop).await;
+    // The console's progress bar: this delivery's bytes.
+    let (live, live_id) = (Arc::clone(&shared.live), item.id.clone());
+    let sender = shared.sender.clone().events(Arc::new(move |_, e| {
+        if let Event::Progress { bytes, total } = e {
+            live.progress(&live_id, bytes, total);
+        }
+    }));
+    let result = sender.send_item(&conn, &to, &files, id, stop).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     match result {
         Ok(sent) => match sent.summary.files.first() {
             Some((_, _, h)) => Outcome::Delivered {
                 hash: *h,
                 repeat: sent.repeat,
+                path: sent.summary.path,
             },
             None => Outcome::Failed("the receipt names no file".into()),
         },
@@ -986,8 +1031,18 @@ async fn connect_relay(
     }
     let rendezvous = crate::transfer::rendezvous_for(key);
     match relay_client::join(&opts, Role::Connect, false, rendezvous).await {
-        Ok(j) => Ok((j.endpoint, j.connection)),
-        Err(e) => Err(format!("the recipient is not reachable at the relay: {e}")),
+        Ok(j) => {
+            shared
+                .live
+                .relay(true, "a delivery connected through it".into());
+            Ok((j.endpoint, j.connection))
+        }
+        Err(e) => {
+            // A refusal (the recipient is not there) is an answer from the relay.
+            let answered = matches!(e, relay_client::JoinError::Refused { .. });
+            shared.live.relay(answered, e.to_string());
+            Err(format!("the recipient is not reachable at the relay: {e}"))
+        }
     }
 }
 
@@ -1132,18 +1187,37 @@ async fn relay_slot(shared: Arc<Shared>, stopping: watch::Receiver<bool>) {
     let mut backoff = Duration::from_secs(1);
     let stop = stopped(stopping.clone());
     tokio::pin!(stop);
+    let listening = |_: &str| {
+        shared
+            .live
+            .relay(true, "listening there for transfers".into());
+    };
     loop {
         let joined = tokio::select! {
-            j = relay_client::listen(&opts, shared.receiver.identity()) => j,
+            j = relay_client::listen_reporting(&opts, shared.receiver.identity(), &listening) => j,
             () = &mut stop => return,
         };
         let j = match joined {
-            Ok(j) => j,
+            Ok(j) => {
+                shared
+                    .live
+                    .relay(true, "a sender met this endpoint there".into());
+                j
+            }
             Err(relay_client::JoinError::Refused {
                 refusal: crate::relay::hello::Refusal::PairingTimeout,
                 ..
-            }) => continue,
+            }) => {
+                shared
+                    .live
+                    .relay(true, "listening there for transfers".into());
+                continue;
+            }
             Err(e) => {
+                shared.live.relay(
+                    matches!(e, relay_client::JoinError::Refused { .. }),
+                    e.to_string(),
+                );
                 shared.warn(format!("relay: {e}; retrying in {} s", backoff.as_secs()));
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
@@ -1283,6 +1357,7 @@ async fn receive_one(
     let Some((_, size, hash)) = summary.files.first().cloned() else {
         return;
     };
+    shared.seen(&mut q, &sender_key, "received", summary.path);
     if let Err(e) = settle(
         shared,
         &mut q,

@@ -159,6 +159,21 @@ impl Sessions {
         Some(s.csrf.clone())
     }
 
+    /// The CSRF token of the live session of `cookie`, without counting as a request: a
+    /// page's live updates (Server-Sent Events, the refresh they trigger) do not keep an
+    /// unattended session open.
+    pub fn peek(&self, cookie: &str) -> Option<String> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let k = key(cookie);
+        let s = map.get(&k)?;
+        if !alive(s, now) {
+            map.remove(&k);
+            return None;
+        }
+        Some(s.csrf.clone())
+    }
+
     /// Ends the session of `cookie`.
     pub fn close(&self, cookie: &str) {
         self.lock().remove(&key(cookie));
@@ -215,9 +230,11 @@ mod tests {
         let s = Sessions::default();
         let (cookie, csrf) = s.open().unwrap();
         assert_eq!(s.check(&cookie), Some(csrf.clone()));
+        assert_eq!(s.peek(&cookie), Some(csrf.clone()));
         assert_eq!(s.check(&csrf), None);
         s.close(&cookie);
         assert_eq!(s.check(&cookie), None);
+        assert_eq!(s.peek(&cookie), None);
         assert!(
             same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("ab", "abc")
         );

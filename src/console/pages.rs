@@ -2,6 +2,10 @@
 //! correctly without JavaScript. Every name from a peer or a folder is shown through
 //! [`crate::transfer::paths::escape`] (control, bidi and invisible characters visible)
 //! and HTML-escaped by the template.
+//!
+//! The pages with live updates (Outbox, Inbox, Health: no form a refresh could clear)
+//! carry `data-live` on their body; the console's script (`console.js`) then follows the
+//! update stream. Without the script they read the same, as of when they were loaded.
 
 use maud::{DOCTYPE, Markup, html};
 
@@ -9,6 +13,9 @@ use crate::agent::queue::{Counts, Item, ReceivedItem, State};
 
 /// Items or received files per page.
 pub(super) const PAGE: usize = 100;
+
+/// The pages whose content the script refreshes on a queue change.
+const LIVE: &[&str] = &["/outbox", "/inbox", "/health"];
 
 /// The pages of the navigation bar.
 const NAV: &[(&str, &str)] = &[
@@ -53,8 +60,9 @@ pub(super) fn layout(title: &str, active: &str, csrf: Option<&str>, body: Markup
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · phi-conduit" }
                 link rel="stylesheet" href="/static/console.css";
+                script src="/static/console.js" defer {}
             }
-            body {
+            body data-live=[(csrf.is_some() && LIVE.contains(&active)).then_some("1")] {
                 header {
                     span.brand { "phi-conduit" }
                     @if csrf.is_some() {
@@ -121,6 +129,7 @@ fn state_class(s: State) -> &'static str {
 pub(super) fn outbox(
     items: &[Item],
     counts: &Counts,
+    progress: &std::collections::HashMap<&str, (u64, u64)>,
     page: usize,
     more: bool,
     csrf: &str,
@@ -142,7 +151,15 @@ pub(super) fn outbox(
                         tr id={ "item-" (i.id) } {
                             td.name { (shown(&i.name)) br; small { (bytes(i.size)) } }
                             td { (shown(&i.recipient)) }
-                            td { span class={ "state " (state_class(i.state)) } { (i.state.as_str()) } }
+                            td {
+                                span class={ "state " (state_class(i.state)) } { (i.state.as_str()) }
+                                @if i.state == State::Sending {
+                                    @let (done, total) = progress.get(i.id.as_str()).copied().unwrap_or((0, i.size));
+                                    br;
+                                    progress id={ "progress-" (i.id) } max=(total.max(1)) value=(done) {}
+                                    " " small id={ "percent-" (i.id) } { (percent(done, total)) }
+                                }
+                            }
                             td { (i.attempts) }
                             td { (when(i.created_ms)) }
                             td.detail {
@@ -172,6 +189,17 @@ pub(super) fn outbox(
         }
     };
     layout("Outbox", "/outbox", Some(csrf), body)
+}
+
+/// `done` of `total` as a whole percentage.
+pub(super) fn percent(done: u64, total: u64) -> String {
+    if total == 0 {
+        return "100 %".into();
+    }
+    format!(
+        "{} %",
+        u128::from(done.min(total)) * 100 / u128::from(total)
+    )
 }
 
 /// One received file as the inbox page shows it.
@@ -222,22 +250,79 @@ pub(super) struct PeerRow {
     pub(super) fingerprint: String,
     /// Whether a FIPS pin is known.
     pub(super) fips: bool,
+    /// Its path policy, if it has its own.
+    pub(super) path: Option<&'static str>,
+    /// Its last completed transfer.
+    pub(super) seen: Option<crate::agent::queue::Seen>,
+    /// Added after the agent started (it uses the peer after its next start).
+    pub(super) new: bool,
 }
 
-/// The address book.
-pub(super) fn peers(rows: &[PeerRow], csrf: &str) -> Markup {
+/// The address book, each peer's last transfer, and the form that adds a peer; `note`
+/// is the outcome of the last addition (text, whether it was done).
+pub(super) fn peers(rows: &[PeerRow], note: Option<(&str, bool)>, csrf: &str) -> Markup {
     let body = html! {
-        p { "Before trusting a peer, compare its fingerprint with the one its own machine shows (" code { "conduit id" } "), by telephone or in person. Peers are added with " code { "conduit peers add" } "." }
+        @if let Some((text, ok)) = note { p class=(if ok { "done" } else { "reason" }) { (text) } }
         table {
-            thead { tr { th { "Name" } th { "Fingerprint" } th { "FIPS pin" } } }
+            thead { tr { th { "Name" } th { "Fingerprint" } th { "Last transfer" } th { "Path" } th { "FIPS pin" } } }
             tbody {
                 @for p in rows {
-                    tr { td { (shown(&p.name)) } td { code { (p.fingerprint) } } td { @if p.fips { "known" } @else { "none" } } }
+                    tr {
+                        td { (shown(&p.name)) @if p.new { br; small { "added since the agent started" } } }
+                        td { code { (p.fingerprint) } }
+                        td {
+                            @match &p.seen {
+                                Some(s) => { (s.direction) " " (when(s.at_ms)) }
+                                None => { "none yet" }
+                            }
+                        }
+                        td {
+                            @if let Some(s) = &p.seen { (s.path) }
+                            @if let Some(policy) = p.path { br; small { "policy " (policy) } }
+                        }
+                        td { @if p.fips { "known" } @else { "none" } }
+                    }
                 }
             }
         }
+        h2 { "Add a peer" }
+        form.add method="post" action="/peers/add" {
+            input type="hidden" name="csrf" value=(csrf);
+            p {
+                label { "Name " input type="text" name="name" required maxlength="64" pattern="[A-Za-z0-9._-]+" placeholder="lab-north"; }
+                " "
+                label { "Public key " input type="text" name="key" required size="64" placeholder="cpk1..."; }
+            }
+            p { label { "FIPS pin (optional) " input type="text" name="fips" size="64" placeholder="cfp1..."; } }
+            p { button type="submit" { "Check the key" } }
+            p.counts { "The next step shows the key's fingerprint, to compare with the one the other clinic's machine shows (" code { "conduit id" } ") before it is added." }
+        }
     };
     layout("Peers", "/peers", Some(csrf), body)
+}
+
+/// The second step of adding a peer: the fingerprint to compare, and the confirmation.
+pub(super) fn compare_peer(
+    name: &str,
+    key: &str,
+    fips: &str,
+    fingerprint: &str,
+    csrf: &str,
+) -> Markup {
+    let body = html! {
+        p { "Call the person at " strong { (shown(name)) } " on a number you already know (not one from the message that brought the key). Ask them to run " code { "conduit id" } " and read their fingerprint aloud. It must be exactly:" }
+        p.fingerprint { code { (fingerprint) } }
+        p { "If any group differs, do not add this peer: the key is not theirs." }
+        form method="post" action="/peers/add" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="name" value=(name);
+            input type="hidden" name="key" value=(key);
+            input type="hidden" name="fips" value=(fips);
+            p { label { input type="checkbox" name="compared" value="yes" required; " The fingerprints match, group by group" } }
+            p { button type="submit" { "Add " (shown(name)) } " " a href="/peers" { "Cancel" } }
+        }
+    };
+    layout("Compare the fingerprint", "/peers", Some(csrf), body)
 }
 
 /// The audit trail's state and its latest records, newest first.

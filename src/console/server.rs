@@ -9,8 +9,15 @@
 //! that allows only the console's own stylesheet (no script, no other origin, no frame)
 //! and `Cache-Control: no-store`. Logins, refused logins, logouts and every action go to
 //! the audit trail (event `console`).
+//!
+//! Live updates: `/events` is a Server-Sent Events stream of the agent's [`Live`] state
+//! (a delivery's bytes, a signal on every queue change); the console's one script
+//! (`/static/console.js`, same origin) moves the progress bars and reads the page again
+//! after a change. Those reads carry `X-Conduit-Live` and, like the stream, do not count
+//! as activity: an unattended page does not keep its session open.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,9 +26,11 @@ use axum::Router;
 use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
+use crate::agent::live::{Live, Update};
 use crate::agent::queue::Queue;
 use crate::audit::Audit;
 use crate::console::login::{self, Sessions};
@@ -33,10 +42,21 @@ use crate::peers::AddressBook;
 pub const COOKIE: &str = "conduit_console";
 
 /// The Content-Security-Policy of every response.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
-                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+pub const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
+                       style-src 'self'; img-src 'self'; form-action 'self'; \
+                       frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("console.css");
+const JS: &str = include_str!("console.js");
+
+/// The header of a page read again by the console's script after a live update.
+const LIVE_HEADER: &str = "x-conduit-live";
+
+/// Live update streams open at once (every session and tab together).
+pub const MAX_STREAMS: usize = 16;
+
+/// How often an open stream checks that its session is still open.
+const STREAM_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Largest form of the Send page (all its files).
 const MAX_UPLOAD: usize = 64 << 30;
@@ -70,6 +90,10 @@ pub struct Console {
     /// How the queue stores file names (as they are, or keyed hashes in names mode
     /// hash), and the folders whose entries give a hash its name back.
     pub names: (crate::audit::names::Names, Vec<PathBuf>),
+    /// The agent's deliveries in flight, queue changes and relay state.
+    pub live: Arc<Live>,
+    /// Permits for live update streams ([`MAX_STREAMS`]).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Console {
@@ -96,7 +120,11 @@ impl Console {
             .flat_map(|v| v.split(';'))
             .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))?
             .to_string();
-        let csrf = self.sessions.check(&cookie)?;
+        let csrf = if headers.contains_key(LIVE_HEADER) {
+            self.sessions.peek(&cookie)?
+        } else {
+            self.sessions.check(&cookie)?
+        };
         Some((cookie, csrf))
     }
 
@@ -151,10 +179,13 @@ pub async fn serve(listener: tokio::net::TcpListener, console: Arc<Console>) {
         )
         .route("/inbox", get(inbox))
         .route("/peers", get(peers))
+        .route("/peers/add", post(add_peer))
+        .route("/events", get(events))
         .route("/audit", get(audit))
         .route("/audit/export", get(audit_export))
         .route("/health", get(health))
         .route("/static/console.css", get(css))
+        .route("/static/console.js", get(js))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn_with_state(Arc::clone(&console), guard))
         .with_state(console);
@@ -220,6 +251,58 @@ fn failed(what: &str, e: impl std::fmt::Display) -> Response {
 
 async fn css() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        JS,
+    )
+        .into_response()
+}
+
+/// The live update stream (Server-Sent Events): `progress` with an item's bytes and
+/// total, `changed` when the queue changed (read the page again). It ends when the
+/// session does.
+async fn events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some((cookie, _)) = c.session(&headers) else {
+        return not_logged_in();
+    };
+    let Ok(permit) = Arc::clone(&c.streams).try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live update streams: close some console tabs",
+        )
+            .into_response();
+    };
+    let updates = c.live.subscribe();
+    let stream = futures_util::stream::unfold(
+        (updates, c, cookie, permit),
+        |(mut updates, c, cookie, permit)| async move {
+            loop {
+                let next = tokio::time::timeout(STREAM_CHECK, updates.recv()).await;
+                c.sessions.peek(&cookie)?;
+                let event = match next {
+                    Err(_) => continue,
+                    Ok(Ok(Update::Progress { item, bytes, total })) => SseEvent::default()
+                        .event("progress")
+                        // (item ids are hex: nothing to escape)
+                        .data(format!(
+                            r#"{{"item":"{item}","bytes":{bytes},"total":{total}}}"#
+                        )),
+                    Ok(Ok(Update::Changed))
+                    | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                        SseEvent::default().event("changed").data("{}")
+                    }
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+                };
+                return Some((Ok::<_, Infallible>(event), (updates, c, cookie, permit)));
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn login_page(
@@ -342,10 +425,16 @@ async fn outbox(
         }
         (items, counts, more)
     }) {
-        Ok((items, counts, more)) => page(
-            StatusCode::OK,
-            pages::outbox(&items, &counts, n, more, &csrf),
-        ),
+        Ok((items, counts, more)) => {
+            let progress: HashMap<&str, (u64, u64)> = items
+                .iter()
+                .filter_map(|i| Some((i.id.as_str(), c.live.progress_of(&i.id)?)))
+                .collect();
+            page(
+                StatusCode::OK,
+                pages::outbox(&items, &counts, &progress, n, more, &csrf),
+            )
+        }
         Err(e) => failed("the queue", e),
     }
 }
@@ -367,6 +456,7 @@ async fn item_action(
     match done {
         Ok(item) => {
             c.note(&format!("{action} item {}", item.id));
+            c.live.changed();
             let mut res = Redirect::to("/outbox").into_response();
             *res.status_mut() = StatusCode::SEE_OTHER;
             res
@@ -416,21 +506,99 @@ async fn inbox(
     page(StatusCode::OK, pages::inbox(&arrived, n, more, &csrf))
 }
 
+/// The address book as it is on disk now (peers added since the agent started are
+/// marked), with each peer's last completed transfer.
 async fn peers(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let Some((_, csrf)) = c.session(&headers) else {
         return not_logged_in();
     };
-    let rows: Vec<pages::PeerRow> = c
-        .book
+    page(StatusCode::OK, peers_page(&c, &csrf, None))
+}
+
+fn peers_page(c: &Console, csrf: &str, note: Option<(&str, bool)>) -> maud::Markup {
+    let book = match AddressBook::load(&crate::home::Home::at(&c.home)) {
+        Ok(b) => b,
+        Err(e) => return pages::message("Error", &format!("the address book: {e}")),
+    };
+    let seen = Queue::open(&c.queue_path)
+        .and_then(|q| q.peers_seen())
+        .unwrap_or_default();
+    let rows: Vec<pages::PeerRow> = book
         .peers()
         .iter()
         .map(|p| pages::PeerRow {
             name: p.name.clone(),
             fingerprint: p.key.fingerprint().to_string(),
             fips: p.fips.is_some(),
+            path: p.path.map(|x| x.name()),
+            seen: seen.get(&p.key.to_string()).cloned(),
+            new: c.book.find_by_key(&p.key).is_none(),
         })
         .collect();
-    page(StatusCode::OK, pages::peers(&rows, &csrf))
+    pages::peers(&rows, note, csrf)
+}
+
+/// Adding a peer, in two steps: the form's name and key are checked and the key's
+/// fingerprint shown, to be compared with the one the other machine's `conduit id`
+/// shows (by telephone or in person); only a second POST that confirms the comparison
+/// writes the address book.
+async fn add_peer(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = match changing(&c, &headers, &form) {
+        Ok(_) => c.session(&headers).map(|(_, t)| t).unwrap_or_default(),
+        Err(refused) => return refused.into_response(),
+    };
+    let field = |n: &str| form.get(n).map(|v| v.trim()).unwrap_or_default();
+    let (name, key_text, fips_text) = (field("name"), field("key"), field("fips"));
+    let refuse = |why: String| {
+        page(
+            StatusCode::BAD_REQUEST,
+            peers_page(&c, &csrf, Some((&why, false))),
+        )
+    };
+    let key = match PublicKey::parse(key_text) {
+        Ok(k) => k,
+        Err(e) => {
+            return refuse(format!(
+                "Not added: the public key is not valid ({e}). Paste the whole key that `conduit id` prints on the other machine (cpk1...)."
+            ));
+        }
+    };
+    let fips = match fips_text {
+        "" => None,
+        t => match crate::crypto::fips_identity::FipsPin::parse(t) {
+            Ok(p) => Some(p),
+            Err(e) => return refuse(format!("Not added: the FIPS pin is not valid ({e}).")),
+        },
+    };
+    let home = crate::home::Home::at(&c.home);
+    let mut book = match AddressBook::load(&home) {
+        Ok(b) => b,
+        Err(e) => return failed("the address book", e),
+    };
+    let added = book.add(name, key).and_then(|()| book.set_fips(name, fips));
+    if let Err(e) = added {
+        return refuse(format!("Not added: {e}."));
+    }
+    if form.get("compared").map(String::as_str) != Some("yes") {
+        let fingerprint = key.fingerprint().to_string();
+        return page(
+            StatusCode::OK,
+            pages::compare_peer(name, key_text, fips_text, &fingerprint, &csrf),
+        );
+    }
+    if let Err(e) = book.save() {
+        return failed("the address book", e);
+    }
+    c.note(&format!("peer added {name} {}", key.fingerprint()));
+    let done = format!(
+        "{name} was added to the address book ({}). Transfers from the command line use it now; the running agent uses it after its next start.",
+        key.fingerprint()
+    );
+    page(StatusCode::OK, peers_page(&c, &csrf, Some((&done, true))))
 }
 
 async fn audit(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
@@ -545,10 +713,35 @@ async fn health(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
             ok: false,
         }),
     }
-    checks.push(pages::Check {
-        what: "relay".into(),
-        value: c.relay.clone().unwrap_or_else(|| "none configured".into()),
-        ok: true,
+    checks.push(match (&c.relay, c.live.relay_state()) {
+        (None, _) => pages::Check {
+            what: "relay".into(),
+            value: "none configured".into(),
+            ok: true,
+        },
+        (Some(relay), None) => pages::Check {
+            what: "relay".into(),
+            value: format!(
+                "{} (not contacted since the agent started)",
+                pages::shown(relay)
+            ),
+            ok: true,
+        },
+        (Some(relay), Some(r)) => pages::Check {
+            what: "relay".into(),
+            value: format!(
+                "{}: {} at {} ({})",
+                pages::shown(relay),
+                if r.reachable {
+                    "answered"
+                } else {
+                    "NOT reachable"
+                },
+                pages::when(r.at_ms),
+                r.detail
+            ),
+            ok: r.reachable,
+        },
     });
     for (what, dir) in &c.folders {
         let (value, ok) = match rustix::fs::statvfs(dir) {
@@ -727,6 +920,7 @@ async fn send_files(
         "send: {queued} file(s) queued for {}",
         names.join(", ")
     ));
+    c.live.changed();
     let mut res = Redirect::to("/outbox").into_response();
     *res.status_mut() = StatusCode::SEE_OTHER;
     res

@@ -328,6 +328,8 @@ async fn send_chunks(
         pool.threads(),
     );
     let to_send = file.layout.count().saturating_sub(file.first);
+    // Progress counts plaintext, as the receiver's does: a chunk's bytes without its tag.
+    let (layout, first) = (file.layout, file.first);
     let pool = Arc::clone(pool);
     let limit = lead.limit();
     // However this function ends, the sealer must not wait on for buffers that quinn may
@@ -380,10 +382,11 @@ async fn send_chunks(
                 })?;
         }
         let n = chunk.len();
+        let plain = layout.plaintext_len(first + written);
         send.write_chunk(chunk).await?;
         written += 1;
         lead.sent(n as u64, || conn.rtt());
-        progress(n as u64);
+        progress(plain as u64);
         test_hook::after_chunks(written).await;
     }
     let hash = sealer.await?.ok_or(PipelineError::HashShape)?;
@@ -417,9 +420,8 @@ async fn send_single(
         .seal_chunk(index, true, &mut buf)
         .map_err(PipelineError::from)?;
     source.after_last_read().map_err(io)?;
-    let n = buf.len() as u64;
     send.write_chunk(buf.freeze()).await?;
-    progress(n);
+    progress(plain as u64);
     test_hook::after_chunks(1).await;
     Ok(tree.finalize().ok_or(PipelineError::HashShape)?)
 }

@@ -111,7 +111,9 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N], TransferError> {
 
 /// The sending side, configured once: this endpoint's identity, the cipher workers, the
 /// chunk size, the timeouts, the audit trail (off unless set) and the event sink (quiet
-/// unless set). Each [`Sender::send`] is one transfer.
+/// unless set). Each [`Sender::send`] is one transfer. A clone shares the cipher workers
+/// and the audit trail (the agent gives each delivery its own event sink).
+#[derive(Clone)]
 pub struct Sender {
     identity: Identity,
     pool: Arc<CipherPool>,

@@ -559,3 +559,271 @@ fn a_file_sent_from_the_send_page_is_delivered_and_listed_on_both_consoles() {
     stop_agent(sender);
     stop_agent(receiver);
 }
+
+/// Reads a Server-Sent Events stream on `s` until `done` holds for what came so far, or
+/// `secs` pass; returns what came.
+fn read_events(s: &mut TcpStream, secs: u64, done: impl Fn(&str) -> bool) -> String {
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline && !done(&String::from_utf8_lossy(&got)) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is_compared() {
+    let relay = common::start_relay(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (lab, clinic) = (endpoint(root, "lab"), endpoint(root, "clinic"));
+    know(&lab, "clinic", &clinic);
+    know(&clinic, "lab", &lab);
+    let transfer = format!(
+        "[transfer]\nrelay = \"{}\"\nrelay_pin = \"{}\"\n\n[agent]\nretry_max_secs = 2\n",
+        relay.addr, relay.pin
+    );
+    let port = free_port();
+    configure(
+        &lab,
+        &format!("{transfer}\n[console]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let inbox = root.join("inbox");
+    configure(
+        &clinic,
+        &format!(
+            "{transfer}\n[[inbox]]\nfrom = [\"lab\"]\npath = \"{}\"\n",
+            inbox.display()
+        ),
+    );
+    let (sender, receiver) = (start_agent(&lab), start_agent(&clinic));
+    let host = format!("127.0.0.1:{port}");
+    let origin = format!("http://{host}");
+    let login = request(
+        port,
+        "GET",
+        path_of(&login_url(&lab)),
+        &[("Host", &host)],
+        "",
+    );
+    let cookie = login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = request(
+        port,
+        "GET",
+        "/outbox",
+        &[("Host", &host), ("Cookie", &cookie)],
+        "",
+    );
+    let csrf = csrf_of(&page.body);
+    // The pages with live updates load the console's script; the script is served.
+    assert!(
+        page.body
+            .contains("<script src=\"/static/console.js\" defer></script>")
+            && page.body.contains("data-live=\"1\""),
+        "{}",
+        page.body
+    );
+    let js = request(port, "GET", "/static/console.js", &[("Host", &host)], "");
+    assert!(
+        js.body.contains("new EventSource(\"/events\")"),
+        "{}",
+        js.body
+    );
+    assert!(
+        js.header("content-security-policy")
+            .is_some_and(|c| c.contains("script-src 'self'"))
+    );
+
+    // The stream needs the session.
+    assert_eq!(
+        request(port, "GET", "/events", &[("Host", &host)], "").status,
+        401
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET /events HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let head = read_events(&mut stream, 10, |t| t.contains("\r\n\r\n"));
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("content-type: text/event-stream"),
+        "{head}"
+    );
+
+    // A file from the Send page: its progress (the last event of a transfer is its whole
+    // size) and the queue's changes come on the stream.
+    let size = 3 << 20;
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let (kind, body) = multipart(&[
+        ("csrf", None, csrf.as_bytes()),
+        ("to", None, b"clinic"),
+        ("file", Some("cbc-panel.pdf"), &data),
+    ]);
+    let hs = [
+        ("Host", host.as_str()),
+        ("Cookie", &cookie),
+        ("Origin", &origin),
+    ];
+    let sent = raw_request(port, "POST", "/send", &hs, Some(&kind), &body);
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    let whole = format!("\"bytes\":{size},\"total\":{size}");
+    let got = read_events(&mut stream, 60, |t| t.contains(&whole));
+    assert!(
+        got.contains("event: changed") && got.contains("event: progress") && got.contains(&whole),
+        "{got}"
+    );
+    assert!(wait_until(30, || inbox.join("cbc-panel.pdf").exists()));
+    assert_eq!(std::fs::read(inbox.join("cbc-panel.pdf")).unwrap(), data);
+    // Delivered: the outbox says so, and the Peers page has the last transfer and path.
+    let get = |path: &str| {
+        request(
+            port,
+            "GET",
+            path,
+            &[("Host", &host), ("Cookie", &cookie)],
+            "",
+        )
+    };
+    assert!(wait_until(20, || get("/outbox")
+        .body
+        .contains(">delivered<")));
+    let peers = get("/peers");
+    assert!(peers.body.contains("sent 20"), "{}", peers.body);
+    assert!(
+        peers.body.contains(">direct<") || peers.body.contains(">relayed<"),
+        "{}",
+        peers.body
+    );
+    let health = get("/health");
+    assert!(
+        health
+            .body
+            .contains(&format!("{}: answered at", relay.addr)),
+        "{}",
+        health.body
+    );
+
+    // Adding a peer: a bad key is refused; a good one shows its fingerprint and is not
+    // written until the comparison is confirmed; then it is, and audited.
+    let north = endpoint(root, "north");
+    let north_key = common::key_of(&north);
+    let listed = || {
+        let out = conduit(&lab)
+            .args(["peers", "list", "--json"])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    let post = |body: String, with_origin: bool| {
+        let mut hs = vec![("Host", host.as_str()), ("Cookie", cookie.as_str())];
+        if with_origin {
+            hs.push(("Origin", origin.as_str()));
+        }
+        request(port, "POST", "/peers/add", &hs, &body)
+    };
+    let enc = |s: &str| {
+        s.replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D")
+    };
+    assert_eq!(
+        post(format!("name=north&key={}", enc(&north_key)), true).status,
+        403,
+        "no CSRF token"
+    );
+    assert_eq!(
+        post(
+            format!(
+                "csrf={csrf}&name=north&key={}&compared=yes",
+                enc(&north_key)
+            ),
+            false
+        )
+        .status,
+        403,
+        "no Origin"
+    );
+    let bad = post(format!("csrf={csrf}&name=north&key=cpk1nonsense"), true);
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("not valid"), "{}", bad.body);
+    let taken = post(
+        format!("csrf={csrf}&name=clinic&key={}", enc(&north_key)),
+        true,
+    );
+    assert_eq!(taken.status, 400, "{}", taken.body);
+    let step = post(
+        format!("csrf={csrf}&name=north&key={}", enc(&north_key)),
+        true,
+    );
+    assert_eq!(step.status, 200, "{}", step.body);
+    let out = conduit(&north).arg("id").output().unwrap();
+    let fingerprint = text(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("fingerprint:")
+                .map(|f| f.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("{}", text(&out.stdout)));
+    assert!(
+        step.body.contains(&fingerprint) && step.body.contains("name=\"compared\""),
+        "{fingerprint}: {}",
+        step.body
+    );
+    assert!(!listed().contains("north"), "added before the comparison");
+    let added = post(
+        format!(
+            "csrf={csrf}&name=north&key={}&compared=yes",
+            enc(&north_key)
+        ),
+        true,
+    );
+    assert_eq!(added.status, 200, "{}", added.body);
+    assert!(
+        added.body.contains("north was added") && added.body.contains("after its next start"),
+        "{}",
+        added.body
+    );
+    assert!(listed().contains(&north_key), "{}", listed());
+    assert!(
+        get("/peers").body.contains("added since the agent started"),
+        "the new peer is marked"
+    );
+
+    // Logged out: the stream ends.
+    let csrf_body = format!("csrf={csrf}");
+    let out = request(port, "POST", "/logout", &hs, &csrf_body);
+    assert_eq!(out.status, 200);
+    let rest = read_events(&mut stream, 20, |t| t.ends_with("0\r\n\r\n"));
+    assert!(
+        rest.ends_with("0\r\n\r\n"),
+        "the stream did not end: {rest}"
+    );
+
+    stop_agent(sender);
+    stop_agent(receiver);
+    let log = common::audit_text(&lab);
+    assert!(
+        log.contains(&format!("peer added north {fingerprint}")),
+        "{log}"
+    );
+}

@@ -97,6 +97,19 @@ fn a_tree_with_an_empty_file_and_unicode_names_arrives_identical() {
         "final progress is the total"
     );
     assert_eq!(events.last().unwrap()["event"], "done");
+    // The sender's progress counts plaintext too (not the sealed chunks' bytes): it ends
+    // at the total, never beyond.
+    let sent: Vec<u64> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        sent.last().copied(),
+        Some(offer["bytes"].as_u64().unwrap()),
+        "the sender's final progress is the total: {sent:?}"
+    );
     let done: serde_json::Value =
         serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(done["event"], "done");

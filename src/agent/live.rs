@@ -1,0 +1,165 @@
+//! What the agent is doing at this moment, for the console's live updates: the bytes of
+//! every delivery in flight, and a signal whenever the queue changed (an item queued,
+//! claimed, delivered, retried or failed, a file received). Nothing here is durable: the
+//! queue ([`crate::agent::queue`]) is the record; this only says when to read it again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+/// Updates a subscriber may fall behind by before it is told to read everything again.
+const BACKLOG: usize = 256;
+
+/// One live update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// A delivery in flight moved `bytes` of `total`.
+    Progress {
+        /// The item.
+        item: String,
+        /// Plaintext bytes sent so far.
+        bytes: u64,
+        /// The file's size.
+        total: u64,
+    },
+    /// The queue changed: what shows it should be read again.
+    Changed,
+}
+
+/// What the agent last heard from its relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayState {
+    /// Whether the relay answered.
+    pub reachable: bool,
+    /// When (milliseconds since the epoch).
+    pub at_ms: i64,
+    /// What happened: listening there, a delivery through it, or the error.
+    pub detail: String,
+}
+
+/// The agent's live state, shared with the console.
+#[derive(Debug)]
+pub struct Live {
+    sending: Mutex<HashMap<String, (u64, u64)>>,
+    relay: Mutex<Option<RelayState>>,
+    updates: broadcast::Sender<Update>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            sending: Mutex::new(HashMap::new()),
+            relay: Mutex::new(None),
+            updates: broadcast::channel(BACKLOG).0,
+        }
+    }
+}
+
+impl Live {
+    fn sending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.sending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The delivery of `item` moved `bytes` of `total`.
+    pub fn progress(&self, item: &str, bytes: u64, total: u64) {
+        self.sending().insert(item.to_string(), (bytes, total));
+        let _ = self.updates.send(Update::Progress {
+            item: item.to_string(),
+            bytes,
+            total,
+        });
+    }
+
+    /// The attempt to deliver `item` ended (its outcome is in the queue).
+    pub fn ended(&self, item: &str) {
+        self.sending().remove(item);
+    }
+
+    /// How far the delivery of `item` is, if it is in flight: bytes and total.
+    pub fn progress_of(&self, item: &str) -> Option<(u64, u64)> {
+        self.sending().get(item).copied()
+    }
+
+    /// What the agent just heard from its relay (it answered, or not, and why); a change
+    /// between reachable and not counts as a change.
+    pub fn relay(&self, reachable: bool, detail: String) {
+        let flipped = {
+            let mut r = self
+                .relay
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let flipped = r.as_ref().is_none_or(|r| r.reachable != reachable);
+            *r = Some(RelayState {
+                reachable,
+                at_ms: crate::agent::queue::now_ms(),
+                detail,
+            });
+            flipped
+        };
+        if flipped {
+            self.changed();
+        }
+    }
+
+    /// What the agent last heard from its relay, if it tried it since it started.
+    pub fn relay_state(&self) -> Option<RelayState> {
+        self.relay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The queue changed.
+    pub fn changed(&self) {
+        let _ = self.updates.send(Update::Changed);
+    }
+
+    /// The updates from now on. A subscriber that falls more than a few hundred behind
+    /// gets [`broadcast::error::RecvError::Lagged`]: it should read everything again.
+    pub fn subscribe(&self) -> broadcast::Receiver<Update> {
+        self.updates.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_kept_while_in_flight_and_every_subscriber_hears_it() {
+        let live = Live::default();
+        let mut rx = live.subscribe();
+        live.progress("ab", 10, 100);
+        live.changed();
+        assert_eq!(live.progress_of("ab"), Some((10, 100)));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Update::Progress {
+                item: "ab".into(),
+                bytes: 10,
+                total: 100
+            }
+        );
+        assert_eq!(rx.try_recv().unwrap(), Update::Changed);
+        live.ended("ab");
+        assert_eq!(live.progress_of("ab"), None);
+        // The relay: a change between reachable and not is a change, a repeat is not.
+        live.relay(false, "unreachable".into());
+        live.relay(false, "still".into());
+        live.relay(true, "listening".into());
+        assert_eq!(rx.try_recv().unwrap(), Update::Changed);
+        assert_eq!(rx.try_recv().unwrap(), Update::Changed);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(live.relay_state().unwrap().detail, "listening");
+        for _ in 0..BACKLOG + 1 {
+            live.changed();
+        }
+        assert!(matches!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+    }
+}
