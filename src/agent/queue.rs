@@ -932,6 +932,35 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_gains_the_peers_last_transfers_and_keeps_its_items() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            // A database as conduit with schema 1 left it, with one item.
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(MIGRATIONS[0]).unwrap();
+            db.pragma_update(None, "user_version", 1).unwrap();
+            let mut q = Queue { db };
+            q.enqueue(&file("a.csv", &to())).unwrap();
+        }
+        let mut q = Queue::open(&path).unwrap();
+        assert_eq!(q.version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(q.list(10).unwrap().len(), 2);
+        assert!(q.peers_seen().unwrap().is_empty());
+        q.seen("cpk1a", "sent", "relayed").unwrap();
+        q.seen("cpk1a", "received", "direct").unwrap();
+        let seen = q.peers_seen().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            (
+                seen["cpk1a"].direction.as_str(),
+                seen["cpk1a"].path.as_str()
+            ),
+            ("received", "direct")
+        );
+    }
+
+    #[test]
     fn an_item_goes_from_queued_to_delivered_and_the_file_finishes_after_all() {
         let dir = tempfile::tempdir().unwrap();
         let mut q = Queue::open(&dir.path().join(FILE_NAME)).unwrap();

@@ -485,25 +485,41 @@ fn a_file_sent_from_the_send_page_is_delivered_and_listed_on_both_consoles() {
             inbox.display()
         ),
     );
-    let (sender, receiver) = (start_agent(&lab), start_agent(&clinic));
+    // The recipient starts only once the page shows the item waiting: its delivery must
+    // then appear on that page through the live updates alone (no reload).
+    let sender = start_agent(&lab);
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     // The Send page, driven through WebDriver: log in, tick "clinic", add the file, send.
     let src = root.join("scan-0042.dcm");
     common::write_data(&src, 10 << 20);
-    let out = std::process::Command::new("/usr/bin/python3")
+    let mut script = std::process::Command::new("/usr/bin/python3")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/console_send.py"))
         .arg(login_url(&lab))
         .arg("clinic")
         .arg(&src)
         .arg(shots.join("send-filled.png"))
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut lines = std::io::BufReader::new(script.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
+    assert!(
+        first.starts_with("ON-OUTBOX") && !first.contains("delivered"),
+        "{first}"
+    );
+    let receiver = start_agent(&clinic);
+    writeln!(script.stdin.take().unwrap(), "go").unwrap();
+    let mut rest = String::new();
+    lines.read_to_string(&mut rest).unwrap();
+    let out = script.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("scan-0042.dcm"),
-        "{}",
-        text(&out.stdout)
+        rest.starts_with("LIVE-DELIVERED") && rest.contains("scan-0042.dcm"),
+        "{rest}"
     );
     assert!(wait_until(60, || inbox.join("scan-0042.dcm").exists()));
     assert!(common::same_file(&src, &inbox.join("scan-0042.dcm")));

@@ -3,7 +3,10 @@ python3-selenium and chromium-driver), for tests/agent/console.rs.
 
 Usage: console_send.py LOGIN_URL RECIPIENT FILE SCREENSHOT
 Logs in through the one-time link, opens the Send page, ticks RECIPIENT, adds FILE,
-screenshots the filled form, submits it, and prints the outbox page it lands on.
+screenshots the filled form, submits it and lands on the outbox. There it prints
+"ON-OUTBOX" with the item's state and waits for a line on stdin (the test starts the
+recipient then), then waits, without reloading, until the live updates show the item
+delivered, and prints "LIVE-DELIVERED" and the page.
 """
 
 import sys
@@ -34,6 +37,21 @@ def main():
         except Exception:
             sys.stderr.write("did not reach the outbox: %s\n%s\n" % (driver.current_url, driver.page_source))
             raise
+        # A mark that a reload would wipe: the page must change under it.
+        driver.execute_script("window.conduitMark = 1;")
+        state = driver.find_element(By.CSS_SELECTOR, "tbody tr .state").text
+        print("ON-OUTBOX " + state, flush=True)
+        sys.stdin.readline()
+        delivered = lambda d: d.find_elements(By.CSS_SELECTOR, "tbody tr .state.ok")
+        try:
+            WebDriverWait(driver, 90).until(delivered)
+        except Exception:
+            sys.stderr.write("not delivered on the page:\n%s\n" % driver.page_source)
+            raise
+        if driver.execute_script("return window.conduitMark;") != 1:
+            sys.stderr.write("the page was reloaded\n")
+            sys.exit(1)
+        print("LIVE-DELIVERED", flush=True)
         print(driver.page_source)
     finally:
         driver.quit()
