@@ -147,6 +147,19 @@ impl Sessions {
 
     /// The CSRF token of the live session of `cookie`, which counts as a request.
     pub fn check(&self, cookie: &str) -> Option<String> {
+        self.live(cookie, true)
+    }
+
+    /// The CSRF token of the live session of `cookie`, without counting as a request: a
+    /// page's live updates (Server-Sent Events, the refresh they trigger) do not keep an
+    /// unattended session open.
+    pub fn peek(&self, cookie: &str) -> Option<String> {
+        self.live(cookie, false)
+    }
+
+    /// The CSRF token of the live session of `cookie` (a dead one is forgotten); `touch`:
+    /// this counts as a request.
+    fn live(&self, cookie: &str, touch: bool) -> Option<String> {
         let now = Instant::now();
         let mut map = self.lock();
         let k = key(cookie);
@@ -155,21 +168,8 @@ impl Sessions {
             map.remove(&k);
             return None;
         }
-        s.last = now;
-        Some(s.csrf.clone())
-    }
-
-    /// The CSRF token of the live session of `cookie`, without counting as a request: a
-    /// page's live updates (Server-Sent Events, the refresh they trigger) do not keep an
-    /// unattended session open.
-    pub fn peek(&self, cookie: &str) -> Option<String> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        let k = key(cookie);
-        let s = map.get(&k)?;
-        if !alive(s, now) {
-            map.remove(&k);
-            return None;
+        if touch {
+            s.last = now;
         }
         Some(s.csrf.clone())
     }

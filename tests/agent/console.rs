@@ -410,6 +410,22 @@ fn the_console_checks_host_cookie_origin_and_csrf_and_a_login_link_works_once() 
     assert_eq!(console[4], "logout");
 }
 
+/// Two endpoints, "lab" and "clinic", that know each other, and the `[transfer]` and
+/// `[agent]` lines of a conduit.toml that meets at `relay` and retries within 2 s.
+fn lab_and_clinic(
+    root: &Path,
+    relay: &common::Relay,
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let (lab, clinic) = (endpoint(root, "lab"), endpoint(root, "clinic"));
+    know(&lab, "clinic", &clinic);
+    know(&clinic, "lab", &lab);
+    let transfer = format!(
+        "[transfer]\nrelay = \"{}\"\nrelay_pin = \"{}\"\n\n[agent]\nrescan_secs = 1\nretry_max_secs = 2\n",
+        relay.addr, relay.pin
+    );
+    (lab, clinic, transfer)
+}
+
 /// Headless Chromium with its WebDriver and Python's selenium, when installed (CI
 /// installs Debian's `chromium`, `chromium-driver` and `python3-selenium`); `None` with
 /// the reason printed outside CI, a failure in CI.
@@ -461,13 +477,7 @@ fn a_file_sent_from_the_send_page_is_delivered_and_listed_on_both_consoles() {
     let relay = common::start_relay(&[]);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let (lab, clinic) = (endpoint(root, "lab"), endpoint(root, "clinic"));
-    know(&lab, "clinic", &clinic);
-    know(&clinic, "lab", &lab);
-    let transfer = format!(
-        "[transfer]\nrelay = \"{}\"\nrelay_pin = \"{}\"\n\n[agent]\nrescan_secs = 1\nretry_max_secs = 2\n",
-        relay.addr, relay.pin
-    );
+    let (lab, clinic, transfer) = lab_and_clinic(root, &relay);
     let (lab_port, clinic_port) = (free_port(), free_port());
     let outbox = root.join("outbox");
     configure(
@@ -604,13 +614,7 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
     let relay = common::start_relay(&[]);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let (lab, clinic) = (endpoint(root, "lab"), endpoint(root, "clinic"));
-    know(&lab, "clinic", &clinic);
-    know(&clinic, "lab", &lab);
-    let transfer = format!(
-        "[transfer]\nrelay = \"{}\"\nrelay_pin = \"{}\"\n\n[agent]\nretry_max_secs = 2\n",
-        relay.addr, relay.pin
-    );
+    let (lab, clinic, transfer) = lab_and_clinic(root, &relay);
     let port = free_port();
     configure(
         &lab,
