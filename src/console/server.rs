@@ -581,7 +581,7 @@ async fn add_peer(
     };
     let added = book.add(name, key).and_then(|()| book.set_fips(name, fips));
     if let Err(e) = added {
-        return refuse(format!("Not added: {e}."));
+        return refuse(format!("Not added: {}.", pages::shown(&e.to_string())));
     }
     if form.get("compared").map(String::as_str) != Some("yes") {
         let fingerprint = key.fingerprint().to_string();
