@@ -769,6 +769,16 @@ impl Queue {
             .optional()?)
     }
 
+    /// Records the name the file of `item` from `sender` landed under in its inbox, when
+    /// the conflict rule gave it another one than it was offered under.
+    pub fn placed(&mut self, sender: &str, item: &str, name: &str) -> Result<(), QueueError> {
+        self.db.execute(
+            "UPDATE received SET name = ?3 WHERE sender = ?1 AND item = ?2",
+            params![sender, item, name],
+        )?;
+        Ok(())
+    }
+
     /// Remembers that `item` from `sender` was delivered into an inbox (before the file
     /// is given its name there, so a repeat is answered even after a crash in between).
     pub fn remember_received(

@@ -1425,6 +1425,10 @@ fn settle(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // The name it landed under (another one after a conflict), for the console's inbox.
+    if placed_name != name {
+        q.placed(sender_key, item, &shared.stored(&placed_name))?;
+    }
     shared.emit(AgentEvent::Received {
         from: from.to_string(),
         name: shared.stored(&placed_name),

@@ -231,7 +231,7 @@ pub(super) fn inbox(rows: &[Arrived<'_>], page: usize, more: bool, csrf: &str) -
                             td { (when(a.row.at_ms)) }
                             td { (bytes(a.row.received.size)) }
                             td.detail { code title=(a.row.received.hash) { (a.row.received.hash) } }
-                            td.detail { (shown(&a.row.received.inbox)) }
+                            td.detail { (shown(&format!("{}/{}", a.row.received.inbox, a.row.received.name))) }
                         }
                     }
                 }

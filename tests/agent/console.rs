@@ -615,7 +615,7 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (lab, clinic, transfer) = lab_and_clinic(root, &relay);
-    let port = free_port();
+    let (port, clinic_port) = (free_port(), free_port());
     configure(
         &lab,
         &format!("{transfer}\n[console]\nlisten = \"127.0.0.1:{port}\"\n"),
@@ -624,7 +624,7 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
     configure(
         &clinic,
         &format!(
-            "{transfer}\n[[inbox]]\nfrom = [\"lab\"]\npath = \"{}\"\n",
+            "{transfer}\n[[inbox]]\nfrom = [\"lab\"]\npath = \"{}\"\n\n[console]\nlisten = \"127.0.0.1:{clinic_port}\"\n",
             inbox.display()
         ),
     );
@@ -740,6 +740,42 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
             .contains(&format!("{}: answered at", relay.addr)),
         "{}",
         health.body
+    );
+    // The same name again (the first went to sent/): it lands under another name, and
+    // the receiver's inbox page says where.
+    let sent = raw_request(port, "POST", "/send", &hs, Some(&kind), &body);
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    let second = inbox.join("cbc-panel (2).pdf");
+    assert!(wait_until(30, || second.exists()));
+    let clinic_host = format!("127.0.0.1:{clinic_port}");
+    let login = request(
+        clinic_port,
+        "GET",
+        path_of(&login_url(&clinic)),
+        &[("Host", &clinic_host)],
+        "",
+    );
+    let clinic_cookie = login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let arrived = request(
+        clinic_port,
+        "GET",
+        "/inbox",
+        &[("Host", &clinic_host), ("Cookie", &clinic_cookie)],
+        "",
+    );
+    assert!(
+        arrived.body.contains(&format!("{}</td>", second.display()))
+            && arrived
+                .body
+                .contains(&format!("{}</td>", inbox.join("cbc-panel.pdf").display())),
+        "{}",
+        arrived.body
     );
 
     // Adding a peer: a bad key is refused; a good one shows its fingerprint and is not
