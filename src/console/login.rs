@@ -160,7 +160,10 @@ impl Sessions {
     /// The CSRF token of the live session of `cookie` (a dead one is forgotten); `touch`:
     /// this counts as a request.
     fn live(&self, cookie: &str, touch: bool) -> Option<String> {
-        let now = Instant::now();
+        self.live_at(cookie, touch, Instant::now())
+    }
+
+    fn live_at(&self, cookie: &str, touch: bool, now: Instant) -> Option<String> {
         let mut map = self.lock();
         let k = key(cookie);
         let s = map.get_mut(&k)?;
@@ -223,6 +226,25 @@ mod tests {
         std::fs::write(&f, (unix_now() - 1).to_string()).unwrap();
         assert_eq!(redeem_token(home.path(), &t), Err(Refused::Expired));
         assert!(!f.exists());
+    }
+
+    #[test]
+    fn only_requests_keep_a_session_alive_and_live_updates_do_not() {
+        let s = Sessions::default();
+        let (watched, _) = s.open().unwrap();
+        let (used, _) = s.open().unwrap();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        // Live updates every minute for 14 minutes; a request at minute 14 on the other.
+        for m in 1..=14 {
+            assert!(s.live_at(&watched, false, t0 + minute * m).is_some());
+        }
+        assert!(s.live_at(&used, true, t0 + minute * 14).is_some());
+        // At minute 16 the watched one ended (15 minutes since its last request), the
+        // used one lives on.
+        assert!(s.live_at(&watched, false, t0 + minute * 16).is_none());
+        assert!(s.live_at(&used, false, t0 + minute * 16).is_some());
+        assert!(s.live_at(&used, false, t0 + minute * 30).is_none());
     }
 
     #[test]

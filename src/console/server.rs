@@ -113,6 +113,12 @@ impl Console {
 
     /// The session of a request: its cookie and CSRF token.
     fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
+        self.session_touching(headers, !headers.contains_key(LIVE_HEADER))
+    }
+
+    /// [`Console::session`]; `touch`: the request counts as activity (a live update
+    /// does not).
+    fn session_touching(&self, headers: &HeaderMap, touch: bool) -> Option<(String, String)> {
         let cookie = headers
             .get_all(header::COOKIE)
             .iter()
@@ -120,10 +126,10 @@ impl Console {
             .flat_map(|v| v.split(';'))
             .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))?
             .to_string();
-        let csrf = if headers.contains_key(LIVE_HEADER) {
-            self.sessions.peek(&cookie)?
-        } else {
+        let csrf = if touch {
             self.sessions.check(&cookie)?
+        } else {
+            self.sessions.peek(&cookie)?
         };
         Some((cookie, csrf))
     }
@@ -265,7 +271,8 @@ async fn js() -> Response {
 /// total, `changed` when the queue changed (read the page again). It ends when the
 /// session does.
 async fn events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let Some((cookie, _)) = c.session(&headers) else {
+    // A browser opens the stream again by itself after a break: not activity either.
+    let Some((cookie, _)) = c.session_touching(&headers, false) else {
         return not_logged_in();
     };
     let Ok(permit) = Arc::clone(&c.streams).try_acquire_owned() else {
