@@ -95,7 +95,7 @@ pub(super) fn message(title: &str, text: &str) -> Markup {
         "",
         None,
         html! {
-            p { (text) }
+            p { (shown(text)) }
             p { "To log in, run " code { "conduit console url" } " on this machine and open the link it prints." }
         },
     )
@@ -165,7 +165,7 @@ pub(super) fn outbox(
                             td.detail {
                                 @if i.state == State::Delivered { "delivered " (when(i.updated_ms)) br; }
                                 @if let Some(r) = &i.receipt { code title=(r) { (r) } }
-                                @if let Some(why) = &i.reason { span.reason { (why) } }
+                                @if let Some(why) = &i.reason { span.reason { (shown(why)) } }
                             }
                             td.actions {
                                 @if matches!(i.state, State::Queued | State::Failed) {
