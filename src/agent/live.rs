@@ -1,5 +1,5 @@
 //! What the agent is doing at this moment, for the console's live updates: the bytes of
-//! every delivery in flight, and a signal whenever the queue changed (an item queued,
+//! every delivery in flight and of every file arriving, and a signal whenever the queue changed (an item queued,
 //! claimed, delivered, retried or failed, a file received). Nothing here is durable: the
 //! queue ([`crate::agent::queue`]) is the record; this only says when to read it again.
 
@@ -27,6 +27,17 @@ pub enum Update {
     Changed,
 }
 
+/// A file arriving (the offer was read; it may still be refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arriving {
+    /// The sender's key.
+    pub from: crate::crypto::identity::PublicKey,
+    /// The offered name (escaped), or `None` when names are hidden (names mode hash).
+    pub name: Option<String>,
+    /// Its size.
+    pub total: u64,
+}
+
 /// What the agent last heard from its relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayState {
@@ -42,6 +53,8 @@ pub struct RelayState {
 #[derive(Debug)]
 pub struct Live {
     sending: Mutex<HashMap<String, (u64, u64)>>,
+    arriving: Mutex<HashMap<String, Arriving>>,
+    arrivals: std::sync::atomic::AtomicU64,
     relay: Mutex<Option<RelayState>>,
     updates: broadcast::Sender<Update>,
 }
@@ -50,6 +63,8 @@ impl Default for Live {
     fn default() -> Self {
         Live {
             sending: Mutex::new(HashMap::new()),
+            arriving: Mutex::new(HashMap::new()),
+            arrivals: std::sync::atomic::AtomicU64::new(0),
             relay: Mutex::new(None),
             updates: broadcast::channel(BACKLOG).0,
         }
@@ -63,7 +78,8 @@ impl Live {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The delivery of `item` moved `bytes` of `total`.
+    /// The delivery of `item` (or the incoming transfer of that name) moved `bytes` of
+    /// `total`.
     pub fn progress(&self, item: &str, bytes: u64, total: u64) {
         self.sending().insert(item.to_string(), (bytes, total));
         let _ = self.updates.send(Update::Progress {
@@ -110,6 +126,51 @@ impl Live {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    fn arriving(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arriving>> {
+        self.arriving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A name for the next incoming transfer's progress (`in-N`: never an item id, which
+    /// is hex).
+    pub fn next_arrival(&self) -> String {
+        let n = self
+            .arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("in-{n}")
+    }
+
+    /// The incoming transfer `id` offers a file.
+    pub fn arrival(&self, id: &str, a: Arriving) {
+        self.arriving().insert(id.to_string(), a);
+        self.changed();
+    }
+
+    /// The incoming transfer `id` ended (received, refused or broken).
+    pub fn arrival_ended(&self, id: &str) {
+        let was = self.arriving().remove(id).is_some();
+        self.ended(id);
+        if was {
+            self.changed();
+        }
+    }
+
+    /// The files arriving now, with their names for [`Live::progress_of`], oldest first.
+    pub fn arrivals(&self) -> Vec<(String, Arriving)> {
+        let mut all: Vec<(String, Arriving)> = self
+            .arriving()
+            .iter()
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect();
+        all.sort_by_key(|(k, _)| {
+            k.strip_prefix("in-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        });
+        all
     }
 
     /// The queue changed.

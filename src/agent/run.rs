@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::agent::config::{After, AgentConfig, Inbox, OnConflict, Outbox, Reach};
 use crate::agent::inbox;
-use crate::agent::live::Live;
+use crate::agent::live::{Arriving, Live};
 use crate::agent::metrics::AgentMetrics;
 use crate::agent::queue::{self, Item, NewFile, Queue, QueueError, Received, State, id_text};
 use crate::audit::Audit;
@@ -1243,7 +1243,33 @@ async fn receive_one(
     conn: &quinn::Connection,
     stop: impl Future<Output = ()> + Send,
 ) {
-    let offer = match shared.receiver.receive(conn, stop).await {
+    // The console's Inbox: the file arriving and its bytes, under a name of its own
+    // until the transfer ends (however it ends).
+    let arrival = Arrival(Arc::clone(&shared.live), shared.live.next_arrival());
+    let (live, id) = (Arc::clone(&shared.live), arrival.1.clone());
+    let receiver = shared
+        .receiver
+        .clone()
+        .events(Arc::new(move |names, e| match e {
+            Event::Offer {
+                peer,
+                total,
+                top_level,
+                ..
+            } => live.arrival(
+                &id,
+                Arriving {
+                    from: peer,
+                    name: (!names.hides())
+                        .then(|| top_level.into_iter().next())
+                        .flatten(),
+                    total,
+                },
+            ),
+            Event::Progress { bytes, total } => live.progress(&id, bytes, total),
+            _ => {}
+        }));
+    let offer = match receiver.receive(conn, stop).await {
         Ok(o) => o,
         Err(_) => return,
     };
@@ -1372,6 +1398,15 @@ async fn receive_one(
         false,
     ) {
         shared.warn(format!("inbox {}: {e}", inbox.path.display()));
+    }
+}
+
+/// Ends an incoming transfer's entry in [`Live`] when dropped.
+struct Arrival(Arc<Live>, String);
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.0.arrival_ended(&self.1);
     }
 }
 

@@ -212,9 +212,50 @@ pub(super) struct Arrived<'a> {
     pub(super) fingerprint: Option<String>,
 }
 
-/// The inbox: what arrived, newest first. Names and places only: no file is opened.
-pub(super) fn inbox(rows: &[Arrived<'_>], page: usize, more: bool, csrf: &str) -> Markup {
+/// A file arriving now.
+pub(super) struct Incoming {
+    /// Its name for live progress updates.
+    pub(super) id: String,
+    /// The sender's name in the address book, if it is there.
+    pub(super) from: Option<String>,
+    /// The sender's fingerprint.
+    pub(super) fingerprint: String,
+    /// The offered name (escaped), unless names are hidden.
+    pub(super) name: Option<String>,
+    /// Bytes so far and in all.
+    pub(super) progress: (u64, u64),
+}
+
+/// The inbox: what is arriving now, then what arrived, newest first. Names and places
+/// only: no file is opened.
+pub(super) fn inbox(
+    arriving: &[Incoming],
+    rows: &[Arrived<'_>],
+    page: usize,
+    more: bool,
+    csrf: &str,
+) -> Markup {
     let body = html! {
+        @if !arriving.is_empty() {
+            h2 { "Arriving" }
+            table.arriving {
+                thead { tr { th { "File" } th { "From" } th { "Progress" } } }
+                tbody {
+                    @for a in arriving {
+                        @let (done, total) = a.progress;
+                        tr {
+                            td.name { (a.name.as_deref().map_or_else(|| "(name hidden)".to_string(), shown)) br; small { (bytes(total)) } }
+                            td { (a.from.as_deref().map_or_else(|| "unknown sender".to_string(), shown)) br; small { code { (a.fingerprint) } } }
+                            td {
+                                progress id={ "progress-" (a.id) } max=(total.max(1)) value=(done) {}
+                                " " small id={ "percent-" (a.id) } { (percent(done, total)) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Arrived" }
+        }
         @if rows.is_empty() && page == 0 {
             p { "Nothing has arrived yet." }
         } @else {

@@ -510,7 +510,22 @@ async fn inbox(
             }
         })
         .collect();
-    page(StatusCode::OK, pages::inbox(&arrived, n, more, &csrf))
+    let arriving: Vec<pages::Incoming> = c
+        .live
+        .arrivals()
+        .into_iter()
+        .map(|(id, a)| pages::Incoming {
+            from: c.book.find_by_key(&a.from).map(|p| p.name.clone()),
+            fingerprint: a.from.fingerprint().to_string(),
+            name: a.name,
+            progress: c.live.progress_of(&id).unwrap_or((0, a.total)),
+            id,
+        })
+        .collect();
+    page(
+        StatusCode::OK,
+        pages::inbox(&arriving, &arrived, n, more, &csrf),
+    )
 }
 
 /// The address book as it is on disk now (peers added since the agent started are

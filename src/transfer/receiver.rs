@@ -74,6 +74,7 @@ pub struct ReceivePolicy {
 /// The receiving side, configured once: this endpoint's identity and address book, its
 /// [`ReceivePolicy`], the cipher workers, the audit trail (off unless set) and the event
 /// sink (quiet unless set). Each [`Receiver::receive`] is one connection's transfer.
+#[derive(Clone)]
 pub struct Receiver {
     identity: Identity,
     book: AddressBook,

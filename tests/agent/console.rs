@@ -741,12 +741,8 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
         "{}",
         health.body
     );
-    // The same name again (the first went to sent/): it lands under another name, and
-    // the receiver's inbox page says where.
-    let sent = raw_request(port, "POST", "/send", &hs, Some(&kind), &body);
-    assert_eq!(sent.status, 303, "{}", sent.body);
-    let second = inbox.join("cbc-panel (2).pdf");
-    assert!(wait_until(30, || second.exists()));
+    // The same name again (the first went to sent/): the receiver's console streams its
+    // arrival's progress, and its inbox page says where it landed, under another name.
     let clinic_host = format!("127.0.0.1:{clinic_port}");
     let login = request(
         clinic_port,
@@ -762,6 +758,27 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
         .next()
         .unwrap()
         .to_string();
+    let mut arrivals = TcpStream::connect(("127.0.0.1", clinic_port)).unwrap();
+    write!(
+        arrivals,
+        "GET /events HTTP/1.1\r\nHost: {clinic_host}\r\nCookie: {clinic_cookie}\r\n\r\n"
+    )
+    .unwrap();
+    let head = read_events(&mut arrivals, 10, |t| t.contains("\r\n\r\n"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let sent = raw_request(port, "POST", "/send", &hs, Some(&kind), &body);
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    // (`in-N`: an incoming transfer's name, never an item id)
+    let whole_in = |t: &str| {
+        t.lines().any(|l| {
+            l.starts_with("data: {\"item\":\"in-")
+                && l.ends_with(&format!("\"bytes\":{size},\"total\":{size}}}"))
+        })
+    };
+    let got = read_events(&mut arrivals, 60, whole_in);
+    assert!(whole_in(&got), "{got}");
+    let second = inbox.join("cbc-panel (2).pdf");
+    assert!(wait_until(30, || second.exists()));
     let arrived = request(
         clinic_port,
         "GET",
