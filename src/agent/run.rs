@@ -847,16 +847,37 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
     else {
         return Outcome::Failed("its outbox is no longer in conduit.toml".into());
     };
-    let Some(recipient) = outbox
+    // The recipient's address-book entry: as the agent started, or, for the console's
+    // Send page (whose recipients are the whole book), as the book is now (a peer may
+    // have been added since).
+    let current = |key: &PublicKey| -> Option<crate::peers::Peer> {
+        if let Some(p) = shared.agent.book.find_by_key(key) {
+            return Some(p.clone());
+        }
+        let home = shared.agent.queue_path.parent()?;
+        let book = AddressBook::load(&crate::home::Home::at(home)).ok()?;
+        book.find_by_key(key).cloned()
+    };
+    let recipient = match outbox
         .to
         .iter()
         .find(|(_, k)| k.to_string() == item.peer_key)
-    else {
-        return Outcome::Failed(format!(
-            "{} is no longer a recipient of this outbox",
-            item.recipient
-        ));
+    {
+        Some(r) => r.clone(),
+        None => match PublicKey::parse(&item.peer_key)
+            .ok()
+            .filter(|_| !outbox.scanned)
+        {
+            Some(key) if current(&key).is_some() => (item.recipient.clone(), key),
+            _ => {
+                return Outcome::Failed(format!(
+                    "{} is no longer a recipient of this outbox",
+                    item.recipient
+                ));
+            }
+        },
     };
+    let peer = current(&recipient.1);
     let (Some(id), Some(name)) = (item.id_bytes(), real_name(shared, item)) else {
         return Outcome::Failed("the file is no longer in the outbox".into());
     };
@@ -889,12 +910,7 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
     // A recipient that takes transfers only directly cannot be reached without an
     // address: no retry will change that.
     if outbox.direct.is_none()
-        && shared
-            .agent
-            .book
-            .find_by_key(&recipient.1)
-            .and_then(|p| p.path)
-            == Some(crate::transport::path::PathPolicy::Direct)
+        && peer.as_ref().and_then(|p| p.path) == Some(crate::transport::path::PathPolicy::Direct)
     {
         return Outcome::Failed(
             "the address book says this recipient takes transfers only directly (path = direct), and its outbox has no address".into(),
@@ -902,7 +918,7 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
     }
     // In a FIPS build the recipient must be pinned by its FIPS key too: without one no
     // attempt can succeed.
-    let to = match shared.agent.book.find_by_key(&recipient.1) {
+    let to = match &peer {
         Some(peer) => match Recipient::for_peer(peer) {
             Ok(to) => to,
             Err(e) => return Outcome::Failed(e.to_string()),
@@ -911,7 +927,7 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
     };
     let connected = match &outbox.direct {
         Some(addr) => connect_direct(shared, addr).await,
-        None => connect_relay(shared, &recipient.1).await,
+        None => connect_relay(shared, &recipient.1, peer.as_ref().and_then(|p| p.path)).await,
     };
     let (endpoint, conn) = match connected {
         Ok(c) => c,
@@ -1016,6 +1032,7 @@ async fn connect_direct(
 async fn connect_relay(
     shared: &Shared,
     key: &PublicKey,
+    policy: Option<crate::transport::path::PathPolicy>,
 ) -> Result<(quinn::Endpoint, quinn::Connection), String> {
     let Some(opts) = &shared.agent.relay else {
         return Err("no relay configured".into());
@@ -1024,7 +1041,7 @@ async fn connect_relay(
     opts.wait = opts.wait.min(RELAY_WAIT);
     // The recipient's own path policy in the address book.
     // The recipient's own path policy in the address book (`direct` never gets here).
-    match shared.agent.book.find_by_key(key).and_then(|p| p.path) {
+    match policy {
         Some(crate::transport::path::PathPolicy::Relay) => opts.punch = false,
         Some(crate::transport::path::PathPolicy::Auto) => opts.punch = true,
         _ => {}

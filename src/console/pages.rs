@@ -309,7 +309,7 @@ pub(super) fn peers(rows: &[PeerRow], note: Option<(&str, bool)>, csrf: &str) ->
             tbody {
                 @for p in rows {
                     tr {
-                        td { (shown(&p.name)) @if p.new { br; small { "added since the agent started" } } }
+                        td { (shown(&p.name)) @if p.new { br; small { "added since the agent started: receiving from it needs a restart" } } }
                         td { code { (p.fingerprint) } }
                         td {
                             @match &p.seen {

@@ -162,6 +162,11 @@ impl Console {
         }
     }
 
+    /// The address book as it is on disk now (as the agent started, if it cannot be read).
+    fn book_now(&self) -> AddressBook {
+        AddressBook::load(&crate::home::Home::at(&self.home)).unwrap_or_else(|_| self.book.clone())
+    }
+
     fn note(&self, what: &str) {
         let _ = self.audit.console(what);
     }
@@ -617,7 +622,7 @@ async fn add_peer(
     }
     c.note(&format!("peer added {name} {}", key.fingerprint()));
     let done = format!(
-        "{name} was added to the address book ({}). Transfers from the command line use it now; the running agent uses it after its next start.",
+        "{name} was added to the address book ({}). The Send page and the command line can send to it now; the running agent takes transfers from it, and folder rules that name it, after its next start.",
         key.fingerprint()
     );
     page(StatusCode::OK, peers_page(&c, &csrf, Some((&done, true))))
@@ -796,7 +801,12 @@ async fn send_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
     let Some((_, csrf)) = c.session(&headers) else {
         return not_logged_in();
     };
-    let peers: Vec<String> = c.book.peers().iter().map(|p| p.name.clone()).collect();
+    let peers: Vec<String> = c
+        .book_now()
+        .peers()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
     page(StatusCode::OK, pages::send(&peers, None, &csrf))
 }
 
@@ -811,8 +821,11 @@ async fn send_files(
     let Some((_, csrf)) = c.session(&headers) else {
         return not_logged_in();
     };
+    // The recipients: the address book as it is now (the agent delivers to a peer added
+    // since it started, for this page).
+    let book = c.book_now();
     let refuse = |status: StatusCode, why: String| {
-        let peers: Vec<String> = c.book.peers().iter().map(|p| p.name.clone()).collect();
+        let peers: Vec<String> = book.peers().iter().map(|p| p.name.clone()).collect();
         page(status, pages::send(&peers, Some(&why), &csrf))
     };
     let mut token_ok = false;
@@ -846,7 +859,7 @@ async fn send_files(
         match name.as_str() {
             "to" => {
                 let peer = field.text().await.unwrap_or_default();
-                match c.book.find_by_name(&peer) {
+                match book.find_by_name(&peer) {
                     Some(p) if !to.iter().any(|(n, _)| *n == p.name) => {
                         to.push((p.name.clone(), p.key.to_string()));
                     }

@@ -881,6 +881,39 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
         get("/peers").body.contains("added since the agent started"),
         "the new peer is marked"
     );
+    // The Send page offers the new peer at once, and the running agent delivers to it.
+    assert!(
+        get("/send").body.contains("value=\"north\""),
+        "{}",
+        get("/send").body
+    );
+    know(&north, "lab", &lab);
+    let north_inbox = root.join("north-inbox");
+    configure(
+        &north,
+        &format!(
+            "{transfer}\n[[inbox]]\nfrom = [\"lab\"]\npath = \"{}\"\n",
+            north_inbox.display()
+        ),
+    );
+    let north_agent = start_agent(&north);
+    let (kind, body) = multipart(&[
+        ("csrf", None, csrf.as_bytes()),
+        ("to", None, b"north"),
+        ("file", Some("referral.txt"), b"for north"),
+    ]);
+    let sent = raw_request(port, "POST", "/send", &hs, Some(&kind), &body);
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    assert!(
+        wait_until(30, || north_inbox.join("referral.txt").exists()),
+        "{}",
+        get("/outbox").body
+    );
+    assert_eq!(
+        std::fs::read(north_inbox.join("referral.txt")).unwrap(),
+        b"for north"
+    );
+    stop_agent(north_agent);
 
     // Logged out: the stream ends.
     let csrf_body = format!("csrf={csrf}");
