@@ -328,7 +328,12 @@ impl Agent {
                 let mut folders: Vec<(String, PathBuf)> = Vec::new();
                 let mut name_dirs = Vec::new();
                 for o in &self.config.outboxes {
-                    folders.push(("outbox".into(), o.path.clone()));
+                    let what = if o.scanned {
+                        "outbox"
+                    } else {
+                        "Send page folder"
+                    };
+                    folders.push((what.into(), o.path.clone()));
                     name_dirs.extend([o.path.clone(), o.sent_dir(), o.failed_dir()]);
                 }
                 for b in &self.config.inboxes {
