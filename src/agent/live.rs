@@ -78,10 +78,20 @@ impl Live {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A delivery of `item` (or the incoming transfer of that name) of `total` bytes
+    /// starts: its progress is followed until [`Live::ended`].
+    pub fn begin(&self, item: &str, total: u64) {
+        self.sending().insert(item.to_string(), (0, total));
+    }
+
     /// The delivery of `item` (or the incoming transfer of that name) moved `bytes` of
-    /// `total`.
+    /// `total`. Ignored for a transfer that has not begun or has ended (a cipher thread
+    /// may report a moment after its transfer was given up).
     pub fn progress(&self, item: &str, bytes: u64, total: u64) {
-        self.sending().insert(item.to_string(), (bytes, total));
+        match self.sending().get_mut(item) {
+            Some(p) => *p = (bytes, total),
+            None => return,
+        }
         let _ = self.updates.send(Update::Progress {
             item: item.to_string(),
             bytes,
@@ -145,6 +155,9 @@ impl Live {
 
     /// The incoming transfer `id` offers a file.
     pub fn arrival(&self, id: &str, a: Arriving) {
+        if let Some(p) = self.sending().get_mut(id) {
+            p.1 = a.total;
+        }
         self.arriving().insert(id.to_string(), a);
         self.changed();
     }
@@ -193,6 +206,11 @@ mod tests {
     fn progress_is_kept_while_in_flight_and_every_subscriber_hears_it() {
         let live = Live::default();
         let mut rx = live.subscribe();
+        // Progress of a transfer that has not begun is not kept, nor sent.
+        live.progress("ab", 5, 100);
+        assert_eq!(live.progress_of("ab"), None);
+        live.begin("ab", 100);
+        assert_eq!(live.progress_of("ab"), Some((0, 100)));
         live.progress("ab", 10, 100);
         live.changed();
         assert_eq!(live.progress_of("ab"), Some((10, 100)));
@@ -207,6 +225,8 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), Update::Changed);
         live.ended("ab");
         assert_eq!(live.progress_of("ab"), None);
+        live.progress("ab", 20, 100);
+        assert_eq!(live.progress_of("ab"), None, "a late report after the end");
         // The relay: a change between reachable and not is a change, a repeat is not.
         live.relay(false, "unreachable".into());
         live.relay(false, "still".into());

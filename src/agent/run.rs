@@ -856,12 +856,17 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
     // Send page (whose recipients are the whole book), as the book is now (a peer may
     // have been added since).
     let current = |key: &PublicKey| -> Option<crate::peers::Peer> {
-        if let Some(p) = shared.agent.book.find_by_key(key) {
-            return Some(p.clone());
+        let on_disk = || {
+            let home = shared.agent.queue_path.parent()?;
+            let book = AddressBook::load(&crate::home::Home::at(home)).ok()?;
+            book.find_by_key(key).cloned()
+        };
+        if outbox.scanned {
+            shared.agent.book.find_by_key(key).cloned()
+        } else {
+            // A removed peer is not sent to; a changed pin or path policy counts.
+            on_disk()
         }
-        let home = shared.agent.queue_path.parent()?;
-        let book = AddressBook::load(&crate::home::Home::at(home)).ok()?;
-        book.find_by_key(key).cloned()
     };
     let recipient = match outbox
         .to
@@ -945,6 +950,7 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
         }
     };
     // The console's progress bar: this delivery's bytes.
+    shared.live.begin(&item.id, item.size);
     let (live, live_id) = (Arc::clone(&shared.live), item.id.clone());
     let sender = shared.sender.clone().events(Arc::new(move |_, e| {
         if let Event::Progress { bytes, total } = e {
@@ -1061,11 +1067,25 @@ async fn connect_relay(
         }
         Err(e) => {
             // A refusal (the recipient is not there) is an answer from the relay.
-            let answered = matches!(e, relay_client::JoinError::Refused { .. });
-            shared.live.relay(answered, e.to_string());
+            shared.live.relay(relay_works(&e), e.to_string());
             Err(format!("the recipient is not reachable at the relay: {e}"))
         }
     }
+}
+
+/// Whether the relay works for this endpoint although joining it failed: it answered that
+/// the peer is not there (or gave up waiting for one), which says nothing against the
+/// relay. A refused token or proof, a relay that is busy, rate-limits us or shuts down
+/// is a problem to show.
+fn relay_works(e: &relay_client::JoinError) -> bool {
+    use crate::relay::hello::Refusal;
+    matches!(
+        e,
+        relay_client::JoinError::Refused {
+            refusal: Refusal::NoListener | Refusal::PairingTimeout | Refusal::PeerLost,
+            ..
+        }
+    )
 }
 
 /// Carries out the `after` rule of every file whose items are all final: with every
@@ -1236,10 +1256,7 @@ async fn relay_slot(shared: Arc<Shared>, stopping: watch::Receiver<bool>) {
                 continue;
             }
             Err(e) => {
-                shared.live.relay(
-                    matches!(e, relay_client::JoinError::Refused { .. }),
-                    e.to_string(),
-                );
+                shared.live.relay(relay_works(&e), e.to_string());
                 shared.warn(format!("relay: {e}; retrying in {} s", backoff.as_secs()));
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
@@ -1268,6 +1285,7 @@ async fn receive_one(
     // The console's Inbox: the file arriving and its bytes, under a name of its own
     // until the transfer ends (however it ends).
     let arrival = Arrival(Arc::clone(&shared.live), shared.live.next_arrival());
+    shared.live.begin(&arrival.1, 0);
     let (live, id) = (Arc::clone(&shared.live), arrival.1.clone());
     let receiver = shared
         .receiver
@@ -1484,7 +1502,10 @@ fn settle(
         .unwrap_or_default();
     // The name it landed under (another one after a conflict), for the console's inbox.
     if placed_name != name {
-        q.placed(sender_key, item, &shared.stored(&placed_name))?;
+        if let Err(e) = q.placed(sender_key, item, &shared.stored(&placed_name)) {
+            // Only the console's display: the file is placed, the hook still runs.
+            shared.warn(format!("queue: {e}"));
+        }
     }
     shared.emit(AgentEvent::Received {
         from: from.to_string(),

@@ -1,13 +1,16 @@
 // phi-conduit console: live updates. The pages read correctly without this script; with
 // it, a page marked data-live follows /events (Server-Sent Events, same origin): progress
 // bars move, and after a queue change the page's content is read again (at most once a
-// second). Those reads carry X-Conduit-Live: they do not keep an idle session open.
+// second). Those reads carry X-Conduit-Live: they do not keep an idle session open. A
+// hidden tab closes its stream (browsers allow few connections to one host) and reads the
+// page again when shown; a stream the console refuses (the session ended) reloads the
+// page, which then says so.
 (function () {
   "use strict";
   if (!document.body || !document.body.dataset.live || !window.EventSource) {
     return;
   }
-  var source = new EventSource("/events");
+  var source = null;
   var waiting = false;
   var last = 0;
 
@@ -18,7 +21,7 @@
       .then(function (r) {
         if (r.status === 401) {
           // The session ended: show the page that says so.
-          source.close();
+          stop();
           location.reload();
           return null;
         }
@@ -37,14 +40,14 @@
       .catch(function () {});
   }
 
-  source.addEventListener("changed", function () {
+  function changed() {
     if (!waiting) {
       waiting = true;
       setTimeout(refresh, Math.max(0, 1000 - (Date.now() - last)));
     }
-  });
+  }
 
-  source.addEventListener("progress", function (e) {
+  function progress(e) {
     var p;
     try {
       p = JSON.parse(e.data);
@@ -60,5 +63,39 @@
     if (text) {
       text.textContent = (p.total > 0 ? Math.floor((p.bytes * 100) / p.total) : 100) + " %";
     }
+  }
+
+  function start() {
+    source = new EventSource("/events");
+    source.addEventListener("changed", changed);
+    source.addEventListener("progress", progress);
+    source.onerror = function () {
+      // Closed for good (refused, not a passing break, which the browser retries):
+      // read the page once; a 401 reloads it.
+      if (source && source.readyState === EventSource.CLOSED) {
+        stop();
+        refresh();
+      }
+    };
+  }
+
+  function stop() {
+    if (source) {
+      source.close();
+      source = null;
+    }
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) {
+      stop();
+    } else if (!source) {
+      start();
+      changed();
+    }
   });
+
+  if (!document.hidden) {
+    start();
+  }
 })();

@@ -32,6 +32,13 @@ pub(super) fn shown(name: &str) -> String {
     crate::transfer::paths::escape(name)
 }
 
+/// A sentence as the console shows it: control, bidi and invisible characters made
+/// visible like [`shown`], a backslash left as it is (the sentence may hold a name that
+/// was escaped already).
+pub(super) fn visible(text: &str) -> String {
+    text.split('\\').map(shown).collect::<Vec<_>>().join("\\")
+}
+
 /// Milliseconds since the epoch as RFC 3339 (UTC).
 pub(super) fn when(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -95,7 +102,7 @@ pub(super) fn message(title: &str, text: &str) -> Markup {
         "",
         None,
         html! {
-            p { (shown(text)) }
+            p { (visible(text)) }
             p { "To log in, run " code { "conduit console url" } " on this machine and open the link it prints." }
         },
     )
@@ -165,7 +172,7 @@ pub(super) fn outbox(
                             td.detail {
                                 @if i.state == State::Delivered { "delivered " (when(i.updated_ms)) br; }
                                 @if let Some(r) = &i.receipt { code title=(r) { (r) } }
-                                @if let Some(why) = &i.reason { span.reason { (shown(why)) } }
+                                @if let Some(why) = &i.reason { span.reason { (visible(why)) } }
                             }
                             td.actions {
                                 @if matches!(i.state, State::Queued | State::Failed) {
@@ -244,7 +251,8 @@ pub(super) fn inbox(
                     @for a in arriving {
                         @let (done, total) = a.progress;
                         tr {
-                            td.name { (a.name.as_deref().map_or_else(|| "(name hidden)".to_string(), shown)) br; small { (bytes(total)) } }
+                            // (the offered name, escaped by the receiver already)
+                            td.name { (a.name.as_deref().unwrap_or("(name hidden)")) br; small { (bytes(total)) } }
                             td { (a.from.as_deref().map_or_else(|| "unknown sender".to_string(), shown)) br; small { code { (a.fingerprint) } } }
                             td {
                                 progress id={ "progress-" (a.id) } max=(total.max(1)) value=(done) {}
@@ -353,13 +361,17 @@ pub(super) fn compare_peer(
     let body = html! {
         p { "Call the person at " strong { (shown(name)) } " on a number you already know (not one from the message that brought the key). Ask them to run " code { "conduit id" } " and read their fingerprint aloud. It must be exactly:" }
         p.fingerprint { code { (fingerprint) } }
-        p { "If any group differs, do not add this peer: the key is not theirs." }
+        @if !fips.is_empty() {
+            p { "Then the FIPS pin: their FIPS build's " code { "conduit id" } " prints it, and it must be exactly (in a FIPS build it is what proves who they are):" }
+            p.fingerprint { code { (fips) } }
+        }
+        p { "If any character differs, do not add this peer: the key is not theirs." }
         form method="post" action="/peers/add" {
             input type="hidden" name="csrf" value=(csrf);
             input type="hidden" name="name" value=(name);
             input type="hidden" name="key" value=(key);
             input type="hidden" name="fips" value=(fips);
-            p { label { input type="checkbox" name="compared" value="yes" required; " The fingerprints match, group by group" } }
+            p { label { input type="checkbox" name="compared" value="yes" required; @if fips.is_empty() { " The fingerprints match, group by group" } @else { " The fingerprints and the FIPS pins match" } } }
             p { button type="submit" { "Add " (shown(name)) } " " a href="/peers" { "Cancel" } }
         }
     };
@@ -453,4 +465,37 @@ pub(super) fn send(peers: &[String], error: Option<&str>, csrf: &str) -> Markup 
         }
     };
     layout("Send", "/send", Some(csrf), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_show_bidi_and_controls_and_keep_escaped_names_as_they_are() {
+        assert_eq!(
+            visible("refused: \u{202e}fdp.exe\nnext"),
+            "refused: \\u{202e}fdp.exe\\u{a}next"
+        );
+        assert_eq!(
+            visible("a name sent as \\u{202e}x"),
+            "a name sent as \\u{202e}x"
+        );
+        assert_eq!(shown("\\"), "\\u{5c}");
+        assert_eq!(percent(5, 10), "50 %");
+        assert_eq!(percent(20, 10), "100 %");
+        assert_eq!(percent(0, 0), "100 %");
+    }
+
+    #[test]
+    fn the_comparison_asks_for_the_fips_pin_when_one_is_given() {
+        let plain = compare_peer("north", "cpk1k", "", "ab12-cd34", "t").into_string();
+        assert!(plain.contains("ab12-cd34") && !plain.contains("FIPS pin"));
+        let fips = compare_peer("north", "cpk1k", "cfp1pin", "ab12-cd34", "t").into_string();
+        assert!(
+            fips.contains("<code>cfp1pin</code>")
+                && fips.contains("The fingerprints and the FIPS pins match"),
+            "{fips}"
+        );
+    }
 }
