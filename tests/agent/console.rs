@@ -586,6 +586,27 @@ fn a_file_sent_from_the_send_page_is_delivered_and_listed_on_both_consoles() {
     stop_agent(receiver);
 }
 
+/// Logs in to the console on `port` of the agent of `home` through a fresh login link:
+/// the session cookie (`name=value`).
+fn log_in(port: u16, home: &Path) -> String {
+    let host = format!("127.0.0.1:{port}");
+    let login = request(
+        port,
+        "GET",
+        path_of(&login_url(home)),
+        &[("Host", &host)],
+        "",
+    );
+    assert_eq!(login.status, 303, "{}", login.body);
+    login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 /// Reads a Server-Sent Events stream on `s` until `done` holds for what came so far, or
 /// `secs` pass; returns what came.
 fn read_events(s: &mut TcpStream, secs: u64, done: impl Fn(&str) -> bool) -> String {
@@ -631,20 +652,7 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
     let (sender, receiver) = (start_agent(&lab), start_agent(&clinic));
     let host = format!("127.0.0.1:{port}");
     let origin = format!("http://{host}");
-    let login = request(
-        port,
-        "GET",
-        path_of(&login_url(&lab)),
-        &[("Host", &host)],
-        "",
-    );
-    let cookie = login
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = log_in(port, &lab);
     let page = request(
         port,
         "GET",
@@ -744,20 +752,7 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
     // The same name again (the first went to sent/): the receiver's console streams its
     // arrival's progress, and its inbox page says where it landed, under another name.
     let clinic_host = format!("127.0.0.1:{clinic_port}");
-    let login = request(
-        clinic_port,
-        "GET",
-        path_of(&login_url(&clinic)),
-        &[("Host", &clinic_host)],
-        "",
-    );
-    let clinic_cookie = login
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let clinic_cookie = log_in(clinic_port, &clinic);
     let mut arrivals = TcpStream::connect(("127.0.0.1", clinic_port)).unwrap();
     write!(
         arrivals,
