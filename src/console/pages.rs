@@ -356,6 +356,7 @@ pub(super) fn compare_peer(
     key: &str,
     fips: &str,
     fingerprint: &str,
+    step: &str,
     csrf: &str,
 ) -> Markup {
     let body = html! {
@@ -371,6 +372,7 @@ pub(super) fn compare_peer(
             input type="hidden" name="name" value=(name);
             input type="hidden" name="key" value=(key);
             input type="hidden" name="fips" value=(fips);
+            input type="hidden" name="step" value=(step);
             p { label { input type="checkbox" name="compared" value="yes" required; @if fips.is_empty() { " The fingerprints match, group by group" } @else { " The fingerprints and the FIPS pins match" } } }
             p { button type="submit" { "Add " (shown(name)) } " " a href="/peers" { "Cancel" } }
         }
@@ -489,9 +491,9 @@ mod tests {
 
     #[test]
     fn the_comparison_asks_for_the_fips_pin_when_one_is_given() {
-        let plain = compare_peer("north", "cpk1k", "", "ab12-cd34", "t").into_string();
+        let plain = compare_peer("north", "cpk1k", "", "ab12-cd34", "s", "t").into_string();
         assert!(plain.contains("ab12-cd34") && !plain.contains("FIPS pin"));
-        let fips = compare_peer("north", "cpk1k", "cfp1pin", "ab12-cd34", "t").into_string();
+        let fips = compare_peer("north", "cpk1k", "cfp1pin", "ab12-cd34", "s", "t").into_string();
         assert!(
             fips.contains("<code>cfp1pin</code>")
                 && fips.contains("The fingerprints and the FIPS pins match"),

@@ -565,6 +565,28 @@ fn peers_page(c: &Console, csrf: &str, note: Option<(&str, bool)>) -> maud::Mark
     pages::peers(&rows, note, csrf)
 }
 
+/// The token of the second step of adding `name` with `key` and `fips` in the session of
+/// `csrf`: HMAC-SHA256 under a key of this console process (random, never shown), so
+/// that only a form the first step rendered can confirm. `None` without random bytes.
+fn comparison_token(csrf: &str, name: &str, key: &str, fips: &str) -> Option<String> {
+    static KEY: std::sync::OnceLock<Option<aws_lc_rs::hmac::Key>> = std::sync::OnceLock::new();
+    let mac = KEY
+        .get_or_init(|| {
+            aws_lc_rs::hmac::Key::generate(
+                aws_lc_rs::hmac::HMAC_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+            )
+            .ok()
+        })
+        .as_ref()?;
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(mac);
+    for part in [csrf, name, key, fips] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    Some(crate::audit::record::hex(ctx.sign().as_ref()))
+}
+
 /// Adding a peer, in two steps: the form's name and key are checked and the key's
 /// fingerprint shown, to be compared with the one the other machine's `conduit id`
 /// shows (by telephone or in person); only a second POST that confirms the comparison
@@ -610,11 +632,21 @@ async fn add_peer(
     if let Err(e) = added {
         return refuse(format!("Not added: {}.", pages::shown(&e.to_string())));
     }
-    if form.get("compared").map(String::as_str) != Some("yes") {
+    // The second step must follow the first: its token is the console's MAC over what
+    // the first step showed, in this session.
+    let Some(shown) = comparison_token(&csrf, name, key_text, fips_text) else {
+        return failed("adding a peer", "no random bytes for the console's key");
+    };
+    let confirmed = form.get("compared").map(String::as_str) == Some("yes");
+    let stepped = login::same_secret(
+        form.get("step").map(String::as_str).unwrap_or_default(),
+        &shown,
+    );
+    if !confirmed || !stepped {
         let fingerprint = key.fingerprint().to_string();
         return page(
             StatusCode::OK,
-            pages::compare_peer(name, key_text, fips_text, &fingerprint, &csrf),
+            pages::compare_peer(name, key_text, fips_text, &fingerprint, &shown, &csrf),
         );
     }
     if let Err(e) = book.save() {

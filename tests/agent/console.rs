@@ -858,9 +858,35 @@ fn live_updates_show_a_delivery_and_a_peer_is_added_only_once_its_fingerprint_is
         step.body
     );
     assert!(!listed().contains("north"), "added before the comparison");
-    let added = post(
+    // Confirming without the first step's token (a form it did not render), or with the
+    // token of another key: the comparison page again, nothing written.
+    let step_token = step
+        .body
+        .split("name=\"step\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    for forged in [
         format!(
             "csrf={csrf}&name=north&key={}&compared=yes",
+            enc(&north_key)
+        ),
+        format!(
+            "csrf={csrf}&name=north&key={}&compared=yes&step={step_token}",
+            enc(&common::key_of(&endpoint(root, "south")))
+        ),
+    ] {
+        let r = post(forged, true);
+        assert!(
+            r.body.contains("name=\"compared\"") && !listed().contains("north"),
+            "{}",
+            r.body
+        );
+    }
+    let added = post(
+        format!(
+            "csrf={csrf}&name=north&key={}&compared=yes&step={step_token}",
             enc(&north_key)
         ),
         true,
