@@ -71,11 +71,14 @@ impl Default for Live {
     }
 }
 
+/// A lock of `m`, also after a panic elsewhere held it (the state stays usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Live {
     fn sending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
-        self.sending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.sending)
     }
 
     /// A delivery of `item` (or the incoming transfer of that name) of `total` bytes
@@ -113,10 +116,7 @@ impl Live {
     /// between reachable and not counts as a change.
     pub fn relay(&self, reachable: bool, detail: String) {
         let flipped = {
-            let mut r = self
-                .relay
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut r = lock(&self.relay);
             let flipped = r.as_ref().is_none_or(|r| r.reachable != reachable);
             *r = Some(RelayState {
                 reachable,
@@ -132,16 +132,11 @@ impl Live {
 
     /// What the agent last heard from its relay, if it tried it since it started.
     pub fn relay_state(&self) -> Option<RelayState> {
-        self.relay
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.relay).clone()
     }
 
     fn arriving(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arriving>> {
-        self.arriving
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.arriving)
     }
 
     /// A name for the next incoming transfer's progress (`in-N`: never an item id, which

@@ -612,9 +612,7 @@ impl Queue {
 
     /// A page of items, newest first: `limit` of them after the first `offset`.
     pub fn list_page(&self, offset: usize, limit: usize) -> Result<Vec<Item>, QueueError> {
-        let mut stmt = self.db.prepare(&format!(
-            "{SELECT_ITEM} ORDER BY i.created_ms DESC, i.id DESC LIMIT ?1 OFFSET ?2"
-        ))?;
+        let mut stmt = self.db.prepare(&items_page_sql())?;
         let rows = stmt.query_map(params![limit as i64, offset as i64], item_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -626,10 +624,7 @@ impl Queue {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<ReceivedItem>, QueueError> {
-        let mut stmt = self.db.prepare(
-            "SELECT sender, item, blake3, size, inbox, name, at_ms FROM received
-             ORDER BY at_ms DESC, item DESC LIMIT ?1 OFFSET ?2",
-        )?;
+        let mut stmt = self.db.prepare(RECEIVED_PAGE)?;
         let rows = stmt.query_map(params![limit as i64, offset as i64], |r| {
             Ok(ReceivedItem {
                 sender: r.get(0)?,
@@ -846,6 +841,16 @@ impl Queue {
     }
 }
 
+/// The query of [`Queue::list_page`] (`?1` items after the first `?2`), along the index
+/// `items_by_created`.
+fn items_page_sql() -> String {
+    format!("{SELECT_ITEM} ORDER BY i.created_ms DESC, i.id DESC LIMIT ?1 OFFSET ?2")
+}
+
+/// The query of [`Queue::received_page`], along the index `received_by_time`.
+const RECEIVED_PAGE: &str = "SELECT sender, item, blake3, size, inbox, name, at_ms FROM received
+     ORDER BY at_ms DESC, item DESC LIMIT ?1 OFFSET ?2";
+
 const SELECT_ITEM: &str =
     "SELECT i.id, i.file, f.outbox, f.name, f.size, f.mtime_ns, i.recipient, i.peer_key,
         i.state, i.attempts, i.next_attempt_ms, i.created_ms, i.receipt, i.reason, i.updated_ms
@@ -996,13 +1001,10 @@ mod tests {
         }
         assert!(q.list_page(10_000, 100).unwrap().is_empty());
         // Both pages read along an index, without sorting the whole table.
-        for sql in [
-            format!("{SELECT_ITEM} ORDER BY i.created_ms DESC, i.id DESC LIMIT 100 OFFSET 9900"),
-            "SELECT * FROM received ORDER BY at_ms DESC, item DESC LIMIT 100 OFFSET 9900".into(),
-        ] {
+        for sql in [items_page_sql(), RECEIVED_PAGE.to_string()] {
             let mut stmt = q.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let plan: Vec<String> = stmt
-                .query_map([], |r| r.get::<_, String>(3))
+                .query_map(params![100, 9900], |r| r.get::<_, String>(3))
                 .unwrap()
                 .map(Result::unwrap)
                 .collect();

@@ -853,33 +853,27 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
         return Outcome::Failed("its outbox is no longer in conduit.toml".into());
     };
     // The recipient's address-book entry: as the agent started, or, for the console's
-    // Send page (whose recipients are the whole book), as the book is now (a peer may
-    // have been added since).
-    let current = |key: &PublicKey| -> Option<crate::peers::Peer> {
-        let on_disk = || {
-            let home = shared.agent.queue_path.parent()?;
-            let book = AddressBook::load(&crate::home::Home::at(home)).ok()?;
-            book.find_by_key(key).cloned()
-        };
+    // Send page (whose recipients are the whole book), as the book is now, read once per
+    // attempt: a peer added since may be sent to, and a changed pin or path policy counts.
+    let key = PublicKey::parse(&item.peer_key).ok();
+    let peer = key.as_ref().and_then(|key| {
         if outbox.scanned {
             shared.agent.book.find_by_key(key).cloned()
         } else {
-            // A removed peer is not sent to; a changed pin or path policy counts.
-            on_disk()
+            let home = shared.agent.queue_path.parent()?;
+            let book = AddressBook::load(&crate::home::Home::at(home)).ok()?;
+            book.find_by_key(key).cloned()
         }
-    };
+    });
     let recipient = match outbox
         .to
         .iter()
         .find(|(_, k)| k.to_string() == item.peer_key)
     {
         Some(r) => r.clone(),
-        None => match PublicKey::parse(&item.peer_key)
-            .ok()
-            .filter(|_| !outbox.scanned)
-        {
-            Some(key) if current(&key).is_some() => (item.recipient.clone(), key),
-            _ => {
+        None => match key.filter(|_| !outbox.scanned && peer.is_some()) {
+            Some(key) => (item.recipient.clone(), key),
+            None => {
                 return Outcome::Failed(format!(
                     "{} is no longer a recipient of this outbox",
                     item.recipient
@@ -887,7 +881,6 @@ async fn deliver(shared: &Shared, item: &Item, stop: impl Future<Output = ()> + 
             }
         },
     };
-    let peer = current(&recipient.1);
     let (Some(id), Some(name)) = (item.id_bytes(), real_name(shared, item)) else {
         return Outcome::Failed("the file is no longer in the outbox".into());
     };
@@ -1050,7 +1043,6 @@ async fn connect_relay(
     };
     let mut opts = opts.clone();
     opts.wait = opts.wait.min(RELAY_WAIT);
-    // The recipient's own path policy in the address book.
     // The recipient's own path policy in the address book (`direct` never gets here).
     match policy {
         Some(crate::transport::path::PathPolicy::Relay) => opts.punch = false,

@@ -369,12 +369,13 @@ impl IntoResponse for Refused {
     }
 }
 
-/// The session of a change, if its form carries the session's CSRF token.
+/// The session of a change (its cookie and CSRF token), if its form carries the
+/// session's CSRF token.
 fn changing(
     c: &Console,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<String, Refused> {
+) -> Result<(String, String), Refused> {
     let Some((cookie, csrf)) = c.session(headers) else {
         return Err(Refused::NotLoggedIn);
     };
@@ -382,7 +383,7 @@ fn changing(
     if !login::same_secret(given, &csrf) {
         return Err(Refused::Csrf);
     }
-    Ok(cookie)
+    Ok((cookie, csrf))
 }
 
 async fn logout(
@@ -391,7 +392,7 @@ async fn logout(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let cookie = match changing(&c, &headers, &form) {
-        Ok(cookie) => cookie,
+        Ok((cookie, _)) => cookie,
         Err(refused) => return refused.into_response(),
     };
     c.sessions.close(&cookie);
@@ -597,7 +598,7 @@ async fn add_peer(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let csrf = match changing(&c, &headers, &form) {
-        Ok(_) => c.session(&headers).map(|(_, t)| t).unwrap_or_default(),
+        Ok((_, csrf)) => csrf,
         Err(refused) => return refused.into_response(),
     };
     let field = |n: &str| form.get(n).map(|v| v.trim()).unwrap_or_default();
@@ -772,23 +773,17 @@ async fn health(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
             ok: false,
         }),
     }
-    checks.push(match (&c.relay, c.live.relay_state()) {
-        (None, _) => pages::Check {
-            what: "relay".into(),
-            value: "none configured".into(),
-            ok: true,
-        },
-        (Some(relay), None) => pages::Check {
-            what: "relay".into(),
-            value: format!(
+    let (value, ok) = match (&c.relay, c.live.relay_state()) {
+        (None, _) => ("none configured".into(), true),
+        (Some(relay), None) => (
+            format!(
                 "{} (not contacted since the agent started)",
                 pages::shown(relay)
             ),
-            ok: true,
-        },
-        (Some(relay), Some(r)) => pages::Check {
-            what: "relay".into(),
-            value: format!(
+            true,
+        ),
+        (Some(relay), Some(r)) => (
+            format!(
                 "{}: {} at {} ({})",
                 pages::shown(relay),
                 if r.reachable {
@@ -799,8 +794,13 @@ async fn health(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
                 pages::when(r.at_ms),
                 r.detail
             ),
-            ok: r.reachable,
-        },
+            r.reachable,
+        ),
+    };
+    checks.push(pages::Check {
+        what: "relay".into(),
+        value,
+        ok,
     });
     for (what, dir) in &c.folders {
         let (value, ok) = match rustix::fs::statvfs(dir) {
